@@ -1,0 +1,111 @@
+// CPU compute kernels: GEMM/GEMV over checkpoint weights, run-time ISA
+// dispatch and the worker pool they parallelise over.
+//
+// Layouts: every matrix is row-major with an explicit row stride in
+// elements. Linear weights are [N, K] as checkpoints store them (y = x W^T).
+// Activations are f32 buffers; for bf16 models they hold bf16-representable
+// values (the caller rounds, see dtype.h), so the bf16 paths convert them
+// exactly.
+//
+// Row invariance (DESIGN.md section 7): Y[m, n] is bitwise a function of
+// X[m, :], W[n, :], K and the ISA only. It does not depend on M, on the
+// position of the row inside a tile, on N, on which kernel entry (Gemm or
+// Gemv) computed it, or on the thread count: threads split rows and output
+// columns, never the K reduction, and every element reduces K in the same
+// fixed order. Results differ between ISAs (different reduction order), so
+// every process of one cluster must use the same ISA.
+//
+// Thread-safety: the functions are reentrant; one ThreadPool runs one
+// ParallelFor at a time (callers serialise, e.g. one engine thread).
+#ifndef DSV2_KERNELS_CPU_H_
+#define DSV2_KERNELS_CPU_H_
+
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/statusor.h"
+#include "kernels/dtype.h"
+
+namespace dsv2::kernels {
+
+enum class CpuIsa { kScalar, kAvx2, kAvx512Bf16 };
+
+// "scalar", "avx2", "avx512bf16".
+std::string_view CpuIsaName(CpuIsa isa);
+// Accepts the names above and "auto" (= BestCpuIsa()).
+absl::StatusOr<CpuIsa> ParseCpuIsa(std::string_view name);
+bool CpuSupports(CpuIsa isa);
+CpuIsa BestCpuIsa();
+// The ISA to run with: `flag_value` when non-empty, else the DSV2_CPU_ISA
+// environment variable when set, else BestCpuIsa(). InvalidArgument for an
+// unknown name, FailedPrecondition when this CPU lacks the requested ISA.
+absl::StatusOr<CpuIsa> ResolveCpuIsa(std::string_view flag_value);
+
+// A fixed set of worker threads (num_threads - 1 workers plus the calling
+// thread). Joined in the destructor; never detached.
+class ThreadPool {
+ public:
+  // REQUIRES: num_threads >= 1.
+  explicit ThreadPool(int num_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return num_threads_; }
+
+  // Calls fn(begin, end) over disjoint chunks covering [0, n) and returns
+  // when all chunks are done. Chunks are at least `grain` items (except the
+  // last). Runs inline when n <= grain or num_threads == 1.
+  void ParallelFor(size_t n, size_t grain, absl::FunctionRef<void(size_t, size_t)> fn);
+
+ private:
+  void WorkerLoop(int worker_index);
+
+  const int num_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::condition_variable done_cv_;
+  // Guarded by mu_: the current job.
+  std::function<void(size_t, size_t)> job_;
+  size_t job_n_ = 0;
+  size_t job_chunk_ = 0;
+  size_t next_chunk_ = 0;
+  size_t chunks_total_ = 0;
+  size_t chunks_done_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+// What a kernel call runs with. `pool` may be null (single-threaded).
+struct CpuContext {
+  CpuIsa isa = CpuIsa::kScalar;
+  ThreadPool* pool = nullptr;
+};
+
+// Y[m, n] = sum_k X[m, k] * W[n, k] for m < M, n < N, with fp32 accumulation.
+//   x: f32 [M, K], row stride ldx >= K.
+//   w: [N, K] in w_dtype (kF32 or kBF16), row stride ldw >= K.
+//   y: f32 [M, N], row stride ldy >= N. Must not alias x or w.
+void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DType w_dtype,
+          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K);
+
+// Gemm with M = 1, tuned for the memory-bound case. Bitwise the same result
+// as Gemm for that row.
+void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw,
+          float* y, size_t N, size_t K);
+
+// Scalar reference: sequential fp32 (k ascending) dot products. The
+// vector kernels are tested against it with a tolerance.
+void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw, float* y,
+                   size_t ldy, size_t M, size_t N, size_t K);
+
+}  // namespace dsv2::kernels
+
+#endif  // DSV2_KERNELS_CPU_H_

@@ -1,0 +1,55 @@
+// Element types of tensors in checkpoints, activations, the latent cache and
+// the wire, and exact conversions between them.
+//
+// bf16 is stored as its raw uint16_t bit pattern (the top half of an IEEE
+// f32). f32 -> bf16 rounds to nearest even (NaN stays NaN), matching
+// PyTorch's `tensor.to(torch.bfloat16)`. f16 is IEEE half; it only appears
+// in checkpoints and is converted to f32 at load (DESIGN.md section 7).
+// All functions are pure and thread-safe.
+#ifndef DSV2_KERNELS_DTYPE_H_
+#define DSV2_KERNELS_DTYPE_H_
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace dsv2 {
+
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+// Bytes per element.
+constexpr size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+
+// "f32", "bf16", "f16".
+std::string_view DTypeName(DType t);
+
+inline float Bf16ToF32(uint16_t v) { return std::bit_cast<float>(uint32_t{v} << 16); }
+
+inline uint16_t F32ToBf16(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// f32 value rounded through bf16 (what `x.to(bf16).to(f32)` gives).
+inline float RoundToBf16(float f) { return Bf16ToF32(F32ToBf16(f)); }
+
+float F16ToF32(uint16_t h);
+
+// Rounds n floats in place to what `dtype` can hold (no-op for kF32).
+// Used to model an activation stored in the activation dtype while
+// computing in f32 buffers.
+void RoundInPlace(float* x, size_t n, DType dtype);
+
+// Converts n elements of `src` (in `dtype`) to f32.
+void ToF32(const void* src, DType dtype, size_t n, float* dst);
+
+// Converts n f32 values to `dtype` (rounding to nearest even; kF16 unsupported
+// as a target: only checkpoints hold f16).
+void FromF32(const float* src, size_t n, DType dtype, void* dst);
+
+}  // namespace dsv2
+
+#endif  // DSV2_KERNELS_DTYPE_H_

@@ -1,0 +1,96 @@
+// Read-only, memory-mapped access to a HuggingFace safetensors checkpoint:
+// one `model.safetensors`, or shards listed by `model.safetensors.index.json`
+// (its "weight_map": tensor name -> shard file name).
+//
+// Opening parses and validates every header before anything is read:
+// 8-byte little-endian header length inside the file; well-formed JSON;
+// every entry has a known dtype (F32, BF16, F16), a shape of non-negative
+// ints and data_offsets [begin, end] with shape x dtype size == end - begin;
+// every range lies inside the file's data section; ranges do not overlap;
+// names are unique across shards; every name in the index's weight_map
+// exists in the shard it names. "__metadata__" is skipped. Errors are
+// InvalidArgument / NotFound naming the file and the tensor, e.g.
+// "model-00001-of-00002.safetensors: tensor 'model.norm.weight': data_offsets
+// [10, 9000] end past the data section (8000 bytes)". Nothing is ever read out
+// of the mapped range.
+//
+// Tensor data stays in the page cache until touched, so a process that reads
+// only some tensors (an expert shard reading only its experts) keeps only
+// those resident.
+//
+// Thread-safety: immutable after Open; safe for concurrent readers.
+// Ownership: TensorView::data points into a mapping owned by the
+// Checkpoint and stays valid as long as the Checkpoint lives.
+#ifndef DSV2_MODEL_SAFETENSORS_H_
+#define DSV2_MODEL_SAFETENSORS_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "kernels/dtype.h"
+
+namespace dsv2 {
+
+struct TensorView {
+  std::string name;
+  std::string file;  // file name (no directory) of the shard holding it
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const std::byte* data = nullptr;  // may be unaligned
+  size_t num_bytes = 0;
+
+  int64_t num_elements() const;
+};
+
+class Checkpoint {
+ public:
+  // Opens `dir`/model.safetensors.index.json when present, else
+  // `dir`/model.safetensors. NotFound when neither exists.
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> OpenDir(const std::string& dir);
+  // Opens one .safetensors file.
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> OpenFile(const std::string& path);
+
+  ~Checkpoint();
+  Checkpoint(const Checkpoint&) = delete;
+  Checkpoint& operator=(const Checkpoint&) = delete;
+
+  // nullptr when absent.
+  const TensorView* Find(std::string_view name) const;
+  // Find + checks: NotFound "<name>: tensor missing from checkpoint" or
+  // InvalidArgument "<file>: tensor '<name>' has shape [a, b]; expected [c, d]".
+  absl::StatusOr<const TensorView*> Get(std::string_view name,
+                                        const std::vector<int64_t>& expected_shape) const;
+  // All tensor names, sorted.
+  std::vector<std::string> Names() const;
+  // Total bytes of all mapped files.
+  size_t mapped_bytes() const;
+
+ private:
+  struct Mapping;
+  Checkpoint() = default;
+
+  std::vector<std::unique_ptr<Mapping>> mappings_;
+  absl::flat_hash_map<std::string, TensorView> tensors_;
+};
+
+// Writes a single-file safetensors checkpoint (used by `dsv2
+// make-random-model` and tests). Tensors are written contiguously in the
+// given order, as the reference writer does; the header is padded with
+// spaces to a multiple of 8 bytes.
+struct TensorToWrite {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::string bytes;  // raw little-endian data, shape x dtype size bytes
+};
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors);
+
+}  // namespace dsv2
+
+#endif  // DSV2_MODEL_SAFETENSORS_H_
