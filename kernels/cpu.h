@@ -22,7 +22,7 @@
 
 #include <condition_variable>
 #include <cstddef>
-#include <functional>
+#include <cstdint>
 #include <mutex>
 #include <string_view>
 #include <thread>
@@ -48,7 +48,12 @@ CpuIsa BestCpuIsa();
 absl::StatusOr<CpuIsa> ResolveCpuIsa(std::string_view flag_value);
 
 // A fixed set of worker threads (num_threads - 1 workers plus the calling
-// thread). Joined in the destructor; never detached.
+// thread). Joined in the destructor; never detached. Idle workers sleep on a
+// condition variable (no spinning: the pool may share few cores).
+//
+// Thread-safety: one thread at a time calls ParallelFor (the owner, e.g. the
+// engine thread); `fn` runs on the caller and on the workers concurrently
+// and must not call ParallelFor on the same pool.
 class ThreadPool {
  public:
   // REQUIRES: num_threads >= 1.
@@ -61,19 +66,28 @@ class ThreadPool {
 
   // Calls fn(begin, end) over disjoint chunks covering [0, n) and returns
   // when all chunks are done. Chunks are at least `grain` items (except the
-  // last). Runs inline when n <= grain or num_threads == 1.
+  // last); about four per thread so a preempted thread delays little. Runs
+  // inline when n <= grain or num_threads == 1. Which thread runs which
+  // chunk is unspecified.
   void ParallelFor(size_t n, size_t grain, absl::FunctionRef<void(size_t, size_t)> fn);
 
  private:
-  void WorkerLoop(int worker_index);
+  void WorkerLoop();
+  // Runs chunks of job `generation` until none is left; returns at once when
+  // a newer job has replaced it.
+  void RunChunks(uint64_t generation);
 
+  // Constant after construction.
   const int num_threads_;
   std::vector<std::thread> workers_;
+
   std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
-  // Guarded by mu_: the current job.
-  std::function<void(size_t, size_t)> job_;
+  std::condition_variable work_cv_;  // a new job or stop_
+  std::condition_variable done_cv_;  // chunks_done_ reached chunks_total_
+  // Guarded by mu_: the current job. job_ points into the ParallelFor
+  // frame that published it and is dereferenced only for chunks taken
+  // before that call returns.
+  const absl::FunctionRef<void(size_t, size_t)>* job_ = nullptr;
   size_t job_n_ = 0;
   size_t job_chunk_ = 0;
   size_t next_chunk_ = 0;

@@ -12,7 +12,6 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <string_view>
 
 namespace dsv2 {
 
@@ -22,7 +21,7 @@ enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
 constexpr size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
 
 // "f32", "bf16", "f16".
-std::string_view DTypeName(DType t);
+const char* DTypeName(DType t);
 
 inline float Bf16ToF32(uint16_t v) { return std::bit_cast<float>(uint32_t{v} << 16); }
 

@@ -3,16 +3,23 @@
 // (its "weight_map": tensor name -> shard file name).
 //
 // Opening parses and validates every header before anything is read:
-// 8-byte little-endian header length inside the file; well-formed JSON;
-// every entry has a known dtype (F32, BF16, F16), a shape of non-negative
-// ints and data_offsets [begin, end] with shape x dtype size == end - begin;
-// every range lies inside the file's data section; ranges do not overlap;
-// names are unique across shards; every name in the index's weight_map
-// exists in the shard it names. "__metadata__" is skipped. Errors are
+// 8-byte little-endian header length inside the file (and at most 100 MiB,
+// the reference limit); well-formed JSON (no duplicate keys, nesting <= 16);
+// every entry has a dtype we support (F32, BF16, F16; other safetensors dtypes
+// such as I64 are "unsupported dtype"), a shape of non-negative ints whose
+// product does not overflow, and data_offsets [begin, end] with
+// shape x dtype size == end - begin; every range lies inside the file's data
+// section; non-empty ranges do not overlap (gaps are allowed); names are
+// unique across shards; every weight_map value is a plain file name in `dir`
+// that exists, and every name in the weight_map exists in the shard it names.
+// A tensor in a listed shard that the weight_map omits is kept (transformers
+// loads it too); shards the index does not list are not opened.
+// "__metadata__" (an object of strings) is skipped. Errors are
 // InvalidArgument / NotFound naming the file and the tensor, e.g.
 // "model-00001-of-00002.safetensors: tensor 'model.norm.weight': data_offsets
 // [10, 9000] end past the data section (8000 bytes)". Nothing is ever read out
-// of the mapped range.
+// of the mapped range. (A file truncated by someone else while mapped would
+// still raise SIGBUS on access; checkpoints are treated as immutable.)
 //
 // Tensor data stays in the page cache until touched, so a process that reads
 // only some tensors (an expert shard reading only its experts) keeps only
@@ -81,8 +88,12 @@ class Checkpoint {
 
 // Writes a single-file safetensors checkpoint (used by `dsv2
 // make-random-model` and tests). Tensors are written contiguously in the
-// given order, as the reference writer does; the header is padded with
-// spaces to a multiple of 8 bytes.
+// given order (so a tensor's data is only as aligned as the sizes before it
+// make it); the header lists them in that order after
+// "__metadata__": {"format": "pt"} (which transformers expects) and is padded
+// with spaces to a multiple of 8 bytes. The file is written as `path`.tmp and
+// renamed into place. InvalidArgument for a duplicate name, a negative shape
+// or bytes.size() != shape x dtype size; errno-derived status for I/O errors.
 struct TensorToWrite {
   std::string name;
   DType dtype = DType::kF32;

@@ -1,0 +1,414 @@
+#include "attention_service/layer_loop.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+#include "router/gate.h"
+
+namespace dsv2 {
+namespace {
+
+// q_a_layernorm and kv_a_layernorm always use 1e-6 (MODEL_SPEC section 3).
+constexpr float kLatentNormEps = 1e-6f;
+
+}  // namespace
+
+kernels::RopeTable MakeRopeTable(const ModelConfig& c) {
+  const size_t R = static_cast<size_t>(c.qk_rope_head_dim);
+  if (c.rope.type == RopeConfig::Type::kDefault) {
+    return kernels::DefaultRopeTable(R, static_cast<float>(c.rope.theta));
+  }
+  kernels::YarnParams p;
+  p.theta = static_cast<float>(c.rope.theta);
+  p.factor = static_cast<float>(c.rope.factor);
+  p.original_max_position_embeddings =
+      static_cast<double>(c.rope.original_max_position_embeddings);
+  p.beta_fast = c.rope.beta_fast;
+  p.beta_slow = c.rope.beta_slow;
+  p.mscale = c.rope.mscale;
+  p.mscale_all_dim = c.rope.mscale_all_dim;
+  p.has_attention_factor = c.rope.attention_factor.has_value();
+  p.attention_factor = c.rope.attention_factor.value_or(1.0);
+  p.truncate = c.rope.truncate;
+  return kernels::YarnRopeTable(R, p);
+}
+
+struct LayerLoop::Rows {
+  int64_t n = 0;                 // rows in the step
+  std::vector<int64_t> pos;      // absolute position of each row
+  std::vector<int32_t> seq;      // batch index of each row
+  std::vector<float> x;          // [n, D] residual stream
+  std::vector<float> h;          // [n, D] normed
+  std::vector<float> tmp;        // [n, D]
+};
+
+LayerLoop::LayerLoop(const NonExpertWeights& weights, LatentCache& cache, ExpertBackend& experts,
+                     kernels::CpuContext ctx)
+    : weights_(weights),
+      config_(weights.config()),
+      cache_(cache),
+      experts_(experts),
+      ctx_(ctx),
+      act_(weights.activation_dtype()),
+      rope_(MakeRopeTable(weights.config())),
+      softmax_scale_(static_cast<float>(weights.config().softmax_scale())) {}
+
+void LayerLoop::Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, bool round) {
+  kernels::Gemm(ctx_, x, w.cols, w.data, w.dtype, w.row_stride, y, w.rows, n, w.rows, w.cols);
+  if (round) RoundInPlace(y, static_cast<size_t>(n * w.rows), act_);
+}
+
+void LayerLoop::Mlp(const MlpWeights& w, int64_t inter, const float* h, int64_t n, float* out) {
+  std::vector<float> g(n * inter), u(n * inter);
+  Linear(h, n, w.gate, g.data(), true);
+  Linear(h, n, w.up, u.data(), true);
+  for (int64_t i = 0; i < n; ++i) {
+    kernels::SwiGlu(&g[i * inter], &u[i * inter], inter, act_, &g[i * inter]);
+  }
+  Linear(g.data(), n, w.down, out, true);
+}
+
+absl::Status LayerLoop::Step(std::span<StepSequence> batch, StepOutput* out) {
+  const ModelConfig& c = config_;
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  Rows rows;
+  // Validate everything before touching the cache.
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const StepSequence& sq = batch[s];
+    if (sq.cache == nullptr || sq.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("batch entry ", s, " has no tokens"));
+    }
+    for (int32_t t : sq.tokens) {
+      if (t < 0 || t >= V) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token id ", t, " is outside the vocabulary [0, ", V, ")"));
+      }
+    }
+    const int64_t end = sq.cache->num_tokens + static_cast<int64_t>(sq.tokens.size());
+    if (end > c.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence needs ", end,
+                                                     " positions; max_position_embeddings is ",
+                                                     c.max_position_embeddings));
+    }
+  }
+  // Reserve cache blocks; undo on failure so nothing changes.
+  std::vector<size_t> blocks_before(batch.size());
+  for (size_t s = 0; s < batch.size(); ++s) {
+    blocks_before[s] = batch[s].cache->blocks.size();
+    const absl::Status st = cache_.Reserve(
+        *batch[s].cache, batch[s].cache->num_tokens + static_cast<int64_t>(batch[s].tokens.size()));
+    if (!st.ok()) {
+      for (size_t r = 0; r <= s; ++r) {
+        SequenceCache& sc = *batch[r].cache;
+        SequenceCache extra;
+        extra.blocks.assign(sc.blocks.begin() + blocks_before[r], sc.blocks.end());
+        sc.blocks.resize(blocks_before[r]);
+        cache_.Release(extra);
+      }
+      return st;
+    }
+  }
+  for (size_t s = 0; s < batch.size(); ++s) {
+    for (size_t i = 0; i < batch[s].tokens.size(); ++i) {
+      rows.pos.push_back(batch[s].cache->num_tokens + static_cast<int64_t>(i));
+      rows.seq.push_back(static_cast<int32_t>(s));
+    }
+  }
+  rows.n = static_cast<int64_t>(rows.pos.size());
+  rows.x.resize(rows.n * D);
+  rows.h.resize(rows.n * D);
+  rows.tmp.resize(rows.n * D);
+  {
+    int64_t r = 0;
+    for (const StepSequence& sq : batch) {
+      for (int32_t t : sq.tokens) weights_.embed().RowToF32(t, &rows.x[(r++) * D]);
+    }
+  }
+
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights_.layer(l);
+    for (int64_t r = 0; r < rows.n; ++r) {
+      kernels::RmsNorm(&rows.x[r * D], lw.input_norm.data(), D, static_cast<float>(c.rms_norm_eps),
+                       act_, &rows.h[r * D]);
+    }
+    Attention(l, batch, rows);  // rows.tmp = attention output
+    for (int64_t i = 0; i < rows.n * D; ++i) rows.x[i] += rows.tmp[i];
+    RoundInPlace(rows.x.data(), rows.x.size(), act_);
+    for (int64_t r = 0; r < rows.n; ++r) {
+      kernels::RmsNorm(&rows.x[r * D], lw.post_norm.data(), D, static_cast<float>(c.rms_norm_eps),
+                       act_, &rows.h[r * D]);
+    }
+    DSV2_RETURN_IF_ERROR(Ffn(l, rows));  // rows.tmp = FFN output
+    for (int64_t i = 0; i < rows.n * D; ++i) rows.x[i] += rows.tmp[i];
+    RoundInPlace(rows.x.data(), rows.x.size(), act_);
+  }
+
+  // Final norm + lm_head on the rows whose logits are wanted.
+  out->logits.assign(batch.size(), {});
+  int64_t r0 = 0;
+  std::vector<float> normed;
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const int64_t len = static_cast<int64_t>(batch[s].tokens.size());
+    const int64_t first = batch[s].all_logits ? r0 : r0 + len - 1;
+    const int64_t count = r0 + len - first;
+    normed.resize(count * D);
+    for (int64_t i = 0; i < count; ++i) {
+      kernels::RmsNorm(&rows.x[(first + i) * D], weights_.final_norm().data(), D,
+                       static_cast<float>(c.rms_norm_eps), act_, &normed[i * D]);
+    }
+    out->logits[s].resize(count * V);
+    Linear(normed.data(), count, weights_.lm_head(), out->logits[s].data(), false);
+    r0 += len;
+  }
+  for (StepSequence& sq : batch) sq.cache->num_tokens += static_cast<int64_t>(sq.tokens.size());
+  return absl::OkStatus();
+}
+
+absl::Status LayerLoop::MlaForTest(int64_t layer, SequenceCache& seq, const float* h, int64_t n,
+                                   float* out) {
+  const int64_t D = config_.hidden_size;
+  DSV2_RETURN_IF_ERROR(cache_.Reserve(seq, seq.num_tokens + n));
+  std::vector<int32_t> dummy_tokens(n, 0);
+  StepSequence s{&seq, dummy_tokens, false};
+  Rows rows;
+  rows.n = n;
+  for (int64_t i = 0; i < n; ++i) {
+    rows.pos.push_back(seq.num_tokens + i);
+    rows.seq.push_back(0);
+  }
+  rows.h.assign(h, h + n * D);
+  rows.tmp.resize(n * D);
+  Attention(layer, std::span<StepSequence>(&s, 1), rows);
+  std::copy(rows.tmp.begin(), rows.tmp.end(), out);
+  return absl::OkStatus();
+}
+
+void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) {
+  const ModelConfig& c = config_;
+  const AttentionWeights& w = weights_.layer(l).attn;
+  const int64_t n = rows.n, D = c.hidden_size, H = c.num_attention_heads;
+  const int64_t C = c.kv_lora_rank, R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim;
+  const int64_t vd = c.v_head_dim, qk = nope + R, L = C + R;
+  const size_t esize = DTypeSize(act_);
+
+  // Queries [n, H*(nope+R)].
+  std::vector<float> q(n * H * qk);
+  if (w.q_proj) {
+    Linear(rows.h.data(), n, *w.q_proj, q.data(), true);
+  } else {
+    const int64_t qr = w.q_a_proj.rows;
+    std::vector<float> qa(n * qr);
+    Linear(rows.h.data(), n, w.q_a_proj, qa.data(), true);
+    for (int64_t r = 0; r < n; ++r) {
+      kernels::RmsNorm(&qa[r * qr], w.q_a_norm.data(), qr, kLatentNormEps, act_, &qa[r * qr]);
+    }
+    Linear(qa.data(), n, w.q_b_proj, q.data(), true);
+  }
+  // Latent rows [n, C+R] -> cache.
+  std::vector<float> ckv(n * L);
+  Linear(rows.h.data(), n, w.kv_a_proj, ckv.data(), true);
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = &ckv[r * L];
+    kernels::RmsNorm(row, w.kv_a_norm.data(), C, kLatentNormEps, act_, row);
+    kernels::ApplyRope(rope_, rows.pos[r], row + C, R, act_);
+    const SequenceCache& sc = *batch[rows.seq[r]].cache;
+    const int64_t p = rows.pos[r];
+    FromF32(row, L, act_,
+            cache_.Row(sc.blocks[p / kLatentBlockTokens], l, p % kLatentBlockTokens));
+  }
+  // Absorbed queries qcat [n, H, C+R]: q_lat_h = W_UK_h^T q_nope_h, then the
+  // rotated q_pe_h.
+  std::vector<float> qcat(n * H * L);
+  const kernels::CpuContext serial{ctx_.isa, nullptr};
+  for (int64_t h = 0; h < H; ++h) {
+    const WeightMatrix& uk = w.w_uk_t[h];
+    kernels::Gemm(ctx_, &q[h * qk], H * qk, uk.data, uk.dtype, uk.row_stride, &qcat[h * L], H * L,
+                  n, C, nope);
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t h = 0; h < H; ++h) {
+      float* qpe = &qcat[(r * H + h) * L + C];
+      std::memcpy(qpe, &q[(r * H + h) * qk + nope], R * sizeof(float));
+      kernels::ApplyRope(rope_, rows.pos[r], qpe, R, act_);
+    }
+  }
+  // Attention over the cache, one task per query row: online softmax over
+  // key blocks from position 0, sums in ascending position.
+  std::vector<float> u(n * H * C);
+  auto attend = [&](size_t begin, size_t end) {
+    std::vector<float> s(H * kLatentBlockTokens), m(H), lsum(H);
+    for (size_t r = begin; r < end; ++r) {
+      const SequenceCache& sc = *batch[rows.seq[r]].cache;
+      const int64_t p = rows.pos[r];
+      float* acc = &u[r * H * C];
+      std::fill(acc, acc + H * C, 0.0f);
+      std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
+      std::fill(lsum.begin(), lsum.end(), 0.0f);
+      for (int64_t b = 0; b * kLatentBlockTokens <= p; ++b) {
+        const int64_t valid = std::min<int64_t>(kLatentBlockTokens, p + 1 - b * kLatentBlockTokens);
+        const std::byte* slab = cache_.Slab(sc.blocks[b], l);
+        kernels::Gemm(serial, &qcat[r * H * L], L, slab, act_, L, s.data(), kLatentBlockTokens, H,
+                      valid, L);
+        for (int64_t h = 0; h < H; ++h) {
+          float* sh = &s[h * kLatentBlockTokens];
+          float mb = -std::numeric_limits<float>::infinity();
+          for (int64_t t = 0; t < valid; ++t) {
+            sh[t] *= softmax_scale_;
+            mb = std::max(mb, sh[t]);
+          }
+          const float m_new = std::max(m[h], mb);
+          const float alpha = std::exp(m[h] - m_new);
+          if (alpha != 1.0f) {
+            for (int64_t j = 0; j < C; ++j) acc[h * C + j] *= alpha;
+            lsum[h] *= alpha;
+          }
+          m[h] = m_new;
+          for (int64_t t = 0; t < valid; ++t) {
+            sh[t] = std::exp(sh[t] - m_new);
+            lsum[h] += sh[t];
+          }
+        }
+        kernels::WeightedRowSum(s.data(), kLatentBlockTokens, slab, act_, L, acc, C, H, valid, C);
+      }
+      for (int64_t h = 0; h < H; ++h) {
+        const float inv = 1.0f / lsum[h];
+        for (int64_t j = 0; j < C; ++j) acc[h * C + j] *= inv;
+      }
+    }
+  };
+  if (ctx_.pool != nullptr) {
+    ctx_.pool->ParallelFor(static_cast<size_t>(n), 1, attend);
+  } else {
+    attend(0, static_cast<size_t>(n));
+  }
+  (void)esize;
+  // o_h = W_UV_h u_h -> [n, H*v] (rounded: the o_proj input), then o_proj.
+  std::vector<float> o(n * H * vd);
+  for (int64_t h = 0; h < H; ++h) {
+    const WeightMatrix& uv = w.w_uv[h];
+    kernels::Gemm(ctx_, &u[h * C], H * C, uv.data, uv.dtype, uv.row_stride, &o[h * vd], H * vd, n,
+                  vd, C);
+  }
+  RoundInPlace(o.data(), o.size(), act_);
+  Linear(o.data(), n, w.o_proj, rows.tmp.data(), true);
+  (void)D;
+}
+
+absl::Status LayerLoop::Ffn(int64_t l, Rows& rows) {
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = weights_.layer(l);
+  const int64_t n = rows.n, D = c.hidden_size, E = c.n_routed_experts;
+  if (!lw.is_moe) {
+    Mlp(lw.dense, c.intermediate_size, rows.h.data(), n, rows.tmp.data());
+    return absl::OkStatus();
+  }
+  // Gate in fp32 (input and weight cast to fp32, MODEL_SPEC section 7).
+  std::vector<float> logits(n * E);
+  Linear(rows.h.data(), n, lw.router, logits.data(), false);
+  const router::GateParams gp = router::GateParams::FromConfig(c);
+  std::vector<router::RowRoute> routes(n);
+  router::ExpertDispatch d;
+  d.layer = static_cast<int32_t>(l);
+  d.num_rows = static_cast<int32_t>(n);
+  d.hidden = static_cast<int32_t>(D);
+  d.dtype = act_;
+  for (int64_t r = 0; r < n; ++r) {
+    routes[r] = router::Gate(gp, std::span<const float>(&logits[r * E], E));
+    for (int32_t e : routes[r].experts) d.assignments.push_back({static_cast<int32_t>(r), e});
+  }
+  d.activations.resize(n * D * DTypeSize(act_));
+  FromF32(rows.h.data(), n * D, act_, d.activations.data());
+  DSV2_ASSIGN_OR_RETURN(const uint64_t ticket, experts_.Send(std::move(d)));
+  // Shared experts overlap the dispatch's round trip.
+  std::vector<float> shared;
+  if (c.n_shared_experts > 0) {
+    shared.resize(n * D);
+    Mlp(lw.shared, c.moe_intermediate_size * c.n_shared_experts, rows.h.data(), n, shared.data());
+  }
+  DSV2_ASSIGN_OR_RETURN(const router::ExpertReply reply, experts_.Wait(ticket));
+  const size_t K = static_cast<size_t>(c.num_experts_per_tok);
+  const size_t want = static_cast<size_t>(n) * K * D * DTypeSize(act_);
+  if (reply.dtype != act_ || reply.hidden != D || reply.outputs.size() != want) {
+    return absl::InternalError(absl::StrCat("expert reply has ", reply.outputs.size(),
+                                            " bytes; expected ", want));
+  }
+  // Combine: assignments are in (row, ascending expert) order.
+  std::vector<float> expert_rows(K * D);
+  std::vector<const float*> ptrs(K);
+  for (int64_t r = 0; r < n; ++r) {
+    for (size_t k = 0; k < K; ++k) {
+      ToF32(reply.outputs.data() + (r * K + k) * D * DTypeSize(act_), act_, D, &expert_rows[k * D]);
+      ptrs[k] = &expert_rows[k * D];
+    }
+    float* y = &rows.tmp[r * D];
+    router::Combine(routes[r].weights, ptrs, D, act_, y);
+    if (!shared.empty()) {
+      for (int64_t i = 0; i < D; ++i) y[i] += shared[r * D + i];
+      RoundInPlace(y, D, act_);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ReferenceMla(const ModelConfig& c, const AttentionWeights& w, const kernels::RopeTable& rope,
+                  DType act, const float* h, int64_t T, float* out) {
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
+  const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, vd = c.v_head_dim;
+  const int64_t qk = nope + R;
+  auto linear = [&](const float* x, int64_t n, const WeightMatrix& m, float* y) {
+    kernels::GemmReference(x, m.cols, m.data, m.dtype, m.row_stride, y, m.rows, n, m.rows, m.cols);
+    RoundInPlace(y, n * m.rows, act);
+  };
+  std::vector<float> q(T * H * qk);
+  if (w.q_proj) {
+    linear(h, T, *w.q_proj, q.data());
+  } else {
+    const int64_t qr = w.q_a_proj.rows;
+    std::vector<float> qa(T * qr);
+    linear(h, T, w.q_a_proj, qa.data());
+    for (int64_t t = 0; t < T; ++t) {
+      kernels::RmsNorm(&qa[t * qr], w.q_a_norm.data(), qr, kLatentNormEps, act, &qa[t * qr]);
+    }
+    linear(qa.data(), T, w.q_b_proj, q.data());
+  }
+  std::vector<float> ckv(T * (C + R));
+  linear(h, T, w.kv_a_proj, ckv.data());
+  std::vector<float> latent(T * C), kpe(T * R);
+  for (int64_t t = 0; t < T; ++t) {
+    kernels::RmsNorm(&ckv[t * (C + R)], w.kv_a_norm.data(), C, kLatentNormEps, act, &latent[t * C]);
+    std::memcpy(&kpe[t * R], &ckv[t * (C + R) + C], R * sizeof(float));
+    kernels::ApplyRope(rope, t, &kpe[t * R], R, act);
+    for (int64_t hh = 0; hh < H; ++hh) kernels::ApplyRope(rope, t, &q[(t * H + hh) * qk + nope], R, act);
+  }
+  // Expanded keys and values: kv [T, H*(nope+v)].
+  std::vector<float> kv(T * H * (nope + vd));
+  linear(latent.data(), T, w.kv_b_proj, kv.data());
+  const float scale = static_cast<float>(c.softmax_scale());
+  std::vector<float> o(T * H * vd, 0.0f), p(T);
+  for (int64_t hh = 0; hh < H; ++hh) {
+    for (int64_t i = 0; i < T; ++i) {
+      const float* qi = &q[(i * H + hh) * qk];
+      for (int64_t t = 0; t <= i; ++t) {
+        const float* kt = &kv[(t * H + hh) * (nope + vd)];
+        double dot = 0;
+        for (int64_t j = 0; j < nope; ++j) dot += double(qi[j]) * kt[j];
+        for (int64_t j = 0; j < R; ++j) dot += double(qi[nope + j]) * kpe[t * R + j];
+        p[t] = static_cast<float>(dot) * scale;
+      }
+      kernels::Softmax(p.data(), i + 1);
+      for (int64_t t = 0; t <= i; ++t) {
+        const float* vt = &kv[(t * H + hh) * (nope + vd) + nope];
+        for (int64_t j = 0; j < vd; ++j) o[(i * H + hh) * vd + j] += p[t] * vt[j];
+      }
+    }
+  }
+  RoundInPlace(o.data(), o.size(), act);
+  kernels::GemmReference(o.data(), H * vd, w.o_proj.data, w.o_proj.dtype, w.o_proj.row_stride, out,
+                         D, T, D, H * vd);
+}
+
+}  // namespace dsv2

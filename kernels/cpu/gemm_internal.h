@@ -1,0 +1,54 @@
+// Private to kernels/cpu: the per-ISA block kernels behind Gemm/Gemv.
+//
+// Each ISA file (gemm_scalar.cc, gemm_avx2.cc, gemm_avx512.cc) exports one
+// function that computes a rectangle of Y. gemm.cc checks arguments, picks
+// the rectangles and spreads them over the ThreadPool.
+//
+// Row invariance (see cpu.h) is each block function's job: every Y element
+// it writes is computed by the same per-ISA arithmetic sequence (a fixed
+// set of lane accumulators over K, the same zero-padded tail, the same
+// horizontal-sum tree) whatever the rectangle's size or position, so tiling
+// and threading cannot change a bit.
+//
+// The vector files are compiled without global ISA flags: every function
+// that uses AVX2 / AVX-512 instructions carries its own
+// __attribute__((target(...))) and has internal linkage, so no inline or
+// template code compiled for a newer ISA can leak into the rest of the
+// program through COMDAT folding.
+#ifndef DSV2_KERNELS_CPU_GEMM_INTERNAL_H_
+#define DSV2_KERNELS_CPU_GEMM_INTERNAL_H_
+
+#include <cstddef>
+
+#include "kernels/dtype.h"
+
+namespace dsv2::kernels::internal {
+
+// The operands of one Gemm call (see cpu.h for shapes and strides).
+struct GemmOperands {
+  const float* x;  // [M, K], row stride ldx.
+  size_t ldx;
+  const void* w;  // [N, K] in w_dtype (kF32 or kBF16), row stride ldw.
+  DType w_dtype;
+  size_t ldw;
+  float* y;  // [M, N], row stride ldy.
+  size_t ldy;
+  size_t K;
+};
+
+// Computes Y[m, n] for m in [m_begin, m_end), n in [n_begin, n_end).
+// Single-threaded; safe to call concurrently on disjoint rectangles.
+// REQUIRES: the ISA is supported by this CPU (callers check CpuSupports).
+using GemmBlockFn = void (*)(const GemmOperands& op, size_t m_begin, size_t m_end,
+                             size_t n_begin, size_t n_end);
+
+void GemmBlockScalar(const GemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                     size_t n_end);
+void GemmBlockAvx2(const GemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                   size_t n_end);
+void GemmBlockAvx512(const GemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                     size_t n_end);
+
+}  // namespace dsv2::kernels::internal
+
+#endif  // DSV2_KERNELS_CPU_GEMM_INTERNAL_H_

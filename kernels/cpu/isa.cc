@@ -1,0 +1,97 @@
+// Run-time CPU feature detection and ISA naming (kernels/cpu.h).
+//
+// __builtin_cpu_supports (libgcc / compiler-rt cpuinfo) reads CPUID and also
+// checks with XGETBV that the OS saves the AVX / AVX-512 register state, so
+// a feature it reports is usable.
+#include <cstdlib>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu.h"
+
+namespace dsv2::kernels {
+namespace {
+
+// This absl build's string_view is its own type, not std::string_view.
+absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+struct CpuFeatures {
+  bool avx2_fma;
+  // AVX-512 F (f32 kernels), BW (16-bit masked loads of bf16 tails) and
+  // BF16 (VDPBF16PS): present together on Cooper Lake, Sapphire Rapids and
+  // later Intel, and on AMD Zen 4 and later.
+  bool avx512_bf16;
+};
+
+const CpuFeatures& Features() {
+  static const CpuFeatures features = [] {
+    __builtin_cpu_init();
+    CpuFeatures f;
+    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    f.avx512_bf16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512bf16");
+    return f;
+  }();
+  return features;
+}
+
+}  // namespace
+
+std::string_view CpuIsaName(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return "scalar";
+    case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512Bf16: return "avx512bf16";
+  }
+  return "?";
+}
+
+absl::StatusOr<CpuIsa> ParseCpuIsa(std::string_view name) {
+  if (name == "auto") return BestCpuIsa();
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16}) {
+    if (name == CpuIsaName(isa)) return isa;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown CPU ISA \"", Sv(name), "\"; expected one of auto, scalar, avx2, avx512bf16"));
+}
+
+bool CpuSupports(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar: return true;
+    case CpuIsa::kAvx2: return Features().avx2_fma;
+    case CpuIsa::kAvx512Bf16: return Features().avx512_bf16;
+  }
+  return false;
+}
+
+CpuIsa BestCpuIsa() {
+  if (CpuSupports(CpuIsa::kAvx512Bf16)) return CpuIsa::kAvx512Bf16;
+  if (CpuSupports(CpuIsa::kAvx2)) return CpuIsa::kAvx2;
+  return CpuIsa::kScalar;
+}
+
+absl::StatusOr<CpuIsa> ResolveCpuIsa(std::string_view flag_value) {
+  std::string_view name = flag_value;
+  std::string_view source = "--cpu_isa";
+  if (name.empty()) {
+    const char* env = std::getenv("DSV2_CPU_ISA");
+    if (env != nullptr && env[0] != '\0') {
+      name = env;
+      source = "DSV2_CPU_ISA";
+    }
+  }
+  if (name.empty()) return BestCpuIsa();
+  absl::StatusOr<CpuIsa> isa = ParseCpuIsa(name);
+  if (!isa.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(Sv(source), ": ", isa.status().message()));
+  }
+  if (!CpuSupports(*isa)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(Sv(source), " asks for CPU ISA ", Sv(CpuIsaName(*isa)),
+                     ", which this CPU does not support (best available: ",
+                     Sv(CpuIsaName(BestCpuIsa())), ")"));
+  }
+  return *isa;
+}
+
+}  // namespace dsv2::kernels

@@ -1,0 +1,106 @@
+#include "model/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv2 {
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+bool Before(std::span<const float> l, int32_t a, int32_t b) {
+  return l[a] > l[b] || (l[a] == l[b] && a < b);
+}
+
+}  // namespace
+
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
+  if (!(p.temperature >= 0.0f) || std::isinf(p.temperature)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature = ", p.temperature, " must be >= 0"));
+  }
+  if (p.top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k = ", p.top_k, " must be >= 0"));
+  }
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_p = ", p.top_p, " must be in (0, 1]"));
+  }
+  return absl::OkStatus();
+}
+
+double CounterUniform(uint64_t seed, uint64_t position) {
+  const uint64_t k = SplitMix64(seed ^ 0x5851f42d4c957f2dull);
+  const uint64_t bits = SplitMix64(k ^ SplitMix64(position + 0x2545f4914f6cdd1dull));
+  return static_cast<double>(bits >> 11) * 0x1.0p-53;
+}
+
+std::vector<std::pair<int32_t, float>> TopLogits(std::span<const float> logits, size_t n) {
+  n = std::min(n, logits.size());
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + n, idx.end(),
+                    [&](int32_t a, int32_t b) { return Before(logits, a, b); });
+  std::vector<std::pair<int32_t, float>> out;
+  for (size_t i = 0; i < n; ++i) out.emplace_back(idx[i], logits[idx[i]]);
+  return out;
+}
+
+int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t position) {
+  const size_t V = logits.size();
+  if (p.temperature == 0.0f || p.top_k == 1) {
+    int32_t best = 0;
+    for (size_t i = 1; i < V; ++i) {
+      if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
+    }
+    return best;
+  }
+  const size_t k = p.top_k > 0 ? std::min<size_t>(p.top_k, V) : V;
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int32_t a, int32_t b) { return Before(logits, a, b); });
+  idx.resize(k);
+  std::vector<float> prob(k);
+  const float inv_t = 1.0f / p.temperature;
+  const float m = logits[idx[0]] * inv_t;
+  float sum = 0.0f;
+  for (size_t i = 0; i < k; ++i) {
+    prob[i] = std::exp(logits[idx[i]] * inv_t - m);
+    sum += prob[i];
+  }
+  for (float& x : prob) x /= sum;
+  size_t kept = k;
+  if (p.top_p < 1.0f) {
+    float cum = 0.0f;
+    kept = 0;
+    while (kept < k) {
+      cum += prob[kept++];
+      if (cum >= p.top_p) break;
+    }
+  }
+  float total = 0.0f;
+  for (size_t i = 0; i < kept; ++i) total += prob[i];
+  const float target = static_cast<float>(CounterUniform(p.seed, position)) * total;
+  float cum = 0.0f;
+  for (size_t i = 0; i < kept; ++i) {
+    cum += prob[i];
+    if (target < cum) return idx[i];
+  }
+  return idx[kept - 1];
+}
+
+uint64_t RandomSeed() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+}  // namespace dsv2

@@ -1,0 +1,270 @@
+#include "model/weights.h"
+
+#include <cstring>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace dsv2 {
+namespace {
+
+std::string LayerPrefix(int64_t l) { return absl::StrCat("model.layers.", l, "."); }
+
+// A zero-copy view when the checkpoint's dtype is usable as is and aligned;
+// otherwise an owned f32 copy (f16, or a misaligned range).
+WeightMatrix AsMatrix(const TensorView& t, int64_t rows, int64_t cols, OwnedBuffers& owned) {
+  WeightMatrix m;
+  m.rows = rows;
+  m.cols = cols;
+  m.row_stride = cols;
+  const size_t align = DTypeSize(t.dtype);
+  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % align == 0;
+  if (t.dtype != DType::kF16 && aligned) {
+    m.data = t.data;
+    m.dtype = t.dtype;
+    return m;
+  }
+  const size_t n = static_cast<size_t>(rows * cols);
+  if (t.dtype == DType::kF16 || t.dtype == DType::kF32) {
+    auto* dst = static_cast<float*>(owned.Allocate(n * sizeof(float)));
+    if (t.dtype == DType::kF32) {
+      std::memcpy(dst, t.data, n * sizeof(float));
+    } else {
+      std::vector<uint16_t> tmp(n);
+      std::memcpy(tmp.data(), t.data, n * 2);
+      ToF32(tmp.data(), DType::kF16, n, dst);
+    }
+    m.data = dst;
+    m.dtype = DType::kF32;
+  } else {  // misaligned bf16
+    void* dst = owned.Allocate(n * 2);
+    std::memcpy(dst, t.data, n * 2);
+    m.data = dst;
+    m.dtype = DType::kBF16;
+  }
+  return m;
+}
+
+std::vector<float> AsF32Vector(const TensorView& t) {
+  const size_t n = static_cast<size_t>(t.num_elements());
+  std::vector<uint8_t> tmp(t.num_bytes);
+  std::memcpy(tmp.data(), t.data, t.num_bytes);
+  std::vector<float> out(n);
+  ToF32(tmp.data(), t.dtype, n, out.data());
+  return out;
+}
+
+class Loader {
+ public:
+  Loader(const Checkpoint& ckpt, OwnedBuffers& owned) : ckpt_(ckpt), owned_(owned) {}
+
+  absl::StatusOr<WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
+    return AsMatrix(*t, rows, cols, owned_);
+  }
+  absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {n}));
+    return AsF32Vector(*t);
+  }
+  absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t d, int64_t inter) {
+    MlpWeights w;
+    DSV2_ASSIGN_OR_RETURN(w.gate, Matrix(prefix + "gate_proj.weight", inter, d));
+    DSV2_ASSIGN_OR_RETURN(w.up, Matrix(prefix + "up_proj.weight", inter, d));
+    DSV2_ASSIGN_OR_RETURN(w.down, Matrix(prefix + "down_proj.weight", d, inter));
+    return w;
+  }
+  // An owned f32 copy (the router runs in fp32, MODEL_SPEC section 7).
+  absl::StatusOr<WeightMatrix> F32Matrix(const std::string& name, int64_t rows, int64_t cols) {
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
+    std::vector<float> v = AsF32Vector(*t);
+    auto* dst = static_cast<float*>(owned_.Allocate(v.size() * sizeof(float)));
+    std::memcpy(dst, v.data(), v.size() * sizeof(float));
+    return WeightMatrix{dst, DType::kF32, rows, cols, cols};
+  }
+
+  const Checkpoint& ckpt() const { return ckpt_; }
+  OwnedBuffers& owned() { return owned_; }
+
+ private:
+  const Checkpoint& ckpt_;
+  OwnedBuffers& owned_;
+};
+
+absl::StatusOr<AttentionWeights> LoadAttention(const ModelConfig& c, int64_t l, Loader& ld) {
+  const std::string p = LayerPrefix(l) + "self_attn.";
+  const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
+  const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, v = c.v_head_dim;
+  AttentionWeights a;
+  if (c.q_lora_rank) {
+    const int64_t q = *c.q_lora_rank;
+    DSV2_ASSIGN_OR_RETURN(a.q_a_proj, ld.Matrix(p + "q_a_proj.weight", q, D));
+    DSV2_ASSIGN_OR_RETURN(a.q_a_norm, ld.Vector(p + "q_a_layernorm.weight", q));
+    DSV2_ASSIGN_OR_RETURN(a.q_b_proj, ld.Matrix(p + "q_b_proj.weight", H * (nope + R), q));
+  } else {
+    DSV2_ASSIGN_OR_RETURN(a.q_proj, ld.Matrix(p + "q_proj.weight", H * (nope + R), D));
+  }
+  DSV2_ASSIGN_OR_RETURN(a.kv_a_proj, ld.Matrix(p + "kv_a_proj_with_mqa.weight", C + R, D));
+  DSV2_ASSIGN_OR_RETURN(a.kv_a_norm, ld.Vector(p + "kv_a_layernorm.weight", C));
+  DSV2_ASSIGN_OR_RETURN(a.kv_b_proj, ld.Matrix(p + "kv_b_proj.weight", H * (nope + v), C));
+  DSV2_ASSIGN_OR_RETURN(a.o_proj, ld.Matrix(p + "o_proj.weight", D, H * v));
+  // Absorbed-form views (MODEL_SPEC section 5): kv_b_proj rows for head h
+  // are [W_UK_h (nope rows); W_UV_h (v rows)].
+  const size_t esize = DTypeSize(a.kv_b_proj.dtype);
+  for (int64_t h = 0; h < H; ++h) {
+    const WeightMatrix uk = a.kv_b_proj.RowSlice(h * (nope + v), nope);
+    a.w_uv.push_back(a.kv_b_proj.RowSlice(h * (nope + v) + nope, v));
+    auto* dst = static_cast<std::byte*>(ld.owned().Allocate(static_cast<size_t>(C * nope) * esize));
+    const auto* src = static_cast<const std::byte*>(uk.data);
+    for (int64_t j = 0; j < nope; ++j) {
+      for (int64_t k = 0; k < C; ++k) {
+        std::memcpy(dst + (k * nope + j) * esize, src + (j * uk.row_stride + k) * esize, esize);
+      }
+    }
+    a.w_uk_t.push_back(WeightMatrix{dst, a.kv_b_proj.dtype, C, nope, nope});
+  }
+  return a;
+}
+
+}  // namespace
+
+WeightMatrix WeightMatrix::RowSlice(int64_t begin, int64_t count) const {
+  WeightMatrix m = *this;
+  m.data = static_cast<const std::byte*>(data) + begin * row_stride * DTypeSize(dtype);
+  m.rows = count;
+  return m;
+}
+
+void WeightMatrix::RowToF32(int64_t r, float* out) const {
+  ToF32(static_cast<const std::byte*>(data) + r * row_stride * DTypeSize(dtype), dtype,
+        static_cast<size_t>(cols), out);
+}
+
+void* OwnedBuffers::Allocate(size_t bytes) {
+  // operator new[] on std::byte aligns to __STDCPP_DEFAULT_NEW_ALIGNMENT__
+  // (16); over-allocate to give 64-byte (cache-line) alignment.
+  auto buf = std::make_unique<std::byte[]>(bytes + 64);
+  void* p = buf.get();
+  size_t space = bytes + 64;
+  std::align(64, bytes, p, space);
+  std::memset(p, 0, bytes);
+  buffers_.push_back(std::move(buf));
+  return p;
+}
+
+absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
+    const ModelConfig& c, const Checkpoint& ckpt) {
+  auto w = std::unique_ptr<NonExpertWeights>(new NonExpertWeights());
+  w->config_ = c;
+  Loader ld(ckpt, w->owned_);
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  DSV2_ASSIGN_OR_RETURN(const TensorView* embed, ckpt.Get("model.embed_tokens.weight", {V, D}));
+  w->activation_dtype_ = embed->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  w->embed_ = AsMatrix(*embed, V, D, w->owned_);
+  DSV2_ASSIGN_OR_RETURN(w->final_norm_, ld.Vector("model.norm.weight", D));
+  if (c.tie_word_embeddings && ckpt.Find("lm_head.weight") == nullptr) {
+    w->lm_head_ = w->embed_;
+  } else {
+    DSV2_ASSIGN_OR_RETURN(w->lm_head_, ld.Matrix("lm_head.weight", V, D));
+  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerWeights lw;
+    const std::string p = LayerPrefix(l);
+    DSV2_ASSIGN_OR_RETURN(lw.input_norm, ld.Vector(p + "input_layernorm.weight", D));
+    DSV2_ASSIGN_OR_RETURN(lw.post_norm, ld.Vector(p + "post_attention_layernorm.weight", D));
+    DSV2_ASSIGN_OR_RETURN(lw.attn, LoadAttention(c, l, ld));
+    lw.is_moe = c.is_moe_layer(l);
+    if (!lw.is_moe) {
+      DSV2_ASSIGN_OR_RETURN(lw.dense, ld.Mlp(p + "mlp.", D, c.intermediate_size));
+    } else {
+      DSV2_ASSIGN_OR_RETURN(lw.router,
+                            ld.F32Matrix(p + "mlp.gate.weight", c.n_routed_experts, D));
+      if (c.n_shared_experts > 0) {
+        DSV2_ASSIGN_OR_RETURN(
+            lw.shared,
+            ld.Mlp(p + "mlp.shared_experts.", D, c.moe_intermediate_size * c.n_shared_experts));
+      }
+    }
+    w->layers_.push_back(std::move(lw));
+  }
+  return w;
+}
+
+std::vector<ExpertWeightSet::Key> ExpertWeightSet::AllLayers(const ModelConfig& c,
+                                                             const std::vector<int32_t>& experts) {
+  std::vector<Key> keys;
+  for (int64_t l = c.first_k_dense_replace; l < c.num_hidden_layers; ++l) {
+    for (int32_t e : experts) keys.push_back({static_cast<int32_t>(l), e});
+  }
+  return keys;
+}
+
+absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
+    const ModelConfig& c, const Checkpoint& ckpt, const std::vector<Key>& keys) {
+  auto set = std::unique_ptr<ExpertWeightSet>(new ExpertWeightSet());
+  Loader ld(ckpt, set->owned_);
+  const int64_t D = c.hidden_size, I = c.moe_intermediate_size, E = c.n_routed_experts;
+  // Fused tensors of a layer, viewed (or converted) once per layer.
+  absl::flat_hash_map<int32_t, std::pair<WeightMatrix, WeightMatrix>> fused_by_layer;
+  for (const Key& k : keys) {
+    if (k.layer < 0 || k.layer >= c.num_hidden_layers || !c.is_moe_layer(k.layer)) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", k.layer, " is not a MoE layer"));
+    }
+    if (k.expert < 0 || k.expert >= E) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert ", k.expert, " out of range [0, ", E, ")"));
+    }
+    if (set->experts_.contains(k)) continue;
+    const std::string p = LayerPrefix(k.layer) + "mlp.experts.";
+    ExpertWeights ew;
+    const TensorView* fused_gate_up = ckpt.Find(p + "gate_up_proj");
+    if (fused_gate_up != nullptr) {
+      // Fused layout: [E, 2I, D] and [E, D, I]; rows 0..I-1 gate, I..2I-1 up.
+      auto it = fused_by_layer.find(k.layer);
+      if (it == fused_by_layer.end()) {
+        DSV2_ASSIGN_OR_RETURN(const TensorView* gu,
+                              ckpt.Get(p + "gate_up_proj", {E, 2 * I, D}));
+        DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ckpt.Get(p + "down_proj", {E, D, I}));
+        it = fused_by_layer
+                 .emplace(k.layer, std::make_pair(AsMatrix(*gu, E * 2 * I, D, set->owned_),
+                                                  AsMatrix(*dn, E * D, I, set->owned_)))
+                 .first;
+      }
+      const WeightMatrix& all_gu = it->second.first;
+      const WeightMatrix& all_dn = it->second.second;
+      ew.gate_up = all_gu.RowSlice(k.expert * 2 * I, 2 * I);
+      ew.gate = all_gu.RowSlice(k.expert * 2 * I, I);
+      ew.up = all_gu.RowSlice(k.expert * 2 * I + I, I);
+      ew.down = all_dn.RowSlice(static_cast<int64_t>(k.expert) * D, D);
+    } else {
+      DSV2_ASSIGN_OR_RETURN(MlpWeights m, ld.Mlp(absl::StrCat(p, k.expert, "."), D, I));
+      ew.gate = m.gate;
+      ew.up = m.up;
+      ew.down = m.down;
+    }
+    set->weight_bytes_ += static_cast<size_t>(3 * I * D) * DTypeSize(ew.gate.dtype);
+    set->experts_.emplace(k, ew);
+  }
+  return set;
+}
+
+const ExpertWeights* ExpertWeightSet::Find(int32_t layer, int32_t expert) const {
+  auto it = experts_.find(Key{layer, expert});
+  return it == experts_.end() ? nullptr : &it->second;
+}
+
+void ExpertWeightSet::Prefault() const {
+  volatile uint8_t sink = 0;
+  auto touch = [&](const WeightMatrix& m) {
+    const auto* p = static_cast<const uint8_t*>(m.data);
+    const size_t bytes = static_cast<size_t>(m.rows * m.row_stride) * DTypeSize(m.dtype);
+    for (size_t i = 0; i < bytes; i += 4096) sink = sink + p[i];
+  };
+  for (const auto& [k, e] : experts_) {
+    touch(e.gate);
+    touch(e.up);
+    touch(e.down);
+  }
+}
+
+}  // namespace dsv2

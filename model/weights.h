@@ -1,0 +1,160 @@
+// Typed views of a checkpoint's tensors, grouped as the forward pass uses
+// them (MODEL_SPEC.md section 2).
+//
+// Linear weights stay where the checkpoint keeps them (memory-mapped, f32 or
+// bf16, zero-copy); f16 tensors are converted to f32 at load, and small
+// vectors (norm weights) and the router weight are copied to f32. Selective
+// loading: NonExpertWeights never touches routed-expert tensors, and
+// LoadExperts touches only the (layer, expert) pairs asked for, so an expert
+// shard keeps only its experts resident.
+//
+// Every tensor is checked against the shape the config implies; errors name
+// the file and tensor. Both expert layouts are recognised: per-expert
+// (`mlp.experts.{e}.{gate,up,down}_proj.weight`) and fused
+// (`mlp.experts.gate_up_proj` [E, 2I, D], `mlp.experts.down_proj` [E, D, I]).
+//
+// Thread-safety: immutable after load. Views stay valid while the
+// Checkpoint and the owning weights object live.
+#ifndef DSV2_MODEL_WEIGHTS_H_
+#define DSV2_MODEL_WEIGHTS_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "kernels/dtype.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+
+namespace dsv2 {
+
+// A [rows, cols] row-major matrix in f32 or bf16 with a row stride in
+// elements; Linear weights are [out, in].
+struct WeightMatrix {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 0;
+
+  // The sub-matrix of rows [begin, begin + count).
+  WeightMatrix RowSlice(int64_t begin, int64_t count) const;
+  // Row r converted to f32 (cols values).
+  void RowToF32(int64_t r, float* out) const;
+};
+
+struct MlpWeights {
+  WeightMatrix gate, up, down;  // [I, D], [I, D], [D, I]
+};
+
+struct AttentionWeights {
+  std::optional<WeightMatrix> q_proj;  // [H*(nope+R), D] when q_lora_rank is null
+  WeightMatrix q_a_proj;               // [q_lora_rank, D]
+  std::vector<float> q_a_norm;         // [q_lora_rank]
+  WeightMatrix q_b_proj;               // [H*(nope+R), q_lora_rank]
+  WeightMatrix kv_a_proj;              // [C+R, D]
+  std::vector<float> kv_a_norm;        // [C]
+  WeightMatrix kv_b_proj;              // [H*(nope+v), C]
+  WeightMatrix o_proj;                 // [D, H*v]
+  // Absorbed form (MODEL_SPEC section 5): per head h, W_UK_h^T as [C, nope]
+  // (an owned transposed copy of kv_b_proj's key rows, same dtype).
+  std::vector<WeightMatrix> w_uk_t;
+  // Per head h, W_UV_h [v, C]: a view into kv_b_proj.
+  std::vector<WeightMatrix> w_uv;
+};
+
+struct LayerWeights {
+  std::vector<float> input_norm;  // [D]
+  std::vector<float> post_norm;   // [D]
+  AttentionWeights attn;
+  bool is_moe = false;
+  MlpWeights dense;               // l < first_k_dense_replace
+  WeightMatrix router;            // [E, D], f32 (owned copy)
+  MlpWeights shared;              // intermediate I * n_shared_experts
+};
+
+// Holds converted copies (f16 -> f32, transposes, f32 norms).
+class OwnedBuffers {
+ public:
+  // A buffer of `bytes` bytes, zeroed, 64-byte aligned, valid for the
+  // lifetime of this object.
+  void* Allocate(size_t bytes);
+
+ private:
+  std::vector<std::unique_ptr<std::byte[]>> buffers_;
+};
+
+// Everything but the routed experts: what an attention node loads.
+class NonExpertWeights {
+ public:
+  static absl::StatusOr<std::unique_ptr<NonExpertWeights>> Load(const ModelConfig& config,
+                                                                const Checkpoint& checkpoint);
+  const ModelConfig& config() const { return config_; }
+  // The activation dtype: the embedding's dtype (bf16 -> bf16; f32 and f16
+  // -> f32). DESIGN.md section 7.
+  DType activation_dtype() const { return activation_dtype_; }
+  const WeightMatrix& embed() const { return embed_; }      // [V, D]
+  const std::vector<float>& final_norm() const { return final_norm_; }
+  const WeightMatrix& lm_head() const { return lm_head_; }  // [V, D]
+  const LayerWeights& layer(int64_t l) const { return layers_[l]; }
+
+ private:
+  NonExpertWeights() = default;
+  ModelConfig config_;
+  DType activation_dtype_ = DType::kF32;
+  WeightMatrix embed_;
+  std::vector<float> final_norm_;
+  WeightMatrix lm_head_;
+  std::vector<LayerWeights> layers_;
+  OwnedBuffers owned_;
+};
+
+// Routed experts for a chosen set of (layer, expert) pairs: what an expert
+// shard loads. For the fused layout, gate and up are adjacent rows of one
+// [2I, D] matrix (`gate_up` is set) so one GEMM computes both.
+struct ExpertWeights {
+  WeightMatrix gate;                    // [I, D]
+  WeightMatrix up;                      // [I, D]
+  WeightMatrix down;                    // [D, I]
+  std::optional<WeightMatrix> gate_up;  // [2I, D] when contiguous
+};
+
+class ExpertWeightSet {
+ public:
+  struct Key {
+    int32_t layer;
+    int32_t expert;
+    bool operator==(const Key&) const = default;
+    template <typename H>
+    friend H AbslHashValue(H h, const Key& k) {
+      return H::combine(std::move(h), k.layer, k.expert);
+    }
+  };
+  // Loads the given experts (every MoE layer x `experts` when `layers` is
+  // empty). InvalidArgument for an expert id out of range or a dense layer.
+  static absl::StatusOr<std::unique_ptr<ExpertWeightSet>> Load(const ModelConfig& config,
+                                                               const Checkpoint& checkpoint,
+                                                               const std::vector<Key>& keys);
+  // Every MoE layer x every expert in `experts`.
+  static std::vector<Key> AllLayers(const ModelConfig& config, const std::vector<int32_t>& experts);
+
+  const ExpertWeights* Find(int32_t layer, int32_t expert) const;
+  size_t size() const { return experts_.size(); }
+  // Bytes of weight data these experts reference.
+  size_t weight_bytes() const { return weight_bytes_; }
+  // Reads every page of every expert once, so it is resident before serving.
+  void Prefault() const;
+
+ private:
+  ExpertWeightSet() = default;
+  absl::flat_hash_map<Key, ExpertWeights> experts_;
+  size_t weight_bytes_ = 0;
+  OwnedBuffers owned_;
+};
+
+}  // namespace dsv2
+
+#endif  // DSV2_MODEL_WEIGHTS_H_

@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""Generate the DeepSeek-V2 conformance fixtures (tiny random checkpoints + reference logits).
+
+Regenerate (from the repository root; deterministic, CPU only, a few minutes on one core):
+
+    pip install "transformers==5.23.0" torch safetensors
+    /path/to/python tests/conformance/make_reference.py --out tests/data/conformance
+
+Then verify that every checkpoint round-trips through from_pretrained:
+
+    /path/to/python tests/conformance/check_reference.py --data tests/data/conformance
+
+For every variant below and for each dtype (float32, bfloat16) this writes a directory
+`<variant>_<f32|bf16>/` holding
+  * the checkpoint exactly as `DeepseekV2ForCausalLM.save_pretrained` writes it
+    (config.json, generation_config.json, model.safetensors or shards + index);
+  * reference.safetensors: `logits_<i>` [T_i, V] float32, the logits of ONE teacher-forced
+    forward pass (no cache) over prompt + 8 greedy tokens of case i (bf16 models: the bf16
+    logits cast to f32);
+  * reference.json: versions, dtype, variant, layout and the cases
+    ({"prompt_ids", "tokens" = prompt + 8 greedy tokens, "num_prompt"}), margin statistics
+    and notes.
+
+Variants (all: hidden 64, 4 heads, qk_nope 32 / qk_rope 16 / v 24, kv_lora_rank 32,
+moe_intermediate 8, dense intermediate 112, vocab 1024, first_k_dense_replace 1,
+3 layers, bos 0 / eos 1, untied embeddings, silu, no biases):
+  v2       q_lora_rank 40, 160 experts, 8 groups / topk_group 3, K 6,
+           group_limited_greedy, routed_scaling_factor 16, 2 shared experts, yarn
+           (factor 40, original_max_position_embeddings 128, max_position_embeddings 5120,
+           beta_fast 32, beta_slow 1, mscale 0.707, mscale_all_dim 0.707),
+           rms_norm_eps 1e-5 (!= the 1e-6 of the q_a/kv_a norms).
+  lite     q_lora_rank None (plain q_proj), 64 experts, greedy, n_group 1 / topk_group 1,
+           routed_scaling_factor 1.0, yarn as v2, rms_norm_eps 1e-6.
+  norope   as v2 but rope_parameters None (plain RoPE, written by transformers as
+           {"rope_type": "default", "rope_theta": 25000}), 32 experts in 8 groups,
+           rope_theta 25000 (catches a hard-coded base).
+  sharded  v2's config and weights (other prompts), saved with a small max_shard_size ->
+           model.safetensors.index.json + several shards.
+  fused    v2's config and weights (other prompts), saved with save_original_format=False ->
+           fused expert tensors
+           model.layers.{l}.mlp.experts.gate_up_proj [E, 2I, D] (gate rows first) and
+           model.layers.{l}.mlp.experts.down_proj [E, D, I].
+
+The reference model is built with attn_implementation="eager" and
+experts_implementation="grouped_mm" (transformers 5.23's default for this model, which sums
+the K weighted expert outputs in fp32 and casts once, like DeepSeek's code); the
+difference to experts_implementation="eager" is recorded in reference.json. (torch's CPU
+grouped_mm needs 16-byte-aligned strides: keep moe_intermediate_size a multiple of 8.)
+
+Prompts are random ids in [2, vocab). A candidate prompt is rejected (and the next one
+drawn from the same seeded stream) when a greedy decision has a top-1/top-2 margin below
+MIN_DECISION_MARGIN x max|logit| or a generated token is bos/eos, when a router's K-th pick
+(or topk_group-th group) beats the best eligible non-pick by less than MIN_ROUTER_GAP in
+router logits, or when a witness computation of the same checkpoint (experts_implementation
+"eager"; for bf16 also f32 arithmetic on the bf16-rounded weights) routes any token
+differently or makes another greedy choice. So greedy tokens and expert choices are robust to
+rounding differences in the implementation under test. case_stats[i].max_abs_diff_vs in
+reference.json records how far those witnesses' logits are from the reference (for bf16 this
+is the bf16 noise floor to budget in tolerances).
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+import transformers  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import DeepseekV2Config, DeepseekV2ForCausalLM  # noqa: E402
+
+TRANSFORMERS_PIN = "5.23.0"
+NUM_NEW_TOKENS = 8
+PROMPT_LENGTHS = (7, 19)
+MIN_DECISION_MARGIN = 0.03  # relative to max|logit| at that position
+MIN_ROUTER_GAP = 1e-3  # router logit gap between the K-th pick and the best eligible non-pick
+INIT_STD = 0.1  # linear / embedding weights
+GATE_STD = 0.25  # router weights: spread the softmax so routing varies per token
+NORM_STD = 0.1  # RMSNorm weights are 1 + NORM_STD * randn
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
+
+YARN = {
+    "rope_type": "yarn",
+    "rope_theta": 10000.0,
+    "factor": 40.0,
+    "original_max_position_embeddings": 128,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "mscale": 0.707,
+    "mscale_all_dim": 0.707,
+}
+
+BASE = dict(
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=112,
+    moe_intermediate_size=8,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    q_lora_rank=40,
+    kv_lora_rank=32,
+    qk_nope_head_dim=32,
+    qk_rope_head_dim=16,
+    v_head_dim=24,
+    n_routed_experts=160,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    n_group=8,
+    topk_group=3,
+    topk_method="group_limited_greedy",
+    routed_scaling_factor=16.0,
+    norm_topk_prob=False,
+    first_k_dense_replace=1,
+    rms_norm_eps=1e-5,
+    rope_parameters=YARN,
+    max_position_embeddings=int(YARN["factor"] * YARN["original_max_position_embeddings"]),
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=None,
+    tie_word_embeddings=False,
+    attention_bias=False,
+    attention_dropout=0.0,
+    mlp_bias=False,
+    hidden_act="silu",
+    initializer_range=INIT_STD,
+    use_cache=True,
+    pretraining_tp=1,
+    output_router_logits=False,
+)
+
+VARIANTS = {
+    "v2": dict(seed=1001, weights_seed=1001, config={}, save={}),
+    "lite": dict(
+        seed=1002,
+        weights_seed=1002,
+        config=dict(
+            q_lora_rank=None,
+            n_routed_experts=64,
+            topk_method="greedy",
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.0,
+            rms_norm_eps=1e-6,
+        ),
+        save={},
+    ),
+    "norope": dict(
+        seed=1003,
+        weights_seed=1003,
+        config=dict(
+            rope_parameters=None,
+            rope_theta=25000.0,
+            max_position_embeddings=4096,
+            n_routed_experts=32,
+        ),
+        save={},
+    ),
+    # sharded and fused hold v2's weights (weights_seed) so layouts can be compared tensor by
+    # tensor; their prompts differ (seed).
+    "sharded": dict(seed=1004, weights_seed=1001, config={}, save=dict(max_shard_size="600KB")),
+    "fused": dict(seed=1005, weights_seed=1001, config={}, save=dict(save_original_format=False)),
+}
+
+
+def make_config(variant):
+    kw = dict(BASE)
+    kw.update(VARIANTS[variant]["config"])
+    rope_theta = kw.pop("rope_theta", None)
+    if kw["rope_parameters"] is None and rope_theta is not None:
+        kw["rope_parameters"] = {"rope_type": "default", "rope_theta": rope_theta}
+    kw["rope_parameters"] = None if kw["rope_parameters"] is None else dict(kw["rope_parameters"])
+    return DeepseekV2Config(**kw)
+
+
+def yarn_mscale(scale, mscale):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def expected_scaling(cfg):
+    s = (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) ** -0.5
+    rp = cfg.rope_parameters or {}
+    if rp.get("rope_type", "default") == "yarn" and rp.get("mscale_all_dim"):
+        m = yarn_mscale(rp["factor"], rp["mscale_all_dim"])
+        s *= m * m
+    return s
+
+
+def build_model(variant, dtype, experts_impl="grouped_mm"):
+    """Random model, deterministic in `variant` (the same f32 weights for every dtype)."""
+    cfg = make_config(variant)
+    torch.manual_seed(VARIANTS[variant]["weights_seed"])
+    model = DeepseekV2ForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(VARIANTS[variant]["weights_seed"] * 7 + 1)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if name.endswith("layernorm.weight") or name.endswith("norm.weight"):
+                v = 1.0 + NORM_STD * torch.randn(p.shape, generator=gen)
+            elif name.endswith("mlp.gate.weight"):
+                v = GATE_STD * torch.randn(p.shape, generator=gen)
+            else:
+                v = INIT_STD * torch.randn(p.shape, generator=gen)
+            p.copy_(v)
+    model = model.to(dtype)
+    model.eval()
+    model.set_attn_implementation("eager")
+    model.set_experts_implementation(experts_impl)
+    return model
+
+
+def check_model(model):
+    cfg = model.config
+    assert model.config._attn_implementation == "eager", model.config._attn_implementation
+    for layer in model.model.layers:
+        got, want = layer.self_attn.scaling, expected_scaling(cfg)
+        assert abs(got - want) < 1e-12 * want, f"softmax scale {got} != {want}"
+    # MODEL_SPEC 9 pitfall (older 5.x): DeepseekV2Moe lacking num_experts. Harmless here.
+    for m in model.modules():
+        if type(m).__name__ == "DeepseekV2Moe":
+            m.num_experts = cfg.n_routed_experts
+            assert m.gate.num_experts == cfg.n_routed_experts
+
+
+@torch.no_grad()
+def full_logits(model, ids):
+    out = model(torch.tensor([ids]), use_cache=False)
+    return out.logits[0].float()
+
+
+@torch.no_grad()
+def greedy_with_cache(model, prompt):
+    cache = transformers.DynamicCache(config=model.config)
+    ids = list(prompt)
+    inp = torch.tensor([ids])
+    for _ in range(NUM_NEW_TOKENS):
+        out = model(inp, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        nxt = int(out.logits[0, -1].float().argmax())
+        ids.append(nxt)
+        inp = torch.tensor([[nxt]])
+    return ids
+
+
+def rel_margins(logits):
+    top2 = logits.topk(2, dim=-1).values
+    margin = top2[:, 0] - top2[:, 1]
+    scale = logits.abs().max(dim=-1).values
+    return margin, margin / scale
+
+
+def pick_case(model, witnesses, length, gen, vocab, special):
+    """Draws prompts until one has robust greedy decisions and robust routing.
+
+    `witnesses` are other computations of the same checkpoint (other expert kernels; for bf16
+    also f32 arithmetic on the bf16-rounded weights): they must route every token of the final
+    sequence to the same experts and make the same greedy choices as the reference.
+    """
+    for attempt in range(1, 2000):
+        prompt = torch.randint(2, vocab, (length,), generator=gen).tolist()
+        tokens = greedy_with_cache(model, prompt)
+        if any(t in special for t in tokens[length:]):
+            continue
+        probe = RouterProbe(model)
+        logits = full_logits(model, tokens)
+        probe.close()
+        # teacher-forced argmax must reproduce the cached greedy decode
+        if logits[length - 1 : -1].argmax(-1).tolist() != tokens[length:]:
+            continue
+        _, rel = rel_margins(logits[length - 1 : -1])
+        if float(rel.min()) < MIN_DECISION_MARGIN:
+            continue
+        route = probe.stats()
+        if min(route["min_expert_logit_gap"], route["min_group_logit_gap"]) < MIN_ROUTER_GAP:
+            continue
+        ok, diffs = True, {}
+        for wname, w in witnesses:
+            wprobe = RouterProbe(w)
+            wl = full_logits(w, tokens)
+            wprobe.close()
+            if wprobe.signature() != probe.signature() or wl[length - 1 : -1].argmax(-1).tolist() != tokens[length:]:
+                ok = False
+                break
+            diffs[wname] = float((wl - logits).abs().max())
+        if not ok:
+            continue
+        return prompt, tokens, logits, dict(attempts=attempt, max_abs_diff_vs=diffs, **route)
+    raise RuntimeError("no prompt with robust greedy margins and routing found")
+
+
+class RouterProbe:
+    """Records each router's input and chosen experts during one forward pass."""
+
+    def __init__(self, model):
+        self.records = []
+        self.handles = [
+            m.register_forward_hook(self._hook) for m in model.modules() if type(m).__name__ == "DeepseekV2TopkRouter"
+        ]
+
+    def _hook(self, mod, args, out):
+        self.records.append((mod, args[0].detach().reshape(-1, mod.hidden_dim), out[2].detach()))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+    def signature(self):
+        return [[tuple(sorted(r)) for r in idx.tolist()] for _, _, idx in self.records]
+
+    @torch.no_grad()
+    def stats(self):
+        distinct, differs, total = set(), 0, 0
+        min_gap, min_group_gap = math.inf, math.inf
+        for li, (mod, h, idx) in enumerate(self.records):
+            logits = h.float() @ mod.weight.float().t()  # softmax is monotone: compare logits
+            k = mod.top_k
+            plain = logits.topk(k, dim=-1).indices
+            eligible = logits
+            if mod.topk_method == "group_limited_greedy":
+                g = logits.view(-1, mod.num_group, mod.num_experts // mod.num_group).max(-1).values
+                gs = g.sort(-1, descending=True).values
+                min_group_gap = min(min_group_gap, float((gs[:, mod.topk_group - 1] - gs[:, mod.topk_group]).min()))
+                keep = torch.zeros_like(g, dtype=torch.bool)
+                keep.scatter_(1, g.topk(mod.topk_group, dim=-1).indices, True)
+                keep = keep.repeat_interleave(mod.num_experts // mod.num_group, dim=1)
+                eligible = logits.masked_fill(~keep, -math.inf)
+            es = eligible.sort(-1, descending=True).values
+            min_gap = min(min_gap, float((es[:, k - 1] - es[:, k]).min()))
+            for r in range(idx.shape[0]):
+                a = sorted(idx[r].tolist())
+                distinct.update((li, e) for e in a)
+                differs += a != sorted(plain[r].tolist())
+                total += 1
+        return dict(
+            distinct_layer_experts_used=len(distinct),
+            token_routes=total,
+            routes_differing_from_plain_topk=differs,
+            min_expert_logit_gap=min_gap,
+            min_group_logit_gap=min_group_gap,
+        )
+
+
+def rounded_f32_model(variant):
+    """f32 arithmetic on the bf16-rounded weights: a witness for bf16 robustness."""
+    model = build_model(variant, torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    return model
+
+
+def write_variant(out_root, variant, tag, dtype):
+    vdir = os.path.join(out_root, f"{variant}_{tag}")
+    if os.path.isdir(vdir):
+        shutil.rmtree(vdir)
+    model = build_model(variant, dtype)
+    check_model(model)
+    cfg = model.config
+    model.save_pretrained(vdir, **VARIANTS[variant]["save"])
+
+    witnesses = [("experts_eager", build_model(variant, dtype, experts_impl="eager"))]
+    if dtype != torch.float32:
+        witnesses.append(("f32_compute_on_rounded_weights", rounded_f32_model(variant)))
+    gen = torch.Generator().manual_seed(VARIANTS[variant]["seed"] * 131 + (0 if tag == "f32" else 1))
+    special = {cfg.bos_token_id, cfg.eos_token_id}
+    cases, tensors, case_stats = [], {}, []
+    for i, length in enumerate(PROMPT_LENGTHS):
+        prompt, tokens, logits, st = pick_case(model, witnesses, length, gen, cfg.vocab_size, special)
+        tensors[f"logits_{i}"] = logits.contiguous()
+        cases.append(dict(prompt_ids=prompt, tokens=tokens, num_prompt=length))
+        case_stats.append(st)
+
+    all_logits = torch.cat(list(tensors.values()))
+    margin, rel = rel_margins(all_logits)
+    dec_rel = torch.cat(
+        [rel_margins(tensors[f"logits_{i}"][c["num_prompt"] - 1 : -1])[1] for i, c in enumerate(cases)]
+    )
+    stats = dict(
+        positions=int(rel.numel()),
+        max_abs_logit=float(all_logits.abs().max()),
+        rel_margin_min=float(rel.min()),
+        rel_margin_median=float(rel.median()),
+        frac_rel_margin_above_1pct=float((rel > 1e-2).float().mean()),
+        decision_rel_margin_min=float(dec_rel.min()),
+        abs_margin_median=float(margin.median()),
+    )
+    save_file(tensors, os.path.join(vdir, "reference.safetensors"))
+
+    files = sorted(f for f in os.listdir(vdir) if f.endswith(".safetensors") and f != "reference.safetensors")
+    layout = "fused" if VARIANTS[variant]["save"].get("save_original_format") is False else "per_expert"
+    with safe_open(os.path.join(vdir, files[0]), "pt") as f:
+        keys = list(f.keys())
+    if layout == "fused":
+        assert any(k.endswith("mlp.experts.gate_up_proj") for k in keys), keys
+    meta = dict(
+        transformers_version=transformers.__version__,
+        torch_version=torch.__version__,
+        dtype={"f32": "float32", "bf16": "bfloat16"}[tag],
+        variant=variant,
+        layout=layout,
+        checkpoint_files=files,
+        attn_implementation="eager",
+        experts_implementation="grouped_mm",
+        softmax_scale=model.model.layers[0].self_attn.scaling,
+        rope_attention_scaling=float(model.model.rotary_emb.attention_scaling),
+        rope_inv_freq=[float(x) for x in model.model.rotary_emb.inv_freq],
+        margin_stats=stats,
+        case_stats=case_stats,
+        cases=cases,
+        notes=(
+            "Random weights (weights seed %d): linear/embedding N(0, %.2f^2), router N(0, %.2f^2), RMSNorm 1 + %.2f N(0,1); "
+            "the bf16 checkpoint is the f32 one rounded to bf16. logits_<i> [T_i, V] f32 come from one "
+            "teacher-forced forward pass (use_cache=False) over `tokens`; tokens[num_prompt:] are greedy "
+            "(argmax, decoded with a DynamicCache, checked equal to the teacher-forced argmax). Prompts with a "
+            "greedy decision margin below %.2f x max|logit|, or a generated bos/eos, were redrawn. "
+            "Built with attn_implementation=eager, experts_implementation=grouped_mm (fp32 sum of the K "
+            "weighted expert outputs, one cast); norm_topk_prob=false. Regenerate: python "
+            "tests/conformance/make_reference.py --out tests/data/conformance"
+            % (VARIANTS[variant]["weights_seed"], INIT_STD, GATE_STD, NORM_STD, MIN_DECISION_MARGIN)
+        ),
+    )
+    with open(os.path.join(vdir, "reference.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return meta
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output directory, e.g. tests/data/conformance")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    args = ap.parse_args()
+    if transformers.__version__ != TRANSFORMERS_PIN:
+        print(f"warning: transformers {transformers.__version__}, fixtures pinned to {TRANSFORMERS_PIN}", file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    for variant in args.variants:
+        for tag, dtype in DTYPES.items():
+            meta = write_variant(args.out, variant, tag, dtype)
+            s = meta["margin_stats"]
+            print(
+                f"{variant}_{tag}: files={meta['checkpoint_files']} max|logit|={s['max_abs_logit']:.3f} "
+                f"rel margin min/median={s['rel_margin_min']:.4f}/{s['rel_margin_median']:.4f} "
+                f">1e-2: {s['frac_rel_margin_above_1pct']:.2f} decision min={s['decision_rel_margin_min']:.4f} "
+                f"cases={meta['case_stats']}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

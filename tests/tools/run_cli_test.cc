@@ -1,0 +1,133 @@
+// `dsv2 run` and `dsv2 make-random-model` as a user runs them: the real
+// binary, its exit codes, its stdout/stderr contract (README.md).
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+struct Result {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string Bin() {
+  const char* d = std::getenv("DSV2_TEST_BIN_DIR");
+  return std::string(d ? d : ".") + "/tools/dsv2";
+}
+
+Result Run(const std::string& args) {
+  const std::string err_file = ::testing::TempDir() + "/dsv2_cli_stderr.txt";
+  const std::string cmd = Bin() + " " + args + " 2>" + err_file;
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream e(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  return r;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    model_ = ::testing::TempDir() + "/dsv2_cli_model";
+    const Result r = Run("make-random-model --out " + model_ + " --preset v2-tiny --seed 3");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  static std::string model_;
+};
+std::string CliTest::model_;
+
+TEST_F(CliTest, JsonOutputIsExactlyOneObjectWithTheContractFields) {
+  const Result r = Run("run --model " + model_ + " --prompt-ids 100000,5,6,7 --max-tokens 5 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);  // throws (fails) if not exactly JSON
+  EXPECT_EQ(j["prompt_ids"], (std::vector<int>{100000, 5, 6, 7}));
+  EXPECT_EQ(j["output_ids"].size(), 5u);
+  EXPECT_TRUE(j["text"].is_string());
+  ASSERT_EQ(j["first_logits_top10"].size(), 10u);
+  for (size_t i = 1; i < 10; ++i) {
+    const double a = j["first_logits_top10"][i - 1][1], b = j["first_logits_top10"][i][1];
+    EXPECT_GE(a, b);
+  }
+  EXPECT_TRUE(j["seed"].is_number_unsigned());
+  // Greedy: the first output id is the top logit.
+  EXPECT_EQ(j["output_ids"][0], j["first_logits_top10"][0][0]);
+}
+
+TEST_F(CliTest, PromptAddsBosAndSameSeedSameOutput) {
+  const std::string args = "run --model " + model_ +
+                           " --prompt 'Hello, world' --max-tokens 6 --temperature 0.8 --top-p 0.9"
+                           " --top-k 50 --seed 1234 --json";
+  const Result a = Run(args), b = Run(args + " --threads 2 --prefill-chunk 2");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  const auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
+  EXPECT_EQ(ja["prompt_ids"][0], 100000);
+  EXPECT_EQ(ja["seed"], 1234u);
+  EXPECT_EQ(ja["output_ids"], jb["output_ids"]);
+  EXPECT_EQ(ja["text"], jb["text"]);
+}
+
+TEST_F(CliTest, ChatRendersTemplateWithOneBos) {
+  const Result r = Run("run --model " + model_ + " --prompt hi --chat --max-tokens 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_ids"][0], 100000);
+  EXPECT_NE(j["prompt_ids"][1], 100000);
+}
+
+TEST_F(CliTest, StreamsTextToStdoutWithoutJson) {
+  const Result r = Run("run --model " + model_ + " --prompt-ids 100000,9 --max-tokens 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+}
+
+TEST_F(CliTest, UsageErrorsExitTwo) {
+  EXPECT_EQ(Run("").exit_code, 2);
+  EXPECT_EQ(Run("frobnicate").exit_code, 2);
+  EXPECT_EQ(Run("run --model " + model_).exit_code, 2);  // no prompt
+  EXPECT_EQ(Run("run --model " + model_ + " --prompt a --prompt-ids 1").exit_code, 2);
+  EXPECT_EQ(Run("run --model " + model_ + " --prompt-ids 1 --bogus").exit_code, 2);
+  EXPECT_EQ(Run("run --model " + model_ + " --prompt-ids 1 --temperature -1").exit_code, 2);
+  EXPECT_EQ(Run("run --model " + model_ + " --prompt-ids 1 --max-tokens").exit_code, 2);
+}
+
+TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {
+  auto expect_error = [](const Result& r, const std::string& needle) {
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  };
+  expect_error(Run("run --model /nonexistent --prompt-ids 1"), "/nonexistent");
+  expect_error(Run("run --model " + model_ + " --prompt-ids 1,102400"), "102400");
+  expect_error(Run("run --model " + model_ + " --prompt-ids 1 --max-tokens 200000"), "163840");
+  // --prompt without a tokenizer.
+  const std::string notok = ::testing::TempDir() + "/dsv2_cli_notok";
+  std::filesystem::create_directories(notok);
+  std::filesystem::copy(model_ + "/config.json", notok + "/config.json",
+                        std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::copy(model_ + "/model.safetensors", notok + "/model.safetensors",
+                        std::filesystem::copy_options::overwrite_existing);
+  expect_error(Run("run --model " + notok + " --prompt hi"), "tokenizer");
+  // Corrupt checkpoint: truncated safetensors.
+  std::filesystem::resize_file(notok + "/model.safetensors", 1000);
+  expect_error(Run("run --model " + notok + " --prompt-ids 1"), "model.safetensors");
+  // Bad config.
+  std::ofstream(notok + "/config.json") << "{\"vocab_size\": 10";
+  expect_error(Run("run --model " + notok + " --prompt-ids 1"), "config.json");
+}
+
+}  // namespace

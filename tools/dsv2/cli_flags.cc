@@ -1,0 +1,94 @@
+#include "tools/dsv2/cli_flags.h"
+
+#include <cstdlib>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace dsv2::cli {
+
+std::optional<std::string> ParsedFlags::Get(const std::string& name) const {
+  auto it = values.find(name);
+  if (it == values.end()) return std::nullopt;
+  return it->second;
+}
+
+bool ParsedFlags::GetBool(const std::string& name) const {
+  auto v = Get(name);
+  return v && (*v == "true" || *v == "1" || *v == "yes");
+}
+
+absl::StatusOr<int64_t> ParsedFlags::GetInt(const std::string& name, int64_t dflt) const {
+  auto v = Get(name);
+  if (!v) return dflt;
+  int64_t x;
+  if (!absl::SimpleAtoi(*v, &x)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, "=", *v, " is not an integer"));
+  }
+  return x;
+}
+
+absl::StatusOr<double> ParsedFlags::GetDouble(const std::string& name, double dflt) const {
+  auto v = Get(name);
+  if (!v) return dflt;
+  double x;
+  if (!absl::SimpleAtod(*v, &x)) {
+    return absl::InvalidArgumentError(absl::StrCat("--", name, "=", *v, " is not a number"));
+  }
+  return x;
+}
+
+absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
+                                       const std::vector<FlagSpec>& specs) {
+  ParsedFlags out;
+  auto find = [&](const std::string& name) -> const FlagSpec* {
+    for (const FlagSpec& s : specs) {
+      if (s.name == name) return &s;
+    }
+    return nullptr;
+  };
+  // Environment first; the command line overwrites.
+  for (const FlagSpec& s : specs) {
+    const std::string env =
+        "DSV2_" + absl::AsciiStrToUpper(absl::StrReplaceAll(s.name, {{"-", "_"}}));
+    if (const char* v = std::getenv(env.c_str())) out.values[s.name] = v;
+  }
+  for (int i = first; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "'"));
+    }
+    arg = arg.substr(2);
+    std::optional<std::string> value;
+    if (auto eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    }
+    const FlagSpec* spec = find(arg);
+    if (spec == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", arg));
+    if (spec->is_bool) {
+      out.values[arg] = value.value_or("true");
+      continue;
+    }
+    if (!value) {
+      if (i + 1 >= argc) {
+        return absl::InvalidArgumentError(absl::StrCat("flag --", arg, " needs a value"));
+      }
+      value = argv[++i];
+    }
+    out.values[arg] = *value;
+  }
+  return out;
+}
+
+std::string FlagsHelp(const std::vector<FlagSpec>& specs) {
+  std::string out;
+  for (const FlagSpec& s : specs) {
+    absl::StrAppend(&out, "  --", s.name, s.is_bool ? "" : " VALUE", "\n      ", s.help, "\n");
+  }
+  return out;
+}
+
+}  // namespace dsv2::cli

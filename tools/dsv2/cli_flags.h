@@ -1,0 +1,41 @@
+// A small command-line parser for the `dsv2` subcommands: `--name value`,
+// `--name=value` and boolean `--name`; every flag can also come from the
+// environment as DSV2_<NAME> (upper case, '-' -> '_'); the command line
+// wins. Unknown flags and missing values are usage errors (exit code 2).
+#ifndef DSV2_TOOLS_DSV2_CLI_FLAGS_H_
+#define DSV2_TOOLS_DSV2_CLI_FLAGS_H_
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace dsv2::cli {
+
+struct FlagSpec {
+  std::string name;   // without dashes
+  bool is_bool = false;
+  std::string help;
+};
+
+class ParsedFlags {
+ public:
+  std::optional<std::string> Get(const std::string& name) const;
+  bool GetBool(const std::string& name) const;
+  absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t dflt) const;
+  absl::StatusOr<double> GetDouble(const std::string& name, double dflt) const;
+  std::map<std::string, std::string> values;
+};
+
+// Parses argv[first..argc). InvalidArgument (a usage error) for an unknown
+// flag, a missing value, or a positional argument.
+absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
+                                       const std::vector<FlagSpec>& specs);
+
+std::string FlagsHelp(const std::vector<FlagSpec>& specs);
+
+}  // namespace dsv2::cli
+
+#endif  // DSV2_TOOLS_DSV2_CLI_FLAGS_H_

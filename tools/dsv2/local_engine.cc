@@ -1,0 +1,47 @@
+#include "tools/dsv2/local_engine.h"
+
+#include <filesystem>
+#include <iostream>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/status_macros.h"
+
+namespace dsv2 {
+
+absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngineOptions& o) {
+  auto e = std::unique_ptr<LocalEngine>(new LocalEngine());
+  if (!std::filesystem::is_directory(o.model_dir)) {
+    return absl::NotFoundError(absl::StrCat(o.model_dir, ": model directory not found"));
+  }
+  if (o.threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("threads = ", o.threads, " must be >= 1"));
+  }
+  DSV2_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(o.model_dir + "/config.json"));
+  DSV2_ASSIGN_OR_RETURN(e->checkpoint_, Checkpoint::OpenDir(o.model_dir));
+  DSV2_ASSIGN_OR_RETURN(e->ctx_.isa, kernels::ResolveCpuIsa(o.cpu_isa));
+  e->pool_ = std::make_unique<kernels::ThreadPool>(o.threads);
+  e->ctx_.pool = e->pool_.get();
+  if (o.verbose_load) {
+    std::cerr << "loading " << o.model_dir << " ("
+              << e->checkpoint_->mapped_bytes() / (1 << 20) << " MiB mapped)\n";
+  }
+  DSV2_ASSIGN_OR_RETURN(e->weights_, NonExpertWeights::Load(e->config_, *e->checkpoint_));
+  std::vector<int32_t> all(e->config_.n_routed_experts);
+  std::iota(all.begin(), all.end(), 0);
+  DSV2_ASSIGN_OR_RETURN(
+      auto experts,
+      ExpertWeightSet::Load(e->config_, *e->checkpoint_, ExpertWeightSet::AllLayers(e->config_, all)));
+  if (o.verbose_load) std::cerr << "loaded " << experts->size() << " routed experts\n";
+  e->shard_ = std::make_unique<ExpertShard>(e->config_, std::move(experts), e->ctx_);
+  ExpertShard* shard = e->shard_.get();
+  e->backend_ = std::make_unique<InProcessExpertBackend>(
+      [shard](const router::ExpertDispatch& d) { return shard->Handle(d); });
+  e->cache_ = std::make_unique<LatentCache>(
+      e->config_.num_hidden_layers, e->config_.latent_dim(), e->weights_->activation_dtype(),
+      std::max<int64_t>(1, LatentCache::BlocksForTokens(o.cache_tokens)));
+  e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_);
+  return e;
+}
+
+}  // namespace dsv2

@@ -1,0 +1,59 @@
+// LocalEngine: the single-process engine behind `dsv2 run` — the attention
+// service's LayerLoop with an in-process ExpertBackend whose handler is the
+// expert service's ExpertShard::Handle over every routed expert (DESIGN.md
+// section 1: the composition happens here, in tools/, not in the libraries).
+//
+// Thread-safety: one thread uses an engine at a time.
+#ifndef DSV2_TOOLS_DSV2_LOCAL_ENGINE_H_
+#define DSV2_TOOLS_DSV2_LOCAL_ENGINE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "attention_service/expert_backend.h"
+#include "attention_service/latent_cache.h"
+#include "attention_service/layer_loop.h"
+#include "expert_service/expert_shard.h"
+#include "kernels/cpu.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+
+namespace dsv2 {
+
+struct LocalEngineOptions {
+  std::string model_dir;
+  int threads = 1;
+  std::string cpu_isa;          // "" = DSV2_CPU_ISA or the best available
+  int64_t cache_tokens = 4096;  // latent cache capacity
+  bool verbose_load = false;    // load progress on stderr
+};
+
+class LocalEngine {
+ public:
+  static absl::StatusOr<std::unique_ptr<LocalEngine>> Open(const LocalEngineOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  const NonExpertWeights& weights() const { return *weights_; }
+  LatentCache& cache() { return *cache_; }
+  LayerLoop& loop() { return *loop_; }
+  kernels::CpuIsa isa() const { return ctx_.isa; }
+
+ private:
+  LocalEngine() = default;
+
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<kernels::ThreadPool> pool_;
+  kernels::CpuContext ctx_;
+  std::unique_ptr<NonExpertWeights> weights_;
+  std::unique_ptr<ExpertShard> shard_;
+  std::unique_ptr<InProcessExpertBackend> backend_;
+  std::unique_ptr<LatentCache> cache_;
+  std::unique_ptr<LayerLoop> loop_;
+};
+
+}  // namespace dsv2
+
+#endif  // DSV2_TOOLS_DSV2_LOCAL_ENGINE_H_

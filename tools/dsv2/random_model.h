@@ -1,0 +1,34 @@
+// `dsv2 make-random-model`: writes a small random checkpoint in the
+// HuggingFace layout (config.json in DeepSeek's spelling, model.safetensors
+// with per-expert tensor names, the shipped DeepSeek-V2 tokenizer). Its
+// weights are random, so generated text is noise; it exists so the product
+// runs and is tested without downloading a model.
+#ifndef DSV2_TOOLS_DSV2_RANDOM_MODEL_H_
+#define DSV2_TOOLS_DSV2_RANDOM_MODEL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "kernels/dtype.h"
+
+namespace dsv2 {
+
+struct RandomModelOptions {
+  std::string out_dir;
+  // v2-tiny: V2-shaped (q_lora, 160 experts in 8 groups, top-6 within 3
+  // groups, scaling 16, yarn); v2-lite-tiny: V2-Lite-shaped (no q_lora, 64
+  // experts, greedy); v2-lite: V2-Lite's real dimensions (for benchmarks).
+  std::string preset = "v2-tiny";
+  uint64_t seed = 0;
+  int64_t num_layers = 0;  // 0 = the preset's
+  DType dtype = DType::kBF16;
+  // Directory holding tokenizer.json / tokenizer_config.json to copy.
+  std::string tokenizer_dir;
+};
+
+absl::Status MakeRandomModel(const RandomModelOptions& options);
+
+}  // namespace dsv2
+
+#endif  // DSV2_TOOLS_DSV2_RANDOM_MODEL_H_
