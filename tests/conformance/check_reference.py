@@ -69,6 +69,22 @@ def unfuse(tensors, inter):
     return out
 
 
+def load(vdir, dtype, meta):
+    model = DeepseekV2ForCausalLM.from_pretrained(
+        vdir,
+        dtype=dtype,
+        attn_implementation=meta["attn_implementation"],
+        experts_implementation=meta["experts_implementation"],
+    )
+    # from_pretrained may leave tensors memory-mapped at unaligned addresses (the fused
+    # experts), which sends f32 GEMMs down other CPU kernel paths (last-bit differences);
+    # the generator copies every parameter into fresh aligned memory, so do the same.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
+    return model.eval()
+
+
 @torch.no_grad()
 def check_dir(vdir):
     with open(os.path.join(vdir, "reference.json")) as f:
@@ -99,13 +115,7 @@ def check_dir(vdir):
             break
 
     dtype = DTYPES[meta["dtype"]]
-    model = DeepseekV2ForCausalLM.from_pretrained(
-        vdir,
-        dtype=dtype,
-        attn_implementation=meta["attn_implementation"],
-        experts_implementation=meta["experts_implementation"],
-    )
-    model.eval()
+    model = load(vdir, dtype, meta)
     if abs(model.model.layers[0].self_attn.scaling - meta["softmax_scale"]) > 1e-12:
         errors.append("softmax scale differs after reload")
     # the reloaded parameters must equal the file's tensors (fused layout after splitting)
@@ -134,6 +144,19 @@ def check_dir(vdir):
             errors.append(f"case {i}: reloaded logits differ by {diff:.3e}")
         if want[P - 1 : -1].argmax(-1).tolist() != tokens[P:]:
             errors.append(f"case {i}: tokens are not the greedy argmax of the reference logits")
+    f32math = sorted(k for k in ref if k.startswith("logits_f32math_"))
+    if f32math:
+        # the bf16 checkpoint widened to f32 on load must reproduce the f32-math reference
+        m32 = load(vdir, torch.float32, meta)
+        for i, case in enumerate(meta["cases"]):
+            logits = m32(torch.tensor([case["tokens"]]), use_cache=False).logits[0]
+            diff = float((logits - ref[f"logits_f32math_{i}"]).abs().max())
+            if diff > 1e-5:
+                errors.append(f"case {i}: f32-math logits differ by {diff:.3e}")
+            if ref[f"logits_f32math_{i}"][case["num_prompt"] - 1 : -1].argmax(-1).tolist() != case["tokens"][case["num_prompt"] :]:
+                errors.append(f"case {i}: f32-math greedy tokens differ")
+    elif meta["dtype"] != "float32":
+        errors.append("bf16 fixture without logits_f32math_<i>")
     return errors, worst, shards, tensors
 
 

@@ -20,7 +20,8 @@ Sections of the output (all text is UTF-8, ids are ints):
   unicode         the character sets the C++ tables must reproduce, measured on HF:
                    whitespace (onig `\\s`, also Rust char::is_whitespace),
                    numeric_ranges (Digits pre-tokenizer: Rust char::is_numeric),
-                   word_ranges (added-token single_word: Rust regex `\\w`).
+                   word_ranges (added-token single_word: Rust regex `\\w`),
+                   onig_*_ranges (Oniguruma `\\p{L}`, `\\p{N}`, `\\w`, `\\d`).
 
 `--emit-cc-tables` prints the C++ range tables of model/unicode_internal.cc instead.
 """
@@ -90,6 +91,21 @@ def measure_numeric():
     return [ord(p) for p in cand if len(d.pre_tokenize_str(p + p)) == 2]
 
 
+def measure_onig(pattern):
+    """Code points that the Oniguruma pattern (one character class) matches."""
+    sp = pre_tokenizers.Split(Regex(pattern), "removed", invert=True)  # keeps the matches
+    s = "".join(chr(c) for c in all_chars())
+    return sorted(set(ord(c) for p, _ in sp.pre_tokenize_str(s) for c in p))
+
+
+# Oniguruma classes that the C++ regex translation spells out as explicit ranges, so that
+# RE2's (older) Unicode tables do not matter.
+ONIG_CLASSES = [("kOnigLetterRanges", "onig_letter_ranges", r"\p{L}"),
+                ("kOnigNumberRanges", "onig_number_ranges", r"\p{N}"),
+                ("kOnigWordRanges", "onig_word_ranges", r"\w"),
+                ("kOnigDigitRanges", "onig_digit_ranges", r"\d")]
+
+
 def measure_word_chars(base_json):
     # An added single_word token "\x01\x02" matches only when the character before
     # it is not a word character (tokenizers' ENDS_WITH_WORD regex `\w$`).
@@ -121,6 +137,8 @@ def emit_cc_tables(base_json):
           f"(tokenizers {tokenizers.__version__}).")
     table("kNumericRanges", to_ranges(measure_numeric()))
     table("kWordRanges", to_ranges(measure_word_chars(base_json)))
+    for name, _, pattern in ONIG_CLASSES:
+        table(name, to_ranges(measure_onig(pattern)))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -339,7 +357,7 @@ def hand_written_texts():
     return t
 
 
-def long_texts(rng):
+def long_texts():
     lorem = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
              "incididunt ut labore et dolore magna aliqua. Ut enim ad minim veniam, quis "
              "nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat. ")
@@ -358,11 +376,13 @@ def long_texts(rng):
 
 
 def fuzz_texts(rng, count):
-    pool = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3 + list("0123456789") * 2 +
+    pool = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ") * 3 +
+            list("0123456789") * 2 +
             list(" " * 10) + list("\t\n\r") + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~") +
             ["\u00a0", "\u3000", "\u2009", "\u0085", "\u2028", "\u200b", "\x0b"] +
-            list("你好世界中文测试龥한국어ひらがなカタカナ") + list("😀🍕👍🏽❤") + ["\u200d", "\ufe0f"] +
-            list(ADDED_CHARS) + list("éàçñßøåæœ") + list("αβγδПривет") + list("！，。：“”‘’、") +
+            list("你好世界中文测试龥한국어ひらがなカタカナ") + list("😀🍕👍🏽❤") +
+            ["\u200d", "\ufe0f"] + list(ADDED_CHARS) + list("éàçñßøåæœ") +
+            list("αβγδПривет") + list("！，。：“”‘’、") +
             ["\u0301", "\u0308"] + ["'s", "'t", "'re", "'ll"] + [BOS, EOS, "<｜", "▁"])
     out = []
     for _ in range(count):
@@ -466,13 +486,18 @@ def decode_cases(tok, rng):
 
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
                 r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": False}
 
 VARIANT_TEXTS = [
     "Hello world", "Hello  world", "a   b", "a \t b", "x  ", "  x", " ", "   ", "a\n\nb",
     "a  \n  b", "don't I'm WE'LL 'S", "123456 7", "x1y22z333", "a,b;;c", "hi!!  there??",
     "你好 世界", "😀 😀", "a\u00a0\u00a0b", "\u3000\u3000x", "ü über", "tab\tsep\t\tx",
     "  leading and trailing  ", "a1 b22 c333 d4444", "mixed\r\nlines\rend", "",
+    # characters whose classes differ between Unicode versions / regex engines
+    "_\U000143ab\n\ue0e5H", " \ucf3e\U0001392e\u4054 1", "\u0d5a' \u00b2\u00bd\u216b",
+    "a\u200cb\u200dc",
+    "'\u017f 'K \u212a",
 ]
 
 ADDED_TEXTS = [
@@ -519,7 +544,8 @@ def variants(base):
                VARIANT_TEXTS + ["٣٤٥x١٢", "²³½", "１２a"]))
     vs.append(("post_processor_bos_eos", {"post_processor": {
         "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+        "single": [{"SpecialToken": {"id": BOS, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
                    {"SpecialToken": {"id": EOS, "type_id": 0}}],
         "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
         "special_tokens": {BOS: {"id": BOS, "ids": [100000], "tokens": [BOS]},
@@ -554,7 +580,7 @@ def variants(base):
     return vs
 
 
-def variant_cases(base, rng):
+def variant_cases(base):
     out = []
     for name, override, model_override, texts in variants(base):
         j = dict(base)
@@ -606,7 +632,7 @@ def main():
     tok = Tokenizer.from_str(base_text)
     rng = random.Random(20240515)
 
-    texts = hand_written_texts() + long_texts(rng) + fuzz_texts(rng, 120)
+    texts = hand_written_texts() + long_texts() + fuzz_texts(rng, 120)
     seen = set()
     texts = [t for t in texts if not (t in seen or seen.add(t))]
     data = {
@@ -619,11 +645,12 @@ def main():
         },
         "encode_cases": [encode_case(tok, t) for t in texts],
         "decode_cases": decode_cases(tok, rng),
-        "variants": variant_cases(base, rng),
+        "variants": variant_cases(base),
         "unicode": {
             "whitespace": measure_whitespace(),
             "numeric_ranges": to_ranges(measure_numeric()),
             "word_ranges": to_ranges(measure_word_chars(base_text)),
+            **{key: to_ranges(measure_onig(pattern)) for _, key, pattern in ONIG_CLASSES},
         },
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

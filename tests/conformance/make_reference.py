@@ -16,7 +16,9 @@ For every variant below and for each dtype (float32, bfloat16) this writes a dir
     (config.json, generation_config.json, model.safetensors or shards + index);
   * reference.safetensors: `logits_<i>` [T_i, V] float32, the logits of ONE teacher-forced
     forward pass (no cache) over prompt + 8 greedy tokens of case i (bf16 models: the bf16
-    logits cast to f32);
+    logits cast to f32); bf16 directories also hold `logits_f32math_<i>` [T_i, V]: the same
+    checkpoint run entirely in f32 arithmetic (bf16 weights widened exactly), i.e. the
+    rounding-free answer, for a test that wants to separate bf16 noise from bugs;
   * reference.json: versions, dtype, variant, layout and the cases
     ({"prompt_ids", "tokens" = prompt + 8 greedy tokens, "num_prompt"}), margin statistics
     and notes.
@@ -33,7 +35,8 @@ moe_intermediate 8, dense intermediate 112, vocab 1024, first_k_dense_replace 1,
            routed_scaling_factor 1.0, yarn as v2, rms_norm_eps 1e-6.
   norope   as v2 but rope_parameters None (plain RoPE, written by transformers as
            {"rope_type": "default", "rope_theta": 25000}), 32 experts in 8 groups,
-           rope_theta 25000 (catches a hard-coded base).
+           rope_theta 25000 (catches a hard-coded base), rms_norm_eps 1e-2 (a wrong eps on
+           any norm moves the logits by ~1e-2; v2's 1e-5 only by ~4e-5).
   sharded  v2's config and weights (other prompts), saved with a small max_shard_size ->
            model.safetensors.index.json + several shards.
   fused    v2's config and weights (other prompts), saved with save_original_format=False ->
@@ -80,8 +83,10 @@ TRANSFORMERS_PIN = "5.23.0"
 NUM_NEW_TOKENS = 8
 PROMPT_LENGTHS = (7, 19)
 MIN_DECISION_MARGIN = 0.03  # relative to max|logit| at that position
+F32MATH = "f32_compute_on_rounded_weights"
 MIN_ROUTER_GAP = 1e-3  # router logit gap between the K-th pick and the best eligible non-pick
-INIT_STD = 0.1  # linear / embedding weights
+INIT_STD = 0.1  # linear weights (and the experts)
+EMBED_STD = 1.0  # token embeddings: a residual stream that dominates each layer's update halves bf16 noise
 GATE_STD = 0.25  # router weights: spread the softmax so routing varies per token
 NORM_STD = 0.1  # RMSNorm weights are 1 + NORM_STD * randn
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16}
@@ -160,6 +165,9 @@ VARIANTS = {
             rope_theta=25000.0,
             max_position_embeddings=4096,
             n_routed_experts=32,
+            # large enough that reading the wrong eps (hard-coded 1e-6, or rms_norm_eps on
+            # the q_a/kv_a norms) moves the logits by ~1e-2; 1e-5 vs 1e-6 moves them by ~4e-5
+            rms_norm_eps=1e-2,
         ),
         save={},
     ),
@@ -205,6 +213,8 @@ def build_model(variant, dtype, experts_impl="grouped_mm"):
                 v = 1.0 + NORM_STD * torch.randn(p.shape, generator=gen)
             elif name.endswith("mlp.gate.weight"):
                 v = GATE_STD * torch.randn(p.shape, generator=gen)
+            elif name == "model.embed_tokens.weight":
+                v = EMBED_STD * torch.randn(p.shape, generator=gen)
             else:
                 v = INIT_STD * torch.randn(p.shape, generator=gen)
             p.copy_(v)
@@ -255,6 +265,22 @@ def rel_margins(logits):
     return margin, margin / scale
 
 
+def robust_prefix(model, witnesses, ids):
+    """Same routes in every witness and a clear greedy choice after `ids`."""
+    probe = RouterProbe(model)
+    logits = full_logits(model, ids)
+    probe.close()
+    if float(rel_margins(logits[-1:])[1][0]) < MIN_DECISION_MARGIN:
+        return False
+    for _, w in witnesses:
+        wprobe = RouterProbe(w)
+        wl = full_logits(w, ids)
+        wprobe.close()
+        if wprobe.signature() != probe.signature() or int(wl[-1].argmax()) != int(logits[-1].argmax()):
+            return False
+    return True
+
+
 def pick_case(model, witnesses, length, gen, vocab, special):
     """Draws prompts until one has robust greedy decisions and robust routing.
 
@@ -262,8 +288,10 @@ def pick_case(model, witnesses, length, gen, vocab, special):
     also f32 arithmetic on the bf16-rounded weights): they must route every token of the final
     sequence to the same experts and make the same greedy choices as the reference.
     """
-    for attempt in range(1, 2000):
+    for attempt in range(1, 20001):
         prompt = torch.randint(2, vocab, (length,), generator=gen).tolist()
+        if not robust_prefix(model, witnesses, prompt):  # cheap early rejection
+            continue
         tokens = greedy_with_cache(model, prompt)
         if any(t in special for t in tokens[length:]):
             continue
@@ -279,7 +307,7 @@ def pick_case(model, witnesses, length, gen, vocab, special):
         route = probe.stats()
         if min(route["min_expert_logit_gap"], route["min_group_logit_gap"]) < MIN_ROUTER_GAP:
             continue
-        ok, diffs = True, {}
+        ok, diffs, wlogits = True, {}, {}
         for wname, w in witnesses:
             wprobe = RouterProbe(w)
             wl = full_logits(w, tokens)
@@ -288,9 +316,11 @@ def pick_case(model, witnesses, length, gen, vocab, special):
                 ok = False
                 break
             diffs[wname] = float((wl - logits).abs().max())
+            wlogits[wname] = wl
         if not ok:
             continue
-        return prompt, tokens, logits, dict(attempts=attempt, max_abs_diff_vs=diffs, **route)
+        st = dict(attempts=attempt, max_abs_diff_vs=diffs, **route)
+        return prompt, tokens, logits, wlogits, st
     raise RuntimeError("no prompt with robust greedy margins and routing found")
 
 
@@ -346,12 +376,24 @@ class RouterProbe:
         )
 
 
-def rounded_f32_model(variant):
-    """f32 arithmetic on the bf16-rounded weights: a witness for bf16 robustness."""
-    model = build_model(variant, torch.float32)
+def load_model(vdir, dtype, experts_impl="grouped_mm"):
+    """The reference model: the saved checkpoint as from_pretrained gives it.
+
+    Two pitfalls this avoids: `model.to(torch.bfloat16)` also rounds the non-persistent RoPE
+    buffer `rotary_emb.inv_freq` to bf16 (from_pretrained(dtype=bf16) keeps it f32, as does
+    DeepSeek's code); and tensors that from_pretrained leaves memory-mapped at unaligned
+    addresses (the fused expert tensors) take other CPU kernel paths, which changes f32
+    results in the last bits, so every parameter is copied into fresh (64-byte aligned)
+    memory to make the logits reproducible bit for bit.
+    """
+    model = DeepseekV2ForCausalLM.from_pretrained(
+        vdir, dtype=dtype, attn_implementation="eager", experts_implementation=experts_impl
+    )
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+            p.data = p.data.clone()
+    model.eval()
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
     return model
 
 
@@ -359,20 +401,24 @@ def write_variant(out_root, variant, tag, dtype):
     vdir = os.path.join(out_root, f"{variant}_{tag}")
     if os.path.isdir(vdir):
         shutil.rmtree(vdir)
-    model = build_model(variant, dtype)
+    src = build_model(variant, dtype)
+    src.save_pretrained(vdir, **VARIANTS[variant]["save"])
+    del src
+    model = load_model(vdir, dtype)
     check_model(model)
     cfg = model.config
-    model.save_pretrained(vdir, **VARIANTS[variant]["save"])
 
-    witnesses = [("experts_eager", build_model(variant, dtype, experts_impl="eager"))]
+    witnesses = [("experts_eager", load_model(vdir, dtype, experts_impl="eager"))]
     if dtype != torch.float32:
-        witnesses.append(("f32_compute_on_rounded_weights", rounded_f32_model(variant)))
+        witnesses.append((F32MATH, load_model(vdir, torch.float32)))
     gen = torch.Generator().manual_seed(VARIANTS[variant]["seed"] * 131 + (0 if tag == "f32" else 1))
     special = {cfg.bos_token_id, cfg.eos_token_id}
-    cases, tensors, case_stats = [], {}, []
+    cases, tensors, case_stats, f32math = [], {}, [], {}
     for i, length in enumerate(PROMPT_LENGTHS):
-        prompt, tokens, logits, st = pick_case(model, witnesses, length, gen, cfg.vocab_size, special)
+        prompt, tokens, logits, wlogits, st = pick_case(model, witnesses, length, gen, cfg.vocab_size, special)
         tensors[f"logits_{i}"] = logits.contiguous()
+        if F32MATH in wlogits:
+            f32math[f"logits_f32math_{i}"] = wlogits[F32MATH].contiguous()
         cases.append(dict(prompt_ids=prompt, tokens=tokens, num_prompt=length))
         case_stats.append(st)
 
@@ -390,7 +436,7 @@ def write_variant(out_root, variant, tag, dtype):
         decision_rel_margin_min=float(dec_rel.min()),
         abs_margin_median=float(margin.median()),
     )
-    save_file(tensors, os.path.join(vdir, "reference.safetensors"))
+    save_file({**tensors, **f32math}, os.path.join(vdir, "reference.safetensors"))
 
     files = sorted(f for f in os.listdir(vdir) if f.endswith(".safetensors") and f != "reference.safetensors")
     layout = "fused" if VARIANTS[variant]["save"].get("save_original_format") is False else "per_expert"
@@ -414,7 +460,8 @@ def write_variant(out_root, variant, tag, dtype):
         case_stats=case_stats,
         cases=cases,
         notes=(
-            "Random weights (weights seed %d): linear/embedding N(0, %.2f^2), router N(0, %.2f^2), RMSNorm 1 + %.2f N(0,1); "
+            "Random weights (weights seed %d): linear N(0, %.2f^2), embedding N(0, %.2f^2), router N(0, %.2f^2), "
+            "RMSNorm 1 + %.2f N(0,1); "
             "the bf16 checkpoint is the f32 one rounded to bf16. logits_<i> [T_i, V] f32 come from one "
             "teacher-forced forward pass (use_cache=False) over `tokens`; tokens[num_prompt:] are greedy "
             "(argmax, decoded with a DynamicCache, checked equal to the teacher-forced argmax). Prompts with a "
@@ -422,7 +469,7 @@ def write_variant(out_root, variant, tag, dtype):
             "Built with attn_implementation=eager, experts_implementation=grouped_mm (fp32 sum of the K "
             "weighted expert outputs, one cast); norm_topk_prob=false. Regenerate: python "
             "tests/conformance/make_reference.py --out tests/data/conformance"
-            % (VARIANTS[variant]["weights_seed"], INIT_STD, GATE_STD, NORM_STD, MIN_DECISION_MARGIN)
+            % (VARIANTS[variant]["weights_seed"], INIT_STD, EMBED_STD, GATE_STD, NORM_STD, MIN_DECISION_MARGIN)
         ),
     )
     with open(os.path.join(vdir, "reference.json"), "w") as f:
