@@ -34,6 +34,15 @@
 
 namespace dsv2::kernels {
 
+// The kernel families. Each fixes one reduction pattern over K (lane count,
+// tail, horizontal-sum tree; see the kernel files), hence its own bits.
+//   kScalar: portable C++, no FMA. Any x86-64.
+//   kAvx2: AVX2 + FMA, 8 fp32 lanes (Haswell, AMD Zen and later).
+//   kAvx512Bf16: AVX-512 F/BW/BF16 (Cooper Lake, Sapphire Rapids, AMD Zen 4
+//     and later). f32 weights: 16-lane FMA. bf16 weights: VDPBF16PS, which
+//     rounds x to bf16 first (exact for the bf16-representable activations
+//     of bf16 models; any other x is rounded to nearest even) and treats
+//     bf16 denormals as zero.
 enum class CpuIsa { kScalar, kAvx2, kAvx512Bf16 };
 
 // "scalar", "avx2", "avx512bf16".
@@ -107,16 +116,21 @@ struct CpuContext {
 //   x: f32 [M, K], row stride ldx >= K.
 //   w: [N, K] in w_dtype (kF32 or kBF16), row stride ldw >= K.
 //   y: f32 [M, N], row stride ldy >= N. Must not alias x or w.
+// Any K (tails handled; K = 0 gives zeros), any strides, no alignment
+// needed. Runs on ctx.pool when the call is large enough. Aborts, naming the
+// offending values, on a broken precondition: a stride below its minimum,
+// an f16 weight dtype, or a ctx.isa this CPU lacks (use ResolveCpuIsa).
 void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DType w_dtype,
           size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K);
 
 // Gemm with M = 1, tuned for the memory-bound case. Bitwise the same result
 // as Gemm for that row.
-void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw,
-          float* y, size_t N, size_t K);
+void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw, float* y,
+          size_t N, size_t K);
 
-// Scalar reference: sequential fp32 (k ascending) dot products. The
-// vector kernels are tested against it with a tolerance.
+// Scalar reference: sequential fp32 (k ascending) dot products, single
+// thread. Every ISA's kernels are tested against it with a tolerance
+// (they sum in a different order).
 void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw, float* y,
                    size_t ldy, size_t M, size_t N, size_t K);
 

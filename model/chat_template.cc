@@ -25,7 +25,7 @@ absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.
 
 // Limits that keep a hostile template from exhausting the stack or the CPU.
 constexpr int kMaxNestingDepth = 200;              // expressions and blocks
-constexpr int64_t kMaxLoopIterations = 10'000'000;  // per Render, all loops
+constexpr int64_t kMaxLoopIterations = 1'000'000;  // per Render, all loops
 constexpr int64_t kMaxRangeLength = 1'000'000;
 constexpr size_t kMaxStringBytes = size_t{1} << 28;  // results of * and +
 
@@ -171,9 +171,9 @@ std::string PyStrRepr(std::string_view s) {
 bool HasNonAsciiCasedLetters(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
     const char32_t cp = DecodeUtf8(s, &i);
-    if ((cp >= 0xB5 && cp <= 0x1FFF && cp != 0xD7 && cp != 0xF7) || (cp >= 0x2C00 && cp <= 0x2D2F) ||
-        (cp >= 0xA640 && cp <= 0xA7FF) || (cp >= 0xFF21 && cp <= 0xFF5A) ||
-        (cp >= 0x10400 && cp <= 0x1E9FF)) {
+    if ((cp >= 0xB5 && cp <= 0x1FFF && cp != 0xD7 && cp != 0xF7) ||
+        (cp >= 0x2C00 && cp <= 0x2D2F) || (cp >= 0xA640 && cp <= 0xA7FF) ||
+        (cp >= 0xFF21 && cp <= 0xFF5A) || (cp >= 0x10400 && cp <= 0x1E9FF)) {
       return true;
     }
   }
@@ -221,7 +221,9 @@ struct Value {
   bool is_map() const { return std::holds_alternative<std::shared_ptr<const ValueMap>>(rep); }
   bool is_namespace() const { return std::holds_alternative<std::shared_ptr<Namespace>>(rep); }
 
-  int64_t number() const { return is_bool() ? (std::get<bool>(rep) ? 1 : 0) : std::get<int64_t>(rep); }
+  int64_t number() const {
+    return is_bool() ? (std::get<bool>(rep) ? 1 : 0) : std::get<int64_t>(rep);
+  }
   const std::string& str() const { return std::get<std::string>(rep); }
   const ValueList& list() const { return *std::get<std::shared_ptr<const ValueList>>(rep); }
   const ValueMap& map() const { return *std::get<std::shared_ptr<const ValueMap>>(rep); }
@@ -255,17 +257,11 @@ struct Namespace {
 
 Value Value::Map(ValueMap map) { return Value{std::make_shared<const ValueMap>(std::move(map))}; }
 
+// Python's type names, in Value::Rep order.
 std::string TypeName(const Value& v) {
-  switch (v.rep.index()) {
-    case 0: return "undefined";
-    case 1: return "NoneType";
-    case 2: return "bool";
-    case 3: return "int";
-    case 4: return "str";
-    case 5: return "list";
-    case 6: return "dict";
-    default: return "Namespace";
-  }
+  static constexpr const char* kNames[] = {"undefined", "NoneType", "bool", "int",
+                                           "str",       "list",     "dict", "Namespace"};
+  return kNames[v.rep.index()];
 }
 
 bool Truthy(const Value& v) {
@@ -339,7 +335,18 @@ bool Equals(const Value& a, const Value& b) {
 // start and a block or comment tag are dropped; '-' next to a delimiter strips
 // all whitespace on that side; '+' keeps it.
 
-enum class Tok { kData, kVarBegin, kVarEnd, kBlockBegin, kBlockEnd, kName, kString, kInt, kOp, kEof };
+enum class Tok {
+  kData,
+  kVarBegin,
+  kVarEnd,
+  kBlockBegin,
+  kBlockEnd,
+  kName,
+  kString,
+  kInt,
+  kOp,
+  kEof
+};
 
 struct Token {
   Tok kind = Tok::kEof;
@@ -349,7 +356,8 @@ struct Token {
 };
 
 absl::Status SyntaxError(std::string_view what, size_t offset) {
-  return absl::InvalidArgumentError(absl::StrCat("chat template: ", AV(what), " at offset ", offset));
+  return absl::InvalidArgumentError(
+      absl::StrCat("chat template: ", AV(what), " at offset ", offset));
 }
 
 // Jinja splits lines on \r\n, \r and \n, joins them with \n and drops one
@@ -378,8 +386,8 @@ class Lexer {
     size_t pos = 0;
     while (pos < src_.size()) {
       size_t tag = src_.find('{', pos);
-      while (tag != std::string_view::npos && tag + 1 < src_.size() &&
-             src_[tag + 1] != '{' && src_[tag + 1] != '%' && src_[tag + 1] != '#') {
+      while (tag != std::string_view::npos && tag + 1 < src_.size() && src_[tag + 1] != '{' &&
+             src_[tag + 1] != '%' && src_[tag + 1] != '#') {
         tag = src_.find('{', tag + 1);
       }
       if (tag == std::string_view::npos || tag + 1 >= src_.size()) {
@@ -394,7 +402,7 @@ class Lexer {
       std::string text(src_.substr(pos, tag - pos));
       if (sign == '-') {
         text = RStripWhitespace(text);
-      } else if (sign != '+' && kind != '{') {  // lstrip_blocks: blocks and comments
+      } else if (sign != '+' && kind != '{') {         // lstrip_blocks: blocks and comments
         const size_t line_pos = text.rfind('\n') + 1;  // npos + 1 == 0
         if ((line_pos > 0 || line_starting) && line_pos < text.size() &&
             AllWhitespace(std::string_view(text).substr(line_pos))) {
@@ -478,7 +486,8 @@ class Lexer {
         DSV2_ASSIGN_OR_RETURN(pos, LexNumber(pos));
       } else if (c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
         size_t end = pos;
-        while (end < src_.size() && (src_[end] == '_' || std::isalnum(static_cast<unsigned char>(src_[end])))) {
+        while (end < src_.size() &&
+               (src_[end] == '_' || std::isalnum(static_cast<unsigned char>(src_[end])))) {
           ++end;
         }
         Emit(Tok::kName, std::string(src_.substr(pos, end - pos)), pos);
@@ -494,13 +503,14 @@ class Lexer {
   absl::StatusOr<size_t> LexNumber(size_t pos) {
     size_t end = pos;
     std::string digits;
-    while (end < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[end])) || src_[end] == '_')) {
+    while (end < src_.size() &&
+           (std::isdigit(static_cast<unsigned char>(src_[end])) || src_[end] == '_')) {
       if (src_[end] != '_') digits.push_back(src_[end]);
       ++end;
     }
-    if (end < src_.size() &&
-        ((src_[end] == '.' && end + 1 < src_.size() && std::isdigit(static_cast<unsigned char>(src_[end + 1]))) ||
-         src_[end] == 'e' || src_[end] == 'E')) {
+    if (end < src_.size() && ((src_[end] == '.' && end + 1 < src_.size() &&
+                               std::isdigit(static_cast<unsigned char>(src_[end + 1]))) ||
+                              src_[end] == 'e' || src_[end] == 'E')) {
       return SyntaxError("unsupported float literal", pos);
     }
     if (end < src_.size() && std::isalpha(static_cast<unsigned char>(src_[end]))) {
@@ -508,7 +518,8 @@ class Lexer {
     }
     int64_t value = 0;
     for (char d : digits) {
-      if (__builtin_mul_overflow(value, 10, &value) || __builtin_add_overflow(value, d - '0', &value)) {
+      if (__builtin_mul_overflow(value, 10, &value) ||
+          __builtin_add_overflow(value, d - '0', &value)) {
         return SyntaxError("integer literal out of range", pos);
       }
     }
@@ -529,7 +540,9 @@ class Lexer {
       for (int k = 0; k < n; ++k) {
         const char h = src_[at + k];
         if (!std::isxdigit(static_cast<unsigned char>(h))) return false;
-        *out = *out * 16 + (std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
+        *out =
+            *out * 16 +
+            (std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
       }
       return true;
     };
@@ -545,41 +558,31 @@ class Lexer {
       if (p + 1 >= src_.size()) return SyntaxError("unterminated string literal", pos);
       const char e = src_[p + 1];
       p += 2;
+      static constexpr std::string_view kFrom = "\\'\"abfnrtv";
+      static constexpr std::string_view kTo = "\\'\"\a\b\f\n\r\t\v";
       uint32_t cp = 0;
-      switch (e) {
-        case '\n': break;  // line continuation
-        case '\\': value.push_back('\\'); break;
-        case '\'': value.push_back('\''); break;
-        case '"': value.push_back('"'); break;
-        case 'a': value.push_back('\a'); break;
-        case 'b': value.push_back('\b'); break;
-        case 'f': value.push_back('\f'); break;
-        case 'n': value.push_back('\n'); break;
-        case 'r': value.push_back('\r'); break;
-        case 't': value.push_back('\t'); break;
-        case 'v': value.push_back('\v'); break;
-        case 'x':
-        case 'u':
-        case 'U': {
-          const int n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
-          if (!hex(p, n, &cp) || cp > 0x10FFFF) return SyntaxError("invalid escape in string literal", p - 2);
-          AppendUtf8(cp, &value);
-          p += n;
-          break;
+      if (const size_t k = kFrom.find(e); k != std::string_view::npos) {
+        value.push_back(kTo[k]);
+      } else if (e == '\n') {
+        // line continuation: both characters vanish
+      } else if (e == 'x' || e == 'u' || e == 'U') {
+        const int n = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+        if (!hex(p, n, &cp) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+          return SyntaxError("invalid escape in string literal", p - 2);
         }
-        case 'N':
-          return SyntaxError("unsupported \\N{...} escape in string literal", p - 2);
-        default:
-          if (e >= '0' && e <= '7') {  // up to three octal digits
-            cp = e - '0';
-            for (int k = 0; k < 2 && p < src_.size() && src_[p] >= '0' && src_[p] <= '7'; ++k) {
-              cp = cp * 8 + (src_[p++] - '0');
-            }
-            AppendUtf8(cp, &value);
-          } else {
-            value.push_back('\\');
-            value.push_back(e);
-          }
+        AppendUtf8(cp, &value);
+        p += n;
+      } else if (e == 'N') {
+        return SyntaxError("unsupported \\N{...} escape in string literal", p - 2);
+      } else if (e >= '0' && e <= '7') {  // up to three octal digits
+        cp = e - '0';
+        for (int k = 0; k < 2 && p < src_.size() && src_[p] >= '0' && src_[p] <= '7'; ++k) {
+          cp = cp * 8 + (src_[p++] - '0');
+        }
+        AppendUtf8(cp, &value);
+      } else {  // unknown escapes keep their backslash
+        value.push_back('\\');
+        value.push_back(e);
       }
     }
     Emit(Tok::kString, std::move(value), pos);
@@ -595,8 +598,11 @@ class Lexer {
       if (op == "(" || op == "[" || op == "{") {
         brackets->push_back(op == "(" ? ')' : op == "[" ? ']' : '}');
       } else if (op == ")" || op == "]" || op == "}") {
-        if (brackets->empty() || brackets->back() != op[0]) {
-          return SyntaxError(absl::StrCat("unexpected '", AV(op), "'"), pos);
+        if (brackets->empty()) return SyntaxError(absl::StrCat("unexpected '", AV(op), "'"), pos);
+        if (brackets->back() != op[0]) {
+          return SyntaxError(absl::StrCat("unexpected '", AV(op), "', expected '",
+                                          std::string(1, brackets->back()), "'"),
+                             pos);
         }
         brackets->pop_back();
       }
@@ -614,8 +620,26 @@ class Lexer {
 // Syntax tree.
 
 enum class ExprKind {
-  kLiteral, kName, kGetAttr, kGetItem, kSlice, kNot, kNeg, kPos, kBinary, kCompare, kAnd, kOr,
-  kCondExpr, kConcat, kFilter, kTest, kCall, kMethodCall, kList, kDict
+  kLiteral,
+  kName,
+  kGetAttr,
+  kGetItem,
+  kSlice,
+  kNot,
+  kNeg,
+  kPos,
+  kBinary,
+  kCompare,
+  kAnd,
+  kOr,
+  kCondExpr,
+  kConcat,
+  kFilter,
+  kTest,
+  kCall,
+  kMethodCall,
+  kList,
+  kDict
 };
 enum class BinOp { kAdd, kSub, kMul, kFloorDiv, kMod };
 enum class CmpOp { kEq, kNe, kLt, kLe, kGt, kGe, kIn, kNotIn };
@@ -646,10 +670,10 @@ struct IfBranch {
 struct Node {
   NodeKind kind = NodeKind::kText;
   size_t offset = 0;
-  std::string text;  // kText: the text; kSet: target name; kFor: loop variable
-  std::string attr;  // kSet: `ns.attr` target attribute, else empty
-  std::unique_ptr<Expr> expr;    // kOutput, kSet: value; kFor: iterable
-  std::unique_ptr<Expr> filter;  // kFor: `if` condition or null
+  std::string text;                // kText: the text; kSet: target name; kFor: loop variable
+  std::string attr;                // kSet: `ns.attr` target attribute, else empty
+  std::unique_ptr<Expr> expr;      // kOutput, kSet: value; kFor: iterable
+  std::unique_ptr<Expr> filter;    // kFor: `if` condition or null
   std::vector<IfBranch> branches;  // kIf
   std::vector<Node> body;          // kFor
   std::vector<Node> else_body;     // kIf, kFor
@@ -664,8 +688,8 @@ bool IsKnownFilter(std::string_view n) {
 }
 bool IsKnownTest(std::string_view n) {
   return n == "defined" || n == "undefined" || n == "none" || n == "string" || n == "number" ||
-         n == "integer" || n == "boolean" || n == "mapping" || n == "sequence" ||
-         n == "iterable" || n == "true" || n == "false" || n == "even" || n == "odd";
+         n == "integer" || n == "boolean" || n == "mapping" || n == "sequence" || n == "iterable" ||
+         n == "true" || n == "false" || n == "even" || n == "odd";
 }
 bool IsKnownFunction(std::string_view n) {
   return n == "raise_exception" || n == "namespace" || n == "range";
@@ -693,26 +717,22 @@ class Parser {
     if (pos_ + 1 < tokens_.size()) ++pos_;
   }
   bool IsOp(std::string_view op) const { return Cur().kind == Tok::kOp && Cur().text == op; }
-  bool IsName(std::string_view name) const { return Cur().kind == Tok::kName && Cur().text == name; }
+  bool IsName(std::string_view name) const {
+    return Cur().kind == Tok::kName && Cur().text == name;
+  }
 
   static std::string Describe(const Token& t) {
-    switch (t.kind) {
-      case Tok::kData: return "text";
-      case Tok::kVarBegin: return "'{{'";
-      case Tok::kVarEnd: return "'}}'";
-      case Tok::kBlockBegin: return "'{%'";
-      case Tok::kBlockEnd: return "'%}'";
-      case Tok::kName: return absl::StrCat("'", t.text, "'");
-      case Tok::kString: return "string literal";
-      case Tok::kInt: return absl::StrCat("'", t.text, "'");
-      case Tok::kOp: return absl::StrCat("'", t.text, "'");
-      case Tok::kEof: return "end of template";
+    if (t.kind == Tok::kName || t.kind == Tok::kInt || t.kind == Tok::kOp) {
+      return absl::StrCat("'", t.text, "'");
     }
-    return "token";
+    static constexpr const char* kNames[] = {
+        "text", "'{{'", "'}}'", "'{%'", "'%}'", "", "string literal", "", "", "end of template"};
+    return kNames[static_cast<int>(t.kind)];
   }
 
   absl::Status Unexpected(std::string_view expected) const {
-    return SyntaxError(absl::StrCat("expected ", AV(expected), ", got ", Describe(Cur())), Cur().offset);
+    return SyntaxError(absl::StrCat("expected ", AV(expected), ", got ", Describe(Cur())),
+                       Cur().offset);
   }
   absl::Status ExpectOp(std::string_view op) {
     if (!IsOp(op)) return Unexpected(absl::StrCat("'", AV(op), "'"));
@@ -813,7 +833,8 @@ class Parser {
         IfBranch branch;
         DSV2_ASSIGN_OR_RETURN(branch.condition, ParseExpression(false));
         DSV2_RETURN_IF_ERROR(ExpectBlockEnd());
-        DSV2_ASSIGN_OR_RETURN(branch.body, ParseStatements({"elif", "else", "endif"}, keyword, offset));
+        DSV2_ASSIGN_OR_RETURN(branch.body,
+                              ParseStatements({"elif", "else", "endif"}, keyword, offset));
         n.branches.push_back(std::move(branch));
         if (IsName("elif")) {
           keyword = "elif";
@@ -908,26 +929,17 @@ class Parser {
     return expr;
   }
 
-  absl::StatusOr<ExprPtr> ParseOr() {
-    DSV2_ASSIGN_OR_RETURN(ExprPtr left, ParseAnd());
-    while (IsName("or")) {
-      auto e = MakeExpr(ExprKind::kOr, Cur().offset);
-      Advance();
-      e->args.push_back(std::move(left));
-      DSV2_ASSIGN_OR_RETURN(ExprPtr right, ParseAnd());
-      e->args.push_back(std::move(right));
-      left = std::move(e);
-    }
-    return left;
-  }
+  absl::StatusOr<ExprPtr> ParseOr() { return ParseLogic(true); }
 
-  absl::StatusOr<ExprPtr> ParseAnd() {
-    DSV2_ASSIGN_OR_RETURN(ExprPtr left, ParseNot());
-    while (IsName("and")) {
-      auto e = MakeExpr(ExprKind::kAnd, Cur().offset);
+  // or-expr := and-expr ('or' and-expr)*; and-expr := not-expr ('and' not-expr)*
+  absl::StatusOr<ExprPtr> ParseLogic(bool is_or) {
+    auto operand = [&]() { return is_or ? ParseLogic(false) : ParseNot(); };
+    DSV2_ASSIGN_OR_RETURN(ExprPtr left, operand());
+    while (IsName(is_or ? "or" : "and")) {
+      auto e = MakeExpr(is_or ? ExprKind::kOr : ExprKind::kAnd, Cur().offset);
       Advance();
       e->args.push_back(std::move(left));
-      DSV2_ASSIGN_OR_RETURN(ExprPtr right, ParseNot());
+      DSV2_ASSIGN_OR_RETURN(ExprPtr right, operand());
       e->args.push_back(std::move(right));
       left = std::move(e);
     }
@@ -948,24 +960,19 @@ class Parser {
   }
 
   absl::StatusOr<ExprPtr> ParseCompare() {
+    static constexpr std::pair<std::string_view, CmpOp> kOps[] = {
+        {"==", CmpOp::kEq}, {"!=", CmpOp::kNe}, {"<", CmpOp::kLt},
+        {"<=", CmpOp::kLe}, {">", CmpOp::kGt},  {">=", CmpOp::kGe}};
     const size_t offset = Cur().offset;
     DSV2_ASSIGN_OR_RETURN(ExprPtr first, ParseMath1());
     std::vector<CmpOp> ops;
     std::vector<ExprPtr> operands;
     while (true) {
+      auto it = std::find_if(std::begin(kOps), std::end(kOps),
+                             [&](const auto& o) { return IsOp(o.first); });
       CmpOp op;
-      if (IsOp("==")) {
-        op = CmpOp::kEq;
-      } else if (IsOp("!=")) {
-        op = CmpOp::kNe;
-      } else if (IsOp("<")) {
-        op = CmpOp::kLt;
-      } else if (IsOp("<=")) {
-        op = CmpOp::kLe;
-      } else if (IsOp(">")) {
-        op = CmpOp::kGt;
-      } else if (IsOp(">=")) {
-        op = CmpOp::kGe;
+      if (it != std::end(kOps)) {
+        op = it->second;
       } else if (IsName("in")) {
         op = CmpOp::kIn;
       } else if (IsName("not") && Peek().kind == Tok::kName && Peek().text == "in") {
@@ -1083,57 +1090,37 @@ class Parser {
       Advance();
       return e;
     }
-    if (IsOp("(")) {  // grouping or tuple (a tuple is a list here)
-      const size_t offset = t.offset;
+    if (IsOp("(") || IsOp("[") || IsOp("{")) {  // a tuple is a list here
+      const bool paren = IsOp("("), dict = IsOp("{");
+      auto e = MakeExpr(dict ? ExprKind::kDict : ExprKind::kList, t.offset);
       Advance();
-      if (IsOp(")")) {
-        Advance();
-        return MakeExpr(ExprKind::kList, offset);
-      }
-      DSV2_ASSIGN_OR_RETURN(ExprPtr first, ParseExpression(true));
-      if (IsOp(")")) {
-        Advance();
-        return first;
-      }
-      auto list = MakeExpr(ExprKind::kList, offset);
-      list->args.push_back(std::move(first));
-      while (IsOp(",")) {
-        Advance();
-        if (IsOp(")")) break;
-        DSV2_ASSIGN_OR_RETURN(ExprPtr item, ParseExpression(true));
-        list->args.push_back(std::move(item));
-      }
-      DSV2_RETURN_IF_ERROR(ExpectOp(")"));
-      return list;
-    }
-    if (IsOp("[")) {
-      auto list = MakeExpr(ExprKind::kList, t.offset);
-      Advance();
-      while (!IsOp("]")) {
-        if (!list->args.empty()) DSV2_RETURN_IF_ERROR(ExpectOp(","));
-        if (IsOp("]")) break;
-        DSV2_ASSIGN_OR_RETURN(ExprPtr item, ParseExpression(true));
-        list->args.push_back(std::move(item));
-      }
-      Advance();
-      return list;
-    }
-    if (IsOp("{")) {
-      auto dict = MakeExpr(ExprKind::kDict, t.offset);
-      Advance();
-      while (!IsOp("}")) {
-        if (!dict->args.empty()) DSV2_RETURN_IF_ERROR(ExpectOp(","));
-        if (IsOp("}")) break;
-        DSV2_ASSIGN_OR_RETURN(ExprPtr key, ParseExpression(true));
-        DSV2_RETURN_IF_ERROR(ExpectOp(":"));
-        DSV2_ASSIGN_OR_RETURN(ExprPtr value, ParseExpression(true));
-        dict->args.push_back(std::move(key));
-        dict->args.push_back(std::move(value));
-      }
-      Advance();
-      return dict;
+      bool saw_comma = false;
+      DSV2_RETURN_IF_ERROR(ParseItems(e.get(), paren ? ")" : dict ? "}" : "]", dict, &saw_comma));
+      if (paren && e->args.size() == 1 && !saw_comma) return std::move(e->args[0]);  // grouping
+      return e;
     }
     return Unexpected("an expression");
+  }
+
+  // Parses `item (',' item)* [',']` and then `close`; dict items are
+  // `key ':' value`. *saw_comma tells a tuple `(x,)` from a grouping `(x)`.
+  absl::Status ParseItems(Expr* out, std::string_view close, bool dict, bool* saw_comma) {
+    while (!IsOp(close)) {
+      if (!out->args.empty()) {
+        DSV2_RETURN_IF_ERROR(ExpectOp(","));
+        *saw_comma = true;
+        if (IsOp(close)) break;
+      }
+      DSV2_ASSIGN_OR_RETURN(ExprPtr item, ParseExpression(true));
+      out->args.push_back(std::move(item));
+      if (dict) {
+        DSV2_RETURN_IF_ERROR(ExpectOp(":"));
+        DSV2_ASSIGN_OR_RETURN(ExprPtr value, ParseExpression(true));
+        out->args.push_back(std::move(value));
+      }
+    }
+    Advance();  // close
+    return absl::OkStatus();
   }
 
   absl::StatusOr<ExprPtr> ParsePostfix(ExprPtr node) {
@@ -1172,8 +1159,9 @@ class Parser {
       } else if (IsOp("(")) {
         if (node->kind != ExprKind::kName || !IsKnownFunction(node->name)) {
           return SyntaxError(
-              absl::StrCat("unsupported call",
-                           node->kind == ExprKind::kName ? absl::StrCat(" to '", node->name, "'") : ""),
+              absl::StrCat("unsupported call", node->kind == ExprKind::kName
+                                                   ? absl::StrCat(" to '", node->name, "'")
+                                                   : ""),
               Cur().offset);
         }
         auto call = MakeExpr(ExprKind::kCall, node->offset);
@@ -1232,7 +1220,8 @@ class Parser {
       if (IsOp("*") || IsOp("**")) return SyntaxError("unsupported *args/**kwargs", Cur().offset);
       if (Cur().kind == Tok::kName && Peek().kind == Tok::kOp && Peek().text == "=") {
         if (!allow_kwargs) {
-          return SyntaxError(absl::StrCat("unsupported keyword argument '", Cur().text, "'"), Cur().offset);
+          return SyntaxError(absl::StrCat("unsupported keyword argument '", Cur().text, "'"),
+                             Cur().offset);
         }
         std::string key = Cur().text;
         Advance();
@@ -1241,7 +1230,8 @@ class Parser {
         call->kwargs.emplace_back(std::move(key), std::move(value));
         continue;
       }
-      if (!call->kwargs.empty()) return SyntaxError("positional argument after keyword argument", Cur().offset);
+      if (!call->kwargs.empty())
+        return SyntaxError("positional argument after keyword argument", Cur().offset);
       DSV2_ASSIGN_OR_RETURN(ExprPtr arg, ParseExpression(true));
       call->args.push_back(std::move(arg));
     }
@@ -1256,7 +1246,8 @@ class Parser {
         Advance();
         const size_t offset = Cur().offset;
         DSV2_ASSIGN_OR_RETURN(std::string name, ExpectName());
-        if (!IsKnownFilter(name)) return SyntaxError(absl::StrCat("unknown filter '", name, "'"), offset);
+        if (!IsKnownFilter(name))
+          return SyntaxError(absl::StrCat("unknown filter '", name, "'"), offset);
         auto e = MakeExpr(ExprKind::kFilter, offset);
         e->name = name;
         e->args.push_back(std::move(node));
@@ -1274,13 +1265,15 @@ class Parser {
         // `none`, `true` and `false` are names here, not literals.
         std::string name = Cur().text;
         Advance();
-        if (!IsKnownTest(name)) return SyntaxError(absl::StrCat("unknown test '", name, "'"), offset);
+        if (!IsKnownTest(name))
+          return SyntaxError(absl::StrCat("unknown test '", name, "'"), offset);
         e->name = name;
         e->args.push_back(std::move(node));
         if (IsOp("(")) DSV2_RETURN_IF_ERROR(ParseCallArgs(e.get(), /*allow_kwargs=*/false));
         const bool primary_follows =
             (Cur().kind == Tok::kName && !IsName("else") && !IsName("or") && !IsName("and")) ||
-            Cur().kind == Tok::kString || Cur().kind == Tok::kInt || IsOp("(") || IsOp("[") || IsOp("{");
+            Cur().kind == Tok::kString || Cur().kind == Tok::kInt || IsOp("(") || IsOp("[") ||
+            IsOp("{");
         if (primary_follows) return SyntaxError("unsupported test argument", Cur().offset);
         if (e->args.size() > 1) {
           return SyntaxError(absl::StrCat("test '", name, "' takes no arguments"), offset);
@@ -1367,9 +1360,10 @@ class Renderer {
         }
         const Value target = Lookup(n.text);
         if (!target.is_namespace()) {
-          return RenderError(absl::StrCat("cannot assign attribute '", n.attr, "' on non-namespace '",
-                                          n.text, "' (", TypeName(target), ")"),
-                             n.offset);
+          return RenderError(
+              absl::StrCat("cannot assign attribute '", n.attr, "' on non-namespace '", n.text,
+                           "' (", TypeName(target), ")"),
+              n.offset);
         }
         target.ns().attrs.Set(n.attr, std::move(v));
         return absl::OkStatus();
@@ -1422,7 +1416,8 @@ class Renderer {
     const int64_t length = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < length; ++i) {
       if (++iterations_ > kMaxLoopIterations) {
-        return RenderError(absl::StrCat("more than ", kMaxLoopIterations, " loop iterations"), n.offset);
+        return RenderError(absl::StrCat("more than ", kMaxLoopIterations, " loop iterations"),
+                           n.offset);
       }
       ValueMap loop;
       loop.Set("index", Value::Int(i + 1));
@@ -1490,9 +1485,10 @@ class Renderer {
         DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
         DSV2_RETURN_IF_ERROR(CheckDefined(v, e.offset));
         if (!v.is_number()) {
-          return RenderError(absl::StrCat("bad operand type for unary ", e.kind == ExprKind::kNeg ? "-" : "+",
-                                          ": '", TypeName(v), "'"),
-                             e.offset);
+          return RenderError(
+              absl::StrCat("bad operand type for unary ", e.kind == ExprKind::kNeg ? "-" : "+",
+                           ": '", TypeName(v), "'"),
+              e.offset);
         }
         if (e.kind == ExprKind::kPos) return Value::Int(v.number());
         if (v.number() == INT64_MIN) return RenderError("integer overflow", e.offset);
@@ -1518,7 +1514,8 @@ class Renderer {
       case ExprKind::kCondExpr: {
         DSV2_ASSIGN_OR_RETURN(Value cond, Eval(*e.args[1]));
         if (Truthy(cond)) return Eval(*e.args[0]);
-        if (e.args[2] == nullptr) return Value::Undef("the inline if expression had no else branch");
+        if (e.args[2] == nullptr)
+          return Value::Undef("the inline if expression had no else branch");
         return Eval(*e.args[2]);
       }
       case ExprKind::kConcat: {
@@ -1550,7 +1547,8 @@ class Renderer {
         for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
           DSV2_ASSIGN_OR_RETURN(Value key, Eval(*e.args[i]));
           if (!key.is_str()) {
-            return RenderError(absl::StrCat("unsupported dict key type '", TypeName(key), "'"), e.args[i]->offset);
+            return RenderError(absl::StrCat("unsupported dict key type '", TypeName(key), "'"),
+                               e.args[i]->offset);
           }
           DSV2_ASSIGN_OR_RETURN(Value value, Eval(*e.args[i + 1]));
           map.Set(key.str(), std::move(value));
@@ -1568,12 +1566,14 @@ class Renderer {
       if (key.is_str()) {
         if (const Value* v = map.Find(key.str())) return *v;
       }
-      return Value::Undef(absl::StrCat("'", TypeName(obj), " object' has no attribute ", Repr(key)));
+      return Value::Undef(
+          absl::StrCat("'", TypeName(obj), " object' has no attribute ", Repr(key)));
     }
     if ((obj.is_list() || obj.is_str()) && key.is_number()) {
       std::vector<size_t> offsets;
-      const int64_t size = obj.is_list() ? static_cast<int64_t>(obj.list().size())
-                                         : static_cast<int64_t>((offsets = CodePointOffsets(obj.str())).size() - 1);
+      const int64_t size =
+          obj.is_list() ? static_cast<int64_t>(obj.list().size())
+                        : static_cast<int64_t>((offsets = CodePointOffsets(obj.str())).size() - 1);
       int64_t index = key.number();
       if (index < 0) index += size;
       if (index >= 0 && index < size) {
@@ -1599,13 +1599,14 @@ class Renderer {
       given[k] = true;
     }
     if (!obj.is_list() && !obj.is_str()) {
-      return Value::Undef(absl::StrCat("'", TypeName(obj), "' object is not sliceable"));
+      return RenderError(absl::StrCat("'", TypeName(obj), "' object is not sliceable"), e.offset);
     }
     const int64_t step = bounds[2];
     if (step == 0) return RenderError("slice step cannot be zero", e.offset);
     std::vector<size_t> offsets;
-    const int64_t len = obj.is_list() ? static_cast<int64_t>(obj.list().size())
-                                      : static_cast<int64_t>((offsets = CodePointOffsets(obj.str())).size() - 1);
+    const int64_t len =
+        obj.is_list() ? static_cast<int64_t>(obj.list().size())
+                      : static_cast<int64_t>((offsets = CodePointOffsets(obj.str())).size() - 1);
     auto adjust = [&](int64_t v, bool is_given, int64_t dflt) {
       if (!is_given) return dflt;
       if (v < 0) {
@@ -1662,7 +1663,8 @@ class Renderer {
       }
     }
     if (op == BinOp::kAdd && a.is_str() && b.is_str()) {
-      if (a.str().size() + b.str().size() > kMaxStringBytes) return RenderError("string too long", offset);
+      if (a.str().size() + b.str().size() > kMaxStringBytes)
+        return RenderError("string too long", offset);
       return Value::Str(a.str() + b.str());
     }
     if (op == BinOp::kAdd && a.is_list() && b.is_list()) {
@@ -1684,13 +1686,16 @@ class Renderer {
         return Value::Str(std::move(s));
       }
       ValueList items;
-      for (int64_t i = 0; i < times; ++i) items.insert(items.end(), seq.list().begin(), seq.list().end());
+      for (int64_t i = 0; i < times; ++i)
+        items.insert(items.end(), seq.list().begin(), seq.list().end());
       return Value::List(std::move(items));
     }
-    if (op == BinOp::kMod && a.is_str()) return RenderError("unsupported '%' string formatting", offset);
-    return RenderError(absl::StrCat("unsupported operand types for ", AV(kNames[static_cast<int>(op)]), ": '",
-                                    TypeName(a), "' and '", TypeName(b), "'"),
-                       offset);
+    if (op == BinOp::kMod && a.is_str())
+      return RenderError("unsupported '%' string formatting", offset);
+    return RenderError(
+        absl::StrCat("unsupported operand types for ", AV(kNames[static_cast<int>(op)]), ": '",
+                     TypeName(a), "' and '", TypeName(b), "'"),
+        offset);
   }
 
   absl::StatusOr<Value> EvalCompare(const Expr& e) {
@@ -1706,42 +1711,62 @@ class Renderer {
 
   static absl::StatusOr<bool> Compare(CmpOp op, const Value& a, const Value& b, size_t offset) {
     switch (op) {
-      case CmpOp::kEq: return Equals(a, b);
-      case CmpOp::kNe: return !Equals(a, b);
+      case CmpOp::kEq:
+        return Equals(a, b);
+      case CmpOp::kNe:
+        return !Equals(a, b);
       case CmpOp::kIn:
       case CmpOp::kNotIn: {
         DSV2_ASSIGN_OR_RETURN(bool found, Contains(b, a, offset));
         return op == CmpOp::kIn ? found : !found;
       }
-      default: break;
+      default:
+        break;
     }
+    DSV2_ASSIGN_OR_RETURN(const int cmp, Order(a, b, offset));
+    switch (op) {
+      case CmpOp::kLt:
+        return cmp < 0;
+      case CmpOp::kLe:
+        return cmp <= 0;
+      case CmpOp::kGt:
+        return cmp > 0;
+      default:
+        return cmp >= 0;
+    }
+  }
+
+  // Python's ordering: numbers, strings (code point order, which is UTF-8
+  // byte order) and lists (lexicographic); anything else is a TypeError.
+  static absl::StatusOr<int> Order(const Value& a, const Value& b, size_t offset) {
     DSV2_RETURN_IF_ERROR(CheckDefined(a, offset));
     DSV2_RETURN_IF_ERROR(CheckDefined(b, offset));
-    int cmp = 0;
-    if (a.is_number() && b.is_number()) {
-      cmp = a.number() < b.number() ? -1 : a.number() > b.number() ? 1 : 0;
-    } else if (a.is_str() && b.is_str()) {
-      cmp = a.str().compare(b.str());  // byte order == code point order in UTF-8
-    } else {
-      return RenderError(absl::StrCat("unsupported comparison between '", TypeName(a), "' and '",
-                                      TypeName(b), "'"),
-                         offset);
+    if (a.is_number() && b.is_number())
+      return a.number() < b.number() ? -1 : a.number() > b.number() ? 1 : 0;
+    if (a.is_str() && b.is_str()) {
+      const int c = a.str().compare(b.str());
+      return c < 0 ? -1 : c > 0 ? 1 : 0;
     }
-    switch (op) {
-      case CmpOp::kLt: return cmp < 0;
-      case CmpOp::kLe: return cmp <= 0;
-      case CmpOp::kGt: return cmp > 0;
-      default: return cmp >= 0;
+    if (a.is_list() && b.is_list()) {
+      const ValueList& x = a.list();
+      const ValueList& y = b.list();
+      for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
+        if (!Equals(x[i], y[i])) return Order(x[i], y[i], offset);
+      }
+      return x.size() < y.size() ? -1 : x.size() > y.size() ? 1 : 0;
     }
+    return RenderError(
+        absl::StrCat("unsupported comparison between '", TypeName(a), "' and '", TypeName(b), "'"),
+        offset);
   }
 
   static absl::StatusOr<bool> Contains(const Value& container, const Value& item, size_t offset) {
     if (container.is_undefined()) return false;  // Undefined iterates as empty
     if (container.is_str()) {
       if (!item.is_str()) {
-        return RenderError(absl::StrCat("'in <string>' requires string as left operand, not ",
-                                        TypeName(item)),
-                           offset);
+        return RenderError(
+            absl::StrCat("'in <string>' requires string as left operand, not ", TypeName(item)),
+            offset);
       }
       return container.str().find(item.str()) != std::string::npos;
     }
@@ -1751,17 +1776,25 @@ class Renderer {
       }
       return false;
     }
-    if (container.is_map()) return item.is_str() && container.map().Find(item.str()) != nullptr;
-    return RenderError(absl::StrCat("argument of type '", TypeName(container), "' is not iterable"), offset);
+    if (container.is_map()) {
+      if (item.is_list() || item.is_map() || item.is_namespace()) {
+        return RenderError(absl::StrCat("unhashable type: '", TypeName(item), "'"), offset);
+      }
+      return item.is_str() && container.map().Find(item.str()) != nullptr;
+    }
+    return RenderError(absl::StrCat("argument of type '", TypeName(container), "' is not iterable"),
+                       offset);
   }
 
-  absl::StatusOr<std::vector<Value>> EvalArgs(const Expr& e, size_t first, size_t min_args, size_t max_args) {
+  absl::StatusOr<std::vector<Value>> EvalArgs(const Expr& e, size_t first, size_t min_args,
+                                              size_t max_args) {
     const size_t n = e.args.size() - first;
     if (n < min_args || n > max_args) {
-      return RenderError(absl::StrCat("'", e.name, "' takes ", min_args == max_args ? "" : "from ", min_args,
-                                      min_args == max_args ? "" : absl::StrCat(" to ", max_args),
-                                      " argument(s), got ", n),
-                         e.offset);
+      return RenderError(
+          absl::StrCat("'", e.name, "' takes ", min_args == max_args ? "" : "from ", min_args,
+                       min_args == max_args ? "" : absl::StrCat(" to ", max_args),
+                       " argument(s), got ", n),
+          e.offset);
     }
     std::vector<Value> values;
     for (size_t i = first; i < e.args.size(); ++i) {
@@ -1773,7 +1806,8 @@ class Renderer {
 
   static absl::StatusOr<std::string> ChangeCase(const std::string& s, bool upper, size_t offset) {
     if (HasNonAsciiCasedLetters(s)) {
-      return RenderError(absl::StrCat(upper ? "upper" : "lower", " of non-ASCII letters is unsupported"), offset);
+      return RenderError(
+          absl::StrCat(upper ? "upper" : "lower", " of non-ASCII letters is unsupported"), offset);
     }
     std::string out = s;
     for (char& c : out) {
@@ -1858,7 +1892,7 @@ class Renderer {
     } else if (t == "mapping") {
       result = v.is_map();
     } else if (t == "sequence") {
-      result = v.is_str() || v.is_list() || v.is_map();
+      result = v.is_str() || v.is_list() || v.is_map() || v.is_undefined();
     } else if (t == "iterable") {
       result = v.is_str() || v.is_list() || v.is_map() || v.is_undefined();
     } else if (t == "true" || t == "false") {
@@ -1866,7 +1900,8 @@ class Renderer {
     } else {  // even, odd
       DSV2_RETURN_IF_ERROR(CheckDefined(v, e.offset));
       if (!v.is_number()) {
-        return RenderError(absl::StrCat("test '", t, "' needs a number, got '", TypeName(v), "'"), e.offset);
+        return RenderError(absl::StrCat("test '", t, "' needs a number, got '", TypeName(v), "'"),
+                           e.offset);
       }
       const int64_t mod = v.number() % 2;
       result = (t == "even") == (mod == 0);
@@ -1877,7 +1912,8 @@ class Renderer {
   absl::StatusOr<Value> EvalCall(const Expr& e) {
     if (e.name == "raise_exception") {
       DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 0, 1, 1));
-      return absl::InvalidArgumentError(absl::StrCat("chat template raised an exception: ", ToStr(a[0])));
+      return absl::InvalidArgumentError(
+          absl::StrCat("chat template raised an exception: ", ToStr(a[0])));
     }
     if (e.name == "namespace") {
       auto ns = std::make_shared<Namespace>();
@@ -1890,7 +1926,9 @@ class Renderer {
     // range([start,] stop[, step])
     DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 0, 1, 3));
     for (const Value& v : a) {
-      if (!v.is_number()) return RenderError(absl::StrCat("range() needs integers, got '", TypeName(v), "'"), e.offset);
+      if (!v.is_number())
+        return RenderError(absl::StrCat("range() needs integers, got '", TypeName(v), "'"),
+                           e.offset);
     }
     const int64_t start = a.size() == 1 ? 0 : a[0].number();
     const int64_t stop = a.size() == 1 ? a[0].number() : a[1].number();
@@ -1919,14 +1957,18 @@ class Renderer {
       return a.size() == 2 ? a[1] : Value::None();
     }
     if (!obj.is_str() || m == "get") {
-      return RenderError(absl::StrCat("'", TypeName(obj), "' object has no method '", m, "'"), e.offset);
+      return RenderError(absl::StrCat("'", TypeName(obj), "' object has no method '", m, "'"),
+                         e.offset);
     }
     const std::string& s = obj.str();
     if (m == "strip" || m == "lstrip" || m == "rstrip") {
       DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 0, 1));
-      const StripSide side = m == "strip" ? StripSide::kBoth : m == "lstrip" ? StripSide::kLeft : StripSide::kRight;
+      const StripSide side = m == "strip"    ? StripSide::kBoth
+                             : m == "lstrip" ? StripSide::kLeft
+                                             : StripSide::kRight;
       if (a.empty() || a[0].is_none()) return Value::Str(PyStrip(s, side, nullptr));
-      if (!a[0].is_str()) return RenderError(absl::StrCat(m, "() arg must be a string or none"), e.offset);
+      if (!a[0].is_str())
+        return RenderError(absl::StrCat(m, "() arg must be a string or none"), e.offset);
       return Value::Str(PyStrip(s, side, &a[0].str()));
     }
     if (m == "startswith" || m == "endswith") {
@@ -1948,7 +1990,8 @@ class Renderer {
       if (!a[0].is_str() || !a[1].is_str() || (a.size() == 3 && !a[2].is_number())) {
         return RenderError("replace() takes (str, str[, int])", e.offset);
       }
-      if (a[0].str().empty()) return RenderError("replace() of an empty string is unsupported", e.offset);
+      if (a[0].str().empty())
+        return RenderError("replace() of an empty string is unsupported", e.offset);
       int64_t budget = a.size() == 3 ? a[2].number() : -1;
       std::string out;
       size_t pos = 0;
@@ -1968,7 +2011,8 @@ class Renderer {
     if (!a.empty() && !a[0].is_none() && !a[0].is_str()) {
       return RenderError("split() separator must be a string or none", e.offset);
     }
-    if (a.size() == 2 && !a[1].is_number()) return RenderError("split() maxsplit must be an integer", e.offset);
+    if (a.size() == 2 && !a[1].is_number())
+      return RenderError("split() maxsplit must be an integer", e.offset);
     int64_t maxsplit = a.size() == 2 ? a[1].number() : -1;
     ValueList parts;
     if (a.empty() || a[0].is_none()) {  // runs of whitespace; no empty parts
@@ -1982,8 +2026,8 @@ class Renderer {
       while (true) {
         while (k < n && space_at(k)) ++k;
         if (k == n) break;
-        if (maxsplit == 0) {
-          parts.push_back(Value::Str(PyStrip(s.substr(offsets[k]), StripSide::kRight, nullptr)));
+        if (maxsplit == 0) {  // the remainder keeps its trailing whitespace
+          parts.push_back(Value::Str(s.substr(offsets[k])));
           break;
         }
         const size_t begin = k;
@@ -2055,8 +2099,8 @@ absl::Status ValidateChatMessages(const std::vector<ChatMessage>& messages) {
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& role = messages[i].role;
     if (role != "system" && role != "user" && role != "assistant") {
-      return absl::InvalidArgumentError(absl::StrCat("message ", i, " has role '", role,
-                                                     "'; allowed roles are system, user, assistant"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "message ", i, " has role '", role, "'; allowed roles are system, user, assistant"));
     }
   }
   return absl::OkStatus();

@@ -25,16 +25,18 @@
 // unk_token/fuse_unk, ignore_merges); normalizer null or an empty "Sequence";
 // pre-tokenizers "Sequence", "Split" (Regex or String pattern, all behaviours, invert),
 // "Digits", "ByteLevel" (add_prefix_space, use_regex); post-processors
-// "TemplateProcessing" (single), "ByteLevel", "Sequence", null; decoder "ByteLevel".
-// Anything else (other normalizers, byte_fallback, dropout, regex lookaround other than
-// a top-level `\s+(?!\S)` alternative, `\b`, backreferences, ...) fails to load with
-// Unimplemented rather than tokenizing differently. "truncation" and "padding" are
-// ignored (the server enforces its own context limit).
+// "TemplateProcessing" (single), "RobertaProcessing", "BertProcessing", "ByteLevel",
+// "Sequence", null; decoder "ByteLevel". Anything else (other normalizers, byte_fallback,
+// dropout, regex lookaround other than a top-level `\s+(?!\S)` alternative, `\b`,
+// backreferences, ...) fails to load with Unimplemented rather than tokenizing
+// differently. Regex classes `\s \d \w \p{L} \p{N}` use tables measured on `tokenizers`;
+// other `\p{...}` use the linked RE2's Unicode tables, which may be older. "truncation"
+// and "padding" are ignored (the server enforces its own context limit).
 //
-// tokenizer_config.json supplies bos_token / eos_token (strings or {"content": ...}),
-// chat_template and add_bos_token; the post-processor of tokenizer.json alone decides
-// what Encode(..., add_special_tokens=true) adds, as in `tokenizers` and in transformers
-// 5.x (which loads a ByteLevel tokenizer.json as is and ignores add_bos_token).
+// tokenizer_config.json supplies bos_token / eos_token (strings or {"content": ...}) and
+// chat_template. Its add_bos_token / add_eos_token are not used: the post-processor of
+// tokenizer.json alone decides what Encode(..., add_special_tokens=true) adds, as in
+// `tokenizers` and in transformers 5.x (which loads a ByteLevel tokenizer.json as is).
 //
 // Thread-safety: a Tokenizer is immutable after construction except for an internal,
 // mutex-guarded BPE cache; all const methods are safe for concurrent use. A
@@ -44,11 +46,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 
@@ -73,6 +77,9 @@ class Tokenizer {
   // Same from the files' contents; tokenizer_config_json == "" means none.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJsonText(
       std::string_view tokenizer_json, std::string_view tokenizer_config_json);
+  // Same from parsed JSON; tokenizer_config == nullptr means none. Neither is retained.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(
+      const nlohmann::json& tokenizer_json, const nlohmann::json* tokenizer_config);
 
   ~Tokenizer();
   Tokenizer(const Tokenizer&) = delete;
@@ -97,7 +104,8 @@ class Tokenizer {
   // list of {name, template}), else chat_template.jinja (FromDir only).
   const std::optional<std::string>& chat_template() const { return chat_template_; }
 
-  // Whether Encode(..., add_special_tokens=true) puts the BOS id first.
+  // Whether Encode(..., add_special_tokens=true) puts the BOS id first (from the
+  // post-processor, not from tokenizer_config.json's add_bos_token).
   bool add_bos_token() const { return add_bos_token_; }
 
   // Largest id the tokenizer can produce or decode, plus one (DeepSeek-V2: 100015; the
@@ -112,11 +120,13 @@ class Tokenizer {
  private:
   friend class StreamingDecoder;
   struct TemplateItem {
-    bool is_sequence = false;    // the encoded text ("$A")
-    std::vector<int32_t> ids;    // else: these special ids
+    bool is_sequence = false;  // the encoded text ("$A")
+    std::vector<int32_t> ids;  // else: these special ids
   };
 
   Tokenizer();
+  // Sets template_ from tokenizer.json's "post_processor".
+  absl::Status ParsePostProcessor(const nlohmann::json& config);
   // Appends the bytes of `id` to *bytes; false when the id is unknown or skipped.
   bool AppendTokenBytes(int32_t id, bool skip_special_tokens, std::string* bytes) const;
 

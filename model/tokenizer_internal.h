@@ -17,18 +17,18 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
 namespace re2 {
@@ -37,12 +37,16 @@ class RE2;
 
 namespace dsv2::tokenizer_internal {
 
+// absl::string_view is not std::string_view in every Abseil build (Debian's 20220623 has
+// its own class), so std::string_view values pass through this on their way into absl.
+inline absl::string_view ToAbsl(std::string_view s) { return {s.data(), s.size()}; }
+
 // Typed access to members of tokenizer.json objects. `where` names the object in error
 // messages ("pre_tokenizer.pretokenizers[2]"). JsonMember returns nullptr when `obj` is
 // not an object or lacks `key`; a null member counts as absent for the typed getters.
 const nlohmann::json* JsonMember(const nlohmann::json& obj, std::string_view key);
-absl::StatusOr<bool> JsonBool(const nlohmann::json& obj, std::string_view key,
-                              bool default_value, std::string_view where);
+absl::StatusOr<bool> JsonBool(const nlohmann::json& obj, std::string_view key, bool default_value,
+                              std::string_view where);
 absl::StatusOr<std::string> JsonString(const nlohmann::json& obj, std::string_view key,
                                        std::string_view where);
 
@@ -145,7 +149,7 @@ class BpeModel {
   std::vector<std::string> id_to_token_;
   std::vector<bool> has_id_;
   absl::flat_hash_map<uint64_t, Merge> merges_;  // (left id << 32 | right id) -> merge
-  std::array<int32_t, 256> byte_ids_{};         // id of each byte's character, or -1
+  std::array<int32_t, 256> byte_ids_{};          // id of each byte's character, or -1
   std::optional<int32_t> unk_id_;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;
@@ -187,7 +191,7 @@ class AddedVocabulary {
 
   std::optional<int32_t> TokenToId(std::string_view content) const;
   const AddedToken* IdToToken(int32_t id) const;  // nullptr when not an added id
-  bool IsSpecial(std::string_view content) const { return special_.contains(content); }
+  bool IsSpecial(std::string_view content) const { return special_.contains(ToAbsl(content)); }
   int32_t max_id() const { return max_id_; }  // -1 when there are none
 
  private:

@@ -40,6 +40,13 @@ absl::Span<const CodepointRange> WhitespaceRanges();
 absl::Span<const CodepointRange> NumericRanges();
 absl::Span<const CodepointRange> WordRanges();
 
+// Oniguruma's `\p{L}`, `\p{N}`, `\w` and `\d` as compiled into `tokenizers` (its Unicode
+// version, not RE2's): the regex translation spells these classes out as ranges.
+absl::Span<const CodepointRange> OnigLetterRanges();
+absl::Span<const CodepointRange> OnigNumberRanges();
+absl::Span<const CodepointRange> OnigWordRanges();
+absl::Span<const CodepointRange> OnigDigitRanges();
+
 // Length in bytes of the UTF-8 sequence that starts with `lead`, 1 for bytes that
 // cannot start one (so that scanning always advances).
 size_t Utf8SequenceLength(uint8_t lead);

@@ -153,13 +153,19 @@ void* OwnedBuffers::Allocate(size_t bytes) {
 }
 
 absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
-    const ModelConfig& c, const Checkpoint& ckpt) {
+    const ModelConfig& c, const Checkpoint& ckpt, std::optional<DType> activation_dtype) {
   auto w = std::unique_ptr<NonExpertWeights>(new NonExpertWeights());
   w->config_ = c;
   Loader ld(ckpt, w->owned_);
   const int64_t D = c.hidden_size, V = c.vocab_size;
   DSV2_ASSIGN_OR_RETURN(const TensorView* embed, ckpt.Get("model.embed_tokens.weight", {V, D}));
   w->activation_dtype_ = embed->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  if (activation_dtype) {
+    if (*activation_dtype == DType::kF16) {
+      return absl::InvalidArgumentError("f16 is not an activation dtype");
+    }
+    w->activation_dtype_ = *activation_dtype;
+  }
   w->embed_ = AsMatrix(*embed, V, D, w->owned_);
   DSV2_ASSIGN_OR_RETURN(w->final_norm_, ld.Vector("model.norm.weight", D));
   if (c.tie_word_embeddings && ckpt.Find("lm_head.weight") == nullptr) {

@@ -90,8 +90,12 @@ class OwnedBuffers {
 // Everything but the routed experts: what an attention node loads.
 class NonExpertWeights {
  public:
-  static absl::StatusOr<std::unique_ptr<NonExpertWeights>> Load(const ModelConfig& config,
-                                                                const Checkpoint& checkpoint);
+  // `activation_dtype`: nullopt = the checkpoint's (the default everywhere);
+  // kF32 runs a bf16 checkpoint with f32 activations (a numerics check; the
+  // weights are unchanged).
+  static absl::StatusOr<std::unique_ptr<NonExpertWeights>> Load(
+      const ModelConfig& config, const Checkpoint& checkpoint,
+      std::optional<DType> activation_dtype = std::nullopt);
   const ModelConfig& config() const { return config_; }
   // The activation dtype: the embedding's dtype (bf16 -> bf16; f32 and f16
   // -> f32). DESIGN.md section 7.

@@ -37,8 +37,8 @@ constexpr size_t kGemmInlineMacs = size_t{1} << 18;
 
 // Precondition violations are caller bugs (shapes come from the checkpoint
 // loader and the engine), hence abort with the offending values.
-void CheckArgs(const char* fn, const float* x, size_t ldx, const void* w, DType w_dtype,
-               size_t ldw, const float* y, size_t ldy, size_t M, size_t N, size_t K) {
+void CheckArgs(const char* fn, const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw,
+               const float* y, size_t ldy, size_t M, size_t N, size_t K) {
   if (w_dtype != DType::kF32 && w_dtype != DType::kBF16) {
     std::fprintf(stderr, "%s: weight dtype %s unsupported; expected f32 or bf16\n", fn,
                  DTypeName(w_dtype));
@@ -55,14 +55,17 @@ void CheckArgs(const char* fn, const float* x, size_t ldx, const void* w, DType 
 
 internal::GemmBlockFn BlockFn(const char* fn, CpuIsa isa) {
   if (!CpuSupports(isa)) {
-    std::fprintf(stderr, "%s: CPU ISA %.*s is not supported by this CPU (use ResolveCpuIsa)\n",
-                 fn, static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
+    std::fprintf(stderr, "%s: CPU ISA %.*s is not supported by this CPU (use ResolveCpuIsa)\n", fn,
+                 static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
     std::abort();
   }
   switch (isa) {
-    case CpuIsa::kScalar: return internal::GemmBlockScalar;
-    case CpuIsa::kAvx2: return internal::GemmBlockAvx2;
-    case CpuIsa::kAvx512Bf16: return internal::GemmBlockAvx512;
+    case CpuIsa::kScalar:
+      return internal::GemmBlockScalar;
+    case CpuIsa::kAvx2:
+      return internal::GemmBlockAvx2;
+    case CpuIsa::kAvx512Bf16:
+      return internal::GemmBlockAvx512;
   }
   std::abort();
 }
@@ -89,11 +92,25 @@ void RunGemm(const CpuContext& ctx, internal::GemmBlockFn block, const internal:
     return;
   }
   const size_t row_bytes = std::max<size_t>(op.K * DTypeSize(op.w_dtype), 1);
-  const size_t nb = std::max(kGemmColTile, kGemmWeightBlockBytes / row_bytes / kGemmColTile *
-                                               kGemmColTile);
-  const size_t mb = std::max<size_t>(4, kGemmXBlockBytes / std::max<size_t>(op.K * 4, 1) / 4 * 4);
-  const size_t n_blocks = (N + nb - 1) / nb;
-  const size_t m_blocks = (M + mb - 1) / mb;
+  size_t nb =
+      std::max(kGemmColTile, kGemmWeightBlockBytes / row_bytes / kGemmColTile * kGemmColTile);
+  size_t mb = std::max<size_t>(4, kGemmXBlockBytes / std::max<size_t>(op.K * 4, 1) / 4 * 4);
+  size_t n_blocks = (N + nb - 1) / nb;
+  size_t m_blocks = (M + mb - 1) / mb;
+  // Small K makes the cache-sized blocks few and large: narrow them (columns
+  // first, then rows) until every thread gets about four tasks.
+  const size_t min_tasks = 4 * static_cast<size_t>(ctx.pool->num_threads());
+  while (n_blocks * m_blocks < min_tasks) {
+    if (nb > kGemmColTile) {
+      nb = std::max(kGemmColTile, nb / 2 / kGemmColTile * kGemmColTile);
+    } else if (mb > 4) {
+      mb = std::max<size_t>(4, mb / 2 / 4 * 4);
+    } else {
+      break;
+    }
+    n_blocks = (N + nb - 1) / nb;
+    m_blocks = (M + mb - 1) / mb;
+  }
   // Consecutive tasks share a column block, so its weights are still in
   // cache for the next row block.
   ctx.pool->ParallelFor(n_blocks * m_blocks, 1, [&](size_t begin, size_t end) {
@@ -120,8 +137,8 @@ void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DTyp
   }
 }
 
-void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw,
-          float* y, size_t N, size_t K) {
+void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw, float* y,
+          size_t N, size_t K) {
   CheckArgs("Gemv", x, K, w, w_dtype, ldw, y, N, 1, N, K);
   const internal::GemmBlockFn block = BlockFn("Gemv", ctx.isa);
   if (N == 0) return;

@@ -34,7 +34,7 @@ namespace dsv2::kernels::internal {
 namespace {
 
 // x rows in bf16 for the bf16-weight path; one buffer per thread, reused
-// across calls (grows to the largest block seen).
+// across calls (grows to 64 rows of the largest K seen).
 thread_local std::vector<uint16_t> tls_x_bf16;
 
 // The 16 lanes summed in the fixed tree
@@ -130,25 +130,32 @@ DSV2_AVX512 void TileCols(int c, const typename S::X* x, size_t ldx, const typen
                           size_t ldw, float* y, size_t ldy, size_t K) {
   if constexpr (R == 1) {
     switch (c) {
-      case 8: return Tile<S, 1, 8>(x, ldx, w, ldw, y, ldy, K);
-      case 7: return Tile<S, 1, 7>(x, ldx, w, ldw, y, ldy, K);
-      case 6: return Tile<S, 1, 6>(x, ldx, w, ldw, y, ldy, K);
-      case 5: return Tile<S, 1, 5>(x, ldx, w, ldw, y, ldy, K);
+      case 8:
+        return Tile<S, 1, 8>(x, ldx, w, ldw, y, ldy, K);
+      case 7:
+        return Tile<S, 1, 7>(x, ldx, w, ldw, y, ldy, K);
+      case 6:
+        return Tile<S, 1, 6>(x, ldx, w, ldw, y, ldy, K);
+      case 5:
+        return Tile<S, 1, 5>(x, ldx, w, ldw, y, ldy, K);
     }
   }
   switch (c) {
-    case 4: return Tile<S, R, 4>(x, ldx, w, ldw, y, ldy, K);
-    case 3: return Tile<S, R, 3>(x, ldx, w, ldw, y, ldy, K);
-    case 2: return Tile<S, R, 2>(x, ldx, w, ldw, y, ldy, K);
-    case 1: return Tile<S, R, 1>(x, ldx, w, ldw, y, ldy, K);
+    case 4:
+      return Tile<S, R, 4>(x, ldx, w, ldw, y, ldy, K);
+    case 3:
+      return Tile<S, R, 3>(x, ldx, w, ldw, y, ldy, K);
+    case 2:
+      return Tile<S, R, 2>(x, ldx, w, ldw, y, ldy, K);
+    case 1:
+      return Tile<S, R, 1>(x, ldx, w, ldw, y, ldy, K);
   }
 }
 
 // x: the block's rows (row 0 = Y row m_begin), row stride ldx; y likewise.
 template <typename S>
 DSV2_AVX512 void Block(const typename S::X* x, size_t ldx, const typename S::W* w, size_t ldw,
-                       float* y, size_t ldy, size_t K, size_t rows, size_t n_begin,
-                       size_t n_end) {
+                       float* y, size_t ldy, size_t K, size_t rows, size_t n_begin, size_t n_end) {
   if (rows == 1) {
     for (size_t n = n_begin; n < n_end; n += 8) {
       const int c = static_cast<int>(n_end - n < 8 ? n_end - n : 8);
@@ -166,9 +173,15 @@ DSV2_AVX512 void Block(const typename S::X* x, size_t ldx, const typename S::W* 
       TileCols<S, 4>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K);
     }
     switch (rows - m) {
-      case 3: TileCols<S, 3>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K); break;
-      case 2: TileCols<S, 2>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K); break;
-      case 1: TileCols<S, 1>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K); break;
+      case 3:
+        TileCols<S, 3>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K);
+        break;
+      case 2:
+        TileCols<S, 2>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K);
+        break;
+      case 1:
+        TileCols<S, 1>(c, x + m * ldx, ldx, wt, ldw, y + m * ldy + n, ldy, K);
+        break;
     }
   }
 }
@@ -176,8 +189,7 @@ DSV2_AVX512 void Block(const typename S::X* x, size_t ldx, const typename S::W* 
 // Rounds rows x [rows, K] (stride ldx) to bf16 into dst [rows, K] (stride K),
 // round to nearest even, NaN kept quiet (as dtype.h's F32ToBf16). Cheap
 // next to the block's K * rows * columns multiply-adds, so kept scalar.
-void RoundRowsToBf16(const float* x, size_t ldx, size_t rows, size_t K,
-                                 uint16_t* dst) {
+void RoundRowsToBf16(const float* x, size_t ldx, size_t rows, size_t K, uint16_t* dst) {
   for (size_t r = 0; r < rows; ++r) {
     const float* src = x + r * ldx;
     uint16_t* out = dst + r * K;
@@ -192,11 +204,18 @@ void GemmBlockAvx512(const GemmOperands& op, size_t m_begin, size_t m_end, size_
   const size_t rows = m_end - m_begin;
   float* y = op.y + m_begin * op.ldy;
   if (op.w_dtype == DType::kBF16) {
+    // At most kRowsPerChunk rows converted at a time bounds the buffer; the
+    // chunking changes no element's arithmetic.
+    constexpr size_t kRowsPerChunk = 64;
     std::vector<uint16_t>& xb = tls_x_bf16;
-    if (xb.size() < rows * op.K) xb.resize(rows * op.K);
-    RoundRowsToBf16(op.x + m_begin * op.ldx, op.ldx, rows, op.K, xb.data());
-    Block<Bf16Step>(xb.data(), op.K, static_cast<const uint16_t*>(op.w), op.ldw, y, op.ldy, op.K,
-                    rows, n_begin, n_end);
+    const size_t chunk_rows = rows < kRowsPerChunk ? rows : kRowsPerChunk;
+    if (xb.size() < chunk_rows * op.K) xb.resize(chunk_rows * op.K);
+    for (size_t m = 0; m < rows; m += kRowsPerChunk) {
+      const size_t r = rows - m < kRowsPerChunk ? rows - m : kRowsPerChunk;
+      RoundRowsToBf16(op.x + (m_begin + m) * op.ldx, op.ldx, r, op.K, xb.data());
+      Block<Bf16Step>(xb.data(), op.K, static_cast<const uint16_t*>(op.w), op.ldw, y + m * op.ldy,
+                      op.ldy, op.K, r, n_begin, n_end);
+    }
   } else {
     Block<F32Step>(op.x + m_begin * op.ldx, op.ldx, static_cast<const float*>(op.w), op.ldw, y,
                    op.ldy, op.K, rows, n_begin, n_end);

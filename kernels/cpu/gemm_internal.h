@@ -39,8 +39,8 @@ struct GemmOperands {
 // Computes Y[m, n] for m in [m_begin, m_end), n in [n_begin, n_end).
 // Single-threaded; safe to call concurrently on disjoint rectangles.
 // REQUIRES: the ISA is supported by this CPU (callers check CpuSupports).
-using GemmBlockFn = void (*)(const GemmOperands& op, size_t m_begin, size_t m_end,
-                             size_t n_begin, size_t n_end);
+using GemmBlockFn = void (*)(const GemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                             size_t n_end);
 
 void GemmBlockScalar(const GemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
                      size_t n_end);

@@ -39,9 +39,12 @@ const CpuFeatures& Features() {
 
 std::string_view CpuIsaName(CpuIsa isa) {
   switch (isa) {
-    case CpuIsa::kScalar: return "scalar";
-    case CpuIsa::kAvx2: return "avx2";
-    case CpuIsa::kAvx512Bf16: return "avx512bf16";
+    case CpuIsa::kScalar:
+      return "scalar";
+    case CpuIsa::kAvx2:
+      return "avx2";
+    case CpuIsa::kAvx512Bf16:
+      return "avx512bf16";
   }
   return "?";
 }
@@ -57,9 +60,12 @@ absl::StatusOr<CpuIsa> ParseCpuIsa(std::string_view name) {
 
 bool CpuSupports(CpuIsa isa) {
   switch (isa) {
-    case CpuIsa::kScalar: return true;
-    case CpuIsa::kAvx2: return Features().avx2_fma;
-    case CpuIsa::kAvx512Bf16: return Features().avx512_bf16;
+    case CpuIsa::kScalar:
+      return true;
+    case CpuIsa::kAvx2:
+      return Features().avx2_fma;
+    case CpuIsa::kAvx512Bf16:
+      return Features().avx512_bf16;
   }
   return false;
 }
@@ -86,10 +92,9 @@ absl::StatusOr<CpuIsa> ResolveCpuIsa(std::string_view flag_value) {
     return absl::InvalidArgumentError(absl::StrCat(Sv(source), ": ", isa.status().message()));
   }
   if (!CpuSupports(*isa)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(Sv(source), " asks for CPU ISA ", Sv(CpuIsaName(*isa)),
-                     ", which this CPU does not support (best available: ",
-                     Sv(CpuIsaName(BestCpuIsa())), ")"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        Sv(source), " asks for CPU ISA ", Sv(CpuIsaName(*isa)),
+        ", which this CPU does not support (best available: ", Sv(CpuIsaName(BestCpuIsa())), ")"));
   }
   return *isa;
 }

@@ -29,8 +29,7 @@ ThreadPool::~ThreadPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::ParallelFor(size_t n, size_t grain,
-                             absl::FunctionRef<void(size_t, size_t)> fn) {
+void ThreadPool::ParallelFor(size_t n, size_t grain, absl::FunctionRef<void(size_t, size_t)> fn) {
   if (n == 0) return;
   grain = std::max<size_t>(grain, 1);
   if (num_threads_ == 1 || n <= grain) {

@@ -5,15 +5,20 @@
 //
 // Tolerances, per position, relative to scale = max |reference logit|:
 //   f32 checkpoints:  max |ours - reference| <= 1e-4 x scale;
-//   bf16 checkpoints: max |ours - reference| <= kBf16Tolerance x scale
-//     (transformers rounds every intermediate to bf16 in a different order:
-//     expanded K/V, bf16 attention probabilities, per-expert weighted
-//     outputs rounded before adding; see README "Numerics").
+//   bf16 checkpoints: max |ours - reference| <= 3e-2 x scale at >= 95% of
+//     the positions and <= 0.25 x scale everywhere (transformers rounds other
+//     intermediates to bf16: expanded K/V, scores, attention probabilities;
+//     we keep attention in fp32. Both are ~2% of scale from transformers' own
+//     f32-arithmetic run of the same weights; where a routing decision is a
+//     near-tie, the two bf16 runs may pick different experts).
+//   bf16 weights with f32 activations vs transformers' f32 arithmetic on the
+//     same weights: 1e-4 x scale, like f32.
 // Greedy ids must agree wherever the reference top-1 margin exceeds the
 // tolerance.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,7 +31,11 @@ namespace dsv2 {
 namespace {
 
 constexpr double kF32Tolerance = 1e-4;
-constexpr double kBf16Tolerance = 5e-2;
+constexpr double kBf16Tolerance = 3e-2;
+// bf16 positions over kBf16Tolerance (routing near-ties, see below): at most
+// this share of a variant's positions, each still within kBf16HardLimit.
+constexpr double kBf16OutlierShare = 0.05;
+constexpr double kBf16HardLimit = 0.25;
 
 std::string DataDir() { return std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance"; }
 
@@ -44,6 +53,9 @@ struct RefCase {
   std::vector<int32_t> tokens;
   int64_t num_prompt = 0;
   std::vector<float> logits;  // [T, V]
+  // bf16 variants: the same bf16 weights run by transformers entirely in f32
+  // arithmetic; |logits - logits_f32math| is the reference's own bf16 noise.
+  std::vector<float> logits_f32math;
 };
 
 struct Reference {
@@ -67,15 +79,21 @@ Reference LoadReference(const std::string& dir) {
     EXPECT_NE(t, nullptr);
     rc.logits.resize(t->num_elements());
     ToF32(t->data, t->dtype, rc.logits.size(), rc.logits.data());
+    if (const TensorView* m = (*ckpt)->Find("logits_f32math_" + std::to_string(i - 1))) {
+      rc.logits_f32math.resize(m->num_elements());
+      ToF32(m->data, m->dtype, rc.logits_f32math.size(), rc.logits_f32math.data());
+    }
     ref.cases.push_back(std::move(rc));
   }
   return ref;
 }
 
-std::unique_ptr<LocalEngine> Open(const std::string& dir, int threads) {
+std::unique_ptr<LocalEngine> Open(const std::string& dir, int threads,
+                                  std::optional<DType> activation_dtype = std::nullopt) {
   LocalEngineOptions o;
   o.model_dir = dir;
   o.threads = threads;
+  o.activation_dtype = activation_dtype;
   o.cache_tokens = 256;
   auto e = LocalEngine::Open(o);
   EXPECT_TRUE(e.ok()) << dir << ": " << e.status();
@@ -127,45 +145,102 @@ TEST(ConformanceData, AllVariantsPresent) {
   }
 }
 
+// Per-position comparison of teacher-forced logits against a reference.
+struct Comparison {
+  int positions = 0;
+  int over_tolerance = 0;  // positions with max|diff| > tol x scale
+  double worst = 0;        // max over positions of max|diff| / scale
+  int greedy_checked = 0;
+};
+
+Comparison Compare(const std::string& dir, const RefCase& rc, const std::vector<float>& ours,
+                   const std::vector<float>& ref, int64_t V, double tol, double hard_limit) {
+  Comparison c;
+  const int64_t T = static_cast<int64_t>(rc.tokens.size());
+  for (int64_t t = 0; t < T; ++t) {
+    const float* r = &ref[t * V];
+    const float* o = &ours[t * V];
+    double scale = 0, diff = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      scale = std::max(scale, std::fabs(double(r[v])));
+      diff = std::max(diff, std::fabs(double(r[v]) - o[v]));
+    }
+    ++c.positions;
+    c.worst = std::max(c.worst, diff / scale);
+    if (diff > tol * scale) ++c.over_tolerance;
+    EXPECT_LE(diff, hard_limit * scale) << dir << " position " << t;
+    if (std::getenv("DSV2_CONFORMANCE_VERBOSE") != nullptr) {
+      double ref_noise = 0, ours_vs_f32math = 0;
+      for (int64_t v = 0; v < V && !rc.logits_f32math.empty(); ++v) {
+        const double m = rc.logits_f32math[t * V + v];
+        ref_noise = std::max(ref_noise, std::fabs(m - r[v]));
+        ours_vs_f32math = std::max(ours_vs_f32math, std::fabs(m - o[v]));
+      }
+      std::printf("  position %lld: max|diff| %.4g scale %.4g | reference vs f32 math %.4g, "
+                  "ours vs f32 math %.4g\n",
+                  static_cast<long long>(t), diff, scale, ref_noise, ours_vs_f32math);
+    }
+    // Greedy agreement wherever the reference's top-1 margin is decisive.
+    const int32_t top = Argmax(r, V);
+    float second = -INFINITY;
+    for (int64_t v = 0; v < V; ++v) {
+      if (v != top) second = std::max(second, r[v]);
+    }
+    if (r[top] - second > 2 * tol * scale) {
+      EXPECT_EQ(Argmax(o, V), top) << dir << " position " << t;
+      ++c.greedy_checked;
+    }
+  }
+  return c;
+}
+
 TEST_P(ConformanceTest, TeacherForcedLogitsMatchTransformers) {
   const std::string dir = GetParam();
   const Reference ref = LoadReference(dir);
   auto engine = Open(dir, 1);
   ASSERT_NE(engine, nullptr);
   const int64_t V = engine->config().vocab_size;
-  const double tol = ref.dtype == "float32" ? kF32Tolerance : kBf16Tolerance;
-  double worst = 0;
-  int checked_greedy = 0;
+  const bool f32 = ref.dtype == "float32";
+  const double tol = f32 ? kF32Tolerance : kBf16Tolerance;
+  const double hard = f32 ? kF32Tolerance : kBf16HardLimit;
+  Comparison total;
   for (const RefCase& rc : ref.cases) {
     const std::vector<float> ours = TeacherForced(*engine, rc, 0);
     ASSERT_EQ(ours.size(), rc.logits.size());
-    const int64_t T = static_cast<int64_t>(rc.tokens.size());
-    for (int64_t t = 0; t < T; ++t) {
-      const float* r = &rc.logits[t * V];
-      const float* o = &ours[t * V];
-      double scale = 0, diff = 0;
-      for (int64_t v = 0; v < V; ++v) {
-        scale = std::max(scale, std::fabs(double(r[v])));
-        diff = std::max(diff, std::fabs(double(r[v]) - o[v]));
-      }
-      worst = std::max(worst, diff / scale);
-      EXPECT_LE(diff, tol * scale) << dir << " position " << t;
-      // Greedy agreement where the reference margin is decisive.
-      const int32_t top = Argmax(r, V);
-      float second = -INFINITY;
-      for (int64_t v = 0; v < V; ++v) {
-        if (v != top) second = std::max(second, r[v]);
-      }
-      if (r[top] - second > 2 * tol * scale) {
-        EXPECT_EQ(Argmax(o, V), top) << dir << " position " << t;
-        ++checked_greedy;
-      }
-    }
+    const Comparison c = Compare(dir, rc, ours, rc.logits, V, tol, hard);
+    total.positions += c.positions;
+    total.over_tolerance += c.over_tolerance;
+    total.worst = std::max(total.worst, c.worst);
+    total.greedy_checked += c.greedy_checked;
   }
-  RecordProperty("worst_relative_diff", std::to_string(worst));
-  std::printf("%s: worst max|diff|/scale = %.3g, greedy positions checked = %d\n",
-              std::filesystem::path(dir).filename().c_str(), worst, checked_greedy);
-  EXPECT_GT(checked_greedy, 0);
+  std::printf("%s: worst max|diff|/scale = %.3g; %d of %d positions over %.0e; greedy checked at "
+              "%d positions\n",
+              std::filesystem::path(dir).filename().c_str(), total.worst, total.over_tolerance,
+              total.positions, tol, total.greedy_checked);
+  // bf16: a few positions may exceed the tolerance where a routing decision
+  // is a near-tie that bf16 noise flips (checked to be so: there our result
+  // is as far from transformers' f32 arithmetic as from its bf16 result).
+  EXPECT_LE(total.over_tolerance, f32 ? 0 : total.positions * kBf16OutlierShare) << dir;
+  EXPECT_GT(total.greedy_checked, total.positions / 4);
+}
+
+// A bf16 checkpoint run with f32 activations is the same computation as
+// transformers' "f32 math" on the same weights (logits_f32math): this checks
+// every bf16 weight path at f32 precision, leaving only activation rounding
+// to the bf16 comparison above.
+TEST_P(ConformanceTest, Bf16WeightsWithF32ActivationsMatchF32Math) {
+  const std::string dir = GetParam();
+  const Reference ref = LoadReference(dir);
+  if (ref.dtype != "bfloat16") GTEST_SKIP() << "f32 checkpoint";
+  auto engine = Open(dir, 1, DType::kF32);
+  ASSERT_NE(engine, nullptr);
+  const int64_t V = engine->config().vocab_size;
+  for (const RefCase& rc : ref.cases) {
+    ASSERT_FALSE(rc.logits_f32math.empty());
+    const Comparison c = Compare(dir, rc, TeacherForced(*engine, rc, 0), rc.logits_f32math, V,
+                                 kF32Tolerance, kF32Tolerance);
+    EXPECT_EQ(c.over_tolerance, 0);
+  }
 }
 
 TEST_P(ConformanceTest, BitwiseSameForThreadsAndChunks) {

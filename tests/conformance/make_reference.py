@@ -305,7 +305,8 @@ def pick_case(model, witnesses, length, gen, vocab, special):
         if float(rel.min()) < MIN_DECISION_MARGIN:
             continue
         route = probe.stats()
-        if min(route["min_expert_logit_gap"], route["min_group_logit_gap"]) < MIN_ROUTER_GAP:
+        gaps = [g for g in (route["min_expert_logit_gap"], route["min_group_logit_gap"]) if g is not None]
+        if min(gaps) < MIN_ROUTER_GAP:
             continue
         ok, diffs, wlogits = True, {}, {}
         for wname, w in witnesses:
@@ -372,7 +373,8 @@ class RouterProbe:
             token_routes=total,
             routes_differing_from_plain_topk=differs,
             min_expert_logit_gap=min_gap,
-            min_group_logit_gap=min_group_gap,
+            # One group (greedy routing) has no group gap: JSON null, not Infinity.
+            min_group_logit_gap=min_group_gap if math.isfinite(min_group_gap) else None,
         )
 
 
@@ -473,7 +475,7 @@ def write_variant(out_root, variant, tag, dtype):
         ),
     )
     with open(os.path.join(vdir, "reference.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+        json.dump(meta, f, indent=1, allow_nan=False)
         f.write("\n")
     return meta
 

@@ -24,7 +24,7 @@ std::string Bin() {
   return std::string(d ? d : ".") + "/tools/dsv2";
 }
 
-Result Run(const std::string& args) {
+Result RunDsv2(const std::string& args) {
   const std::string err_file = ::testing::TempDir() + "/dsv2_cli_stderr.txt";
   const std::string cmd = Bin() + " " + args + " 2>" + err_file;
   Result r;
@@ -43,7 +43,7 @@ class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     model_ = ::testing::TempDir() + "/dsv2_cli_model";
-    const Result r = Run("make-random-model --out " + model_ + " --preset v2-tiny --seed 3");
+    const Result r = RunDsv2("make-random-model --out " + model_ + " --preset v2-tiny --seed 3");
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   static std::string model_;
@@ -51,7 +51,7 @@ class CliTest : public ::testing::Test {
 std::string CliTest::model_;
 
 TEST_F(CliTest, JsonOutputIsExactlyOneObjectWithTheContractFields) {
-  const Result r = Run("run --model " + model_ + " --prompt-ids 100000,5,6,7 --max-tokens 5 --json");
+  const Result r = RunDsv2("run --model " + model_ + " --prompt-ids 100000,5,6,7 --max-tokens 5 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);  // throws (fails) if not exactly JSON
   EXPECT_EQ(j["prompt_ids"], (std::vector<int>{100000, 5, 6, 7}));
@@ -71,7 +71,7 @@ TEST_F(CliTest, PromptAddsBosAndSameSeedSameOutput) {
   const std::string args = "run --model " + model_ +
                            " --prompt 'Hello, world' --max-tokens 6 --temperature 0.8 --top-p 0.9"
                            " --top-k 50 --seed 1234 --json";
-  const Result a = Run(args), b = Run(args + " --threads 2 --prefill-chunk 2");
+  const Result a = RunDsv2(args), b = RunDsv2(args + " --threads 2 --prefill-chunk 2");
   ASSERT_EQ(a.exit_code, 0) << a.err;
   ASSERT_EQ(b.exit_code, 0) << b.err;
   const auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
@@ -82,7 +82,7 @@ TEST_F(CliTest, PromptAddsBosAndSameSeedSameOutput) {
 }
 
 TEST_F(CliTest, ChatRendersTemplateWithOneBos) {
-  const Result r = Run("run --model " + model_ + " --prompt hi --chat --max-tokens 1 --json");
+  const Result r = RunDsv2("run --model " + model_ + " --prompt hi --chat --max-tokens 1 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["prompt_ids"][0], 100000);
@@ -90,19 +90,19 @@ TEST_F(CliTest, ChatRendersTemplateWithOneBos) {
 }
 
 TEST_F(CliTest, StreamsTextToStdoutWithoutJson) {
-  const Result r = Run("run --model " + model_ + " --prompt-ids 100000,9 --max-tokens 3");
+  const Result r = RunDsv2("run --model " + model_ + " --prompt-ids 100000,9 --max-tokens 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_FALSE(r.out.empty());
 }
 
 TEST_F(CliTest, UsageErrorsExitTwo) {
-  EXPECT_EQ(Run("").exit_code, 2);
-  EXPECT_EQ(Run("frobnicate").exit_code, 2);
-  EXPECT_EQ(Run("run --model " + model_).exit_code, 2);  // no prompt
-  EXPECT_EQ(Run("run --model " + model_ + " --prompt a --prompt-ids 1").exit_code, 2);
-  EXPECT_EQ(Run("run --model " + model_ + " --prompt-ids 1 --bogus").exit_code, 2);
-  EXPECT_EQ(Run("run --model " + model_ + " --prompt-ids 1 --temperature -1").exit_code, 2);
-  EXPECT_EQ(Run("run --model " + model_ + " --prompt-ids 1 --max-tokens").exit_code, 2);
+  EXPECT_EQ(RunDsv2("").exit_code, 2);
+  EXPECT_EQ(RunDsv2("frobnicate").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_).exit_code, 2);  // no prompt
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt a --prompt-ids 1").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --bogus").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --temperature -1").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --max-tokens").exit_code, 2);
 }
 
 TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {
@@ -111,9 +111,9 @@ TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {
     EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   };
-  expect_error(Run("run --model /nonexistent --prompt-ids 1"), "/nonexistent");
-  expect_error(Run("run --model " + model_ + " --prompt-ids 1,102400"), "102400");
-  expect_error(Run("run --model " + model_ + " --prompt-ids 1 --max-tokens 200000"), "163840");
+  expect_error(RunDsv2("run --model /nonexistent --prompt-ids 1"), "/nonexistent");
+  expect_error(RunDsv2("run --model " + model_ + " --prompt-ids 1,102400"), "102400");
+  expect_error(RunDsv2("run --model " + model_ + " --prompt-ids 1 --max-tokens 200000"), "163840");
   // --prompt without a tokenizer.
   const std::string notok = ::testing::TempDir() + "/dsv2_cli_notok";
   std::filesystem::create_directories(notok);
@@ -121,13 +121,13 @@ TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {
                         std::filesystem::copy_options::overwrite_existing);
   std::filesystem::copy(model_ + "/model.safetensors", notok + "/model.safetensors",
                         std::filesystem::copy_options::overwrite_existing);
-  expect_error(Run("run --model " + notok + " --prompt hi"), "tokenizer");
+  expect_error(RunDsv2("run --model " + notok + " --prompt hi"), "tokenizer");
   // Corrupt checkpoint: truncated safetensors.
   std::filesystem::resize_file(notok + "/model.safetensors", 1000);
-  expect_error(Run("run --model " + notok + " --prompt-ids 1"), "model.safetensors");
+  expect_error(RunDsv2("run --model " + notok + " --prompt-ids 1"), "model.safetensors");
   // Bad config.
   std::ofstream(notok + "/config.json") << "{\"vocab_size\": 10";
-  expect_error(Run("run --model " + notok + " --prompt-ids 1"), "config.json");
+  expect_error(RunDsv2("run --model " + notok + " --prompt-ids 1"), "config.json");
 }
 
 }  // namespace

@@ -22,17 +22,19 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
   DSV2_ASSIGN_OR_RETURN(e->ctx_.isa, kernels::ResolveCpuIsa(o.cpu_isa));
   e->pool_ = std::make_unique<kernels::ThreadPool>(o.threads);
   e->ctx_.pool = e->pool_.get();
-  if (o.verbose_load) {
+  // Progress only for big checkpoints; small ones load in milliseconds.
+  const bool verbose = o.verbose_load && e->checkpoint_->mapped_bytes() > (size_t{1} << 30);
+  if (verbose) {
     std::cerr << "loading " << o.model_dir << " ("
               << e->checkpoint_->mapped_bytes() / (1 << 20) << " MiB mapped)\n";
   }
-  DSV2_ASSIGN_OR_RETURN(e->weights_, NonExpertWeights::Load(e->config_, *e->checkpoint_));
+  DSV2_ASSIGN_OR_RETURN(e->weights_, NonExpertWeights::Load(e->config_, *e->checkpoint_, o.activation_dtype));
   std::vector<int32_t> all(e->config_.n_routed_experts);
   std::iota(all.begin(), all.end(), 0);
   DSV2_ASSIGN_OR_RETURN(
       auto experts,
       ExpertWeightSet::Load(e->config_, *e->checkpoint_, ExpertWeightSet::AllLayers(e->config_, all)));
-  if (o.verbose_load) std::cerr << "loaded " << experts->size() << " routed experts\n";
+  if (verbose) std::cerr << "loaded " << experts->size() << " routed experts\n";
   e->shard_ = std::make_unique<ExpertShard>(e->config_, std::move(experts), e->ctx_);
   ExpertShard* shard = e->shard_.get();
   e->backend_ = std::make_unique<InProcessExpertBackend>(

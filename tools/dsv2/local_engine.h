@@ -8,6 +8,7 @@
 #define DSV2_TOOLS_DSV2_LOCAL_ENGINE_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -27,7 +28,10 @@ struct LocalEngineOptions {
   int threads = 1;
   std::string cpu_isa;          // "" = DSV2_CPU_ISA or the best available
   int64_t cache_tokens = 4096;  // latent cache capacity
-  bool verbose_load = false;    // load progress on stderr
+  bool verbose_load = false;    // load progress on stderr (big checkpoints only)
+  // nullopt = the checkpoint's dtype (DESIGN.md section 7); kF32 runs a
+  // bf16 checkpoint with f32 activations (numerics checks).
+  std::optional<DType> activation_dtype;
 };
 
 class LocalEngine {

@@ -1,5 +1,7 @@
 #include "tools/dsv2/run_command.h"
 
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -106,6 +108,9 @@ int RunCommandMain(int argc, char** argv) {
   }
   if (absl::Status st = ValidateSamplingParams(sp); !st.ok()) return usage(st.message());
 
+  if (!std::filesystem::is_directory(*model)) {
+    return fail(absl::StrCat(*model, ": model directory not found"));
+  }
   // Tokenizer (optional with --prompt-ids).
   std::unique_ptr<Tokenizer> tokenizer;
   if (std::filesystem::exists(*model + "/tokenizer.json")) {
@@ -144,18 +149,10 @@ int RunCommandMain(int argc, char** argv) {
     if (prompt_ids.empty()) return fail("the prompt encodes to no tokens");
   }
 
-  LocalEngineOptions eo;
-  eo.model_dir = *model;
-  eo.threads = static_cast<int>(*threads);
-  eo.cpu_isa = flags->Get("cpu-isa").value_or("");
-  eo.cache_tokens = static_cast<int64_t>(prompt_ids.size()) + *max_tokens;
-  eo.verbose_load = true;
-  if (!eo.cpu_isa.empty()) {
-    if (auto isa = kernels::ParseCpuIsa(eo.cpu_isa); !isa.ok()) return usage(isa.status().message());
-  }
-  auto engine = LocalEngine::Open(eo);
-  if (!engine.ok()) return fail(engine.status().message());
-  const ModelConfig& cfg = (*engine)->config();
+  // Cheap checks on config.json before mapping any weights.
+  auto cfg_or = LoadModelConfig(*model + "/config.json");
+  if (!cfg_or.ok()) return fail(cfg_or.status().message());
+  const ModelConfig& cfg = *cfg_or;
   const int64_t total = static_cast<int64_t>(prompt_ids.size()) + *max_tokens;
   if (total > cfg.max_position_embeddings) {
     return fail(absl::StrCat("prompt has ", prompt_ids.size(), " tokens + max-tokens ", *max_tokens,
@@ -167,8 +164,19 @@ int RunCommandMain(int argc, char** argv) {
                                ")"));
     }
   }
-
+  LocalEngineOptions eo;
+  eo.model_dir = *model;
+  eo.threads = static_cast<int>(*threads);
+  eo.cpu_isa = flags->Get("cpu-isa").value_or("");
+  eo.cache_tokens = total;
+  eo.verbose_load = true;
+  if (!eo.cpu_isa.empty()) {
+    if (auto isa = kernels::ParseCpuIsa(eo.cpu_isa); !isa.ok()) return usage(isa.status().message());
+  }
+  auto engine = LocalEngine::Open(eo);
+  if (!engine.ok()) return fail(engine.status().message());
   LayerLoop& loop = (*engine)->loop();
+  const auto t_start = std::chrono::steady_clock::now();
   SequenceCache seq;
   StepOutput out;
   std::vector<float> last_logits;
@@ -183,6 +191,7 @@ int RunCommandMain(int argc, char** argv) {
   }
   last_logits = out.logits[0];
   const auto top10 = TopLogits(last_logits, 10);
+  const auto t_prefill = std::chrono::steady_clock::now();
 
   std::ostream& stream = json_out ? std::cerr : std::cout;
   std::optional<StreamingDecoder> decoder;
@@ -215,12 +224,19 @@ int RunCommandMain(int argc, char** argv) {
     }
     last_logits = out.logits[0];
   }
+  const auto t_end = std::chrono::steady_clock::now();
   if (decoder) {
     const std::string rest = decoder->Finish();
     text += rest;
     stream << rest;
   }
   stream << "\n" << std::flush;
+  const double prefill_s = std::chrono::duration<double>(t_prefill - t_start).count();
+  const double decode_s = std::chrono::duration<double>(t_end - t_prefill).count();
+  const size_t decode_steps = output_ids.empty() ? 0 : output_ids.size() - 1;
+  std::fprintf(stderr, "prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s (%.2f tokens/s)\n",
+               prompt_ids.size(), prefill_s, decode_steps, decode_s,
+               decode_s > 0 ? decode_steps / decode_s : 0.0);
   if (json_out) {
     nlohmann::json j;
     j["prompt_ids"] = prompt_ids;
