@@ -682,21 +682,33 @@ struct Node {
 // ---------------------------------------------------------------------------
 // Parser: jinja2's grammar, restricted to the supported subset.
 
-bool IsKnownFilter(std::string_view n) {
-  return n == "trim" || n == "length" || n == "count" || n == "string" || n == "lower" ||
-         n == "upper" || n == "first" || n == "last" || n == "join" || n == "default" || n == "d";
-}
-bool IsKnownTest(std::string_view n) {
-  return n == "defined" || n == "undefined" || n == "none" || n == "string" || n == "number" ||
-         n == "integer" || n == "boolean" || n == "mapping" || n == "sequence" || n == "iterable" ||
-         n == "true" || n == "false" || n == "even" || n == "odd";
-}
-bool IsKnownFunction(std::string_view n) {
-  return n == "raise_exception" || n == "namespace" || n == "range";
-}
-bool IsKnownMethod(std::string_view n) {
-  return n == "strip" || n == "lstrip" || n == "rstrip" || n == "split" || n == "startswith" ||
-         n == "endswith" || n == "upper" || n == "lower" || n == "replace" || n == "get";
+// Supported filters, tests, functions and methods with how many arguments
+// they take, not counting the filtered or tested value or the receiver.
+struct Builtin {
+  std::string_view name;
+  size_t min_args;
+  size_t max_args;
+};
+constexpr Builtin kFilters[] = {{"trim", 0, 1},    {"length", 0, 0}, {"count", 0, 0},
+                                {"string", 0, 0},  {"lower", 0, 0},  {"upper", 0, 0},
+                                {"first", 0, 0},   {"last", 0, 0},   {"join", 0, 1},
+                                {"default", 0, 2}, {"d", 0, 2}};
+constexpr Builtin kTests[] = {{"defined", 0, 0},  {"undefined", 0, 0}, {"none", 0, 0},
+                              {"string", 0, 0},   {"number", 0, 0},    {"integer", 0, 0},
+                              {"boolean", 0, 0},  {"mapping", 0, 0},   {"sequence", 0, 0},
+                              {"iterable", 0, 0}, {"true", 0, 0},      {"false", 0, 0},
+                              {"even", 0, 0},     {"odd", 0, 0}};
+constexpr Builtin kFunctions[] = {{"raise_exception", 1, 1}, {"range", 1, 3}, {"namespace", 0, 0}};
+constexpr Builtin kMethods[] = {
+    {"strip", 0, 1},    {"lstrip", 0, 1}, {"rstrip", 0, 1}, {"split", 0, 2},   {"startswith", 1, 1},
+    {"endswith", 1, 1}, {"upper", 0, 0},  {"lower", 0, 0},  {"replace", 2, 3}, {"get", 1, 2}};
+
+template <size_t N>
+const Builtin* FindBuiltin(const Builtin (&table)[N], std::string_view name) {
+  for (const Builtin& b : table) {
+    if (b.name == name) return &b;
+  }
+  return nullptr;
 }
 
 class Parser {
@@ -1140,13 +1152,14 @@ class Parser {
         }
         DSV2_ASSIGN_OR_RETURN(std::string attr, ExpectName());
         if (IsOp("(")) {
-          if (!IsKnownMethod(attr)) {
+          const Builtin* method = FindBuiltin(kMethods, attr);
+          if (method == nullptr) {
             return SyntaxError(absl::StrCat("unsupported method '", attr, "'"), offset);
           }
           auto call = MakeExpr(ExprKind::kMethodCall, offset);
           call->name = attr;
           call->args.push_back(std::move(node));
-          DSV2_RETURN_IF_ERROR(ParseCallArgs(call.get(), /*allow_kwargs=*/false));
+          DSV2_RETURN_IF_ERROR(ParseCallArgs(call.get(), *method, 1, /*allow_kwargs=*/false));
           node = std::move(call);
           continue;
         }
@@ -1157,7 +1170,9 @@ class Parser {
       } else if (IsOp("[")) {
         DSV2_ASSIGN_OR_RETURN(node, ParseSubscript(std::move(node)));
       } else if (IsOp("(")) {
-        if (node->kind != ExprKind::kName || !IsKnownFunction(node->name)) {
+        const Builtin* function =
+            node->kind == ExprKind::kName ? FindBuiltin(kFunctions, node->name) : nullptr;
+        if (function == nullptr) {
           return SyntaxError(
               absl::StrCat("unsupported call", node->kind == ExprKind::kName
                                                    ? absl::StrCat(" to '", node->name, "'")
@@ -1166,10 +1181,7 @@ class Parser {
         }
         auto call = MakeExpr(ExprKind::kCall, node->offset);
         call->name = node->name;
-        DSV2_RETURN_IF_ERROR(ParseCallArgs(call.get(), call->name == "namespace"));
-        if (call->name == "namespace" && !call->args.empty()) {
-          return SyntaxError("namespace() takes keyword arguments only", call->offset);
-        }
+        DSV2_RETURN_IF_ERROR(ParseCallArgs(call.get(), *function, 0, call->name == "namespace"));
         node = std::move(call);
       } else {
         return node;
@@ -1210,7 +1222,11 @@ class Parser {
   }
 
   // '(' [args] [name '=' expr ...] ')'
-  absl::Status ParseCallArgs(Expr* call, bool allow_kwargs) {
+  // `call->args` already holds `num_subjects` operands (the filtered value,
+  // the receiver); the count of the rest must fit `builtin`.
+  absl::Status ParseCallArgs(Expr* call, const Builtin& builtin, size_t num_subjects,
+                             bool allow_kwargs) {
+    const size_t offset = Cur().offset;
     DSV2_RETURN_IF_ERROR(ExpectOp("("));
     bool first = true;
     while (!IsOp(")")) {
@@ -1236,6 +1252,15 @@ class Parser {
       call->args.push_back(std::move(arg));
     }
     Advance();  // ')'
+    const size_t n = call->args.size() - num_subjects;
+    if (n < builtin.min_args || n > builtin.max_args) {
+      return SyntaxError(
+          absl::StrCat(
+              "'", AV(builtin.name), "' takes ", builtin.min_args,
+              builtin.max_args == builtin.min_args ? "" : absl::StrCat(" to ", builtin.max_args),
+              " positional argument(s), got ", n),
+          offset);
+    }
     return absl::OkStatus();
   }
 
@@ -1246,12 +1271,16 @@ class Parser {
         Advance();
         const size_t offset = Cur().offset;
         DSV2_ASSIGN_OR_RETURN(std::string name, ExpectName());
-        if (!IsKnownFilter(name))
+        const Builtin* filter = FindBuiltin(kFilters, name);
+        if (filter == nullptr) {
           return SyntaxError(absl::StrCat("unknown filter '", name, "'"), offset);
+        }
         auto e = MakeExpr(ExprKind::kFilter, offset);
         e->name = name;
         e->args.push_back(std::move(node));
-        if (IsOp("(")) DSV2_RETURN_IF_ERROR(ParseCallArgs(e.get(), /*allow_kwargs=*/false));
+        if (IsOp("(")) {
+          DSV2_RETURN_IF_ERROR(ParseCallArgs(e.get(), *filter, 1, /*allow_kwargs=*/false));
+        }
         node = std::move(e);
       } else if (IsName("is")) {
         Advance();
@@ -1265,19 +1294,18 @@ class Parser {
         // `none`, `true` and `false` are names here, not literals.
         std::string name = Cur().text;
         Advance();
-        if (!IsKnownTest(name))
-          return SyntaxError(absl::StrCat("unknown test '", name, "'"), offset);
+        const Builtin* test = FindBuiltin(kTests, name);
+        if (test == nullptr) return SyntaxError(absl::StrCat("unknown test '", name, "'"), offset);
         e->name = name;
         e->args.push_back(std::move(node));
-        if (IsOp("(")) DSV2_RETURN_IF_ERROR(ParseCallArgs(e.get(), /*allow_kwargs=*/false));
+        if (IsOp("(")) {
+          DSV2_RETURN_IF_ERROR(ParseCallArgs(e.get(), *test, 1, /*allow_kwargs=*/false));
+        }
         const bool primary_follows =
             (Cur().kind == Tok::kName && !IsName("else") && !IsName("or") && !IsName("and")) ||
             Cur().kind == Tok::kString || Cur().kind == Tok::kInt || IsOp("(") || IsOp("[") ||
             IsOp("{");
         if (primary_follows) return SyntaxError("unsupported test argument", Cur().offset);
-        if (e->args.size() > 1) {
-          return SyntaxError(absl::StrCat("test '", name, "' takes no arguments"), offset);
-        }
         node = std::move(e);
       } else {
         return node;
@@ -1378,7 +1406,7 @@ class Renderer {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<ValueList> Iterate(const Value& v, size_t offset) {
+  static absl::StatusOr<ValueList> Iterate(const Value& v, size_t offset) {
     if (v.is_undefined()) return ValueList{};  // Undefined iterates as empty
     if (v.is_list()) return v.list();
     if (v.is_map()) {
@@ -1457,106 +1485,112 @@ class Renderer {
     return absl::OkStatus();
   }
 
+  // Lazy expressions evaluate their own operands. Every other kind evaluates
+  // all of its operands first, left to right (a missing slice bound is none),
+  // and Apply then computes the result from their values.
   absl::StatusOr<Value> Eval(const Expr& e) {
     switch (e.kind) {
       case ExprKind::kLiteral:
         return e.literal;
       case ExprKind::kName:
         return Lookup(e.name);
-      case ExprKind::kGetAttr: {
-        DSV2_ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
-        DSV2_RETURN_IF_ERROR(CheckDefined(obj, e.offset));
-        return GetItem(obj, Value::Str(e.name));
-      }
-      case ExprKind::kGetItem: {
-        DSV2_ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
-        DSV2_RETURN_IF_ERROR(CheckDefined(obj, e.offset));
-        DSV2_ASSIGN_OR_RETURN(Value key, Eval(*e.args[1]));
-        return GetItem(obj, key);
-      }
-      case ExprKind::kSlice:
-        return EvalSlice(e);
-      case ExprKind::kNot: {
-        DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-        return Value::Bool(!Truthy(v));
-      }
-      case ExprKind::kNeg:
-      case ExprKind::kPos: {
-        DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-        DSV2_RETURN_IF_ERROR(CheckDefined(v, e.offset));
-        if (!v.is_number()) {
-          return RenderError(
-              absl::StrCat("bad operand type for unary ", e.kind == ExprKind::kNeg ? "-" : "+",
-                           ": '", TypeName(v), "'"),
-              e.offset);
-        }
-        if (e.kind == ExprKind::kPos) return Value::Int(v.number());
-        if (v.number() == INT64_MIN) return RenderError("integer overflow", e.offset);
-        return Value::Int(-v.number());
-      }
-      case ExprKind::kBinary: {
+      case ExprKind::kAnd:
+      case ExprKind::kOr: {  // Python semantics: the result is an operand
         DSV2_ASSIGN_OR_RETURN(Value a, Eval(*e.args[0]));
-        DSV2_ASSIGN_OR_RETURN(Value b, Eval(*e.args[1]));
-        return Binary(e.bin_op, a, b, e.offset);
-      }
-      case ExprKind::kCompare:
-        return EvalCompare(e);
-      case ExprKind::kAnd: {  // Python semantics: returns an operand
-        DSV2_ASSIGN_OR_RETURN(Value a, Eval(*e.args[0]));
-        if (!Truthy(a)) return a;
-        return Eval(*e.args[1]);
-      }
-      case ExprKind::kOr: {
-        DSV2_ASSIGN_OR_RETURN(Value a, Eval(*e.args[0]));
-        if (Truthy(a)) return a;
+        if (Truthy(a) == (e.kind == ExprKind::kOr)) return a;
         return Eval(*e.args[1]);
       }
       case ExprKind::kCondExpr: {
         DSV2_ASSIGN_OR_RETURN(Value cond, Eval(*e.args[1]));
         if (Truthy(cond)) return Eval(*e.args[0]);
-        if (e.args[2] == nullptr)
-          return Value::Undef("the inline if expression had no else branch");
+        if (e.args[2] == nullptr) return Value::Undef("the inline if had no else branch");
         return Eval(*e.args[2]);
       }
+      case ExprKind::kCompare:
+        return EvalCompare(e);
+      case ExprKind::kCall:
+        if (e.name == "namespace") return MakeNamespace(e);
+        break;
+      default:
+        break;
+    }
+    std::vector<Value> v;
+    v.reserve(e.args.size());
+    for (const ExprPtr& arg : e.args) {
+      if (arg == nullptr) {
+        v.push_back(Value::None());
+        continue;
+      }
+      DSV2_ASSIGN_OR_RETURN(Value x, Eval(*arg));
+      v.push_back(std::move(x));
+    }
+    return Apply(e, std::move(v));
+  }
+
+  absl::StatusOr<Value> MakeNamespace(const Expr& e) {
+    auto ns = std::make_shared<Namespace>();
+    for (const auto& [key, expr] : e.kwargs) {
+      DSV2_ASSIGN_OR_RETURN(Value v, Eval(*expr));
+      ns->attrs.Set(key, std::move(v));
+    }
+    return Value{std::move(ns)};
+  }
+
+  static absl::StatusOr<Value> Apply(const Expr& e, std::vector<Value> v) {
+    switch (e.kind) {
+      case ExprKind::kGetAttr:
+      case ExprKind::kGetItem:
+        DSV2_RETURN_IF_ERROR(CheckDefined(v[0], e.offset));
+        return GetItem(v[0], e.kind == ExprKind::kGetAttr ? Value::Str(e.name) : v[1]);
+      case ExprKind::kSlice:
+        return Slice(v, e.offset);
+      case ExprKind::kNot:
+        return Value::Bool(!Truthy(v[0]));
+      case ExprKind::kNeg:
+      case ExprKind::kPos:
+        DSV2_RETURN_IF_ERROR(CheckDefined(v[0], e.offset));
+        if (!v[0].is_number()) {
+          return RenderError(
+              absl::StrCat("bad operand type for unary ", e.kind == ExprKind::kNeg ? "-" : "+",
+                           ": '", TypeName(v[0]), "'"),
+              e.offset);
+        }
+        if (e.kind == ExprKind::kPos) return Value::Int(v[0].number());
+        if (v[0].number() == INT64_MIN) return RenderError("integer overflow", e.offset);
+        return Value::Int(-v[0].number());
+      case ExprKind::kBinary:
+        return Binary(e.bin_op, v[0], v[1], e.offset);
       case ExprKind::kConcat: {
         std::string s;
-        for (const ExprPtr& arg : e.args) {
-          DSV2_ASSIGN_OR_RETURN(Value v, Eval(*arg));
-          s += ToStr(v);
-        }
+        for (const Value& x : v) s += ToStr(x);
         return Value::Str(std::move(s));
       }
       case ExprKind::kFilter:
-        return EvalFilter(e);
-      case ExprKind::kTest:
-        return EvalTest(e);
-      case ExprKind::kCall:
-        return EvalCall(e);
-      case ExprKind::kMethodCall:
-        return EvalMethod(e);
-      case ExprKind::kList: {
-        ValueList items;
-        for (const ExprPtr& arg : e.args) {
-          DSV2_ASSIGN_OR_RETURN(Value v, Eval(*arg));
-          items.push_back(std::move(v));
-        }
-        return Value::List(std::move(items));
+        return Filter(e.name, v, e.offset);
+      case ExprKind::kTest: {
+        DSV2_ASSIGN_OR_RETURN(const bool result, Test(e.name, v[0], e.offset));
+        return Value::Bool(result != e.negated);
       }
+      case ExprKind::kCall:
+        return Call(e.name, v, e.offset);
+      case ExprKind::kMethodCall:
+        return Method(e.name, v, e.offset);
+      case ExprKind::kList:
+        return Value::List(std::move(v));
       case ExprKind::kDict: {
         ValueMap map;
-        for (size_t i = 0; i + 1 < e.args.size(); i += 2) {
-          DSV2_ASSIGN_OR_RETURN(Value key, Eval(*e.args[i]));
-          if (!key.is_str()) {
-            return RenderError(absl::StrCat("unsupported dict key type '", TypeName(key), "'"),
-                               e.args[i]->offset);
+        for (size_t i = 0; i + 1 < v.size(); i += 2) {
+          if (!v[i].is_str()) {
+            return RenderError(absl::StrCat("unsupported dict key type '", TypeName(v[i]), "'"),
+                               e.offset);
           }
-          DSV2_ASSIGN_OR_RETURN(Value value, Eval(*e.args[i + 1]));
-          map.Set(key.str(), std::move(value));
+          map.Set(v[i].str(), std::move(v[i + 1]));
         }
         return Value::Map(std::move(map));
       }
+      default:  // the lazy kinds are handled in Eval
+        return RenderError("unexpected expression", e.offset);
     }
-    return RenderError("unknown expression", e.offset);
   }
 
   // jinja2's getattr/getitem: a missing key, attribute or index is Undefined.
@@ -1584,38 +1618,37 @@ class Renderer {
     return Value::Undef(absl::StrCat("'", TypeName(obj), " object' has no attribute ", Repr(key)));
   }
 
-  // Python slice semantics (CPython's PySlice_AdjustIndices).
-  absl::StatusOr<Value> EvalSlice(const Expr& e) {
-    DSV2_ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
-    DSV2_RETURN_IF_ERROR(CheckDefined(obj, e.offset));
+  // Python slice semantics (CPython's PySlice_AdjustIndices). v: the object,
+  // then start, stop and step (none when omitted).
+  static absl::StatusOr<Value> Slice(const std::vector<Value>& v, size_t offset) {
+    const Value& obj = v[0];
+    DSV2_RETURN_IF_ERROR(CheckDefined(obj, offset));
+    if (!obj.is_list() && !obj.is_str()) {
+      return RenderError(absl::StrCat("'", TypeName(obj), "' object is not sliceable"), offset);
+    }
     int64_t bounds[3] = {0, 0, 1};
     bool given[3] = {false, false, false};
     for (int k = 0; k < 3; ++k) {
-      if (e.args[k + 1] == nullptr) continue;
-      DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[k + 1]));
-      if (v.is_none()) continue;
-      if (!v.is_number()) return RenderError("slice indices must be integers or none", e.offset);
-      bounds[k] = v.number();
+      if (v[k + 1].is_none()) continue;
+      if (!v[k + 1].is_number()) return RenderError("slice indices must be integers", offset);
+      bounds[k] = v[k + 1].number();
       given[k] = true;
     }
-    if (!obj.is_list() && !obj.is_str()) {
-      return RenderError(absl::StrCat("'", TypeName(obj), "' object is not sliceable"), e.offset);
-    }
     const int64_t step = bounds[2];
-    if (step == 0) return RenderError("slice step cannot be zero", e.offset);
+    if (step == 0) return RenderError("slice step cannot be zero", offset);
     std::vector<size_t> offsets;
+    if (obj.is_str()) offsets = CodePointOffsets(obj.str());
     const int64_t len =
-        obj.is_list() ? static_cast<int64_t>(obj.list().size())
-                      : static_cast<int64_t>((offsets = CodePointOffsets(obj.str())).size() - 1);
-    auto adjust = [&](int64_t v, bool is_given, int64_t dflt) {
+        static_cast<int64_t>(obj.is_list() ? obj.list().size() : offsets.size() - 1);
+    auto adjust = [&](int64_t i, bool is_given, int64_t dflt) {
       if (!is_given) return dflt;
-      if (v < 0) {
-        v += len;
-        if (v < 0) v = step < 0 ? -1 : 0;
-      } else if (v >= len) {
-        v = step < 0 ? len - 1 : len;
+      if (i < 0) {
+        i += len;
+        if (i < 0) i = step < 0 ? -1 : 0;
+      } else if (i >= len) {
+        i = step < 0 ? len - 1 : len;
       }
-      return v;
+      return i;
     };
     const int64_t start = adjust(bounds[0], given[0], step < 0 ? len - 1 : 0);
     const int64_t stop = adjust(bounds[1], given[1], step < 0 ? -1 : len);
@@ -1786,25 +1819,7 @@ class Renderer {
                        offset);
   }
 
-  absl::StatusOr<std::vector<Value>> EvalArgs(const Expr& e, size_t first, size_t min_args,
-                                              size_t max_args) {
-    const size_t n = e.args.size() - first;
-    if (n < min_args || n > max_args) {
-      return RenderError(
-          absl::StrCat("'", e.name, "' takes ", min_args == max_args ? "" : "from ", min_args,
-                       min_args == max_args ? "" : absl::StrCat(" to ", max_args),
-                       " argument(s), got ", n),
-          e.offset);
-    }
-    std::vector<Value> values;
-    for (size_t i = first; i < e.args.size(); ++i) {
-      DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[i]));
-      values.push_back(std::move(v));
-    }
-    return values;
-  }
-
-  static absl::StatusOr<std::string> ChangeCase(const std::string& s, bool upper, size_t offset) {
+  static absl::StatusOr<Value> ChangeCase(const std::string& s, bool upper, size_t offset) {
     if (HasNonAsciiCasedLetters(s)) {
       return RenderError(
           absl::StrCat(upper ? "upper" : "lower", " of non-ASCII letters is unsupported"), offset);
@@ -1814,55 +1829,44 @@ class Renderer {
       if (upper && c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
       if (!upper && c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
     }
-    return out;
+    return Value::Str(std::move(out));
   }
 
-  absl::StatusOr<Value> EvalFilter(const Expr& e) {
-    DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-    const std::string& f = e.name;
+  // str.strip / lstrip / rstrip and the trim filter; `chars` is none for
+  // whitespace.
+  static absl::StatusOr<Value> Strip(const std::string& s, StripSide side, const Value& chars,
+                                     size_t offset) {
+    if (chars.is_none()) return Value::Str(PyStrip(s, side, nullptr));
+    if (!chars.is_str()) return RenderError("strip characters must be a string or none", offset);
+    return Value::Str(PyStrip(s, side, &chars.str()));
+  }
+
+  // Filters; v[0] is the filtered value. Argument counts were checked by Parse.
+  static absl::StatusOr<Value> Filter(const std::string& f, const std::vector<Value>& v,
+                                      size_t offset) {
+    const Value& x = v[0];
     if (f == "default" || f == "d") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 0, 2));
-      const bool use_default = v.is_undefined() || (a.size() == 2 && Truthy(a[1]) && !Truthy(v));
-      if (!use_default) return v;
-      return a.empty() ? Value::Str("") : a[0];
+      const bool use_default = x.is_undefined() || (v.size() == 3 && Truthy(v[2]) && !Truthy(x));
+      if (!use_default) return x;
+      return v.size() > 1 ? v[1] : Value::Str("");
     }
-    if (f == "trim") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 0, 1));
-      std::string chars;
-      const bool has_chars = !a.empty() && !a[0].is_none();
-      if (has_chars) {
-        if (!a[0].is_str()) return RenderError("trim() chars must be a string", e.offset);
-        chars = a[0].str();
-      }
-      return Value::Str(PyStrip(ToStr(v), StripSide::kBoth, has_chars ? &chars : nullptr));
-    }
+    if (f == "trim")
+      return Strip(ToStr(x), StripSide::kBoth, v.size() > 1 ? v[1] : Value::None(), offset);
     if (f == "length" || f == "count") {
-      DSV2_RETURN_IF_ERROR(EvalArgs(e, 1, 0, 0).status());
-      if (v.is_undefined()) return Value::Int(0);
-      if (v.is_str()) return Value::Int(static_cast<int64_t>(CodePointCount(v.str())));
-      if (v.is_list()) return Value::Int(static_cast<int64_t>(v.list().size()));
-      if (v.is_map()) return Value::Int(static_cast<int64_t>(v.map().items.size()));
-      return RenderError(absl::StrCat("object of type '", TypeName(v), "' has no len()"), e.offset);
+      if (x.is_undefined()) return Value::Int(0);
+      if (x.is_str()) return Value::Int(static_cast<int64_t>(CodePointCount(x.str())));
+      if (x.is_list()) return Value::Int(static_cast<int64_t>(x.list().size()));
+      if (x.is_map()) return Value::Int(static_cast<int64_t>(x.map().items.size()));
+      return RenderError(absl::StrCat("object of type '", TypeName(x), "' has no len()"), offset);
     }
-    if (f == "string") {
-      DSV2_RETURN_IF_ERROR(EvalArgs(e, 1, 0, 0).status());
-      return Value::Str(ToStr(v));
-    }
-    if (f == "lower" || f == "upper") {
-      DSV2_RETURN_IF_ERROR(EvalArgs(e, 1, 0, 0).status());
-      DSV2_ASSIGN_OR_RETURN(std::string s, ChangeCase(ToStr(v), f == "upper", e.offset));
-      return Value::Str(std::move(s));
-    }
+    if (f == "string") return Value::Str(ToStr(x));
+    if (f == "lower" || f == "upper") return ChangeCase(ToStr(x), f == "upper", offset);
+    DSV2_ASSIGN_OR_RETURN(ValueList items, Iterate(x, offset));
     if (f == "first" || f == "last") {
-      DSV2_RETURN_IF_ERROR(EvalArgs(e, 1, 0, 0).status());
-      DSV2_ASSIGN_OR_RETURN(ValueList items, Iterate(v, e.offset));
       if (items.empty()) return Value::Undef(absl::StrCat("no ", f, " item, sequence was empty"));
       return f == "first" ? items.front() : items.back();
     }
-    // join
-    DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 0, 1));
-    DSV2_ASSIGN_OR_RETURN(ValueList items, Iterate(v, e.offset));
-    const std::string sep = a.empty() ? "" : ToStr(a[0]);
+    const std::string sep = v.size() > 1 ? ToStr(v[1]) : "";  // join
     std::string out;
     for (size_t i = 0; i < items.size(); ++i) {
       if (i > 0) out += sep;
@@ -1871,73 +1875,47 @@ class Renderer {
     return Value::Str(std::move(out));
   }
 
-  absl::StatusOr<Value> EvalTest(const Expr& e) {
-    DSV2_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
-    const std::string& t = e.name;
-    bool result = false;
-    if (t == "defined") {
-      result = !v.is_undefined();
-    } else if (t == "undefined") {
-      result = v.is_undefined();
-    } else if (t == "none") {
-      result = v.is_none();
-    } else if (t == "string") {
-      result = v.is_str();
-    } else if (t == "number") {
-      result = v.is_number();
-    } else if (t == "integer") {
-      result = v.is_int();
-    } else if (t == "boolean") {
-      result = v.is_bool();
-    } else if (t == "mapping") {
-      result = v.is_map();
-    } else if (t == "sequence") {
-      result = v.is_str() || v.is_list() || v.is_map() || v.is_undefined();
-    } else if (t == "iterable") {
-      result = v.is_str() || v.is_list() || v.is_map() || v.is_undefined();
-    } else if (t == "true" || t == "false") {
-      result = v.is_bool() && std::get<bool>(v.rep) == (t == "true");
-    } else {  // even, odd
-      DSV2_RETURN_IF_ERROR(CheckDefined(v, e.offset));
-      if (!v.is_number()) {
-        return RenderError(absl::StrCat("test '", t, "' needs a number, got '", TypeName(v), "'"),
-                           e.offset);
-      }
-      const int64_t mod = v.number() % 2;
-      result = (t == "even") == (mod == 0);
+  static absl::StatusOr<bool> Test(const std::string& t, const Value& v, size_t offset) {
+    if (t == "defined") return !v.is_undefined();
+    if (t == "undefined") return v.is_undefined();
+    if (t == "none") return v.is_none();
+    if (t == "string") return v.is_str();
+    if (t == "number") return v.is_number();
+    if (t == "integer") return v.is_int();
+    if (t == "boolean") return v.is_bool();
+    if (t == "mapping") return v.is_map();
+    if (t == "sequence" || t == "iterable") {
+      return v.is_str() || v.is_list() || v.is_map() || v.is_undefined();
     }
-    return Value::Bool(result != e.negated);
+    if (t == "true" || t == "false") return v.is_bool() && std::get<bool>(v.rep) == (t == "true");
+    DSV2_RETURN_IF_ERROR(CheckDefined(v, offset));  // even, odd
+    if (!v.is_number()) {
+      return RenderError(absl::StrCat("test '", t, "' needs a number, got '", TypeName(v), "'"),
+                         offset);
+    }
+    return (t == "even") == (v.number() % 2 == 0);
   }
 
-  absl::StatusOr<Value> EvalCall(const Expr& e) {
-    if (e.name == "raise_exception") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 0, 1, 1));
+  // raise_exception(message) and range([start,] stop[, step]).
+  static absl::StatusOr<Value> Call(const std::string& f, const std::vector<Value>& v,
+                                    size_t offset) {
+    if (f == "raise_exception") {
       return absl::InvalidArgumentError(
-          absl::StrCat("chat template raised an exception: ", ToStr(a[0])));
+          absl::StrCat("chat template raised an exception: ", ToStr(v[0])));
     }
-    if (e.name == "namespace") {
-      auto ns = std::make_shared<Namespace>();
-      for (const auto& [key, expr] : e.kwargs) {
-        DSV2_ASSIGN_OR_RETURN(Value v, Eval(*expr));
-        ns->attrs.Set(key, std::move(v));
+    for (const Value& x : v) {
+      if (!x.is_number()) {
+        return RenderError(absl::StrCat("range() needs integers, got '", TypeName(x), "'"), offset);
       }
-      return Value{std::move(ns)};
     }
-    // range([start,] stop[, step])
-    DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 0, 1, 3));
-    for (const Value& v : a) {
-      if (!v.is_number())
-        return RenderError(absl::StrCat("range() needs integers, got '", TypeName(v), "'"),
-                           e.offset);
-    }
-    const int64_t start = a.size() == 1 ? 0 : a[0].number();
-    const int64_t stop = a.size() == 1 ? a[0].number() : a[1].number();
-    const int64_t step = a.size() == 3 ? a[2].number() : 1;
-    if (step == 0) return RenderError("range() step must not be zero", e.offset);
+    const int64_t start = v.size() == 1 ? 0 : v[0].number();
+    const int64_t stop = v.size() == 1 ? v[0].number() : v[1].number();
+    const int64_t step = v.size() == 3 ? v[2].number() : 1;
+    if (step == 0) return RenderError("range() step must not be zero", offset);
     ValueList items;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
       if (static_cast<int64_t>(items.size()) >= kMaxRangeLength) {
-        return RenderError(absl::StrCat("range() longer than ", kMaxRangeLength), e.offset);
+        return RenderError(absl::StrCat("range() longer than ", kMaxRangeLength), offset);
       }
       items.push_back(Value::Int(i));
       if ((step > 0 && i > INT64_MAX - step) || (step < 0 && i < INT64_MIN - step)) break;
@@ -1945,85 +1923,68 @@ class Renderer {
     return Value::List(std::move(items));
   }
 
-  absl::StatusOr<Value> EvalMethod(const Expr& e) {
-    DSV2_ASSIGN_OR_RETURN(Value obj, Eval(*e.args[0]));
-    DSV2_RETURN_IF_ERROR(CheckDefined(obj, e.offset));
-    const std::string& m = e.name;
+  // Methods; v[0] is the receiver. Argument counts were checked by Parse.
+  static absl::StatusOr<Value> Method(const std::string& m, const std::vector<Value>& v,
+                                      size_t offset) {
+    const Value& obj = v[0];
+    DSV2_RETURN_IF_ERROR(CheckDefined(obj, offset));
     if (obj.is_map() && m == "get") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 1, 2));
-      if (a[0].is_str()) {
-        if (const Value* v = obj.map().Find(a[0].str())) return *v;
+      if (v[1].is_str()) {
+        if (const Value* found = obj.map().Find(v[1].str())) return *found;
       }
-      return a.size() == 2 ? a[1] : Value::None();
+      return v.size() == 3 ? v[2] : Value::None();
     }
     if (!obj.is_str() || m == "get") {
       return RenderError(absl::StrCat("'", TypeName(obj), "' object has no method '", m, "'"),
-                         e.offset);
+                         offset);
     }
     const std::string& s = obj.str();
     if (m == "strip" || m == "lstrip" || m == "rstrip") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 0, 1));
       const StripSide side = m == "strip"    ? StripSide::kBoth
                              : m == "lstrip" ? StripSide::kLeft
                                              : StripSide::kRight;
-      if (a.empty() || a[0].is_none()) return Value::Str(PyStrip(s, side, nullptr));
-      if (!a[0].is_str())
-        return RenderError(absl::StrCat(m, "() arg must be a string or none"), e.offset);
-      return Value::Str(PyStrip(s, side, &a[0].str()));
+      return Strip(s, side, v.size() > 1 ? v[1] : Value::None(), offset);
+    }
+    if (m == "upper" || m == "lower") return ChangeCase(s, m == "upper", offset);
+    for (size_t i = 1; i < v.size(); ++i) {
+      const bool want_int = (m == "split" && i == 2) || (m == "replace" && i == 3);
+      const bool ok =
+          want_int ? v[i].is_number() : (v[i].is_str() || (m == "split" && v[i].is_none()));
+      if (!ok) return RenderError(absl::StrCat("bad argument ", i, " to ", m, "()"), offset);
     }
     if (m == "startswith" || m == "endswith") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 1, 1));
-      if (!a[0].is_str()) return RenderError(absl::StrCat(m, "() arg must be a string"), e.offset);
-      const std::string& p = a[0].str();
-      const bool r = p.size() <= s.size() &&
-                     (m == "startswith" ? s.compare(0, p.size(), p) == 0
-                                        : s.compare(s.size() - p.size(), p.size(), p) == 0);
-      return Value::Bool(r);
-    }
-    if (m == "upper" || m == "lower") {
-      DSV2_RETURN_IF_ERROR(EvalArgs(e, 1, 0, 0).status());
-      DSV2_ASSIGN_OR_RETURN(std::string r, ChangeCase(s, m == "upper", e.offset));
-      return Value::Str(std::move(r));
+      const std::string& p = v[1].str();
+      return Value::Bool(p.size() <= s.size() &&
+                         s.compare(m == "startswith" ? 0 : s.size() - p.size(), p.size(), p) == 0);
     }
     if (m == "replace") {
-      DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 2, 3));
-      if (!a[0].is_str() || !a[1].is_str() || (a.size() == 3 && !a[2].is_number())) {
-        return RenderError("replace() takes (str, str[, int])", e.offset);
-      }
-      if (a[0].str().empty())
-        return RenderError("replace() of an empty string is unsupported", e.offset);
-      int64_t budget = a.size() == 3 ? a[2].number() : -1;
+      const std::string& from = v[1].str();
+      if (from.empty()) return RenderError("replace() of an empty string is unsupported", offset);
+      int64_t budget = v.size() == 4 ? v[3].number() : -1;
       std::string out;
       size_t pos = 0;
-      while (budget != 0) {
-        const size_t hit = s.find(a[0].str(), pos);
-        if (hit == std::string::npos) break;
-        out.append(s, pos, hit - pos);
-        out += a[1].str();
-        pos = hit + a[0].str().size();
-        if (budget > 0) --budget;
+      for (size_t hit; budget != 0 && (hit = s.find(from, pos)) != std::string::npos; --budget) {
+        absl::StrAppend(&out, s.substr(pos, hit - pos), v[2].str());
+        pos = hit + from.size();
       }
       out.append(s, pos, std::string::npos);
       return Value::Str(std::move(out));
     }
-    // split([sep[, maxsplit]])
-    DSV2_ASSIGN_OR_RETURN(std::vector<Value> a, EvalArgs(e, 1, 0, 2));
-    if (!a.empty() && !a[0].is_none() && !a[0].is_str()) {
-      return RenderError("split() separator must be a string or none", e.offset);
-    }
-    if (a.size() == 2 && !a[1].is_number())
-      return RenderError("split() maxsplit must be an integer", e.offset);
-    int64_t maxsplit = a.size() == 2 ? a[1].number() : -1;
+    return Split(s, v.size() > 1 ? v[1] : Value::None(), v.size() > 2 ? v[2].number() : -1, offset);
+  }
+
+  // Python's str.split(sep, maxsplit); sep none splits on whitespace runs.
+  static absl::StatusOr<Value> Split(const std::string& s, const Value& sep, int64_t maxsplit,
+                                     size_t offset) {
     ValueList parts;
-    if (a.empty() || a[0].is_none()) {  // runs of whitespace; no empty parts
+    if (sep.is_none()) {
       const std::vector<size_t> offsets = CodePointOffsets(s);
       const size_t n = offsets.size() - 1;
       auto space_at = [&](size_t k) {
         size_t p = offsets[k];
         return IsPyWhitespace(DecodeUtf8(s, &p));
       };
-      size_t k = 0;
-      while (true) {
+      for (size_t k = 0;;) {
         while (k < n && space_at(k)) ++k;
         if (k == n) break;
         if (maxsplit == 0) {  // the remainder keeps its trailing whitespace
@@ -2037,14 +1998,12 @@ class Renderer {
       }
       return Value::List(std::move(parts));
     }
-    const std::string& sep = a[0].str();
-    if (sep.empty()) return RenderError("split() separator is empty", e.offset);
+    const std::string& delim = sep.str();
+    if (delim.empty()) return RenderError("split() separator is empty", offset);
     size_t pos = 0;
-    while (maxsplit != 0) {
-      const size_t hit = s.find(sep, pos);
-      if (hit == std::string::npos) break;
+    for (size_t hit; maxsplit != 0 && (hit = s.find(delim, pos)) != std::string::npos;) {
       parts.push_back(Value::Str(s.substr(pos, hit - pos)));
-      pos = hit + sep.size();
+      pos = hit + delim.size();
       if (maxsplit > 0) --maxsplit;
     }
     parts.push_back(Value::Str(s.substr(pos)));

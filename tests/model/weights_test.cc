@@ -1,0 +1,168 @@
+#include "model/weights.h"
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace dsv2 {
+namespace {
+
+// A fixture checkpoint written by transformers (tests/data/conformance).
+std::string FixtureDir(const std::string& variant) {
+  return std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/" + variant;
+}
+
+// Copies `variant` into a temp dir as one model.safetensors, letting `edit`
+// change the tensor list (drop, reshape, retype).
+std::string RewriteCheckpoint(const std::string& variant, const std::string& name,
+                              const std::function<void(std::vector<TensorToWrite>&)>& edit) {
+  auto src = Checkpoint::OpenDir(FixtureDir(variant));
+  EXPECT_TRUE(src.ok()) << src.status();
+  std::vector<TensorToWrite> tensors;
+  for (const std::string& n : (*src)->Names()) {
+    const TensorView* t = (*src)->Find(n);
+    tensors.push_back({n, t->dtype, t->shape,
+                       std::string(reinterpret_cast<const char*>(t->data), t->num_bytes)});
+  }
+  edit(tensors);
+  const std::string dir = ::testing::TempDir() + "/dsv2_weights_" + name;
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(FixtureDir(variant) + "/config.json", dir + "/config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
+  return dir;
+}
+
+absl::Status LoadAll(const std::string& dir) {
+  auto config = LoadModelConfig(dir + "/config.json");
+  if (!config.ok()) return config.status();
+  auto ckpt = Checkpoint::OpenDir(dir);
+  if (!ckpt.ok()) return ckpt.status();
+  auto w = NonExpertWeights::Load(*config, **ckpt);
+  if (!w.ok()) return w.status();
+  std::vector<int32_t> all(config->n_routed_experts);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int32_t>(i);
+  return ExpertWeightSet::Load(*config, **ckpt, ExpertWeightSet::AllLayers(*config, all)).status();
+}
+
+TEST(WeightsTest, LoadsEveryFixtureLayout) {
+  for (const char* v : {"v2_f32", "v2_bf16", "lite_f32", "sharded_bf16", "fused_f32", "fused_bf16"}) {
+    EXPECT_TRUE(LoadAll(FixtureDir(v)).ok()) << v << ": " << LoadAll(FixtureDir(v));
+  }
+}
+
+TEST(WeightsTest, FusedAndPerExpertLayoutsGiveTheSameExpertRows) {
+  auto cfg = LoadModelConfig(FixtureDir("fused_f32") + "/config.json");
+  ASSERT_TRUE(cfg.ok());
+  auto fused = Checkpoint::OpenDir(FixtureDir("fused_f32"));
+  auto split = Checkpoint::OpenDir(FixtureDir("v2_f32"));
+  ASSERT_TRUE(fused.ok() && split.ok());
+  auto a = ExpertWeightSet::Load(*cfg, **fused, {{1, 17}, {2, 159}});
+  auto b = ExpertWeightSet::Load(*cfg, **split, {{1, 17}, {2, 159}});
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (auto [l, e] : {std::pair{1, 17}, std::pair{2, 159}}) {
+    const ExpertWeights* x = (*a)->Find(l, e);
+    const ExpertWeights* y = (*b)->Find(l, e);
+    ASSERT_TRUE(x && y);
+    EXPECT_TRUE(x->gate_up.has_value());
+    std::vector<float> rx(x->gate.cols), ry(y->gate.cols);
+    for (const auto& [mx, my] : {std::pair{x->gate, y->gate}, std::pair{x->up, y->up},
+                                 std::pair{x->down, y->down}}) {
+      ASSERT_EQ(mx.rows, my.rows);
+      for (int64_t r = 0; r < mx.rows; ++r) {
+        rx.resize(mx.cols);
+        ry.resize(my.cols);
+        mx.RowToF32(r, rx.data());
+        my.RowToF32(r, ry.data());
+        EXPECT_EQ(rx, ry);
+      }
+    }
+  }
+}
+
+TEST(WeightsTest, ExpertSetHoldsOnlyWhatWasAsked) {
+  auto cfg = LoadModelConfig(FixtureDir("v2_f32") + "/config.json");
+  auto ckpt = Checkpoint::OpenDir(FixtureDir("v2_f32"));
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
+  auto set = ExpertWeightSet::Load(*cfg, **ckpt, ExpertWeightSet::AllLayers(*cfg, {0, 5}));
+  ASSERT_TRUE(set.ok());
+  EXPECT_EQ((*set)->size(), 2u * (cfg->num_hidden_layers - cfg->first_k_dense_replace));
+  EXPECT_EQ((*set)->Find(1, 6), nullptr);
+  EXPECT_EQ(ExpertWeightSet::Load(*cfg, **ckpt, {{0, 1}}).status().code(),
+            absl::StatusCode::kInvalidArgument);  // layer 0 is dense
+  EXPECT_EQ(ExpertWeightSet::Load(*cfg, **ckpt, {{1, 160}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(WeightsTest, MissingTensorIsNamed) {
+  const std::string dir = RewriteCheckpoint("v2_f32", "missing", [](auto& t) {
+    std::erase_if(t, [](const TensorToWrite& x) {
+      return x.name == "model.layers.1.self_attn.kv_a_layernorm.weight";
+    });
+  });
+  const absl::Status st = LoadAll(dir);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(st.message().find("model.layers.1.self_attn.kv_a_layernorm.weight"),
+            absl::string_view::npos)
+      << st;
+}
+
+TEST(WeightsTest, MissingExpertIsNamed) {
+  const std::string dir = RewriteCheckpoint("v2_f32", "missing_expert", [](auto& t) {
+    std::erase_if(t, [](const TensorToWrite& x) {
+      return x.name == "model.layers.2.mlp.experts.42.down_proj.weight";
+    });
+  });
+  const absl::Status st = LoadAll(dir);
+  EXPECT_NE(st.message().find("model.layers.2.mlp.experts.42.down_proj.weight"),
+            absl::string_view::npos)
+      << st;
+}
+
+TEST(WeightsTest, WrongShapeNamesFileTensorAndShapes) {
+  const std::string dir = RewriteCheckpoint("v2_f32", "shape", [](auto& t) {
+    for (TensorToWrite& x : t) {
+      if (x.name == "model.layers.0.self_attn.o_proj.weight") {
+        std::swap(x.shape[0], x.shape[1]);
+      }
+    }
+  });
+  const absl::Status st = LoadAll(dir);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("model.safetensors"), absl::string_view::npos) << st;
+  EXPECT_NE(st.message().find("model.layers.0.self_attn.o_proj.weight"), absl::string_view::npos);
+  EXPECT_NE(st.message().find("expected [64, 96]"), absl::string_view::npos) << st;
+}
+
+TEST(WeightsTest, F16IsConvertedToF32AtLoad) {
+  const std::string dir = RewriteCheckpoint("v2_f32", "f16", [](auto& t) {
+    for (TensorToWrite& x : t) {
+      const size_t n = x.bytes.size() / 4;
+      std::string out(n * 2, '\0');
+      for (size_t i = 0; i < n; ++i) {
+        float f;
+        std::memcpy(&f, x.bytes.data() + 4 * i, 4);
+        // Round-to-nearest f32 -> f16 via the compiler's _Float16.
+        const _Float16 h = static_cast<_Float16>(f);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+      }
+      x.bytes = out;
+      x.dtype = DType::kF16;
+    }
+  });
+  auto cfg = LoadModelConfig(dir + "/config.json");
+  auto ckpt = Checkpoint::OpenDir(dir);
+  ASSERT_TRUE(cfg.ok() && ckpt.ok());
+  auto w = NonExpertWeights::Load(*cfg, **ckpt);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ((*w)->activation_dtype(), DType::kF32);
+  EXPECT_EQ((*w)->embed().dtype, DType::kF32);
+  EXPECT_EQ((*w)->layer(1).attn.q_b_proj.dtype, DType::kF32);
+  EXPECT_TRUE(LoadAll(dir).ok());
+}
+
+}  // namespace
+}  // namespace dsv2
