@@ -70,8 +70,6 @@ std::vector<size_t> CodePointOffsets(std::string_view s) {
   return offsets;
 }
 
-size_t CodePointCount(std::string_view s) { return CodePointOffsets(s).size() - 1; }
-
 // Python's str.isspace(), which is also what `\s` and str.strip() use.
 bool IsPyWhitespace(char32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
@@ -105,15 +103,6 @@ std::string PyStrip(std::string_view s, StripSide side, const std::string* chars
     while (last > first && strippable(cp_at(last - 1))) --last;
   }
   return std::string(s.substr(offsets[first], offsets[last] - offsets[first]));
-}
-
-std::string RStripWhitespace(std::string_view s) { return PyStrip(s, StripSide::kRight, nullptr); }
-
-bool AllWhitespace(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    if (!IsPyWhitespace(DecodeUtf8(s, &i))) return false;
-  }
-  return true;
 }
 
 void AppendUtf8(char32_t cp, std::string* out) {
@@ -401,11 +390,11 @@ class Lexer {
 
       std::string text(src_.substr(pos, tag - pos));
       if (sign == '-') {
-        text = RStripWhitespace(text);
+        text = PyStrip(text, StripSide::kRight, nullptr);
       } else if (sign != '+' && kind != '{') {         // lstrip_blocks: blocks and comments
         const size_t line_pos = text.rfind('\n') + 1;  // npos + 1 == 0
         if ((line_pos > 0 || line_starting) && line_pos < text.size() &&
-            AllWhitespace(std::string_view(text).substr(line_pos))) {
+            PyStrip(std::string_view(text).substr(line_pos), StripSide::kBoth, nullptr).empty()) {
           text.resize(line_pos);
         }
       }
@@ -425,11 +414,7 @@ class Lexer {
 
  private:
   void Emit(Tok kind, std::string text, size_t offset) {
-    Token t;
-    t.kind = kind;
-    t.text = std::move(text);
-    t.offset = offset;
-    tokens_.push_back(std::move(t));
+    tokens_.push_back(Token{kind, std::move(text), 0, offset});
   }
 
   bool At(size_t pos, std::string_view s) const { return src_.substr(pos, s.size()) == s; }
@@ -503,18 +488,16 @@ class Lexer {
   absl::StatusOr<size_t> LexNumber(size_t pos) {
     size_t end = pos;
     std::string digits;
-    while (end < src_.size() &&
-           (std::isdigit(static_cast<unsigned char>(src_[end])) || src_[end] == '_')) {
+    for (; end < src_.size() &&
+           (std::isdigit(static_cast<unsigned char>(src_[end])) || src_[end] == '_');
+         ++end) {
       if (src_[end] != '_') digits.push_back(src_[end]);
-      ++end;
     }
-    if (end < src_.size() && ((src_[end] == '.' && end + 1 < src_.size() &&
-                               std::isdigit(static_cast<unsigned char>(src_[end + 1]))) ||
-                              src_[end] == 'e' || src_[end] == 'E')) {
-      return SyntaxError("unsupported float literal", pos);
-    }
-    if (end < src_.size() && std::isalpha(static_cast<unsigned char>(src_[end]))) {
-      return SyntaxError("unsupported number literal", pos);  // 0x.., 0o.., 0b..
+    // Floats (1.5, 1e3) and 0x/0o/0b literals.
+    if (end < src_.size() && (std::isalpha(static_cast<unsigned char>(src_[end])) ||
+                              (src_[end] == '.' && end + 1 < src_.size() &&
+                               std::isdigit(static_cast<unsigned char>(src_[end + 1]))))) {
+      return SyntaxError("unsupported number literal", pos);
     }
     int64_t value = 0;
     for (char d : digits) {
@@ -668,8 +651,10 @@ struct IfBranch {
 };
 
 struct Node {
-  NodeKind kind = NodeKind::kText;
-  size_t offset = 0;
+  Node(NodeKind k, size_t off) : kind(k), offset(off) {}
+
+  NodeKind kind;
+  size_t offset;
   std::string text;                // kText: the text; kSet: target name; kFor: loop variable
   std::string attr;                // kSet: `ns.attr` target attribute, else empty
   std::unique_ptr<Expr> expr;      // kOutput, kSet: value; kFor: iterable
@@ -699,9 +684,9 @@ constexpr Builtin kTests[] = {{"defined", 0, 0},  {"undefined", 0, 0}, {"none", 
                               {"iterable", 0, 0}, {"true", 0, 0},      {"false", 0, 0},
                               {"even", 0, 0},     {"odd", 0, 0}};
 constexpr Builtin kFunctions[] = {{"raise_exception", 1, 1}, {"range", 1, 3}, {"namespace", 0, 0}};
-constexpr Builtin kMethods[] = {
-    {"strip", 0, 1},    {"lstrip", 0, 1}, {"rstrip", 0, 1}, {"split", 0, 2},   {"startswith", 1, 1},
-    {"endswith", 1, 1}, {"upper", 0, 0},  {"lower", 0, 0},  {"replace", 2, 3}, {"get", 1, 2}};
+constexpr Builtin kMethods[] = {{"strip", 0, 1}, {"lstrip", 0, 1},     {"rstrip", 0, 1},
+                                {"split", 0, 2}, {"startswith", 1, 1}, {"endswith", 1, 1},
+                                {"upper", 0, 0}, {"lower", 0, 0},      {"get", 1, 2}};
 
 template <size_t N>
 const Builtin* FindBuiltin(const Builtin (&table)[N], std::string_view name) {
@@ -763,16 +748,12 @@ class Parser {
     return name;
   }
 
-  // Guards recursion depth in both the block and the expression grammar.
-  class DepthGuard {
-   public:
-    explicit DepthGuard(int* depth) : depth_(depth) { ++*depth_; }
-    ~DepthGuard() { --*depth_; }
+  // Counts recursion depth in both the block and the expression grammar.
+  struct DepthGuard {
+    explicit DepthGuard(int* d) : depth(d) { ++*depth; }
+    ~DepthGuard() { --*depth; }
     DepthGuard(const DepthGuard&) = delete;
-    DepthGuard& operator=(const DepthGuard&) = delete;
-
-   private:
-    int* depth_;
+    int* depth;
   };
   absl::Status CheckDepth() const {
     if (depth_ > kMaxNestingDepth) {
@@ -781,10 +762,12 @@ class Parser {
     return absl::OkStatus();
   }
 
-  static ExprPtr MakeExpr(ExprKind kind, size_t offset) {
+  template <typename... Operands>
+  static ExprPtr MakeExpr(ExprKind kind, size_t offset, Operands... operands) {
     auto e = std::make_unique<Expr>();
     e->kind = kind;
     e->offset = offset;
+    (e->args.push_back(std::move(operands)), ...);
     return e;
   }
 
@@ -805,16 +788,10 @@ class Parser {
                            opener_offset);
       }
       if (t.kind == Tok::kData) {
-        Node n;
-        n.kind = NodeKind::kText;
-        n.offset = t.offset;
-        n.text = t.text;
-        nodes.push_back(std::move(n));
+        nodes.emplace_back(NodeKind::kText, t.offset).text = t.text;
         Advance();
       } else if (t.kind == Tok::kVarBegin) {
-        Node n;
-        n.kind = NodeKind::kOutput;
-        n.offset = t.offset;
+        Node n(NodeKind::kOutput, t.offset);
         Advance();
         DSV2_ASSIGN_OR_RETURN(n.expr, ParseExpression(true));
         if (Cur().kind != Tok::kVarEnd) return Unexpected("'}}'");
@@ -833,10 +810,20 @@ class Parser {
     }
   }
 
+  // Parses an optional `{% else %}` body, then the `{% end_name %}` tag.
+  absl::Status ParseElseAndEnd(std::string_view end_name, size_t offset, Node* n) {
+    if (IsName("else")) {
+      Advance();
+      DSV2_RETURN_IF_ERROR(ExpectBlockEnd());
+      DSV2_ASSIGN_OR_RETURN(n->else_body, ParseStatements({end_name}, "else", offset));
+    }
+    Advance();  // end_name
+    return ExpectBlockEnd();
+  }
+
   absl::StatusOr<Node> ParseStatement(size_t offset) {
     const std::string tag = Cur().text;
-    Node n;
-    n.offset = offset;
+    Node n(NodeKind::kText, offset);
     if (tag == "if") {
       n.kind = NodeKind::kIf;
       std::string_view keyword = "if";
@@ -848,19 +835,10 @@ class Parser {
         DSV2_ASSIGN_OR_RETURN(branch.body,
                               ParseStatements({"elif", "else", "endif"}, keyword, offset));
         n.branches.push_back(std::move(branch));
-        if (IsName("elif")) {
-          keyword = "elif";
-          continue;
-        }
-        if (IsName("else")) {
-          Advance();
-          DSV2_RETURN_IF_ERROR(ExpectBlockEnd());
-          DSV2_ASSIGN_OR_RETURN(n.else_body, ParseStatements({"endif"}, "else", offset));
-        }
-        break;
+        if (!IsName("elif")) break;
+        keyword = "elif";
       }
-      Advance();  // endif
-      DSV2_RETURN_IF_ERROR(ExpectBlockEnd());
+      DSV2_RETURN_IF_ERROR(ParseElseAndEnd("endif", offset, &n));
       return n;
     }
     if (tag == "for") {
@@ -882,13 +860,7 @@ class Parser {
       --loop_depth_;
       if (!body.ok()) return body.status();
       n.body = std::move(*body);
-      if (IsName("else")) {
-        Advance();
-        DSV2_RETURN_IF_ERROR(ExpectBlockEnd());
-        DSV2_ASSIGN_OR_RETURN(n.else_body, ParseStatements({"endfor"}, "else", offset));
-      }
-      Advance();  // endfor
-      DSV2_RETURN_IF_ERROR(ExpectBlockEnd());
+      DSV2_RETURN_IF_ERROR(ParseElseAndEnd("endfor", offset, &n));
       return n;
     }
     if (tag == "set") {
@@ -923,37 +895,32 @@ class Parser {
   absl::StatusOr<ExprPtr> ParseExpression(bool with_condexpr) {
     DepthGuard guard(&depth_);
     DSV2_RETURN_IF_ERROR(CheckDepth());
-    DSV2_ASSIGN_OR_RETURN(ExprPtr expr, ParseOr());
+    DSV2_ASSIGN_OR_RETURN(ExprPtr expr, ParseLogic(true));
     while (with_condexpr && IsName("if")) {
-      auto cond = MakeExpr(ExprKind::kCondExpr, Cur().offset);
+      const size_t offset = Cur().offset;
       Advance();
-      cond->args.push_back(std::move(expr));
-      DSV2_ASSIGN_OR_RETURN(ExprPtr test, ParseOr());
-      cond->args.push_back(std::move(test));
+      DSV2_ASSIGN_OR_RETURN(ExprPtr test, ParseLogic(true));
       ExprPtr otherwise;
       if (IsName("else")) {
         Advance();
         DSV2_ASSIGN_OR_RETURN(otherwise, ParseExpression(true));
       }
-      cond->args.push_back(std::move(otherwise));
-      expr = std::move(cond);
+      expr = MakeExpr(ExprKind::kCondExpr, offset, std::move(expr), std::move(test),
+                      std::move(otherwise));
     }
     return expr;
   }
-
-  absl::StatusOr<ExprPtr> ParseOr() { return ParseLogic(true); }
 
   // or-expr := and-expr ('or' and-expr)*; and-expr := not-expr ('and' not-expr)*
   absl::StatusOr<ExprPtr> ParseLogic(bool is_or) {
     auto operand = [&]() { return is_or ? ParseLogic(false) : ParseNot(); };
     DSV2_ASSIGN_OR_RETURN(ExprPtr left, operand());
     while (IsName(is_or ? "or" : "and")) {
-      auto e = MakeExpr(is_or ? ExprKind::kOr : ExprKind::kAnd, Cur().offset);
+      const size_t offset = Cur().offset;
       Advance();
-      e->args.push_back(std::move(left));
       DSV2_ASSIGN_OR_RETURN(ExprPtr right, operand());
-      e->args.push_back(std::move(right));
-      left = std::move(e);
+      left = MakeExpr(is_or ? ExprKind::kOr : ExprKind::kAnd, offset, std::move(left),
+                      std::move(right));
     }
     return left;
   }
@@ -962,11 +929,10 @@ class Parser {
     if (IsName("not")) {
       DepthGuard guard(&depth_);
       DSV2_RETURN_IF_ERROR(CheckDepth());
-      auto e = MakeExpr(ExprKind::kNot, Cur().offset);
+      const size_t offset = Cur().offset;
       Advance();
       DSV2_ASSIGN_OR_RETURN(ExprPtr operand, ParseNot());
-      e->args.push_back(std::move(operand));
-      return e;
+      return MakeExpr(ExprKind::kNot, offset, std::move(operand));
     }
     return ParseCompare();
   }
@@ -976,7 +942,7 @@ class Parser {
         {"==", CmpOp::kEq}, {"!=", CmpOp::kNe}, {"<", CmpOp::kLt},
         {"<=", CmpOp::kLe}, {">", CmpOp::kGt},  {">=", CmpOp::kGe}};
     const size_t offset = Cur().offset;
-    DSV2_ASSIGN_OR_RETURN(ExprPtr first, ParseMath1());
+    DSV2_ASSIGN_OR_RETURN(ExprPtr first, ParseMath(true));
     std::vector<CmpOp> ops;
     std::vector<ExprPtr> operands;
     while (true) {
@@ -995,7 +961,7 @@ class Parser {
       }
       Advance();
       ops.push_back(op);
-      DSV2_ASSIGN_OR_RETURN(ExprPtr operand, ParseMath1());
+      DSV2_ASSIGN_OR_RETURN(ExprPtr operand, ParseMath(true));
       operands.push_back(std::move(operand));
     }
     if (ops.empty()) return first;
@@ -1006,48 +972,43 @@ class Parser {
     return e;
   }
 
-  absl::StatusOr<ExprPtr> ParseMath1() {
-    DSV2_ASSIGN_OR_RETURN(ExprPtr left, ParseConcat());
-    while (IsOp("+") || IsOp("-")) {
-      auto e = MakeExpr(ExprKind::kBinary, Cur().offset);
-      e->bin_op = IsOp("+") ? BinOp::kAdd : BinOp::kSub;
+  // math1 := concat (('+' | '-') concat)*
+  // math2 := unary (('*' | '//' | '%') unary)*
+  absl::StatusOr<ExprPtr> ParseMath(bool additive) {
+    static constexpr std::pair<std::string_view, BinOp> kOps[] = {{"+", BinOp::kAdd},
+                                                                  {"-", BinOp::kSub},
+                                                                  {"*", BinOp::kMul},
+                                                                  {"//", BinOp::kFloorDiv},
+                                                                  {"%", BinOp::kMod}};
+    auto operand = [&]() { return additive ? ParseConcat() : ParseUnary(true); };
+    DSV2_ASSIGN_OR_RETURN(ExprPtr left, operand());
+    while (true) {
+      if (!additive && (IsOp("/") || IsOp("**"))) {
+        return SyntaxError(absl::StrCat("unsupported operator '", Cur().text, "'"), Cur().offset);
+      }
+      auto it =
+          std::find_if(std::begin(kOps) + (additive ? 0 : 2), std::begin(kOps) + (additive ? 2 : 5),
+                       [&](const auto& o) { return IsOp(o.first); });
+      if (it == std::begin(kOps) + (additive ? 2 : 5)) return left;
+      const size_t offset = Cur().offset;
       Advance();
-      e->args.push_back(std::move(left));
-      DSV2_ASSIGN_OR_RETURN(ExprPtr right, ParseConcat());
-      e->args.push_back(std::move(right));
-      left = std::move(e);
+      DSV2_ASSIGN_OR_RETURN(ExprPtr right, operand());
+      left = MakeExpr(ExprKind::kBinary, offset, std::move(left), std::move(right));
+      left->bin_op = it->second;
     }
-    return left;
   }
 
   absl::StatusOr<ExprPtr> ParseConcat() {
     const size_t offset = Cur().offset;
-    DSV2_ASSIGN_OR_RETURN(ExprPtr first, ParseMath2());
+    DSV2_ASSIGN_OR_RETURN(ExprPtr first, ParseMath(false));
     if (!IsOp("~")) return first;
-    auto e = MakeExpr(ExprKind::kConcat, offset);
-    e->args.push_back(std::move(first));
+    auto e = MakeExpr(ExprKind::kConcat, offset, std::move(first));
     while (IsOp("~")) {
       Advance();
-      DSV2_ASSIGN_OR_RETURN(ExprPtr next, ParseMath2());
+      DSV2_ASSIGN_OR_RETURN(ExprPtr next, ParseMath(false));
       e->args.push_back(std::move(next));
     }
     return e;
-  }
-
-  absl::StatusOr<ExprPtr> ParseMath2() {
-    DSV2_ASSIGN_OR_RETURN(ExprPtr left, ParseUnary(true));
-    while (true) {
-      if (IsOp("/")) return SyntaxError("unsupported operator '/' (floats)", Cur().offset);
-      if (IsOp("**")) return SyntaxError("unsupported operator '**'", Cur().offset);
-      if (!IsOp("*") && !IsOp("//") && !IsOp("%")) return left;
-      auto e = MakeExpr(ExprKind::kBinary, Cur().offset);
-      e->bin_op = IsOp("*") ? BinOp::kMul : IsOp("//") ? BinOp::kFloorDiv : BinOp::kMod;
-      Advance();
-      e->args.push_back(std::move(left));
-      DSV2_ASSIGN_OR_RETURN(ExprPtr right, ParseUnary(true));
-      e->args.push_back(std::move(right));
-      left = std::move(e);
-    }
   }
 
   absl::StatusOr<ExprPtr> ParseUnary(bool with_filter) {
@@ -1055,10 +1016,11 @@ class Parser {
     DSV2_RETURN_IF_ERROR(CheckDepth());
     ExprPtr node;
     if (IsOp("-") || IsOp("+")) {
-      node = MakeExpr(IsOp("-") ? ExprKind::kNeg : ExprKind::kPos, Cur().offset);
+      const ExprKind kind = IsOp("-") ? ExprKind::kNeg : ExprKind::kPos;
+      const size_t offset = Cur().offset;
       Advance();
       DSV2_ASSIGN_OR_RETURN(ExprPtr operand, ParseUnary(false));
-      node->args.push_back(std::move(operand));
+      node = MakeExpr(kind, offset, std::move(operand));
     } else {
       DSV2_ASSIGN_OR_RETURN(node, ParsePrimary());
     }
@@ -1141,13 +1103,10 @@ class Parser {
         const size_t offset = Cur().offset;
         Advance();
         if (Cur().kind == Tok::kInt) {  // foo.0 is foo[0]
-          auto e = MakeExpr(ExprKind::kGetItem, offset);
-          e->args.push_back(std::move(node));
           auto index = MakeExpr(ExprKind::kLiteral, Cur().offset);
           index->literal = Value::Int(Cur().int_value);
-          e->args.push_back(std::move(index));
           Advance();
-          node = std::move(e);
+          node = MakeExpr(ExprKind::kGetItem, offset, std::move(node), std::move(index));
           continue;
         }
         DSV2_ASSIGN_OR_RETURN(std::string attr, ExpectName());
@@ -1156,17 +1115,14 @@ class Parser {
           if (method == nullptr) {
             return SyntaxError(absl::StrCat("unsupported method '", attr, "'"), offset);
           }
-          auto call = MakeExpr(ExprKind::kMethodCall, offset);
+          auto call = MakeExpr(ExprKind::kMethodCall, offset, std::move(node));
           call->name = attr;
-          call->args.push_back(std::move(node));
           DSV2_RETURN_IF_ERROR(ParseCallArgs(call.get(), *method, 1, /*allow_kwargs=*/false));
           node = std::move(call);
           continue;
         }
-        auto e = MakeExpr(ExprKind::kGetAttr, offset);
-        e->name = attr;
-        e->args.push_back(std::move(node));
-        node = std::move(e);
+        node = MakeExpr(ExprKind::kGetAttr, offset, std::move(node));
+        node->name = attr;
       } else if (IsOp("[")) {
         DSV2_ASSIGN_OR_RETURN(node, ParseSubscript(std::move(node)));
       } else if (IsOp("(")) {
@@ -1210,15 +1166,10 @@ class Parser {
     Advance();  // ']'
     if (!is_slice) {
       if (parts[0] == nullptr) return SyntaxError("empty subscript", offset);
-      auto e = MakeExpr(ExprKind::kGetItem, offset);
-      e->args.push_back(std::move(node));
-      e->args.push_back(std::move(parts[0]));
-      return e;
+      return MakeExpr(ExprKind::kGetItem, offset, std::move(node), std::move(parts[0]));
     }
-    auto e = MakeExpr(ExprKind::kSlice, offset);
-    e->args.push_back(std::move(node));
-    for (auto& p : parts) e->args.push_back(std::move(p));
-    return e;
+    return MakeExpr(ExprKind::kSlice, offset, std::move(node), std::move(parts[0]),
+                    std::move(parts[1]), std::move(parts[2]));
   }
 
   // '(' [args] [name '=' expr ...] ')'
@@ -1246,8 +1197,9 @@ class Parser {
         call->kwargs.emplace_back(std::move(key), std::move(value));
         continue;
       }
-      if (!call->kwargs.empty())
+      if (!call->kwargs.empty()) {
         return SyntaxError("positional argument after keyword argument", Cur().offset);
+      }
       DSV2_ASSIGN_OR_RETURN(ExprPtr arg, ParseExpression(true));
       call->args.push_back(std::move(arg));
     }
@@ -1275,9 +1227,8 @@ class Parser {
         if (filter == nullptr) {
           return SyntaxError(absl::StrCat("unknown filter '", name, "'"), offset);
         }
-        auto e = MakeExpr(ExprKind::kFilter, offset);
+        auto e = MakeExpr(ExprKind::kFilter, offset, std::move(node));
         e->name = name;
-        e->args.push_back(std::move(node));
         if (IsOp("(")) {
           DSV2_RETURN_IF_ERROR(ParseCallArgs(e.get(), *filter, 1, /*allow_kwargs=*/false));
         }
@@ -1672,32 +1623,30 @@ class Renderer {
     if (a.is_number() && b.is_number()) {
       const int64_t x = a.number(), y = b.number();
       int64_t r = 0;
-      switch (op) {
-        case BinOp::kAdd:
-          if (__builtin_add_overflow(x, y, &r)) return RenderError("integer overflow", offset);
-          return Value::Int(r);
-        case BinOp::kSub:
-          if (__builtin_sub_overflow(x, y, &r)) return RenderError("integer overflow", offset);
-          return Value::Int(r);
-        case BinOp::kMul:
-          if (__builtin_mul_overflow(x, y, &r)) return RenderError("integer overflow", offset);
-          return Value::Int(r);
-        case BinOp::kFloorDiv:
-        case BinOp::kMod: {
-          if (y == 0) return RenderError("integer division or modulo by zero", offset);
-          if (x == INT64_MIN && y == -1) return RenderError("integer overflow", offset);
-          int64_t q = x / y, m = x % y;
-          if (m != 0 && ((m < 0) != (y < 0))) {  // floor, as Python does
-            --q;
-            m += y;
-          }
-          return Value::Int(op == BinOp::kFloorDiv ? q : m);
+      bool overflow = false;
+      if (op == BinOp::kAdd) {
+        overflow = __builtin_add_overflow(x, y, &r);
+      } else if (op == BinOp::kSub) {
+        overflow = __builtin_sub_overflow(x, y, &r);
+      } else if (op == BinOp::kMul) {
+        overflow = __builtin_mul_overflow(x, y, &r);
+      } else {  // floor division and modulo round toward -inf, as in Python
+        if (y == 0) return RenderError("integer division or modulo by zero", offset);
+        overflow = x == INT64_MIN && y == -1;
+        int64_t q = overflow ? 0 : x / y, m = overflow ? 0 : x % y;
+        if (m != 0 && ((m < 0) != (y < 0))) {
+          --q;
+          m += y;
         }
+        r = op == BinOp::kFloorDiv ? q : m;
       }
+      if (overflow) return RenderError("integer overflow", offset);
+      return Value::Int(r);
     }
     if (op == BinOp::kAdd && a.is_str() && b.is_str()) {
-      if (a.str().size() + b.str().size() > kMaxStringBytes)
+      if (a.str().size() + b.str().size() > kMaxStringBytes) {
         return RenderError("string too long", offset);
+      }
       return Value::Str(a.str() + b.str());
     }
     if (op == BinOp::kAdd && a.is_list() && b.is_list()) {
@@ -1719,12 +1668,14 @@ class Renderer {
         return Value::Str(std::move(s));
       }
       ValueList items;
-      for (int64_t i = 0; i < times; ++i)
+      for (int64_t i = 0; i < times; ++i) {
         items.insert(items.end(), seq.list().begin(), seq.list().end());
+      }
       return Value::List(std::move(items));
     }
-    if (op == BinOp::kMod && a.is_str())
+    if (op == BinOp::kMod && a.is_str()) {
       return RenderError("unsupported '%' string formatting", offset);
+    }
     return RenderError(
         absl::StrCat("unsupported operand types for ", AV(kNames[static_cast<int>(op)]), ": '",
                      TypeName(a), "' and '", TypeName(b), "'"),
@@ -1743,30 +1694,16 @@ class Renderer {
   }
 
   static absl::StatusOr<bool> Compare(CmpOp op, const Value& a, const Value& b, size_t offset) {
-    switch (op) {
-      case CmpOp::kEq:
-        return Equals(a, b);
-      case CmpOp::kNe:
-        return !Equals(a, b);
-      case CmpOp::kIn:
-      case CmpOp::kNotIn: {
-        DSV2_ASSIGN_OR_RETURN(bool found, Contains(b, a, offset));
-        return op == CmpOp::kIn ? found : !found;
-      }
-      default:
-        break;
+    if (op == CmpOp::kEq || op == CmpOp::kNe) return Equals(a, b) == (op == CmpOp::kEq);
+    if (op == CmpOp::kIn || op == CmpOp::kNotIn) {
+      DSV2_ASSIGN_OR_RETURN(const bool found, Contains(b, a, offset));
+      return found == (op == CmpOp::kIn);
     }
     DSV2_ASSIGN_OR_RETURN(const int cmp, Order(a, b, offset));
-    switch (op) {
-      case CmpOp::kLt:
-        return cmp < 0;
-      case CmpOp::kLe:
-        return cmp <= 0;
-      case CmpOp::kGt:
-        return cmp > 0;
-      default:
-        return cmp >= 0;
-    }
+    return op == CmpOp::kLt   ? cmp < 0
+           : op == CmpOp::kLe ? cmp <= 0
+           : op == CmpOp::kGt ? cmp > 0
+                              : cmp >= 0;
   }
 
   // Python's ordering: numbers, strings (code point order, which is UTF-8
@@ -1774,8 +1711,9 @@ class Renderer {
   static absl::StatusOr<int> Order(const Value& a, const Value& b, size_t offset) {
     DSV2_RETURN_IF_ERROR(CheckDefined(a, offset));
     DSV2_RETURN_IF_ERROR(CheckDefined(b, offset));
-    if (a.is_number() && b.is_number())
+    if (a.is_number() && b.is_number()) {
       return a.number() < b.number() ? -1 : a.number() > b.number() ? 1 : 0;
+    }
     if (a.is_str() && b.is_str()) {
       const int c = a.str().compare(b.str());
       return c < 0 ? -1 : c > 0 ? 1 : 0;
@@ -1850,11 +1788,12 @@ class Renderer {
       if (!use_default) return x;
       return v.size() > 1 ? v[1] : Value::Str("");
     }
-    if (f == "trim")
+    if (f == "trim") {
       return Strip(ToStr(x), StripSide::kBoth, v.size() > 1 ? v[1] : Value::None(), offset);
+    }
     if (f == "length" || f == "count") {
       if (x.is_undefined()) return Value::Int(0);
-      if (x.is_str()) return Value::Int(static_cast<int64_t>(CodePointCount(x.str())));
+      if (x.is_str()) return Value::Int(static_cast<int64_t>(CodePointOffsets(x.str()).size() - 1));
       if (x.is_list()) return Value::Int(static_cast<int64_t>(x.list().size()));
       if (x.is_map()) return Value::Int(static_cast<int64_t>(x.map().items.size()));
       return RenderError(absl::StrCat("object of type '", TypeName(x), "' has no len()"), offset);
@@ -1947,7 +1886,7 @@ class Renderer {
     }
     if (m == "upper" || m == "lower") return ChangeCase(s, m == "upper", offset);
     for (size_t i = 1; i < v.size(); ++i) {
-      const bool want_int = (m == "split" && i == 2) || (m == "replace" && i == 3);
+      const bool want_int = m == "split" && i == 2;
       const bool ok =
           want_int ? v[i].is_number() : (v[i].is_str() || (m == "split" && v[i].is_none()));
       if (!ok) return RenderError(absl::StrCat("bad argument ", i, " to ", m, "()"), offset);
@@ -1956,19 +1895,6 @@ class Renderer {
       const std::string& p = v[1].str();
       return Value::Bool(p.size() <= s.size() &&
                          s.compare(m == "startswith" ? 0 : s.size() - p.size(), p.size(), p) == 0);
-    }
-    if (m == "replace") {
-      const std::string& from = v[1].str();
-      if (from.empty()) return RenderError("replace() of an empty string is unsupported", offset);
-      int64_t budget = v.size() == 4 ? v[3].number() : -1;
-      std::string out;
-      size_t pos = 0;
-      for (size_t hit; budget != 0 && (hit = s.find(from, pos)) != std::string::npos; --budget) {
-        absl::StrAppend(&out, s.substr(pos, hit - pos), v[2].str());
-        pos = hit + from.size();
-      }
-      out.append(s, pos, std::string::npos);
-      return Value::Str(std::move(out));
     }
     return Split(s, v.size() > 1 ? v[1] : Value::None(), v.size() > 2 ? v[2].number() : -1, offset);
   }
@@ -2025,11 +1951,11 @@ struct ChatTemplate::Program {
 ChatTemplate::ChatTemplate(std::shared_ptr<const Program> program) : program_(std::move(program)) {}
 
 absl::StatusOr<ChatTemplate> ChatTemplate::Parse(std::string_view source) {
-  using namespace chat_template_internal;
-  const std::string normalized = NormalizeNewlines(source);
-  DSV2_ASSIGN_OR_RETURN(std::vector<Token> tokens, Lexer(normalized).Run());
+  namespace internal = chat_template_internal;
+  const std::string normalized = internal::NormalizeNewlines(source);
+  DSV2_ASSIGN_OR_RETURN(std::vector<internal::Token> tokens, internal::Lexer(normalized).Run());
   auto program = std::make_shared<Program>();
-  DSV2_ASSIGN_OR_RETURN(program->body, Parser(std::move(tokens)).ParseTemplate());
+  DSV2_ASSIGN_OR_RETURN(program->body, internal::Parser(std::move(tokens)).ParseTemplate());
   return ChatTemplate(std::move(program));
 }
 

@@ -26,17 +26,20 @@
 //   sequence iterable true false even odd (with `is not`).
 //   Filters: trim length count string lower upper first last join default/d.
 //   Calls: raise_exception(msg), namespace(k=v, ...), range(...); methods
-//   str.strip/lstrip/rstrip/split/startswith/endswith/upper/lower/replace and
-//   dict.get.
+//   str.strip/lstrip/rstrip/split/startswith/endswith/upper/lower and
+//   dict.get. Argument counts are checked by Parse.
 // Not supported (Parse fails naming the construct and its offset): macros,
-// call/filter/raw/include/extends/block tags, block set, tuple unpacking in
-// for, floats and `/`, `**`, tojson and any other filter, test or function.
-// lower/upper map ASCII only and fail on text with non-ASCII cased letters
-// rather than differ from Python silently; Python repr of lists/dicts in
-// output escapes control and non-ASCII space characters only.
+// call/filter/raw/include/extends/generation/block tags, block set, tuple
+// unpacking, floats, `/`, `**`, `%` string formatting (fails in Render), and
+// any other filter (tojson, ...), test, function or method.
+// Known differences (none matter for the DeepSeek templates): tuples and
+// range() print as lists; lower/upper map ASCII only and fail on text with
+// non-ASCII cased letters rather than differ silently; the Python repr of a
+// list or dict escapes control and non-ASCII space characters only.
 //
 // Thread-safety: a ChatTemplate is immutable after Parse; Render is safe for
-// concurrent use. Copies share the parsed program.
+// concurrent use. Copies share the parsed program, which keeps no reference to
+// the source text.
 #ifndef DSV2_MODEL_CHAT_TEMPLATE_H_
 #define DSV2_MODEL_CHAT_TEMPLATE_H_
 
@@ -76,9 +79,9 @@ class ChatTemplate {
   // where Jinja would fail ("'foo' is undefined"), or hits a type error.
   absl::StatusOr<std::string> Render(const ChatTemplateInputs& inputs) const;
 
+ private:
   struct Program;  // the parsed template; defined in chat_template.cc
 
- private:
   explicit ChatTemplate(std::shared_ptr<const Program> program);
 
   // Constant after construction.

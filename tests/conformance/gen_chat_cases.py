@@ -147,7 +147,7 @@ FEATURES = """{#- dsv2: every supported construct, rendered by HF for the expect
 {{ 'x' in 'xyz' }} {{ 'q' not in ['a', 'b'] }} {{ 'role' in messages[0] }} {{ messages[0].missing is defined }} {{ undefined_name is not defined }}
 {{ 'tab\\there' }} {{ "dq \\"x\\" \\u00e9 \\x41" }} {{ 'a' 'b' }} {{ none }} {{ true and 'yes' }} {{ 0 or 'fallback' }}
 {{ messages|first|length }} {{ (messages|last).role }} {{ ['p', 'q']|join('-') }} {{ undefined_name|default('dflt') }}
-{{ '  padded  '.strip() }}|{{ 'a,b,,c'.split(',') }}|{{ 'a  b c'.split() }}|{{ 'abc'.startswith('ab') }}|{{ 'x-y'.replace('-', '+') }}
+{{ '  padded  '.strip() }}|{{ 'a,b,,c'.split(',') }}|{{ 'a  b c'.split() }}|{{ 'abc'.startswith('ab') }}|{{ 'abc'.endswith('c') }}|{{ messages[0].get('role') }}{{ messages[0].get('nope', '-') }}
 {%- if add_generation_prompt %}
 {{ 'Assistant:' }}
 {%- endif %}

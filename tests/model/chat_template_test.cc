@@ -38,7 +38,8 @@ const std::vector<ChatMessage> kConversation = {
     {"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello"}, {"user", "Bye"}};
 
 // Renders `source` with kConversation; the failure message carries the status.
-std::string R(std::string_view source, const ChatTemplateInputs& inputs = Inputs(kConversation)) {
+std::string RenderOrError(std::string_view source,
+                          const ChatTemplateInputs& inputs = Inputs(kConversation)) {
   absl::StatusOr<ChatTemplate> t = ChatTemplate::Parse(source);
   if (!t.ok()) return "PARSE ERROR: " + std::string(t.status().message());
   absl::StatusOr<std::string> out = t->Render(inputs);
@@ -123,7 +124,7 @@ TEST(ChatTemplateConformanceTest, FallbackMatchesShippedTemplateCases) {
   EXPECT_GT(checked, 30);
 }
 
-TEST(ChatTemplateConformanceTest, ShippedTokenizerConfigTemplateParses) {
+TEST(ChatTemplateConformanceTest, ShippedTemplateRendersModelCardFormat) {
   std::ifstream in(std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2/tokenizer_config.json");
   ASSERT_TRUE(in.good());
   const nlohmann::json config = nlohmann::json::parse(in);
@@ -138,135 +139,166 @@ TEST(ChatTemplateConformanceTest, ShippedTokenizerConfigTemplateParses) {
 // Expressions.
 
 TEST(ChatTemplateTest, PlainTextPassesThrough) {
-  EXPECT_EQ(R("just text, no tags"), "just text, no tags");
+  EXPECT_EQ(RenderOrError("just text, no tags"), "just text, no tags");
 }
 
 TEST(ChatTemplateTest, PrintsLiteralsLikePython) {
-  EXPECT_EQ(R("{{ 'a' }}{{ \"b\" }}{{ 42 }}{{ -7 }}{{ true }}{{ False }}{{ none }}{{ None }}"),
+  EXPECT_EQ(RenderOrError(
+                "{{ 'a' }}{{ \"b\" }}{{ 42 }}{{ -7 }}{{ true }}{{ False }}{{ none }}{{ None }}"),
             "ab42-7TrueFalseNoneNone");
   EXPECT_EQ(
-      R("{{ [1, 'it\\'s', none, [true]] }}|{{ {'k': 'v', 'n': 1} }}|{{ ['a\\nb', '\\u3000'] }}"),
+      RenderOrError(
+          "{{ [1, 'it\\'s', none, [true]] }}|{{ {'k': 'v', 'n': 1} }}|{{ ['a\\nb', '\\u3000'] }}"),
       "[1, \"it's\", None, [True]]|{'k': 'v', 'n': 1}|['a\\nb', '\\u3000']");
-  EXPECT_EQ(R("{{ 'a' 'b' }}"), "ab");
+  EXPECT_EQ(RenderOrError("{{ 'a' 'b' }}"), "ab");
 }
 
 TEST(ChatTemplateTest, DecodesPythonStringEscapes) {
-  EXPECT_EQ(R(R"({{ 'a\nb\tc\\d\'e\"f' }})"), "a\nb\tc\\d'e\"f");
-  EXPECT_EQ(R(R"({{ "\x41\u00e9\U0001F600\101" }})"), "Aé😀A");
-  EXPECT_EQ(R(R"({{ 'keep \q' }})"), "keep \\q");  // unknown escapes keep the backslash
-  EXPECT_EQ(R("{{ 'spans\nlines' }}"), "spans\nlines");
+  EXPECT_EQ(RenderOrError(R"({{ 'a\nb\tc\\d\'e\"f' }})"), "a\nb\tc\\d'e\"f");
+  EXPECT_EQ(RenderOrError(R"({{ "\x41\u00e9\U0001F600\101" }})"), "Aé😀A");
+  EXPECT_EQ(RenderOrError(R"({{ 'keep \q' }})"), "keep \\q");  // unknown escapes keep the backslash
+  EXPECT_EQ(RenderOrError("{{ 'spans\nlines' }}"), "spans\nlines");
 }
 
 TEST(ChatTemplateTest, ReadsContextVariables) {
-  EXPECT_EQ(R("{{ bos_token }}|{{ eos_token }}|{{ add_generation_prompt }}|{{ messages|length }}"),
-            std::string(kBos) + "|" + kEos + "|True|4");
-  EXPECT_EQ(R("{{ add_generation_prompt }}", Inputs(kConversation, false)), "False");
-  EXPECT_EQ(R("{{ tools is none }}{{ documents is defined }}"), "TrueTrue");
+  EXPECT_EQ(
+      RenderOrError(
+          "{{ bos_token }}|{{ eos_token }}|{{ add_generation_prompt }}|{{ messages|length }}"),
+      std::string(kBos) + "|" + kEos + "|True|4");
+  EXPECT_EQ(RenderOrError("{{ add_generation_prompt }}", Inputs(kConversation, false)), "False");
+  EXPECT_EQ(RenderOrError("{{ tools is none }}{{ documents is defined }}"), "TrueTrue");
 }
 
 TEST(ChatTemplateTest, AttributeAndSubscriptAccess) {
-  EXPECT_EQ(R("{{ messages[0]['role'] }} {{ messages[1].content }} {{ messages[-1].content }}"),
+  EXPECT_EQ(RenderOrError(
+                "{{ messages[0]['role'] }} {{ messages[1].content }} {{ messages[-1].content }}"),
             "system Hi Bye");
-  EXPECT_EQ(R("{{ messages.0.role }}"), "system");
-  EXPECT_EQ(R("{{ 'héllo'[1] }}{{ 'héllo'[-1] }}"), "éo");  // code points, not bytes
-  EXPECT_EQ(R("[{{ messages[9] }}][{{ messages[0].nope }}][{{ none.x }}][{{ 'abc'.nope }}]"),
-            "[][][][]");
+  EXPECT_EQ(RenderOrError("{{ messages.0.role }}"), "system");
+  EXPECT_EQ(RenderOrError("{{ 'héllo'[1] }}{{ 'héllo'[-1] }}"), "éo");  // code points, not bytes
+  EXPECT_EQ(
+      RenderOrError("[{{ messages[9] }}][{{ messages[0].nope }}][{{ none.x }}][{{ 'abc'.nope }}]"),
+      "[][][][]");
 }
 
 TEST(ChatTemplateTest, SlicesLikePython) {
   EXPECT_EQ(
-      R("{{ [1, 2, 3, 4][1:] }}{{ [1, 2, 3][::-1] }}{{ [1, 2, 3][5:] }}{{ [1, 2, 3, 4][::2] }}"),
+      RenderOrError(
+          "{{ [1, 2, 3, 4][1:] }}{{ [1, 2, 3][::-1] }}{{ [1, 2, 3][5:] }}{{ [1, 2, 3, 4][::2] }}"),
       "[2, 3, 4][3, 2, 1][][1, 3]");
-  EXPECT_EQ(R("{{ 'abcdef'[-2:] }}|{{ 'abcdef'[:2] }}|{{ 'h€llo'[1:3] }}|{{ 'abc'[::-1] }}"),
-            "ef|ab|€l|cba");
-  EXPECT_EQ(R("{{ (messages[1:]|first).role }}"), "user");
+  EXPECT_EQ(
+      RenderOrError("{{ 'abcdef'[-2:] }}|{{ 'abcdef'[:2] }}|{{ 'h€llo'[1:3] }}|{{ 'abc'[::-1] }}"),
+      "ef|ab|€l|cba");
+  EXPECT_EQ(RenderOrError("{{ (messages[1:]|first).role }}"), "user");
 }
 
 TEST(ChatTemplateTest, ArithmeticAndConcatenation) {
-  EXPECT_EQ(R("{{ 'a' + 'b' }} {{ 2 + 3 }} {{ 7 - 10 }} {{ 3 * 4 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ "
-              "-7 % 3 }}"),
-            "ab 5 -3 12 3 -4 2");
-  EXPECT_EQ(R("{{ 'ab' * 2 }} {{ [1] + [2] }} {{ true + 1 }}"), "abab [1, 2] 2");
-  EXPECT_EQ(R("{{ 'n=' ~ 1 ~ none ~ true ~ undefined_thing }}"), "n=1NoneTrue");
+  EXPECT_EQ(
+      RenderOrError(
+          "{{ 'a' + 'b' }} {{ 2 + 3 }} {{ 7 - 10 }} {{ 3 * 4 }} {{ 7 // 2 }} {{ -7 // 2 }} {{ "
+          "-7 % 3 }}"),
+      "ab 5 -3 12 3 -4 2");
+  EXPECT_EQ(RenderOrError("{{ 'ab' * 2 }} {{ [1] + [2] }} {{ true + 1 }}"), "abab [1, 2] 2");
+  EXPECT_EQ(RenderOrError("{{ 'n=' ~ 1 ~ none ~ true ~ undefined_thing }}"), "n=1NoneTrue");
 }
 
 TEST(ChatTemplateTest, ComparisonsAndLogic) {
-  EXPECT_EQ(R("{{ 1 == 1 }}{{ 'a' != 'a' }}{{ 1 < 2 < 3 }}{{ 3 > 2 > 2 }}{{ 'a' <= 'b' }}{{ true "
-              "== 1 }}"),
+  EXPECT_EQ(RenderOrError(
+                "{{ 1 == 1 }}{{ 'a' != 'a' }}{{ 1 < 2 < 3 }}{{ 3 > 2 > 2 }}{{ 'a' <= 'b' }}{{ true "
+                "== 1 }}"),
             "TrueFalseTrueFalseTrueTrue");
-  EXPECT_EQ(R("{{ 0 and 1 }}|{{ 0 or 'x' }}|{{ 1 and 'z' }}|{{ not 0 }}|{{ not 1 == 2 }}"),
-            "0|x|z|True|True");
   EXPECT_EQ(
-      R("{{ [1, 'a'] == [1, 'a'] }}{{ {'a': 1, 'b': 2} == {'b': 2, 'a': 1} }}{{ none == none }}"),
+      RenderOrError("{{ 0 and 1 }}|{{ 0 or 'x' }}|{{ 1 and 'z' }}|{{ not 0 }}|{{ not 1 == 2 }}"),
+      "0|x|z|True|True");
+  EXPECT_EQ(
+      RenderOrError(
+          "{{ [1, 'a'] == [1, 'a'] }}{{ {'a': 1, 'b': 2} == {'b': 2, 'a': 1} }}{{ none == none }}"),
       "TrueTrueTrue");
-  EXPECT_EQ(R("{{ [] < [1] }}{{ [1, 'b'] > [1, 'a'] }}{{ [2] <= [1, 5] }}"), "TrueTrueFalse");
+  EXPECT_EQ(RenderOrError("{{ [] < [1] }}{{ [1, 'b'] > [1, 'a'] }}{{ [2] <= [1, 5] }}"),
+            "TrueTrueFalse");
 }
 
 TEST(ChatTemplateTest, MembershipTests) {
-  EXPECT_EQ(R("{{ 'ell' in 'hello' }}{{ 'x' not in 'hello' }}{{ 2 in [1, 2] }}{{ 'role' in "
-              "messages[0] }}"),
-            "TrueTrueTrueTrue");
-  EXPECT_EQ(R("{{ 'tool_calls' in messages[0] }}{{ 'a' in undefined_thing }}"), "FalseFalse");
+  EXPECT_EQ(
+      RenderOrError("{{ 'ell' in 'hello' }}{{ 'x' not in 'hello' }}{{ 2 in [1, 2] }}{{ 'role' in "
+                    "messages[0] }}"),
+      "TrueTrueTrueTrue");
+  EXPECT_EQ(RenderOrError("{{ 'tool_calls' in messages[0] }}{{ 'a' in undefined_thing }}"),
+            "FalseFalse");
 }
 
 TEST(ChatTemplateTest, IsTests) {
   EXPECT_EQ(
-      R("{{ x is defined }}{{ x is not defined }}{{ x is undefined }}{{ bos_token is defined }}"),
+      RenderOrError(
+          "{{ x is defined }}{{ x is not defined }}{{ x is undefined }}{{ bos_token is defined }}"),
       "FalseTrueTrueTrue");
-  EXPECT_EQ(R("{{ none is none }}{{ x is none }}{{ 1 is not none }}"), "TrueFalseTrue");
+  EXPECT_EQ(RenderOrError("{{ none is none }}{{ x is none }}{{ 1 is not none }}"), "TrueFalseTrue");
   EXPECT_EQ(
-      R("{{ 'a' is string }}{{ 1 is number }}{{ true is integer }}{{ true is boolean }}"
-        "{{ {} is mapping }}{{ 'a' is sequence }}{{ x is iterable }}{{ 2 is even }}{{ 3 is odd }}"
-        "{{ true is true }}{{ 1 is false }}"),
+      RenderOrError(
+          "{{ 'a' is string }}{{ 1 is number }}{{ true is integer }}{{ true is boolean }}"
+          "{{ {} is mapping }}{{ 'a' is sequence }}{{ x is iterable }}{{ 2 is even }}{{ 3 is odd }}"
+          "{{ true is true }}{{ 1 is false }}"),
       "TrueTrueFalseTrueTrueTrueTrueTrueTrueTrueFalse");
   // `not x is defined` is `not (x is defined)`, as in the DeepSeek templates.
-  EXPECT_EQ(R("{% if not add_generation_prompt is defined %}undefined{% else %}defined{% endif %}"),
-            "defined");
+  EXPECT_EQ(
+      RenderOrError(
+          "{% if not add_generation_prompt is defined %}undefined{% else %}defined{% endif %}"),
+      "defined");
 }
 
 TEST(ChatTemplateTest, InlineIf) {
-  EXPECT_EQ(R("{{ 'a' if true else 'b' }}{{ 'a' if false else 'b' }}[{{ 'a' if false }}]"), "ab[]");
+  EXPECT_EQ(
+      RenderOrError("{{ 'a' if true else 'b' }}{{ 'a' if false else 'b' }}[{{ 'a' if false }}]"),
+      "ab[]");
 }
 
 TEST(ChatTemplateTest, Filters) {
-  EXPECT_EQ(R("[{{ '  a b \n'|trim }}][{{ '\u3000x\u00a0'|trim }}][{{ 'xxaxx'|trim('x') }}][{{ "
-              "undefined_thing|trim }}]"),
+  EXPECT_EQ(RenderOrError(
+                "[{{ '  a b \n'|trim }}][{{ '\u3000x\u00a0'|trim }}][{{ 'xxaxx'|trim('x') }}][{{ "
+                "undefined_thing|trim }}]"),
             "[a b][x][a][]");
-  EXPECT_EQ(R("{{ 'héllo'|length }} {{ messages|count }} {{ {'a': 1}|length }} {{ "
-              "undefined_thing|length }}"),
+  EXPECT_EQ(RenderOrError("{{ 'héllo'|length }} {{ messages|count }} {{ {'a': 1}|length }} {{ "
+                          "undefined_thing|length }}"),
             "5 4 1 0");
-  EXPECT_EQ(R("{{ 'ab'|upper }}{{ 'CD'|lower }}{{ 5|string ~ 'x' }}"), "ABcd5x");
-  EXPECT_EQ(R("{{ [3, 4]|first }}{{ [3, 4]|last }}{{ 'xyz'|last }}[{{ []|first }}]"), "34z[]");
-  EXPECT_EQ(R("{{ ['a', 'b']|join('-') }}{{ [1, 2]|join }}"), "a-b12");
-  EXPECT_EQ(R("{{ undefined_thing|default('d') }}{{ ''|default('e') }}{{ ''|d('f', true) }}"),
-            "df");
-  EXPECT_EQ(R("{{ 'a' + messages[1].content|trim + 'b' }}"),
+  EXPECT_EQ(RenderOrError("{{ 'ab'|upper }}{{ 'CD'|lower }}{{ 5|string ~ 'x' }}"), "ABcd5x");
+  EXPECT_EQ(RenderOrError("{{ [3, 4]|first }}{{ [3, 4]|last }}{{ 'xyz'|last }}[{{ []|first }}]"),
+            "34z[]");
+  EXPECT_EQ(RenderOrError("{{ ['a', 'b']|join('-') }}{{ [1, 2]|join }}"), "a-b12");
+  EXPECT_EQ(
+      RenderOrError("{{ undefined_thing|default('d') }}{{ ''|default('e') }}{{ ''|d('f', true) }}"),
+      "df");
+  EXPECT_EQ(RenderOrError("{{ 'a' + messages[1].content|trim + 'b' }}"),
             "aHib");  // filters bind tighter than +
 }
 
 TEST(ChatTemplateTest, StringAndDictMethods) {
-  EXPECT_EQ(R("{{ 'a</think>b</think>c'.split('</think>')[-1] }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  "
-              "b '.split() }}"),
-            "c|['a', 'b', '', 'c']|['a', 'b']");
-  EXPECT_EQ(R("{{ '  a b  c  '.split(none, 1) }}|{{ 'a b'.split(' ', 0) }}"),
+  EXPECT_EQ(
+      RenderOrError(
+          "{{ 'a</think>b</think>c'.split('</think>')[-1] }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  "
+          "b '.split() }}"),
+      "c|['a', 'b', '', 'c']|['a', 'b']");
+  EXPECT_EQ(RenderOrError("{{ '  a b  c  '.split(none, 1) }}|{{ 'a b'.split(' ', 0) }}"),
             "['a', 'b  c  ']|['a b']");
-  EXPECT_EQ(R("{{ 'a,b,c'.split(',', 1) }}|{{ ' x '.strip() }}|{{ 'xxy'.lstrip('x') }}|{{ 'y  "
-              "'.rstrip() }}"),
+  EXPECT_EQ(RenderOrError(
+                "{{ 'a,b,c'.split(',', 1) }}|{{ ' x '.strip() }}|{{ 'xxy'.lstrip('x') }}|{{ 'y  "
+                "'.rstrip() }}"),
             "['a', 'b,c']|x|y|y");
-  EXPECT_EQ(R("{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('bc') }}{{ 'abc'.endswith('abcd') }}"),
-            "TrueTrueFalse");
-  EXPECT_EQ(R("{{ 'a-b-c'.replace('-', '+') }}{{ 'a-b-c'.replace('-', '', 1) }}{{ 'Ab'.upper() }}"),
-            "a+b+cab-cAB");
-  EXPECT_EQ(R("{{ messages[0].get('role') }}{{ messages[0].get('nope') }}{{ "
-              "messages[0].get('nope', 7) }}"),
+  EXPECT_EQ(
+      RenderOrError(
+          "{{ 'abc'.startswith('ab') }}{{ 'abc'.endswith('bc') }}{{ 'abc'.endswith('abcd') }}"),
+      "TrueTrueFalse");
+  EXPECT_EQ(RenderOrError("{{ 'Ab'.upper() }}{{ 'Ab'.lower() }}"), "ABab");
+  EXPECT_EQ(RenderOrError("{{ messages[0].get('role') }}{{ messages[0].get('nope') }}{{ "
+                          "messages[0].get('nope', 7) }}"),
             "systemNone7");
 }
 
 TEST(ChatTemplateTest, RangeAndListLiterals) {
-  EXPECT_EQ(R("{% for i in range(3) %}{{ i }}{% endfor %}|{% for i in range(5, 1, -2) %}{{ i }}{% "
-              "endfor %}"),
-            "012|53");
-  EXPECT_EQ(R("{% for x in [1, 'b', {'c': 3}['c']] %}{{ x }}{% endfor %}"), "1b3");
+  EXPECT_EQ(
+      RenderOrError(
+          "{% for i in range(3) %}{{ i }}{% endfor %}|{% for i in range(5, 1, -2) %}{{ i }}{% "
+          "endfor %}"),
+      "012|53");
+  EXPECT_EQ(RenderOrError("{% for x in [1, 'b', {'c': 3}['c']] %}{{ x }}{% endfor %}"), "1b3");
 }
 
 // ----------------------------------------------------------------------------
@@ -276,85 +308,96 @@ TEST(ChatTemplateTest, IfElifElse) {
   const std::string t =
       "{% for m in messages %}{% if m.role == 'user' %}U{% elif m.role == 'assistant' %}A"
       "{% else %}S{% endif %}{% endfor %}";
-  EXPECT_EQ(R(t), "SUAU");
+  EXPECT_EQ(RenderOrError(t), "SUAU");
 }
 
 TEST(ChatTemplateTest, ForLoopVariables) {
   EXPECT_EQ(
-      R("{% for m in messages %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}"
-        "{{ loop.length }}{{ loop.revindex }}{{ loop.revindex0 }};{% endfor %}"),
+      RenderOrError(
+          "{% for m in messages %}{{ loop.index }}{{ loop.index0 }}{{ loop.first }}{{ loop.last }}"
+          "{{ loop.length }}{{ loop.revindex }}{{ loop.revindex0 }};{% endfor %}"),
       "10TrueFalse443;21FalseFalse432;32FalseFalse421;43FalseTrue410;");
 }
 
 TEST(ChatTemplateTest, ForLoopFilterElseAndControl) {
-  EXPECT_EQ(R("{% for m in messages if m.role == 'user' %}{{ loop.index }}/{{ loop.length }}{{ "
-              "m.content }} "
-              "{% endfor %}"),
+  EXPECT_EQ(RenderOrError(
+                "{% for m in messages if m.role == 'user' %}{{ loop.index }}/{{ loop.length }}{{ "
+                "m.content }} "
+                "{% endfor %}"),
             "1/2Hi 2/2Bye ");
+  EXPECT_EQ(RenderOrError("{% for x in [] %}x{% else %}empty{% endfor %}{% for x in "
+                          "undefined_thing %}x{% endfor %}"),
+            "empty");
   EXPECT_EQ(
-      R("{% for x in [] %}x{% else %}empty{% endfor %}{% for x in undefined_thing %}x{% endfor %}"),
-      "empty");
-  EXPECT_EQ(R("{% for x in [1, 2, 3, 4] %}{% if x == 2 %}{% continue %}{% endif %}{{ x }}"
-              "{% if x == 3 %}{% break %}{% endif %}{% endfor %}"),
-            "13");
-  EXPECT_EQ(R("{% for k in {'a': 1, 'b': 2} %}{{ k }}{% endfor %}{% for c in 'hé' %}[{{ c }}]{% "
-              "endfor %}"),
+      RenderOrError("{% for x in [1, 2, 3, 4] %}{% if x == 2 %}{% continue %}{% endif %}{{ x }}"
+                    "{% if x == 3 %}{% break %}{% endif %}{% endfor %}"),
+      "13");
+  EXPECT_EQ(RenderOrError(
+                "{% for k in {'a': 1, 'b': 2} %}{{ k }}{% endfor %}{% for c in 'hé' %}[{{ c }}]{% "
+                "endfor %}"),
             "ab[h][é]");
 }
 
 TEST(ChatTemplateTest, NestedLoopsShadowLoop) {
-  EXPECT_EQ(R("{% for a in [1, 2] %}{% for b in 'xy' %}{{ loop.index }}{% endfor %}{{ loop.index "
-              "}}.{% endfor %}"),
+  EXPECT_EQ(RenderOrError(
+                "{% for a in [1, 2] %}{% for b in 'xy' %}{{ loop.index }}{% endfor %}{{ loop.index "
+                "}}.{% endfor %}"),
             "121.122.");
 }
 
 TEST(ChatTemplateTest, SetInsideLoopDoesNotLeakButNamespaceDoes) {
   // jinja2: each iteration is a fresh scope; namespace attributes are shared.
   EXPECT_EQ(
-      R("{% set x = 0 %}{% for i in [1, 2] %}{{ x }}{% set x = i %}{{ x }}{% endfor %}{{ x }}"),
+      RenderOrError(
+          "{% set x = 0 %}{% for i in [1, 2] %}{{ x }}{% set x = i %}{{ x }}{% endfor %}{{ x }}"),
       "01020");
-  EXPECT_EQ(R("{% for i in [1] %}{% set y = 1 %}{% endfor %}[{{ y }}]"), "[]");
-  EXPECT_EQ(R("{% if true %}{% set z = 5 %}{% endif %}{{ z }}"), "5");  // if is not a scope
-  EXPECT_EQ(R("{% set ns = namespace(n=0, s='') %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
-              "{% set ns.s = ns.s + m.role[0] %}{% endfor %}{{ ns.n }}{{ ns.s }}{{ ns['n'] }}[{{ "
-              "ns.nope }}]"),
-            "4suau4[]");
-  EXPECT_EQ(R("{% set ns = namespace() %}{% set ns.late = 'ok' %}{{ ns.late }}"), "ok");
+  EXPECT_EQ(RenderOrError("{% for i in [1] %}{% set y = 1 %}{% endfor %}[{{ y }}]"), "[]");
+  EXPECT_EQ(RenderOrError("{% if true %}{% set z = 5 %}{% endif %}{{ z }}"),
+            "5");  // if is not a scope
+  EXPECT_EQ(
+      RenderOrError(
+          "{% set ns = namespace(n=0, s='') %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+          "{% set ns.s = ns.s + m.role[0] %}{% endfor %}{{ ns.n }}{{ ns.s }}{{ ns['n'] }}[{{ "
+          "ns.nope }}]"),
+      "4suau4[]");
+  EXPECT_EQ(RenderOrError("{% set ns = namespace() %}{% set ns.late = 'ok' %}{{ ns.late }}"), "ok");
 }
 
 TEST(ChatTemplateTest, SetOverridesContextVariable) {
-  EXPECT_EQ(R("{% set add_generation_prompt = false %}{{ add_generation_prompt }}"), "False");
+  EXPECT_EQ(RenderOrError("{% set add_generation_prompt = false %}{{ add_generation_prompt }}"),
+            "False");
 }
 
 // ----------------------------------------------------------------------------
 // Whitespace control (transformers: trim_blocks and lstrip_blocks on).
 
 TEST(ChatTemplateWhitespaceTest, MinusStripsAllWhitespaceOnItsSide) {
-  EXPECT_EQ(R("a \n {%- if true -%} \n x \n {%- endif -%} \n b"), "axb");
-  EXPECT_EQ(R("a  {{- 'b' -}}  \n c"), "abc");
-  EXPECT_EQ(R("a \n {#- comment -#} \n b"), "ab");
+  EXPECT_EQ(RenderOrError("a \n {%- if true -%} \n x \n {%- endif -%} \n b"), "axb");
+  EXPECT_EQ(RenderOrError("a  {{- 'b' -}}  \n c"), "abc");
+  EXPECT_EQ(RenderOrError("a \n {#- comment -#} \n b"), "ab");
 }
 
 TEST(ChatTemplateWhitespaceTest, TrimBlocksEatsOneNewlineAfterBlockTags) {
-  EXPECT_EQ(R("{% if true %}\nx\n{% endif %}\n\ny"), "x\n\ny");
-  EXPECT_EQ(R("{{ 'v' }}\nw"), "v\nw");  // not after {{ }}
-  EXPECT_EQ(R("{# c #}\nz"), "z");       // but after comments
+  EXPECT_EQ(RenderOrError("{% if true %}\nx\n{% endif %}\n\ny"), "x\n\ny");
+  EXPECT_EQ(RenderOrError("{{ 'v' }}\nw"), "v\nw");  // not after {{ }}
+  EXPECT_EQ(RenderOrError("{# c #}\nz"), "z");       // but after comments
 }
 
 TEST(ChatTemplateWhitespaceTest, LstripBlocksDropsIndentBeforeBlockTags) {
-  EXPECT_EQ(R("a\n  {% if true %}\n  x\n  {% endif %}\nb\n"), "a\n  x\nb");
-  EXPECT_EQ(R("a  {% if true %}x{% endif %}  b"), "a  x  b");   // text before the tag: kept
-  EXPECT_EQ(R("  {{ 'v' }}  \n  {# c #}\n  y"), "  v  \n  y");  // not before {{ }}
+  EXPECT_EQ(RenderOrError("a\n  {% if true %}\n  x\n  {% endif %}\nb\n"), "a\n  x\nb");
+  EXPECT_EQ(RenderOrError("a  {% if true %}x{% endif %}  b"),
+            "a  x  b");  // text before the tag: kept
+  EXPECT_EQ(RenderOrError("  {{ 'v' }}  \n  {# c #}\n  y"), "  v  \n  y");  // not before {{ }}
 }
 
 TEST(ChatTemplateWhitespaceTest, PlusKeepsWhitespace) {
-  EXPECT_EQ(R("a\n\t{%+ if true %}x{% endif +%}\nb"), "a\n\tx\nb");
+  EXPECT_EQ(RenderOrError("a\n\t{%+ if true %}x{% endif +%}\nb"), "a\n\tx\nb");
 }
 
 TEST(ChatTemplateWhitespaceTest, NewlinesAreNormalizedAndOneTrailingNewlineDropped) {
-  EXPECT_EQ(R("a\r\nb\rc\n"), "a\nb\nc");
-  EXPECT_EQ(R("a\n\n"), "a\n");
-  EXPECT_EQ(R("{{ 'x' }}\n"), "x");
+  EXPECT_EQ(RenderOrError("a\r\nb\rc\n"), "a\nb\nc");
+  EXPECT_EQ(RenderOrError("a\n\n"), "a\n");
+  EXPECT_EQ(RenderOrError("{{ 'x' }}\n"), "x");
 }
 
 TEST(ChatTemplateWhitespaceTest, CoderTemplateLayout) {
@@ -363,11 +406,11 @@ TEST(ChatTemplateWhitespaceTest, CoderTemplateLayout) {
   const std::string t =
       "{%- for m in messages %}\n    {%- if m.role == 'user' %}\n{{ 'U:' + m.content }}\n"
       "    {%- else %}\n{{ 'O:' + m.content }}\n    {%- endif %}\n{%- endfor %}\n";
-  EXPECT_EQ(R(t), "O:Be brief.U:HiO:HelloU:Bye");  // checked against jinja2 3.1.6
+  EXPECT_EQ(RenderOrError(t), "O:Be brief.U:HiO:HelloU:Bye");  // checked against jinja2 3.1.6
   const std::string keep =
       "{%- for m in messages %}\n    {%- if m.role == 'user' %}\n{{ 'U:' + m.content }}\n"
       "    {% else %}\n{{ 'O:' + m.content }}\n    {% endif %}\n{% endfor %}\n";
-  EXPECT_EQ(R(keep), "O:Be brief.\nU:Hi\nO:Hello\nU:Bye\n");
+  EXPECT_EQ(RenderOrError(keep), "O:Be brief.\nU:Hi\nO:Hello\nU:Bye\n");
 }
 
 // ----------------------------------------------------------------------------
@@ -407,12 +450,17 @@ TEST(ChatTemplateErrorTest, UnsupportedConstructsNameThemselves) {
                         "unsupported call to 'strftime_now'"));
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ m.items() }}").message(), "unsupported method 'items'"));
   EXPECT_TRUE(
-      HasSubstr(ParseStatus("{{ 1.5 }}").message(), "unsupported float literal at offset 3"));
+      HasSubstr(ParseStatus("{{ 1.5 }}").message(), "unsupported number literal at offset 3"));
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ 4 / 2 }}").message(), "unsupported operator '/'"));
   EXPECT_TRUE(
       HasSubstr(ParseStatus("{% for k, v in x %}{% endfor %}").message(), "tuple unpacking"));
   EXPECT_TRUE(
       HasSubstr(ParseStatus("{% set x %}a{% endset %}").message(), "unsupported block 'set'"));
+  EXPECT_TRUE(HasSubstr(ParseStatus("{{ 'x'|trim('a', 'b') }}").message(),
+                        "'trim' takes 0 to 1 positional argument(s), got 2"));
+  EXPECT_TRUE(HasSubstr(ParseStatus("{{ namespace(1) }}").message(), "'namespace' takes 0"));
+  EXPECT_TRUE(HasSubstr(ParseStatus("{{ 'x'.strip(chars='a') }}").message(),
+                        "unsupported keyword argument 'chars'"));
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ 1 + }}").message(), "expected an expression, got '}}'"));
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ a b }}").message(), "expected '}}', got 'b'"));
 }
@@ -433,7 +481,7 @@ TEST(ChatTemplateErrorTest, RaiseExceptionFailsRenderWithItsMessage) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(HasSubstr(s.message(), "System role not supported"));
   // Not raised when the branch is not taken.
-  EXPECT_EQ(R(t, Inputs({{"user", "hi"}})), "");
+  EXPECT_EQ(RenderOrError(t, Inputs({{"user", "hi"}})), "");
 }
 
 TEST(ChatTemplateErrorTest, UndefinedValuesFailWhereJinjaFails) {
@@ -445,7 +493,8 @@ TEST(ChatTemplateErrorTest, UndefinedValuesFailWhereJinjaFails) {
   EXPECT_TRUE(HasSubstr(RenderStatus("{{ messages[0].nope.deeper }}").message(),
                         "has no attribute 'nope'"));
   // Printing, testing, `~` and iterating an undefined value are fine.
-  EXPECT_EQ(R("[{{ foo }}][{{ foo is defined }}][{{ foo ~ 'x' }}]{% for x in foo %}{% endfor %}"),
+  EXPECT_EQ(RenderOrError(
+                "[{{ foo }}][{{ foo is defined }}][{{ foo ~ 'x' }}]{% for x in foo %}{% endfor %}"),
             "[][False][x]");
 }
 
