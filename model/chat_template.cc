@@ -592,7 +592,11 @@ class Lexer {
       Emit(Tok::kOp, std::string(op), pos);
       return pos + op.size();
     }
-    return SyntaxError(absl::StrCat("unexpected character '", AV(src_.substr(pos, 1)), "'"), pos);
+    size_t next = pos;  // name the code point: quoting one byte could split it
+    const char32_t cp = DecodeUtf8(src_, &next);
+    return SyntaxError(absl::StrCat("unexpected character U+",
+                                    absl::Hex(static_cast<uint32_t>(cp), absl::kZeroPad4)),
+                       pos);
   }
 
   std::string_view src_;

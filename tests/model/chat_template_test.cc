@@ -462,6 +462,9 @@ TEST(ChatTemplateErrorTest, UnsupportedConstructsNameThemselves) {
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ 'x'.strip(chars='a') }}").message(),
                         "unsupported keyword argument 'chars'"));
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ 1 + }}").message(), "expected an expression, got '}}'"));
+  EXPECT_TRUE(
+      HasSubstr(ParseStatus("{{ é }}").message(), "unexpected character U+00E9 at offset 3"));
+  EXPECT_TRUE(HasSubstr(ParseStatus("{{ ? }}").message(), "unexpected character U+003F"));
   EXPECT_TRUE(HasSubstr(ParseStatus("{{ a b }}").message(), "expected '}}', got 'b'"));
 }
 
