@@ -593,10 +593,9 @@ class Lexer {
       return pos + op.size();
     }
     size_t next = pos;  // name the code point: quoting one byte could split it
-    const char32_t cp = DecodeUtf8(src_, &next);
-    return SyntaxError(absl::StrCat("unexpected character U+",
-                                    absl::Hex(static_cast<uint32_t>(cp), absl::kZeroPad4)),
-                       pos);
+    std::string hex = absl::StrCat(absl::Hex(DecodeUtf8(src_, &next), absl::kZeroPad4));
+    for (char& h : hex) h = static_cast<char>(std::toupper(static_cast<unsigned char>(h)));
+    return SyntaxError(absl::StrCat("unexpected character U+", hex), pos);
   }
 
   std::string_view src_;
