@@ -58,7 +58,9 @@ LayerLoop::LayerLoop(const NonExpertWeights& weights, LatentCache& cache, Expert
       softmax_scale_(static_cast<float>(weights.config().softmax_scale())) {}
 
 void LayerLoop::Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, bool round) {
-  kernels::Gemm(ctx_, x, w.cols, w.data, w.dtype, w.row_stride, y, w.rows, n, w.rows, w.cols);
+  // Linear inputs are activations, already rounded to the activation dtype.
+  kernels::Gemm(ctx_, x, w.cols, w.data, w.dtype, w.row_stride, y, w.rows, n, w.rows, w.cols,
+                ExactX());
   if (round) RoundInPlace(y, static_cast<size_t>(n * w.rows), act_);
 }
 
@@ -190,10 +192,9 @@ absl::Status LayerLoop::MlaForTest(int64_t layer, SequenceCache& seq, const floa
 void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) {
   const ModelConfig& c = config_;
   const AttentionWeights& w = weights_.layer(l).attn;
-  const int64_t n = rows.n, D = c.hidden_size, H = c.num_attention_heads;
+  const int64_t n = rows.n, H = c.num_attention_heads;
   const int64_t C = c.kv_lora_rank, R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim;
   const int64_t vd = c.v_head_dim, qk = nope + R, L = C + R;
-  const size_t esize = DTypeSize(act_);
 
   // Queries [n, H*(nope+R)].
   std::vector<float> q(n * H * qk);
@@ -227,7 +228,7 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
   for (int64_t h = 0; h < H; ++h) {
     const WeightMatrix& uk = w.w_uk_t[h];
     kernels::Gemm(ctx_, &q[h * qk], H * qk, uk.data, uk.dtype, uk.row_stride, &qcat[h * L], H * L,
-                  n, C, nope);
+                  n, C, nope, ExactX());
   }
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t h = 0; h < H; ++h) {
@@ -285,7 +286,6 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
   } else {
     attend(0, static_cast<size_t>(n));
   }
-  (void)esize;
   // o_h = W_UV_h u_h -> [n, H*v] (rounded: the o_proj input), then o_proj.
   std::vector<float> o(n * H * vd);
   for (int64_t h = 0; h < H; ++h) {
@@ -295,7 +295,6 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
   }
   RoundInPlace(o.data(), o.size(), act_);
   Linear(o.data(), n, w.o_proj, rows.tmp.data(), true);
-  (void)D;
 }
 
 absl::Status LayerLoop::Ffn(int64_t l, Rows& rows) {

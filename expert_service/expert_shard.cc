@@ -54,6 +54,9 @@ absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
   reply.dtype = d.dtype;
   reply.hidden = d.hidden;
   reply.outputs.resize(d.assignments.size() * D * DTypeSize(d.dtype));
+  // Dispatched rows and SwiGLU outputs hold activation-dtype values.
+  const kernels::XValues xv =
+      d.dtype == DType::kBF16 ? kernels::XValues::kBf16Exact : kernels::XValues::kF32;
   std::vector<float> x, gate_up, act, out;
   size_t begin = 0;
   while (begin < order.size()) {
@@ -70,12 +73,12 @@ absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
     gate_up.resize(n * 2 * I);
     if (w.gate_up) {
       kernels::Gemm(ctx_, x.data(), D, w.gate_up->data, w.gate_up->dtype, w.gate_up->row_stride,
-                    gate_up.data(), 2 * I, n, 2 * I, D);
+                    gate_up.data(), 2 * I, n, 2 * I, D, xv);
     } else {
       kernels::Gemm(ctx_, x.data(), D, w.gate.data, w.gate.dtype, w.gate.row_stride,
-                    gate_up.data(), 2 * I, n, I, D);
+                    gate_up.data(), 2 * I, n, I, D, xv);
       kernels::Gemm(ctx_, x.data(), D, w.up.data, w.up.dtype, w.up.row_stride,
-                    gate_up.data() + I, 2 * I, n, I, D);
+                    gate_up.data() + I, 2 * I, n, I, D, xv);
     }
     RoundInPlace(gate_up.data(), gate_up.size(), d.dtype);
     act.resize(n * I);
@@ -84,7 +87,7 @@ absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
     }
     out.resize(n * D);
     kernels::Gemm(ctx_, act.data(), I, w.down.data, w.down.dtype, w.down.row_stride, out.data(), D,
-                  n, D, I);
+                  n, D, I, xv);
     for (size_t i = 0; i < n; ++i) {
       FromF32(&out[i * D], D, d.dtype,
               reply.outputs.data() + static_cast<size_t>(order[begin + i]) * D * DTypeSize(d.dtype));

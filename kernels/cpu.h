@@ -106,6 +106,13 @@ class ThreadPool {
   bool stop_ = false;
 };
 
+// What the X operand's values are. kF32: any f32 values, never rounded by
+// any ISA. kBf16Exact: every value is bf16-representable (activations of a
+// bf16 model, rounded by the caller), which lets the AVX-512 BF16 path feed
+// X to VDPBF16PS. The choice belongs to the call site (a model's dtype), not
+// to the batch, so it never breaks row invariance.
+enum class XValues { kF32, kBf16Exact };
+
 // What a kernel call runs with. `pool` may be null (single-threaded).
 struct CpuContext {
   CpuIsa isa = CpuIsa::kScalar;
@@ -121,12 +128,13 @@ struct CpuContext {
 // offending values, on a broken precondition: a stride below its minimum,
 // an f16 weight dtype, or a ctx.isa this CPU lacks (use ResolveCpuIsa).
 void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DType w_dtype,
-          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K);
+          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K,
+          XValues x_values = XValues::kF32);
 
 // Gemm with M = 1, tuned for the memory-bound case. Bitwise the same result
 // as Gemm for that row.
 void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw, float* y,
-          size_t N, size_t K);
+          size_t N, size_t K, XValues x_values = XValues::kF32);
 
 // Scalar reference: sequential fp32 (k ascending) dot products, single
 // thread. Every ISA's kernels are tested against it with a tolerance

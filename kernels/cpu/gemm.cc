@@ -125,11 +125,12 @@ void RunGemm(const CpuContext& ctx, internal::GemmBlockFn block, const internal:
 }  // namespace
 
 void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DType w_dtype,
-          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K) {
+          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K, XValues x_values) {
   CheckArgs("Gemm", x, ldx, w, w_dtype, ldw, y, ldy, M, N, K);
   const internal::GemmBlockFn block = BlockFn("Gemm", ctx.isa);
   if (M == 0 || N == 0) return;
-  const internal::GemmOperands op{x, ldx, w, w_dtype, ldw, y, ldy, K};
+  const internal::GemmOperands op{x, ldx, w, w_dtype, ldw, y, ldy, K,
+                                  x_values == XValues::kBf16Exact};
   if (M == 1) {
     RunGemv(ctx, block, op, N);
   } else {
@@ -138,11 +139,13 @@ void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DTyp
 }
 
 void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw, float* y,
-          size_t N, size_t K) {
+          size_t N, size_t K, XValues x_values) {
   CheckArgs("Gemv", x, K, w, w_dtype, ldw, y, N, 1, N, K);
   const internal::GemmBlockFn block = BlockFn("Gemv", ctx.isa);
   if (N == 0) return;
-  RunGemv(ctx, block, internal::GemmOperands{x, K, w, w_dtype, ldw, y, N, K}, N);
+  RunGemv(ctx, block,
+          internal::GemmOperands{x, K, w, w_dtype, ldw, y, N, K, x_values == XValues::kBf16Exact},
+          N);
 }
 
 }  // namespace dsv2::kernels

@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/gemm_internal.h"
@@ -80,6 +81,36 @@ struct Bf16Step {
   DSV2_AVX512 static __m512i LoadWTail(const uint16_t* p, size_t n) { return LoadXTail(p, n); }
   DSV2_AVX512 static __m512 Madd(__m512 acc, __m512i x, __m512i w) {
     return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w);
+  }
+};
+
+// bf16 weights widened to f32 and f32 x (XValues::kF32): 16 elements per
+// step with FMA, so x keeps its full precision.
+struct Bf16WidenStep {
+  using W = uint16_t;
+  using X = float;
+  static constexpr size_t kWidth = 16;
+  // The all-ones maskz forms: the unmasked intrinsics use an undefined
+  // source that trips GCC 12's -Wmaybe-uninitialized (PR105593).
+  DSV2_AVX512 static __m512 Widen(__m256i h) {
+    const __m512i wide = _mm512_maskz_cvtepu16_epi32(__mmask16{0xffff}, h);
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16{0xffff}, wide, 16));
+  }
+  DSV2_AVX512 static __m512 LoadX(const float* p) { return _mm512_loadu_ps(p); }
+  DSV2_AVX512 static __m512 LoadW(const uint16_t* p) {
+    return Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  DSV2_AVX512 static __m512 LoadXTail(const float* p, size_t n) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+  }
+  // Tail of n < 16 weights, zero-padded (runs once per output element).
+  DSV2_AVX512 static __m512 LoadWTail(const uint16_t* p, size_t n) {
+    alignas(32) uint16_t tmp[16] = {};
+    std::memcpy(tmp, p, n * sizeof(uint16_t));
+    return Widen(_mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+  }
+  DSV2_AVX512 static __m512 Madd(__m512 acc, __m512 x, __m512 w) {
+    return _mm512_fmadd_ps(x, w, acc);
   }
 };
 
@@ -203,7 +234,10 @@ void GemmBlockAvx512(const GemmOperands& op, size_t m_begin, size_t m_end, size_
                      size_t n_end) {
   const size_t rows = m_end - m_begin;
   float* y = op.y + m_begin * op.ldy;
-  if (op.w_dtype == DType::kBF16) {
+  if (op.w_dtype == DType::kBF16 && !op.x_bf16_exact) {
+    Block<Bf16WidenStep>(op.x + m_begin * op.ldx, op.ldx, static_cast<const uint16_t*>(op.w),
+                         op.ldw, y, op.ldy, op.K, rows, n_begin, n_end);
+  } else if (op.w_dtype == DType::kBF16) {
     // At most kRowsPerChunk rows converted at a time bounds the buffer; the
     // chunking changes no element's arithmetic.
     constexpr size_t kRowsPerChunk = 64;

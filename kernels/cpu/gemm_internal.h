@@ -34,6 +34,8 @@ struct GemmOperands {
   float* y;  // [M, N], row stride ldy.
   size_t ldy;
   size_t K;
+  // True when every X value is bf16-representable (XValues::kBf16Exact).
+  bool x_bf16_exact = false;
 };
 
 // Computes Y[m, n] for m in [m_begin, m_end), n in [n_begin, n_end).

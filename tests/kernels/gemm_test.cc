@@ -304,6 +304,42 @@ TEST_P(GemmIsaTest, MatchesReferenceOnOddShapesAndStrides) {
   }
 }
 
+// XValues::kF32 (the default) never rounds X, also with bf16 weights: the
+// attention operands (q_lat, attention sums) are full f32.
+TEST_P(GemmIsaTest, UnroundedXWithBf16WeightsKeepsF32Precision) {
+  uint32_t seed = 500;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (size_t K : {7, 33, 577}) {
+    for (size_t M : {1, 5}) {
+      Problem p = MakeProblem(M, 17, K, 0, 0, DType::kBF16, seed++);
+      for (size_t m = 0; m < M; ++m) {
+        for (size_t k = 0; k < K; ++k) p.x[m * p.ldx + k] = dist(rng) * (1.0f + 1e-3f);
+      }
+      std::vector<float> y(M * 17);
+      Gemm(Context(), p.x.data(), p.ldx, p.w(), DType::kBF16, p.ldw, y.data(), 17, M, 17, K);
+      ExpectNearReference(p, y, 17, "bf16 weights, unrounded x");
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// XValues::kBf16Exact (bf16-model activations) matches the reference too
+// (on AVX-512 BF16 it takes the VDPBF16PS path).
+TEST_P(GemmIsaTest, Bf16ExactXMatchesReference) {
+  uint32_t seed = 600;
+  for (size_t K : {1, 31, 33, 577}) {
+    for (size_t M : {1, 4, 9}) {
+      const Problem p = MakeProblem(M, 17, K, 0, 0, DType::kBF16, seed++);
+      std::vector<float> y(M * 17);
+      Gemm(Context(), p.x.data(), p.ldx, p.w(), DType::kBF16, p.ldw, y.data(), 17, M, 17, K,
+           XValues::kBf16Exact);
+      ExpectNearReference(p, y, 17, "bf16 exact x");
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
 TEST_P(GemmIsaTest, GemvMatchesReference) {
   uint32_t seed = 100;
   for (DType dtype : {DType::kF32, DType::kBF16}) {
