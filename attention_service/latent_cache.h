@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/dtype.h"
 
 namespace dsv2 {
@@ -39,8 +40,14 @@ struct SequenceCache {
 
 class LatentCache {
  public:
-  // REQUIRES: num_layers, latent_dim, num_blocks > 0.
+  // REQUIRES: num_layers, latent_dim, num_blocks > 0. Aborts if the pool
+  // cannot be allocated; use Create for sizes that come from users.
   LatentCache(int64_t num_layers, int64_t latent_dim, DType dtype, int64_t num_blocks);
+  // InvalidArgument for non-positive sizes, ResourceExhausted when the pool's
+  // byte size overflows or cannot be allocated.
+  static absl::StatusOr<std::unique_ptr<LatentCache>> Create(int64_t num_layers,
+                                                             int64_t latent_dim, DType dtype,
+                                                             int64_t num_blocks);
 
   static int64_t BlocksForTokens(int64_t tokens) {
     return (tokens + kLatentBlockTokens - 1) / kLatentBlockTokens;
@@ -72,12 +79,15 @@ class LatentCache {
   int64_t capacity_tokens() const { return num_blocks_ * kLatentBlockTokens; }
 
  private:
+  LatentCache(int64_t num_layers, int64_t latent_dim, DType dtype, int64_t num_blocks,
+              std::unique_ptr<std::byte[]> storage);
+
   const int64_t num_layers_;
   const int64_t latent_dim_;
   const DType dtype_;
   const int64_t num_blocks_;
   const size_t row_bytes_;
-  std::unique_ptr<std::byte[]> storage_;
+  std::unique_ptr<std::byte[]> storage_;  // uninitialised until written
   std::vector<int32_t> free_;  // LIFO free list
 };
 

@@ -69,28 +69,29 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
                     [&](int32_t a, int32_t b) { return Before(logits, a, b); });
   idx.resize(k);
-  std::vector<float> prob(k);
-  const float inv_t = 1.0f / p.temperature;
-  const float m = logits[idx[0]] * inv_t;
-  float sum = 0.0f;
+  // (logit - max) / T in double: never NaN, even when 1/T overflows f32
+  // (a tiny temperature then degenerates to greedy, as it should).
+  std::vector<double> prob(k);
+  const double lmax = logits[idx[0]];
+  double sum = 0.0;
   for (size_t i = 0; i < k; ++i) {
-    prob[i] = std::exp(logits[idx[i]] * inv_t - m);
+    prob[i] = std::exp((static_cast<double>(logits[idx[i]]) - lmax) / p.temperature);
     sum += prob[i];
   }
-  for (float& x : prob) x /= sum;
+  for (double& x : prob) x /= sum;
   size_t kept = k;
   if (p.top_p < 1.0f) {
-    float cum = 0.0f;
+    double cum = 0.0;
     kept = 0;
     while (kept < k) {
       cum += prob[kept++];
       if (cum >= p.top_p) break;
     }
   }
-  float total = 0.0f;
+  double total = 0.0;
   for (size_t i = 0; i < kept; ++i) total += prob[i];
-  const float target = static_cast<float>(CounterUniform(p.seed, position)) * total;
-  float cum = 0.0f;
+  const double target = CounterUniform(p.seed, position) * total;
+  double cum = 0.0;
   for (size_t i = 0; i < kept; ++i) {
     cum += prob[i];
     if (target < cum) return idx[i];

@@ -29,13 +29,14 @@ struct SamplingParams {
 // outside (0, 1].
 absl::Status ValidateSamplingParams(const SamplingParams& p);
 
-// Uniform in [0, 1) from (seed, position): Philox-style mixing of a 128-bit
-// counter (splitmix64 rounds), 53 random bits.
+// Uniform in [0, 1) from (seed, position): a splitmix64 hash of the seed
+// mixed with a splitmix64 hash of the position; 53 random bits.
 double CounterUniform(uint64_t seed, uint64_t position);
 
 // Picks the token for output position `position` from raw logits [V].
 // Candidates sorted by logit descending, then id ascending; top-k keeps the
-// first k; probabilities are softmax(logit / T) over the kept set; top-p
+// first k; probabilities are softmax(logit / T) over the kept set
+// (computed in double from logit - max, so no temperature gives NaN); top-p
 // keeps the shortest prefix whose cumulative probability reaches top_p (at
 // least one token); sampling inverts the cumulative sum of the kept
 // (renormalised) probabilities at CounterUniform(seed, position).

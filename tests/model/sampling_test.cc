@@ -58,6 +58,14 @@ TEST(SamplingTest, TopKLimitsCandidates) {
   for (int i = 0; i < 500; ++i) EXPECT_GE(SampleToken(logits, p, i), 2);
 }
 
+TEST(SamplingTest, TinyTemperatureIsGreedyNotNaN) {
+  std::vector<float> logits(100);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(static_cast<float>(i));
+  const int32_t best = SampleToken(logits, SamplingParams{}, 0);
+  SamplingParams p{.temperature = 1e-39f, .top_k = 0, .top_p = 0.9f, .seed = 1};
+  for (uint64_t i = 0; i < 50; ++i) EXPECT_EQ(SampleToken(logits, p, i), best);
+}
+
 TEST(SamplingTest, TopLogitsSortedByLogitThenId) {
   const std::vector<float> logits = {1.f, 5.f, 5.f, 2.f};
   const auto top = TopLogits(logits, 3);

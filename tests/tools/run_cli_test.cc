@@ -89,10 +89,62 @@ TEST_F(CliTest, ChatRendersTemplateWithOneBos) {
   EXPECT_NE(j["prompt_ids"][1], 100000);
 }
 
-TEST_F(CliTest, StreamsTextToStdoutWithoutJson) {
-  const Result r = RunDsv2("run --model " + model_ + " --prompt-ids 100000,9 --max-tokens 3");
+TEST_F(CliTest, StreamsTextToStdoutWithoutJsonAndReportsTheSeed) {
+  const Result r =
+      RunDsv2("run --model " + model_ + " --prompt-ids 100000,9 --max-tokens 8 --temperature 1");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_FALSE(r.out.empty());
+  // The text of the 8 tokens, then one newline.
+  ASSERT_GE(r.out.size(), 2u);
+  EXPECT_NE(r.out.find_first_not_of(" \n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.back(), '\n');
+  EXPECT_NE(r.err.find("seed "), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, NoTokenizerGivesEmptyTextAndZeroTokensIsValid) {
+  const std::string notok = ::testing::TempDir() + "/dsv2_cli_notok_ok";
+  std::filesystem::create_directories(notok);
+  for (const char* f : {"config.json", "model.safetensors"}) {
+    std::filesystem::copy(model_ + "/" + f, notok + "/" + f,
+                          std::filesystem::copy_options::overwrite_existing);
+  }
+  Result r = RunDsv2("run --model " + notok + " --prompt-ids 5,6 --max-tokens 3 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["text"], "");
+  EXPECT_EQ(j["output_ids"].size(), 3u);
+  r = RunDsv2("run --model " + model_ + " --prompt-ids 5,6 --max-tokens 0 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_TRUE(j["output_ids"].empty());
+  EXPECT_EQ(j["first_logits_top10"].size(), 10u);
+}
+
+// With EOS = the first greedy token, generation stops there: output_ids end
+// with EOS and text excludes it (also with --ignore-eos, which keeps going).
+TEST_F(CliTest, EosEndsGenerationAndIsNotInText) {
+  Result r = RunDsv2("run --model " + model_ + " --prompt-ids 100000,5 --max-tokens 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const int first = nlohmann::json::parse(r.out)["output_ids"][0];
+  const std::string eos_model = ::testing::TempDir() + "/dsv2_cli_eos";
+  std::filesystem::create_directories(eos_model);
+  for (const char* f : {"model.safetensors", "tokenizer.json", "tokenizer_config.json"}) {
+    std::filesystem::copy(model_ + "/" + f, eos_model + "/" + f,
+                          std::filesystem::copy_options::overwrite_existing);
+  }
+  std::ifstream in(model_ + "/config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  cfg["eos_token_id"] = first;
+  std::ofstream(eos_model + "/config.json") << cfg.dump();
+  r = RunDsv2("run --model " + eos_model + " --prompt-ids 100000,5 --max-tokens 4 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["output_ids"], (std::vector<int>{first}));
+  EXPECT_EQ(j["text"], "");
+  r = RunDsv2("run --model " + eos_model + " --prompt-ids 100000,5 --max-tokens 4 --ignore-eos "
+              "--json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["output_ids"].size(), 4u);
 }
 
 TEST_F(CliTest, UsageErrorsExitTwo) {
@@ -103,6 +155,10 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --bogus").exit_code, 2);
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --temperature -1").exit_code, 2);
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --max-tokens").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1,,2").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --threads 200000").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --top-k 4294967297").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model /missing --prompt-ids 1 --cpu-isa bogus").exit_code, 2);
 }
 
 TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {
@@ -114,6 +170,11 @@ TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {
   expect_error(RunDsv2("run --model /nonexistent --prompt-ids 1"), "/nonexistent");
   expect_error(RunDsv2("run --model " + model_ + " --prompt-ids 1,102400"), "102400");
   expect_error(RunDsv2("run --model " + model_ + " --prompt-ids 1 --max-tokens 200000"), "163840");
+  expect_error(RunDsv2("run --model " + model_ + " --prompt-ids 1 --max-tokens 9223372036854775807"),
+               "163840");
+  expect_error(RunDsv2("run --model " + model_ + " --prompt-ids -1"), "-1");
+  expect_error(RunDsv2("run --model " + model_ + " --prompt-ids 99999999999"), "99999999999");
+  expect_error(RunDsv2("run --model /" + std::string(5000, 'a') + " --prompt-ids 1"), "not found");
   // --prompt without a tokenizer.
   const std::string notok = ::testing::TempDir() + "/dsv2_cli_notok";
   std::filesystem::create_directories(notok);

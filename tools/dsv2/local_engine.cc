@@ -11,11 +11,13 @@ namespace dsv2 {
 
 absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngineOptions& o) {
   auto e = std::unique_ptr<LocalEngine>(new LocalEngine());
-  if (!std::filesystem::is_directory(o.model_dir)) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(o.model_dir, ec)) {
     return absl::NotFoundError(absl::StrCat(o.model_dir, ": model directory not found"));
   }
-  if (o.threads < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("threads = ", o.threads, " must be >= 1"));
+  if (o.threads < 1 || o.threads > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads = ", o.threads, " must be in [1, 1024]"));
   }
   DSV2_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(o.model_dir + "/config.json"));
   DSV2_ASSIGN_OR_RETURN(e->checkpoint_, Checkpoint::OpenDir(o.model_dir));
@@ -39,9 +41,10 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
   ExpertShard* shard = e->shard_.get();
   e->backend_ = std::make_unique<InProcessExpertBackend>(
       [shard](const router::ExpertDispatch& d) { return shard->Handle(d); });
-  e->cache_ = std::make_unique<LatentCache>(
-      e->config_.num_hidden_layers, e->config_.latent_dim(), e->weights_->activation_dtype(),
-      std::max<int64_t>(1, LatentCache::BlocksForTokens(o.cache_tokens)));
+  DSV2_ASSIGN_OR_RETURN(
+      e->cache_, LatentCache::Create(e->config_.num_hidden_layers, e->config_.latent_dim(),
+                                     e->weights_->activation_dtype(),
+                                     std::max<int64_t>(1, LatentCache::BlocksForTokens(o.cache_tokens))));
   e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_);
   return e;
 }

@@ -76,7 +76,7 @@ int MakeRandomModelMain(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   if (argc < 2) {
     std::cerr << kUsage;
     return 2;
@@ -90,4 +90,16 @@ int main(int argc, char** argv) {
   }
   std::cerr << "dsv2: unknown command '" << cmd << "'\n" << kUsage;
   return 2;
+}
+
+// The libraries report errors as absl::Status; this catches what the
+// standard library may still throw (allocation, threads) so the command
+// never dies with an uncaught exception.
+int main(int argc, char** argv) {
+  try {
+    return Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "dsv2: " << e.what() << "\n";
+    return 1;
+  }
 }

@@ -1,6 +1,8 @@
 #include "tools/dsv2/run_command.h"
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -8,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -21,6 +24,8 @@
 
 namespace dsv2 {
 namespace {
+
+constexpr int64_t kMaxThreads = 1024;
 
 const std::vector<cli::FlagSpec>& RunFlags() {
   static const std::vector<cli::FlagSpec> specs = {
@@ -43,16 +48,17 @@ const std::vector<cli::FlagSpec>& RunFlags() {
   return specs;
 }
 
-absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
-  std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(s, ',', absl::SkipWhitespace())) {
-    int32_t id;
-    if (!absl::SimpleAtoi(part, &id)) {
+// Comma-separated ids; whitespace around an id is allowed, an empty entry is
+// not. Range is checked later against the vocabulary (exit 1).
+absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& s) {
+  std::vector<int64_t> ids;
+  for (absl::string_view part : absl::StrSplit(s, ',')) {
+    int64_t id;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &id)) {
       return absl::InvalidArgumentError(absl::StrCat("--prompt-ids: '", part, "' is not an id"));
     }
     ids.push_back(id);
   }
-  if (ids.empty()) return absl::InvalidArgumentError("--prompt-ids is empty");
   return ids;
 }
 
@@ -95,8 +101,17 @@ int RunCommandMain(int argc, char** argv) {
     if (!st.ok()) return usage(st.message());
   }
   if (*max_tokens < 0) return usage("--max-tokens must be >= 0");
-  if (*threads < 1) return usage("--threads must be >= 1");
+  if (*threads < 1 || *threads > kMaxThreads) {
+    return usage(absl::StrCat("--threads must be in [1, ", kMaxThreads, "]"));
+  }
   if (*prefill_chunk < 0) return usage("--prefill-chunk must be >= 0");
+  if (*top_k < 0 || *top_k > std::numeric_limits<int32_t>::max()) {
+    return usage("--top-k must be in [0, 2147483647]");
+  }
+  const std::string cpu_isa = flags->Get("cpu-isa").value_or("");
+  if (!cpu_isa.empty()) {
+    if (auto isa = kernels::ParseCpuIsa(cpu_isa); !isa.ok()) return usage(isa.status().message());
+  }
   SamplingParams sp;
   sp.temperature = static_cast<float>(*temperature);
   sp.top_p = static_cast<float>(*top_p);
@@ -108,21 +123,23 @@ int RunCommandMain(int argc, char** argv) {
   }
   if (absl::Status st = ValidateSamplingParams(sp); !st.ok()) return usage(st.message());
 
-  if (!std::filesystem::is_directory(*model)) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(*model, ec)) {
     return fail(absl::StrCat(*model, ": model directory not found"));
   }
   // Tokenizer (optional with --prompt-ids).
   std::unique_ptr<Tokenizer> tokenizer;
-  if (std::filesystem::exists(*model + "/tokenizer.json")) {
+  if (std::filesystem::exists(*model + "/tokenizer.json", ec)) {
     auto t = Tokenizer::FromDir(*model);
     if (!t.ok()) return fail(t.status().message());
     tokenizer = *std::move(t);
   }
+  std::vector<int64_t> raw_ids;
   std::vector<int32_t> prompt_ids;
   if (prompt_ids_flag) {
     auto ids = ParseIds(*prompt_ids_flag);
     if (!ids.ok()) return usage(ids.status().message());
-    prompt_ids = *ids;
+    raw_ids = *ids;
   } else {
     if (!tokenizer) return fail(absl::StrCat(*model, ": --prompt needs a tokenizer.json"));
     if (chat) {
@@ -153,26 +170,26 @@ int RunCommandMain(int argc, char** argv) {
   auto cfg_or = LoadModelConfig(*model + "/config.json");
   if (!cfg_or.ok()) return fail(cfg_or.status().message());
   const ModelConfig& cfg = *cfg_or;
-  const int64_t total = static_cast<int64_t>(prompt_ids.size()) + *max_tokens;
-  if (total > cfg.max_position_embeddings) {
-    return fail(absl::StrCat("prompt has ", prompt_ids.size(), " tokens + max-tokens ", *max_tokens,
-                             " = ", total, "; the context is ", cfg.max_position_embeddings));
-  }
-  for (int32_t id : prompt_ids) {
+  for (int64_t id : raw_ids) {
     if (id < 0 || id >= cfg.vocab_size) {
       return fail(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", cfg.vocab_size,
                                ")"));
     }
+    prompt_ids.push_back(static_cast<int32_t>(id));
   }
+  const int64_t num_prompt = static_cast<int64_t>(prompt_ids.size());
+  if (*max_tokens > cfg.max_position_embeddings - num_prompt) {
+    return fail(absl::StrCat("prompt has ", num_prompt, " tokens + max-tokens ", *max_tokens,
+                             " exceeds the context of ", cfg.max_position_embeddings,
+                             " tokens"));
+  }
+  const int64_t total = num_prompt + *max_tokens;
   LocalEngineOptions eo;
   eo.model_dir = *model;
   eo.threads = static_cast<int>(*threads);
-  eo.cpu_isa = flags->Get("cpu-isa").value_or("");
+  eo.cpu_isa = cpu_isa;
   eo.cache_tokens = total;
   eo.verbose_load = true;
-  if (!eo.cpu_isa.empty()) {
-    if (auto isa = kernels::ParseCpuIsa(eo.cpu_isa); !isa.ok()) return usage(isa.status().message());
-  }
   auto engine = LocalEngine::Open(eo);
   if (!engine.ok()) return fail(engine.status().message());
   LayerLoop& loop = (*engine)->loop();
@@ -199,17 +216,17 @@ int RunCommandMain(int argc, char** argv) {
   std::vector<int32_t> output_ids;
   std::vector<int32_t> text_ids;
   std::string text;
+  // EOS ids: config.json's, else the tokenizer's.
+  std::vector<int64_t> eos_ids = cfg.eos_token_ids;
+  if (eos_ids.empty() && tokenizer && tokenizer->eos_id()) eos_ids.push_back(*tokenizer->eos_id());
   const auto is_eos = [&](int32_t id) {
-    for (int64_t e : cfg.eos_token_ids) {
-      if (e == id) return true;
-    }
-    return false;
+    return std::find(eos_ids.begin(), eos_ids.end(), id) != eos_ids.end();
   };
   for (int64_t i = 0; i < *max_tokens; ++i) {
     const int32_t next = SampleToken(last_logits, sp, static_cast<uint64_t>(i));
     output_ids.push_back(next);
     const bool eos = is_eos(next);
-    if (!eos || ignore_eos) {
+    if (!eos) {  // `text` never contains EOS, even with --ignore-eos
       if (decoder) {
         const std::string piece = decoder->Push(next);
         text += piece;
@@ -220,6 +237,7 @@ int RunCommandMain(int argc, char** argv) {
     if (i + 1 == *max_tokens) break;
     StepSequence s{&seq, std::span<const int32_t>(&output_ids.back(), 1), false};
     if (absl::Status st = loop.Step(std::span<StepSequence>(&s, 1), &out); !st.ok()) {
+      stream << "\n" << std::flush;  // end the streamed line first
       return fail(st.message());
     }
     last_logits = out.logits[0];
@@ -234,9 +252,11 @@ int RunCommandMain(int argc, char** argv) {
   const double prefill_s = std::chrono::duration<double>(t_prefill - t_start).count();
   const double decode_s = std::chrono::duration<double>(t_end - t_prefill).count();
   const size_t decode_steps = output_ids.empty() ? 0 : output_ids.size() - 1;
-  std::fprintf(stderr, "prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s (%.2f tokens/s)\n",
-               prompt_ids.size(), prefill_s, decode_steps, decode_s,
-               decode_s > 0 ? decode_steps / decode_s : 0.0);
+  std::fprintf(stderr,
+               "seed %llu; prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s "
+               "(%.2f tokens/s)\n",
+               static_cast<unsigned long long>(sp.seed), prompt_ids.size(), prefill_s,
+               decode_steps, decode_s, decode_s > 0 ? decode_steps / decode_s : 0.0);
   if (json_out) {
     nlohmann::json j;
     j["prompt_ids"] = prompt_ids;
