@@ -24,9 +24,10 @@ std::string Bin() {
   return std::string(d ? d : ".") + "/tools/dsv2";
 }
 
-Result RunDsv2(const std::string& args) {
+// Runs the binary with `args` (shell words) and optional VAR=value prefixes.
+Result RunDsv2(const std::string& args, const std::string& env = "") {
   const std::string err_file = ::testing::TempDir() + "/dsv2_cli_stderr.txt";
-  const std::string cmd = Bin() + " " + args + " 2>" + err_file;
+  const std::string cmd = env + " " + Bin() + " " + args + " 2>" + err_file;
   Result r;
   FILE* p = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -145,6 +146,20 @@ TEST_F(CliTest, EosEndsGenerationAndIsNotInText) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["output_ids"].size(), 4u);
+}
+
+TEST_F(CliTest, FlagsFromEnvironmentAndCommandLineWins) {
+  Result r = RunDsv2("run --model " + model_ + " --prompt-ids 5,6 --max-tokens 2 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto base = nlohmann::json::parse(r.out);
+  // DSV2_MAX_TOKENS from the environment; DSV2_PROMPT loses to --prompt-ids.
+  r = RunDsv2("run --model " + model_ + " --prompt-ids 5,6 --json", "DSV2_MAX_TOKENS=2 DSV2_PROMPT=hi");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto env = nlohmann::json::parse(r.out);
+  EXPECT_EQ(env["output_ids"], base["output_ids"]);
+  EXPECT_EQ(env["prompt_ids"], base["prompt_ids"]);
+  r = RunDsv2("run --model " + model_ + " --prompt-ids 5,6 --max-tokens 3 --json", "DSV2_MAX_TOKENS=2");
+  EXPECT_EQ(nlohmann::json::parse(r.out)["output_ids"].size(), 3u);
 }
 
 TEST_F(CliTest, UsageErrorsExitTwo) {

@@ -68,6 +68,7 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
     }
     const FlagSpec* spec = find(arg);
     if (spec == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", arg));
+    out.from_command_line.insert(arg);
     if (spec->is_bool) {
       out.values[arg] = value.value_or("true");
       continue;
@@ -81,6 +82,15 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
     out.values[arg] = *value;
   }
   return out;
+}
+
+void ParsedFlags::PreferCommandLine(const std::vector<std::string>& names) {
+  bool any = false;
+  for (const std::string& n : names) any = any || from_command_line.contains(n);
+  if (!any) return;
+  for (const std::string& n : names) {
+    if (!from_command_line.contains(n)) values.erase(n);
+  }
 }
 
 std::string FlagsHelp(const std::vector<FlagSpec>& specs) {

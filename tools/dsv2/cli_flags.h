@@ -7,6 +7,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,12 @@ class ParsedFlags {
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t dflt) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double dflt) const;
   std::map<std::string, std::string> values;
+  // Names given on the command line (the rest came from DSV2_* variables).
+  std::set<std::string> from_command_line;
+
+  // For mutually exclusive flags: when any of `names` is on the command
+  // line, drops the others that came only from the environment.
+  void PreferCommandLine(const std::vector<std::string>& names);
 };
 
 // Parses argv[first..argc). InvalidArgument (a usage error) for an unknown

@@ -75,6 +75,7 @@ int RunCommandMain(int argc, char** argv) {
   };
   auto flags = cli::ParseFlags(argc, argv, 2, RunFlags());
   if (!flags.ok()) return usage(flags.status().message());
+  flags->PreferCommandLine({"prompt", "prompt-ids"});
   if (flags->GetBool("help")) {
     std::cout << "dsv2 run flags:\n" << cli::FlagsHelp(RunFlags());
     return 0;
