@@ -76,6 +76,42 @@ INSTANTIATE_TEST_SUITE_P(Models, AbsorbedMlaTest,
                                            MlaCase{"v2-lite-tiny", DType::kF32, 1e-5},
                                            MlaCase{"v2-tiny", DType::kBF16, 3e-2}));
 
+// Logits of every position of a 150-token sequence (three 64-token key
+// blocks) are bitwise the same whether prefilled at once or in chunks that
+// straddle the block boundaries, and with 1 or 2 threads.
+TEST(LayerLoopTest, ChunkBoundariesAcrossKeyBlocksChangeNoBit) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    std::vector<std::vector<float>> results;
+    for (int threads : {1, 2}) {
+      LocalEngineOptions o;
+      o.model_dir = MakeModel("v2-tiny", dtype);
+      o.cache_tokens = 256;
+      o.threads = threads;
+      auto e = LocalEngine::Open(o);
+      ASSERT_TRUE(e.ok()) << e.status();
+      std::vector<int32_t> tokens(150);
+      for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>(7 + 13 * i);
+      for (size_t chunk : {150, 1, 37, 64, 65}) {
+        SequenceCache seq;
+        std::vector<float> all;
+        StepOutput out;
+        for (size_t b = 0; b < tokens.size(); b += chunk) {
+          StepSequence s{&seq, std::span<const int32_t>(tokens).subspan(
+                                   b, std::min(chunk, tokens.size() - b)),
+                         true};
+          ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&s, 1), &out).ok());
+          all.insert(all.end(), out.logits[0].begin(), out.logits[0].end());
+        }
+        (*e)->cache().Release(seq);
+        results.push_back(std::move(all));
+      }
+    }
+    for (size_t i = 1; i < results.size(); ++i) {
+      EXPECT_TRUE(results[i] == results[0]) << DTypeName(dtype) << " variant " << i;
+    }
+  }
+}
+
 TEST(LayerLoopTest, RejectsBadTokensAndPositionsWithoutChangingTheCache) {
   LocalEngineOptions o;
   o.model_dir = MakeModel("v2-tiny", DType::kF32);
