@@ -240,21 +240,33 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
   // Attention over the cache, one task per query row: online softmax over
   // key blocks from position 0, sums in ascending position.
   std::vector<float> u(n * H * C);
+  // A task is one row's group of `G` heads: all heads of a row when there
+  // are enough rows to feed the threads (prefill: the slab is read once for
+  // every head), fewer heads per task otherwise (decode), so every thread
+  // works. A head's scores are bitwise the same in any group (row
+  // invariance), so the split never changes a result.
+  const int64_t threads = ctx_.pool != nullptr ? ctx_.pool->num_threads() : 1;
+  const int64_t groups_per_row = std::min<int64_t>(H, (4 * threads + n - 1) / n);
+  const int64_t G = (H + groups_per_row - 1) / groups_per_row;
   auto attend = [&](size_t begin, size_t end) {
-    std::vector<float> s(H * kLatentBlockTokens), m(H), lsum(H);
-    for (size_t r = begin; r < end; ++r) {
+    std::vector<float> s(G * kLatentBlockTokens), m(G), lsum(G);
+    for (size_t task = begin; task < end; ++task) {
+      const int64_t r = static_cast<int64_t>(task) / groups_per_row;
+      const int64_t h0 = (static_cast<int64_t>(task) % groups_per_row) * G;
+      const int64_t nh = std::min(G, H - h0);
+      if (nh <= 0) continue;
       const SequenceCache& sc = *batch[rows.seq[r]].cache;
       const int64_t p = rows.pos[r];
-      float* acc = &u[r * H * C];
-      std::fill(acc, acc + H * C, 0.0f);
+      float* acc = &u[(r * H + h0) * C];
+      std::fill(acc, acc + nh * C, 0.0f);
       std::fill(m.begin(), m.end(), -std::numeric_limits<float>::infinity());
       std::fill(lsum.begin(), lsum.end(), 0.0f);
       for (int64_t b = 0; b * kLatentBlockTokens <= p; ++b) {
         const int64_t valid = std::min<int64_t>(kLatentBlockTokens, p + 1 - b * kLatentBlockTokens);
         const std::byte* slab = cache_.Slab(sc.blocks[b], l);
-        kernels::Gemm(serial, &qcat[r * H * L], L, slab, act_, L, s.data(), kLatentBlockTokens, H,
-                      valid, L);
-        for (int64_t h = 0; h < H; ++h) {
+        kernels::Gemm(serial, &qcat[(r * H + h0) * L], L, slab, act_, L, s.data(),
+                      kLatentBlockTokens, nh, valid, L);
+        for (int64_t h = 0; h < nh; ++h) {
           float* sh = &s[h * kLatentBlockTokens];
           float mb = -std::numeric_limits<float>::infinity();
           for (int64_t t = 0; t < valid; ++t) {
@@ -273,18 +285,19 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
             lsum[h] += sh[t];
           }
         }
-        kernels::WeightedRowSum(s.data(), kLatentBlockTokens, slab, act_, L, acc, C, H, valid, C);
+        kernels::WeightedRowSum(s.data(), kLatentBlockTokens, slab, act_, L, acc, C, nh, valid, C);
       }
-      for (int64_t h = 0; h < H; ++h) {
+      for (int64_t h = 0; h < nh; ++h) {
         const float inv = 1.0f / lsum[h];
         for (int64_t j = 0; j < C; ++j) acc[h * C + j] *= inv;
       }
     }
   };
+  const size_t tasks = static_cast<size_t>(n * groups_per_row);
   if (ctx_.pool != nullptr) {
-    ctx_.pool->ParallelFor(static_cast<size_t>(n), 1, attend);
+    ctx_.pool->ParallelFor(tasks, 1, attend);
   } else {
-    attend(0, static_cast<size_t>(n));
+    attend(0, tasks);
   }
   // o_h = W_UV_h u_h -> [n, H*v] (rounded: the o_proj input), then o_proj.
   std::vector<float> o(n * H * vd);
