@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/ffn.h"
 #include "router/gate.h"
 
 namespace dsv2 {
@@ -64,14 +65,8 @@ void LayerLoop::Linear(const float* x, int64_t n, const WeightMatrix& w, float* 
   if (round) RoundInPlace(y, static_cast<size_t>(n * w.rows), act_);
 }
 
-void LayerLoop::Mlp(const MlpWeights& w, int64_t inter, const float* h, int64_t n, float* out) {
-  std::vector<float> g(n * inter), u(n * inter);
-  Linear(h, n, w.gate, g.data(), true);
-  Linear(h, n, w.up, u.data(), true);
-  for (int64_t i = 0; i < n; ++i) {
-    kernels::SwiGlu(&g[i * inter], &u[i * inter], inter, act_, &g[i * inter]);
-  }
-  Linear(g.data(), n, w.down, out, true);
+void LayerLoop::Mlp(const MlpWeights& w, const float* h, int64_t n, float* out) {
+  SwiGluFfn(ctx_, w.gate, w.up, w.down, /*gate_up=*/nullptr, h, n, act_, out);
 }
 
 absl::Status LayerLoop::Step(std::span<StepSequence> batch, StepOutput* out) {
@@ -315,7 +310,7 @@ absl::Status LayerLoop::Ffn(int64_t l, Rows& rows) {
   const LayerWeights& lw = weights_.layer(l);
   const int64_t n = rows.n, D = c.hidden_size, E = c.n_routed_experts;
   if (!lw.is_moe) {
-    Mlp(lw.dense, c.intermediate_size, rows.h.data(), n, rows.tmp.data());
+    Mlp(lw.dense, rows.h.data(), n, rows.tmp.data());
     return absl::OkStatus();
   }
   // Gate in fp32 (input and weight cast to fp32, MODEL_SPEC section 7).
@@ -339,7 +334,7 @@ absl::Status LayerLoop::Ffn(int64_t l, Rows& rows) {
   std::vector<float> shared;
   if (c.n_shared_experts > 0) {
     shared.resize(n * D);
-    Mlp(lw.shared, c.moe_intermediate_size * c.n_shared_experts, rows.h.data(), n, shared.data());
+    Mlp(lw.shared, rows.h.data(), n, shared.data());
   }
   DSV2_ASSIGN_OR_RETURN(const router::ExpertReply reply, experts_.Wait(ticket));
   const size_t K = static_cast<size_t>(c.num_experts_per_tok);

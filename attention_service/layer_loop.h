@@ -72,7 +72,7 @@ class LayerLoop {
 
   void Attention(int64_t layer, std::span<StepSequence> batch, Rows& rows);
   absl::Status Ffn(int64_t layer, Rows& rows);
-  void Mlp(const MlpWeights& w, int64_t inter, const float* h, int64_t n, float* out);
+  void Mlp(const MlpWeights& w, const float* h, int64_t n, float* out);
   void Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, bool round);
   // Activations (rounded to act_) as a GEMM X operand; the q_lat and
   // attention-sum operands are full f32 and use the default kF32.

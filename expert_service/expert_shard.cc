@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/ops.h"
+#include "model/ffn.h"
 
 namespace dsv2 {
 
@@ -13,7 +13,7 @@ ExpertShard::ExpertShard(const ModelConfig& config, std::unique_ptr<ExpertWeight
 
 absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
     const router::ExpertDispatch& d) const {
-  const int64_t D = config_.hidden_size, I = config_.moe_intermediate_size;
+  const int64_t D = config_.hidden_size;
   if (d.hidden != D) {
     return absl::InvalidArgumentError(
         absl::StrCat("dispatch hidden size ", d.hidden, " != model hidden size ", D));
@@ -54,10 +54,7 @@ absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
   reply.dtype = d.dtype;
   reply.hidden = d.hidden;
   reply.outputs.resize(d.assignments.size() * D * DTypeSize(d.dtype));
-  // Dispatched rows and SwiGLU outputs hold activation-dtype values.
-  const kernels::XValues xv =
-      d.dtype == DType::kBF16 ? kernels::XValues::kBf16Exact : kernels::XValues::kF32;
-  std::vector<float> x, gate_up, act, out;
+  std::vector<float> x, out;
   size_t begin = 0;
   while (begin < order.size()) {
     const int32_t expert = d.assignments[order[begin]].expert;
@@ -70,24 +67,9 @@ absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
       const size_t row = d.assignments[order[begin + i]].row;
       ToF32(d.activations.data() + row * D * DTypeSize(d.dtype), d.dtype, D, &x[i * D]);
     }
-    gate_up.resize(n * 2 * I);
-    if (w.gate_up) {
-      kernels::Gemm(ctx_, x.data(), D, w.gate_up->data, w.gate_up->dtype, w.gate_up->row_stride,
-                    gate_up.data(), 2 * I, n, 2 * I, D, xv);
-    } else {
-      kernels::Gemm(ctx_, x.data(), D, w.gate.data, w.gate.dtype, w.gate.row_stride,
-                    gate_up.data(), 2 * I, n, I, D, xv);
-      kernels::Gemm(ctx_, x.data(), D, w.up.data, w.up.dtype, w.up.row_stride,
-                    gate_up.data() + I, 2 * I, n, I, D, xv);
-    }
-    RoundInPlace(gate_up.data(), gate_up.size(), d.dtype);
-    act.resize(n * I);
-    for (size_t i = 0; i < n; ++i) {
-      kernels::SwiGlu(&gate_up[i * 2 * I], &gate_up[i * 2 * I + I], I, d.dtype, &act[i * I]);
-    }
     out.resize(n * D);
-    kernels::Gemm(ctx_, act.data(), I, w.down.data, w.down.dtype, w.down.row_stride, out.data(), D,
-                  n, D, I, xv);
+    SwiGluFfn(ctx_, w.gate, w.up, w.down, w.gate_up ? &*w.gate_up : nullptr, x.data(),
+              static_cast<int64_t>(n), d.dtype, out.data());
     for (size_t i = 0; i < n; ++i) {
       FromF32(&out[i * D], D, d.dtype,
               reply.outputs.data() + static_cast<size_t>(order[begin + i]) * D * DTypeSize(d.dtype));

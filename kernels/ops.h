@@ -9,6 +9,8 @@
 #define DSV2_KERNELS_OPS_H_
 
 #include <cstddef>
+#include <cstdint>
+#include <span>
 #include <vector>
 
 #include "kernels/dtype.h"
@@ -26,6 +28,13 @@ void Softmax(float* x, size_t n);
 // MODEL_SPEC section 3 with PyTorch's rounding points (gate/up already in
 // `act`). out may alias gate or up.
 void SwiGlu(const float* gate, const float* up, size_t n, DType act, float* out);
+
+// yarn_mscale(s, a) = 1 if s <= 1 else 0.1 a ln(s) + 1 (MODEL_SPEC section 4).
+double YarnMscale(double scale, double mscale);
+
+// Indices of the k largest of v, ordered by value descending then index
+// ascending (ties go to the lower index). REQUIRES: k <= v.size().
+std::vector<int32_t> TopKIndices(std::span<const float> v, size_t k);
 
 // Rotary embedding tables: inv_freq[i] for i < rope_dim / 2 and the
 // amplitude `attention_scaling` (MODEL_SPEC section 6). Computed in fp32

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
 #include "kernels/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -12,10 +13,6 @@ namespace dsv2 {
 namespace {
 
 using nlohmann::json;
-
-double YarnMscale(double scale, double mscale) {
-  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
-}
 
 // Field access with errors naming the field. A JSON null counts as absent.
 class ConfigReader {
@@ -142,7 +139,7 @@ absl::StatusOr<RopeConfig> ParseRope(const ConfigReader& r) {
 double ModelConfig::softmax_scale() const {
   double s = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
   if (rope.type == RopeConfig::Type::kYarn && rope.mscale_all_dim != 0.0) {
-    const double m = YarnMscale(rope.factor, rope.mscale_all_dim);
+    const double m = kernels::YarnMscale(rope.factor, rope.mscale_all_dim);
     s *= m * m;
   }
   return s;

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
 
 namespace dsv2 {
 namespace {
@@ -15,10 +16,6 @@ uint64_t SplitMix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
-}
-
-bool Before(std::span<const float> l, int32_t a, int32_t b) {
-  return l[a] > l[b] || (l[a] == l[b] && a < b);
 }
 
 }  // namespace
@@ -44,13 +41,10 @@ double CounterUniform(uint64_t seed, uint64_t position) {
 }
 
 std::vector<std::pair<int32_t, float>> TopLogits(std::span<const float> logits, size_t n) {
-  n = std::min(n, logits.size());
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  std::partial_sort(idx.begin(), idx.begin() + n, idx.end(),
-                    [&](int32_t a, int32_t b) { return Before(logits, a, b); });
   std::vector<std::pair<int32_t, float>> out;
-  for (size_t i = 0; i < n; ++i) out.emplace_back(idx[i], logits[idx[i]]);
+  for (int32_t id : kernels::TopKIndices(logits, std::min(n, logits.size()))) {
+    out.emplace_back(id, logits[id]);
+  }
   return out;
 }
 
@@ -64,11 +58,7 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
     return best;
   }
   const size_t k = p.top_k > 0 ? std::min<size_t>(p.top_k, V) : V;
-  std::vector<int32_t> idx(V);
-  std::iota(idx.begin(), idx.end(), 0);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int32_t a, int32_t b) { return Before(logits, a, b); });
-  idx.resize(k);
+  const std::vector<int32_t> idx = kernels::TopKIndices(logits, k);
   // (logit - max) / T in double: never NaN, even when 1/T overflows f32
   // (a tiny temperature then degenerates to greedy, as it should).
   std::vector<double> prob(k);

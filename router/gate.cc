@@ -6,20 +6,6 @@
 #include "kernels/ops.h"
 
 namespace dsv2::router {
-namespace {
-
-// Indices of the k largest values, ties to the lower index.
-std::vector<int32_t> TopK(std::span<const float> v, int32_t k) {
-  std::vector<int32_t> idx(v.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-    return v[a] > v[b] || (v[a] == v[b] && a < b);
-  });
-  idx.resize(k);
-  return idx;
-}
-
-}  // namespace
 
 GateParams GateParams::FromConfig(const ModelConfig& c) {
   GateParams p;
@@ -44,13 +30,13 @@ RowRoute Gate(const GateParams& p, std::span<const float> logits) {
                                           scores.begin() + (g + 1) * per_group);
     }
     std::vector<bool> keep(p.n_group, false);
-    for (int32_t g : TopK(group_scores, p.topk_group)) keep[g] = true;
+    for (int32_t g : kernels::TopKIndices(group_scores, p.topk_group)) keep[g] = true;
     // Masked experts score 0, not -inf (MODEL_SPEC section 7).
     for (int32_t e = 0; e < p.num_experts; ++e) {
       if (!keep[e / per_group]) scores[e] = 0.0f;
     }
   }
-  std::vector<int32_t> picked = TopK(scores, p.top_k);
+  std::vector<int32_t> picked = kernels::TopKIndices(scores, p.top_k);
   std::sort(picked.begin(), picked.end());
   RowRoute r;
   r.experts = picked;

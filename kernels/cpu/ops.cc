@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <numeric>
 
 namespace dsv2::kernels {
 
@@ -51,10 +52,21 @@ RopeTable DefaultRopeTable(size_t rope_dim, float theta) {
   return t;
 }
 
-namespace {
 double YarnMscale(double scale, double mscale) {
   return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
 }
+
+std::vector<int32_t> TopKIndices(std::span<const float> v, size_t k) {
+  std::vector<int32_t> idx(v.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return v[a] > v[b] || (v[a] == v[b] && a < b);
+  });
+  idx.resize(k);
+  return idx;
+}
+
+namespace {
 double CorrectionDim(double rotations, double dim, double base, double orig_max) {
   return dim * std::log(orig_max / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
 }
