@@ -1,5 +1,7 @@
 #include "kernels/dtype.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace dsv2 {
@@ -56,6 +58,10 @@ void ToF32(const void* src, DType dtype, size_t n, float* dst) {
 }
 
 void FromF32(const float* src, size_t n, DType dtype, void* dst) {
+  if (dtype == DType::kF16) {
+    std::fprintf(stderr, "FromF32: f16 is not a target dtype (checkpoints only)\n");
+    std::abort();
+  }
   if (dtype == DType::kF32) {
     std::memcpy(dst, src, n * 4);
     return;

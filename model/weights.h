@@ -5,7 +5,7 @@
 // bf16, zero-copy); f16 tensors are converted to f32 at load, and small
 // vectors (norm weights) and the router weight are copied to f32. Selective
 // loading: NonExpertWeights never touches routed-expert tensors, and
-// LoadExperts touches only the (layer, expert) pairs asked for, so an expert
+// ExpertWeightSet::Load touches only the (layer, expert) pairs asked for, so an expert
 // shard keeps only its experts resident.
 //
 // Every tensor is checked against the shape the config implies; errors name
@@ -137,8 +137,9 @@ class ExpertWeightSet {
       return H::combine(std::move(h), k.layer, k.expert);
     }
   };
-  // Loads the given experts (every MoE layer x `experts` when `layers` is
-  // empty). InvalidArgument for an expert id out of range or a dense layer.
+  // Loads the given (layer, expert) pairs (AllLayers builds every MoE layer
+  // x some experts). InvalidArgument for an expert id out of range or a dense
+  // layer.
   static absl::StatusOr<std::unique_ptr<ExpertWeightSet>> Load(const ModelConfig& config,
                                                                const Checkpoint& checkpoint,
                                                                const std::vector<Key>& keys);

@@ -110,6 +110,9 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat(
         "unknown preset '", o.preset, "' (expected v2-tiny, v2-lite-tiny or v2-lite)"));
   }
+  if (o.num_layers < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--num-layers ", o.num_layers, " must be >= 0"));
+  }
   if (o.num_layers > 0) cj["num_hidden_layers"] = o.num_layers;
   cj["torch_dtype"] = o.dtype == DType::kBF16 ? "bfloat16" : "float32";
   DSV2_ASSIGN_OR_RETURN(const ModelConfig c, ParseModelConfig(cj.dump(), "preset"));
@@ -117,6 +120,17 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, vd = c.v_head_dim;
   const int64_t I = c.moe_intermediate_size, E = c.n_routed_experts, V = c.vocab_size;
+  // The tensors are built in memory before writing: refuse what cannot fit.
+  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+  const double approx_bytes =
+      static_cast<double>(DTypeSize(o.dtype)) *
+      (2.0 * V * D + moe_layers * 3.0 * E * I * D + c.first_k_dense_replace * 3.0 * c.intermediate_size * D);
+  constexpr double kMaxBytes = 8.0 * (1ull << 30);
+  if (approx_bytes > kMaxBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "preset ", o.preset, " with ", c.num_hidden_layers, " layers is about ",
+        static_cast<int64_t>(approx_bytes / (1 << 30)), " GiB; use --num-layers to stay under 8 GiB"));
+  }
   // Scaled so activations keep unit-ish variance through the layers.
   auto sd = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
   RandomTensors t(o.seed, o.dtype);
