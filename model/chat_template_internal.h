@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "model/unicode_internal.h"
 
 namespace dsv2 {
 namespace chat_template_internal {
@@ -53,7 +54,8 @@ enum class StripSide { kLeft, kRight, kBoth };
 // Python's str.strip / lstrip / rstrip: `chars` null means whitespace.
 std::string PyStrip(std::string_view s, StripSide side, const std::string* chars);
 
-void AppendUtf8(char32_t cp, std::string* out);
+// UTF-8 encoding of one code point: the tokenizer's helper.
+using unicode_internal::AppendUtf8;
 
 // ---------------------------------------------------------------------------
 // Values: Python's None, bool, int, str, list, dict (string keys, insertion
