@@ -25,6 +25,7 @@
 #include "gtest/gtest.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/checkpoint_rewrite.h"
 #include "tools/dsv2/local_engine.h"
 
 namespace dsv2 {
@@ -36,6 +37,8 @@ constexpr double kBf16Tolerance = 3e-2;
 // this share of a variant's positions, each still within kBf16HardLimit.
 constexpr double kBf16OutlierShare = 0.05;
 constexpr double kBf16HardLimit = 0.25;
+// f16 weights (11-bit significand) against the f32 reference.
+constexpr double kF16Tolerance = 1e-2;
 
 std::string DataDir() { return std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance"; }
 
@@ -285,6 +288,26 @@ TEST_P(ConformanceTest, BatchCompanionsDoNotChangeResults) {
   const int64_t V = e->config().vocab_size;
   ASSERT_EQ(out.logits[0].size(), static_cast<size_t>(a.num_prompt * V));
   EXPECT_TRUE(std::equal(out.logits[0].begin(), out.logits[0].end(), alone.begin()));
+}
+
+// An f16 checkpoint (the v2 f32 fixture rounded to f16; loaded as f32
+// weights with f32 activations) stays within f16 weight-rounding noise of
+// the f32 reference, with the same greedy tokens where decisive.
+TEST(ConformanceF16, F16CheckpointMatchesF32ReferenceWithinF16Noise) {
+  const std::string dir =
+      testing_util::RewriteCheckpoint("v2_f32", "v2_f16", testing_util::ConvertF32ToF16);
+  const Reference ref = LoadReference(testing_util::FixtureDir("v2_f32"));
+  ASSERT_FALSE(ref.cases.empty());
+  auto engine = Open(dir, 1);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->weights().activation_dtype(), DType::kF32);
+  const int64_t V = engine->config().vocab_size;
+  for (const RefCase& rc : ref.cases) {
+    const Comparison c =
+        Compare(dir, rc, TeacherForced(*engine, rc, 0), rc.logits, V, kF16Tolerance, kF16Tolerance);
+    EXPECT_EQ(c.over_tolerance, 0);
+    EXPECT_GT(c.greedy_checked, c.positions / 2);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, ConformanceTest, ::testing::ValuesIn(VariantDirs()),

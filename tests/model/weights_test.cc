@@ -6,35 +6,13 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/common/checkpoint_rewrite.h"
 
 namespace dsv2 {
 namespace {
 
-// A fixture checkpoint written by transformers (tests/data/conformance).
-std::string FixtureDir(const std::string& variant) {
-  return std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/" + variant;
-}
-
-// Copies `variant` into a temp dir as one model.safetensors, letting `edit`
-// change the tensor list (drop, reshape, retype).
-std::string RewriteCheckpoint(const std::string& variant, const std::string& name,
-                              const std::function<void(std::vector<TensorToWrite>&)>& edit) {
-  auto src = Checkpoint::OpenDir(FixtureDir(variant));
-  EXPECT_TRUE(src.ok()) << src.status();
-  std::vector<TensorToWrite> tensors;
-  for (const std::string& n : (*src)->Names()) {
-    const TensorView* t = (*src)->Find(n);
-    tensors.push_back({n, t->dtype, t->shape,
-                       std::string(reinterpret_cast<const char*>(t->data), t->num_bytes)});
-  }
-  edit(tensors);
-  const std::string dir = ::testing::TempDir() + "/dsv2_weights_" + name;
-  std::filesystem::create_directories(dir);
-  std::filesystem::copy_file(FixtureDir(variant) + "/config.json", dir + "/config.json",
-                             std::filesystem::copy_options::overwrite_existing);
-  EXPECT_TRUE(WriteSafetensors(dir + "/model.safetensors", tensors).ok());
-  return dir;
-}
+using testing_util::FixtureDir;
+using testing_util::RewriteCheckpoint;
 
 absl::Status LoadAll(const std::string& dir) {
   auto config = LoadModelConfig(dir + "/config.json");
@@ -138,21 +116,7 @@ TEST(WeightsTest, WrongShapeNamesFileTensorAndShapes) {
 }
 
 TEST(WeightsTest, F16IsConvertedToF32AtLoad) {
-  const std::string dir = RewriteCheckpoint("v2_f32", "f16", [](auto& t) {
-    for (TensorToWrite& x : t) {
-      const size_t n = x.bytes.size() / 4;
-      std::string out(n * 2, '\0');
-      for (size_t i = 0; i < n; ++i) {
-        float f;
-        std::memcpy(&f, x.bytes.data() + 4 * i, 4);
-        // Round-to-nearest f32 -> f16 via the compiler's _Float16.
-        const _Float16 h = static_cast<_Float16>(f);
-        std::memcpy(out.data() + 2 * i, &h, 2);
-      }
-      x.bytes = out;
-      x.dtype = DType::kF16;
-    }
-  });
+  const std::string dir = RewriteCheckpoint("v2_f32", "f16", testing_util::ConvertF32ToF16);
   auto cfg = LoadModelConfig(dir + "/config.json");
   auto ckpt = Checkpoint::OpenDir(dir);
   ASSERT_TRUE(cfg.ok() && ckpt.ok());
