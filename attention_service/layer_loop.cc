@@ -73,6 +73,7 @@ absl::Status LayerLoop::Step(std::span<StepSequence> batch, StepOutput* out) {
   const ModelConfig& c = config_;
   const int64_t D = c.hidden_size, V = c.vocab_size;
   Rows rows;
+  if (batch.empty()) return absl::InvalidArgumentError("step has no sequences");
   // Validate everything before touching the cache.
   for (size_t s = 0; s < batch.size(); ++s) {
     const StepSequence& sq = batch[s];
@@ -168,6 +169,7 @@ absl::Status LayerLoop::Step(std::span<StepSequence> batch, StepOutput* out) {
 absl::Status LayerLoop::MlaForTest(int64_t layer, SequenceCache& seq, const float* h, int64_t n,
                                    float* out) {
   const int64_t D = config_.hidden_size;
+  if (n <= 0) return absl::InvalidArgumentError("MlaForTest needs at least one row");
   DSV2_RETURN_IF_ERROR(cache_.Reserve(seq, seq.num_tokens + n));
   std::vector<int32_t> dummy_tokens(n, 0);
   StepSequence s{&seq, dummy_tokens, false};

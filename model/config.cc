@@ -227,6 +227,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (!(c.rms_norm_eps > 0)) return r.Error("rms_norm_eps", c.rms_norm_eps, "must be positive");
   DSV2_ASSIGN_OR_RETURN(c.max_position_embeddings,
               r.Int(j, "max_position_embeddings", "max_position_embeddings", std::nullopt, 1));
+  // Positions index int32 arrays and size caches: 2^31 bounds every product.
+  if (c.max_position_embeddings > (int64_t{1} << 31)) {
+    return r.Error("max_position_embeddings", c.max_position_embeddings, "exceeds 2^31");
+  }
   DSV2_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool(j, "tie_word_embeddings", false));
 
   std::string scoring_func;

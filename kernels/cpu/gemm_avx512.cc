@@ -1,13 +1,15 @@
-// AVX-512 kernels (CpuIsa::kAvx512Bf16): AVX-512F FMA for f32 weights,
-// AVX-512 BF16 VDPBF16PS for bf16 weights.
+// AVX-512 kernels (CpuIsa::kAvx512Bf16): AVX-512F FMA for f32 weights and
+// for bf16 weights with f32 x (XValues::kF32: weights widened to f32), and
+// AVX-512 BF16 VDPBF16PS for bf16 weights with bf16-exact x
+// (XValues::kBf16Exact, the activations of bf16 models).
 //
 // Reduction pattern, per Y element (the same in every tile shape below):
 // one 16-lane f32 accumulator, then the fixed tree of HorizontalSum.
 //   f32 weights: lane j takes k = j, j + 16, ... in ascending k, one FMA per
 //     16-wide step; a K % 16 tail is one more FMA on zero-padded x and w.
-//   bf16 weights: x is first rounded to bf16 (round to nearest even, exact
-//     for the bf16-representable activations that bf16 models feed, see
-//     cpu.h; any other x is rounded). Lane j takes the k pairs
+//   bf16 weights, kF32 x: as f32 weights (16-wide FMA steps, zero-padded
+//     tail), each weight widened exactly to f32.
+//   bf16 weights, kBf16Exact x: x is converted to bf16 (exact for such x). Lane j takes the k pairs
 //     (32 s + 2 j, 32 s + 2 j + 1) for s ascending, one VDPBF16PS per
 //     32-wide step; a K % 32 tail is one more VDPBF16PS on zero-padded x and
 //     w. VDPBF16PS treats bf16 denormal inputs as zero and flushes denormal

@@ -120,6 +120,8 @@ TEST(LayerLoopTest, RejectsBadTokensAndPositionsWithoutChangingTheCache) {
   ASSERT_TRUE(e.ok()) << e.status();
   SequenceCache seq;
   StepOutput out;
+  EXPECT_EQ((*e)->loop().Step(std::span<StepSequence>(), &out).code(),
+            absl::StatusCode::kInvalidArgument);  // empty batch
   const std::vector<int32_t> bad = {1, 102400};
   StepSequence s{&seq, bad, false};
   const absl::Status st = (*e)->loop().Step(std::span<StepSequence>(&s, 1), &out);

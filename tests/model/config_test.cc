@@ -110,6 +110,7 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"moe_layer_freq", 2, "moe_layer_freq = 2 must be 1"},
         BadCase{"hidden_size", -5, "hidden_size = -5 is below the minimum 1"},
         BadCase{"hidden_size", "big", "hidden_size = \"big\" is not an integer"},
+        BadCase{"max_position_embeddings", int64_t{1} << 40, "exceeds 2^31"},
         BadCase{"num_experts_per_tok", 200, "num_experts_per_tok = 200 exceeds n_routed_experts"},
         BadCase{"vocab_size", json(json::value_t::discarded), "missing required field vocab_size"},
         BadCase{"rope_scaling",

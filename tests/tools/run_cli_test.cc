@@ -174,6 +174,7 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --threads 200000").exit_code, 2);
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --top-k 4294967297").exit_code, 2);
   EXPECT_EQ(RunDsv2("run --model /missing --prompt-ids 1 --cpu-isa bogus").exit_code, 2);
+  EXPECT_EQ(RunDsv2("run --model /missing --prompt-ids 1,,2").exit_code, 2);
 }
 
 TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {

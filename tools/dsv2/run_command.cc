@@ -123,6 +123,12 @@ int RunCommandMain(int argc, char** argv) {
     sp.seed = RandomSeed();
   }
   if (absl::Status st = ValidateSamplingParams(sp); !st.ok()) return usage(st.message());
+  std::vector<int64_t> raw_ids;
+  if (prompt_ids_flag) {
+    auto ids = ParseIds(*prompt_ids_flag);
+    if (!ids.ok()) return usage(ids.status().message());
+    raw_ids = *ids;
+  }
 
   std::error_code ec;
   if (!std::filesystem::is_directory(*model, ec)) {
@@ -135,13 +141,8 @@ int RunCommandMain(int argc, char** argv) {
     if (!t.ok()) return fail(t.status().message());
     tokenizer = *std::move(t);
   }
-  std::vector<int64_t> raw_ids;
   std::vector<int32_t> prompt_ids;
-  if (prompt_ids_flag) {
-    auto ids = ParseIds(*prompt_ids_flag);
-    if (!ids.ok()) return usage(ids.status().message());
-    raw_ids = *ids;
-  } else {
+  if (!prompt_ids_flag) {
     if (!tokenizer) return fail(absl::StrCat(*model, ": --prompt needs a tokenizer.json"));
     if (chat) {
       ChatTemplateInputs in;
