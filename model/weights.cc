@@ -13,15 +13,20 @@ std::string LayerPrefix(int64_t l) { return absl::StrCat("model.layers.", l, "."
 
 // A zero-copy view when the checkpoint's dtype is usable as is and aligned;
 // otherwise an owned f32 copy (f16, or a misaligned range).
-WeightMatrix AsMatrix(const TensorView& t, int64_t rows, int64_t cols, OwnedBuffers& owned) {
+// Rows [row_begin, row_begin + rows) of `t` seen as a [*, cols] matrix.
+// Only those rows are touched or converted (selective loading of one
+// expert out of a fused [E, ...] tensor).
+WeightMatrix AsMatrix(const TensorView& t, int64_t row_begin, int64_t rows, int64_t cols,
+                      OwnedBuffers& owned) {
   WeightMatrix m;
   m.rows = rows;
   m.cols = cols;
   m.row_stride = cols;
-  const size_t align = DTypeSize(t.dtype);
-  const bool aligned = reinterpret_cast<uintptr_t>(t.data) % align == 0;
+  const size_t esize = DTypeSize(t.dtype);
+  const std::byte* src = t.data + static_cast<size_t>(row_begin * cols) * esize;
+  const bool aligned = reinterpret_cast<uintptr_t>(src) % esize == 0;
   if (t.dtype != DType::kF16 && aligned) {
-    m.data = t.data;
+    m.data = src;
     m.dtype = t.dtype;
     return m;
   }
@@ -29,17 +34,17 @@ WeightMatrix AsMatrix(const TensorView& t, int64_t rows, int64_t cols, OwnedBuff
   if (t.dtype == DType::kF16 || t.dtype == DType::kF32) {
     auto* dst = static_cast<float*>(owned.Allocate(n * sizeof(float)));
     if (t.dtype == DType::kF32) {
-      std::memcpy(dst, t.data, n * sizeof(float));
+      std::memcpy(dst, src, n * sizeof(float));
     } else {
       std::vector<uint16_t> tmp(n);
-      std::memcpy(tmp.data(), t.data, n * 2);
+      std::memcpy(tmp.data(), src, n * 2);
       ToF32(tmp.data(), DType::kF16, n, dst);
     }
     m.data = dst;
     m.dtype = DType::kF32;
   } else {  // misaligned bf16
     void* dst = owned.Allocate(n * 2);
-    std::memcpy(dst, t.data, n * 2);
+    std::memcpy(dst, src, n * 2);
     m.data = dst;
     m.dtype = DType::kBF16;
   }
@@ -61,7 +66,7 @@ class Loader {
 
   absl::StatusOr<WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
-    return AsMatrix(*t, rows, cols, owned_);
+    return AsMatrix(*t, 0, rows, cols, owned_);
   }
   absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {n}));
@@ -166,7 +171,7 @@ absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
     }
     w->activation_dtype_ = *activation_dtype;
   }
-  w->embed_ = AsMatrix(*embed, V, D, w->owned_);
+  w->embed_ = AsMatrix(*embed, 0, V, D, w->owned_);
   DSV2_ASSIGN_OR_RETURN(w->final_norm_, ld.Vector("model.norm.weight", D));
   if (c.tie_word_embeddings && ckpt.Find("lm_head.weight") == nullptr) {
     w->lm_head_ = w->embed_;
@@ -210,8 +215,6 @@ absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
   auto set = std::unique_ptr<ExpertWeightSet>(new ExpertWeightSet());
   Loader ld(ckpt, set->owned_);
   const int64_t D = c.hidden_size, I = c.moe_intermediate_size, E = c.n_routed_experts;
-  // Fused tensors of a layer, viewed (or converted) once per layer.
-  absl::flat_hash_map<int32_t, std::pair<WeightMatrix, WeightMatrix>> fused_by_layer;
   for (const Key& k : keys) {
     if (k.layer < 0 || k.layer >= c.num_hidden_layers || !c.is_moe_layer(k.layer)) {
       return absl::InvalidArgumentError(absl::StrCat("layer ", k.layer, " is not a MoE layer"));
@@ -226,22 +229,13 @@ absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
     const TensorView* fused_gate_up = ckpt.Find(p + "gate_up_proj");
     if (fused_gate_up != nullptr) {
       // Fused layout: [E, 2I, D] and [E, D, I]; rows 0..I-1 gate, I..2I-1 up.
-      auto it = fused_by_layer.find(k.layer);
-      if (it == fused_by_layer.end()) {
-        DSV2_ASSIGN_OR_RETURN(const TensorView* gu,
-                              ckpt.Get(p + "gate_up_proj", {E, 2 * I, D}));
-        DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ckpt.Get(p + "down_proj", {E, D, I}));
-        it = fused_by_layer
-                 .emplace(k.layer, std::make_pair(AsMatrix(*gu, E * 2 * I, D, set->owned_),
-                                                  AsMatrix(*dn, E * D, I, set->owned_)))
-                 .first;
-      }
-      const WeightMatrix& all_gu = it->second.first;
-      const WeightMatrix& all_dn = it->second.second;
-      ew.gate_up = all_gu.RowSlice(k.expert * 2 * I, 2 * I);
-      ew.gate = all_gu.RowSlice(k.expert * 2 * I, I);
-      ew.up = all_gu.RowSlice(k.expert * 2 * I + I, I);
-      ew.down = all_dn.RowSlice(static_cast<int64_t>(k.expert) * D, D);
+      DSV2_ASSIGN_OR_RETURN(const TensorView* gu, ckpt.Get(p + "gate_up_proj", {E, 2 * I, D}));
+      DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ckpt.Get(p + "down_proj", {E, D, I}));
+      const int64_t e = k.expert;
+      ew.gate_up = AsMatrix(*gu, e * 2 * I, 2 * I, D, set->owned_);
+      ew.gate = ew.gate_up->RowSlice(0, I);
+      ew.up = ew.gate_up->RowSlice(I, I);
+      ew.down = AsMatrix(*dn, e * D, D, I, set->owned_);
     } else {
       DSV2_ASSIGN_OR_RETURN(MlpWeights m, ld.Mlp(absl::StrCat(p, k.expert, "."), D, I));
       ew.gate = m.gate;

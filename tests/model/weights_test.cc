@@ -61,6 +61,33 @@ TEST(WeightsTest, FusedAndPerExpertLayoutsGiveTheSameExpertRows) {
   }
 }
 
+// A fused f16 checkpoint converts only the requested expert's rows to f32.
+TEST(WeightsTest, FusedF16ExpertsConvertOnlyTheirRows) {
+  const std::string dir =
+      RewriteCheckpoint("fused_f32", "fused_f16", testing_util::ConvertF32ToF16);
+  auto cfg = LoadModelConfig(dir + "/config.json");
+  auto f16 = Checkpoint::OpenDir(dir);
+  auto f32 = Checkpoint::OpenDir(FixtureDir("fused_f32"));
+  ASSERT_TRUE(cfg.ok() && f16.ok() && f32.ok());
+  auto a = ExpertWeightSet::Load(*cfg, **f16, {{2, 101}});
+  auto b = ExpertWeightSet::Load(*cfg, **f32, {{2, 101}});
+  ASSERT_TRUE(a.ok() && b.ok()) << a.status() << b.status();
+  const ExpertWeights& x = *(*a)->Find(2, 101);
+  const ExpertWeights& y = *(*b)->Find(2, 101);
+  EXPECT_EQ(x.down.dtype, DType::kF32);
+  for (const auto& [mx, my] : {std::pair{x.gate, y.gate}, std::pair{x.up, y.up},
+                               std::pair{x.down, y.down}}) {
+    std::vector<float> rx(mx.cols), ry(my.cols);
+    for (int64_t r = 0; r < mx.rows; ++r) {
+      mx.RowToF32(r, rx.data());
+      my.RowToF32(r, ry.data());
+      for (int64_t c = 0; c < mx.cols; ++c) {
+        EXPECT_EQ(rx[c], static_cast<float>(static_cast<_Float16>(ry[c])));
+      }
+    }
+  }
+}
+
 TEST(WeightsTest, ExpertSetHoldsOnlyWhatWasAsked) {
   auto cfg = LoadModelConfig(FixtureDir("v2_f32") + "/config.json");
   auto ckpt = Checkpoint::OpenDir(FixtureDir("v2_f32"));
