@@ -51,12 +51,17 @@ WeightMatrix AsMatrix(const TensorView& t, int64_t row_begin, int64_t rows, int6
   return m;
 }
 
-std::vector<float> AsF32Vector(const TensorView& t) {
-  const size_t n = static_cast<size_t>(t.num_elements());
+// All of `t` converted to f32 into dst (t.num_elements() floats); the
+// mapped data may be unaligned, so it is copied out first.
+void CopyToF32(const TensorView& t, float* dst) {
   std::vector<uint8_t> tmp(t.num_bytes);
   std::memcpy(tmp.data(), t.data, t.num_bytes);
-  std::vector<float> out(n);
-  ToF32(tmp.data(), t.dtype, n, out.data());
+  ToF32(tmp.data(), t.dtype, static_cast<size_t>(t.num_elements()), dst);
+}
+
+std::vector<float> AsF32Vector(const TensorView& t) {
+  std::vector<float> out(static_cast<size_t>(t.num_elements()));
+  CopyToF32(t, out.data());
   return out;
 }
 
@@ -82,9 +87,8 @@ class Loader {
   // An owned f32 copy (the router runs in fp32, MODEL_SPEC section 7).
   absl::StatusOr<WeightMatrix> F32Matrix(const std::string& name, int64_t rows, int64_t cols) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
-    std::vector<float> v = AsF32Vector(*t);
-    auto* dst = static_cast<float*>(owned_.Allocate(v.size() * sizeof(float)));
-    std::memcpy(dst, v.data(), v.size() * sizeof(float));
+    auto* dst = static_cast<float*>(owned_.Allocate(static_cast<size_t>(rows * cols) * sizeof(float)));
+    CopyToF32(*t, dst);
     return WeightMatrix{dst, DType::kF32, rows, cols, cols};
   }
 

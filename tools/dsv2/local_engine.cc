@@ -19,7 +19,11 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
     return absl::InvalidArgumentError(
         absl::StrCat("threads = ", o.threads, " must be in [1, 1024]"));
   }
-  DSV2_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(o.model_dir + "/config.json"));
+  if (o.config) {
+    e->config_ = *o.config;
+  } else {
+    DSV2_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(o.model_dir + "/config.json"));
+  }
   DSV2_ASSIGN_OR_RETURN(e->checkpoint_, Checkpoint::OpenDir(o.model_dir));
   DSV2_ASSIGN_OR_RETURN(e->ctx_.isa, kernels::ResolveCpuIsa(o.cpu_isa));
   e->pool_ = std::make_unique<kernels::ThreadPool>(o.threads);

@@ -191,6 +191,7 @@ int RunCommandMain(int argc, char** argv) {
   eo.threads = static_cast<int>(*threads);
   eo.cpu_isa = cpu_isa;
   eo.cache_tokens = total;
+  eo.config = cfg;
   eo.verbose_load = true;
   auto engine = LocalEngine::Open(eo);
   if (!engine.ok()) return fail(engine.status().message());
