@@ -87,7 +87,8 @@ class Loader {
   // An owned f32 copy (the router runs in fp32, MODEL_SPEC section 7).
   absl::StatusOr<WeightMatrix> F32Matrix(const std::string& name, int64_t rows, int64_t cols) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
-    auto* dst = static_cast<float*>(owned_.Allocate(static_cast<size_t>(rows * cols) * sizeof(float)));
+    const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
+    auto* dst = static_cast<float*>(owned_.Allocate(bytes));
     CopyToF32(*t, dst);
     return WeightMatrix{dst, DType::kF32, rows, cols, cols};
   }
