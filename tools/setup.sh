@@ -3,7 +3,9 @@
 # apt-get when everything is already installed). Run as root on Debian 12.
 set -euo pipefail
 PKGS=(cmake ninja-build g++ ccache pkg-config
-      libabsl-dev libre2-dev nlohmann-json3-dev libgtest-dev)
+      libabsl-dev libre2-dev nlohmann-json3-dev libgtest-dev
+      libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
+      libucx-dev libspdlog-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
