@@ -4,21 +4,31 @@
 
 namespace dsv2 {
 
-absl::StatusOr<uint64_t> InProcessExpertBackend::Send(router::ExpertDispatch dispatch) {
-  if (pending_ticket_ != 0) {
-    return absl::FailedPreconditionError("in-process backend: previous dispatch not waited on");
+absl::StatusOr<uint64_t> InProcessExpertBackend::Send(router::ExpertDispatch dispatch,
+                                                      const DispatchContext& context) {
+  (void)context;  // one process holds every expert: no replica to pick
+  absl::StatusOr<router::ExpertReply> reply = handler_(dispatch);
+  const uint64_t ticket = next_ticket_++;
+  Result& result = pending_[ticket];
+  if (reply.ok()) {
+    result.reply = *std::move(reply);
+  } else {
+    result.status = reply.status();
   }
-  pending_ = handler_(dispatch);
-  pending_ticket_ = next_ticket_++;
-  return pending_ticket_;
+  return ticket;
 }
 
 absl::StatusOr<router::ExpertReply> InProcessExpertBackend::Wait(uint64_t ticket) {
-  if (ticket == 0 || ticket != pending_ticket_) {
+  auto it = pending_.find(ticket);
+  if (it == pending_.end()) {
     return absl::InvalidArgumentError(absl::StrCat("unknown dispatch ticket ", ticket));
   }
-  pending_ticket_ = 0;
-  return std::move(pending_);
+  Result result = std::move(it->second);
+  pending_.erase(it);
+  if (!result.status.ok()) return result.status;
+  return std::move(result.reply);
 }
+
+void InProcessExpertBackend::Forget(uint64_t ticket) { pending_.erase(ticket); }
 
 }  // namespace dsv2

@@ -1,7 +1,9 @@
 #include "attention_service/layer_loop.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -15,6 +17,34 @@ namespace {
 
 // q_a_layernorm and kv_a_layernorm always use 1e-6 (MODEL_SPEC section 3).
 constexpr float kLatentNormEps = 1e-6f;
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The first sequence of m1 when `batch` splits into two micro-batches, or
+// batch.size() when it stays one: m0 is a prefix and m1 the rest (order kept,
+// so concatenating them gives the step's row order), cut where the row counts
+// are closest (the first such cut on a tie); the imbalance is at most the
+// rows of the sequence at the cut.
+size_t MicroBatchSplit(std::span<const StepSequence> batch, int64_t min_rows) {
+  int64_t total = 0;
+  for (const StepSequence& sq : batch) total += static_cast<int64_t>(sq.tokens.size());
+  if (min_rows <= 0 || batch.size() < 2 || total < min_rows) return batch.size();
+  size_t best = 1;
+  int64_t best_gap = std::numeric_limits<int64_t>::max(), prefix = 0;
+  for (size_t k = 1; k < batch.size(); ++k) {
+    prefix += static_cast<int64_t>(batch[k - 1].tokens.size());
+    const int64_t gap = std::abs(2 * prefix - total);
+    if (gap < best_gap) {
+      best = k;
+      best_gap = gap;
+    }
+  }
+  return best;
+}
 
 }  // namespace
 
@@ -39,16 +69,28 @@ kernels::RopeTable MakeRopeTable(const ModelConfig& c) {
 }
 
 struct LayerLoop::Rows {
-  int64_t n = 0;                 // rows in the step
-  std::vector<int64_t> pos;      // absolute position of each row
-  std::vector<int32_t> seq;      // batch index of each row
-  std::vector<float> x;          // [n, D] residual stream
-  std::vector<float> h;          // [n, D] normed
-  std::vector<float> tmp;        // [n, D]
+  int64_t n = 0;             // rows in the (micro-)batch
+  std::vector<int64_t> pos;  // absolute position of each row
+  std::vector<int32_t> seq;  // (micro-)batch index of each row's sequence
+  std::vector<float> x;      // [n, D] residual stream
+  std::vector<float> h;      // [n, D] normed
+  std::vector<float> tmp;    // [n, D]
+};
+
+struct LayerLoop::MicroBatch {
+  int32_t index = 0;  // DispatchContext::micro_batch
+  size_t first = 0;   // step batch index of seqs[0]
+  std::span<StepSequence> seqs;
+  Rows rows;  // rows.seq indexes `seqs`
+  // Between BeginLayer's Send and FinishLayer's Wait of an MoE layer.
+  bool in_flight = false;
+  uint64_t ticket = 0;
+  std::vector<router::RowRoute> routes;  // [n]
+  std::vector<float> shared;             // [n, D]; empty without shared experts
 };
 
 LayerLoop::LayerLoop(const NonExpertWeights& weights, LatentCache& cache, ExpertBackend& experts,
-                     kernels::CpuContext ctx)
+                     kernels::CpuContext ctx, LayerLoopOptions options)
     : weights_(weights),
       config_(weights.config()),
       cache_(cache),
@@ -56,7 +98,8 @@ LayerLoop::LayerLoop(const NonExpertWeights& weights, LatentCache& cache, Expert
       ctx_(ctx),
       act_(weights.activation_dtype()),
       rope_(MakeRopeTable(weights.config())),
-      softmax_scale_(static_cast<float>(weights.config().softmax_scale())) {}
+      softmax_scale_(static_cast<float>(weights.config().softmax_scale())),
+      options_(options) {}
 
 void LayerLoop::Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, bool round) {
   // Linear inputs are activations, already rounded to the activation dtype.
@@ -72,7 +115,8 @@ void LayerLoop::Mlp(const MlpWeights& w, const float* h, int64_t n, float* out) 
 absl::Status LayerLoop::Step(std::span<StepSequence> batch, StepOutput* out) {
   const ModelConfig& c = config_;
   const int64_t D = c.hidden_size, V = c.vocab_size;
-  Rows rows;
+  const Clock::time_point step_start = Clock::now();
+  out->stats = StepStats{};
   if (batch.empty()) return absl::InvalidArgumentError("step has no sequences");
   // Validate everything before touching the cache.
   for (size_t s = 0; s < batch.size(); ++s) {
@@ -110,60 +154,178 @@ absl::Status LayerLoop::Step(std::span<StepSequence> batch, StepOutput* out) {
       return st;
     }
   }
-  for (size_t s = 0; s < batch.size(); ++s) {
-    for (size_t i = 0; i < batch[s].tokens.size(); ++i) {
-      rows.pos.push_back(batch[s].cache->num_tokens + static_cast<int64_t>(i));
-      rows.seq.push_back(static_cast<int32_t>(s));
+  const size_t split = MicroBatchSplit(batch, options_.min_rows_for_micro_batches);
+  MicroBatch mbs[2];
+  const size_t num_mbs = split < batch.size() ? 2 : 1;
+  for (size_t m = 0; m < num_mbs; ++m) {
+    MicroBatch& mb = mbs[m];
+    mb.index = static_cast<int32_t>(m);
+    mb.first = m == 0 ? 0 : split;
+    mb.seqs = batch.subspan(mb.first, (m == 0 ? split : batch.size()) - mb.first);
+    Rows& rows = mb.rows;
+    for (size_t s = 0; s < mb.seqs.size(); ++s) {
+      for (size_t i = 0; i < mb.seqs[s].tokens.size(); ++i) {
+        rows.pos.push_back(mb.seqs[s].cache->num_tokens + static_cast<int64_t>(i));
+        rows.seq.push_back(static_cast<int32_t>(s));
+      }
     }
-  }
-  rows.n = static_cast<int64_t>(rows.pos.size());
-  rows.x.resize(rows.n * D);
-  rows.h.resize(rows.n * D);
-  rows.tmp.resize(rows.n * D);
-  {
+    rows.n = static_cast<int64_t>(rows.pos.size());
+    rows.x.resize(rows.n * D);
+    rows.h.resize(rows.n * D);
+    rows.tmp.resize(rows.n * D);
     int64_t r = 0;
-    for (const StepSequence& sq : batch) {
+    for (const StepSequence& sq : mb.seqs) {
       for (int32_t t : sq.tokens) weights_.embed().RowToF32(t, &rows.x[(r++) * D]);
     }
+    out->stats.micro_batch_rows[m] = rows.n;
   }
-
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& lw = weights_.layer(l);
-    for (int64_t r = 0; r < rows.n; ++r) {
-      kernels::RmsNorm(&rows.x[r * D], lw.input_norm.data(), D, static_cast<float>(c.rms_norm_eps),
-                       act_, &rows.h[r * D]);
-    }
-    Attention(l, batch, rows);  // rows.tmp = attention output
-    for (int64_t i = 0; i < rows.n * D; ++i) rows.x[i] += rows.tmp[i];
-    RoundInPlace(rows.x.data(), rows.x.size(), act_);
-    for (int64_t r = 0; r < rows.n; ++r) {
-      kernels::RmsNorm(&rows.x[r * D], lw.post_norm.data(), D, static_cast<float>(c.rms_norm_eps),
-                       act_, &rows.h[r * D]);
-    }
-    DSV2_RETURN_IF_ERROR(Ffn(l, rows));  // rows.tmp = FFN output
-    for (int64_t i = 0; i < rows.n * D; ++i) rows.x[i] += rows.tmp[i];
-    RoundInPlace(rows.x.data(), rows.x.size(), act_);
-  }
-
-  // Final norm + lm_head on the rows whose logits are wanted.
+  out->stats.num_micro_batches = static_cast<int32_t>(num_mbs);
   out->logits.assign(batch.size(), {});
+  const absl::Status st = Forward(std::span<MicroBatch>(mbs, num_mbs), out);
+  out->stats.step_seconds = SecondsSince(step_start);
+  DSV2_RETURN_IF_ERROR(st);
+  for (StepSequence& sq : batch) sq.cache->num_tokens += static_cast<int64_t>(sq.tokens.size());
+  return absl::OkStatus();
+}
+
+absl::Status LayerLoop::Forward(std::span<MicroBatch> mbs, StepOutput* out) {
+  // Ping-pong order (DESIGN.md section 3): before a micro-batch begins layer
+  // l it finishes its layer l-1, whose dispatch was in flight while the other
+  // micro-batch began layer l-1 (or l). With one micro-batch this is the
+  // plain Send, shared experts, Wait of every layer.
+  absl::Status st = [&]() -> absl::Status {
+    for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
+      for (MicroBatch& mb : mbs) {
+        if (mb.in_flight) DSV2_RETURN_IF_ERROR(FinishLayer(mb, out->stats));
+        DSV2_RETURN_IF_ERROR(BeginLayer(l, mb, out->stats));
+      }
+    }
+    // m0's head overlaps m1's last dispatch.
+    for (MicroBatch& mb : mbs) {
+      if (mb.in_flight) DSV2_RETURN_IF_ERROR(FinishLayer(mb, out->stats));
+      Head(mb, out);
+    }
+    return absl::OkStatus();
+  }();
+  if (!st.ok()) {
+    for (MicroBatch& mb : mbs) {
+      if (mb.in_flight) experts_.Forget(mb.ticket);
+      mb.in_flight = false;
+    }
+  }
+  return st;
+}
+
+absl::Status LayerLoop::BeginLayer(int64_t l, MicroBatch& mb, StepStats& stats) {
+  const ModelConfig& c = config_;
+  const LayerWeights& lw = weights_.layer(l);
+  Rows& rows = mb.rows;
+  const int64_t n = rows.n, D = c.hidden_size, E = c.n_routed_experts;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  for (int64_t r = 0; r < n; ++r) {
+    kernels::RmsNorm(&rows.x[r * D], lw.input_norm.data(), D, eps, act_, &rows.h[r * D]);
+  }
+  Attention(l, mb.seqs, rows);  // rows.tmp = attention output
+  for (int64_t i = 0; i < n * D; ++i) rows.x[i] += rows.tmp[i];
+  RoundInPlace(rows.x.data(), rows.x.size(), act_);
+  for (int64_t r = 0; r < n; ++r) {
+    kernels::RmsNorm(&rows.x[r * D], lw.post_norm.data(), D, eps, act_, &rows.h[r * D]);
+  }
+  if (!lw.is_moe) {
+    Mlp(lw.dense, rows.h.data(), n, rows.tmp.data());
+    for (int64_t i = 0; i < n * D; ++i) rows.x[i] += rows.tmp[i];
+    RoundInPlace(rows.x.data(), rows.x.size(), act_);
+    return absl::OkStatus();
+  }
+  // Gate in fp32 (input and weight cast to fp32, MODEL_SPEC section 7).
+  std::vector<float> logits(n * E);
+  Linear(rows.h.data(), n, lw.router, logits.data(), false);
+  const router::GateParams gp = router::GateParams::FromConfig(c);
+  mb.routes.resize(n);
+  router::ExpertDispatch d;
+  d.layer = static_cast<int32_t>(l);
+  d.num_rows = static_cast<int32_t>(n);
+  d.hidden = static_cast<int32_t>(D);
+  d.dtype = act_;
+  for (int64_t r = 0; r < n; ++r) {
+    mb.routes[r] = router::Gate(gp, std::span<const float>(&logits[r * E], E));
+    for (int32_t e : mb.routes[r].experts) d.assignments.push_back({static_cast<int32_t>(r), e});
+  }
+  d.activations.resize(n * D * DTypeSize(act_));
+  FromF32(rows.h.data(), n * D, act_, d.activations.data());
+  const DispatchContext dc{mb.index, mb.seqs.front().id};
+  const Clock::time_point sent = Clock::now();
+  absl::StatusOr<uint64_t> ticket = experts_.Send(std::move(d), dc);
+  stats.expert_send_seconds += SecondsSince(sent);
+  if (!ticket.ok()) return ticket.status();
+  ++stats.num_dispatches;
+  mb.in_flight = true;
+  mb.ticket = *ticket;
+  // Shared experts overlap the dispatch's round trip.
+  mb.shared.clear();
+  if (c.n_shared_experts > 0) {
+    mb.shared.resize(n * D);
+    Mlp(lw.shared, rows.h.data(), n, mb.shared.data());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LayerLoop::FinishLayer(MicroBatch& mb, StepStats& stats) {
+  const ModelConfig& c = config_;
+  Rows& rows = mb.rows;
+  const int64_t n = rows.n, D = c.hidden_size;
+  mb.in_flight = false;  // waited on exactly once, whatever Wait returns
+  const Clock::time_point waited = Clock::now();
+  absl::StatusOr<router::ExpertReply> reply = experts_.Wait(mb.ticket);
+  stats.expert_wait_seconds += SecondsSince(waited);
+  if (!reply.ok()) return reply.status();
+  const size_t K = static_cast<size_t>(c.num_experts_per_tok);
+  const size_t want = static_cast<size_t>(n) * K * D * DTypeSize(act_);
+  if (reply->dtype != act_ || reply->hidden != D || reply->outputs.size() != want) {
+    return absl::InternalError(
+        absl::StrCat("expert reply has ", reply->outputs.size(), " bytes; expected ", want));
+  }
+  // Combine: assignments are in (row, ascending expert) order.
+  std::vector<float> expert_rows(K * D);
+  std::vector<const float*> ptrs(K);
+  for (int64_t r = 0; r < n; ++r) {
+    for (size_t k = 0; k < K; ++k) {
+      ToF32(reply->outputs.data() + (r * K + k) * D * DTypeSize(act_), act_, D,
+            &expert_rows[k * D]);
+      ptrs[k] = &expert_rows[k * D];
+    }
+    float* y = &rows.tmp[r * D];
+    router::Combine(mb.routes[r].weights, ptrs, D, act_, y);
+    if (!mb.shared.empty()) {
+      for (int64_t i = 0; i < D; ++i) y[i] += mb.shared[r * D + i];
+      RoundInPlace(y, D, act_);
+    }
+  }
+  for (int64_t i = 0; i < n * D; ++i) rows.x[i] += rows.tmp[i];
+  RoundInPlace(rows.x.data(), rows.x.size(), act_);
+  return absl::OkStatus();
+}
+
+void LayerLoop::Head(const MicroBatch& mb, StepOutput* out) {
+  const ModelConfig& c = config_;
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  // Final norm + lm_head on the rows whose logits are wanted.
   int64_t r0 = 0;
   std::vector<float> normed;
-  for (size_t s = 0; s < batch.size(); ++s) {
-    const int64_t len = static_cast<int64_t>(batch[s].tokens.size());
-    const int64_t first = batch[s].all_logits ? r0 : r0 + len - 1;
+  for (size_t s = 0; s < mb.seqs.size(); ++s) {
+    const int64_t len = static_cast<int64_t>(mb.seqs[s].tokens.size());
+    const int64_t first = mb.seqs[s].all_logits ? r0 : r0 + len - 1;
     const int64_t count = r0 + len - first;
     normed.resize(count * D);
     for (int64_t i = 0; i < count; ++i) {
-      kernels::RmsNorm(&rows.x[(first + i) * D], weights_.final_norm().data(), D,
+      kernels::RmsNorm(&mb.rows.x[(first + i) * D], weights_.final_norm().data(), D,
                        static_cast<float>(c.rms_norm_eps), act_, &normed[i * D]);
     }
-    out->logits[s].resize(count * V);
-    Linear(normed.data(), count, weights_.lm_head(), out->logits[s].data(), false);
+    std::vector<float>& logits = out->logits[mb.first + s];
+    logits.resize(count * V);
+    Linear(normed.data(), count, weights_.lm_head(), logits.data(), false);
     r0 += len;
   }
-  for (StepSequence& sq : batch) sq.cache->num_tokens += static_cast<int64_t>(sq.tokens.size());
-  return absl::OkStatus();
 }
 
 absl::Status LayerLoop::MlaForTest(int64_t layer, SequenceCache& seq, const float* h, int64_t n,
@@ -305,62 +467,6 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
   }
   RoundInPlace(o.data(), o.size(), act_);
   Linear(o.data(), n, w.o_proj, rows.tmp.data(), true);
-}
-
-absl::Status LayerLoop::Ffn(int64_t l, Rows& rows) {
-  const ModelConfig& c = config_;
-  const LayerWeights& lw = weights_.layer(l);
-  const int64_t n = rows.n, D = c.hidden_size, E = c.n_routed_experts;
-  if (!lw.is_moe) {
-    Mlp(lw.dense, rows.h.data(), n, rows.tmp.data());
-    return absl::OkStatus();
-  }
-  // Gate in fp32 (input and weight cast to fp32, MODEL_SPEC section 7).
-  std::vector<float> logits(n * E);
-  Linear(rows.h.data(), n, lw.router, logits.data(), false);
-  const router::GateParams gp = router::GateParams::FromConfig(c);
-  std::vector<router::RowRoute> routes(n);
-  router::ExpertDispatch d;
-  d.layer = static_cast<int32_t>(l);
-  d.num_rows = static_cast<int32_t>(n);
-  d.hidden = static_cast<int32_t>(D);
-  d.dtype = act_;
-  for (int64_t r = 0; r < n; ++r) {
-    routes[r] = router::Gate(gp, std::span<const float>(&logits[r * E], E));
-    for (int32_t e : routes[r].experts) d.assignments.push_back({static_cast<int32_t>(r), e});
-  }
-  d.activations.resize(n * D * DTypeSize(act_));
-  FromF32(rows.h.data(), n * D, act_, d.activations.data());
-  DSV2_ASSIGN_OR_RETURN(const uint64_t ticket, experts_.Send(std::move(d)));
-  // Shared experts overlap the dispatch's round trip.
-  std::vector<float> shared;
-  if (c.n_shared_experts > 0) {
-    shared.resize(n * D);
-    Mlp(lw.shared, rows.h.data(), n, shared.data());
-  }
-  DSV2_ASSIGN_OR_RETURN(const router::ExpertReply reply, experts_.Wait(ticket));
-  const size_t K = static_cast<size_t>(c.num_experts_per_tok);
-  const size_t want = static_cast<size_t>(n) * K * D * DTypeSize(act_);
-  if (reply.dtype != act_ || reply.hidden != D || reply.outputs.size() != want) {
-    return absl::InternalError(absl::StrCat("expert reply has ", reply.outputs.size(),
-                                            " bytes; expected ", want));
-  }
-  // Combine: assignments are in (row, ascending expert) order.
-  std::vector<float> expert_rows(K * D);
-  std::vector<const float*> ptrs(K);
-  for (int64_t r = 0; r < n; ++r) {
-    for (size_t k = 0; k < K; ++k) {
-      ToF32(reply.outputs.data() + (r * K + k) * D * DTypeSize(act_), act_, D, &expert_rows[k * D]);
-      ptrs[k] = &expert_rows[k * D];
-    }
-    float* y = &rows.tmp[r * D];
-    router::Combine(routes[r].weights, ptrs, D, act_, y);
-    if (!shared.empty()) {
-      for (int64_t i = 0; i < D; ++i) y[i] += shared[r * D + i];
-      RoundInPlace(y, D, act_);
-    }
-  }
-  return absl::OkStatus();
 }
 
 void ReferenceMla(const ModelConfig& c, const AttentionWeights& w, const kernels::RopeTable& rope,

@@ -2,9 +2,16 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
+#include <numeric>
+#include <optional>
 #include <random>
+#include <tuple>
 
+#include "attention_service/expert_backend.h"
+#include "expert_service/expert_shard.h"
 #include "gtest/gtest.h"
+#include "model/safetensors.h"
 #include "tools/dsv2/local_engine.h"
 #include "tools/dsv2/random_model.h"
 
@@ -135,6 +142,338 @@ TEST(LayerLoopTest, RejectsBadTokensAndPositionsWithoutChangingTheCache) {
             absl::StatusCode::kResourceExhausted);
   EXPECT_EQ((*e)->cache().free_blocks(), (*e)->cache().num_blocks());
   EXPECT_EQ(seq.num_tokens, 0);
+}
+
+// Ping-pong (DESIGN.md section 3). ------------------------------------------
+
+// Each sequence's tokens and the chunks it is fed in over three steps.
+struct Scenario {
+  std::vector<std::vector<int32_t>> tokens;               // per sequence
+  std::vector<std::vector<std::vector<int32_t>>> chunks;  // [step][sequence]
+};
+
+// n sequences: step 0 prefills a first chunk of 3 + 4s tokens; step 1 mixes
+// decode tokens (even s) with second prefill chunks (odd s); step 2 decodes
+// one token each.
+Scenario MakeScenario(int n) {
+  Scenario sc;
+  sc.chunks.resize(3);
+  for (int s = 0; s < n; ++s) {
+    const size_t first = 3 + 4 * s, second = s % 2 == 0 ? 1 : 5 + s;
+    std::vector<int32_t> t(first + second + 1);
+    for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<int32_t>((11 + 7 * s + 13 * i) % 1000);
+    sc.chunks[0].emplace_back(t.begin(), t.begin() + first);
+    sc.chunks[1].emplace_back(t.begin() + first, t.begin() + first + second);
+    sc.chunks[2].emplace_back(t.begin() + first + second, t.end());
+    sc.tokens.push_back(std::move(t));
+  }
+  return sc;
+}
+
+// Runs the scenario on fresh sequences; returns every step's logits (all
+// positions) and stats. The sequences' blocks are released at the end.
+struct ScenarioResult {
+  std::vector<std::vector<std::vector<float>>> logits;  // [step][sequence]
+  std::vector<StepStats> stats;                         // [step]
+};
+
+ScenarioResult RunScenario(LayerLoop& loop, LatentCache& cache, const Scenario& sc) {
+  ScenarioResult res;
+  const size_t n = sc.tokens.size();
+  std::vector<SequenceCache> seqs(n);
+  for (const auto& step : sc.chunks) {
+    std::vector<StepSequence> batch;
+    for (size_t s = 0; s < n; ++s) batch.push_back({&seqs[s], step[s], true, 100 + s});
+    StepOutput out;
+    const absl::Status st = loop.Step(batch, &out);
+    EXPECT_TRUE(st.ok()) << st;
+    res.logits.push_back(std::move(out.logits));
+    res.stats.push_back(out.stats);
+  }
+  for (SequenceCache& sq : seqs) cache.Release(sq);
+  return res;
+}
+
+// Splitting a step into two micro-batches changes no bit of any logit, for
+// mixed prefill/decode steps of 2, 3 and 5 sequences, f32 and bf16, with a
+// thread pool.
+TEST(LayerLoopPingPongTest, MicroBatchesChangeNoBit) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    LocalEngineOptions o;
+    o.model_dir = MakeModel("v2-tiny", dtype);
+    o.cache_tokens = 1024;
+    o.threads = 2;
+    auto e = LocalEngine::Open(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const ModelConfig& c = (*e)->config();
+    const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
+    ASSERT_GT(moe_layers, 0);
+    for (int n : {2, 3, 5}) {
+      const Scenario sc = MakeScenario(n);
+      (*e)->loop().set_options({.min_rows_for_micro_batches = 0});
+      const ScenarioResult off = RunScenario((*e)->loop(), (*e)->cache(), sc);
+      (*e)->loop().set_options({.min_rows_for_micro_batches = 1});
+      const ScenarioResult on = RunScenario((*e)->loop(), (*e)->cache(), sc);
+      ASSERT_EQ(off.logits.size(), on.logits.size());
+      for (size_t step = 0; step < off.logits.size(); ++step) {
+        EXPECT_EQ(off.stats[step].num_micro_batches, 1);
+        EXPECT_EQ(on.stats[step].num_micro_batches, 2);
+        EXPECT_EQ(off.stats[step].num_dispatches, moe_layers);
+        EXPECT_EQ(on.stats[step].num_dispatches, 2 * moe_layers);
+        EXPECT_EQ(on.stats[step].micro_batch_rows[0] + on.stats[step].micro_batch_rows[1],
+                  off.stats[step].micro_batch_rows[0]);
+        for (int s = 0; s < n; ++s) {
+          ASSERT_FALSE(off.logits[step][s].empty());
+          EXPECT_TRUE(off.logits[step][s] == on.logits[step][s])
+              << DTypeName(dtype) << " n=" << n << " step " << step << " sequence " << s;
+        }
+      }
+    }
+    EXPECT_EQ((*e)->cache().free_blocks(), (*e)->cache().num_blocks());
+  }
+}
+
+// The split is by whole sequences in order, where the row counts are
+// closest, and only from min_rows_for_micro_batches rows and two sequences.
+TEST(LayerLoopPingPongTest, SplitBalancesRowsAndRespectsTheThreshold) {
+  LocalEngineOptions o;
+  o.model_dir = MakeModel("v2-tiny", DType::kF32);
+  o.cache_tokens = 256;
+  auto e = LocalEngine::Open(o);
+  ASSERT_TRUE(e.ok()) << e.status();
+  LayerLoop& loop = (*e)->loop();
+  EXPECT_EQ(loop.options().min_rows_for_micro_batches, 32);  // the default
+  auto run = [&](const std::vector<size_t>& lengths, int64_t min_rows) {
+    loop.set_options({.min_rows_for_micro_batches = min_rows});
+    std::vector<SequenceCache> seqs(lengths.size());
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<StepSequence> batch;
+    for (size_t s = 0; s < lengths.size(); ++s) tokens.emplace_back(lengths[s], 5);
+    for (size_t s = 0; s < lengths.size(); ++s) batch.push_back({&seqs[s], tokens[s]});
+    StepOutput out;
+    EXPECT_TRUE(loop.Step(batch, &out).ok());
+    for (SequenceCache& sq : seqs) (*e)->cache().Release(sq);
+    return out.stats.micro_batch_rows;
+  };
+  using Rows2 = std::array<int64_t, 2>;
+  EXPECT_EQ(run({3, 7, 11}, 1), (Rows2{10, 11}));
+  EXPECT_EQ(run({20, 1, 1, 1}, 1), (Rows2{20, 3}));
+  EXPECT_EQ(run({1, 1, 1, 20}, 1), (Rows2{3, 20}));
+  EXPECT_EQ(run({16, 16}, 32), (Rows2{16, 16}));
+  EXPECT_EQ(run({16, 15}, 32), (Rows2{31, 0}));  // below the threshold
+  EXPECT_EQ(run({40}, 1), (Rows2{40, 0}));       // one sequence
+  EXPECT_EQ(run({16, 16}, 0), (Rows2{32, 0}));   // disabled
+}
+
+// Every routed expert of a model in one process (what LocalEngine composes).
+struct InProcessExperts {
+  std::unique_ptr<Checkpoint> checkpoint;
+  std::unique_ptr<ExpertShard> shard;
+  std::unique_ptr<InProcessExpertBackend> backend;
+};
+
+std::unique_ptr<InProcessExperts> OpenExperts(const std::string& dir, const ModelConfig& c,
+                                              kernels::CpuContext ctx) {
+  auto x = std::make_unique<InProcessExperts>();
+  auto ckpt = Checkpoint::OpenDir(dir);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return nullptr;
+  x->checkpoint = std::move(*ckpt);
+  std::vector<int32_t> all(c.n_routed_experts);
+  std::iota(all.begin(), all.end(), 0);
+  auto w = ExpertWeightSet::Load(c, *x->checkpoint, ExpertWeightSet::AllLayers(c, all));
+  EXPECT_TRUE(w.ok()) << w.status();
+  if (!w.ok()) return nullptr;
+  x->shard = std::make_unique<ExpertShard>(c, std::move(*w), ctx);
+  ExpertShard* shard = x->shard.get();
+  x->backend = std::make_unique<InProcessExpertBackend>(
+      [shard](const router::ExpertDispatch& d) { return shard->Handle(d); });
+  return x;
+}
+
+// Forwards to an inner backend, recording Send ('S'), Wait ('W') and Forget
+// ('F') as (op, micro-batch, layer); can fail one Send or one Wait.
+class RecordingBackend : public ExpertBackend {
+ public:
+  struct Event {
+    char op;
+    int32_t micro_batch;
+    int32_t layer;
+    bool operator==(const Event&) const = default;
+  };
+  explicit RecordingBackend(ExpertBackend& inner) : inner_(inner) {}
+
+  using ExpertBackend::Send;
+  absl::StatusOr<uint64_t> Send(router::ExpertDispatch d, const DispatchContext& ctx) override {
+    const std::pair<int32_t, int32_t> key{ctx.micro_batch, d.layer};
+    if (fail_send == key) {
+      fail_send.reset();
+      return absl::UnavailableError("injected send failure");
+    }
+    events.push_back({'S', ctx.micro_batch, d.layer});
+    replica_keys.push_back(ctx.replica_key);
+    auto t = inner_.Send(std::move(d), ctx);
+    if (t.ok()) tickets_[*t] = key;
+    return t;
+  }
+  absl::StatusOr<router::ExpertReply> Wait(uint64_t ticket) override {
+    const auto key = tickets_.at(ticket);
+    tickets_.erase(ticket);
+    events.push_back({'W', key.first, key.second});
+    auto reply = inner_.Wait(ticket);
+    if (fail_wait == key) {
+      fail_wait.reset();
+      return absl::UnavailableError("injected wait failure");
+    }
+    return reply;
+  }
+  void Forget(uint64_t ticket) override {
+    const auto key = tickets_.at(ticket);
+    tickets_.erase(ticket);
+    events.push_back({'F', key.first, key.second});
+    inner_.Forget(ticket);
+  }
+
+  size_t outstanding() const { return tickets_.size(); }
+
+  std::optional<std::pair<int32_t, int32_t>> fail_send, fail_wait;  // (micro-batch, layer)
+  std::vector<Event> events;
+  std::vector<uint64_t> replica_keys;
+
+ private:
+  ExpertBackend& inner_;
+  std::map<uint64_t, std::pair<int32_t, int32_t>> tickets_;
+};
+
+std::ostream& operator<<(std::ostream& os, const RecordingBackend::Event& e) {
+  return os << e.op << "(m" << e.micro_batch << ",l" << e.layer << ")";
+}
+
+class PingPongOrderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    LocalEngineOptions o;
+    o.model_dir = MakeModel("v2-tiny", DType::kF32);
+    o.cache_tokens = 512;
+    auto e = LocalEngine::Open(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine_ = std::move(*e);
+    const kernels::CpuContext ctx{engine_->isa(), nullptr};
+    experts_ = OpenExperts(o.model_dir, engine_->config(), ctx);
+    ASSERT_NE(experts_, nullptr);
+    recorder_ = std::make_unique<RecordingBackend>(*experts_->backend);
+    loop_ = std::make_unique<LayerLoop>(engine_->weights(), engine_->cache(), *recorder_, ctx,
+                                        LayerLoopOptions{.min_rows_for_micro_batches = 1});
+    ASSERT_EQ(engine_->config().first_k_dense_replace, 1);
+    ASSERT_EQ(engine_->config().num_hidden_layers, 3);
+  }
+
+  std::unique_ptr<LocalEngine> engine_;
+  std::unique_ptr<InProcessExperts> experts_;
+  std::unique_ptr<RecordingBackend> recorder_;
+  std::unique_ptr<LayerLoop> loop_;
+};
+
+// Both micro-batches' dispatches of a layer are sent before the first one is
+// waited on, and m0 sends layer l+1 before m1's layer l is waited on; the
+// replica key is each micro-batch's first sequence id. Layer 0 is dense.
+TEST_F(PingPongOrderTest, MicroBatchesInterleaveAtTheExperts) {
+  using E = RecordingBackend::Event;
+  std::vector<SequenceCache> seqs(3);
+  const std::vector<int32_t> a(9, 4), b(2, 5), d(7, 6);
+  std::vector<StepSequence> batch = {
+      {&seqs[0], a, false, 7}, {&seqs[1], b, false, 8}, {&seqs[2], d, false, 9}};
+  StepOutput out;
+  ASSERT_TRUE(loop_->Step(batch, &out).ok());
+  EXPECT_EQ(out.stats.num_micro_batches, 2);
+  EXPECT_EQ(out.stats.micro_batch_rows, (std::array<int64_t, 2>{9, 9}));
+  EXPECT_EQ(out.stats.num_dispatches, 4);
+  EXPECT_EQ(recorder_->events, (std::vector<E>{{'S', 0, 1},
+                                               {'S', 1, 1},
+                                               {'W', 0, 1},
+                                               {'S', 0, 2},
+                                               {'W', 1, 1},
+                                               {'S', 1, 2},
+                                               {'W', 0, 2},
+                                               {'W', 1, 2}}));
+  // m0 = {sequence 0}, m1 = {sequences 1, 2}: 9 rows each.
+  EXPECT_EQ(recorder_->replica_keys, (std::vector<uint64_t>{7, 8, 7, 8}));
+
+  // One micro-batch: the same loop, Send then Wait per layer.
+  recorder_->events.clear();
+  recorder_->replica_keys.clear();
+  loop_->set_options({.min_rows_for_micro_batches = 0});
+  ASSERT_TRUE(loop_->Step(batch, &out).ok());
+  EXPECT_EQ(out.stats.num_micro_batches, 1);
+  EXPECT_EQ(recorder_->events,
+            (std::vector<E>{{'S', 0, 1}, {'W', 0, 1}, {'S', 0, 2}, {'W', 0, 2}}));
+  EXPECT_EQ(recorder_->replica_keys, (std::vector<uint64_t>{7, 7}));
+  EXPECT_EQ(experts_->backend->num_outstanding(), 0u);
+  for (SequenceCache& sq : seqs) engine_->cache().Release(sq);
+}
+
+// A backend error on either micro-batch, at Send or at Wait, fails the step
+// with that error, abandons the other micro-batch's ticket (nothing left
+// outstanding), advances no num_tokens; re-running the step then gives the
+// logits of a run that never failed.
+TEST_F(PingPongOrderTest, FailureWithTwoMicroBatchesInFlightChangesNothing) {
+  const std::vector<int32_t> p0 = {3, 1, 4, 1, 5, 9, 2, 6}, p1 = {2, 7, 1, 8, 2};
+  const std::vector<int32_t> d0 = {11}, d1 = {12};
+  auto run_two_steps = [&](std::vector<SequenceCache>& seqs,
+                           std::optional<std::pair<int32_t, int32_t>> fail_send,
+                           std::optional<std::pair<int32_t, int32_t>> fail_wait,
+                           std::vector<std::vector<float>>* logits) {
+    for (int step = 0; step < 2; ++step) {
+      std::vector<StepSequence> batch = {{&seqs[0], step == 0 ? p0 : d0, true, 1},
+                                         {&seqs[1], step == 0 ? p1 : d1, true, 2}};
+      StepOutput out;
+      if (step == 1 && (fail_send || fail_wait)) {
+        const std::vector<int64_t> before = {seqs[0].num_tokens, seqs[1].num_tokens};
+        recorder_->fail_send = fail_send;
+        recorder_->fail_wait = fail_wait;
+        const absl::Status st = loop_->Step(batch, &out);
+        EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+        EXPECT_EQ(seqs[0].num_tokens, before[0]);
+        EXPECT_EQ(seqs[1].num_tokens, before[1]);
+        EXPECT_EQ(recorder_->outstanding(), 0u);
+        EXPECT_EQ(experts_->backend->num_outstanding(), 0u);
+        EXPECT_FALSE(recorder_->fail_send || recorder_->fail_wait);  // it fired
+      }
+      const absl::Status st = loop_->Step(batch, &out);
+      ASSERT_TRUE(st.ok()) << st;
+      for (auto& l : out.logits) logits->push_back(std::move(l));
+    }
+  };
+  std::vector<std::vector<float>> want;
+  {
+    std::vector<SequenceCache> seqs(2);
+    run_two_steps(seqs, std::nullopt, std::nullopt, &want);
+    for (SequenceCache& sq : seqs) engine_->cache().Release(sq);
+  }
+  using Key = std::pair<int32_t, int32_t>;
+  const std::vector<std::tuple<std::optional<Key>, std::optional<Key>, RecordingBackend::Event>>
+      cases = {
+          // m1's Send fails while m0's dispatch of the same layer is in flight.
+          {Key{1, 1}, std::nullopt, {'F', 0, 1}},
+          {Key{1, 2}, std::nullopt, {'F', 0, 2}},
+          // m0's Wait fails while m1's dispatch is in flight.
+          {std::nullopt, Key{0, 1}, {'F', 1, 1}},
+          // m0's Send fails while m1's previous layer is in flight.
+          {Key{0, 2}, std::nullopt, {'F', 1, 1}},
+      };
+  for (const auto& [fail_send, fail_wait, forgotten] : cases) {
+    recorder_->events.clear();
+    std::vector<SequenceCache> seqs(2);
+    std::vector<std::vector<float>> got;
+    run_two_steps(seqs, fail_send, fail_wait, &got);
+    EXPECT_NE(std::find(recorder_->events.begin(), recorder_->events.end(), forgotten),
+              recorder_->events.end())
+        << forgotten;
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(got[i] == want[i]) << "logits " << i;
+    for (SequenceCache& sq : seqs) engine_->cache().Release(sq);
+  }
+  EXPECT_EQ(engine_->cache().free_blocks(), engine_->cache().num_blocks());
 }
 
 }  // namespace

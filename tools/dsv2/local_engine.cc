@@ -49,7 +49,9 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
       e->cache_, LatentCache::Create(e->config_.num_hidden_layers, e->config_.latent_dim(),
                                      e->weights_->activation_dtype(),
                                      std::max<int64_t>(1, LatentCache::BlocksForTokens(o.cache_tokens))));
-  e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_);
+  // In-process experts compute inside Send: nothing for ping-pong to hide.
+  e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_,
+                                         LayerLoopOptions{.min_rows_for_micro_batches = 0});
   return e;
 }
 
