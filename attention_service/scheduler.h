@@ -14,6 +14,17 @@
 // first; preempted ones go back to the front of the queue) while
 // max_running allows and the cache has blocks for their first chunk.
 //
+// Decode tokens count against max_step_tokens too: with more decoding
+// sequences than the budget, the oldest decode first. A step that preempted
+// admits nobody (the freed blocks would go to a sequence that the next step
+// preempts again). A preempted sequence keeps its first admission order, so
+// the oldest sequences always make progress.
+//
+// Events: one per sampled token (a partial prefill chunk yields none), the
+// last one carrying the finish reason or the error; a finishing token (EOS,
+// stop token) is part of the output. finished_total counts requests that
+// ended with a finish reason (not failed or cancelled ones).
+//
 // A step that fails (e.g. UNAVAILABLE from the experts) fails exactly the
 // sequences in that step: each gets a terminal event with the error and its
 // blocks are freed; everything else carries on.
@@ -28,7 +39,7 @@
 #include <memory>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "attention_service/latent_cache.h"
 #include "attention_service/layer_loop.h"
@@ -108,14 +119,43 @@ class Scheduler {
 
  private:
   struct Sequence;
-  // ... implementation-defined members
+  // One sequence's part of the step being composed: `num_tokens` of its
+  // pending input, from cache.num_tokens on.
+  struct Chunk {
+    Sequence* seq;
+    int64_t num_tokens;
+  };
+
+  // Composes the running sequences' chunks (decodes, then prefill chunks)
+  // into `plan` and reserves their blocks. Returns the sequence whose
+  // reservation failed (the plan is then incomplete), else nullptr;
+  // `budget` is left with the step tokens still unused.
+  Sequence* PlanRunning(std::vector<Chunk>* plan, int64_t* budget);
+  // Admits waiting sequences into `plan` while max_running, the budget and
+  // the free blocks allow.
+  void Admit(std::vector<Chunk>* plan, int64_t* budget);
+  // Frees the youngest running sequence's blocks and queues it at the
+  // front of waiting_ for recomputation.
+  void PreemptYoungest();
+  // Releases `seq`'s blocks and forgets its id; the caller drops it.
+  void Retire(Sequence& seq);
+  // Samples the next token of `seq` from its last position's logits and
+  // appends the event; true when the request finished.
+  bool SampleAndEmit(Sequence& seq, const std::vector<float>& logits,
+                     std::vector<SequenceEvent>* events);
+  bool IsEos(int32_t token) const;
+
+  // Constant after construction.
   const ModelConfig& config_;
   LayerLoop& loop_;
   LatentCache& cache_;
   const SchedulerOptions options_;
+
+  // Owned by the engine thread.
   uint64_t next_admit_order_ = 0;
-  std::deque<std::unique_ptr<Sequence>> waiting_;
-  std::vector<std::unique_ptr<Sequence>> running_;  // admission order
+  std::deque<std::unique_ptr<Sequence>> waiting_;   // front = next to admit
+  std::vector<std::unique_ptr<Sequence>> running_;  // ascending admit order
+  absl::flat_hash_set<uint64_t> live_ids_;          // waiting_ + running_
   SchedulerStats stats_;
 };
 

@@ -1,1 +1,534 @@
-// being written
+#include "attention_service/scheduler.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <string>
+
+#include "expert_service/expert_shard.h"
+#include "gtest/gtest.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+#include "tools/dsv2/random_model.h"
+
+namespace dsv2 {
+namespace {
+
+// A 2-layer v2-tiny random model (layer 0 dense, layer 1 MoE).
+std::string MakeModel(DType dtype) {
+  const std::string dir = ::testing::TempDir() + "/dsv2_sched_v2-tiny2_" + DTypeName(dtype);
+  if (!std::filesystem::exists(dir + "/model.safetensors")) {
+    RandomModelOptions o;
+    o.out_dir = dir;
+    o.preset = "v2-tiny";
+    o.num_layers = 2;
+    o.seed = 17;
+    o.dtype = dtype;
+    o.tokenizer_dir = std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2";
+    EXPECT_TRUE(MakeRandomModel(o).ok());
+  }
+  return dir;
+}
+
+// The single-process composition of LocalEngine, with a hook in front of the
+// expert shard (fault injection) and a cache of chosen size.
+class Engine {
+ public:
+  static std::unique_ptr<Engine> Open(DType dtype, int64_t cache_tokens) {
+    auto e = std::unique_ptr<Engine>(new Engine());
+    const std::string dir = MakeModel(dtype);
+    auto cfg = LoadModelConfig(dir + "/config.json");
+    EXPECT_TRUE(cfg.ok()) << cfg.status();
+    if (!cfg.ok()) return nullptr;
+    e->config_ = *cfg;
+    auto ck = Checkpoint::OpenDir(dir);
+    EXPECT_TRUE(ck.ok()) << ck.status();
+    if (!ck.ok()) return nullptr;
+    e->checkpoint_ = std::move(*ck);
+    auto isa = kernels::ResolveCpuIsa("");
+    EXPECT_TRUE(isa.ok()) << isa.status();
+    if (!isa.ok()) return nullptr;
+    e->pool_ = std::make_unique<kernels::ThreadPool>(1);
+    e->ctx_.isa = *isa;
+    e->ctx_.pool = e->pool_.get();
+    auto w = NonExpertWeights::Load(e->config_, *e->checkpoint_);
+    EXPECT_TRUE(w.ok()) << w.status();
+    if (!w.ok()) return nullptr;
+    e->weights_ = std::move(*w);
+    std::vector<int32_t> all(e->config_.n_routed_experts);
+    std::iota(all.begin(), all.end(), 0);
+    auto experts = ExpertWeightSet::Load(e->config_, *e->checkpoint_,
+                                         ExpertWeightSet::AllLayers(e->config_, all));
+    EXPECT_TRUE(experts.ok()) << experts.status();
+    if (!experts.ok()) return nullptr;
+    e->shard_ = std::make_unique<ExpertShard>(e->config_, std::move(*experts), e->ctx_);
+    Engine* raw = e.get();
+    e->backend_ = std::make_unique<InProcessExpertBackend>(
+        [raw](const router::ExpertDispatch& d) -> absl::StatusOr<router::ExpertReply> {
+          const int64_t call = raw->dispatches_++;
+          if (raw->fail_call_ && *raw->fail_call_ == call) {
+            return absl::UnavailableError("injected: expert shard unreachable");
+          }
+          return raw->shard_->Handle(d);
+        });
+    auto cache = LatentCache::Create(e->config_.num_hidden_layers, e->config_.latent_dim(),
+                                     e->weights_->activation_dtype(),
+                                     LatentCache::BlocksForTokens(cache_tokens));
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    if (!cache.ok()) return nullptr;
+    e->cache_ = std::move(*cache);
+    e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_);
+    return e;
+  }
+
+  const ModelConfig& config() const { return config_; }
+  LatentCache& cache() { return *cache_; }
+  LayerLoop& loop() { return *loop_; }
+  // A fresh LayerLoop over the same weights, cache and experts.
+  std::unique_ptr<LayerLoop> NewLoop() {
+    return std::make_unique<LayerLoop>(*weights_, *cache_, *backend_, ctx_);
+  }
+  int64_t dispatches() const { return dispatches_; }
+  // Makes the expert call with this 0-based index fail with UNAVAILABLE.
+  void FailDispatch(int64_t call) { fail_call_ = call; }
+
+ private:
+  Engine() = default;
+
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::unique_ptr<kernels::ThreadPool> pool_;
+  kernels::CpuContext ctx_;
+  std::unique_ptr<NonExpertWeights> weights_;
+  std::unique_ptr<ExpertShard> shard_;
+  std::unique_ptr<InProcessExpertBackend> backend_;
+  std::unique_ptr<LatentCache> cache_;
+  std::unique_ptr<LayerLoop> loop_;
+  int64_t dispatches_ = 0;
+  std::optional<int64_t> fail_call_;
+};
+
+struct Result {
+  std::vector<int32_t> tokens;
+  FinishReason finish = FinishReason::kNone;
+  absl::Status error;
+  int32_t max_preemptions = 0;
+  // Preempted between two of its tokens: resumed by recomputing prompt +
+  // generated tokens.
+  bool resumed_after_tokens = false;
+  bool terminal = false;
+};
+
+// The `dsv2 run` algorithm for one request alone on a fresh LayerLoop: the
+// prompt as one chunk, then one token per step; output position i sampled
+// with SampleToken(logits, sampling, i); no step after the final token.
+Result Reference(Engine& e, const GenerationRequest& r, const std::vector<int64_t>& eos_ids) {
+  Result res;
+  std::unique_ptr<LayerLoop> loop = e.NewLoop();
+  SequenceCache seq;
+  StepOutput out;
+  StepSequence s{&seq, std::span<const int32_t>(r.prompt), false};
+  absl::Status st = loop->Step(std::span<StepSequence>(&s, 1), &out);
+  EXPECT_TRUE(st.ok()) << st;
+  for (int64_t i = 0; st.ok() && i < r.max_tokens; ++i) {
+    const int32_t next = SampleToken(out.logits[0], r.sampling, static_cast<uint64_t>(i));
+    res.tokens.push_back(next);
+    if (!r.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end()) {
+      res.finish = FinishReason::kEos;
+      break;
+    }
+    if (std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), next) !=
+        r.stop_token_ids.end()) {
+      res.finish = FinishReason::kStop;
+      break;
+    }
+    if (i + 1 == r.max_tokens) {
+      res.finish = FinishReason::kLength;
+      break;
+    }
+    StepSequence d{&seq, std::span<const int32_t>(&res.tokens.back(), 1), false};
+    st = loop->Step(std::span<StepSequence>(&d, 1), &out);
+    EXPECT_TRUE(st.ok()) << st;
+  }
+  e.cache().Release(seq);
+  res.terminal = true;
+  return res;
+}
+
+// Folds events into per-request results, checking that each event carries
+// at most one token and nothing follows a terminal event.
+void Collect(const std::vector<SequenceEvent>& events, std::map<uint64_t, Result>* results) {
+  for (const SequenceEvent& ev : events) {
+    Result& r = (*results)[ev.id];
+    EXPECT_FALSE(r.terminal) << "event for request " << ev.id << " after its last event";
+    EXPECT_LE(ev.tokens.size(), 1u);
+    if (!r.tokens.empty() && ev.preemptions > r.max_preemptions) r.resumed_after_tokens = true;
+    r.tokens.insert(r.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+    r.max_preemptions = std::max(r.max_preemptions, ev.preemptions);
+    if (ev.finish != FinishReason::kNone || !ev.error.ok()) {
+      r.terminal = true;
+      r.finish = ev.finish;
+      r.error = ev.error;
+    }
+  }
+}
+
+struct Arrival {
+  int64_t step;  // added before this step
+  GenerationRequest request;
+};
+
+// Adds each request before its step and steps until everything finished.
+std::map<uint64_t, Result> RunAll(Scheduler& sched, std::vector<Arrival> arrivals,
+                                  int64_t max_steps = 100000) {
+  std::map<uint64_t, Result> results;
+  std::stable_sort(arrivals.begin(), arrivals.end(),
+                   [](const Arrival& a, const Arrival& b) { return a.step < b.step; });
+  size_t next = 0;
+  for (int64_t step = 0; step < max_steps; ++step) {
+    while (next < arrivals.size() && arrivals[next].step <= step) {
+      const absl::Status st = sched.Add(arrivals[next++].request);
+      EXPECT_TRUE(st.ok()) << st;
+    }
+    std::vector<SequenceEvent> events;
+    const bool ran = sched.Step(&events);
+    Collect(events, &results);
+    if (!ran && next == arrivals.size()) break;
+  }
+  EXPECT_TRUE(sched.idle());
+  return results;
+}
+
+GenerationRequest MakeRequest(uint64_t id, int64_t prompt_len, int64_t max_tokens,
+                              float temperature = 0.f) {
+  GenerationRequest r;
+  r.id = id;
+  for (int64_t i = 0; i < prompt_len; ++i) {
+    r.prompt.push_back(static_cast<int32_t>((id * 7919 + i * 104729 + 13) % 102000));
+  }
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = temperature;
+  if (temperature > 0) {
+    r.sampling.top_k = 50;
+    r.sampling.top_p = 0.9f;
+    r.sampling.seed = 1000 + id;
+  }
+  return r;
+}
+
+// Ten requests of 1..150 prompt tokens (across 64-token cache blocks) and
+// 1..12 new tokens, half greedy and half sampled, arriving over 6 steps.
+std::vector<Arrival> MixedArrivals() {
+  const int64_t prompt_lens[] = {5, 1, 70, 33, 150, 64, 12, 65, 2, 40};
+  const int64_t max_tokens[] = {8, 6, 4, 12, 3, 1, 10, 5, 9, 7};
+  const int64_t steps[] = {0, 0, 0, 1, 1, 2, 3, 3, 5, 6};
+  std::vector<Arrival> a;
+  for (int i = 0; i < 10; ++i) {
+    a.push_back(
+        {steps[i], MakeRequest(100 + i, prompt_lens[i], max_tokens[i], i % 2 ? 0.8f : 0.f)});
+  }
+  return a;
+}
+
+std::map<uint64_t, Result> References(Engine& e, const std::vector<Arrival>& arrivals,
+                                      const std::vector<int64_t>& eos_ids) {
+  std::map<uint64_t, Result> refs;
+  for (const Arrival& a : arrivals) refs[a.request.id] = Reference(e, a.request, eos_ids);
+  return refs;
+}
+
+void ExpectSameResults(const std::map<uint64_t, Result>& refs,
+                       const std::map<uint64_t, Result>& results, const std::string& what) {
+  ASSERT_EQ(results.size(), refs.size()) << what;
+  for (const auto& [id, ref] : refs) {
+    const auto it = results.find(id);
+    ASSERT_NE(it, results.end()) << what << " request " << id;
+    EXPECT_TRUE(it->second.error.ok()) << what << " " << it->second.error;
+    EXPECT_TRUE(it->second.terminal) << what << " request " << id;
+    EXPECT_EQ(it->second.tokens, ref.tokens) << what << " request " << id;
+    EXPECT_EQ(it->second.finish, ref.finish) << what << " request " << id;
+  }
+}
+
+class SchedulerDTypeTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(SchedulerDTypeTest, ConcurrentRequestsGiveTheTokensOfRunningAlone) {
+  auto e = Engine::Open(GetParam(), 4096);
+  ASSERT_NE(e, nullptr);
+  Scheduler sched(e->config(), e->loop(), e->cache(), SchedulerOptions{});
+  const auto arrivals = MixedArrivals();
+  const auto results = RunAll(sched, arrivals);
+  ExpectSameResults(References(*e, arrivals, {}), results, "default budget");
+  const SchedulerStats st = sched.stats();
+  EXPECT_EQ(st.finished_total, 10);
+  EXPECT_EQ(st.preemptions_total, 0);
+  EXPECT_EQ(st.running, 0);
+  EXPECT_EQ(st.waiting, 0);
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+}
+
+TEST_P(SchedulerDTypeTest, ChunkedPrefillBudgetsChangeNoToken) {
+  auto e = Engine::Open(GetParam(), 4096);
+  ASSERT_NE(e, nullptr);
+  const auto arrivals = MixedArrivals();
+  const auto refs = References(*e, arrivals, {});
+  for (int64_t budget : {1, 3, 7, 64}) {
+    SchedulerOptions o;
+    o.max_step_tokens = budget;
+    o.max_running = 4;
+    Scheduler sched(e->config(), e->loop(), e->cache(), o);
+    std::map<uint64_t, Result> results;
+    // Steps never exceed the budget or max_running.
+    const std::vector<Arrival>& sorted = arrivals;  // by step already
+    size_t next = 0;
+    for (int64_t step = 0; step < 100000; ++step) {
+      while (next < sorted.size() && sorted[next].step <= step) {
+        ASSERT_TRUE(sched.Add(sorted[next++].request).ok());
+      }
+      std::vector<SequenceEvent> events;
+      const bool ran = sched.Step(&events);
+      if (ran) {
+        EXPECT_LE(sched.stats().last_step_tokens, budget);
+        EXPECT_GE(sched.stats().last_step_tokens, 1);
+        EXPECT_LE(sched.stats().last_step_sequences, 4);
+      }
+      Collect(events, &results);
+      if (!ran && next == sorted.size()) break;
+    }
+    ExpectSameResults(refs, results, "budget " + std::to_string(budget));
+    EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+  }
+}
+
+TEST_P(SchedulerDTypeTest, FullCachePreemptsTheYoungestAndRecomputesTheSameTokens) {
+  // 3 blocks (192 tokens): room for about two of these sequences at once.
+  auto e = Engine::Open(GetParam(), 3 * kLatentBlockTokens);
+  ASSERT_NE(e, nullptr);
+  std::vector<Arrival> arrivals;
+  const int64_t prompt_lens[] = {60, 100, 70, 30, 90, 64, 20, 110};
+  for (int i = 0; i < 8; ++i) {
+    arrivals.push_back(
+        {i / 3, MakeRequest(200 + i, prompt_lens[i], 20 + 4 * i, i % 2 ? 0.f : 1.1f)});
+  }
+  SchedulerOptions o;
+  o.max_step_tokens = 64;
+  Scheduler sched(e->config(), e->loop(), e->cache(), o);
+  const auto results = RunAll(sched, arrivals);
+  EXPECT_GT(sched.stats().preemptions_total, 0);
+  // Events report preemptions, and some sequence was preempted after it had
+  // generated tokens (recomputed from prompt + generated).
+  int resumed = 0;
+  for (const auto& [id, r] : results) resumed += r.resumed_after_tokens;
+  EXPECT_GT(resumed, 0);
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+  ExpectSameResults(References(*e, arrivals, {}), results, "small cache");
+}
+
+INSTANTIATE_TEST_SUITE_P(Scheduler, SchedulerDTypeTest,
+                         ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(DTypeName(info.param)); });
+
+TEST(SchedulerTest, AddRejectsBadRequestsNamingTheNumbers) {
+  auto e = Engine::Open(DType::kF32, 2 * kLatentBlockTokens);
+  ASSERT_NE(e, nullptr);
+  Scheduler sched(e->config(), e->loop(), e->cache(), SchedulerOptions{});
+  // Can never fit the 128-token cache: rejected now, not preempted forever.
+  absl::Status st = sched.Add(MakeRequest(1, 100, 29));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("129"), absl::string_view::npos) << st;
+  EXPECT_NE(st.message().find("128"), absl::string_view::npos) << st;
+  EXPECT_TRUE(sched.Add(MakeRequest(2, 100, 28)).ok());  // exactly fits
+  // Over the context length.
+  st = sched.Add(MakeRequest(3, 10, e->config().max_position_embeddings));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find(std::to_string(e->config().max_position_embeddings)),
+            absl::string_view::npos)
+      << st;
+  EXPECT_NE(st.message().find("context"), absl::string_view::npos) << st;
+  EXPECT_EQ(sched.Add(MakeRequest(4, 0, 1)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sched.Add(MakeRequest(5, 3, 0)).code(), absl::StatusCode::kInvalidArgument);
+  GenerationRequest bad_token = MakeRequest(6, 3, 1);
+  bad_token.prompt[1] = static_cast<int32_t>(e->config().vocab_size);
+  st = sched.Add(bad_token);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("102400"), absl::string_view::npos) << st;
+  bad_token.prompt[1] = -1;
+  EXPECT_EQ(sched.Add(bad_token).code(), absl::StatusCode::kInvalidArgument);
+  GenerationRequest bad_sampling = MakeRequest(7, 3, 1);
+  bad_sampling.sampling.top_p = 0.f;
+  EXPECT_EQ(sched.Add(bad_sampling).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(sched.stats().waiting, 1);
+}
+
+TEST(SchedulerTest, FullQueueIsResourceExhaustedAndLiveIdsAreUnique) {
+  auto e = Engine::Open(DType::kF32, 1024);
+  ASSERT_NE(e, nullptr);
+  SchedulerOptions o;
+  o.max_waiting = 2;
+  o.max_running = 1;
+  Scheduler sched(e->config(), e->loop(), e->cache(), o);
+  ASSERT_TRUE(sched.Add(MakeRequest(1, 4, 3)).ok());
+  ASSERT_TRUE(sched.Add(MakeRequest(2, 4, 3)).ok());
+  EXPECT_EQ(sched.Add(MakeRequest(3, 4, 3)).code(), absl::StatusCode::kResourceExhausted);
+  std::vector<SequenceEvent> events;
+  ASSERT_TRUE(sched.Step(&events));  // admits 1; 2 still waits
+  EXPECT_EQ(sched.stats().running, 1);
+  EXPECT_EQ(sched.stats().waiting, 1);
+  EXPECT_EQ(sched.Add(MakeRequest(1, 4, 3)).code(), absl::StatusCode::kAlreadyExists);  // running
+  EXPECT_EQ(sched.Add(MakeRequest(2, 4, 3)).code(), absl::StatusCode::kAlreadyExists);  // waiting
+  ASSERT_TRUE(sched.Add(MakeRequest(3, 4, 3)).ok());
+  std::map<uint64_t, Result> results;
+  while (sched.Step(&events)) {
+  }
+  Collect(events, &results);
+  EXPECT_EQ(results.size(), 3u);
+  EXPECT_TRUE(sched.Add(MakeRequest(1, 4, 3)).ok());  // finished ids may come back
+}
+
+TEST(SchedulerTest, CancelFreesBlocksAtOnceAndStopsEvents) {
+  auto e = Engine::Open(DType::kF32, 1024);
+  ASSERT_NE(e, nullptr);
+  Scheduler sched(e->config(), e->loop(), e->cache(), SchedulerOptions{});
+  const GenerationRequest keep = MakeRequest(1, 20, 10);
+  ASSERT_TRUE(sched.Add(keep).ok());
+  ASSERT_TRUE(sched.Add(MakeRequest(2, 130, 10)).ok());  // 3 blocks
+  std::vector<SequenceEvent> events;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(sched.Step(&events));
+  const int64_t free_before = e->cache().free_blocks();
+  EXPECT_TRUE(sched.Cancel(2));
+  EXPECT_EQ(e->cache().free_blocks(), free_before + 3);
+  EXPECT_FALSE(sched.Cancel(2));
+  EXPECT_FALSE(sched.Cancel(99));
+  ASSERT_TRUE(sched.Add(MakeRequest(3, 5, 5)).ok());
+  EXPECT_TRUE(sched.Cancel(3));  // still waiting
+  std::map<uint64_t, Result> results;
+  Collect(events, &results);
+  events.clear();
+  while (sched.Step(&events)) {
+  }
+  for (const SequenceEvent& ev : events) {
+    EXPECT_NE(ev.id, 2u);
+    EXPECT_NE(ev.id, 3u);
+  }
+  Collect(events, &results);
+  EXPECT_EQ(results[1].tokens, Reference(*e, keep, {}).tokens);
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+  EXPECT_TRUE(sched.idle());
+}
+
+TEST(SchedulerTest, ExpertFailureFailsExactlyTheSequencesOfThatStep) {
+  auto e = Engine::Open(DType::kF32, 2048);
+  ASSERT_NE(e, nullptr);
+  SchedulerOptions o;
+  o.max_running = 2;
+  Scheduler sched(e->config(), e->loop(), e->cache(), o);
+  ASSERT_TRUE(sched.Add(MakeRequest(1, 10, 8)).ok());
+  ASSERT_TRUE(sched.Add(MakeRequest(2, 70, 8)).ok());
+  const GenerationRequest waiting = MakeRequest(3, 15, 6, 0.7f);
+  ASSERT_TRUE(sched.Add(waiting).ok());  // waits: max_running = 2
+  std::vector<SequenceEvent> events;
+  ASSERT_TRUE(sched.Step(&events));  // prefill of 1 and 2
+  ASSERT_TRUE(sched.Step(&events));  // first decode
+  // One MoE layer: one dispatch per step (two with ping-pong micro-batches);
+  // the next call fails the next step.
+  e->FailDispatch(e->dispatches());
+  const int64_t free_before = e->cache().free_blocks();
+  std::map<uint64_t, Result> results;
+  Collect(events, &results);
+  events.clear();
+  ASSERT_TRUE(sched.Step(&events));
+  ASSERT_EQ(events.size(), 2u);
+  for (const SequenceEvent& ev : events) {
+    EXPECT_TRUE(ev.id == 1 || ev.id == 2) << ev.id;
+    EXPECT_EQ(ev.error.code(), absl::StatusCode::kUnavailable) << ev.error;
+    EXPECT_NE(ev.error.message().find("injected"), absl::string_view::npos) << ev.error;
+    EXPECT_TRUE(ev.tokens.empty());
+  }
+  Collect(events, &results);
+  EXPECT_EQ(sched.stats().failed_steps_total, 1);
+  EXPECT_EQ(sched.stats().running, 0);
+  EXPECT_EQ(sched.stats().waiting, 1);
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+  EXPECT_GT(e->cache().free_blocks(), free_before);
+  // The waiting request and one added afterwards complete unharmed.
+  const GenerationRequest later = MakeRequest(4, 40, 7);
+  ASSERT_TRUE(sched.Add(later).ok());
+  events.clear();
+  while (sched.Step(&events)) {
+  }
+  Collect(events, &results);
+  EXPECT_TRUE(results[3].error.ok());
+  EXPECT_TRUE(results[4].error.ok());
+  EXPECT_EQ(results[3].tokens, Reference(*e, waiting, {}).tokens);
+  EXPECT_EQ(results[4].tokens, Reference(*e, later, {}).tokens);
+  EXPECT_EQ(results[4].finish, FinishReason::kLength);
+  EXPECT_EQ(sched.stats().failed_steps_total, 1);
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+}
+
+TEST(SchedulerTest, FinishReasonsEosStopAndIgnoreEos) {
+  auto e = Engine::Open(DType::kF32, 1024);
+  ASSERT_NE(e, nullptr);
+  // The tokens this prompt produces with nothing ending it early.
+  const GenerationRequest base = MakeRequest(1, 9, 12);
+  const std::vector<int32_t> free_run = Reference(*e, base, {}).tokens;
+  ASSERT_EQ(free_run.size(), 12u);
+  const int32_t eos = free_run[4];
+  const size_t first_eos = std::find(free_run.begin(), free_run.end(), eos) - free_run.begin();
+  const int32_t stop = free_run[2];
+  const size_t first_stop = std::find(free_run.begin(), free_run.end(), stop) - free_run.begin();
+
+  SchedulerOptions o;
+  o.eos_token_ids = {eos};
+  Scheduler sched(e->config(), e->loop(), e->cache(), o);
+  GenerationRequest with_eos = base;
+  with_eos.id = 1;
+  GenerationRequest ignoring = base;
+  ignoring.id = 2;
+  ignoring.ignore_eos = true;
+  GenerationRequest with_stop = base;
+  with_stop.id = 3;
+  with_stop.stop_token_ids = {stop};
+  with_stop.ignore_eos = true;
+  const auto results = RunAll(sched, {{0, with_eos}, {0, ignoring}, {0, with_stop}});
+  // The finishing token is part of the output.
+  EXPECT_EQ(results.at(1).finish, FinishReason::kEos);
+  EXPECT_EQ(results.at(1).tokens,
+            std::vector<int32_t>(free_run.begin(), free_run.begin() + first_eos + 1));
+  EXPECT_EQ(results.at(2).finish, FinishReason::kLength);
+  EXPECT_EQ(results.at(2).tokens, free_run);
+  EXPECT_EQ(results.at(3).finish, FinishReason::kStop);
+  EXPECT_EQ(results.at(3).tokens,
+            std::vector<int32_t>(free_run.begin(), free_run.begin() + first_stop + 1));
+  EXPECT_EQ(sched.stats().finished_total, 3);
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+}
+
+TEST(SchedulerTest, FailAllEndsEveryLiveRequestAndFreesTheCache) {
+  auto e = Engine::Open(DType::kF32, 1024);
+  ASSERT_NE(e, nullptr);
+  SchedulerOptions o;
+  o.max_running = 2;
+  Scheduler sched(e->config(), e->loop(), e->cache(), o);
+  for (uint64_t id = 1; id <= 3; ++id) ASSERT_TRUE(sched.Add(MakeRequest(id, 30, 10)).ok());
+  std::vector<SequenceEvent> events;
+  ASSERT_TRUE(sched.Step(&events));
+  ASSERT_TRUE(sched.Step(&events));
+  events.clear();
+  sched.FailAll(absl::UnavailableError("node shutting down"), &events);
+  ASSERT_EQ(events.size(), 3u);
+  for (const SequenceEvent& ev : events) {
+    EXPECT_EQ(ev.error.code(), absl::StatusCode::kUnavailable);
+  }
+  EXPECT_TRUE(sched.idle());
+  EXPECT_EQ(e->cache().free_blocks(), e->cache().num_blocks());
+  events.clear();
+  EXPECT_FALSE(sched.Step(&events));
+  EXPECT_TRUE(events.empty());
+}
+
+}  // namespace
+}  // namespace dsv2
