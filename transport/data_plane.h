@@ -70,7 +70,8 @@ struct DataPlaneServerStats {
 class DataPlaneServer {
  public:
   virtual ~DataPlaneServer() = default;
-  // What clients pass to Connect (UCX: the worker address bytes).
+  // What clients pass to Connect (UCX: a tag and the worker address bytes;
+  // binary, opaque to callers).
   virtual std::string address() const = 0;
   virtual DataPlaneServerStats stats() const = 0;
   // Stops receiving, finishes the request in the handler, joins threads.

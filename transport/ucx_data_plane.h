@@ -5,23 +5,53 @@
 // Messages below `rendezvous_threshold` bytes go eagerly
 // (UCP_AM_SEND_FLAG_EAGER); larger ones by explicit rendezvous
 // (UCP_AM_SEND_FLAG_RNDV), which the receiver completes with
-// ucp_am_recv_data_nbx into its own buffer. Servers reply on the endpoint
-// UCX hands the handler (UCP_AM_SEND_FLAG_REPLY), so any number of clients
-// can use one server (M-to-N).
+// ucp_am_recv_data_nbx into its own buffer. Any number of clients can use
+// one server (M-to-N).
+//
+// Replies do not use the endpoint UCX hands the AM callback
+// (UCP_AM_SEND_FLAG_REPLY): in UCX 1.13 that endpoint is destroyed without
+// notice when its peer fails, so a reply sent after a client died would use
+// freed memory. Instead Connect introduces the client to the server (a
+// hello carrying the client's worker address, answered by an ack); the
+// server opens its own endpoint to each client and replies on it. Connect
+// therefore returns only once both directions work, and fails with
+// Unavailable (after `connect_timeout` at most) when the server is
+// unreachable. A server that shuts down tells its clients (requests it
+// drops are refused, then a goodbye), so their tickets fail at once.
 //
 // Threads: each client and each server owns one UCX context + worker and
 // one progress thread, the only thread that touches the worker. It sleeps in
 // epoll on the worker's event fd (ucp_worker_get_efd / ucp_worker_arm) and an
 // eventfd that other threads signal when they queue work; it spins only
-// briefly (`spin` below) after activity. A server also owns a handler thread
-// that runs the RequestHandler. Transports are UCX's choice, narrowed by
-// `transports` (UCX_TLS syntax: "tcp", "sm", "rc,sm", ...; "" = UCX_TLS from
-// the environment or UCX's default).
+// briefly (`spin` below) after activity, and wakes at least every 100 ms so
+// that UCX keepalive runs. A server also owns a handler thread that runs the
+// RequestHandler. Transports are UCX's choice, narrowed by `transports`
+// (UCX_TLS syntax: "tcp", "sm", "rc,sm", ...; "" = UCX_TLS from the
+// environment or UCX's default).
+//
+// Endpoints use UCP_ERR_HANDLING_MODE_PEER, so a failed peer fails its
+// tickets with Unavailable. What that takes with UCX 1.13 (Debian libucx0),
+// checked between processes and within one on a single host:
+//  * tcp: nothing. UCX 1.13 lists the loopback device `lo` among its tcp
+//    devices, so UCX_TLS=tcp works on one host (UCX_NET_DEVICES=lo keeps it
+//    on loopback). A killed peer is noticed at once (socket error).
+//  * sm: the shared-memory transports (posix, sysv) expose peer-failure
+//    support only with UCX_{POSIX,SYSV}_ERROR_HANDLING=y; without it "sm"
+//    has no usable transport ("no peer failure handler"). Create sets it
+//    (ucp_config_modify "MM_ERROR_HANDLING=y") unless either variable is in
+//    the environment. UCX then picks sysv for active messages, so both
+//    processes need the same IPC namespace (one host or one pod). A killed
+//    peer process is noticed by UCX keepalive, every KEEPALIVE_INTERVAL
+//    (UCX default 20 s; set it shorter through `config`, the tests use
+//    200ms). Neither disabling cma nor UCX_POSIX_USE_PROC_LINK=n was needed
+//    here.
 #ifndef DSV2_TRANSPORT_UCX_DATA_PLANE_H_
 #define DSV2_TRANSPORT_UCX_DATA_PLANE_H_
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -33,6 +63,15 @@ struct UcxOptions {
   std::string transports;                 // UCX_TLS value; "" = UCX's choice
   size_t rendezvous_threshold = 64 << 10;  // bytes; messages >= it use rendezvous
   absl::Duration spin = absl::Microseconds(50);  // busy-progress after activity
+  // Further UCX settings, applied with ucp_config_modify over the UCX_*
+  // environment: (name without the "UCX_" prefix, value), e.g.
+  // {"KEEPALIVE_INTERVAL", "1s"}. A value UCX rejects makes Create fail with
+  // InvalidArgument; a name UCX does not know is only reported by UCX (a
+  // warning "invalid configuration" when the worker starts) and ignored.
+  std::vector<std::pair<std::string, std::string>> config;
+  // How long Connect waits for the server's answer to the connection
+  // handshake before it returns Unavailable.
+  absl::Duration connect_timeout = absl::Seconds(5);
 };
 
 // Unavailable when UCX cannot be initialised with the given transports.

@@ -95,6 +95,9 @@ struct ReplyView {
   std::string_view error;              // status != kOk
 };
 
+// The encoders set magic, version, kind, status and error_bytes themselves
+// (EncodeRequest also num_assignments = assignments.size()); every other
+// field is the caller's (replies echo the request's).
 std::vector<std::byte> EncodeRequest(const WireHeader& header,
                                      std::span<const WireAssignment> assignments,
                                      std::span<const std::byte> activations);
@@ -107,7 +110,10 @@ std::vector<std::byte> EncodeErrorReply(const WireHeader& request, WireStatus st
 
 // Validates every field (magic, version, kind, dtype, limits, byte counts,
 // each assignment's row and expert) and returns views. InvalidArgument
-// naming the field otherwise. `message` must be 4-byte aligned.
+// naming the field otherwise. `message` must be 4-byte aligned (a
+// std::vector<std::byte> is); a misaligned request is InvalidArgument. An
+// error reply's shape fields are not checked: they echo a request that may
+// have been malformed (EncodeErrorReply of a zeroed PeekHeader).
 absl::StatusOr<RequestView> ParseRequest(std::span<const std::byte> message);
 absl::StatusOr<ReplyView> ParseReply(std::span<const std::byte> message);
 // The header of a message that failed ParseRequest, for its error reply

@@ -1,0 +1,348 @@
+// dsv2-attention: an attention node (DESIGN.md section 2). Loads only the
+// non-expert weights, owns the paged latent cache and the
+// continuous-batching scheduler, reaches the routed experts on expert-shard
+// services over UCX (DataPlaneExpertBackend), and serves the AttentionNode
+// gRPC API (+ grpc.health.v1) on --port. Prints one ready line on stdout:
+//   dsv2-attention ready port=PORT cache_tokens=N placement_version=V
+// SIGTERM/SIGINT: stop admitting, finish live requests (up to
+// --drain-timeout-s), exit 0.
+// Threads: main (start-up, then waits for the signal), gRPC's server
+// threads (one per active RPC: they wait on RequestStreams), the engine
+// thread (AttentionEngine: scheduler, layer loop, cache), the data plane's
+// progress thread, the compute ThreadPool.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "attention_node.grpc.pb.h"
+#include "attention_service/engine.h"
+#include "attention_service/latent_cache.h"
+#include "attention_service/layer_loop.h"
+#include "attention_service/remote_experts.h"
+#include "attention_service/scheduler.h"
+#include "expert_shard.grpc.pb.h"
+#include "kernels/cpu.h"
+#include "kernels/status_macros.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/weights.h"
+#include "tools/service/service_common.h"
+#include "transport/ucx_data_plane.h"
+
+namespace dsv2 {
+namespace {
+
+// Fills in missing UCX addresses by asking each shard (GetStatus), retrying
+// until `deadline` while shards start up.
+absl::Status ResolveShardAddresses(internal::PlacementTable& table, absl::Time deadline) {
+  for (internal::ShardEndpoint& s : *table.mutable_shards()) {
+    if (!s.ucx_address().empty()) continue;
+    if (s.grpc_address().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard ", s.shard_id(), " has neither a gRPC nor a UCX address"));
+    }
+    auto stub = internal::ExpertShardService::NewStub(
+        grpc::CreateChannel(s.grpc_address(), grpc::InsecureChannelCredentials()));
+    absl::Status last;
+    while (true) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+      internal::ShardStatus status;
+      const grpc::Status st = stub->GetStatus(&ctx, internal::ShardStatusRequest(), &status);
+      if (st.ok()) {
+        if (status.shard_id() != s.shard_id()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              s.grpc_address(), " is shard ", status.shard_id(), ", not shard ", s.shard_id()));
+        }
+        s.set_ucx_address(status.ucx_address());
+        break;
+      }
+      last = service::FromGrpcStatus(st);
+      if (absl::Now() >= deadline) {
+        return absl::UnavailableError(absl::StrCat("expert shard ", s.shard_id(), " at ",
+                                                   s.grpc_address(), ": ", last.message()));
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyPlacement(internal::PlacementTable table, int32_t num_experts,
+                            DataPlaneExpertBackend& backend) {
+  DSV2_RETURN_IF_ERROR(ResolveShardAddresses(table, absl::Now() + absl::Seconds(10)));
+  DSV2_ASSIGN_OR_RETURN(router::Placement p, service::PlacementFromProto(table, num_experts));
+  std::vector<std::string> addresses(p.num_shards);
+  for (const internal::ShardEndpoint& s : table.shards()) addresses[s.shard_id()] = s.ucx_address();
+  DSV2_RETURN_IF_ERROR(backend.SetPlacement(p, addresses));
+  spdlog::info("placement version {} over {} shards", p.version, p.num_shards);
+  return absl::OkStatus();
+}
+
+internal::FinishReason ToProto(FinishReason r) {
+  switch (r) {
+    case FinishReason::kLength: return internal::FINISH_REASON_LENGTH;
+    case FinishReason::kEos: return internal::FINISH_REASON_EOS;
+    case FinishReason::kStop: return internal::FINISH_REASON_STOP;
+    case FinishReason::kNone: break;
+  }
+  return internal::FINISH_REASON_UNSPECIFIED;
+}
+
+class NodeService final : public internal::AttentionNode::Service {
+ public:
+  NodeService(const ModelConfig& config, AttentionEngine& engine, DataPlaneExpertBackend& backend)
+      : config_(config), engine_(engine), backend_(backend) {}
+
+  grpc::Status Submit(grpc::ServerContext* ctx, const internal::SubmitRequest* req,
+                      grpc::ServerWriter<internal::SubmitResponse>* writer) override {
+    if (config_.first_k_dense_replace < config_.num_hidden_layers && !backend_.ready()) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no complete expert placement yet");
+    }
+    GenerationRequest r;
+    r.id = req->request_id() != 0 ? req->request_id()
+                                  : (uint64_t{1} << 63) | next_id_.fetch_add(1);
+    r.prompt.assign(req->prompt_ids().begin(), req->prompt_ids().end());
+    r.sampling.temperature = req->sampling().temperature();
+    r.sampling.top_k = req->sampling().top_k();
+    r.sampling.top_p = req->sampling().top_p() == 0.0f ? 1.0f : req->sampling().top_p();
+    r.sampling.seed = req->sampling().seed();
+    r.max_tokens = req->max_tokens();
+    r.ignore_eos = req->ignore_eos();
+    r.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
+    const uint64_t id = r.id;
+    absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine_.Submit(std::move(r));
+    if (!stream.ok()) return service::ToGrpcStatus(stream.status());
+    while (true) {
+      if (ctx->IsCancelled()) {
+        engine_.Cancel(id);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+      }
+      for (SequenceEvent& e : (*stream)->Next(absl::Milliseconds(50))) {
+        if (!e.error.ok()) {
+          spdlog::warn("request {} failed: {}", id, e.error.ToString());
+          return service::ToGrpcStatus(e.error);
+        }
+        internal::SubmitResponse out;
+        for (int32_t t : e.tokens) out.add_token_ids(t);
+        out.set_preemptions(e.preemptions);
+        out.set_finish_reason(ToProto(e.finish));
+        if (!writer->Write(out)) {
+          engine_.Cancel(id);
+          return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+        }
+        if (e.finish != FinishReason::kNone) return grpc::Status::OK;
+      }
+    }
+  }
+
+  grpc::Status Cancel(grpc::ServerContext*, const internal::CancelRequest* req,
+                      internal::CancelResponse* out) override {
+    out->set_found(engine_.Cancel(req->request_id()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetStatus(grpc::ServerContext*, const internal::NodeStatusRequest*,
+                         internal::NodeStatus* out) override {
+    const EngineStats s = engine_.stats();
+    out->set_cache_capacity_tokens(s.cache_capacity_tokens);
+    out->set_cache_free_tokens(s.cache_free_tokens);
+    out->set_cache_block_tokens(kLatentBlockTokens);
+    out->set_running(static_cast<int32_t>(s.scheduler.running));
+    out->set_waiting(static_cast<int32_t>(s.scheduler.waiting));
+    out->set_placement_version(backend_.placement_version());
+    out->set_preemptions_total(s.scheduler.preemptions_total);
+    out->set_steps_total(s.scheduler.steps_total);
+    out->set_requests_total(s.scheduler.finished_total);
+    out->set_failed_steps_total(s.scheduler.failed_steps_total);
+    out->set_draining(s.draining);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status SetPlacement(grpc::ServerContext*, const internal::PlacementTable* table,
+                            internal::SetPlacementResponse* out) override {
+    absl::Status st =
+        ApplyPlacement(*table, static_cast<int32_t>(config_.n_routed_experts), backend_);
+    if (!st.ok()) return service::ToGrpcStatus(st);
+    out->set_placement_version(backend_.placement_version());
+    return grpc::Status::OK;
+  }
+
+ private:
+  const ModelConfig& config_;
+  AttentionEngine& engine_;
+  DataPlaneExpertBackend& backend_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+std::vector<cli::FlagSpec> FlagSpecs() {
+  std::vector<cli::FlagSpec> specs = {
+      {"model", false, "checkpoint directory (config.json + safetensors) (required)"},
+      {"cache-tokens", false, "latent cache capacity in tokens (default 16384; 64-token blocks)"},
+      {"max-step-tokens", false, "token budget of one step: prefill chunk size (default 512)"},
+      {"max-running", false, "sequences in one step (default 64)"},
+      {"max-waiting", false, "admission queue bound (default 1024)"},
+      {"expert-shards", false,
+       "comma-separated gRPC addresses of the expert shards, shard 0 first: the default "
+       "placement over them (version 1)"},
+      {"placement", false, "placement file (JSON PlacementTable); overrides --expert-shards"},
+      {"dispatch-timeout-ms", false,
+       "deadline of one expert dispatch, re-sends included (default 10000)"},
+      {"micro-batch-min-rows", false,
+       "split a step into two ping-pong micro-batches from this many rows (default 32; 0 = "
+       "never)"},
+      {"drain-timeout-s", false, "on SIGTERM, how long live requests may finish (default 30)"},
+  };
+  for (cli::FlagSpec& s : service::CommonFlagSpecs()) specs.push_back(std::move(s));
+  return specs;
+}
+
+int Main(int argc, char** argv) {
+  service::BlockTerminationSignals();
+  service::InitLogging("dsv2-attention");
+  const std::vector<cli::FlagSpec> specs = FlagSpecs();
+  const auto usage = [&](const std::string& msg) {
+    std::cerr << "dsv2-attention: " << msg << "\n" << cli::FlagsHelp(specs);
+    return 2;
+  };
+  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(argc, argv, 1, specs);
+  if (!flags.ok()) return usage(std::string(flags.status().message()));
+  if (flags->GetBool("help")) {
+    std::cout << "dsv2-attention flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
+    return 0;
+  }
+  absl::StatusOr<service::CommonFlags> common = service::ParseCommonFlags(*flags);
+  if (!common.ok()) return usage(std::string(common.status().message()));
+  const std::optional<std::string> model_dir = flags->Get("model");
+  if (!model_dir) return usage("--model is required");
+  int64_t cache_tokens, max_step_tokens, max_running, max_waiting, dispatch_ms, mb_rows, drain_s;
+  for (auto [name, dflt, out, min] :
+       std::initializer_list<std::tuple<const char*, int64_t, int64_t*, int64_t>>{
+           {"cache-tokens", 16384, &cache_tokens, 1},
+           {"max-step-tokens", 512, &max_step_tokens, 1},
+           {"max-running", 64, &max_running, 1},
+           {"max-waiting", 1024, &max_waiting, 0},
+           {"dispatch-timeout-ms", 10000, &dispatch_ms, 1},
+           {"micro-batch-min-rows", 32, &mb_rows, 0},
+           {"drain-timeout-s", 30, &drain_s, 0}}) {
+    absl::StatusOr<int64_t> v = flags->GetInt(name, dflt);
+    if (!v.ok()) return usage(std::string(v.status().message()));
+    if (*v < min) return usage(absl::StrCat("--", name, "=", *v, " must be >= ", min));
+    *out = *v;
+  }
+  const auto fail = [](const absl::Status& st) {
+    std::cerr << "dsv2-attention: " << st.message() << "\n";
+    return 1;
+  };
+
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(*model_dir + "/config.json");
+  if (!config.ok()) return fail(config.status());
+  const router::GateParams gate = router::GateParams::FromConfig(*config);
+  std::optional<internal::PlacementTable> table;
+  if (std::optional<std::string> file = flags->Get("placement")) {
+    absl::StatusOr<internal::PlacementTable> t = service::ReadPlacementFile(*file, gate);
+    if (!t.ok()) return fail(t.status());
+    table = *t;
+  } else if (std::optional<std::string> shards = flags->Get("expert-shards")) {
+    std::vector<std::string> addrs = absl::StrSplit(*shards, ',', absl::SkipEmpty());
+    absl::StatusOr<internal::PlacementTable> t =
+        service::DefaultPlacementTable(gate, static_cast<int32_t>(addrs.size()), 1);
+    if (addrs.empty() || !t.ok()) {
+      return usage(addrs.empty() ? "--expert-shards lists no address"
+                                 : std::string(t.status().message()));
+    }
+    for (size_t i = 0; i < addrs.size(); ++i) t->mutable_shards(i)->set_grpc_address(addrs[i]);
+    table = *t;
+  }
+
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::OpenDir(*model_dir);
+  if (!ckpt.ok()) return fail(ckpt.status());
+  absl::StatusOr<kernels::CpuIsa> isa = kernels::ResolveCpuIsa(common->cpu_isa);
+  if (!isa.ok()) return fail(isa.status());
+  kernels::ThreadPool pool(common->threads);
+  kernels::CpuContext ctx;
+  ctx.isa = *isa;
+  ctx.pool = &pool;
+  absl::StatusOr<std::unique_ptr<NonExpertWeights>> weights =
+      NonExpertWeights::Load(*config, **ckpt);
+  if (!weights.ok()) return fail(weights.status());
+  absl::StatusOr<std::unique_ptr<LatentCache>> cache = LatentCache::Create(
+      config->num_hidden_layers, config->latent_dim(), (*weights)->activation_dtype(),
+      LatentCache::BlocksForTokens(cache_tokens));
+  if (!cache.ok()) return fail(cache.status());
+
+  transport::UcxOptions ucx;
+  ucx.transports = common->ucx_transports;
+  ucx.rendezvous_threshold = static_cast<size_t>(common->rendezvous_threshold);
+  absl::StatusOr<std::unique_ptr<transport::DataPlaneClient>> client =
+      transport::CreateUcxClient(ucx);
+  if (!client.ok()) return fail(client.status());
+  RemoteExpertsOptions ro;
+  ro.dispatch_timeout = absl::Milliseconds(dispatch_ms);
+  DataPlaneExpertBackend backend(**client, ro);
+  if (table) {
+    if (absl::Status st =
+            ApplyPlacement(*table, static_cast<int32_t>(config->n_routed_experts), backend);
+        !st.ok()) {
+      return fail(st);
+    }
+  }
+
+  LayerLoopOptions lo;
+  lo.min_rows_for_micro_batches = mb_rows;
+  LayerLoop loop(**weights, **cache, backend, ctx, lo);
+  SchedulerOptions so;
+  so.max_step_tokens = max_step_tokens;
+  so.max_running = max_running;
+  so.max_waiting = max_waiting;
+  so.eos_token_ids = config->eos_token_ids;
+  Scheduler scheduler(*config, loop, **cache, so);
+  AttentionEngine engine(scheduler, **cache);
+
+  NodeService node(*config, engine, backend);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::StrCat(common->host, ":", common->port),
+                           grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&node);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return fail(absl::UnavailableError(
+        absl::StrCat("cannot listen on ", common->host, ":", common->port)));
+  }
+  service::PrintReadyLine(absl::StrCat("dsv2-attention ready port=", port, " cache_tokens=",
+                                       (*cache)->capacity_tokens(),
+                                       " placement_version=", backend.placement_version()));
+  spdlog::info("attention node serving on port {} ({} cache tokens, {} threads)", port,
+               (*cache)->capacity_tokens(), common->threads);
+
+  const int sig = service::WaitForTerminationSignal();
+  spdlog::info("signal {}: draining", sig);
+  const bool drained = engine.Drain(absl::Seconds(drain_s));
+  if (!drained) spdlog::warn("drain timed out; failing the remaining requests");
+  // Live requests are done (or failed) by now; cancel whatever RPC is left.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  engine.Shutdown();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2
+
+int main(int argc, char** argv) {
+  try {
+    return dsv2::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "dsv2-attention: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,303 @@
+#include "attention_service/remote_experts.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "kernels/status_macros.h"
+#include "transport/wire.h"
+
+namespace dsv2 {
+namespace {
+
+uint16_t ToWireDType(DType d) {
+  return static_cast<uint16_t>(d == DType::kBF16 ? transport::WireDType::kBf16
+                                                 : transport::WireDType::kF32);
+}
+
+}  // namespace
+
+// One dispatch in flight: the layer's input (kept for re-sends), the plan
+// it was last sent with, and one ticket per shard part.
+struct DataPlaneExpertBackend::Pending {
+  router::ExpertDispatch dispatch;
+  DispatchContext context;
+  absl::Time deadline;
+  std::shared_ptr<const PlacementState> state;
+  router::DispatchPlan plan;
+  std::vector<uint64_t> tickets;       // per plan.shards entry; 0 = done
+  std::vector<uint64_t> request_ids;   // per plan.shards entry
+  std::vector<std::byte> outputs;      // assignments x hidden x dtype size
+  int attempts = 0;
+};
+
+DataPlaneExpertBackend::DataPlaneExpertBackend(transport::DataPlaneClient& client,
+                                               RemoteExpertsOptions options)
+    : client_(client), options_(options) {}
+
+DataPlaneExpertBackend::~DataPlaneExpertBackend() {
+  for (auto& [ticket, p] : pending_) {
+    for (uint64_t t : p->tickets) {
+      if (t != 0) client_.Forget(t);
+    }
+  }
+}
+
+absl::Status DataPlaneExpertBackend::SetPlacement(const router::Placement& placement,
+                                                  const std::vector<std::string>& addresses) {
+  if (addresses.size() < static_cast<size_t>(placement.num_shards)) {
+    return absl::InvalidArgumentError(absl::StrCat("placement has ", placement.num_shards,
+                                                   " shards but ", addresses.size(),
+                                                   " data-plane addresses"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (placement_ != nullptr && placement.version < placement_->placement.version) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("placement version ", placement.version, " is older than the current ",
+                       placement_->placement.version));
+    }
+    if (placement_ != nullptr && placement.version == placement_->placement.version) {
+      return absl::OkStatus();
+    }
+  }
+  auto state = std::make_shared<PlacementState>();
+  state->placement = placement;
+  state->peers.resize(placement.num_shards);
+  for (int32_t s = 0; s < placement.num_shards; ++s) {
+    if (placement.ExpertsOf(s).empty()) continue;  // not used by this table
+    const std::string& addr = addresses[s];
+    if (addr.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("shard ", s, " has no data-plane address"));
+    }
+    // Connect is idempotent per address; connecting outside mu_ keeps
+    // accessors responsive.
+    absl::StatusOr<transport::PeerId> peer = client_.Connect(addr);
+    if (!peer.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot reach expert shard ", s, ": ", peer.status().message()));
+    }
+    state->peers[s] = *peer;
+  }
+  absl::MutexLock lock(&mu_);
+  if (placement_ != nullptr && placement.version <= placement_->placement.version) {
+    return placement.version == placement_->placement.version
+               ? absl::OkStatus()
+               : absl::FailedPreconditionError("a newer placement arrived meanwhile");
+  }
+  placement_ = std::move(state);
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const DataPlaneExpertBackend::PlacementState>
+DataPlaneExpertBackend::placement() const {
+  absl::MutexLock lock(&mu_);
+  return placement_;
+}
+
+uint32_t DataPlaneExpertBackend::placement_version() const {
+  absl::MutexLock lock(&mu_);
+  return placement_ ? placement_->placement.version : 0;
+}
+
+bool DataPlaneExpertBackend::ready() const {
+  absl::MutexLock lock(&mu_);
+  return placement_ != nullptr && placement_->placement.complete();
+}
+
+RemoteExpertsStats DataPlaneExpertBackend::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+absl::Status DataPlaneExpertBackend::SendParts(Pending& p) {
+  for (uint64_t t : p.tickets) {
+    if (t != 0) client_.Forget(t);
+  }
+  p.state = placement();
+  if (p.state == nullptr) {
+    return absl::UnavailableError("no expert placement yet");
+  }
+  const router::ExpertDispatch& d = p.dispatch;
+  DSV2_ASSIGN_OR_RETURN(p.plan, router::Plan(d.assignments, d.num_rows, p.state->placement,
+                                             p.context.replica_key));
+  p.tickets.assign(p.plan.shards.size(), 0);
+  p.request_ids.assign(p.plan.shards.size(), 0);
+  ++p.attempts;
+  const size_t row_bytes = static_cast<size_t>(d.hidden) * DTypeSize(d.dtype);
+  int64_t bytes = 0;
+  std::vector<transport::WireAssignment> wa;
+  std::vector<std::byte> rows;
+  for (size_t i = 0; i < p.plan.shards.size(); ++i) {
+    const router::ShardDispatch& part = p.plan.shards[i];
+    transport::WireHeader h;
+    h.request_id = next_request_id_++;
+    h.layer = static_cast<uint32_t>(d.layer);
+    h.micro_batch = static_cast<uint16_t>(p.context.micro_batch);
+    h.dtype = ToWireDType(d.dtype);
+    h.num_rows = static_cast<uint32_t>(part.rows.size());
+    h.hidden = static_cast<uint32_t>(d.hidden);
+    h.num_assignments = static_cast<uint32_t>(part.assignments.size());
+    h.placement_version = p.plan.placement_version;
+    wa.resize(part.assignments.size());
+    for (size_t a = 0; a < wa.size(); ++a) {
+      wa[a] = {part.assignments[a].row, part.assignments[a].expert};
+    }
+    rows.resize(part.rows.size() * row_bytes);
+    for (size_t r = 0; r < part.rows.size(); ++r) {
+      std::memcpy(rows.data() + r * row_bytes,
+                  d.activations.data() + static_cast<size_t>(part.rows[r]) * row_bytes, row_bytes);
+    }
+    std::vector<std::byte> message = transport::EncodeRequest(h, wa, rows);
+    bytes += static_cast<int64_t>(message.size());
+    p.request_ids[i] = h.request_id;
+    absl::StatusOr<uint64_t> t = client_.Send(p.state->peers[part.shard], std::move(message));
+    // A peer already known dead: leave the part unsent; Wait re-plans.
+    p.tickets[i] = t.ok() ? *t : 0;
+    if (!t.ok()) p.request_ids[i] = 0;
+  }
+  absl::MutexLock lock(&mu_);
+  stats_.shard_requests += static_cast<int64_t>(p.plan.shards.size());
+  stats_.request_bytes += bytes;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> DataPlaneExpertBackend::Send(router::ExpertDispatch dispatch,
+                                                      const DispatchContext& context) {
+  auto p = std::make_unique<Pending>();
+  p->dispatch = std::move(dispatch);
+  p->context = context;
+  p->deadline = absl::Now() + options_.dispatch_timeout;
+  p->outputs.resize(p->dispatch.assignments.size() * static_cast<size_t>(p->dispatch.hidden) *
+                    DTypeSize(p->dispatch.dtype));
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.dispatches;
+  }
+  DSV2_RETURN_IF_ERROR(SendParts(*p));
+  const uint64_t ticket = next_ticket_++;
+  pending_[ticket] = std::move(p);
+  return ticket;
+}
+
+void DataPlaneExpertBackend::Forget(uint64_t ticket) {
+  auto it = pending_.find(ticket);
+  if (it == pending_.end()) return;
+  for (uint64_t t : it->second->tickets) {
+    if (t != 0) client_.Forget(t);
+  }
+  pending_.erase(it);
+}
+
+absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket) {
+  auto it = pending_.find(ticket);
+  if (it == pending_.end()) {
+    return absl::NotFoundError(absl::StrCat("unknown expert dispatch ticket ", ticket));
+  }
+  std::unique_ptr<Pending> p = std::move(it->second);
+  pending_.erase(it);
+  const router::ExpertDispatch& d = p->dispatch;
+  const size_t row_bytes = static_cast<size_t>(d.hidden) * DTypeSize(d.dtype);
+  const auto fail = [&](absl::Status st) -> absl::Status {
+    for (uint64_t t : p->tickets) {
+      if (t != 0) client_.Forget(t);
+    }
+    absl::MutexLock lock(&mu_);
+    ++stats_.failures;
+    return st;
+  };
+  absl::Duration backoff = absl::Milliseconds(2);
+  while (true) {
+    std::vector<int32_t> failed_shards;  // silent, dead or unsent
+    bool stale = false;
+    for (size_t i = 0; i < p->plan.shards.size(); ++i) {
+      if (p->request_ids[i] == 0 && p->tickets[i] == 0) {
+        failed_shards.push_back(p->plan.shards[i].shard);
+        continue;
+      }
+      if (p->tickets[i] == 0) continue;  // done
+      absl::StatusOr<std::vector<std::byte>> bytes = client_.Wait(p->tickets[i], p->deadline);
+      p->tickets[i] = 0;
+      if (!bytes.ok()) {
+        p->request_ids[i] = 0;
+        failed_shards.push_back(p->plan.shards[i].shard);
+        continue;
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        stats_.reply_bytes += static_cast<int64_t>(bytes->size());
+      }
+      const router::ShardDispatch& part = p->plan.shards[i];
+      absl::StatusOr<transport::ReplyView> reply = transport::ParseReply(*bytes);
+      if (!reply.ok()) {
+        return fail(absl::InternalError(absl::StrCat("expert shard ", part.shard,
+                                                     " sent a malformed reply: ",
+                                                     reply.status().message())));
+      }
+      const auto status = static_cast<transport::WireStatus>(reply->header.status);
+      if (status == transport::WireStatus::kPlacementMismatch) {
+        stale = true;
+        p->request_ids[i] = 0;
+        continue;
+      }
+      if (status != transport::WireStatus::kOk) {
+        return fail(absl::InternalError(absl::StrCat("expert shard ", part.shard,
+                                                     " rejected layer ", d.layer,
+                                                     " dispatch: ", std::string(reply->error))));
+      }
+      if (reply->header.request_id != p->request_ids[i] ||
+          reply->header.num_assignments != part.assignments.size() ||
+          reply->outputs.size() != part.assignments.size() * row_bytes) {
+        return fail(absl::InternalError(absl::StrCat(
+            "expert shard ", part.shard, " replied with ", reply->outputs.size(), " bytes for ",
+            part.assignments.size(), " assignments of request ", p->request_ids[i])));
+      }
+      for (size_t a = 0; a < part.source.size(); ++a) {
+        std::memcpy(p->outputs.data() + static_cast<size_t>(part.source[a]) * row_bytes,
+                    reply->outputs.data() + a * row_bytes, row_bytes);
+      }
+    }
+    if (failed_shards.empty() && !stale) break;
+
+    // Re-plan: wait for a newer placement (a dead shard) or back off (a
+    // stale version on one side), within the dispatch's deadline.
+    const uint32_t planned = p->plan.placement_version;
+    bool newer = false;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time until =
+          failed_shards.empty() ? std::min(p->deadline, absl::Now() + backoff) : p->deadline;
+      const auto has_newer = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return placement_ != nullptr && placement_->placement.version > planned;
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&has_newer, &decltype(has_newer)::operator()), until);
+      newer = has_newer();
+    }
+    if (!newer && absl::Now() >= p->deadline) {
+      std::vector<std::string> names;
+      for (int32_t s : failed_shards) names.push_back(absl::StrCat(s));
+      return fail(absl::UnavailableError(absl::StrCat(
+          "layer ", d.layer, " experts unreachable within ",
+          absl::FormatDuration(options_.dispatch_timeout),
+          failed_shards.empty() ? std::string(" (placement version mismatch)")
+                                : absl::StrCat(" (shards ", absl::StrJoin(names, ","),
+                                               " failed or silent)"))));
+    }
+    backoff = std::min(backoff * 2, absl::Milliseconds(100));
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.resends;
+    }
+    // Everything is re-sent: a newer plan may move any assignment.
+    if (absl::Status st = SendParts(*p); !st.ok()) return fail(st);
+  }
+  router::ExpertReply out;
+  out.dtype = d.dtype;
+  out.hidden = d.hidden;
+  out.outputs = std::move(p->outputs);
+  return out;
+}
+
+}  // namespace dsv2

@@ -1,0 +1,106 @@
+// DataPlaneExpertBackend: the ExpertBackend of an attention node in a
+// cluster (DESIGN.md sections 3, 4, 5 and 9). Send plans the dispatch over
+// the current placement (router::Plan), sends one wire request per shard
+// (only the rows that shard needs) through the data plane and returns at
+// once; Wait collects the replies and puts every output row back in the
+// dispatch's assignment order, so the layer loop combines in ascending
+// expert id exactly as in the single-process engine.
+//
+// Failure handling: the dispatch (the layer's input rows) is kept until its
+// replies are complete. A shard that fails or stays silent, or a reply
+// saying the placement version is stale, makes Wait re-plan and re-send the
+// whole dispatch once a newer placement is set (SetPlacement), or re-send
+// after a short back-off on a version mismatch; if the dispatch's deadline
+// (dispatch_timeout after Send) passes first, Wait returns UNAVAILABLE
+// naming the shards. Expert work is stateless, so re-sending is safe and
+// gives the same numbers. Malformed or not-found replies are INTERNAL (a
+// bug, not a failure to wait out).
+//
+// Thread-safety: Send/Wait/Forget from the engine thread; SetPlacement and
+// the accessors from any thread (gRPC).
+#ifndef DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_
+#define DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "attention_service/expert_backend.h"
+#include "router/plan.h"
+#include "transport/data_plane.h"
+
+namespace dsv2 {
+
+struct RemoteExpertsOptions {
+  // Deadline of one dispatch from Send, re-sends included.
+  absl::Duration dispatch_timeout = absl::Seconds(10);
+};
+
+struct RemoteExpertsStats {
+  int64_t dispatches = 0;       // Send calls
+  int64_t shard_requests = 0;   // wire requests sent (re-sends included)
+  int64_t resends = 0;          // dispatches re-planned and re-sent
+  int64_t failures = 0;         // Waits that returned an error
+  int64_t request_bytes = 0;    // wire bytes sent
+  int64_t reply_bytes = 0;      // wire bytes received
+};
+
+class DataPlaneExpertBackend : public ExpertBackend {
+ public:
+  // `client` must outlive the backend.
+  DataPlaneExpertBackend(transport::DataPlaneClient& client, RemoteExpertsOptions options);
+  ~DataPlaneExpertBackend() override;
+
+  // Adopts `placement` with each shard's data-plane address
+  // (shard_addresses[s] for shard s), connecting to shards it has not seen.
+  // FailedPrecondition for a version older than the current one (the same
+  // version is a no-op); InvalidArgument when an address is missing;
+  // Unavailable when a shard cannot be reached (the placement is then not
+  // adopted).
+  absl::Status SetPlacement(const router::Placement& placement,
+                            const std::vector<std::string>& shard_addresses);
+  // 0 before the first placement.
+  uint32_t placement_version() const;
+  // Whether a complete placement is set (requests can be served).
+  bool ready() const;
+
+  absl::StatusOr<uint64_t> Send(router::ExpertDispatch dispatch,
+                                const DispatchContext& context) override;
+  absl::StatusOr<router::ExpertReply> Wait(uint64_t ticket) override;
+  void Forget(uint64_t ticket) override;
+
+  RemoteExpertsStats stats() const;
+
+ private:
+  struct Pending;
+  struct PlacementState {
+    router::Placement placement;
+    std::vector<transport::PeerId> peers;  // by shard id
+  };
+  // Plans `p` over the current placement and sends every part.
+  absl::Status SendParts(Pending& p);
+  std::shared_ptr<const PlacementState> placement() const;
+
+  transport::DataPlaneClient& client_;
+  const RemoteExpertsOptions options_;
+
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const PlacementState> placement_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, transport::PeerId> peers_ ABSL_GUARDED_BY(mu_);
+  RemoteExpertsStats stats_ ABSL_GUARDED_BY(mu_);
+
+  // Engine-thread state.
+  uint64_t next_ticket_ = 1;
+  uint64_t next_request_id_ = 1;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Pending>> pending_;
+};
+
+}  // namespace dsv2
+
+#endif  // DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_

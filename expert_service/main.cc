@@ -1,0 +1,200 @@
+// dsv2-expert: an expert-shard service (DESIGN.md section 2). Loads the
+// routed experts its placement assigns (every MoE layer, memory-mapped from
+// the checkpoint), serves dispatches from any number of attention nodes
+// over UCX active messages, and a gRPC control API (ExpertShardService +
+// grpc.health.v1) on --port. Prints one ready line on stdout:
+//   dsv2-expert ready port=PORT shard_id=N placement_version=V experts=K
+//   resident_bytes=B ucx_address=HEX
+// SIGTERM/SIGINT: stop accepting, finish the dispatch in progress, exit 0.
+// Threads: main (start-up, then waits for the signal), gRPC's server
+// threads (control RPCs), the data plane's progress and handler threads
+// (transport/ucx_data_plane.h), the compute ThreadPool.
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "expert_shard.grpc.pb.h"
+#include "expert_service/dispatch_server.h"
+#include "kernels/cpu.h"
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "tools/service/service_common.h"
+#include "transport/ucx_data_plane.h"
+
+namespace dsv2 {
+namespace {
+
+class ShardControl final : public internal::ExpertShardService::Service {
+ public:
+  ShardControl(ExpertDispatchServer& server, std::string ucx_address, int32_t num_experts)
+      : server_(server), ucx_address_(std::move(ucx_address)), num_experts_(num_experts) {}
+
+  grpc::Status GetStatus(grpc::ServerContext*, const internal::ShardStatusRequest*,
+                         internal::ShardStatus* out) override {
+    out->set_shard_id(server_.shard_id());
+    out->set_ucx_address(ucx_address_);
+    out->set_placement_version(server_.placement_version());
+    for (int32_t e : server_.experts()) out->add_experts(e);
+    out->set_resident_bytes(ResidentBytes());
+    out->set_expert_weight_bytes(server_.expert_weight_bytes());
+    const DispatchServerCounters c = server_.counters();
+    out->set_dispatches_total(c.dispatches_total);
+    out->set_rows_total(c.rows_total);
+    for (const auto& [reason, n] : c.errors) (*out->mutable_dispatch_errors())[reason] = n;
+    return grpc::Status::OK;
+  }
+
+  grpc::Status LoadExperts(grpc::ServerContext*, const internal::LoadExpertsRequest* req,
+                           internal::LoadExpertsResponse* out) override {
+    if (req->shard_id() != server_.shard_id()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("request is for shard ", req->shard_id(), "; this is shard ",
+                                       server_.shard_id()));
+    }
+    absl::StatusOr<router::Placement> p = service::PlacementFromProto(req->table(), num_experts_);
+    if (!p.ok()) return service::ToGrpcStatus(p.status());
+    if (absl::Status st = server_.LoadExperts(*p); !st.ok()) return service::ToGrpcStatus(st);
+    spdlog::info("expert shard {}: placement version {}, {} experts", server_.shard_id(),
+                 server_.placement_version(), server_.experts().size());
+    out->set_placement_version(server_.placement_version());
+    for (int32_t e : server_.experts()) out->add_experts(e);
+    out->set_resident_bytes(ResidentBytes());
+    return grpc::Status::OK;
+  }
+
+ private:
+  ExpertDispatchServer& server_;
+  const std::string ucx_address_;
+  const int32_t num_experts_;
+};
+
+std::vector<cli::FlagSpec> FlagSpecs() {
+  std::vector<cli::FlagSpec> specs = {
+      {"model", false, "checkpoint directory (config.json + safetensors) (required)"},
+      {"shard-id", false, "this shard's id in the placement (default 0)"},
+      {"num-shards", false,
+       "load this shard's experts of the default placement over N shards (default 1); "
+       "0 = start empty and wait for LoadExperts"},
+      {"placement", false, "placement file (JSON PlacementTable); overrides --num-shards"},
+  };
+  for (cli::FlagSpec& s : service::CommonFlagSpecs()) specs.push_back(std::move(s));
+  return specs;
+}
+
+int Main(int argc, char** argv) {
+  service::BlockTerminationSignals();
+  service::InitLogging("dsv2-expert");
+  const std::vector<cli::FlagSpec> specs = FlagSpecs();
+  const auto usage = [&](const std::string& msg) {
+    std::cerr << "dsv2-expert: " << msg << "\n" << cli::FlagsHelp(specs);
+    return 2;
+  };
+  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(argc, argv, 1, specs);
+  if (!flags.ok()) return usage(std::string(flags.status().message()));
+  if (flags->GetBool("help")) {
+    std::cout << "dsv2-expert flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
+    return 0;
+  }
+  absl::StatusOr<service::CommonFlags> common = service::ParseCommonFlags(*flags);
+  if (!common.ok()) return usage(std::string(common.status().message()));
+  const std::optional<std::string> model_dir = flags->Get("model");
+  if (!model_dir) return usage("--model is required");
+  absl::StatusOr<int64_t> shard_id = flags->GetInt("shard-id", 0);
+  absl::StatusOr<int64_t> num_shards = flags->GetInt("num-shards", 1);
+  if (!shard_id.ok()) return usage(std::string(shard_id.status().message()));
+  if (!num_shards.ok()) return usage(std::string(num_shards.status().message()));
+  if (*shard_id < 0 || *num_shards < 0 || (*num_shards > 0 && *shard_id >= *num_shards)) {
+    return usage(absl::StrCat("--shard-id=", *shard_id, " must be in [0, --num-shards=",
+                              *num_shards, ")"));
+  }
+  const auto fail = [](const absl::Status& st) {
+    std::cerr << "dsv2-expert: " << st.message() << "\n";
+    return 1;
+  };
+
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(*model_dir + "/config.json");
+  if (!config.ok()) return fail(config.status());
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::OpenDir(*model_dir);
+  if (!ckpt.ok()) return fail(ckpt.status());
+  absl::StatusOr<kernels::CpuIsa> isa = kernels::ResolveCpuIsa(common->cpu_isa);
+  if (!isa.ok()) return fail(isa.status());
+  kernels::ThreadPool pool(common->threads);
+  kernels::CpuContext ctx;
+  ctx.isa = *isa;
+  ctx.pool = &pool;
+  ExpertDispatchServer server(*config, **ckpt, ctx, static_cast<int32_t>(*shard_id));
+
+  const router::GateParams gate = router::GateParams::FromConfig(*config);
+  std::optional<internal::PlacementTable> table;
+  if (std::optional<std::string> file = flags->Get("placement")) {
+    absl::StatusOr<internal::PlacementTable> t = service::ReadPlacementFile(*file, gate);
+    if (!t.ok()) return fail(t.status());
+    table = *t;
+  } else if (*num_shards > 0) {
+    absl::StatusOr<internal::PlacementTable> t =
+        service::DefaultPlacementTable(gate, static_cast<int32_t>(*num_shards), 1);
+    if (!t.ok()) return fail(t.status());
+    table = *t;
+  }
+  if (table) {
+    absl::StatusOr<router::Placement> p =
+        service::PlacementFromProto(*table, static_cast<int32_t>(config->n_routed_experts));
+    if (!p.ok()) return fail(p.status());
+    if (absl::Status st = server.LoadExperts(*p); !st.ok()) return fail(st);
+  }
+
+  transport::UcxOptions ucx;
+  ucx.transports = common->ucx_transports;
+  ucx.rendezvous_threshold = static_cast<size_t>(common->rendezvous_threshold);
+  absl::StatusOr<std::unique_ptr<transport::DataPlaneServer>> data_plane =
+      transport::CreateUcxServer(ucx, [&server](std::span<const std::byte> request) {
+        return server.HandleMessage(request);
+      });
+  if (!data_plane.ok()) return fail(data_plane.status());
+
+  ShardControl control(server, (*data_plane)->address(),
+                       static_cast<int32_t>(config->n_routed_experts));
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(absl::StrCat(common->host, ":", common->port),
+                           grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&control);
+  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
+  if (grpc_server == nullptr || port == 0) {
+    return fail(absl::UnavailableError(
+        absl::StrCat("cannot listen on ", common->host, ":", common->port)));
+  }
+  service::PrintReadyLine(absl::StrCat(
+      "dsv2-expert ready port=", port, " shard_id=", server.shard_id(),
+      " placement_version=", server.placement_version(), " experts=", server.experts().size(),
+      " resident_bytes=", ResidentBytes(), " ucx_address=",
+      service::HexEncode((*data_plane)->address())));
+  spdlog::info("expert shard {} serving on port {} ({} experts, {} MiB expert weights, {} MiB "
+               "resident)",
+               server.shard_id(), port, server.experts().size(),
+               server.expert_weight_bytes() >> 20, ResidentBytes() >> 20);
+
+  const int sig = service::WaitForTerminationSignal();
+  spdlog::info("expert shard {}: signal {}, shutting down", server.shard_id(), sig);
+  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  (*data_plane)->Shutdown();
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2
+
+int main(int argc, char** argv) {
+  try {
+    return dsv2::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "dsv2-expert: internal error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,191 @@
+// DataPlaneExpertBackend + ExpertDispatchServer over the in-process data
+// plane: the layer loop gives bitwise the logits of the single-process
+// engine, re-plans across placement versions, and fails a step with
+// UNAVAILABLE (leaving it re-runnable) when a shard goes away.
+#include "attention_service/remote_experts.h"
+
+#include <numeric>
+#include <thread>
+
+#include "attention_service/layer_loop.h"
+#include "expert_service/dispatch_server.h"
+#include "expert_service/expert_shard.h"
+#include "gtest/gtest.h"
+#include "transport/in_process_data_plane.h"
+#include "transport/wire.h"
+
+namespace dsv2 {
+namespace {
+
+class RemoteExpertsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string dir = std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/v2_bf16";
+    auto c = LoadModelConfig(dir + "/config.json");
+    ASSERT_TRUE(c.ok()) << c.status();
+    config_ = *c;
+    auto ck = Checkpoint::OpenDir(dir);
+    ASSERT_TRUE(ck.ok()) << ck.status();
+    ckpt_ = *std::move(ck);
+    auto w = NonExpertWeights::Load(config_, *ckpt_);
+    ASSERT_TRUE(w.ok()) << w.status();
+    weights_ = *std::move(w);
+    ctx_ = kernels::CpuContext{kernels::BestCpuIsa(), nullptr};
+    gate_ = router::GateParams::FromConfig(config_);
+  }
+
+  // Starts `n` shard servers holding `placement`'s experts.
+  void StartShards(const router::Placement& placement) {
+    for (int32_t s = 0; s < placement.num_shards; ++s) {
+      servers_.push_back(std::make_unique<ExpertDispatchServer>(config_, *ckpt_, ctx_, s));
+      ASSERT_TRUE(servers_.back()->LoadExperts(placement).ok());
+      ExpertDispatchServer* srv = servers_.back().get();
+      planes_.push_back(transport::CreateInProcessServer(
+          [srv](std::span<const std::byte> m) { return srv->HandleMessage(m); }));
+      addresses_.push_back(planes_.back()->address());
+    }
+  }
+
+  std::vector<std::vector<int32_t>> Prompts() {
+    return {{5, 9, 300, 7, 44, 12}, {3}, {100, 200, 300, 400, 500, 600, 700, 800, 900, 17, 18}};
+  }
+
+  // Logits of one step over the prompts with `backend` (fresh cache).
+  absl::Status RunStep(ExpertBackend& backend, std::vector<std::vector<float>>* logits,
+                       int64_t micro_batch_rows = 0) {
+    auto cache = LatentCache::Create(config_.num_hidden_layers, config_.latent_dim(),
+                                     weights_->activation_dtype(), 16);
+    if (!cache.ok()) return cache.status();
+    LayerLoopOptions o;
+    o.min_rows_for_micro_batches = micro_batch_rows;
+    LayerLoop loop(*weights_, **cache, backend, ctx_, o);
+    std::vector<std::vector<int32_t>> prompts = Prompts();
+    std::vector<SequenceCache> seqs(prompts.size());
+    std::vector<StepSequence> batch;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      batch.push_back(StepSequence{&seqs[i], prompts[i], true, 100 + i});
+    }
+    StepOutput out;
+    absl::Status st = loop.Step(batch, &out);
+    if (!st.ok()) {
+      for (const SequenceCache& s : seqs) EXPECT_EQ(s.num_tokens, 0);
+    }
+    if (st.ok()) *logits = out.logits;
+    return st;
+  }
+
+  std::vector<std::vector<float>> LocalLogits() {
+    std::vector<int32_t> all(config_.n_routed_experts);
+    std::iota(all.begin(), all.end(), 0);
+    auto w = ExpertWeightSet::Load(config_, *ckpt_, ExpertWeightSet::AllLayers(config_, all));
+    EXPECT_TRUE(w.ok());
+    ExpertShard shard(config_, *std::move(w), ctx_);
+    InProcessExpertBackend local([&](const router::ExpertDispatch& d) { return shard.Handle(d); });
+    std::vector<std::vector<float>> logits;
+    EXPECT_TRUE(RunStep(local, &logits).ok());
+    return logits;
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> ckpt_;
+  std::unique_ptr<NonExpertWeights> weights_;
+  kernels::CpuContext ctx_;
+  router::GateParams gate_;
+  std::vector<std::unique_ptr<ExpertDispatchServer>> servers_;
+  std::vector<std::unique_ptr<transport::DataPlaneServer>> planes_;
+  std::vector<std::string> addresses_;
+};
+
+TEST_F(RemoteExpertsTest, LogitsEqualSingleProcessForAnyShardCount) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  for (int32_t shards : {1, 3, 8, 12}) {
+    SCOPED_TRACE(shards);
+    servers_.clear();
+    planes_.clear();
+    addresses_.clear();
+    auto placement = router::DefaultPlacement(gate_, shards, 1);
+    ASSERT_TRUE(placement.ok());
+    StartShards(*placement);
+    auto client = transport::CreateInProcessClient();
+    DataPlaneExpertBackend backend(*client, {});
+    ASSERT_TRUE(backend.SetPlacement(*placement, addresses_).ok());
+    for (int64_t mb : {0, 1}) {
+      std::vector<std::vector<float>> logits;
+      ASSERT_TRUE(RunStep(backend, &logits, mb).ok());
+      EXPECT_EQ(logits, expected) << "micro-batch rows " << mb;
+    }
+    EXPECT_EQ(backend.stats().failures, 0);
+  }
+}
+
+TEST_F(RemoteExpertsTest, StaleVersionIsReplannedAfterNewPlacement) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 2, 1);
+  ASSERT_TRUE(v1.ok());
+  StartShards(*v1);
+  auto client = transport::CreateInProcessClient();
+  DataPlaneExpertBackend backend(*client, {});
+  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  // The shards move to version 2 (groups swapped between them) first.
+  router::Placement v2 = *v1;
+  v2.version = 2;
+  for (auto& r : v2.replicas) r[0] = 1 - r[0];
+  for (auto& s : servers_) ASSERT_TRUE(s->LoadExperts(v2).ok());
+  std::thread late([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_TRUE(backend.SetPlacement(v2, addresses_).ok());
+  });
+  std::vector<std::vector<float>> logits;
+  ASSERT_TRUE(RunStep(backend, &logits).ok());
+  late.join();
+  EXPECT_EQ(logits, expected);
+  EXPECT_GT(backend.stats().resends, 0);
+  EXPECT_GT(servers_[0]->counters().errors["placement_version"] +
+                servers_[1]->counters().errors["placement_version"],
+            0);
+}
+
+TEST_F(RemoteExpertsTest, DeadShardFailsTheStepWithUnavailableThenRecovers) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 2, 1);
+  ASSERT_TRUE(v1.ok());
+  StartShards(*v1);
+  auto client = transport::CreateInProcessClient();
+  RemoteExpertsOptions o;
+  o.dispatch_timeout = absl::Milliseconds(300);
+  DataPlaneExpertBackend backend(*client, o);
+  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  planes_[1]->Shutdown();
+  std::vector<std::vector<float>> logits;
+  const absl::Time start = absl::Now();
+  const absl::Status st = RunStep(backend, &logits);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  // A placement without shard 1 restores service with the same numbers.
+  router::Placement v2 = *v1;
+  v2.version = 2;
+  for (auto& r : v2.replicas) r = {0};
+  ASSERT_TRUE(servers_[0]->LoadExperts(v2).ok());
+  ASSERT_TRUE(backend.SetPlacement(v2, addresses_).ok());
+  ASSERT_TRUE(RunStep(backend, &logits).ok());
+  EXPECT_EQ(logits, expected);
+}
+
+TEST_F(RemoteExpertsTest, OlderPlacementIsRefused) {
+  auto v2 = router::DefaultPlacement(gate_, 1, 2);
+  ASSERT_TRUE(v2.ok());
+  StartShards(*v2);
+  auto client = transport::CreateInProcessClient();
+  DataPlaneExpertBackend backend(*client, {});
+  EXPECT_FALSE(backend.ready());
+  ASSERT_TRUE(backend.SetPlacement(*v2, addresses_).ok());
+  EXPECT_TRUE(backend.ready());
+  router::Placement v1 = *v2;
+  v1.version = 1;
+  EXPECT_EQ(backend.SetPlacement(v1, addresses_).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(backend.SetPlacement(*v2, {}).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.placement_version(), 2u);
+}
+
+}  // namespace
+}  // namespace dsv2
