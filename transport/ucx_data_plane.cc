@@ -105,6 +105,8 @@ constexpr size_t kAddressPadBytes = 4096;
 // The progress thread wakes at least this often even when idle: UCX runs its
 // keepalive (dead-peer detection on shared memory) from ucp_worker_progress.
 constexpr int kIdleWakeMs = 100;
+// UCX keepalive interval unless configured otherwise (UCX syntax).
+constexpr char kDefaultKeepalive[] = "1s";
 // How long each shutdown phase keeps progressing so that sends, endpoint
 // closes and cancelled operations can complete (bounded: a dead peer must
 // not hold shutdown up).
@@ -249,6 +251,12 @@ absl::StatusOr<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& o
   if (std::getenv("UCX_POSIX_ERROR_HANDLING") == nullptr &&
       std::getenv("UCX_SYSV_ERROR_HANDLING") == nullptr && MayUseSharedMemory(options)) {
     ucp_config_modify(config, "MM_ERROR_HANDLING", "y");
+  }
+  // UCX's keepalive (20 s by default) is how a killed peer is noticed over
+  // shared memory; a data plane wants to know within about a second.
+  // UCX_KEEPALIVE_INTERVAL in the environment or options.config wins.
+  if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
+    ucp_config_modify(config, "KEEPALIVE_INTERVAL", kDefaultKeepalive);
   }
   if (!options.transports.empty()) {
     s = ucp_config_modify(config, "TLS", options.transports.c_str());

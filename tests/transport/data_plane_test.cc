@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -484,7 +485,11 @@ TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
   const std::string fd_env = absl::StrCat(kChildFdEnv, "=", pipe_fds[1]);
   const std::string transports_env = absl::StrCat(kChildTransportsEnv, "=", GetParam());
   std::vector<std::string> env_strings = {fd_env, transports_env};
-  for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
+  for (char** e = environ; *e != nullptr; ++e) {
+    // Not the parent's sharding or output settings: the child runs exactly
+    // the helper test.
+    if (std::strncmp(*e, "GTEST_", 6) != 0) env_strings.emplace_back(*e);
+  }
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -494,6 +499,8 @@ TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
+    // Dies with the test process, whatever happens to the test.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     close(pipe_fds[0]);
     const int devnull = open("/dev/null", O_WRONLY);
     if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
@@ -501,6 +508,16 @@ TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
     _exit(127);
   }
   close(pipe_fds[1]);
+  // Kills and reaps the child on every way out of this test.
+  struct ChildGuard {
+    pid_t pid;
+    ~ChildGuard() {
+      if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  } guard{child};
   uint32_t size = 0;
   std::string address;
   const absl::Time read_deadline = absl::Now() + absl::Seconds(10);
@@ -510,11 +527,7 @@ TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
     got = ReadFully(pipe_fds[0], address.data(), size, read_deadline);
   }
   close(pipe_fds[0]);
-  if (!got) {
-    kill(child, SIGKILL);
-    waitpid(child, nullptr, 0);
-    FAIL() << "the child server did not report its address";
-  }
+  ASSERT_TRUE(got) << "the child server did not report its address";
 
   absl::StatusOr<std::unique_ptr<DataPlaneClient>> client =
       CreateUcxClient(TestUcxOptions(GetParam()));
@@ -535,8 +548,8 @@ TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
   // Wherever the request is when the child dies (in flight, queued or in the
   // handler), the Wait must fail.
   ASSERT_EQ(kill(child, SIGKILL), 0);
-  int wstatus = 0;
-  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  guard.pid = 0;
 
   const absl::Time deadline = absl::Now() + absl::Seconds(15);
   absl::StatusOr<std::vector<std::byte>> reply = (*client)->Wait(*blocked, deadline);
