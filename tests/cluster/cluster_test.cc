@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "attention_node.grpc.pb.h"
 #include "expert_shard.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/cluster/cluster_harness.h"
 
@@ -174,6 +175,18 @@ internal::NodeStatus Status(Node& n) {
   return s;
 }
 
+// grpc.health.v1 Check on a process's gRPC port.
+grpc::health::v1::HealthCheckResponse::ServingStatus Health(int port) {
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+  grpc::health::v1::HealthCheckResponse resp;
+  const grpc::Status st = stub->Check(&ctx, grpc::health::v1::HealthCheckRequest(), &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return resp.status();
+}
+
 void ExpectCleanExit(ChildProcess& p) {
   auto st = p.Stop(SIGTERM, absl::Seconds(30));
   ASSERT_TRUE(st.ok()) << st.status();
@@ -196,6 +209,10 @@ TEST_P(ClusterEquivalence, GreedyIdsEqualSingleProcess) {
   std::vector<const Shard*> ptrs;
   for (const Shard& s : shards) ptrs.push_back(&s);
   Node node = StartNode(model, ptrs, c.transports, {"--micro-batch-min-rows", "8"});
+  EXPECT_EQ(Health(node.port), grpc::health::v1::HealthCheckResponse::SERVING);
+  for (const Shard& s : shards) {
+    EXPECT_EQ(Health(s.port), grpc::health::v1::HealthCheckResponse::SERVING);
+  }
   RunAndCompare(model, {&node}, MakeJobs(10, 7 + c.shards));
   const internal::NodeStatus st = Status(node);
   EXPECT_EQ(st.failed_steps_total(), 0);
@@ -360,8 +377,10 @@ TEST(Cluster, KilledShardFailsOnlyAffectedRequestsThenRecovers) {
     ++unavailable;
   }
   EXPECT_GT(unavailable, 0);
-  EXPECT_LT(absl::Now() - killed, absl::Seconds(10)) << "started " << start;
-  // The node is healthy: status answers, no hang.
+  // Within the 2 s dispatch deadline (plus scheduling slack).
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(5)) << "started " << start;
+  // The node is healthy: health and status answer, no hang.
+  EXPECT_EQ(Health(n.port), grpc::health::v1::HealthCheckResponse::SERVING);
   EXPECT_GT(Status(n).failed_steps_total(), 0);
 
   // A placement without shard 1 (shard 0 holds everything) restores service.
