@@ -14,7 +14,6 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
 
-#include <atomic>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -25,9 +24,9 @@
 #include "attention_service/engine.h"
 #include "attention_service/latent_cache.h"
 #include "attention_service/layer_loop.h"
+#include "attention_service/node_server.h"
 #include "attention_service/remote_experts.h"
 #include "attention_service/scheduler.h"
-#include "expert_shard.grpc.pb.h"
 #include "kernels/cpu.h"
 #include "kernels/status_macros.h"
 #include "model/config.h"
@@ -38,149 +37,6 @@
 
 namespace dsv2 {
 namespace {
-
-// Fills in missing UCX addresses by asking each shard (GetStatus), retrying
-// until `deadline` while shards start up.
-absl::Status ResolveShardAddresses(internal::PlacementTable& table, absl::Time deadline) {
-  for (internal::ShardEndpoint& s : *table.mutable_shards()) {
-    if (!s.ucx_address().empty()) continue;
-    if (s.grpc_address().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("shard ", s.shard_id(), " has neither a gRPC nor a UCX address"));
-    }
-    auto stub = internal::ExpertShardService::NewStub(
-        grpc::CreateChannel(s.grpc_address(), grpc::InsecureChannelCredentials()));
-    absl::Status last;
-    while (true) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      internal::ShardStatus status;
-      const grpc::Status st = stub->GetStatus(&ctx, internal::ShardStatusRequest(), &status);
-      if (st.ok()) {
-        if (status.shard_id() != s.shard_id()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              s.grpc_address(), " is shard ", status.shard_id(), ", not shard ", s.shard_id()));
-        }
-        s.set_ucx_address(status.ucx_address());
-        break;
-      }
-      last = service::FromGrpcStatus(st);
-      if (absl::Now() >= deadline) {
-        return absl::UnavailableError(absl::StrCat("expert shard ", s.shard_id(), " at ",
-                                                   s.grpc_address(), ": ", last.message()));
-      }
-      absl::SleepFor(absl::Milliseconds(100));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ApplyPlacement(internal::PlacementTable table, int32_t num_experts,
-                            DataPlaneExpertBackend& backend) {
-  DSV2_RETURN_IF_ERROR(ResolveShardAddresses(table, absl::Now() + absl::Seconds(10)));
-  DSV2_ASSIGN_OR_RETURN(router::Placement p, service::PlacementFromProto(table, num_experts));
-  std::vector<std::string> addresses(p.num_shards);
-  for (const internal::ShardEndpoint& s : table.shards()) addresses[s.shard_id()] = s.ucx_address();
-  DSV2_RETURN_IF_ERROR(backend.SetPlacement(p, addresses));
-  spdlog::info("placement version {} over {} shards", p.version, p.num_shards);
-  return absl::OkStatus();
-}
-
-internal::FinishReason ToProto(FinishReason r) {
-  switch (r) {
-    case FinishReason::kLength: return internal::FINISH_REASON_LENGTH;
-    case FinishReason::kEos: return internal::FINISH_REASON_EOS;
-    case FinishReason::kStop: return internal::FINISH_REASON_STOP;
-    case FinishReason::kNone: break;
-  }
-  return internal::FINISH_REASON_UNSPECIFIED;
-}
-
-class NodeService final : public internal::AttentionNode::Service {
- public:
-  NodeService(const ModelConfig& config, AttentionEngine& engine, DataPlaneExpertBackend& backend)
-      : config_(config), engine_(engine), backend_(backend) {}
-
-  grpc::Status Submit(grpc::ServerContext* ctx, const internal::SubmitRequest* req,
-                      grpc::ServerWriter<internal::SubmitResponse>* writer) override {
-    if (config_.first_k_dense_replace < config_.num_hidden_layers && !backend_.ready()) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no complete expert placement yet");
-    }
-    GenerationRequest r;
-    r.id = req->request_id() != 0 ? req->request_id()
-                                  : (uint64_t{1} << 63) | next_id_.fetch_add(1);
-    r.prompt.assign(req->prompt_ids().begin(), req->prompt_ids().end());
-    r.sampling.temperature = req->sampling().temperature();
-    r.sampling.top_k = req->sampling().top_k();
-    r.sampling.top_p = req->sampling().top_p() == 0.0f ? 1.0f : req->sampling().top_p();
-    r.sampling.seed = req->sampling().seed();
-    r.max_tokens = req->max_tokens();
-    r.ignore_eos = req->ignore_eos();
-    r.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
-    const uint64_t id = r.id;
-    absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine_.Submit(std::move(r));
-    if (!stream.ok()) return service::ToGrpcStatus(stream.status());
-    while (true) {
-      if (ctx->IsCancelled()) {
-        engine_.Cancel(id);
-        return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-      }
-      for (SequenceEvent& e : (*stream)->Next(absl::Milliseconds(50))) {
-        if (!e.error.ok()) {
-          spdlog::warn("request {} failed: {}", id, e.error.ToString());
-          return service::ToGrpcStatus(e.error);
-        }
-        internal::SubmitResponse out;
-        for (int32_t t : e.tokens) out.add_token_ids(t);
-        out.set_preemptions(e.preemptions);
-        out.set_finish_reason(ToProto(e.finish));
-        if (!writer->Write(out)) {
-          engine_.Cancel(id);
-          return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
-        }
-        if (e.finish != FinishReason::kNone) return grpc::Status::OK;
-      }
-    }
-  }
-
-  grpc::Status Cancel(grpc::ServerContext*, const internal::CancelRequest* req,
-                      internal::CancelResponse* out) override {
-    out->set_found(engine_.Cancel(req->request_id()));
-    return grpc::Status::OK;
-  }
-
-  grpc::Status GetStatus(grpc::ServerContext*, const internal::NodeStatusRequest*,
-                         internal::NodeStatus* out) override {
-    const EngineStats s = engine_.stats();
-    out->set_cache_capacity_tokens(s.cache_capacity_tokens);
-    out->set_cache_free_tokens(s.cache_free_tokens);
-    out->set_cache_block_tokens(kLatentBlockTokens);
-    out->set_running(static_cast<int32_t>(s.scheduler.running));
-    out->set_waiting(static_cast<int32_t>(s.scheduler.waiting));
-    out->set_placement_version(backend_.placement_version());
-    out->set_preemptions_total(s.scheduler.preemptions_total);
-    out->set_steps_total(s.scheduler.steps_total);
-    out->set_requests_total(s.scheduler.finished_total);
-    out->set_failed_steps_total(s.scheduler.failed_steps_total);
-    out->set_draining(s.draining);
-    return grpc::Status::OK;
-  }
-
-  grpc::Status SetPlacement(grpc::ServerContext*, const internal::PlacementTable* table,
-                            internal::SetPlacementResponse* out) override {
-    absl::Status st =
-        ApplyPlacement(*table, static_cast<int32_t>(config_.n_routed_experts), backend_);
-    if (!st.ok()) return service::ToGrpcStatus(st);
-    out->set_placement_version(backend_.placement_version());
-    return grpc::Status::OK;
-  }
-
- private:
-  const ModelConfig& config_;
-  AttentionEngine& engine_;
-  DataPlaneExpertBackend& backend_;
-  std::atomic<uint64_t> next_id_{1};
-};
 
 std::vector<cli::FlagSpec> FlagSpecs() {
   std::vector<cli::FlagSpec> specs = {
@@ -288,8 +144,8 @@ int Main(int argc, char** argv) {
   ro.dispatch_timeout = absl::Milliseconds(dispatch_ms);
   DataPlaneExpertBackend backend(**client, ro);
   if (table) {
-    if (absl::Status st =
-            ApplyPlacement(*table, static_cast<int32_t>(config->n_routed_experts), backend);
+    if (absl::Status st = ApplyPlacement(*table, static_cast<int32_t>(config->n_routed_experts),
+                                         absl::Now() + absl::Seconds(30), backend);
         !st.ok()) {
       return fail(st);
     }
@@ -306,7 +162,7 @@ int Main(int argc, char** argv) {
   Scheduler scheduler(*config, loop, **cache, so);
   AttentionEngine engine(scheduler, **cache);
 
-  NodeService node(*config, engine, backend);
+  AttentionNodeServer node(*config, engine, backend);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -315,11 +171,11 @@ int Main(int argc, char** argv) {
   builder.RegisterService(&node);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
-    return fail(absl::UnavailableError(
-        absl::StrCat("cannot listen on ", common->host, ":", common->port)));
+    return fail(
+        absl::UnavailableError(absl::StrCat("cannot listen on ", common->host, ":", common->port)));
   }
-  service::PrintReadyLine(absl::StrCat("dsv2-attention ready port=", port, " cache_tokens=",
-                                       (*cache)->capacity_tokens(),
+  service::PrintReadyLine(absl::StrCat("dsv2-attention ready port=", port,
+                                       " cache_tokens=", (*cache)->capacity_tokens(),
                                        " placement_version=", backend.placement_version()));
   spdlog::info("attention node serving on port {} ({} cache tokens, {} threads)", port,
                (*cache)->capacity_tokens(), common->threads);

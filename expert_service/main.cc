@@ -18,8 +18,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "expert_shard.grpc.pb.h"
 #include "expert_service/dispatch_server.h"
+#include "expert_service/shard_server.h"
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -28,50 +28,6 @@
 
 namespace dsv2 {
 namespace {
-
-class ShardControl final : public internal::ExpertShardService::Service {
- public:
-  ShardControl(ExpertDispatchServer& server, std::string ucx_address, int32_t num_experts)
-      : server_(server), ucx_address_(std::move(ucx_address)), num_experts_(num_experts) {}
-
-  grpc::Status GetStatus(grpc::ServerContext*, const internal::ShardStatusRequest*,
-                         internal::ShardStatus* out) override {
-    out->set_shard_id(server_.shard_id());
-    out->set_ucx_address(ucx_address_);
-    out->set_placement_version(server_.placement_version());
-    for (int32_t e : server_.experts()) out->add_experts(e);
-    out->set_resident_bytes(ResidentBytes());
-    out->set_expert_weight_bytes(server_.expert_weight_bytes());
-    const DispatchServerCounters c = server_.counters();
-    out->set_dispatches_total(c.dispatches_total);
-    out->set_rows_total(c.rows_total);
-    for (const auto& [reason, n] : c.errors) (*out->mutable_dispatch_errors())[reason] = n;
-    return grpc::Status::OK;
-  }
-
-  grpc::Status LoadExperts(grpc::ServerContext*, const internal::LoadExpertsRequest* req,
-                           internal::LoadExpertsResponse* out) override {
-    if (req->shard_id() != server_.shard_id()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("request is for shard ", req->shard_id(), "; this is shard ",
-                                       server_.shard_id()));
-    }
-    absl::StatusOr<router::Placement> p = service::PlacementFromProto(req->table(), num_experts_);
-    if (!p.ok()) return service::ToGrpcStatus(p.status());
-    if (absl::Status st = server_.LoadExperts(*p); !st.ok()) return service::ToGrpcStatus(st);
-    spdlog::info("expert shard {}: placement version {}, {} experts", server_.shard_id(),
-                 server_.placement_version(), server_.experts().size());
-    out->set_placement_version(server_.placement_version());
-    for (int32_t e : server_.experts()) out->add_experts(e);
-    out->set_resident_bytes(ResidentBytes());
-    return grpc::Status::OK;
-  }
-
- private:
-  ExpertDispatchServer& server_;
-  const std::string ucx_address_;
-  const int32_t num_experts_;
-};
 
 std::vector<cli::FlagSpec> FlagSpecs() {
   std::vector<cli::FlagSpec> specs = {
@@ -109,8 +65,8 @@ int Main(int argc, char** argv) {
   if (!shard_id.ok()) return usage(std::string(shard_id.status().message()));
   if (!num_shards.ok()) return usage(std::string(num_shards.status().message()));
   if (*shard_id < 0 || *num_shards < 0 || (*num_shards > 0 && *shard_id >= *num_shards)) {
-    return usage(absl::StrCat("--shard-id=", *shard_id, " must be in [0, --num-shards=",
-                              *num_shards, ")"));
+    return usage(
+        absl::StrCat("--shard-id=", *shard_id, " must be in [0, --num-shards=", *num_shards, ")"));
   }
   const auto fail = [](const absl::Status& st) {
     std::cerr << "dsv2-expert: " << st.message() << "\n";
@@ -157,8 +113,8 @@ int Main(int argc, char** argv) {
       });
   if (!data_plane.ok()) return fail(data_plane.status());
 
-  ShardControl control(server, (*data_plane)->address(),
-                       static_cast<int32_t>(config->n_routed_experts));
+  ExpertShardServer control(server, (*data_plane)->address(),
+                            static_cast<int32_t>(config->n_routed_experts));
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
@@ -167,18 +123,19 @@ int Main(int argc, char** argv) {
   builder.RegisterService(&control);
   std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
   if (grpc_server == nullptr || port == 0) {
-    return fail(absl::UnavailableError(
-        absl::StrCat("cannot listen on ", common->host, ":", common->port)));
+    return fail(
+        absl::UnavailableError(absl::StrCat("cannot listen on ", common->host, ":", common->port)));
   }
-  service::PrintReadyLine(absl::StrCat(
-      "dsv2-expert ready port=", port, " shard_id=", server.shard_id(),
-      " placement_version=", server.placement_version(), " experts=", server.experts().size(),
-      " resident_bytes=", ResidentBytes(), " ucx_address=",
-      service::HexEncode((*data_plane)->address())));
-  spdlog::info("expert shard {} serving on port {} ({} experts, {} MiB expert weights, {} MiB "
-               "resident)",
-               server.shard_id(), port, server.experts().size(),
-               server.expert_weight_bytes() >> 20, ResidentBytes() >> 20);
+  service::PrintReadyLine(
+      absl::StrCat("dsv2-expert ready port=", port, " shard_id=", server.shard_id(),
+                   " placement_version=", server.placement_version(),
+                   " experts=", server.experts().size(), " resident_bytes=", ResidentBytes(),
+                   " ucx_address=", service::HexEncode((*data_plane)->address())));
+  spdlog::info(
+      "expert shard {} serving on port {} ({} experts, {} MiB expert weights, {} MiB "
+      "resident)",
+      server.shard_id(), port, server.experts().size(), server.expert_weight_bytes() >> 20,
+      ResidentBytes() >> 20);
 
   const int sig = service::WaitForTerminationSignal();
   spdlog::info("expert shard {}: signal {}, shutting down", server.shard_id(), sig);
