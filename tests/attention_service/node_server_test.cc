@@ -1,0 +1,222 @@
+// AttentionNodeServer + AttentionEngine in one process: a real gRPC server
+// on an OS-chosen loopback port, the in-process data plane to an
+// ExpertDispatchServer. Covers what the cluster tests cannot reach cheaply:
+// cancellation freeing cache blocks, draining, placement errors.
+#include "attention_service/node_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "attention_service/layer_loop.h"
+#include "attention_service/scheduler.h"
+#include "expert_service/dispatch_server.h"
+#include "gtest/gtest.h"
+#include "tools/service/service_common.h"
+#include "transport/in_process_data_plane.h"
+
+namespace dsv2 {
+namespace {
+
+class NodeServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string dir = std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/v2_bf16";
+    auto c = LoadModelConfig(dir + "/config.json");
+    ASSERT_TRUE(c.ok());
+    config_ = *c;
+    auto ck = Checkpoint::OpenDir(dir);
+    ASSERT_TRUE(ck.ok());
+    ckpt_ = *std::move(ck);
+    auto w = NonExpertWeights::Load(config_, *ckpt_);
+    ASSERT_TRUE(w.ok());
+    weights_ = *std::move(w);
+    const kernels::CpuContext ctx{kernels::BestCpuIsa(), nullptr};
+    shard_ = std::make_unique<ExpertDispatchServer>(config_, *ckpt_, ctx, 0);
+    auto p = router::DefaultPlacement(router::GateParams::FromConfig(config_), 1, 1);
+    ASSERT_TRUE(p.ok());
+    placement_ = *p;
+    ASSERT_TRUE(shard_->LoadExperts(placement_).ok());
+    plane_ = transport::CreateInProcessServer(
+        [this](std::span<const std::byte> m) { return shard_->HandleMessage(m); });
+    client_ = transport::CreateInProcessClient();
+    backend_ = std::make_unique<DataPlaneExpertBackend>(*client_, RemoteExpertsOptions{});
+    auto cache = LatentCache::Create(config_.num_hidden_layers, config_.latent_dim(),
+                                     weights_->activation_dtype(), 8);
+    ASSERT_TRUE(cache.ok());
+    cache_ = *std::move(cache);
+    loop_ = std::make_unique<LayerLoop>(*weights_, *cache_, *backend_, ctx);
+    SchedulerOptions so;
+    so.max_waiting = 2;
+    so.eos_token_ids = config_.eos_token_ids;
+    scheduler_ = std::make_unique<Scheduler>(config_, *loop_, *cache_, so);
+    engine_ = std::make_unique<AttentionEngine>(*scheduler_, *cache_);
+    node_ = std::make_unique<AttentionNodeServer>(config_, *engine_, *backend_);
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(node_.get());
+    server_ = b.BuildAndStart();
+    ASSERT_NE(port, 0);
+    stub_ = internal::AttentionNode::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+  }
+
+  void TearDown() override {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now());
+    if (engine_) engine_->Shutdown();
+  }
+
+  void SetPlacement() {
+    internal::PlacementTable t = service::PlacementToProto(placement_);
+    t.mutable_shards(0)->set_ucx_address(plane_->address());
+    grpc::ClientContext ctx;
+    internal::SetPlacementResponse resp;
+    const grpc::Status st = stub_->SetPlacement(&ctx, t, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.placement_version(), 1u);
+  }
+
+  struct Output {
+    grpc::Status status;
+    std::vector<int32_t> tokens;
+  };
+  Output Generate(std::vector<int32_t> prompt, int max_tokens, uint64_t id = 0) {
+    internal::SubmitRequest req;
+    req.set_request_id(id);
+    for (int32_t t : prompt) req.add_prompt_ids(t);
+    req.set_max_tokens(max_tokens);
+    req.set_ignore_eos(true);
+    grpc::ClientContext ctx;
+    auto reader = stub_->Submit(&ctx, req);
+    Output out;
+    internal::SubmitResponse resp;
+    while (reader->Read(&resp)) {
+      out.tokens.insert(out.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  internal::NodeStatus Status() {
+    grpc::ClientContext ctx;
+    internal::NodeStatus s;
+    EXPECT_TRUE(stub_->GetStatus(&ctx, internal::NodeStatusRequest(), &s).ok());
+    return s;
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> ckpt_;
+  std::unique_ptr<NonExpertWeights> weights_;
+  router::Placement placement_;
+  std::unique_ptr<ExpertDispatchServer> shard_;
+  std::unique_ptr<transport::DataPlaneServer> plane_;
+  std::unique_ptr<transport::DataPlaneClient> client_;
+  std::unique_ptr<DataPlaneExpertBackend> backend_;
+  std::unique_ptr<LatentCache> cache_;
+  std::unique_ptr<LayerLoop> loop_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<AttentionEngine> engine_;
+  std::unique_ptr<AttentionNodeServer> node_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<internal::AttentionNode::Stub> stub_;
+};
+
+TEST_F(NodeServerTest, UnavailableUntilAPlacementIsSet) {
+  const Output before = Generate({5, 6, 7}, 4);
+  EXPECT_EQ(before.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  SetPlacement();
+  const Output after = Generate({5, 6, 7}, 4);
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens.size(), 4u);
+}
+
+TEST_F(NodeServerTest, ConcurrentRequestsEqualTheSameRequestsAlone) {
+  SetPlacement();
+  const std::vector<std::vector<int32_t>> prompts = {{3, 4, 5}, {9}, {100, 200, 300, 400, 500}};
+  std::vector<Output> alone;
+  for (const auto& p : prompts) alone.push_back(Generate(p, 12));
+  std::vector<Output> together(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] { together[i] = Generate(prompts[i], 12, 1000 + i); });
+  }
+  for (std::thread& t : threads) t.join();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
+    EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
+  }
+  const internal::NodeStatus s = Status();
+  EXPECT_EQ(s.requests_total(), 6);
+  EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
+}
+
+TEST_F(NodeServerTest, CancelledStreamFreesItsBlocksAtOnce) {
+  SetPlacement();
+  internal::SubmitRequest req;
+  req.set_request_id(7);
+  for (int i = 0; i < 100; ++i) req.add_prompt_ids(10 + i);
+  req.set_max_tokens(400);
+  req.set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Submit(&ctx, req);
+  internal::SubmitResponse resp;
+  ASSERT_TRUE(reader->Read(&resp));  // generating: its blocks are held
+  EXPECT_LT(Status().cache_free_tokens(), Status().cache_capacity_tokens());
+  ctx.TryCancel();
+  while (reader->Read(&resp)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The handler notices within one 50 ms poll; wait on the condition.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  internal::NodeStatus s = Status();
+  while (s.cache_free_tokens() != s.cache_capacity_tokens() && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    s = Status();
+  }
+  EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
+  EXPECT_EQ(s.running() + s.waiting(), 0);
+}
+
+TEST_F(NodeServerTest, AdmissionErrorsKeepTheirCodes) {
+  SetPlacement();
+  // 8 blocks of 64 tokens: 500 + 100 can never fit.
+  std::vector<int32_t> long_prompt(500, 3);
+  const Output too_big = Generate(long_prompt, 100);
+  EXPECT_EQ(too_big.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(too_big.status.error_message().find("512"), std::string::npos)
+      << too_big.status.error_message();
+  EXPECT_EQ(Generate({1, 2}, 0).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Generate({static_cast<int32_t>(config_.vocab_size)}, 3).status.error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(Generate({1, 2}, 3).status.ok());
+}
+
+TEST_F(NodeServerTest, PlacementErrors) {
+  SetPlacement();
+  internal::PlacementTable older = service::PlacementToProto(placement_);
+  older.set_version(0);
+  grpc::ClientContext c1;
+  internal::SetPlacementResponse resp;
+  EXPECT_EQ(stub_->SetPlacement(&c1, older, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  internal::PlacementTable short_table = service::PlacementToProto(placement_);
+  short_table.set_version(5);
+  short_table.mutable_experts()->RemoveLast();
+  short_table.mutable_shards(0)->set_ucx_address(plane_->address());
+  grpc::ClientContext c2;
+  EXPECT_EQ(stub_->SetPlacement(&c2, short_table, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Status().placement_version(), 1u);
+}
+
+TEST_F(NodeServerTest, DrainingRefusesNewRequests) {
+  SetPlacement();
+  EXPECT_TRUE(engine_->Drain(absl::Seconds(5)));
+  EXPECT_EQ(Generate({1, 2}, 3).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(Status().draining());
+}
+
+}  // namespace
+}  // namespace dsv2
