@@ -1,0 +1,407 @@
+// cluster_bench: the disaggregated data plane against the single-process
+// engine, on one checkpoint (tools/bench/cluster_bench.sh makes a
+// V2-Lite-shaped one). Prints, never asserts:
+//   1. decode tokens/s at several batch sizes: single process (LocalEngine:
+//      LayerLoop + in-process experts) vs cluster (the same Scheduler and
+//      LayerLoop here, routed experts on N real dsv2-expert processes over
+//      UCX);
+//   2. per-layer dispatch + combine time at the expert seam vs the raw UCX
+//      round trip of the same bytes to an echo process (this binary with
+//      --echo-server);
+//   3. the share of the expert round trip that ping-pong hides (wait time at
+//      the seam with two micro-batches vs one).
+// Every cluster run first checks that its tokens equal the single-process
+// tokens.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "attention_service/remote_experts.h"
+#include "attention_service/scheduler.h"
+#include "tools/dsv2/cli_flags.h"
+#include "tools/dsv2/local_engine.h"
+#include "tools/service/service_common.h"
+#include "transport/ucx_data_plane.h"
+
+namespace dsv2 {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+[[noreturn]] void Die(const std::string& what) {
+  std::cerr << "cluster_bench: " << what << "\n";
+  std::exit(1);
+}
+
+// A child process with its stdout on a pipe; dies with us.
+struct Child {
+  pid_t pid = -1;
+  int out = -1;
+  std::string ReadLine(int timeout_ms) {
+    std::string line;
+    while (true) {
+      pollfd p{out, POLLIN, 0};
+      if (poll(&p, 1, timeout_ms) <= 0) Die("child process did not print its ready line");
+      char c;
+      if (read(out, &c, 1) != 1) Die("child process exited before its ready line");
+      if (c == '\n') return line;
+      line.push_back(c);
+    }
+  }
+  void Stop() {
+    if (pid <= 0) return;
+    kill(pid, SIGTERM);
+    waitpid(pid, nullptr, 0);
+    close(out);
+    pid = -1;
+  }
+};
+
+Child Spawn(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) Die("pipe");
+  const pid_t pid = fork();
+  if (pid < 0) Die("fork");
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    dup2(fds[1], STDOUT_FILENO);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  return Child{pid, fds[0]};
+}
+
+std::map<std::string, std::string> Fields(const std::string& line) {
+  std::map<std::string, std::string> f;
+  for (absl::string_view kv : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
+    const size_t eq = kv.find('=');
+    if (eq != absl::string_view::npos)
+      f[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
+  }
+  return f;
+}
+
+// Times Send and Wait at the expert seam, and remembers the bytes.
+class TimedBackend : public ExpertBackend {
+ public:
+  explicit TimedBackend(ExpertBackend& inner) : inner_(inner) {}
+  absl::StatusOr<uint64_t> Send(router::ExpertDispatch d, const DispatchContext& c) override {
+    const auto t = Clock::now();
+    auto r = inner_.Send(std::move(d), c);
+    send_s += Since(t);
+    ++dispatches;
+    return r;
+  }
+  absl::StatusOr<router::ExpertReply> Wait(uint64_t ticket) override {
+    const auto t = Clock::now();
+    auto r = inner_.Wait(ticket);
+    wait_s += Since(t);
+    return r;
+  }
+  void Forget(uint64_t ticket) override { inner_.Forget(ticket); }
+  void Reset() { send_s = wait_s = 0, dispatches = 0; }
+  double send_s = 0, wait_s = 0;
+  int64_t dispatches = 0;
+
+ private:
+  ExpertBackend& inner_;
+};
+
+struct DecodeResult {
+  double tokens_per_s = 0;
+  double decode_s = 0;
+  int64_t decode_steps = 0;
+  std::vector<std::vector<int32_t>> tokens;  // per request
+};
+
+// B requests of `prompt_len` tokens, `new_tokens` each (ignore EOS): prefill
+// all, then time the decode steps (every step after the last first token).
+DecodeResult RunDecode(const ModelConfig& config, LayerLoop& loop, LatentCache& cache, int batch,
+                       int prompt_len, int new_tokens, TimedBackend* timed) {
+  SchedulerOptions so;
+  so.max_running = batch;
+  so.max_step_tokens = int64_t{batch} * prompt_len + batch;
+  Scheduler s(config, loop, cache, so);
+  DecodeResult r;
+  r.tokens.resize(batch);
+  for (int b = 0; b < batch; ++b) {
+    GenerationRequest g;
+    g.id = static_cast<uint64_t>(b + 1);
+    for (int t = 0; t < prompt_len; ++t) {
+      g.prompt.push_back(static_cast<int32_t>((100 + 37 * b + 11 * t) % config.vocab_size));
+    }
+    g.max_tokens = new_tokens;
+    g.ignore_eos = true;
+    if (absl::Status st = s.Add(std::move(g)); !st.ok()) Die(st.ToString());
+  }
+  std::vector<SequenceEvent> events;
+  const auto collect = [&] {
+    for (const SequenceEvent& e : events) {
+      if (!e.error.ok()) Die(e.error.ToString());
+      auto& v = r.tokens[e.id - 1];
+      v.insert(v.end(), e.tokens.begin(), e.tokens.end());
+    }
+    events.clear();
+  };
+  // Prefill (one step with this budget) gives every request its first token.
+  while (std::any_of(r.tokens.begin(), r.tokens.end(), [](auto& v) { return v.empty(); })) {
+    s.Step(&events);
+    collect();
+  }
+  if (timed) timed->Reset();
+  const auto t = Clock::now();
+  while (s.Step(&events)) {
+    collect();
+    ++r.decode_steps;
+  }
+  r.decode_s = Since(t);
+  r.tokens_per_s = static_cast<double>(batch) * (new_tokens - 1) / r.decode_s;
+  return r;
+}
+
+int EchoServerMain(const std::string& transports) {
+  transport::UcxOptions o;
+  o.transports = transports;
+  // The request's first 8 bytes say how many reply bytes to return.
+  auto server = transport::CreateUcxServer(o, [](std::span<const std::byte> req) {
+    uint64_t n = 8;
+    if (req.size() >= 8) std::memcpy(&n, req.data(), 8);
+    return std::vector<std::byte>(std::max<uint64_t>(n, 1));
+  });
+  if (!server.ok()) Die(server.status().ToString());
+  std::cout << "echo ready ucx_address=" << service::HexEncode((*server)->address()) << std::endl;
+  service::BlockTerminationSignals();
+  service::WaitForTerminationSignal();
+  return 0;
+}
+
+// Median wall time of sending `parts` requests of `req_bytes` at once to the
+// echo peer and waiting for all `reply_bytes` replies.
+double RawRoundTrip(transport::DataPlaneClient& client, transport::PeerId peer, int parts,
+                    size_t req_bytes, size_t reply_bytes, int iters) {
+  std::vector<double> t(iters);
+  for (int i = -iters / 4; i < iters; ++i) {  // the first quarter warms up
+    const auto start = Clock::now();
+    std::vector<uint64_t> tickets;
+    for (int p = 0; p < parts; ++p) {
+      std::vector<std::byte> m(std::max<size_t>(req_bytes, 8));
+      const uint64_t n = reply_bytes;
+      std::memcpy(m.data(), &n, 8);
+      auto tk = client.Send(peer, std::move(m));
+      if (!tk.ok()) Die(tk.status().ToString());
+      tickets.push_back(*tk);
+    }
+    for (uint64_t tk : tickets) {
+      auto r = client.Wait(tk, absl::Now() + absl::Seconds(10));
+      if (!r.ok()) Die(r.status().ToString());
+    }
+    if (i >= 0) t[i] = Since(start);
+  }
+  std::sort(t.begin(), t.end());
+  return t[iters / 2];
+}
+
+int Main(int argc, char** argv) {
+  const std::vector<cli::FlagSpec> specs = {
+      {"model", false, "checkpoint directory (required)"},
+      {"bin-dir", false,
+       "build directory with the dsv2-expert binary (default: ../ of this binary)"},
+      {"threads", false, "threads of the single-process engine (default 2)"},
+      {"attention-threads", false, "threads of the cluster's attention side (default 1)"},
+      {"shards", false, "expert shard processes (default 4), 1 thread each"},
+      {"ucx-transports", false, "UCX transports (default sm)"},
+      {"batches", false, "comma-separated batch sizes (default 1,8,32)"},
+      {"prompt-tokens", false, "prompt length (default 16)"},
+      {"new-tokens", false, "tokens generated per request (default 17: 16 decode steps)"},
+      {"echo-server", true, "internal: run as the raw round-trip echo peer"},
+      {"help", true, "show this help"},
+  };
+  auto flags = cli::ParseFlags(argc, argv, 1, specs);
+  if (!flags.ok()) Die(std::string(flags.status().message()));
+  const std::string transports = flags->Get("ucx-transports").value_or("sm");
+  if (flags->GetBool("echo-server")) return EchoServerMain(transports);
+  if (flags->GetBool("help") || !flags->Get("model")) {
+    std::cout << cli::FlagsHelp(specs);
+    return flags->GetBool("help") ? 0 : 2;
+  }
+  const std::string model = *flags->Get("model");
+  std::string self = argv[0];
+  const std::string bin_dir =
+      flags->Get("bin-dir").value_or(self.substr(0, self.rfind('/')) + "/..");
+  const int threads = static_cast<int>(*flags->GetInt("threads", 2));
+  const int att_threads = static_cast<int>(*flags->GetInt("attention-threads", 1));
+  const int shards = static_cast<int>(*flags->GetInt("shards", 4));
+  const int prompt_len = static_cast<int>(*flags->GetInt("prompt-tokens", 16));
+  const int new_tokens = static_cast<int>(*flags->GetInt("new-tokens", 17));
+  std::vector<int> batches;
+  for (absl::string_view b : absl::StrSplit(flags->Get("batches").value_or("1,8,32"), ',')) {
+    int v;
+    if (!absl::SimpleAtoi(b, &v) || v < 1) Die("bad --batches");
+    batches.push_back(v);
+  }
+  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  const int64_t cache_tokens = int64_t{max_batch} * (prompt_len + new_tokens + 64);
+
+  // --- single process
+  LocalEngineOptions lo;
+  lo.model_dir = model;
+  lo.threads = threads;
+  lo.cache_tokens = cache_tokens;
+  auto engine = LocalEngine::Open(lo);
+  if (!engine.ok()) Die(engine.status().ToString());
+  const ModelConfig& config = (*engine)->config();
+  std::printf("model %s: %lld layers, hidden %lld, %lld routed experts (top-%lld), %s\n",
+              model.c_str(), static_cast<long long>(config.num_hidden_layers),
+              static_cast<long long>(config.hidden_size),
+              static_cast<long long>(config.n_routed_experts),
+              static_cast<long long>(config.num_experts_per_tok),
+              DTypeName((*engine)->weights().activation_dtype()));
+  // Warm-up: fault in the mapped weights (most experts) before timing.
+  RunDecode(config, (*engine)->loop(), (*engine)->cache(), max_batch, prompt_len, 3, nullptr);
+  std::map<int, DecodeResult> single;
+  for (int b : batches) {
+    single[b] = RunDecode(config, (*engine)->loop(), (*engine)->cache(), b, prompt_len, new_tokens,
+                          nullptr);
+  }
+
+  // --- cluster: shard processes + this process as the attention side
+  std::vector<Child> children;
+  std::vector<std::string> addresses;
+  for (int s = 0; s < shards; ++s) {
+    children.push_back(Spawn({bin_dir + "/expert_service/dsv2-expert", "--model", model,
+                              "--shard-id", absl::StrCat(s), "--num-shards", absl::StrCat(shards),
+                              "--threads", "1", "--ucx-transports", transports}));
+  }
+  int64_t shard_rss = 0;
+  for (Child& c : children) {
+    auto f = Fields(c.ReadLine(600000));
+    auto addr = service::HexDecode(f["ucx_address"]);
+    if (!addr.ok()) Die("bad ready line");
+    addresses.push_back(*addr);
+    shard_rss = std::max<int64_t>(shard_rss, std::stoll(f["resident_bytes"]));
+  }
+  Child echo = Spawn({self, "--echo-server", "--ucx-transports", transports});
+  auto echo_addr = service::HexDecode(Fields(echo.ReadLine(60000))["ucx_address"]);
+  if (!echo_addr.ok()) Die("bad echo ready line");
+
+  transport::UcxOptions uo;
+  uo.transports = transports;
+  auto client = transport::CreateUcxClient(uo);
+  if (!client.ok()) Die(client.status().ToString());
+  DataPlaneExpertBackend remote(**client, RemoteExpertsOptions{});
+  auto placement = router::DefaultPlacement(router::GateParams::FromConfig(config), shards, 1);
+  if (!placement.ok()) Die(placement.status().ToString());
+  if (absl::Status st = remote.SetPlacement(*placement, addresses); !st.ok()) Die(st.ToString());
+  TimedBackend timed(remote);
+  auto cache = LatentCache::Create(config.num_hidden_layers, config.latent_dim(),
+                                   (*engine)->weights().activation_dtype(),
+                                   LatentCache::BlocksForTokens(cache_tokens));
+  if (!cache.ok()) Die(cache.status().ToString());
+  kernels::ThreadPool pool(att_threads);
+  kernels::CpuContext ctx{(*engine)->isa(), &pool};
+  LayerLoop loop((*engine)->weights(), **cache, timed, ctx,
+                 LayerLoopOptions{.min_rows_for_micro_batches = 0});
+  const int64_t moe_layers = config.num_hidden_layers - config.first_k_dense_replace;
+
+  std::printf("\nthreads: single process %d; cluster %d (attention) + %d shards x 1 = %d\n",
+              threads, att_threads, shards, att_threads + shards);
+  std::printf("expert shard resident memory (largest of %d, after prefault): %.1f MiB\n", shards,
+              shard_rss / 1048576.0);
+  std::printf("\n1. decode tokens/s (%d-token prompts, %d decode steps, UCX %s)\n", prompt_len,
+              new_tokens - 1, transports.c_str());
+  std::printf("%6s %14s %14s %8s %s\n", "batch", "single", "cluster", "ratio", "tokens equal");
+  std::map<int, std::tuple<double, double, double, int64_t>> seam;  // send, wait, step, disp
+  std::map<int, RemoteExpertsStats> bytes;
+  RunDecode(config, loop, **cache, max_batch, prompt_len, 3, &timed);  // warm-up
+  for (int b : batches) {
+    const RemoteExpertsStats before = remote.stats();
+    const DecodeResult c = RunDecode(config, loop, **cache, b, prompt_len, new_tokens, &timed);
+    const RemoteExpertsStats after = remote.stats();
+    RemoteExpertsStats d;
+    d.shard_requests = after.shard_requests - before.shard_requests;
+    d.request_bytes = after.request_bytes - before.request_bytes;
+    d.reply_bytes = after.reply_bytes - before.reply_bytes;
+    d.dispatches = after.dispatches - before.dispatches;
+    bytes[b] = d;
+    seam[b] = {timed.send_s, timed.wait_s, c.decode_s, timed.dispatches};
+    std::printf("%6d %14.1f %14.1f %8.2f %s\n", b, single[b].tokens_per_s, c.tokens_per_s,
+                c.tokens_per_s / single[b].tokens_per_s,
+                c.tokens == single[b].tokens ? "yes" : "NO");
+  }
+
+  std::printf(
+      "\n2. per-layer dispatch + combine at the seam (includes the shards' expert FFN) vs "
+      "the raw UCX round trip of the same bytes (echo peer, all shard messages at once)\n");
+  std::printf("%6s %12s %12s %14s %14s %8s\n", "batch", "req B/shard", "reply B/shard",
+              "seam us/layer", "raw us/layer", "ratio");
+  auto echo_peer = (*client)->Connect(*echo_addr);
+  if (!echo_peer.ok()) Die(echo_peer.status().ToString());
+  for (int b : batches) {
+    const RemoteExpertsStats& d = bytes[b];
+    const auto [send_s, wait_s, step_s, disp] = seam[b];
+    const double per_layer = (send_s + wait_s) / static_cast<double>(disp);
+    const double parts = static_cast<double>(d.shard_requests) / d.dispatches;
+    const size_t req =
+        static_cast<size_t>(d.request_bytes / std::max<int64_t>(1, d.shard_requests));
+    const size_t rep = static_cast<size_t>(d.reply_bytes / std::max<int64_t>(1, d.shard_requests));
+    const double raw =
+        RawRoundTrip(**client, *echo_peer, static_cast<int>(parts + 0.5), req, rep, 200);
+    std::printf(
+        "%6d %12zu %12zu %14.1f %14.1f %8.2f   (%.1f shards/dispatch; seam = %.0f%% of "
+        "decode time)\n",
+        b, req, rep, per_layer * 1e6, raw * 1e6, per_layer / raw, parts,
+        100.0 * (send_s + wait_s) / step_s);
+  }
+
+  std::printf("\n3. ping-pong at batch %d (two micro-batches from 8 rows)\n", max_batch);
+  double wait_per_step[2], tps[2];
+  for (int on = 0; on < 2; ++on) {
+    loop.set_options({.min_rows_for_micro_batches = on ? 8 : 0});
+    const DecodeResult c =
+        RunDecode(config, loop, **cache, max_batch, prompt_len, new_tokens, &timed);
+    if (c.tokens != single[max_batch].tokens) Die("ping-pong changed tokens");
+    wait_per_step[on] = timed.wait_s / static_cast<double>(c.decode_steps);
+    tps[on] = c.tokens_per_s;
+    std::printf("  %-4s expert wait %.2f ms/step (send %.2f ms/step), %.1f tokens/s\n",
+                on ? "on" : "off", wait_per_step[on] * 1e3,
+                timed.send_s / static_cast<double>(c.decode_steps) * 1e3, c.tokens_per_s);
+  }
+  std::printf(
+      "  communication hidden by ping-pong: %.0f%% of the expert wait (%.2f -> %.2f "
+      "ms/step over %lld MoE layers); tokens/s x%.2f\n",
+      100.0 * (1.0 - wait_per_step[1] / wait_per_step[0]), wait_per_step[0] * 1e3,
+      wait_per_step[1] * 1e3, static_cast<long long>(moe_layers), tps[1] / tps[0]);
+
+  for (Child& c : children) c.Stop();
+  echo.Stop();
+  return 0;
+}
+
+}  // namespace
+}  // namespace dsv2
+
+int main(int argc, char** argv) { return dsv2::Main(argc, argv); }
