@@ -2,16 +2,23 @@
 // engine, on one checkpoint (tools/bench/cluster_bench.sh makes a
 // V2-Lite-shaped one). Prints, never asserts:
 //   1. decode tokens/s at several batch sizes: single process (LocalEngine:
-//      LayerLoop + in-process experts) vs cluster (the same Scheduler and
-//      LayerLoop here, routed experts on N real dsv2-expert processes over
-//      UCX);
-//   2. per-layer dispatch + combine time at the expert seam vs the raw UCX
-//      round trip of the same bytes to an echo process (this binary with
-//      --echo-server);
-//   3. the share of the expert round trip that ping-pong hides (wait time at
-//      the seam with two micro-batches vs one).
-// Every cluster run first checks that its tokens equal the single-process
-// tokens.
+//      LayerLoop + in-process experts, --threads) vs cluster (the same
+//      Scheduler and LayerLoop here with --attention-threads, routed experts
+//      on --shards real dsv2-expert processes of 1 thread each, over UCX,
+//      default placement). Decode tokens/s = tokens after each request's
+//      first / wall time of the steps after every request has its first.
+//   2. per-layer dispatch + combine time at the expert seam over the decode
+//      steps, (Send + Wait wall time) / dispatches, the same spans
+//      StepStats::expert_{send,wait}_seconds time (the Scheduler keeps
+//      StepOutput to itself, so a wrapper around the backend times them),
+//      vs the raw UCX round trip of the same bytes to an echo process (this
+//      binary with --echo-server): one shard message, all of a dispatch's
+//      shard messages at once, and one message of their total bytes;
+//   3. the share of the expert wait that ping-pong hides at the largest
+//      batch: wait per step with min_rows_for_micro_batches 0 vs
+//      --pingpong-min-rows.
+// Every cluster run also reports whether its tokens equal the
+// single-process tokens (they should, bit for bit).
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -225,6 +232,12 @@ double RawRoundTrip(transport::DataPlaneClient& client, transport::PeerId peer, 
   return t[iters / 2];
 }
 
+int64_t IntFlag(const cli::ParsedFlags& flags, const std::string& name, int64_t dflt) {
+  auto v = flags.GetInt(name, dflt);
+  if (!v.ok()) Die(std::string(v.status().message()));
+  return *v;
+}
+
 int Main(int argc, char** argv) {
   const std::vector<cli::FlagSpec> specs = {
       {"model", false, "checkpoint directory (required)"},
@@ -237,6 +250,9 @@ int Main(int argc, char** argv) {
       {"batches", false, "comma-separated batch sizes (default 1,8,32)"},
       {"prompt-tokens", false, "prompt length (default 16)"},
       {"new-tokens", false, "tokens generated per request (default 17: 16 decode steps)"},
+      {"raw-iters", false, "round trips per raw UCX median (default 300)"},
+      {"pingpong-min-rows", false,
+       "section 3: min_rows_for_micro_batches when ping-pong is on (default 8)"},
       {"echo-server", true, "internal: run as the raw round-trip echo peer"},
       {"help", true, "show this help"},
   };
@@ -252,11 +268,17 @@ int Main(int argc, char** argv) {
   std::string self = argv[0];
   const std::string bin_dir =
       flags->Get("bin-dir").value_or(self.substr(0, self.rfind('/')) + "/..");
-  const int threads = static_cast<int>(*flags->GetInt("threads", 2));
-  const int att_threads = static_cast<int>(*flags->GetInt("attention-threads", 1));
-  const int shards = static_cast<int>(*flags->GetInt("shards", 4));
-  const int prompt_len = static_cast<int>(*flags->GetInt("prompt-tokens", 16));
-  const int new_tokens = static_cast<int>(*flags->GetInt("new-tokens", 17));
+  const int threads = static_cast<int>(IntFlag(*flags, "threads", 2));
+  const int att_threads = static_cast<int>(IntFlag(*flags, "attention-threads", 1));
+  const int shards = static_cast<int>(IntFlag(*flags, "shards", 4));
+  const int prompt_len = static_cast<int>(IntFlag(*flags, "prompt-tokens", 16));
+  const int new_tokens = static_cast<int>(IntFlag(*flags, "new-tokens", 17));
+  const int raw_iters = std::max(4, static_cast<int>(IntFlag(*flags, "raw-iters", 300)));
+  const int64_t pp_rows = IntFlag(*flags, "pingpong-min-rows", 8);
+  if (threads < 1 || att_threads < 1 || shards < 1 || prompt_len < 1 || new_tokens < 2) {
+    Die("--threads, --attention-threads, --shards, --prompt-tokens must be >= 1, "
+        "--new-tokens >= 2");
+  }
   std::vector<int> batches;
   for (absl::string_view b : absl::StrSplit(flags->Get("batches").value_or("1,8,32"), ',')) {
     int v;
@@ -302,7 +324,8 @@ int Main(int argc, char** argv) {
     auto addr = service::HexDecode(f["ucx_address"]);
     if (!addr.ok()) Die("bad ready line");
     addresses.push_back(*addr);
-    shard_rss = std::max<int64_t>(shard_rss, std::stoll(f["resident_bytes"]));
+    int64_t rss = 0;
+    if (absl::SimpleAtoi(f["resident_bytes"], &rss)) shard_rss = std::max(shard_rss, rss);
   }
   Child echo = Spawn({self, "--echo-server", "--ucx-transports", transports});
   auto echo_addr = service::HexDecode(Fields(echo.ReadLine(60000))["ucx_address"]);
@@ -354,47 +377,65 @@ int Main(int argc, char** argv) {
   }
 
   std::printf(
-      "\n2. per-layer dispatch + combine at the seam (includes the shards' expert FFN) vs "
-      "the raw UCX round trip of the same bytes (echo peer, all shard messages at once)\n");
-  std::printf("%6s %12s %12s %14s %14s %8s\n", "batch", "req B/shard", "reply B/shard",
-              "seam us/layer", "raw us/layer", "ratio");
+      "\n2. per-layer dispatch + combine at the seam (decode steps; includes the shards' expert "
+      "FFN) vs the raw UCX round trip of the same bytes to an echo process (median of %d)\n"
+      "   seam = (Send + Wait time) / dispatches; raw: 1 shard message alone, all of a "
+      "dispatch's shard messages at once (what the seam sends), and one message of their "
+      "total bytes\n",
+      raw_iters);
+  std::printf("%6s %7s %11s %11s %10s %10s %10s %10s %10s\n", "batch", "shards", "req B/shard",
+              "rep B/shard", "seam us", "raw 1 us", "raw all us", "raw tot us", "seam/all");
   auto echo_peer = (*client)->Connect(*echo_addr);
   if (!echo_peer.ok()) Die(echo_peer.status().ToString());
+  RawRoundTrip(**client, *echo_peer, 1, 1024, 1024, raw_iters);  // warm-up
+  std::map<int, double> seam_share;
   for (int b : batches) {
     const RemoteExpertsStats& d = bytes[b];
     const auto [send_s, wait_s, step_s, disp] = seam[b];
-    const double per_layer = (send_s + wait_s) / static_cast<double>(disp);
-    const double parts = static_cast<double>(d.shard_requests) / d.dispatches;
+    const double per_layer = (send_s + wait_s) / static_cast<double>(std::max<int64_t>(1, disp));
+    const double parts =
+        static_cast<double>(d.shard_requests) / std::max<int64_t>(1, d.dispatches);
+    const int n = std::max(1, static_cast<int>(parts + 0.5));
     const size_t req =
         static_cast<size_t>(d.request_bytes / std::max<int64_t>(1, d.shard_requests));
     const size_t rep = static_cast<size_t>(d.reply_bytes / std::max<int64_t>(1, d.shard_requests));
-    const double raw =
-        RawRoundTrip(**client, *echo_peer, static_cast<int>(parts + 0.5), req, rep, 200);
-    std::printf(
-        "%6d %12zu %12zu %14.1f %14.1f %8.2f   (%.1f shards/dispatch; seam = %.0f%% of "
-        "decode time)\n",
-        b, req, rep, per_layer * 1e6, raw * 1e6, per_layer / raw, parts,
-        100.0 * (send_s + wait_s) / step_s);
+    const double raw1 = RawRoundTrip(**client, *echo_peer, 1, req, rep, raw_iters);
+    const double raw_all = RawRoundTrip(**client, *echo_peer, n, req, rep, raw_iters);
+    const double raw_tot = RawRoundTrip(**client, *echo_peer, 1, n * req, n * rep, raw_iters);
+    seam_share[b] = 100.0 * (send_s + wait_s) / step_s;
+    std::printf("%6d %7.1f %11zu %11zu %10.1f %10.1f %10.1f %10.1f %10.2f\n", b, parts, req, rep,
+                per_layer * 1e6, raw1 * 1e6, raw_all * 1e6, raw_tot * 1e6, per_layer / raw_all);
   }
+  std::printf("   share of decode time at the seam:");
+  for (int b : batches) std::printf("  batch %d %.0f%%", b, seam_share[b]);
+  std::printf("\n");
 
-  std::printf("\n3. ping-pong at batch %d (two micro-batches from 8 rows)\n", max_batch);
-  double wait_per_step[2], tps[2];
+  std::printf("\n3. ping-pong at batch %d: min_rows_for_micro_batches 0 (off) vs %lld (on)\n",
+              max_batch, static_cast<long long>(pp_rows));
+  double wait_per_step[2], seam_per_step[2], tps[2];
   for (int on = 0; on < 2; ++on) {
-    loop.set_options({.min_rows_for_micro_batches = on ? 8 : 0});
+    loop.set_options({.min_rows_for_micro_batches = on ? pp_rows : 0});
     const DecodeResult c =
         RunDecode(config, loop, **cache, max_batch, prompt_len, new_tokens, &timed);
-    if (c.tokens != single[max_batch].tokens) Die("ping-pong changed tokens");
-    wait_per_step[on] = timed.wait_s / static_cast<double>(c.decode_steps);
+    const double steps = static_cast<double>(std::max<int64_t>(1, c.decode_steps));
+    wait_per_step[on] = timed.wait_s / steps;
+    seam_per_step[on] = (timed.send_s + timed.wait_s) / steps;
     tps[on] = c.tokens_per_s;
-    std::printf("  %-4s expert wait %.2f ms/step (send %.2f ms/step), %.1f tokens/s\n",
-                on ? "on" : "off", wait_per_step[on] * 1e3,
-                timed.send_s / static_cast<double>(c.decode_steps) * 1e3, c.tokens_per_s);
+    std::printf(
+        "  %-4s expert wait %.2f ms/step, send %.2f ms/step, %.1f dispatches/step, %.1f "
+        "tokens/s, tokens equal: %s\n",
+        on ? "on" : "off", wait_per_step[on] * 1e3, timed.send_s / steps * 1e3,
+        static_cast<double>(timed.dispatches) / steps, c.tokens_per_s,
+        c.tokens == single[max_batch].tokens ? "yes" : "NO");
   }
   std::printf(
       "  communication hidden by ping-pong: %.0f%% of the expert wait (%.2f -> %.2f "
-      "ms/step over %lld MoE layers); tokens/s x%.2f\n",
+      "ms/step over %lld MoE layers); tokens/s on/off x%.2f\n",
       100.0 * (1.0 - wait_per_step[1] / wait_per_step[0]), wait_per_step[0] * 1e3,
       wait_per_step[1] * 1e3, static_cast<long long>(moe_layers), tps[1] / tps[0]);
+  std::printf("  send + wait at the seam: %.2f -> %.2f ms/step (%.0f%% less)\n",
+              seam_per_step[0] * 1e3, seam_per_step[1] * 1e3,
+              100.0 * (1.0 - seam_per_step[1] / seam_per_step[0]));
 
   for (Child& c : children) c.Stop();
   echo.Stop();
