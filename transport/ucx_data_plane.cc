@@ -948,7 +948,7 @@ ucs_status_t UcxClient::OnRefused(void* arg, const void* header, size_t header_l
   if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
   self->Complete(h.ticket,
                  absl::UnavailableError(
-                     absl::StrCat("UCX server dropped ticket ", h.ticket, ": it is shutting down")),
+                     absl::StrCat("UCX server dropped ticket ", h.ticket, ": it is shutting down or the request is over its size limit")),
                  {});
   return UCS_OK;
 }
@@ -1173,7 +1173,7 @@ ucs_status_t UcxServer::OnRequest(void* arg, const void* header, size_t header_l
   const bool rendezvous = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   UcxAmHeader h;
   if (!ReadAmHeader(header, header_length, &h)) return rendezvous ? UCS_ERR_INVALID_PARAM : UCS_OK;
-  if (self->stopping_.load()) {
+  if (self->stopping_.load() || length > self->options_.max_request_bytes) {
     // A rendezvous sender learns of the refusal from its send's status.
     if (rendezvous) return UCS_ERR_CANCELED;
     self->worker_->Post([self, h] { self->SendRefusal(h.client_id, h.ticket); });

@@ -72,6 +72,10 @@ struct UcxOptions {
   // How long Connect waits for the server's answer to the connection
   // handshake before it returns Unavailable.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // Servers refuse requests larger than this (the client's Wait gets
+  // Unavailable) instead of allocating whatever a peer announces; a real
+  // dispatch is rows x hidden x 2-4 bytes, far below it.
+  size_t max_request_bytes = size_t{1} << 30;
 };
 
 // Unavailable when UCX cannot be initialised with the given transports.

@@ -429,6 +429,32 @@ TEST_P(UcxTest, SmallRequestGoesEagerAndLargeOneByRendezvous) {
       AwaitStat(**server, [](const DataPlaneServerStats& s) { return s.replies_sent == 2; }));
 }
 
+TEST_P(UcxTest, OversizedRequestIsRefusedAndTheServerCarriesOn) {
+  TestHandler h;
+  UcxOptions options = TestUcxOptions(GetParam());
+  options.rendezvous_threshold = 16 << 10;
+  options.max_request_bytes = 64 << 10;
+  absl::StatusOr<std::unique_ptr<DataPlaneServer>> server = CreateUcxServer(options, h.handler());
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<std::unique_ptr<DataPlaneClient>> client = CreateUcxClient(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<PeerId> peer = (*client)->Connect((*server)->address());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  std::mt19937_64 rng(9);
+  // Over the limit by rendezvous: refused, not allocated.
+  absl::StatusOr<uint64_t> big = (*client)->Send(*peer, RandomMessage(rng, 1 << 20));
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ((*client)->Wait(*big, absl::Now() + absl::Seconds(10)).status().code(),
+            absl::StatusCode::kUnavailable);
+  // The same peer still serves requests within the limit.
+  const std::vector<std::byte> ok = RandomMessage(rng, 32 << 10);
+  absl::StatusOr<uint64_t> t = (*client)->Send(*peer, ok);
+  ASSERT_TRUE(t.ok());
+  absl::StatusOr<std::vector<std::byte>> r = (*client)->Wait(*t, absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, Transform(ok));
+}
+
 TEST_P(UcxTest, RejectedConfigValueIsInvalidArgument) {
   UcxOptions options = TestUcxOptions(GetParam());
   options.config.push_back({"KEEPALIVE_INTERVAL", "not a duration"});
