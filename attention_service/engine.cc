@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 
 namespace dsv2 {
@@ -127,6 +128,9 @@ void AttentionEngine::Run() {
         mu_.Await(absl::Condition(&wake, &decltype(wake)::operator()));
       }
       commands.swap(inbox_);
+      // Commands may add work: not idle until the next check says so, so a
+      // Drain cannot see "idle" while a just-added request runs.
+      if (!commands.empty()) idle_ = false;
       stop = stop_;
     }
     for (const std::shared_ptr<Command>& c : commands) {
@@ -143,7 +147,15 @@ void AttentionEngine::Run() {
         case Command::Kind::kCancel: {
           c->found = scheduler_.Cancel(c->id);
           absl::MutexLock lock(&mu_);
-          streams_.erase(c->id);
+          // The stream ends too: its reader must not wait for events that
+          // will never come.
+          if (auto it = streams_.find(c->id); it != streams_.end()) {
+            SequenceEvent e;
+            e.id = c->id;
+            e.error = absl::CancelledError(absl::StrCat("request ", c->id, " was cancelled"));
+            it->second->Push(std::move(e));
+            streams_.erase(it);
+          }
           break;
         }
         case Command::Kind::kFailAll:

@@ -211,6 +211,58 @@ TEST_F(NodeServerTest, PlacementErrors) {
   EXPECT_EQ(Status().placement_version(), 1u);
 }
 
+TEST_F(NodeServerTest, CancelRpcEndsTheSubmitStream) {
+  SetPlacement();
+  internal::SubmitRequest req;
+  req.set_request_id(9);
+  req.add_prompt_ids(4);
+  req.set_max_tokens(400);
+  req.set_ignore_eos(true);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub_->Submit(&ctx, req);
+  internal::SubmitResponse resp;
+  ASSERT_TRUE(reader->Read(&resp));
+  grpc::ClientContext cctx;
+  internal::CancelRequest creq;
+  creq.set_request_id(9);
+  internal::CancelResponse cresp;
+  ASSERT_TRUE(stub_->Cancel(&cctx, creq, &cresp).ok());
+  EXPECT_TRUE(cresp.found());
+  while (reader->Read(&resp)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const internal::NodeStatus s = Status();
+  EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
+}
+
+TEST_F(NodeServerTest, ShardIdsMustBeDense) {
+  SetPlacement();
+  internal::PlacementTable t = service::PlacementToProto(placement_);
+  t.set_version(2);
+  t.mutable_shards(0)->set_shard_id(5000000);
+  t.mutable_shards(0)->set_ucx_address(plane_->address());
+  grpc::ClientContext ctx;
+  internal::SetPlacementResponse resp;
+  EXPECT_EQ(stub_->SetPlacement(&ctx, t, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Status().placement_version(), 1u);
+}
+
+TEST_F(NodeServerTest, DrainWaitsForARequestThatJustArrived) {
+  SetPlacement();
+  Output out;
+  std::thread client([&] { out = Generate({7, 8, 9}, 150); });
+  // Wait until the request is admitted, then drain at once.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (Status().running() + Status().waiting() == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  EXPECT_TRUE(engine_->Drain(absl::Seconds(30)));
+  client.join();
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.tokens.size(), 150u);
+}
+
 TEST_F(NodeServerTest, DrainingRefusesNewRequests) {
   SetPlacement();
   EXPECT_TRUE(engine_->Drain(absl::Seconds(5)));

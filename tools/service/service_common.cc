@@ -66,14 +66,23 @@ absl::StatusOr<router::Placement> PlacementFromProto(const internal::PlacementTa
   router::Placement p;
   p.version = table.version();
   if (p.version == 0) return absl::InvalidArgumentError("placement version must be >= 1");
-  int32_t max_shard = -1;
+  // Shard ids are dense: each of [0, shards_size()) exactly once, so a
+  // peer-supplied table cannot make us size anything by a huge id.
+  const int num_shards = table.shards_size();
+  std::vector<bool> seen(num_shards, false);
   for (const internal::ShardEndpoint& s : table.shards()) {
-    if (s.shard_id() < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("shard id ", s.shard_id(), " is negative"));
+    if (s.shard_id() < 0 || s.shard_id() >= num_shards || seen[s.shard_id()]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shard id ", s.shard_id(), " must be unique and in [0, ", num_shards, ")"));
     }
-    max_shard = std::max(max_shard, s.shard_id());
+    seen[s.shard_id()] = true;
+    if (s.ucx_address().size() > (64u << 10)) {
+      return absl::InvalidArgumentError(absl::StrCat("shard ", s.shard_id(), " UCX address has ",
+                                                     s.ucx_address().size(),
+                                                     " bytes; the limit is 65536"));
+    }
   }
-  p.num_shards = max_shard + 1;
+  p.num_shards = num_shards;
   p.replicas.resize(table.experts_size());
   for (int e = 0; e < table.experts_size(); ++e) {
     p.replicas[e].assign(table.experts(e).shard_ids().begin(), table.experts(e).shard_ids().end());
