@@ -64,20 +64,14 @@ int Main(int argc, char** argv) {
   service::BlockTerminationSignals();
   service::InitLogging("dsv2-attention");
   const std::vector<cli::FlagSpec> specs = FlagSpecs();
+  int exit_code = 0;
+  std::optional<service::ServiceCommandLine> cmd =
+      service::ParseServiceCommandLine("dsv2-attention", argc, argv, specs, &exit_code);
+  if (!cmd) return exit_code;
+  const cli::ParsedFlags& flags = cmd->flags;
   const auto usage = [&](const std::string& msg) {
-    std::cerr << "dsv2-attention: " << msg << "\n" << cli::FlagsHelp(specs);
-    return 2;
+    return service::UsageError("dsv2-attention", specs, msg);
   };
-  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(argc, argv, 1, specs);
-  if (!flags.ok()) return usage(std::string(flags.status().message()));
-  if (flags->GetBool("help")) {
-    std::cout << "dsv2-attention flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
-    return 0;
-  }
-  absl::StatusOr<service::CommonFlags> common = service::ParseCommonFlags(*flags);
-  if (!common.ok()) return usage(std::string(common.status().message()));
-  const std::optional<std::string> model_dir = flags->Get("model");
-  if (!model_dir) return usage("--model is required");
   int64_t cache_tokens, max_step_tokens, max_running, max_waiting, dispatch_ms, mb_rows, drain_s;
   for (auto [name, dflt, out, min] :
        std::initializer_list<std::tuple<const char*, int64_t, int64_t*, int64_t>>{
@@ -88,7 +82,7 @@ int Main(int argc, char** argv) {
            {"dispatch-timeout-ms", 10000, &dispatch_ms, 1},
            {"micro-batch-min-rows", 32, &mb_rows, 0},
            {"drain-timeout-s", 30, &drain_s, 0}}) {
-    absl::StatusOr<int64_t> v = flags->GetInt(name, dflt);
+    absl::StatusOr<int64_t> v = flags.GetInt(name, dflt);
     if (!v.ok()) return usage(std::string(v.status().message()));
     if (*v < min) return usage(absl::StrCat("--", name, "=", *v, " must be >= ", min));
     *out = *v;
@@ -98,15 +92,15 @@ int Main(int argc, char** argv) {
     return 1;
   };
 
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(*model_dir + "/config.json");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(cmd->model_dir + "/config.json");
   if (!config.ok()) return fail(config.status());
   const router::GateParams gate = router::GateParams::FromConfig(*config);
   std::optional<internal::PlacementTable> table;
-  if (std::optional<std::string> file = flags->Get("placement")) {
+  if (std::optional<std::string> file = flags.Get("placement")) {
     absl::StatusOr<internal::PlacementTable> t = service::ReadPlacementFile(*file, gate);
     if (!t.ok()) return fail(t.status());
     table = *t;
-  } else if (std::optional<std::string> shards = flags->Get("expert-shards")) {
+  } else if (std::optional<std::string> shards = flags.Get("expert-shards")) {
     std::vector<std::string> addrs = absl::StrSplit(*shards, ',', absl::SkipEmpty());
     absl::StatusOr<internal::PlacementTable> t =
         service::DefaultPlacementTable(gate, static_cast<int32_t>(addrs.size()), 1);
@@ -118,14 +112,10 @@ int Main(int argc, char** argv) {
     table = *t;
   }
 
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::OpenDir(*model_dir);
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::OpenDir(cmd->model_dir);
   if (!ckpt.ok()) return fail(ckpt.status());
-  absl::StatusOr<kernels::CpuIsa> isa = kernels::ResolveCpuIsa(common->cpu_isa);
-  if (!isa.ok()) return fail(isa.status());
-  kernels::ThreadPool pool(common->threads);
-  kernels::CpuContext ctx;
-  ctx.isa = *isa;
-  ctx.pool = &pool;
+  absl::StatusOr<service::ComputeContext> compute = service::MakeComputeContext(cmd->common);
+  if (!compute.ok()) return fail(compute.status());
   absl::StatusOr<std::unique_ptr<NonExpertWeights>> weights =
       NonExpertWeights::Load(*config, **ckpt);
   if (!weights.ok()) return fail(weights.status());
@@ -134,11 +124,8 @@ int Main(int argc, char** argv) {
       LatentCache::BlocksForTokens(cache_tokens));
   if (!cache.ok()) return fail(cache.status());
 
-  transport::UcxOptions ucx;
-  ucx.transports = common->ucx_transports;
-  ucx.rendezvous_threshold = static_cast<size_t>(common->rendezvous_threshold);
   absl::StatusOr<std::unique_ptr<transport::DataPlaneClient>> client =
-      transport::CreateUcxClient(ucx);
+      transport::CreateUcxClient(service::UcxOptionsFromFlags(cmd->common));
   if (!client.ok()) return fail(client.status());
   RemoteExpertsOptions ro;
   ro.dispatch_timeout = absl::Milliseconds(dispatch_ms);
@@ -153,7 +140,7 @@ int Main(int argc, char** argv) {
 
   LayerLoopOptions lo;
   lo.min_rows_for_micro_batches = mb_rows;
-  LayerLoop loop(**weights, **cache, backend, ctx, lo);
+  LayerLoop loop(**weights, **cache, backend, compute->ctx, lo);
   SchedulerOptions so;
   so.max_step_tokens = max_step_tokens;
   so.max_running = max_running;
@@ -163,29 +150,22 @@ int Main(int argc, char** argv) {
   AttentionEngine engine(scheduler, **cache);
 
   AttentionNodeServer node(*config, engine, backend);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat(common->host, ":", common->port),
-                           grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&node);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return fail(
-        absl::UnavailableError(absl::StrCat("cannot listen on ", common->host, ":", common->port)));
-  }
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server =
+      service::StartGrpcServer(cmd->common, &node, &port);
+  if (!server.ok()) return fail(server.status());
   service::PrintReadyLine(absl::StrCat("dsv2-attention ready port=", port,
                                        " cache_tokens=", (*cache)->capacity_tokens(),
                                        " placement_version=", backend.placement_version()));
   spdlog::info("attention node serving on port {} ({} cache tokens, {} threads)", port,
-               (*cache)->capacity_tokens(), common->threads);
+               (*cache)->capacity_tokens(), cmd->common.threads);
 
   const int sig = service::WaitForTerminationSignal();
   spdlog::info("signal {}: draining", sig);
   const bool drained = engine.Drain(absl::Seconds(drain_s));
   if (!drained) spdlog::warn("drain timed out; failing the remaining requests");
   // Live requests are done (or failed) by now; cancel whatever RPC is left.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   engine.Shutdown();
   spdlog::info("stopped");
   return 0;

@@ -46,22 +46,16 @@ int Main(int argc, char** argv) {
   service::BlockTerminationSignals();
   service::InitLogging("dsv2-expert");
   const std::vector<cli::FlagSpec> specs = FlagSpecs();
+  int exit_code = 0;
+  std::optional<service::ServiceCommandLine> cmd =
+      service::ParseServiceCommandLine("dsv2-expert", argc, argv, specs, &exit_code);
+  if (!cmd) return exit_code;
+  const cli::ParsedFlags& flags = cmd->flags;
   const auto usage = [&](const std::string& msg) {
-    std::cerr << "dsv2-expert: " << msg << "\n" << cli::FlagsHelp(specs);
-    return 2;
+    return service::UsageError("dsv2-expert", specs, msg);
   };
-  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(argc, argv, 1, specs);
-  if (!flags.ok()) return usage(std::string(flags.status().message()));
-  if (flags->GetBool("help")) {
-    std::cout << "dsv2-expert flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
-    return 0;
-  }
-  absl::StatusOr<service::CommonFlags> common = service::ParseCommonFlags(*flags);
-  if (!common.ok()) return usage(std::string(common.status().message()));
-  const std::optional<std::string> model_dir = flags->Get("model");
-  if (!model_dir) return usage("--model is required");
-  absl::StatusOr<int64_t> shard_id = flags->GetInt("shard-id", 0);
-  absl::StatusOr<int64_t> num_shards = flags->GetInt("num-shards", 1);
+  absl::StatusOr<int64_t> shard_id = flags.GetInt("shard-id", 0);
+  absl::StatusOr<int64_t> num_shards = flags.GetInt("num-shards", 1);
   if (!shard_id.ok()) return usage(std::string(shard_id.status().message()));
   if (!num_shards.ok()) return usage(std::string(num_shards.status().message()));
   if (*shard_id < 0 || *num_shards < 0 || (*num_shards > 0 && *shard_id >= *num_shards)) {
@@ -73,21 +67,17 @@ int Main(int argc, char** argv) {
     return 1;
   };
 
-  absl::StatusOr<ModelConfig> config = LoadModelConfig(*model_dir + "/config.json");
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(cmd->model_dir + "/config.json");
   if (!config.ok()) return fail(config.status());
-  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::OpenDir(*model_dir);
+  absl::StatusOr<std::unique_ptr<Checkpoint>> ckpt = Checkpoint::OpenDir(cmd->model_dir);
   if (!ckpt.ok()) return fail(ckpt.status());
-  absl::StatusOr<kernels::CpuIsa> isa = kernels::ResolveCpuIsa(common->cpu_isa);
-  if (!isa.ok()) return fail(isa.status());
-  kernels::ThreadPool pool(common->threads);
-  kernels::CpuContext ctx;
-  ctx.isa = *isa;
-  ctx.pool = &pool;
-  ExpertDispatchServer server(*config, **ckpt, ctx, static_cast<int32_t>(*shard_id));
+  absl::StatusOr<service::ComputeContext> compute = service::MakeComputeContext(cmd->common);
+  if (!compute.ok()) return fail(compute.status());
+  ExpertDispatchServer server(*config, **ckpt, compute->ctx, static_cast<int32_t>(*shard_id));
 
   const router::GateParams gate = router::GateParams::FromConfig(*config);
   std::optional<internal::PlacementTable> table;
-  if (std::optional<std::string> file = flags->Get("placement")) {
+  if (std::optional<std::string> file = flags.Get("placement")) {
     absl::StatusOr<internal::PlacementTable> t = service::ReadPlacementFile(*file, gate);
     if (!t.ok()) return fail(t.status());
     table = *t;
@@ -104,28 +94,18 @@ int Main(int argc, char** argv) {
     if (absl::Status st = server.LoadExperts(*p); !st.ok()) return fail(st);
   }
 
-  transport::UcxOptions ucx;
-  ucx.transports = common->ucx_transports;
-  ucx.rendezvous_threshold = static_cast<size_t>(common->rendezvous_threshold);
   absl::StatusOr<std::unique_ptr<transport::DataPlaneServer>> data_plane =
-      transport::CreateUcxServer(ucx, [&server](std::span<const std::byte> request) {
-        return server.HandleMessage(request);
-      });
+      transport::CreateUcxServer(
+          service::UcxOptionsFromFlags(cmd->common),
+          [&server](std::span<const std::byte> request) { return server.HandleMessage(request); });
   if (!data_plane.ok()) return fail(data_plane.status());
 
   ExpertShardServer control(server, (*data_plane)->address(),
                             static_cast<int32_t>(config->n_routed_experts));
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat(common->host, ":", common->port),
-                           grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&control);
-  std::unique_ptr<grpc::Server> grpc_server = builder.BuildAndStart();
-  if (grpc_server == nullptr || port == 0) {
-    return fail(
-        absl::UnavailableError(absl::StrCat("cannot listen on ", common->host, ":", common->port)));
-  }
+  absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =
+      service::StartGrpcServer(cmd->common, &control, &port);
+  if (!grpc_server.ok()) return fail(grpc_server.status());
   service::PrintReadyLine(
       absl::StrCat("dsv2-expert ready port=", port, " shard_id=", server.shard_id(),
                    " placement_version=", server.placement_version(),
@@ -139,7 +119,7 @@ int Main(int argc, char** argv) {
 
   const int sig = service::WaitForTerminationSignal();
   spdlog::info("expert shard {}: signal {}, shutting down", server.shard_id(), sig);
-  grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  (*grpc_server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   (*data_plane)->Shutdown();
   return 0;
 }

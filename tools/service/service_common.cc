@@ -1,12 +1,14 @@
 #include "tools/service/service_common.h"
 
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -51,6 +53,70 @@ absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags) {
   return c;
 }
 
+int UsageError(const std::string& binary, const std::vector<cli::FlagSpec>& specs,
+               const std::string& message) {
+  std::cerr << binary << ": " << message << "\n" << cli::FlagsHelp(specs);
+  return 2;
+}
+
+std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& binary, int argc,
+                                                          char** argv,
+                                                          const std::vector<cli::FlagSpec>& specs,
+                                                          int* exit_code) {
+  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(argc, argv, 1, specs);
+  if (!flags.ok()) {
+    *exit_code = UsageError(binary, specs, std::string(flags.status().message()));
+    return std::nullopt;
+  }
+  if (flags->GetBool("help")) {
+    std::cout << binary << " flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  absl::StatusOr<CommonFlags> common = ParseCommonFlags(*flags);
+  if (!common.ok()) {
+    *exit_code = UsageError(binary, specs, std::string(common.status().message()));
+    return std::nullopt;
+  }
+  const std::optional<std::string> model_dir = flags->Get("model");
+  if (!model_dir) {
+    *exit_code = UsageError(binary, specs, "--model is required");
+    return std::nullopt;
+  }
+  return ServiceCommandLine{*std::move(flags), *common, *model_dir};
+}
+
+absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags) {
+  DSV2_ASSIGN_OR_RETURN(const kernels::CpuIsa isa, kernels::ResolveCpuIsa(flags.cpu_isa));
+  ComputeContext c;
+  c.pool = std::make_unique<kernels::ThreadPool>(flags.threads);
+  c.ctx.isa = isa;
+  c.ctx.pool = c.pool.get();
+  return c;
+}
+
+transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags) {
+  transport::UcxOptions ucx;
+  ucx.transports = flags.ucx_transports;
+  ucx.rendezvous_threshold = static_cast<size_t>(flags.rendezvous_threshold);
+  return ucx;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const CommonFlags& flags,
+                                                              grpc::Service* service, int* port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  *port = 0;
+  builder.AddListeningPort(absl::StrCat(flags.host, ":", flags.port),
+                           grpc::InsecureServerCredentials(), port);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", flags.host, ":", flags.port));
+  }
+  return server;
+}
+
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
@@ -72,8 +138,8 @@ absl::StatusOr<router::Placement> PlacementFromProto(const internal::PlacementTa
   std::vector<bool> seen(num_shards, false);
   for (const internal::ShardEndpoint& s : table.shards()) {
     if (s.shard_id() < 0 || s.shard_id() >= num_shards || seen[s.shard_id()]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "shard id ", s.shard_id(), " must be unique and in [0, ", num_shards, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("shard id ", s.shard_id(), " must be unique and in [0, ", num_shards, ")"));
     }
     seen[s.shard_id()] = true;
     if (s.ucx_address().size() > (64u << 10)) {

@@ -12,6 +12,8 @@
 
 #include <csignal>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +23,7 @@
 #include "placement.pb.h"
 #include "router/plan.h"
 #include "tools/dsv2/cli_flags.h"
+#include "transport/ucx_data_plane.h"
 
 namespace dsv2::service {
 
@@ -38,6 +41,41 @@ struct CommonFlags {
   int64_t rendezvous_threshold = 64 << 10;
 };
 absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags);
+
+// A service binary's command line: its flags, the common ones, --model.
+struct ServiceCommandLine {
+  cli::ParsedFlags flags;
+  CommonFlags common;
+  std::string model_dir;
+};
+// Prints "`binary`: `message`" and the flag help on stderr; returns 2, the
+// usage-error exit code.
+int UsageError(const std::string& binary, const std::vector<cli::FlagSpec>& specs,
+               const std::string& message);
+// Parses argv[1..] against `specs` (which include CommonFlagSpecs()) and
+// requires --model. nullopt when the binary should exit with *exit_code:
+// 0 after printing --help, 2 after a usage error.
+std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& binary, int argc,
+                                                          char** argv,
+                                                          const std::vector<cli::FlagSpec>& specs,
+                                                          int* exit_code);
+
+// The compute context of --threads and --cpu-isa (the pool it points at is
+// owned here).
+struct ComputeContext {
+  std::unique_ptr<kernels::ThreadPool> pool;
+  kernels::CpuContext ctx;
+};
+absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags);
+
+// The data-plane settings of --ucx-transports and --rendezvous-threshold.
+transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags);
+
+// Builds and starts a gRPC server on --host:--port serving `service` and
+// grpc.health.v1; *port receives the bound port. Unavailable when it cannot
+// listen.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const CommonFlags& flags,
+                                                              grpc::Service* service, int* port);
 
 // The absl code as the gRPC code, with the message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
