@@ -1,0 +1,261 @@
+#include "coordinator/cluster_state.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace dsv2::coordinator {
+
+ClusterState::ClusterState(AdmissionOptions options) : options_(options) {}
+
+uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t capacity_tokens,
+                                             uint32_t placement_version, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  // A node that restarted on the same address replaces its old entry.
+  for (auto it = attention_.begin(); it != attention_.end();) {
+    it = it->second.address == address ? attention_.erase(it) : std::next(it);
+  }
+  AttentionNodeEntry e;
+  e.node_id = next_node_id_++;
+  e.address = address;
+  e.capacity_tokens = capacity_tokens;
+  e.placement_version = placement_version;
+  e.last_heartbeat = now;
+  max_reported_version_ = std::max(max_reported_version_, placement_version);
+  attention_[e.node_id] = e;
+  return e.node_id;
+}
+
+absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std::string& address,
+                                                     const std::string& ucx_address,
+                                                     uint32_t placement_version, absl::Time now) {
+  if (shard_id < 0 || shard_id >= kMaxShardId) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard_id ", shard_id, " is outside [0, ", kMaxShardId, ")"));
+  }
+  absl::MutexLock lock(&mu_);
+  ShardEntry e;
+  e.node_id = next_node_id_++;
+  e.shard_id = shard_id;
+  e.address = address;
+  e.ucx_address = ucx_address;
+  e.placement_version = placement_version;
+  e.last_heartbeat = now;
+  max_reported_version_ = std::max(max_reported_version_, placement_version);
+  shards_[shard_id] = e;
+  ++shard_generation_;
+  return e.node_id;
+}
+
+absl::Status ClusterState::Heartbeat(uint64_t node_id, uint32_t placement_version,
+                                     int64_t resident_bytes, absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  max_reported_version_ = std::max(max_reported_version_, placement_version);
+  if (auto it = attention_.find(node_id); it != attention_.end()) {
+    it->second.last_heartbeat = now;
+    it->second.placement_version = placement_version;
+    return absl::OkStatus();
+  }
+  for (auto& [id, s] : shards_) {
+    if (s.node_id == node_id) {
+      s.last_heartbeat = now;
+      s.resident_bytes = resident_bytes;
+      s.placement_version = placement_version;
+      return absl::OkStatus();
+    }
+  }
+  return absl::NotFoundError(absl::StrCat("node ", node_id, " is not registered"));
+}
+
+bool ClusterState::Remove(uint64_t node_id) {
+  absl::MutexLock lock(&mu_);
+  if (attention_.erase(node_id) > 0) return true;
+  for (auto it = shards_.begin(); it != shards_.end(); ++it) {
+    if (it->second.node_id == node_id) {
+      shards_.erase(it);
+      ++shard_generation_;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::vector<uint64_t> ClusterState::ExpireDead(absl::Time now, absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  std::vector<uint64_t> removed;
+  for (auto it = attention_.begin(); it != attention_.end();) {
+    if (now - it->second.last_heartbeat > timeout) {
+      removed.push_back(it->first);
+      it = attention_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = shards_.begin(); it != shards_.end();) {
+    if (now - it->second.last_heartbeat > timeout) {
+      removed.push_back(it->second.node_id);
+      it = shards_.erase(it);
+      ++shard_generation_;
+    } else {
+      ++it;
+    }
+  }
+  return removed;
+}
+
+uint64_t ClusterState::shard_generation() const {
+  absl::MutexLock lock(&mu_);
+  return shard_generation_;
+}
+
+std::vector<ShardEntry> ClusterState::shards() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<ShardEntry> out;
+  for (const auto& [id, s] : shards_) out.push_back(s);
+  return out;
+}
+
+std::vector<AttentionNodeEntry> ClusterState::attention_nodes() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<AttentionNodeEntry> out;
+  for (const auto& [id, n] : attention_) out.push_back(n);
+  return out;
+}
+
+void ClusterState::SetShardLoaded(uint64_t node_id, uint32_t version, int32_t experts) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [id, s] : shards_) {
+    if (s.node_id == node_id) {
+      s.placement_version = version;
+      s.experts = experts;
+    }
+  }
+}
+
+void ClusterState::SetAttentionVersion(uint64_t node_id, uint32_t version) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = attention_.find(node_id); it != attention_.end()) {
+    it->second.placement_version = version;
+  }
+}
+
+uint32_t ClusterState::max_reported_version() const {
+  absl::MutexLock lock(&mu_);
+  return max_reported_version_;
+}
+
+void ClusterState::Publish(PublishedPlacement placement, bool complete) {
+  absl::MutexLock lock(&mu_);
+  published_ = std::move(placement);
+  complete_ = complete;
+}
+
+PublishedPlacement ClusterState::published() const {
+  absl::MutexLock lock(&mu_);
+  return published_;
+}
+
+bool ClusterState::placement_complete() const {
+  absl::MutexLock lock(&mu_);
+  if (!complete_) return false;
+  // Every shard of the published table must still be live.
+  for (int32_t id : published_.shard_ids) {
+    if (!shards_.contains(id)) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<int64_t> ClusterState::SmallestCapacity() const {
+  const bool complete = placement_complete();
+  absl::MutexLock lock(&mu_);
+  if (attention_.empty()) return absl::UnavailableError("no attention node is registered");
+  if (!complete) {
+    return absl::UnavailableError(
+        shards_.empty() ? "no expert shard is registered: the expert placement is incomplete"
+                        : "the expert placement is incomplete");
+  }
+  int64_t smallest = attention_.begin()->second.capacity_tokens;
+  for (const auto& [id, n] : attention_) smallest = std::min(smallest, n.capacity_tokens);
+  return smallest;
+}
+
+absl::StatusOr<uint64_t> ClusterState::Enqueue(int64_t need_tokens) {
+  absl::MutexLock lock(&mu_);
+  if (static_cast<int64_t>(queue_.size()) >= options_.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the admission queue is full (", queue_.size(), " requests waiting; --max-queue ",
+        options_.max_queued, ")"));
+  }
+  const uint64_t id = next_ticket_++;
+  queue_.push_back(Ticket{id, need_tokens});
+  return id;
+}
+
+AttentionNodeEntry* ClusterState::PickNode(int64_t need) {
+  AttentionNodeEntry* best = nullptr;
+  for (auto& [id, n] : attention_) {
+    if (n.placement_version < published_.version || published_.version == 0) continue;
+    if (n.reserved_tokens + need > n.capacity_tokens) continue;
+    // Least load first: reserved / capacity, compared exactly by cross
+    // multiplication (ties keep the lower id: map order).
+    if (best == nullptr ||
+        static_cast<__int128>(n.reserved_tokens) * best->capacity_tokens <
+            static_cast<__int128>(best->reserved_tokens) * n.capacity_tokens) {
+      best = &n;
+    }
+  }
+  return best;
+}
+
+absl::StatusOr<std::optional<NodeAssignment>> ClusterState::WaitForNode(uint64_t ticket,
+                                                                        absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto at_front_with_room = [this, ticket]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (attention_.empty()) return true;  // decided: Unavailable
+    return !queue_.empty() && queue_.front().id == ticket &&
+           PickNode(queue_.front().need_tokens) != nullptr;
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&at_front_with_room), timeout);
+  if (attention_.empty()) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (it->id == ticket) {
+        queue_.erase(it);
+        break;
+      }
+    }
+    return absl::UnavailableError("no attention node is registered");
+  }
+  if (queue_.empty() || queue_.front().id != ticket) return std::optional<NodeAssignment>();
+  AttentionNodeEntry* node = PickNode(queue_.front().need_tokens);
+  if (node == nullptr) return std::optional<NodeAssignment>();
+  node->reserved_tokens += queue_.front().need_tokens;
+  node->live_requests += 1;
+  queue_.pop_front();
+  return std::optional<NodeAssignment>(NodeAssignment{node->node_id, node->address});
+}
+
+void ClusterState::Abandon(uint64_t ticket) {
+  absl::MutexLock lock(&mu_);
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->id == ticket) {
+      queue_.erase(it);
+      return;
+    }
+  }
+}
+
+void ClusterState::Release(uint64_t node_id, int64_t need_tokens) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = attention_.find(node_id); it != attention_.end()) {
+    it->second.reserved_tokens = std::max<int64_t>(0, it->second.reserved_tokens - need_tokens);
+    it->second.live_requests = std::max(0, it->second.live_requests - 1);
+  }
+}
+
+int32_t ClusterState::queued() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int32_t>(queue_.size());
+}
+
+}  // namespace dsv2::coordinator

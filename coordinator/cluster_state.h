@@ -1,0 +1,147 @@
+// ClusterState: the coordinator's view of the cluster (DESIGN.md sections 2,
+// 5, 9): live attention nodes and expert shards with their heartbeats, the
+// published placement, and the admission queue that hands requests to the
+// attention node with the least latent-cache load.
+//
+// Pure bookkeeping: no I/O, no gRPC. Time is passed in by the caller so
+// tests drive it. Thread-safety: every method is thread-safe (one mutex);
+// WaitForNode blocks the calling thread only.
+#ifndef DSV2_COORDINATOR_CLUSTER_STATE_H_
+#define DSV2_COORDINATOR_CLUSTER_STATE_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+
+namespace dsv2::coordinator {
+
+struct AttentionNodeEntry {
+  uint64_t node_id = 0;
+  std::string address;            // gRPC "host:port"
+  int64_t capacity_tokens = 0;    // latent cache capacity
+  int64_t reserved_tokens = 0;    // prompt + max_tokens of live requests placed here
+  int32_t live_requests = 0;
+  uint32_t placement_version = 0;  // last version the node acknowledged
+  absl::Time last_heartbeat;
+};
+
+struct ShardEntry {
+  uint64_t node_id = 0;
+  int32_t shard_id = 0;  // stable identity, [0, kMaxShardId)
+  std::string address;   // gRPC "host:port"
+  std::string ucx_address;
+  int64_t resident_bytes = 0;
+  uint32_t placement_version = 0;  // last version the shard reported or loaded
+  int32_t experts = 0;             // routed experts it loaded for that version
+  absl::Time last_heartbeat;
+};
+
+// A published placement: its version and the shard ids it uses (ascending).
+struct PublishedPlacement {
+  uint32_t version = 0;
+  std::vector<int32_t> shard_ids;
+};
+
+// Where an admitted request runs.
+struct NodeAssignment {
+  uint64_t node_id = 0;
+  std::string address;
+};
+
+struct AdmissionOptions {
+  int64_t max_queued = 256;  // requests waiting for a node; beyond: ResourceExhausted
+};
+
+class ClusterState {
+ public:
+  static constexpr int32_t kMaxShardId = 4096;
+
+  explicit ClusterState(AdmissionOptions options);
+
+  // Membership. Register* return the new node id. A shard registering with
+  // the shard id of a live shard replaces it (a restarted process).
+  uint64_t RegisterAttentionNode(const std::string& address, int64_t capacity_tokens,
+                                 uint32_t placement_version, absl::Time now);
+  absl::StatusOr<uint64_t> RegisterShard(int32_t shard_id, const std::string& address,
+                                         const std::string& ucx_address,
+                                         uint32_t placement_version, absl::Time now);
+  // NotFound for an unknown id (the node registers again).
+  absl::Status Heartbeat(uint64_t node_id, uint32_t placement_version, int64_t resident_bytes,
+                         absl::Time now);
+  // Removes a node (leave or death); false if unknown. Requests waiting in
+  // the queue are re-examined.
+  bool Remove(uint64_t node_id);
+  // Removes every node whose last heartbeat is older than now - timeout;
+  // returns the removed ids.
+  std::vector<uint64_t> ExpireDead(absl::Time now, absl::Duration timeout);
+
+  // Bumped by every change of the shard set (join, leave, death, replace).
+  uint64_t shard_generation() const;
+  std::vector<ShardEntry> shards() const;                    // ascending shard id
+  std::vector<AttentionNodeEntry> attention_nodes() const;   // ascending node id
+  void SetShardLoaded(uint64_t node_id, uint32_t version, int32_t experts);
+  void SetAttentionVersion(uint64_t node_id, uint32_t version);
+  // Largest placement version any node has reported (for numbering after a
+  // coordinator restart).
+  uint32_t max_reported_version() const;
+
+  // The placement attention nodes use; complete = every routed expert is
+  // held by a live shard (set by the placement controller).
+  void Publish(PublishedPlacement placement, bool complete);
+  PublishedPlacement published() const;
+  bool placement_complete() const;
+
+  // Serving: Unavailable when no attention node is live or the placement is
+  // not complete; else the smallest live node capacity (tokens).
+  absl::StatusOr<int64_t> SmallestCapacity() const;
+
+  // Admission. Enqueue takes a place in the FIFO queue (ResourceExhausted
+  // at once when max_queued requests already wait); WaitForNode blocks until
+  // the request is at the front and an attention node serving the current
+  // placement has `need_tokens` unreserved, then reserves them there.
+  // Returns nullopt on timeout (the caller checks cancellation and calls
+  // again) and Unavailable when no node could ever take it (none live).
+  // Abandon drops a queued ticket; Release returns a reservation.
+  absl::StatusOr<uint64_t> Enqueue(int64_t need_tokens);
+  absl::StatusOr<std::optional<NodeAssignment>> WaitForNode(uint64_t ticket,
+                                                            absl::Duration timeout);
+  void Abandon(uint64_t ticket);
+  void Release(uint64_t node_id, int64_t need_tokens);
+  int32_t queued() const;
+  int64_t max_queued() const { return options_.max_queued; }
+
+ private:
+  struct Ticket {
+    uint64_t id;
+    int64_t need_tokens;
+  };
+  // The node for `need` tokens: least reserved/capacity among live nodes
+  // that acknowledged the published version and have room; ties to the
+  // lowest id. nullptr if none.
+  AttentionNodeEntry* PickNode(int64_t need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const AdmissionOptions options_;
+  mutable absl::Mutex mu_;
+  uint64_t next_node_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t shard_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t max_reported_version_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, AttentionNodeEntry> attention_ ABSL_GUARDED_BY(mu_);
+  std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);  // by shard id
+  PublishedPlacement published_ ABSL_GUARDED_BY(mu_);
+  bool complete_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<Ticket> queue_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dsv2::coordinator
+
+#endif  // DSV2_COORDINATOR_CLUSTER_STATE_H_

@@ -1,0 +1,157 @@
+#include "coordinator/cluster_state.h"
+
+#include <thread>
+
+#include "gtest/gtest.h"
+
+namespace dsv2::coordinator {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1000);
+
+// A cluster with attention nodes of the given capacities and one shard, and
+// a published complete placement every node acknowledged.
+std::vector<uint64_t> Serve(ClusterState& s, const std::vector<int64_t>& capacities) {
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < capacities.size(); ++i) {
+    ids.push_back(s.RegisterAttentionNode("node" + std::to_string(i), capacities[i], 0, kT0));
+  }
+  EXPECT_TRUE(s.RegisterShard(0, "shard0", "ucx", 0, kT0).ok());
+  s.Publish(PublishedPlacement{1, {0}}, true);
+  for (uint64_t id : ids) s.SetAttentionVersion(id, 1);
+  return ids;
+}
+
+NodeAssignment Admit(ClusterState& s, int64_t need) {
+  absl::StatusOr<uint64_t> t = s.Enqueue(need);
+  EXPECT_TRUE(t.ok()) << t.status();
+  absl::StatusOr<std::optional<NodeAssignment>> a = s.WaitForNode(*t, absl::ZeroDuration());
+  EXPECT_TRUE(a.ok() && a->has_value());
+  return a.ok() && a->has_value() ? **a : NodeAssignment{};
+}
+
+TEST(ClusterState, UnavailableWithoutNodesOrPlacement) {
+  ClusterState s(AdmissionOptions{});
+  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  const uint64_t a = s.RegisterAttentionNode("a", 100, 0, kT0);
+  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_TRUE(s.RegisterShard(3, "s", "ucx", 0, kT0).ok());
+  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  s.Publish(PublishedPlacement{1, {3}}, true);
+  s.SetAttentionVersion(a, 1);
+  ASSERT_TRUE(s.SmallestCapacity().ok());
+  EXPECT_EQ(*s.SmallestCapacity(), 100);
+  // The only shard dies: the placement is no longer complete.
+  EXPECT_EQ(s.ExpireDead(kT0 + absl::Seconds(10), absl::Seconds(3)).size(), 2u);
+  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ClusterState, LeastCacheLoadGetsTheRequest) {
+  ClusterState s(AdmissionOptions{});
+  const std::vector<uint64_t> ids = Serve(s, {1000, 2000});
+  // Both empty: lower id first.
+  EXPECT_EQ(Admit(s, 100).node_id, ids[0]);  // loads 0.1 / 0
+  EXPECT_EQ(Admit(s, 100).node_id, ids[1]);  // 0.1 / 0.05
+  EXPECT_EQ(Admit(s, 100).node_id, ids[1]);  // 0.1 vs 0.05 -> B; now 0.1 / 0.1
+  EXPECT_EQ(Admit(s, 100).node_id, ids[0]);  // 0.1 / 0.1 tie -> lower id
+  s.Release(ids[0], 100);
+  s.Release(ids[0], 100);
+  EXPECT_EQ(Admit(s, 100).node_id, ids[0]);
+}
+
+TEST(ClusterState, NodesBehindThePublishedVersionGetNothing) {
+  ClusterState s(AdmissionOptions{});
+  const std::vector<uint64_t> ids = Serve(s, {1000, 1000});
+  s.Publish(PublishedPlacement{2, {0}}, true);
+  s.SetAttentionVersion(ids[1], 2);
+  EXPECT_EQ(Admit(s, 10).node_id, ids[1]);
+  EXPECT_EQ(Admit(s, 10).node_id, ids[1]);
+}
+
+TEST(ClusterState, QueueIsFifoBoundedAndWaitsForRoom) {
+  AdmissionOptions o;
+  o.max_queued = 2;
+  ClusterState s(o);
+  const std::vector<uint64_t> ids = Serve(s, {256});
+  const NodeAssignment first = Admit(s, 200);
+  EXPECT_EQ(first.node_id, ids[0]);
+  // No room: the next two wait, a third is refused at once.
+  absl::StatusOr<uint64_t> t1 = s.Enqueue(100);
+  absl::StatusOr<uint64_t> t2 = s.Enqueue(10);
+  ASSERT_TRUE(t1.ok() && t2.ok());
+  EXPECT_EQ(s.Enqueue(1).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.queued(), 2);
+  // FIFO: t2 would fit but waits behind t1.
+  EXPECT_FALSE(s.WaitForNode(*t2, absl::Milliseconds(10))->has_value());
+  EXPECT_FALSE(s.WaitForNode(*t1, absl::Milliseconds(10))->has_value());
+  // Releasing wakes a waiter blocked in another thread.
+  std::optional<NodeAssignment> got;
+  std::thread waiter([&] { got = *s.WaitForNode(*t1, absl::Seconds(10)); });
+  absl::SleepFor(absl::Milliseconds(20));
+  s.Release(first.node_id, 200);
+  waiter.join();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->node_id, ids[0]);
+  EXPECT_TRUE(s.WaitForNode(*t2, absl::ZeroDuration())->has_value());
+  EXPECT_EQ(s.queued(), 0);
+}
+
+TEST(ClusterState, AbandonedTicketLeavesTheQueue) {
+  AdmissionOptions o;
+  o.max_queued = 1;
+  ClusterState s(o);
+  Serve(s, {100});
+  Admit(s, 100);
+  absl::StatusOr<uint64_t> t = s.Enqueue(50);
+  ASSERT_TRUE(t.ok());
+  EXPECT_FALSE(s.Enqueue(50).ok());
+  s.Abandon(*t);
+  EXPECT_TRUE(s.Enqueue(50).ok());
+}
+
+TEST(ClusterState, LosingEveryAttentionNodeFailsWaiters) {
+  ClusterState s(AdmissionOptions{});
+  const std::vector<uint64_t> ids = Serve(s, {100});
+  Admit(s, 100);
+  absl::StatusOr<uint64_t> t = s.Enqueue(50);
+  ASSERT_TRUE(t.ok());
+  s.Remove(ids[0]);
+  EXPECT_EQ(s.WaitForNode(*t, absl::Seconds(1)).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.queued(), 0);
+}
+
+TEST(ClusterState, HeartbeatsKeepNodesAliveAndUnknownIdsAreNotFound) {
+  ClusterState s(AdmissionOptions{});
+  const uint64_t a = s.RegisterAttentionNode("a", 100, 0, kT0);
+  absl::StatusOr<uint64_t> sh = s.RegisterShard(1, "s", "ucx", 7, kT0);
+  ASSERT_TRUE(sh.ok());
+  EXPECT_EQ(s.max_reported_version(), 7u);
+  EXPECT_TRUE(s.Heartbeat(a, 0, 0, kT0 + absl::Seconds(2)).ok());
+  EXPECT_EQ(s.Heartbeat(999, 0, 0, kT0).code(), absl::StatusCode::kNotFound);
+  const std::vector<uint64_t> dead = s.ExpireDead(kT0 + absl::Seconds(4), absl::Seconds(3));
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0], *sh);
+  EXPECT_EQ(s.attention_nodes().size(), 1u);
+  EXPECT_TRUE(s.shards().empty());
+  EXPECT_EQ(s.Heartbeat(*sh, 0, 0, kT0).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(ClusterState, ShardIdIsStableIdentityAndReRegistrationReplaces) {
+  ClusterState s(AdmissionOptions{});
+  const uint64_t gen0 = s.shard_generation();
+  absl::StatusOr<uint64_t> first = s.RegisterShard(2, "old:1", "u1", 0, kT0);
+  absl::StatusOr<uint64_t> second = s.RegisterShard(2, "new:2", "u2", 0, kT0);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_NE(*first, *second);
+  ASSERT_EQ(s.shards().size(), 1u);
+  EXPECT_EQ(s.shards()[0].address, "new:2");
+  EXPECT_EQ(s.shard_generation(), gen0 + 2);
+  EXPECT_EQ(s.Heartbeat(*first, 0, 0, kT0).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s.RegisterShard(-1, "x", "u", 0, kT0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.RegisterShard(ClusterState::kMaxShardId, "x", "u", 0, kT0).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace dsv2::coordinator
