@@ -32,6 +32,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
+#include "tools/service/coordinator_link.h"
 #include "tools/service/service_common.h"
 #include "transport/ucx_data_plane.h"
 
@@ -55,6 +56,11 @@ std::vector<cli::FlagSpec> FlagSpecs() {
        "split a step into two ping-pong micro-batches from this many rows (default 32; 0 = "
        "never)"},
       {"drain-timeout-s", false, "on SIGTERM, how long live requests may finish (default 30)"},
+      {"coordinator", false,
+       "HOST:PORT of dsv2-coordinator: register, heartbeat and take placements from it "
+       "(then --expert-shards/--placement are not needed)"},
+      {"advertise-host", false,
+       "host the coordinator uses to reach this node's gRPC port (default: --host)"},
   };
   for (cli::FlagSpec& s : service::CommonFlagSpecs()) specs.push_back(std::move(s));
   return specs;
@@ -154,6 +160,34 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<grpc::Server>> server =
       service::StartGrpcServer(cmd->common, &node, &port);
   if (!server.ok()) return fail(server.status());
+  std::unique_ptr<service::CoordinatorLink> link;
+  if (std::optional<std::string> coord = flags.Get("coordinator")) {
+    service::CoordinatorLinkOptions lo;
+    lo.coordinator_address = *coord;
+    internal::RegisterRequest& reg = lo.registration;
+    reg.set_role(internal::NODE_ROLE_ATTENTION);
+    reg.set_grpc_address(
+        absl::StrCat(flags.Get("advertise-host").value_or(cmd->common.host), ":", port));
+    reg.set_cache_capacity_tokens((*cache)->capacity_tokens());
+    reg.set_vocab_size(config->vocab_size);
+    reg.set_num_layers(config->num_hidden_layers);
+    reg.set_n_routed_experts(config->n_routed_experts);
+    lo.load = [&engine, &backend](internal::HeartbeatRequest* hb) {
+      const EngineStats st = engine.stats();
+      hb->set_placement_version(backend.placement_version());
+      hb->set_cache_free_tokens(st.cache_free_tokens);
+      hb->set_running(static_cast<int32_t>(st.scheduler.running));
+      hb->set_waiting(static_cast<int32_t>(st.scheduler.waiting));
+    };
+    link = std::make_unique<service::CoordinatorLink>(std::move(lo));
+    link->Start();
+    // A refusal (another model) is fatal; an absent coordinator is not.
+    if (absl::Status st = link->WaitRegistered(absl::Seconds(1)); absl::IsInvalidArgument(st)) {
+      (*server)->Shutdown();
+      engine.Shutdown();
+      return fail(st);
+    }
+  }
   service::PrintReadyLine(absl::StrCat("dsv2-attention ready port=", port,
                                        " cache_tokens=", (*cache)->capacity_tokens(),
                                        " placement_version=", backend.placement_version()));
@@ -162,6 +196,8 @@ int Main(int argc, char** argv) {
 
   const int sig = service::WaitForTerminationSignal();
   spdlog::info("signal {}: draining", sig);
+  // Leave first, so the coordinator sends nothing new while we drain.
+  if (link) link->Stop();
   const bool drained = engine.Drain(absl::Seconds(drain_s));
   if (!drained) spdlog::warn("drain timed out; failing the remaining requests");
   // Live requests are done (or failed) by now; cancel whatever RPC is left.

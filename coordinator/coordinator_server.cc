@@ -582,7 +582,13 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
     c_.live.erase(request_id);
   }
   c_.state.Release(node.node_id, need);
-  if (finish != v1::FINISH_REASON_UNSPECIFIED && !client_gone) return grpc::Status::OK;
+  if (finish != v1::FINISH_REASON_UNSPECIFIED && !client_gone) {
+    spdlog::info("request {}: finished ({}) on node {}: {} prompt + {} generated tokens in {}",
+                 request_id, v1::FinishReason_Name(finish), node.node_id,
+                 prepared->prompt_ids.size(), live.generated.size(),
+                 absl::FormatDuration(absl::Now() - t_start));
+    return grpc::Status::OK;
+  }
   if (ctx->IsCancelled() || client_gone) {
     result = std::chrono::system_clock::now() >= ctx->deadline()
                  ? grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded")
@@ -594,8 +600,8 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
   } else {
     result = grpc::Status(grpc::INTERNAL, "the attention node ended the stream without a finish");
   }
-  spdlog::info("request {}: {} ({})", request_id, result.error_message(),
-               static_cast<int>(result.error_code()));
+  spdlog::info("request {}: failed on node {} with code {}: {}", request_id, node.node_id,
+               static_cast<int>(result.error_code()), result.error_message());
   return result;
 }
 

@@ -23,6 +23,7 @@
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "tools/service/coordinator_link.h"
 #include "tools/service/service_common.h"
 #include "transport/ucx_data_plane.h"
 
@@ -37,6 +38,12 @@ std::vector<cli::FlagSpec> FlagSpecs() {
        "load this shard's experts of the default placement over N shards (default 1); "
        "0 = start empty and wait for LoadExperts"},
       {"placement", false, "placement file (JSON PlacementTable); overrides --num-shards"},
+      {"coordinator", false,
+       "HOST:PORT of dsv2-coordinator: register with --shard-id, heartbeat, and load the "
+       "experts it assigns (--num-shards then defaults to 0)"},
+      {"advertise-host", false,
+       "host the coordinator and attention nodes use to reach this shard's gRPC port "
+       "(default: --host)"},
   };
   for (cli::FlagSpec& s : service::CommonFlagSpecs()) specs.push_back(std::move(s));
   return specs;
@@ -55,12 +62,16 @@ int Main(int argc, char** argv) {
     return service::UsageError("dsv2-expert", specs, msg);
   };
   absl::StatusOr<int64_t> shard_id = flags.GetInt("shard-id", 0);
-  absl::StatusOr<int64_t> num_shards = flags.GetInt("num-shards", 1);
+  const std::optional<std::string> coordinator = flags.Get("coordinator");
+  absl::StatusOr<int64_t> num_shards = flags.GetInt("num-shards", coordinator ? 0 : 1);
   if (!shard_id.ok()) return usage(std::string(shard_id.status().message()));
   if (!num_shards.ok()) return usage(std::string(num_shards.status().message()));
   if (*shard_id < 0 || *num_shards < 0 || (*num_shards > 0 && *shard_id >= *num_shards)) {
     return usage(
         absl::StrCat("--shard-id=", *shard_id, " must be in [0, --num-shards=", *num_shards, ")"));
+  }
+  if (*shard_id >= service::kMaxShardId) {
+    return usage(absl::StrCat("--shard-id=", *shard_id, " must be < ", service::kMaxShardId));
   }
   const auto fail = [](const absl::Status& st) {
     std::cerr << "dsv2-expert: " << st.message() << "\n";
@@ -106,6 +117,32 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =
       service::StartGrpcServer(cmd->common, &control, &port);
   if (!grpc_server.ok()) return fail(grpc_server.status());
+  std::unique_ptr<service::CoordinatorLink> link;
+  if (coordinator) {
+    service::CoordinatorLinkOptions lo;
+    lo.coordinator_address = *coordinator;
+    internal::RegisterRequest& reg = lo.registration;
+    reg.set_role(internal::NODE_ROLE_EXPERT_SHARD);
+    reg.set_grpc_address(
+        absl::StrCat(flags.Get("advertise-host").value_or(cmd->common.host), ":", port));
+    reg.set_ucx_address((*data_plane)->address());
+    reg.set_shard_id(server.shard_id());
+    reg.set_vocab_size(config->vocab_size);
+    reg.set_num_layers(config->num_hidden_layers);
+    reg.set_n_routed_experts(config->n_routed_experts);
+    lo.load = [&server](internal::HeartbeatRequest* hb) {
+      hb->set_placement_version(server.placement_version());
+      hb->set_resident_bytes(ResidentBytes());
+    };
+    link = std::make_unique<service::CoordinatorLink>(std::move(lo));
+    link->Start();
+    // A refusal (another model) is fatal; an absent coordinator is not.
+    if (absl::Status st = link->WaitRegistered(absl::Seconds(1)); absl::IsInvalidArgument(st)) {
+      (*grpc_server)->Shutdown();
+      (*data_plane)->Shutdown();
+      return fail(st);
+    }
+  }
   service::PrintReadyLine(
       absl::StrCat("dsv2-expert ready port=", port, " shard_id=", server.shard_id(),
                    " placement_version=", server.placement_version(),
@@ -119,6 +156,7 @@ int Main(int argc, char** argv) {
 
   const int sig = service::WaitForTerminationSignal();
   spdlog::info("expert shard {}: signal {}, shutting down", server.shard_id(), sig);
+  if (link) link->Stop();  // the coordinator re-places our experts first
   (*grpc_server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   (*data_plane)->Shutdown();
   return 0;

@@ -1,12 +1,31 @@
 #!/usr/bin/env bash
-# The main job from a fresh machine: set up, build, make the default model
-# (random weights: its text is noise) and generate from a prompt.
+# The main job from a fresh machine: set up, build, start a local cluster with
+# `dsv2 up` in the background (coordinator + 1 attention node + 2 expert
+# shards on loopback, on the default model: random weights, so its text is
+# noise), stream one answer with `dsv2 generate`, shut the cluster down.
+#   tools/run.sh ["prompt"]    (DSV2_DEFAULT_MODEL=DIR serves another model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 bash tools/build.sh
-MODEL="${DSV2_DEFAULT_MODEL:-build/default-model}"
-if [ ! -f "$MODEL/model.safetensors" ]; then
-  build/tools/dsv2 make-random-model --out "$MODEL" --preset v2-tiny --seed 0
-fi
-build/tools/dsv2 run --model "$MODEL" --prompt "${1:-The capital of France is}" --max-tokens 32
+READY="$(mktemp -u /tmp/dsv2-ready.XXXXXX)"
+UP_ARGS=(--ready-file "$READY" --port 0)
+[ -n "${DSV2_DEFAULT_MODEL:-}" ] && UP_ARGS+=(--model "$DSV2_DEFAULT_MODEL")
+build/tools/dsv2 up "${UP_ARGS[@]}" >/dev/null &
+UP_PID=$!
+stop_cluster() {
+  kill -TERM "$UP_PID" 2>/dev/null || true
+  wait "$UP_PID" 2>/dev/null || true
+  rm -f "$READY"
+}
+trap stop_cluster EXIT
+for _ in $(seq 1 600); do
+  [ -s "$READY" ] && break
+  kill -0 "$UP_PID" 2>/dev/null || { echo "run.sh: dsv2 up failed" >&2; exit 1; }
+  sleep 0.5
+done
+[ -s "$READY" ] || { echo "run.sh: the cluster did not become ready" >&2; exit 1; }
+ENDPOINT="$(sed -n 's/^dsv2 ready endpoint=\([^ ]*\).*/\1/p' "$READY")"
+echo "run.sh: cluster ready at $ENDPOINT" >&2
+build/tools/dsv2 generate --endpoint "$ENDPOINT" \
+  --prompt "${1:-The capital of France is}" --max-tokens 32 --temperature 0

@@ -2,10 +2,15 @@
 # Installs dsv2's build dependencies from Debian packages (idempotent: skips
 # apt-get when everything is already installed). Run as root on Debian 12.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 PKGS=(cmake ninja-build g++ ccache pkg-config
       libabsl-dev libre2-dev nlohmann-json3-dev libgtest-dev
       libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
       libucx-dev libspdlog-dev)
+# The Python client test needs python3 with venv (Debian splits it out).
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+  PKGS+=(python3 python3-venv)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,4 +21,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# Python test tools from PyPI (pinned) in .venv: grpcio + grpcio-tools for the
+# API client test (tests/python).
+VENV="${DSV2_VENV:-.venv}"
+if ! "$VENV/bin/python" -c "import grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1; then
+  echo "setup: creating $VENV with tests/python/requirements.txt" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt >&2
 fi

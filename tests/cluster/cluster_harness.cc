@@ -128,4 +128,25 @@ absl::StatusOr<std::vector<int32_t>> ReferenceOutput(const std::string& model_di
   return j["output_ids"].get<std::vector<int32_t>>();
 }
 
+absl::StatusOr<std::string> RunDsv2Json(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {BinDir() + "/tools/dsv2"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back("--json");
+  auto child = ChildProcess::Start(argv);
+  if (!child.ok()) return child.status();
+  std::string last;
+  while (true) {
+    absl::StatusOr<std::string> line = (*child)->ReadLine(absl::Seconds(120));
+    if (!line.ok()) break;
+    if (!line->empty() && (*line)[0] == '{') last = *line;
+  }
+  absl::StatusOr<int> status = (*child)->Stop(SIGTERM, absl::Seconds(10));
+  if (last.empty()) {
+    return absl::InternalError(absl::StrCat("dsv2 ", absl::StrJoin(args, " "),
+                                            " printed no JSON (exit status ",
+                                            status.ok() ? *status : -1, ")"));
+  }
+  return last;
+}
+
 }  // namespace dsv2::testing

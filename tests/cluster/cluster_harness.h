@@ -52,6 +52,10 @@ absl::StatusOr<std::vector<int32_t>> ReferenceOutput(const std::string& model_di
                                                      int max_tokens,
                                                      const std::vector<std::string>& extra = {});
 
+// Runs `dsv2 <args> --json` and returns the JSON object it printed (its
+// last stdout line starting with '{').
+absl::StatusOr<std::string> RunDsv2Json(const std::vector<std::string>& args);
+
 }  // namespace dsv2::testing
 
 #endif  // DSV2_TESTS_CLUSTER_CLUSTER_HARNESS_H_

@@ -1,5 +1,7 @@
 #include "tools/service/service_common.h"
 
+#include <algorithm>
+
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
@@ -132,20 +134,32 @@ absl::StatusOr<router::Placement> PlacementFromProto(const internal::PlacementTa
   router::Placement p;
   p.version = table.version();
   if (p.version == 0) return absl::InvalidArgumentError("placement version must be >= 1");
-  // Shard ids are dense: each of [0, shards_size()) exactly once, so a
-  // peer-supplied table cannot make us size anything by a huge id.
-  const int num_shards = table.shards_size();
-  std::vector<bool> seen(num_shards, false);
+  // Shard ids are unique and bounded (a peer-supplied table cannot make us
+  // size anything by a huge id) but may be sparse: the coordinator keeps a
+  // shard's id stable, so a table without a dead shard has a hole.
+  int num_shards = 0;
+  std::vector<bool> seen(kMaxShardId, false);
   for (const internal::ShardEndpoint& s : table.shards()) {
-    if (s.shard_id() < 0 || s.shard_id() >= num_shards || seen[s.shard_id()]) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("shard id ", s.shard_id(), " must be unique and in [0, ", num_shards, ")"));
+    if (s.shard_id() < 0 || s.shard_id() >= kMaxShardId || seen[s.shard_id()]) {
+      return absl::InvalidArgumentError(absl::StrCat("shard id ", s.shard_id(),
+                                                     " must be unique and in [0, ", kMaxShardId,
+                                                     ")"));
     }
     seen[s.shard_id()] = true;
+    num_shards = std::max(num_shards, s.shard_id() + 1);
     if (s.ucx_address().size() > (64u << 10)) {
       return absl::InvalidArgumentError(absl::StrCat("shard ", s.shard_id(), " UCX address has ",
                                                      s.ucx_address().size(),
                                                      " bytes; the limit is 65536"));
+    }
+  }
+  // Every shard an expert names must be listed.
+  for (const internal::ExpertReplicas& r : table.experts()) {
+    for (int32_t id : r.shard_ids()) {
+      if (id < 0 || id >= kMaxShardId || !seen[id]) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("an expert names shard ", id, ", which the table does not list"));
+      }
     }
   }
   p.num_shards = num_shards;

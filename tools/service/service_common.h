@@ -81,7 +81,10 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const CommonFlags&
 grpc::Status ToGrpcStatus(const absl::Status& status);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
-// Placement tables. FromProto validates against the number of experts.
+// Placement tables. FromProto validates against the number of experts. Shard
+// ids are unique, in [0, kMaxShardId), possibly sparse (num_shards = the
+// largest id + 1; an id the table does not list holds no experts).
+inline constexpr int32_t kMaxShardId = 4096;
 absl::StatusOr<router::Placement> PlacementFromProto(const internal::PlacementTable& table,
                                                      int32_t num_experts);
 internal::PlacementTable PlacementToProto(const router::Placement& placement);

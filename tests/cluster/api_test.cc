@@ -1,0 +1,653 @@
+// The public API end to end (issue: coordinator and Generate): real
+// dsv2-coordinator, dsv2-attention and dsv2-expert processes on loopback
+// (real UCX, real gRPC), driven by a C++ gRPC client; outputs compared with
+// single-process `dsv2 run`. Every process runs with --threads 1.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "attention_node.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "inference.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "tests/cluster/cluster_harness.h"
+
+namespace dsv2::testing {
+namespace {
+
+using v1::GenerateRequest;
+using v1::GenerateResponse;
+
+// The v2-tiny random model with the real tokenizer, made once per run.
+const std::string& TinyModel() {
+  static const std::string* dir = [] {
+    auto* d = new std::string(
+        (std::filesystem::temp_directory_path() / absl::StrCat("dsv2_api_model_", getpid()))
+            .string());
+    std::filesystem::remove_all(*d);
+    auto child = ChildProcess::Start({BinDir() + "/tools/dsv2", "make-random-model", "--out", *d,
+                                      "--preset", "v2-tiny", "--seed", "0"});
+    EXPECT_TRUE(child.ok());
+    if (child.ok()) {
+      while ((*child)->ReadLine(absl::Seconds(120)).ok()) {
+      }
+      (*child)->Stop(SIGTERM, absl::Seconds(60)).IgnoreError();
+    }
+    return d;
+  }();
+  return *dir;
+}
+
+struct Options {
+  int shards = 4;
+  int attention_nodes = 2;
+  int64_t cache_tokens = 4096;
+  std::vector<std::string> coordinator_flags;
+};
+
+// A running cluster; processes die with the test.
+class Cluster {
+ public:
+  explicit Cluster(const std::string& model, Options o) : model_(model), o_(std::move(o)) {
+    std::vector<std::string> argv = {BinDir() + "/coordinator/dsv2-coordinator", "--model", model_,
+                                     "--port", "0", "--threads", "1",
+                                     "--heartbeat-interval-ms", "200",
+                                     "--heartbeat-timeout-ms", "1500"};
+    argv.insert(argv.end(), o_.coordinator_flags.begin(), o_.coordinator_flags.end());
+    auto c = ChildProcess::Start(argv);
+    EXPECT_TRUE(c.ok()) << c.status();
+    coordinator_ = *std::move(c);
+    auto line = coordinator_->ReadLine(absl::Seconds(30));
+    EXPECT_TRUE(line.ok()) << line.status();
+    endpoint_ = absl::StrCat("127.0.0.1:", ParseReadyLine(*line)["port"]);
+    channel_ = grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials());
+    stub_ = v1::Inference::NewStub(channel_);
+    for (int i = 0; i < o_.shards; ++i) AddShard(i);
+    for (int i = 0; i < o_.attention_nodes; ++i) AddAttentionNode();
+  }
+
+  void AddShard(int shard_id) {
+    auto p = ChildProcess::Start({BinDir() + "/expert_service/dsv2-expert", "--model", model_,
+                                  "--shard-id", absl::StrCat(shard_id), "--coordinator",
+                                  endpoint_, "--port", "0", "--threads", "1"});
+    ASSERT_TRUE(p.ok()) << p.status();
+    ASSERT_TRUE((*p)->ReadLine(absl::Seconds(60)).ok());
+    shards_[shard_id] = *std::move(p);
+  }
+
+  void AddAttentionNode() {
+    auto p = ChildProcess::Start({BinDir() + "/attention_service/dsv2-attention", "--model",
+                                  model_, "--coordinator", endpoint_, "--port", "0",
+                                  "--threads", "1", "--cache-tokens",
+                                  absl::StrCat(o_.cache_tokens)});
+    ASSERT_TRUE(p.ok()) << p.status();
+    ASSERT_TRUE((*p)->ReadLine(absl::Seconds(60)).ok());
+    attention_.push_back(*std::move(p));
+  }
+
+  void KillShard(int shard_id) {
+    (void)shards_[shard_id]->Stop(SIGKILL, absl::Seconds(10));
+    shards_.erase(shard_id);
+  }
+
+  v1::ModelInfo Info() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ModelInfo info;
+    grpc::Status st = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return info;
+  }
+
+  // Waits until `attention` nodes and `shards` shards serve one complete
+  // placement version > min_version; returns that version.
+  uint32_t WaitServing(int attention, int shards, uint32_t min_version = 0,
+                       absl::Duration timeout = absl::Seconds(60)) {
+    const absl::Time end = absl::Now() + timeout;
+    while (absl::Now() < end) {
+      v1::ModelInfo info = Info();
+      bool acked = info.attention_nodes_size() == attention;
+      for (const auto& n : info.attention_nodes()) {
+        acked = acked && n.placement_version() == info.placement_version();
+      }
+      if (acked && info.expert_shards_size() == shards && info.placement_complete() &&
+          info.placement_version() > min_version) {
+        return info.placement_version();
+      }
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    ADD_FAILURE() << "cluster not serving: " << Info().DebugString();
+    return 0;
+  }
+
+  struct Result {
+    grpc::Status status;
+    std::vector<GenerateResponse> chunks;
+    std::vector<int32_t> ids;
+    std::string text;
+    const GenerateResponse* final_chunk() const {
+      return chunks.empty() ? nullptr : &chunks.back();
+    }
+  };
+
+  Result Generate(const GenerateRequest& req, absl::Duration deadline = absl::Seconds(120),
+                  std::function<bool(const GenerateResponse&)> on_chunk = nullptr) {
+    Result r;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    auto reader = stub_->Generate(&ctx, req);
+    GenerateResponse resp;
+    while (reader->Read(&resp)) {
+      r.chunks.push_back(resp);
+      r.ids.insert(r.ids.end(), resp.token_ids().begin(), resp.token_ids().end());
+      r.text += resp.text();
+      if (on_chunk && !on_chunk(resp)) ctx.TryCancel();
+    }
+    r.status = reader->Finish();
+    return r;
+  }
+
+  internal::NodeStatus NodeStatus(const std::string& address) {
+    auto stub = internal::AttentionNode::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    internal::NodeStatus st;
+    EXPECT_TRUE(stub->GetStatus(&ctx, internal::NodeStatusRequest(), &st).ok());
+    return st;
+  }
+
+  const std::string& endpoint() const { return endpoint_; }
+  v1::Inference::Stub& stub() { return *stub_; }
+  std::shared_ptr<grpc::Channel> channel() { return channel_; }
+
+ private:
+  const std::string model_;
+  const Options o_;
+  std::unique_ptr<ChildProcess> coordinator_;
+  std::map<int, std::unique_ptr<ChildProcess>> shards_;
+  std::vector<std::unique_ptr<ChildProcess>> attention_;
+  std::string endpoint_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Inference::Stub> stub_;
+};
+
+nlohmann::json Reference(const std::vector<std::string>& args) {
+  std::vector<std::string> a = {"run", "--model", TinyModel(), "--threads", "1"};
+  a.insert(a.end(), args.begin(), args.end());
+  absl::StatusOr<std::string> out = RunDsv2Json(a);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return nlohmann::json::parse(out.ok() ? *out : "{}");
+}
+
+GenerateRequest PromptIds(const std::vector<int32_t>& ids, int max_tokens) {
+  GenerateRequest r;
+  for (int32_t id : ids) r.add_prompt_ids(id);
+  r.set_max_tokens(max_tokens);
+  r.set_temperature(0.0f);
+  return r;
+}
+
+// Whether every attention node's latent cache is whole again (no running
+// sequence, no reservation at the coordinator) within 2 s.
+bool CachesFreeSoon(Cluster& c) {
+  const absl::Time end = absl::Now() + absl::Seconds(2);
+  while (absl::Now() < end) {
+    bool freed = true;
+    const v1::ModelInfo info = c.Info();
+    for (const v1::AttentionNodeInfo& n : info.attention_nodes()) {
+      const internal::NodeStatus st = c.NodeStatus(n.address());
+      freed = freed && st.cache_free_tokens() == st.cache_capacity_tokens() && st.running() == 0 &&
+              n.live_requests() == 0;
+    }
+    if (freed) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+// One shared cluster: 1 coordinator + 2 attention nodes + 4 shards.
+class ApiTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cluster_ = new Cluster(TinyModel(), Options{});
+    cluster_->WaitServing(2, 4);
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static Cluster* cluster_;
+};
+Cluster* ApiTest::cluster_ = nullptr;
+
+TEST_F(ApiTest, GreedyTextPromptEqualsDsv2Run) {
+  const nlohmann::json ref =
+      Reference({"--prompt", "The capital of France is", "--max-tokens", "24"});
+  GenerateRequest req;
+  req.set_prompt("The capital of France is");
+  req.set_max_tokens(24);
+  req.set_temperature(0.0f);
+  req.set_return_prompt_ids(true);
+  Cluster::Result r = cluster_->Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, ref["output_ids"].get<std::vector<int32_t>>());
+  EXPECT_EQ(r.text, ref["text"].get<std::string>());
+  const GenerateResponse& last = *r.final_chunk();
+  EXPECT_EQ(std::vector<int32_t>(last.prompt_ids().begin(), last.prompt_ids().end()),
+            ref["prompt_ids"].get<std::vector<int32_t>>());
+  EXPECT_EQ(last.usage().prompt_tokens(), static_cast<int>(ref["prompt_ids"].size()));
+  EXPECT_EQ(last.usage().completion_tokens(), static_cast<int>(r.ids.size()));
+  EXPECT_NE(last.finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+  if (r.ids.size() == 24u) {
+    EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_LENGTH);
+  }
+  EXPECT_GE(last.usage().time_to_first_token_seconds(), last.usage().queue_time_seconds());
+  EXPECT_GE(last.usage().total_time_seconds(), last.usage().time_to_first_token_seconds());
+  // Only the final chunk carries a finish reason.
+  for (size_t i = 0; i + 1 < r.chunks.size(); ++i) {
+    EXPECT_EQ(r.chunks[i].finish_reason(), v1::FINISH_REASON_UNSPECIFIED);
+  }
+}
+
+TEST_F(ApiTest, SeededSamplingEqualsDsv2RunWithTheSameSeed) {
+  const nlohmann::json ref =
+      Reference({"--prompt", "Once upon a time", "--max-tokens", "20", "--temperature", "0.9",
+                 "--top-p", "0.95", "--top-k", "40", "--seed", "1234", "--ignore-eos"});
+  GenerateRequest req;
+  req.set_prompt("Once upon a time");
+  req.set_max_tokens(20);
+  req.set_temperature(0.9f);
+  req.set_top_p(0.95f);
+  req.set_top_k(40);
+  req.set_seed(1234);
+  req.set_ignore_eos(true);
+  Cluster::Result r = cluster_->Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, ref["output_ids"].get<std::vector<int32_t>>());
+  EXPECT_EQ(r.final_chunk()->usage().seed(), 1234u);
+  EXPECT_EQ(r.final_chunk()->finish_reason(), v1::FINISH_REASON_LENGTH);
+  // Unset seed: a random one is reported, and reusing it reproduces.
+  req.clear_seed();
+  Cluster::Result a = cluster_->Generate(req);
+  ASSERT_TRUE(a.status.ok());
+  req.set_seed(a.final_chunk()->usage().seed());
+  Cluster::Result b = cluster_->Generate(req);
+  ASSERT_TRUE(b.status.ok());
+  EXPECT_EQ(a.ids, b.ids);
+}
+
+TEST_F(ApiTest, ChatMessagesEqualDsv2RunChat) {
+  const nlohmann::json ref =
+      Reference({"--prompt", "What is MLA?", "--chat", "--max-tokens", "12"});
+  GenerateRequest req;
+  auto* m = req.add_messages();
+  m->set_role("user");
+  m->set_content("What is MLA?");
+  req.set_max_tokens(12);
+  req.set_temperature(0.0f);
+  req.set_return_prompt_ids(true);
+  Cluster::Result r = cluster_->Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, ref["output_ids"].get<std::vector<int32_t>>());
+  const auto& p = r.final_chunk()->prompt_ids();
+  EXPECT_EQ(std::vector<int32_t>(p.begin(), p.end()),
+            ref["prompt_ids"].get<std::vector<int32_t>>());
+  EXPECT_EQ(std::count(p.begin(), p.end(), 100000), 1);  // one BOS
+}
+
+TEST_F(ApiTest, StopStringsCutAcrossTokenBoundaries) {
+  GenerateRequest req;
+  req.set_prompt("Tell me a story");
+  req.set_max_tokens(40);
+  req.set_temperature(0.0f);
+  req.set_ignore_eos(true);
+  Cluster::Result full = cluster_->Generate(req);
+  ASSERT_TRUE(full.status.ok());
+  ASSERT_GT(full.text.size(), 12u) << "random model produced too little text";
+  // A stop string spanning bytes from the middle of the text (almost surely
+  // across a token boundary), and one at its very start.
+  for (size_t at : {full.text.size() / 2, size_t{0}}) {
+    // Start at a character boundary; take 3 characters' bytes.
+    while (at < full.text.size() && (static_cast<unsigned char>(full.text[at]) >> 6) == 2) ++at;
+    size_t end = at;
+    for (int chars = 0; chars < 3 && end < full.text.size(); ++chars) {
+      ++end;
+      while (end < full.text.size() && (static_cast<unsigned char>(full.text[end]) >> 6) == 2) {
+        ++end;
+      }
+    }
+    const std::string stop = full.text.substr(at, end - at);
+    GenerateRequest s = req;
+    s.add_stop(stop);
+    Cluster::Result r = cluster_->Generate(s);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.text, full.text.substr(0, full.text.find(stop))) << "stop '" << stop << "'";
+    EXPECT_EQ(r.final_chunk()->finish_reason(), v1::FINISH_REASON_STOP);
+    // The ids are a prefix of the full generation, ending at the token that
+    // completed the stop string.
+    ASSERT_LE(r.ids.size(), full.ids.size());
+    EXPECT_TRUE(std::equal(r.ids.begin(), r.ids.end(), full.ids.begin()));
+    EXPECT_EQ(r.final_chunk()->usage().completion_tokens(), static_cast<int>(r.ids.size()));
+  }
+  // stop_token_ids: the id is returned, generation ends with STOP.
+  GenerateRequest t = req;
+  t.add_stop_token_ids(full.ids[5]);
+  Cluster::Result r = cluster_->Generate(t);
+  ASSERT_TRUE(r.status.ok());
+  const auto first = std::find(full.ids.begin(), full.ids.end(), full.ids[5]);
+  EXPECT_EQ(r.ids, std::vector<int32_t>(full.ids.begin(), first + 1));
+  EXPECT_EQ(r.final_chunk()->finish_reason(), v1::FINISH_REASON_STOP);
+}
+
+TEST_F(ApiTest, LogprobsComeWithEveryTokenWhenAsked) {
+  GenerateRequest req = PromptIds({100000, 500, 600, 700}, 6);
+  req.set_logprobs(5);
+  Cluster::Result r = cluster_->Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  int n = 0;
+  for (const GenerateResponse& c : r.chunks) {
+    ASSERT_EQ(c.logprobs_size(), c.token_ids_size());
+    for (int i = 0; i < c.logprobs_size(); ++i, ++n) {
+      const v1::TokenLogprob& lp = c.logprobs(i);
+      EXPECT_EQ(lp.token_id(), c.token_ids(i));
+      EXPECT_LE(lp.logprob(), 0.0f);
+      ASSERT_EQ(lp.top_size(), 5);
+      // Greedy: the chosen token is the most likely.
+      EXPECT_EQ(lp.top(0).token_id(), lp.token_id());
+      EXPECT_FLOAT_EQ(lp.top(0).logprob(), lp.logprob());
+      for (int k = 1; k < 5; ++k) EXPECT_LE(lp.top(k).logprob(), lp.top(k - 1).logprob());
+    }
+  }
+  EXPECT_EQ(n, static_cast<int>(r.ids.size()));
+  // Not asked: none.
+  Cluster::Result plain = cluster_->Generate(PromptIds({100000, 500, 600, 700}, 3));
+  for (const GenerateResponse& c : plain.chunks) EXPECT_EQ(c.logprobs_size(), 0);
+}
+
+TEST_F(ApiTest, ThirtyTwoConcurrentStreamsOfMixedLengths) {
+  // 8 distinct requests x 4 copies, started together.
+  struct Case {
+    std::vector<int32_t> prompt;
+    int max_tokens;
+    std::vector<int32_t> expected;
+  };
+  std::vector<Case> cases;
+  for (int i = 0; i < 8; ++i) {
+    Case c;
+    for (int k = 0; k < 3 + 5 * i; ++k) c.prompt.push_back(100 + 37 * i + 11 * k);
+    c.max_tokens = 4 + 3 * i;
+    absl::StatusOr<std::vector<int32_t>> ref =
+        ReferenceOutput(TinyModel(), c.prompt, c.max_tokens);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    c.expected = *ref;
+    cases.push_back(c);
+  }
+  std::vector<Cluster::Result> results(32);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 32; ++i) {
+    threads.emplace_back([&, i] {
+      const Case& c = cases[i % 8];
+      results[i] = cluster_->Generate(PromptIds(c.prompt, c.max_tokens));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < 32; ++i) {
+    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    EXPECT_EQ(results[i].ids, cases[i % 8].expected) << "stream " << i;
+  }
+  // Both attention nodes took work.
+  const v1::ModelInfo info = cluster_->Info();
+  ASSERT_EQ(info.attention_nodes_size(), 2);
+  for (const auto& n : info.attention_nodes()) {
+    EXPECT_GT(cluster_->NodeStatus(n.address()).requests_total(), 0) << n.address();
+  }
+}
+
+TEST_F(ApiTest, BadRequestsAreInvalidArgumentNamingTheField) {
+  struct Bad {
+    std::function<void(GenerateRequest&)> edit;
+    std::string field;
+  };
+  const std::vector<Bad> bad = {
+      {[](GenerateRequest& r) { r.clear_prompt(); }, "prompt"},
+      {[](GenerateRequest& r) {
+         auto* m = r.add_messages();
+         m->set_role("robot");
+         m->set_content("x");
+         r.clear_prompt();
+       },
+       "role"},
+      {[](GenerateRequest& r) { r.set_temperature(-1.0f); }, "temperature"},
+      {[](GenerateRequest& r) { r.set_top_p(0.0f); }, "top_p"},
+      {[](GenerateRequest& r) { r.set_top_p(1.01f); }, "top_p"},
+      {[](GenerateRequest& r) { r.set_logprobs(21); }, "logprobs"},
+      {[](GenerateRequest& r) { r.set_max_tokens(0); }, "max_tokens"},
+  };
+  for (const Bad& b : bad) {
+    GenerateRequest r;
+    r.set_prompt("hello");
+    b.edit(r);
+    Cluster::Result res = cluster_->Generate(r);
+    EXPECT_EQ(res.status.error_code(), grpc::INVALID_ARGUMENT) << b.field;
+    EXPECT_NE(res.status.error_message().find(b.field), std::string::npos)
+        << res.status.error_message();
+  }
+  // Over the context (v2-tiny: see GetModelInfo): both numbers in the message.
+  const int64_t context = cluster_->Info().max_context_tokens();
+  GenerateRequest r = PromptIds({100000, 5, 6}, static_cast<int>(context));
+  Cluster::Result res = cluster_->Generate(r);
+  EXPECT_EQ(res.status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(res.status.error_message().find(absl::StrCat(context + 3)), std::string::npos)
+      << res.status.error_message();
+  // Over the smallest node's cache (4096 tokens) when the context is larger.
+  if (context > 4096) {
+    r = PromptIds({100000, 5, 6}, 4094);
+    res = cluster_->Generate(r);
+    EXPECT_EQ(res.status.error_code(), grpc::INVALID_ARGUMENT);
+    EXPECT_NE(res.status.error_message().find("4096"), std::string::npos);
+    EXPECT_NE(res.status.error_message().find("4097"), std::string::npos);
+  }
+}
+
+TEST_F(ApiTest, CancelMidStreamFreesTheNodesCacheAtOnce) {
+  GenerateRequest req = PromptIds({100000, 1, 2, 3, 4, 5, 6, 7, 8, 9}, 2000);
+  req.set_ignore_eos(true);
+  int chunks = 0;
+  Cluster::Result r = cluster_->Generate(req, absl::Seconds(120),
+                                         [&](const GenerateResponse&) { return ++chunks < 3; });
+  EXPECT_EQ(r.status.error_code(), grpc::CANCELLED);
+  EXPECT_TRUE(CachesFreeSoon(*cluster_));
+}
+
+TEST_F(ApiTest, DeadlineExceededFreesTheRequest) {
+  GenerateRequest req = PromptIds({100000, 1, 2, 3}, 2000);
+  req.set_ignore_eos(true);
+  Cluster::Result r = cluster_->Generate(req, absl::Milliseconds(300));
+  EXPECT_EQ(r.status.error_code(), grpc::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(CachesFreeSoon(*cluster_));
+}
+
+TEST_F(ApiTest, TokenizeDetokenizeModelInfoHealth) {
+  grpc::ClientContext c1;
+  v1::TokenizeRequest tr;
+  tr.set_text("Hello world");
+  v1::TokenizeResponse tresp;
+  ASSERT_TRUE(cluster_->stub().Tokenize(&c1, tr, &tresp).ok());
+  ASSERT_GE(tresp.token_ids_size(), 2);
+  EXPECT_EQ(tresp.token_ids(0), 100000);
+  grpc::ClientContext c2;
+  tr.set_add_special_tokens(false);
+  v1::TokenizeResponse plain;
+  ASSERT_TRUE(cluster_->stub().Tokenize(&c2, tr, &plain).ok());
+  EXPECT_EQ(plain.token_ids_size(), tresp.token_ids_size() - 1);
+  grpc::ClientContext c3;
+  v1::DetokenizeRequest dr;
+  *dr.mutable_token_ids() = tresp.token_ids();
+  dr.set_skip_special_tokens(true);
+  v1::DetokenizeResponse dresp;
+  ASSERT_TRUE(cluster_->stub().Detokenize(&c3, dr, &dresp).ok());
+  EXPECT_EQ(dresp.text(), "Hello world");
+  grpc::ClientContext c4;
+  dr.set_skip_special_tokens(false);
+  ASSERT_TRUE(cluster_->stub().Detokenize(&c4, dr, &dresp).ok());
+  EXPECT_EQ(dresp.text(), "<｜begin▁of▁sentence｜>Hello world");
+  grpc::ClientContext c5;
+  dr.add_token_ids(-1);
+  EXPECT_EQ(cluster_->stub().Detokenize(&c5, dr, &dresp).error_code(), grpc::INVALID_ARGUMENT);
+
+  v1::ModelInfo info = cluster_->Info();
+  EXPECT_EQ(info.n_routed_experts(), 160);
+  EXPECT_EQ(info.n_group(), 8);
+  EXPECT_EQ(info.topk_group(), 3);
+  EXPECT_EQ(info.attention_nodes_size(), 2);
+  EXPECT_EQ(info.expert_shards_size(), 4);
+  int experts = 0;
+  for (const auto& s : info.expert_shards()) experts += s.experts();
+  EXPECT_EQ(experts, 160);
+  EXPECT_TRUE(info.placement_complete());
+  EXPECT_TRUE(info.has_chat_template());
+
+  auto health = grpc::health::v1::Health::NewStub(cluster_->channel());
+  for (const std::string service : {"", "dsv2.v1.Inference"}) {
+    grpc::ClientContext hc;
+    grpc::health::v1::HealthCheckRequest hreq;
+    hreq.set_service(service);
+    grpc::health::v1::HealthCheckResponse hresp;
+    ASSERT_TRUE(health->Check(&hc, hreq, &hresp).ok()) << service;
+    EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
+  }
+}
+
+// Separate clusters for membership changes and admission limits.
+
+TEST(ApiMembership, UnavailableUntilShardsJoinThenNewVersionsOnJoinAndDeath) {
+  Options o;
+  o.shards = 0;
+  o.attention_nodes = 0;
+  Cluster c(TinyModel(), o);
+  GenerateRequest req = PromptIds({100000, 10, 20, 30}, 8);
+  // Nothing registered.
+  Cluster::Result r = c.Generate(req);
+  EXPECT_EQ(r.status.error_code(), grpc::UNAVAILABLE) << r.status.error_message();
+  c.AddAttentionNode();
+  absl::SleepFor(absl::Milliseconds(300));
+  r = c.Generate(req);
+  EXPECT_EQ(r.status.error_code(), grpc::UNAVAILABLE) << r.status.error_message();
+  EXPECT_NE(r.status.error_message().find("shard"), std::string::npos);
+  EXPECT_FALSE(c.Info().placement_complete());
+
+  absl::StatusOr<std::vector<int32_t>> ref = ReferenceOutput(TinyModel(), {100000, 10, 20, 30}, 8);
+  ASSERT_TRUE(ref.ok());
+  c.AddShard(0);
+  const uint32_t v1 = c.WaitServing(1, 1);
+  r = c.Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, *ref);
+
+  // A shard joining later: a new version, output unchanged; a generation
+  // running across the change stays correct.
+  constexpr int kLong = 1500;
+  GenerateRequest longer = PromptIds({100000, 10, 20, 30}, kLong);
+  longer.set_ignore_eos(true);
+  absl::StatusOr<std::vector<int32_t>> ref_long =
+      ReferenceOutput(TinyModel(), {100000, 10, 20, 30}, kLong, {"--ignore-eos"});
+  ASSERT_TRUE(ref_long.ok());
+  Cluster::Result across;
+  std::atomic<bool> streaming{false};
+  absl::Time across_end;
+  std::thread during([&] {
+    across = c.Generate(longer, absl::Seconds(120), [&](const GenerateResponse&) {
+      streaming = true;
+      return true;
+    });
+    across_end = absl::Now();
+  });
+  while (!streaming) absl::SleepFor(absl::Milliseconds(2));
+  c.AddShard(1);
+  const uint32_t v2 = c.WaitServing(1, 2, v1);
+  const absl::Time switched = absl::Now();
+  during.join();
+  EXPECT_GT(v2, v1);
+  ASSERT_TRUE(across.status.ok()) << across.status.error_message();
+  EXPECT_EQ(across.ids, *ref_long);
+  // (If this fails the machine generated 1500 tokens faster than a shard
+  // starts: lengthen the request.)
+  EXPECT_GT(across_end, switched) << "the generation did not run across the change";
+  r = c.Generate(req);
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_EQ(r.ids, *ref);
+
+  // SIGKILL a shard mid-generation: the heartbeat timeout removes it, a
+  // placement without it is published, and the attention node re-sends the
+  // held layer to the survivor: the stream completes with the same tokens.
+  streaming = false;
+  std::thread killed_during([&] {
+    across = c.Generate(longer, absl::Seconds(120), [&](const GenerateResponse&) {
+      streaming = true;
+      return true;
+    });
+  });
+  while (!streaming) absl::SleepFor(absl::Milliseconds(2));
+  c.KillShard(0);
+  const uint32_t v3 = c.WaitServing(1, 1, v2, absl::Seconds(10));
+  killed_during.join();
+  ASSERT_TRUE(across.status.ok()) << across.status.error_message();
+  EXPECT_EQ(across.ids, *ref_long);
+  EXPECT_GT(v3, v2);
+  ASSERT_EQ(c.Info().expert_shards_size(), 1);
+  EXPECT_EQ(c.Info().expert_shards(0).shard_id(), 1);
+  r = c.Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, *ref);
+}
+
+TEST(ApiAdmission, FullQueueIsResourceExhaustedAtOnce) {
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  o.cache_tokens = 256;
+  o.coordinator_flags = {"--max-queue", "1"};
+  Cluster c(TinyModel(), o);
+  c.WaitServing(1, 1);
+  // Each request reserves 4 + 196 = 200 of the node's 256 tokens, so one
+  // runs, one waits in the queue and a third is refused at once.
+  GenerateRequest req = PromptIds({100000, 1, 2, 3}, 196);
+  req.set_ignore_eos(true);
+  std::atomic<int> started{0};
+  Cluster::Result first, second;
+  std::thread t1([&] {
+    first = c.Generate(req, absl::Seconds(120), [&](const GenerateResponse&) {
+      started = 1;
+      return true;
+    });
+  });
+  while (started == 0) absl::SleepFor(absl::Milliseconds(5));
+  std::thread t2([&] { second = c.Generate(req); });
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (c.Info().queued_requests() < 1 && absl::Now() < end) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(c.Info().queued_requests(), 1);
+  const absl::Time t0 = absl::Now();
+  Cluster::Result third = c.Generate(req);
+  EXPECT_EQ(third.status.error_code(), grpc::RESOURCE_EXHAUSTED) << third.status.error_message();
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(2));  // at once, not after the others
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  ASSERT_TRUE(second.status.ok()) << second.status.error_message();
+  EXPECT_EQ(first.ids, second.ids);
+  EXPECT_GT(second.final_chunk()->usage().queue_time_seconds(),
+            first.final_chunk()->usage().queue_time_seconds());
+}
+
+}  // namespace
+}  // namespace dsv2::testing
