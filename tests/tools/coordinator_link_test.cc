@@ -1,0 +1,199 @@
+// CoordinatorLink against an in-process stand-in for the coordinator's
+// membership service (a real gRPC server on loopback), and placement tables
+// with sparse shard ids.
+#include "tools/service/coordinator_link.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "coordinator.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "tools/service/service_common.h"
+
+namespace dsv2::service {
+namespace {
+
+// Records calls; answers Heartbeat NOT_FOUND for ids in `forget`.
+class FakeCoordinator final : public internal::Coordinator::Service {
+ public:
+  grpc::Status Register(grpc::ServerContext*, const internal::RegisterRequest* req,
+                        internal::RegisterResponse* out) override {
+    absl::MutexLock lock(&mu);
+    if (refuse) return grpc::Status(grpc::INVALID_ARGUMENT, "model mismatch");
+    registrations.push_back(*req);
+    out->set_node_id(next_id++);
+    out->set_heartbeat_interval_ms(20);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const internal::HeartbeatRequest* req,
+                         internal::HeartbeatResponse*) override {
+    absl::MutexLock lock(&mu);
+    heartbeats.push_back(*req);
+    if (forget == req->node_id()) return grpc::Status(grpc::NOT_FOUND, "unknown node");
+    return grpc::Status::OK;
+  }
+  grpc::Status Leave(grpc::ServerContext*, const internal::LeaveRequest* req,
+                     internal::LeaveResponse*) override {
+    absl::MutexLock lock(&mu);
+    left.push_back(req->node_id());
+    return grpc::Status::OK;
+  }
+
+  absl::Mutex mu;
+  bool refuse ABSL_GUARDED_BY(mu) = false;
+  uint64_t forget ABSL_GUARDED_BY(mu) = 0;
+  uint64_t next_id ABSL_GUARDED_BY(mu) = 1;
+  std::vector<internal::RegisterRequest> registrations ABSL_GUARDED_BY(mu);
+  std::vector<internal::HeartbeatRequest> heartbeats ABSL_GUARDED_BY(mu);
+  std::vector<uint64_t> left ABSL_GUARDED_BY(mu);
+};
+
+struct Server {
+  explicit Server(FakeCoordinator* service, int port = 0) {
+    grpc::ServerBuilder b;
+    b.AddListeningPort(absl::StrCat("127.0.0.1:", port), grpc::InsecureServerCredentials(),
+                       &this->port);
+    b.RegisterService(service);
+    server = b.BuildAndStart();
+  }
+  ~Server() { server->Shutdown(std::chrono::system_clock::now()); }
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+};
+
+CoordinatorLinkOptions Options(int port) {
+  CoordinatorLinkOptions o;
+  o.coordinator_address = absl::StrCat("127.0.0.1:", port);
+  o.registration.set_role(internal::NODE_ROLE_EXPERT_SHARD);
+  o.registration.set_grpc_address("127.0.0.1:1234");
+  o.registration.set_shard_id(3);
+  o.registration.set_ucx_address("ucx");
+  o.load = [](internal::HeartbeatRequest* hb) {
+    hb->set_placement_version(7);
+    hb->set_resident_bytes(4096);
+  };
+  o.retry_interval = absl::Milliseconds(20);
+  return o;
+}
+
+// Polls `cond` for up to 5 s.
+template <typename F>
+bool Eventually(F cond) {
+  const absl::Time end = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < end) {
+    if (cond()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return false;
+}
+
+TEST(CoordinatorLink, RegistersHeartbeatsAndLeaves) {
+  FakeCoordinator fake;
+  Server server(&fake);
+  CoordinatorLink link(Options(server.port));
+  link.Start();
+  ASSERT_TRUE(link.WaitRegistered(absl::Seconds(5)).ok());
+  {
+    absl::MutexLock lock(&fake.mu);
+    ASSERT_EQ(fake.registrations.size(), 1u);
+    EXPECT_EQ(fake.registrations[0].shard_id(), 3);
+    EXPECT_EQ(fake.registrations[0].grpc_address(), "127.0.0.1:1234");
+    EXPECT_EQ(fake.registrations[0].placement_version(), 7u);
+  }
+  ASSERT_TRUE(Eventually([&] {
+    absl::MutexLock lock(&fake.mu);
+    return fake.heartbeats.size() >= 3;
+  }));
+  {
+    absl::MutexLock lock(&fake.mu);
+    EXPECT_EQ(fake.heartbeats[0].node_id(), 1u);
+    EXPECT_EQ(fake.heartbeats[0].resident_bytes(), 4096);
+  }
+  link.Stop();
+  absl::MutexLock lock(&fake.mu);
+  EXPECT_EQ(fake.left, std::vector<uint64_t>{1});
+}
+
+TEST(CoordinatorLink, RegistersAgainWhenForgotten) {
+  FakeCoordinator fake;
+  Server server(&fake);
+  CoordinatorLink link(Options(server.port));
+  link.Start();
+  ASSERT_TRUE(link.WaitRegistered(absl::Seconds(5)).ok());
+  {
+    absl::MutexLock lock(&fake.mu);
+    fake.forget = 1;
+  }
+  ASSERT_TRUE(Eventually([&] { return link.registrations() == 2; }));
+  ASSERT_TRUE(Eventually([&] {
+    absl::MutexLock lock(&fake.mu);
+    return !fake.heartbeats.empty() && fake.heartbeats.back().node_id() == 2;
+  }));
+}
+
+TEST(CoordinatorLink, WaitsForACoordinatorThatStartsLater) {
+  // Reserve a port, then start the coordinator on it after the link.
+  int port = 0;
+  {
+    FakeCoordinator probe;
+    Server s(&probe);
+    port = s.port;
+  }
+  CoordinatorLink link(Options(port));
+  link.Start();
+  EXPECT_EQ(link.WaitRegistered(absl::Milliseconds(100)).code(),
+            absl::StatusCode::kDeadlineExceeded);
+  FakeCoordinator fake;
+  Server server(&fake, port);
+  ASSERT_NE(server.server, nullptr);
+  EXPECT_TRUE(link.WaitRegistered(absl::Seconds(10)).ok());
+}
+
+TEST(CoordinatorLink, RefusalIsFatal) {
+  FakeCoordinator fake;
+  {
+    absl::MutexLock lock(&fake.mu);
+    fake.refuse = true;
+  }
+  Server server(&fake);
+  CoordinatorLink link(Options(server.port));
+  link.Start();
+  const absl::Status st = link.WaitRegistered(absl::Seconds(5));
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(st.message()).find("model mismatch"), std::string::npos);
+  EXPECT_EQ(link.fatal().code(), absl::StatusCode::kInvalidArgument);
+  link.Stop();  // joins a finished thread
+}
+
+TEST(PlacementFromProto, SparseStableShardIds) {
+  // Shards 0 and 2 (1 died): experts split between them.
+  internal::PlacementTable t;
+  t.set_version(4);
+  for (int e = 0; e < 4; ++e) t.add_experts()->add_shard_ids(e < 2 ? 0 : 2);
+  for (int id : {2, 0}) {
+    internal::ShardEndpoint* s = t.add_shards();
+    s->set_shard_id(id);
+    s->set_ucx_address("x");
+  }
+  absl::StatusOr<router::Placement> p = PlacementFromProto(t, 4);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->num_shards, 3);
+  EXPECT_TRUE(p->ExpertsOf(1).empty());
+  EXPECT_EQ(p->ExpertsOf(2), (std::vector<int32_t>{2, 3}));
+  // An expert naming an unlisted shard, a duplicate, and an id past the bound.
+  internal::PlacementTable bad = t;
+  bad.mutable_experts(0)->set_shard_ids(0, 1);
+  EXPECT_FALSE(PlacementFromProto(bad, 4).ok());
+  bad = t;
+  bad.mutable_shards(0)->set_shard_id(0);
+  EXPECT_FALSE(PlacementFromProto(bad, 4).ok());
+  bad = t;
+  bad.mutable_shards(0)->set_shard_id(kMaxShardId);
+  EXPECT_FALSE(PlacementFromProto(bad, 4).ok());
+}
+
+}  // namespace
+}  // namespace dsv2::service
