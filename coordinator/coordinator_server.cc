@@ -7,6 +7,7 @@
 #include <chrono>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -58,6 +59,9 @@ struct LiveRequest {
   // failover of a later issue re-prefills prompt + these).
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> generated;
+  // The detokenizer state (text returned so far, held-back text, stop
+  // strings) that goes with `generated`.
+  std::optional<TextStream> text;
 };
 
 }  // namespace
@@ -518,7 +522,8 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
     return std::find(prepared->stop_token_ids.begin(), prepared->stop_token_ids.end(), id) !=
            prepared->stop_token_ids.end();
   };
-  TextStream text(c_.model.tokenizer, prepared->stop);
+  live.text.emplace(c_.model.tokenizer, prepared->stop);
+  TextStream& text = *live.text;
   std::optional<absl::Time> t_first;
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   bool client_gone = false;
