@@ -182,7 +182,9 @@ absl::StatusOr<int64_t> ClusterState::SmallestCapacity() const {
 
 absl::StatusOr<uint64_t> ClusterState::Enqueue(int64_t need_tokens) {
   absl::MutexLock lock(&mu_);
-  if (static_cast<int64_t>(queue_.size()) >= options_.max_queued) {
+  // A request a node can take at once never counts against the bound.
+  const bool runs_now = queue_.empty() && PickNode(need_tokens) != nullptr;
+  if (!runs_now && static_cast<int64_t>(queue_.size()) >= options_.max_queued) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the admission queue is full (", queue_.size(), " requests waiting; --max-queue ",
         options_.max_queued, ")"));

@@ -96,6 +96,16 @@ TEST(ClusterState, QueueIsFifoBoundedAndWaitsForRoom) {
   EXPECT_EQ(s.queued(), 0);
 }
 
+TEST(ClusterState, ZeroQueueStillAdmitsWhatRunsAtOnce) {
+  AdmissionOptions o;
+  o.max_queued = 0;
+  ClusterState s(o);
+  Serve(s, {100});
+  Admit(s, 60);
+  EXPECT_EQ(s.Enqueue(60).status().code(), absl::StatusCode::kResourceExhausted);
+  Admit(s, 40);
+}
+
 TEST(ClusterState, AbandonedTicketLeavesTheQueue) {
   AdmissionOptions o;
   o.max_queued = 1;
