@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "expert_shard.grpc.pb.h"
+#include "inference.pb.h"
 #include "kernels/status_macros.h"
 #include "tools/service/service_common.h"
 
@@ -82,6 +83,16 @@ internal::FinishReason ToProto(FinishReason r) {
   return internal::FINISH_REASON_UNSPECIFIED;
 }
 
+void ToProto(const TokenLogprobs& lp, v1::TokenLogprob* out) {
+  out->set_token_id(lp.token);
+  out->set_logprob(lp.logprob);
+  for (const auto& [id, logprob] : lp.top) {
+    v1::TopLogprob* t = out->add_top();
+    t->set_token_id(id);
+    t->set_logprob(logprob);
+  }
+}
+
 }  // namespace
 
 AttentionNodeServer::AttentionNodeServer(const ModelConfig& config, AttentionEngine& engine,
@@ -104,6 +115,14 @@ grpc::Status AttentionNodeServer::Submit(grpc::ServerContext* ctx,
   r.max_tokens = req->max_tokens();
   r.ignore_eos = req->ignore_eos();
   r.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
+  if (req->has_logprobs()) {
+    // Checked here too: -1 means "none" inside the node, never on the wire.
+    if (req->logprobs() < 0 || req->logprobs() > kMaxTopLogprobs) {
+      return service::ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat("logprobs = ", req->logprobs(), " must be in [0, ", kMaxTopLogprobs, "]")));
+    }
+    r.logprobs = req->logprobs();
+  }
   const uint64_t id = r.id;
   absl::StatusOr<std::shared_ptr<RequestStream>> stream = engine_.Submit(std::move(r));
   if (!stream.ok()) return service::ToGrpcStatus(stream.status());
@@ -119,6 +138,7 @@ grpc::Status AttentionNodeServer::Submit(grpc::ServerContext* ctx,
       }
       internal::SubmitResponse out;
       for (int32_t t : e.tokens) out.add_token_ids(t);
+      for (const TokenLogprobs& lp : e.logprobs) ToProto(lp, out.add_logprobs());
       out.set_preemptions(e.preemptions);
       out.set_finish_reason(ToProto(e.finish));
       if (!writer->Write(out)) {

@@ -94,6 +94,11 @@ absl::Status Scheduler::Add(GenerationRequest request) {
         " exceeds the cache capacity ", cache_.capacity_tokens(), " tokens"));
   }
   if (absl::Status st = ValidateSamplingParams(request.sampling); !st.ok()) return st;
+  if (request.logprobs < -1 || request.logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("logprobs = ", request.logprobs,
+                                                   " must be in [0, ", kMaxTopLogprobs,
+                                                   "] (or -1 for none)"));
+  }
   if (live_ids_.contains(request.id)) {
     return absl::AlreadyExistsError(absl::StrCat("request ", request.id, " is already live"));
   }
@@ -224,6 +229,9 @@ bool Scheduler::SampleAndEmit(Sequence& seq, const std::vector<float>& logits,
   e.id = seq.request.id;
   e.tokens.push_back(token);
   e.preemptions = seq.preemptions;
+  if (seq.request.logprobs >= 0) {
+    e.logprobs.push_back(ComputeLogprobs(logits, token, seq.request.logprobs));
+  }
   const auto& stops = seq.request.stop_token_ids;
   // The order of `dsv2 run`: EOS, then stop tokens, then the length limit.
   if (!seq.request.ignore_eos && IsEos(token)) {

@@ -55,6 +55,9 @@ struct GenerationRequest {
   int64_t max_tokens = 1;       // >= 1
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;  // end generation (token is emitted)
+  // -1: no log-probabilities; 0..kMaxTopLogprobs: each event carries the
+  // sampled token's logprob and this many most likely alternatives.
+  int32_t logprobs = -1;
 };
 
 enum class FinishReason { kNone, kLength, kEos, kStop };
@@ -66,6 +69,9 @@ struct SequenceEvent {
   FinishReason finish = FinishReason::kNone;  // != kNone: last event
   absl::Status error;           // not OK: last event, the request failed
   int32_t preemptions = 0;      // times this request was preempted so far
+  // One per `tokens` entry when the request set logprobs >= 0, from the
+  // logits the token was sampled from (ComputeLogprobs); else empty.
+  std::vector<TokenLogprobs> logprobs;
 };
 
 struct SchedulerOptions {
@@ -98,7 +104,8 @@ class Scheduler {
   // Queues a request. InvalidArgument: empty prompt, a token id outside the
   // vocabulary, max_tokens < 1, prompt + max_tokens over
   // max_position_embeddings or over the cache capacity (both numbers in the
-  // message), bad sampling parameters. AlreadyExists: the id is live.
+  // message), bad sampling parameters, logprobs outside
+  // [-1, kMaxTopLogprobs]. AlreadyExists: the id is live.
   // ResourceExhausted: max_waiting requests are already waiting.
   absl::Status Add(GenerationRequest request);
 

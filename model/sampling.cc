@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -87,6 +88,31 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
     if (target < cum) return idx[i];
   }
   return idx[kept - 1];
+}
+
+TokenLogprobs ComputeLogprobs(std::span<const float> logits, int32_t token, int32_t top_n) {
+  double lmax = logits[0];
+  for (float x : logits) lmax = std::max(lmax, static_cast<double>(x));
+  double sum = 0.0;
+  for (float x : logits) sum += std::exp(static_cast<double>(x) - lmax);
+  // sum >= 1 (the max contributes exp(0)), so log_sum is finite and >= 0.
+  // (x - lmax) first: lmax + log_sum would lose log_sum for huge logits.
+  // Two finite floats can differ by more than FLT_MAX: clamp to lowest().
+  const double log_sum = std::log(sum);
+  const auto logprob = [&](float x) {
+    const double lp = (static_cast<double>(x) - lmax) - log_sum;
+    return static_cast<float>(
+        std::max(lp, static_cast<double>(std::numeric_limits<float>::lowest())));
+  };
+  TokenLogprobs out;
+  out.token = token;
+  out.logprob = logprob(logits[token]);
+  if (top_n > 0) {
+    for (const auto& [id, logit] : TopLogits(logits, static_cast<size_t>(top_n))) {
+      out.top.emplace_back(id, logprob(logit));
+    }
+  }
+  return out;
 }
 
 uint64_t RandomSeed() {

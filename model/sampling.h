@@ -45,6 +45,29 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
 // The n largest logits as (id, logit), by logit descending then id ascending.
 std::vector<std::pair<int32_t, float>> TopLogits(std::span<const float> logits, size_t n);
 
+// One generated token's log-probability and the most likely alternatives,
+// all from the raw next-token distribution: log_softmax(logits), before
+// temperature, top-k and top-p (the public API's TokenLogprob).
+struct TokenLogprobs {
+  int32_t token = 0;
+  float logprob = 0.0f;  // natural log, <= 0
+  // The top_n most likely tokens as (id, logprob), by logit descending then
+  // id ascending (TopLogits' order); may include `token` itself.
+  std::vector<std::pair<int32_t, float>> top;
+};
+
+// Largest top_n that ComputeLogprobs' callers accept (the API's limit).
+inline constexpr int32_t kMaxTopLogprobs = 20;
+
+// log_softmax(logits)[token] and the top_n most likely tokens. Computed in
+// double as (logit - max) - log(sum(exp(logit - max))), so huge or very
+// negative finite logits give finite values, never NaN or inf (a logprob
+// below the float range is clamped to the lowest float); rounded to float
+// at the end. top_n beyond the vocabulary size is clamped to it.
+// REQUIRES: logits non-empty and finite, 0 <= token < logits.size(),
+// top_n >= 0.
+TokenLogprobs ComputeLogprobs(std::span<const float> logits, int32_t token, int32_t top_n);
+
 // A seed for requests that did not set one (random; reported back).
 uint64_t RandomSeed();
 

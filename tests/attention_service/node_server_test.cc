@@ -193,6 +193,62 @@ TEST_F(NodeServerTest, AdmissionErrorsKeepTheirCodes) {
   EXPECT_TRUE(Generate({1, 2}, 3).status.ok());
 }
 
+TEST_F(NodeServerTest, LogprobsOnePerTokenWithTheRequestedAlternatives) {
+  SetPlacement();
+  internal::SubmitRequest req;
+  for (int32_t t : {3, 4, 5}) req.add_prompt_ids(t);
+  req.set_max_tokens(6);
+  req.set_ignore_eos(true);
+  req.set_logprobs(3);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Submit(&ctx, req);
+  internal::SubmitResponse resp;
+  int tokens = 0;
+  while (reader->Read(&resp)) {
+    ASSERT_EQ(resp.logprobs_size(), resp.token_ids_size());
+    for (int i = 0; i < resp.logprobs_size(); ++i) {
+      const v1::TokenLogprob& lp = resp.logprobs(i);
+      EXPECT_EQ(lp.token_id(), resp.token_ids(i));
+      EXPECT_LE(lp.logprob(), 0.0f);
+      ASSERT_EQ(lp.top_size(), 3);
+      // Greedy (temperature 0): the token is the most likely one.
+      EXPECT_EQ(lp.top(0).token_id(), lp.token_id());
+      EXPECT_EQ(lp.top(0).logprob(), lp.logprob());
+      for (int k = 1; k < lp.top_size(); ++k) {
+        EXPECT_LE(lp.top(k).logprob(), lp.top(k - 1).logprob());
+      }
+      ++tokens;
+    }
+  }
+  const grpc::Status st = reader->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(tokens, 6);
+  // Unset: no logprobs at all.
+  internal::SubmitRequest plain = req;
+  plain.clear_logprobs();
+  grpc::ClientContext ctx2;
+  auto reader2 = stub_->Submit(&ctx2, plain);
+  while (reader2->Read(&resp)) EXPECT_EQ(resp.logprobs_size(), 0);
+  EXPECT_TRUE(reader2->Finish().ok());
+}
+
+TEST_F(NodeServerTest, LogprobsOutOfRangeIsInvalidArgumentNamingTheField) {
+  SetPlacement();
+  for (int32_t n : {21, -1}) {
+    internal::SubmitRequest req;
+    req.add_prompt_ids(3);
+    req.set_max_tokens(2);
+    req.set_logprobs(n);
+    grpc::ClientContext ctx;
+    auto reader = stub_->Submit(&ctx, req);
+    internal::SubmitResponse resp;
+    EXPECT_FALSE(reader->Read(&resp));
+    const grpc::Status st = reader->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << n;
+    EXPECT_NE(st.error_message().find("logprobs"), std::string::npos) << st.error_message();
+  }
+}
+
 TEST_F(NodeServerTest, PlacementErrors) {
   SetPlacement();
   internal::PlacementTable older = service::PlacementToProto(placement_);
@@ -236,7 +292,7 @@ TEST_F(NodeServerTest, CancelRpcEndsTheSubmitStream) {
   EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
 }
 
-TEST_F(NodeServerTest, ShardIdsMustBeDense) {
+TEST_F(NodeServerTest, ShardIdsMustBeBounded) {
   SetPlacement();
   internal::PlacementTable t = service::PlacementToProto(placement_);
   t.set_version(2);
@@ -246,6 +302,39 @@ TEST_F(NodeServerTest, ShardIdsMustBeDense) {
   internal::SetPlacementResponse resp;
   EXPECT_EQ(stub_->SetPlacement(&ctx, t, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(Status().placement_version(), 1u);
+}
+
+TEST_F(NodeServerTest, SparseShardIdsAreAccepted) {
+  SetPlacement();
+  const Output dense = Generate({5, 6, 7}, 4);
+  ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
+  // Version 2 lives on shard 2 alone (shards 0 and 1 gone; ids stay stable).
+  ExpertDispatchServer shard2(config_, *ckpt_, kernels::CpuContext{kernels::BestCpuIsa(), nullptr},
+                              2);
+  auto plane2 = transport::CreateInProcessServer(
+      [&shard2](std::span<const std::byte> m) { return shard2.HandleMessage(m); });
+  internal::PlacementTable t;
+  t.set_version(2);
+  for (int64_t e = 0; e < config_.n_routed_experts; ++e) t.add_experts()->add_shard_ids(2);
+  internal::ShardEndpoint* ep = t.add_shards();
+  ep->set_shard_id(2);
+  ep->set_ucx_address(plane2->address());
+  auto p = service::PlacementFromProto(t, static_cast<int32_t>(config_.n_routed_experts));
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->num_shards, 3);
+  ASSERT_TRUE(shard2.LoadExperts(*p).ok());
+  grpc::ClientContext ctx;
+  internal::SetPlacementResponse resp;
+  const grpc::Status st = stub_->SetPlacement(&ctx, t, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(Status().placement_version(), 2u);
+  const Output sparse = Generate({5, 6, 7}, 4);
+  ASSERT_TRUE(sparse.status.ok()) << sparse.status.error_message();
+  EXPECT_EQ(sparse.tokens, dense.tokens);
+  EXPECT_GT(shard2.counters().dispatches_total, 0);
+  // Stop before shard2 and plane2 go away (TearDown's calls are no-ops then).
+  server_->Shutdown(std::chrono::system_clock::now());
+  engine_->Shutdown();
 }
 
 TEST_F(NodeServerTest, DrainWaitsForARequestThatJustArrived) {

@@ -1,6 +1,7 @@
 #include "attention_service/scheduler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -120,6 +121,7 @@ struct Result {
   // generated tokens.
   bool resumed_after_tokens = false;
   bool terminal = false;
+  std::vector<TokenLogprobs> logprobs;  // when the request set logprobs >= 0
 };
 
 // The `dsv2 run` algorithm for one request alone on a fresh LayerLoop: the
@@ -136,6 +138,7 @@ Result Reference(Engine& e, const GenerationRequest& r, const std::vector<int64_
   for (int64_t i = 0; st.ok() && i < r.max_tokens; ++i) {
     const int32_t next = SampleToken(out.logits[0], r.sampling, static_cast<uint64_t>(i));
     res.tokens.push_back(next);
+    if (r.logprobs >= 0) res.logprobs.push_back(ComputeLogprobs(out.logits[0], next, r.logprobs));
     if (!r.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end()) {
       res.finish = FinishReason::kEos;
       break;
@@ -167,6 +170,8 @@ void Collect(const std::vector<SequenceEvent>& events, std::map<uint64_t, Result
     EXPECT_LE(ev.tokens.size(), 1u);
     if (!r.tokens.empty() && ev.preemptions > r.max_preemptions) r.resumed_after_tokens = true;
     r.tokens.insert(r.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+    EXPECT_TRUE(ev.logprobs.empty() || ev.logprobs.size() == ev.tokens.size()) << ev.id;
+    r.logprobs.insert(r.logprobs.end(), ev.logprobs.begin(), ev.logprobs.end());
     r.max_preemptions = std::max(r.max_preemptions, ev.preemptions);
     if (ev.finish != FinishReason::kNone || !ev.error.ok()) {
       r.terminal = true;
@@ -361,6 +366,77 @@ TEST(SchedulerTest, AddRejectsBadRequestsNamingTheNumbers) {
   bad_sampling.sampling.top_p = 0.f;
   EXPECT_EQ(sched.Add(bad_sampling).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(sched.stats().waiting, 1);
+}
+
+TEST(SchedulerTest, AddRejectsLogprobsOutOfRangeNamingTheField) {
+  auto e = Engine::Open(DType::kF32, 1024);
+  ASSERT_NE(e, nullptr);
+  Scheduler sched(e->config(), e->loop(), e->cache(), SchedulerOptions{});
+  uint64_t id = 1;
+  for (int32_t n : {-2, kMaxTopLogprobs + 1, 1000}) {
+    GenerationRequest r = MakeRequest(id++, 3, 1);
+    r.logprobs = n;
+    const absl::Status st = sched.Add(r);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << n;
+    EXPECT_NE(st.message().find("logprobs"), absl::string_view::npos) << st;
+    EXPECT_NE(st.message().find(std::to_string(n)), absl::string_view::npos) << st;
+  }
+  for (int32_t n : {-1, 0, kMaxTopLogprobs}) {
+    GenerationRequest r = MakeRequest(id++, 3, 1);
+    r.logprobs = n;
+    EXPECT_TRUE(sched.Add(r).ok()) << n;
+  }
+}
+
+TEST(SchedulerTest, LogprobsAreThoseOfTheLogitsEachTokenWasSampledFrom) {
+  auto e = Engine::Open(DType::kF32, 4096);
+  ASSERT_NE(e, nullptr);
+  // Mixed greedy and sampled requests in one batch, with none, 0, 3 and 20
+  // alternatives; a small step budget chunks the prefills.
+  std::vector<Arrival> arrivals = MixedArrivals();
+  const int32_t top_ns[] = {kMaxTopLogprobs, 0, 3, -1};
+  for (size_t i = 0; i < arrivals.size(); ++i) arrivals[i].request.logprobs = top_ns[i % 4];
+  const auto refs = References(*e, arrivals, {});
+  SchedulerOptions o;
+  o.max_step_tokens = 48;
+  Scheduler sched(e->config(), e->loop(), e->cache(), o);
+  const auto results = RunAll(sched, arrivals);
+  ExpectSameResults(refs, results, "logprobs");
+  for (const Arrival& a : arrivals) {
+    const GenerationRequest& req = a.request;
+    const Result& got = results.at(req.id);
+    const Result& ref = refs.at(req.id);
+    if (req.logprobs < 0) {
+      EXPECT_TRUE(got.logprobs.empty()) << req.id;
+      continue;
+    }
+    ASSERT_EQ(got.logprobs.size(), got.tokens.size()) << req.id;
+    ASSERT_EQ(ref.logprobs.size(), got.logprobs.size()) << req.id;
+    for (size_t t = 0; t < got.logprobs.size(); ++t) {
+      const TokenLogprobs& g = got.logprobs[t];
+      const TokenLogprobs& r = ref.logprobs[t];
+      EXPECT_EQ(g.token, got.tokens[t]);
+      EXPECT_NEAR(g.logprob, r.logprob, 1e-4) << req.id << " token " << t;
+      EXPECT_LE(g.logprob, 0.0f);
+      ASSERT_EQ(g.top.size(), static_cast<size_t>(req.logprobs)) << req.id;
+      ASSERT_EQ(r.top.size(), g.top.size());
+      for (size_t k = 0; k < g.top.size(); ++k) {
+        EXPECT_EQ(g.top[k].first, r.top[k].first) << req.id << " token " << t << " top " << k;
+        EXPECT_NEAR(g.top[k].second, r.top[k].second, 1e-4);
+        if (k > 0) {
+          EXPECT_GE(g.top[k - 1].second, g.top[k].second);
+        }
+      }
+      if (req.sampling.temperature == 0.0f) {
+        // Greedy: the token is the argmax, so its logprob is the largest.
+        if (!g.top.empty()) {
+          EXPECT_EQ(g.top[0].first, g.token);
+          EXPECT_EQ(g.top[0].second, g.logprob);
+        }
+        EXPECT_GE(g.logprob, std::log(1.0f / static_cast<float>(e->config().vocab_size)));
+      }
+    }
+  }
 }
 
 TEST(SchedulerTest, FullQueueIsResourceExhaustedAndLiveIdsAreUnique) {

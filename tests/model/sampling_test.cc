@@ -1,5 +1,7 @@
 #include "model/sampling.h"
 
+#include <cmath>
+#include <limits>
 #include <map>
 
 #include "gtest/gtest.h"
@@ -85,6 +87,88 @@ TEST(SamplingTest, ValidationNamesTheField) {
   EXPECT_NE(ValidateSamplingParams({.top_k = -2}).message().find("top_k"),
             absl::string_view::npos);
   EXPECT_TRUE(ValidateSamplingParams({}).ok());
+}
+
+TEST(SamplingTest, LogprobsExpSumsToOneOverTheVocabulary) {
+  std::vector<float> logits(1000);
+  for (size_t i = 0; i < logits.size(); ++i) {
+    logits[i] = static_cast<float>((i * 37) % 101) * 0.17f - 8.0f;
+  }
+  double sum = 0.0;
+  for (int32_t t = 0; t < static_cast<int32_t>(logits.size()); ++t) {
+    const TokenLogprobs lp = ComputeLogprobs(logits, t, 0);
+    EXPECT_EQ(lp.token, t);
+    EXPECT_LE(lp.logprob, 0.0f);
+    sum += std::exp(static_cast<double>(lp.logprob));
+  }
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+}
+
+TEST(SamplingTest, LogprobsMatchHandComputedValues) {
+  // Two equal logits: log(1/2) each, whatever their magnitude.
+  EXPECT_NEAR(ComputeLogprobs(std::vector<float>{5.0f, 5.0f}, 1, 0).logprob, -std::log(2.0), 1e-6);
+  // softmax(0, ln 3) = (1/4, 3/4).
+  const std::vector<float> logits = {0.0f, std::log(3.0f)};
+  EXPECT_NEAR(ComputeLogprobs(logits, 0, 0).logprob, std::log(0.25), 1e-6);
+  EXPECT_NEAR(ComputeLogprobs(logits, 1, 0).logprob, std::log(0.75), 1e-6);
+  // (1, 2, 3): log Z = 3 + log(1 + e^-1 + e^-2).
+  const double log_z = 3.0 + std::log(1.0 + std::exp(-1.0) + std::exp(-2.0));
+  const TokenLogprobs lp = ComputeLogprobs(std::vector<float>{1.0f, 2.0f, 3.0f}, 0, 2);
+  EXPECT_NEAR(lp.logprob, 1.0 - log_z, 1e-6);
+  ASSERT_EQ(lp.top.size(), 2u);
+  EXPECT_EQ(lp.top[0].first, 2);
+  EXPECT_NEAR(lp.top[0].second, 3.0 - log_z, 1e-6);
+  EXPECT_EQ(lp.top[1].first, 1);
+  EXPECT_NEAR(lp.top[1].second, 2.0 - log_z, 1e-6);
+}
+
+TEST(SamplingTest, LogprobsTopOrdersTiesByLowerId) {
+  const std::vector<float> logits = {1.0f, 3.0f, 2.0f, 3.0f, 2.0f};
+  const TokenLogprobs lp = ComputeLogprobs(logits, 4, 4);
+  ASSERT_EQ(lp.top.size(), 4u);
+  EXPECT_EQ(lp.top[0].first, 1);
+  EXPECT_EQ(lp.top[1].first, 3);
+  EXPECT_EQ(lp.top[2].first, 2);
+  EXPECT_EQ(lp.top[3].first, 4);
+  EXPECT_EQ(lp.top[0].second, lp.top[1].second);
+  EXPECT_EQ(lp.top[2].second, lp.top[3].second);
+  EXPECT_EQ(lp.logprob, lp.top[3].second);  // the token itself may be in top
+}
+
+TEST(SamplingTest, LogprobsTopNZeroAndTwenty) {
+  std::vector<float> logits(64);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>(i % 9);
+  EXPECT_TRUE(ComputeLogprobs(logits, 3, 0).top.empty());
+  const TokenLogprobs lp = ComputeLogprobs(logits, 3, kMaxTopLogprobs);
+  ASSERT_EQ(lp.top.size(), 20u);
+  const auto expected = TopLogits(logits, 20);
+  for (size_t i = 0; i < lp.top.size(); ++i) {
+    EXPECT_EQ(lp.top[i].first, expected[i].first) << i;
+    if (i > 0) {
+      EXPECT_GE(lp.top[i - 1].second, lp.top[i].second) << i;
+    }
+  }
+  // More than the vocabulary: every token once.
+  EXPECT_EQ(ComputeLogprobs(std::vector<float>{0.0f, 1.0f}, 0, 20).top.size(), 2u);
+}
+
+TEST(SamplingTest, LogprobsOfHugeAndNegativeLogitsAreFinite) {
+  const float big = std::numeric_limits<float>::max();
+  const std::vector<std::vector<float>> cases = {
+      {big, big, 0.0f}, {-big, -big}, {big, -big}, {1e30f, -1e30f, 1e30f}, {-1e4f, -1e4f - 1}};
+  for (const auto& logits : cases) {
+    for (int32_t t = 0; t < static_cast<int32_t>(logits.size()); ++t) {
+      const TokenLogprobs lp = ComputeLogprobs(logits, t, 3);
+      EXPECT_TRUE(std::isfinite(lp.logprob)) << logits[0] << " token " << t;
+      EXPECT_LE(lp.logprob, 0.0f);
+      for (const auto& [id, v] : lp.top) EXPECT_TRUE(std::isfinite(v)) << id;
+    }
+  }
+  // Equal huge logits still share the mass: log(1/2), not 0.
+  EXPECT_NEAR(ComputeLogprobs(std::vector<float>{big, big, 0.0f}, 0, 0).logprob, -std::log(2.0),
+              1e-6);
+  EXPECT_NEAR(ComputeLogprobs(std::vector<float>{-1e4f, -1e4f - 1}, 0, 0).logprob,
+              -std::log(1.0 + std::exp(-1.0)), 1e-6);
 }
 
 }  // namespace
