@@ -15,6 +15,13 @@ std::optional<std::string> ParsedFlags::Get(const std::string& name) const {
   return it->second;
 }
 
+std::vector<std::string> ParsedFlags::GetAll(const std::string& name) const {
+  auto it = repeated_values.find(name);
+  if (it != repeated_values.end()) return it->second;
+  if (auto v = Get(name)) return {*v};
+  return {};
+}
+
 bool ParsedFlags::GetBool(const std::string& name) const {
   auto v = Get(name);
   return v && (*v == "true" || *v == "1" || *v == "yes");
@@ -68,6 +75,7 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
     }
     const FlagSpec* spec = find(arg);
     if (spec == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", arg));
+    const bool first_on_command_line = !out.from_command_line.contains(arg);
     out.from_command_line.insert(arg);
     if (spec->is_bool) {
       out.values[arg] = value.value_or("true");
@@ -78,6 +86,10 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
         return absl::InvalidArgumentError(absl::StrCat("flag --", arg, " needs a value"));
       }
       value = argv[++i];
+    }
+    if (spec->repeated) {
+      if (first_on_command_line) out.repeated_values.erase(arg);
+      out.repeated_values[arg].push_back(*value);
     }
     out.values[arg] = *value;
   }

@@ -19,6 +19,9 @@ struct FlagSpec {
   std::string name;   // without dashes
   bool is_bool = false;
   std::string help;
+  // May be given more than once; every value is kept (GetAll). Get returns
+  // the last one.
+  bool repeated = false;
 };
 
 class ParsedFlags {
@@ -27,7 +30,11 @@ class ParsedFlags {
   bool GetBool(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t dflt) const;
   absl::StatusOr<double> GetDouble(const std::string& name, double dflt) const;
+  // Every value of a repeated flag, in command-line order (or the single
+  // DSV2_<NAME> value when the command line has none); empty when unset.
+  std::vector<std::string> GetAll(const std::string& name) const;
   std::map<std::string, std::string> values;
+  std::map<std::string, std::vector<std::string>> repeated_values;
   // Names given on the command line (the rest came from DSV2_* variables).
   std::set<std::string> from_command_line;
 

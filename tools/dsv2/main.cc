@@ -1,6 +1,8 @@
 // `dsv2`: the command-line tool. Subcommands:
 //   dsv2 run --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [...]
 //   dsv2 make-random-model --out DIR [--preset v2-tiny|v2-lite-tiny|v2-lite] [--seed N]
+//   dsv2 up [--model DIR] [--attention-nodes N] [--expert-shards M] [...]
+//   dsv2 generate --endpoint HOST:PORT (--prompt TEXT | --prompt-ids 1,2,3 | --chat TEXT) [...]
 // Exit codes: 0 success, 2 usage error, 1 any other error (one line on stderr).
 #include <cstdio>
 #include <iostream>
@@ -8,8 +10,10 @@
 
 #include "absl/strings/numbers.h"
 #include "tools/dsv2/cli_flags.h"
+#include "tools/dsv2/generate_command.h"
 #include "tools/dsv2/random_model.h"
 #include "tools/dsv2/run_command.h"
+#include "tools/dsv2/up_command.h"
 
 namespace {
 
@@ -18,6 +22,8 @@ constexpr char kUsage[] =
     "commands:\n"
     "  run                 generate from a prompt with the single-process engine\n"
     "  make-random-model   write a small random checkpoint (weights are random: text is noise)\n"
+    "  up                  start a local cluster (coordinator, expert shards, attention nodes)\n"
+    "  generate            stream one generation from a cluster's endpoint\n"
     "run `dsv2 <command> --help` for its flags\n";
 
 int MakeRandomModelMain(int argc, char** argv) {
@@ -84,6 +90,8 @@ int Main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "run") return dsv2::RunCommandMain(argc, argv);
   if (cmd == "make-random-model") return MakeRandomModelMain(argc, argv);
+  if (cmd == "up") return dsv2::UpCommandMain(argc, argv);
+  if (cmd == "generate") return dsv2::GenerateCommandMain(argc, argv);
   if (cmd == "--help" || cmd == "help" || cmd == "-h") {
     std::cout << kUsage;
     return 0;

@@ -1,0 +1,507 @@
+#include "tools/dsv2/up_command.h"
+
+#include <grpcpp/grpcpp.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "inference.grpc.pb.h"
+#include "tools/dsv2/cli_flags.h"
+#include "tools/dsv2/process_group.h"
+#include "tools/dsv2/random_model.h"
+
+extern char** environ;
+
+namespace dsv2 {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kCoordinatorBinary[] = "dsv2-coordinator";
+constexpr char kAttentionBinary[] = "dsv2-attention";
+constexpr char kExpertBinary[] = "dsv2-expert";
+constexpr int64_t kMaxProcesses = 256;
+// How often GetModelInfo is asked while waiting for the placement.
+constexpr absl::Duration kInfoPollInterval = absl::Milliseconds(100);
+// Stop order and patience: the coordinator drains live streams (its
+// --drain-timeout-s defaults to 30 s), then the nodes (idle by then), then
+// the shards. SIGKILL after the grace.
+constexpr absl::Duration kCoordinatorGrace = absl::Seconds(40);
+constexpr absl::Duration kAttentionGrace = absl::Seconds(40);
+constexpr absl::Duration kExpertGrace = absl::Seconds(10);
+
+const std::vector<cli::FlagSpec>& UpFlags() {
+  static const std::vector<cli::FlagSpec> specs = {
+      {"model", false,
+       "checkpoint directory (default: $DSV2_DEFAULT_MODEL, else <dsv2 "
+       "dir>/../default-model, "
+       "made as make-random-model --preset v2-tiny --seed 0 if missing)"},
+      {"attention-nodes", false, "attention nodes (default 1)"},
+      {"expert-shards", false, "expert shards (default 2)"},
+      {"port", false, "the coordinator's public port (default 0 = OS-chosen)"},
+      {"ready-file", false, "also write the ready line to this file (atomically)"},
+      {"threads", false, "compute threads of each process (default 1)"},
+      {"cache-tokens", false, "latent-cache capacity of each attention node (default 16384)"},
+      {"bin-dir", false,
+       "where dsv2-coordinator, dsv2-attention, dsv2-expert are (default: next "
+       "to dsv2, else "
+       "the build tree, else PATH)"},
+      {"log-dir", false, "write each child's stderr to DIR/NAME.log (default: this stderr)"},
+      {"ready-timeout-s", false, "stop everything and exit 1 if not ready by then (default 120)"},
+      {"help", true, "show this help"},
+  };
+  return specs;
+}
+
+void Log(const std::string& msg) { std::cerr << "dsv2 up: " << msg << std::endl; }
+
+// The directory of the running dsv2 executable ("" if unknown).
+fs::path ExecutableDir() {
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path() : exe.parent_path();
+}
+
+bool IsExecutable(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec) && access(p.c_str(), X_OK) == 0;
+}
+
+// --bin-dir alone when given; else next to dsv2, the build-tree sibling
+// folder, PATH.
+absl::StatusOr<std::string> FindBinary(const std::string& name, const std::string& sibling_dir,
+                                       const std::optional<std::string>& bin_dir,
+                                       const fs::path& exe_dir) {
+  std::vector<fs::path> candidates;
+  if (bin_dir) {
+    candidates.push_back(fs::path(*bin_dir) / name);
+  } else if (!exe_dir.empty()) {
+    candidates.push_back(exe_dir / name);
+    candidates.push_back(exe_dir.parent_path() / sibling_dir / name);
+  }
+  if (!bin_dir) {
+    if (const char* path = std::getenv("PATH")) {
+      for (absl::string_view dir : absl::StrSplit(path, ':', absl::SkipEmpty())) {
+        candidates.push_back(fs::path(std::string(dir)) / name);
+      }
+    }
+  }
+  std::vector<std::string> tried;
+  for (const fs::path& c : candidates) {
+    if (IsExecutable(c)) return fs::absolute(c).string();
+    tried.push_back(c.parent_path().string());
+  }
+  return absl::NotFoundError(
+      absl::StrCat("cannot find the executable ", name, " (looked in ",
+                   tried.empty() ? std::string("nothing") : absl::StrJoin(tried, ", "),
+                   bin_dir ? ")" : "; build it, or pass --bin-dir)"));
+}
+
+// --model, else $DSV2_DEFAULT_MODEL, else <dsv2 dir>/../default-model,
+// made (v2-tiny, seed 0) when it has no model.safetensors.
+absl::StatusOr<std::string> ResolveModel(const std::optional<std::string>& flag,
+                                         const fs::path& exe_dir) {
+  std::error_code ec;
+  if (flag) {
+    if (!fs::exists(fs::path(*flag) / "config.json", ec)) {
+      return absl::NotFoundError(absl::StrCat(*flag, ": no config.json (not a model directory)"));
+    }
+    return fs::absolute(*flag).string();
+  }
+  const char* env = std::getenv("DSV2_DEFAULT_MODEL");
+  if (env != nullptr && *env != '\0') {
+    if (!fs::exists(fs::path(env) / "config.json", ec)) {
+      return absl::NotFoundError(
+          absl::StrCat("DSV2_DEFAULT_MODEL=", env, ": no config.json (not a model directory)"));
+    }
+    return fs::absolute(env).string();
+  }
+  if (exe_dir.empty()) return absl::NotFoundError("no --model and cannot locate the dsv2 binary");
+  const fs::path dir = (exe_dir.parent_path() / "default-model").lexically_normal();
+  if (!fs::exists(dir / "model.safetensors", ec)) {
+    Log(absl::StrCat("making the default model (v2-tiny, seed 0, random weights) in ",
+                     dir.string()));
+    RandomModelOptions o;
+    o.out_dir = dir.string();
+    o.preset = "v2-tiny";
+    o.seed = 0;
+    o.tokenizer_dir = std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2";
+    if (absl::Status st = MakeRandomModel(o); !st.ok()) return st;
+  }
+  return dir.string();
+}
+
+// This process's environment minus the DSV2_<FLAG> variables of `dsv2 up`'s
+// own flags: a child reading e.g. DSV2_EXPERT_SHARDS (dsv2-attention's
+// static shard list) would misread a value meant for `dsv2 up`.
+std::vector<std::string> ChildEnvironment() {
+  std::vector<std::string> drop;
+  for (const cli::FlagSpec& s : UpFlags()) {
+    drop.push_back("DSV2_" + absl::AsciiStrToUpper(absl::StrReplaceAll(s.name, {{"-", "_"}})) +
+                   "=");
+  }
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string var = *e;
+    bool keep = true;
+    for (const std::string& d : drop) keep = keep && !absl::StartsWith(var, d);
+    if (keep) env.push_back(var);
+  }
+  return env;
+}
+
+// Writes `line` + '\n' to a temporary file beside `path` and renames it over
+// `path`, so a reader sees no file or the whole line.
+absl::Status WriteReadyFile(const std::string& path, const std::string& line) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << line << "\n";
+    f.flush();
+    if (!f) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+// "" once GetModelInfo shows the cluster serving: the expected numbers of
+// nodes and shards, a complete placement, every node on its version. Else
+// what is still missing.
+std::string ClusterNotReadyReason(dsv2::v1::Inference::Stub& stub, int64_t attention_nodes,
+                                  int64_t expert_shards, absl::Time deadline) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + absl::Seconds(2))));
+  dsv2::v1::ModelInfo info;
+  const grpc::Status st = stub.GetModelInfo(&ctx, dsv2::v1::GetModelInfoRequest(), &info);
+  if (!st.ok()) return absl::StrCat("GetModelInfo failed: ", st.error_message());
+  if (info.attention_nodes_size() != attention_nodes ||
+      info.expert_shards_size() != expert_shards || !info.placement_complete()) {
+    return absl::StrCat("the coordinator has ", info.attention_nodes_size(), " of ",
+                        attention_nodes, " attention nodes and ", info.expert_shards_size(), " of ",
+                        expert_shards, " expert shards; placement version ",
+                        info.placement_version(),
+                        info.placement_complete() ? " complete" : " incomplete");
+  }
+  for (const dsv2::v1::AttentionNodeInfo& n : info.attention_nodes()) {
+    if (n.placement_version() != info.placement_version()) {
+      return absl::StrCat("attention node ", n.address(), " serves placement version ",
+                          n.placement_version(), ", not yet ", info.placement_version());
+    }
+  }
+  return "";
+}
+
+struct UpOptions {
+  std::string model;
+  int64_t attention_nodes = 1;
+  int64_t expert_shards = 2;
+  int64_t port = 0;
+  int64_t threads = 1;
+  int64_t cache_tokens = 16384;
+  std::optional<std::string> ready_file;
+  std::optional<std::string> log_dir;
+  absl::Duration ready_timeout = absl::Seconds(120);
+  std::string coordinator_bin, attention_bin, expert_bin;
+};
+
+// Stops the coordinator (it drains), then the attention nodes, then the
+// shards.
+void StopInOrder(ProcessGroup& group) {
+  const auto stop_role = [&](absl::string_view prefix, absl::Duration grace) {
+    for (const auto& c : group.children()) {
+      if (!absl::StartsWith(c->name, prefix) || c->exit_status) continue;
+      std::vector<Child*> others;  // died on their own meanwhile
+      const int status = group.Stop(*c, grace, &others);
+      if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        Log(absl::StrCat(c->name, " (pid ", c->pid, ") stopped: ", DescribeExitStatus(status)));
+      }
+      for (const Child* o : others) {
+        Log(absl::StrCat(o->name, " (pid ", o->pid, ") ", DescribeExitStatus(*o->exit_status)));
+      }
+    }
+  };
+  stop_role("coordinator", kCoordinatorGrace);
+  stop_role("attention-", kAttentionGrace);
+  stop_role("expert-", kExpertGrace);
+}
+
+// What went wrong when a child's first line is not its ready line.
+std::string CheckReadyLine(const Child& c, const std::string& binary) {
+  if (absl::StartsWith(*c.ready_line, binary + " ready")) return "";
+  return absl::StrCat(c.name, " printed '", *c.ready_line, "' instead of its ready line");
+}
+
+int RunCluster(const UpOptions& o) {
+  auto group_or = ProcessGroup::Create();
+  if (!group_or.ok()) {
+    Log(std::string(group_or.status().message()));
+    return 1;
+  }
+  ProcessGroup& group = **group_or;
+  const std::vector<std::string> env = ChildEnvironment();
+  const absl::Time deadline = absl::Now() + o.ready_timeout;
+  const auto start = [&](const std::string& name,
+                         std::vector<std::string> argv) -> absl::StatusOr<Child*> {
+    ChildSpec spec;
+    spec.name = name;
+    spec.argv = std::move(argv);
+    spec.env = env;
+    if (o.log_dir) spec.stderr_path = (fs::path(*o.log_dir) / (name + ".log")).string();
+    return group.Start(spec);
+  };
+  const auto log_hint = [&](const std::string& name) {
+    return o.log_dir
+               ? absl::StrCat(" (log: ", (fs::path(*o.log_dir) / (name + ".log")).string(), ")")
+               : std::string();
+  };
+  // Start-up failure: everything is killed (the group's destructor).
+  const auto fail = [&](const std::string& msg) {
+    Log(msg);
+    group.KillAll();
+    return 1;
+  };
+  const std::string threads = absl::StrCat(o.threads);
+
+  // 1. The coordinator, for its port.
+  auto coordinator =
+      start("coordinator", {o.coordinator_bin, "--model", o.model, "--host", "127.0.0.1", "--port",
+                            absl::StrCat(o.port), "--threads", threads});
+  if (!coordinator.ok()) return fail(std::string(coordinator.status().message()));
+  while (!(*coordinator)->ready_line) {
+    const ProcessGroup::Events ev = group.Poll(deadline);
+    if (ev.termination_signal != 0) {
+      StopInOrder(group);
+      return 0;
+    }
+    if ((*coordinator)->exit_status) {
+      return fail(absl::StrCat("coordinator exited before it was ready: ",
+                               DescribeExitStatus(*(*coordinator)->exit_status),
+                               log_hint("coordinator")));
+    }
+    if (absl::Now() >= deadline) {
+      return fail(absl::StrCat("coordinator not ready after ",
+                               absl::FormatDuration(o.ready_timeout), log_hint("coordinator")));
+    }
+  }
+  if (std::string bad = CheckReadyLine(**coordinator, kCoordinatorBinary); !bad.empty()) {
+    return fail(bad);
+  }
+  int port = 0;
+  for (absl::string_view f : absl::StrSplit(*(*coordinator)->ready_line, ' ')) {
+    if (absl::ConsumePrefix(&f, "port=") && !absl::SimpleAtoi(f, &port)) port = 0;
+  }
+  if (port <= 0) {
+    return fail(absl::StrCat("no port in the coordinator's ready line '",
+                             *(*coordinator)->ready_line, "'"));
+  }
+  const std::string endpoint = absl::StrCat("127.0.0.1:", port);
+
+  // 2. Shards, then attention nodes (both register with the coordinator).
+  std::vector<std::pair<Child*, std::string>> members;  // child, binary name
+  for (int64_t i = 0; i < o.expert_shards; ++i) {
+    const std::string name = absl::StrCat("expert-", i);
+    auto c = start(
+        name, {o.expert_bin, "--model", o.model, "--shard-id", absl::StrCat(i), "--coordinator",
+               endpoint, "--threads", threads, "--host", "127.0.0.1", "--port", "0"});
+    if (!c.ok()) return fail(std::string(c.status().message()));
+    members.emplace_back(*c, kExpertBinary);
+  }
+  for (int64_t i = 0; i < o.attention_nodes; ++i) {
+    const std::string name = absl::StrCat("attention-", i);
+    auto c = start(name, {o.attention_bin, "--model", o.model, "--coordinator", endpoint,
+                          "--cache-tokens", absl::StrCat(o.cache_tokens), "--threads", threads,
+                          "--host", "127.0.0.1", "--port", "0"});
+    if (!c.ok()) return fail(std::string(c.status().message()));
+    members.emplace_back(*c, kAttentionBinary);
+  }
+
+  // 3. Every ready line, then the coordinator's view: all registered, the
+  // placement complete and served by every node. The channel (and gRPC's
+  // threads) exist only after the last fork.
+  auto channel = grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
+  auto stub = dsv2::v1::Inference::NewStub(channel);
+  std::string waiting_for = "the ready lines";
+  absl::Time next_info = absl::InfinitePast();
+  while (true) {
+    bool all_ready = true;
+    for (const auto& [c, binary] : members) {
+      if (c->exit_status) {
+        return fail(absl::StrCat(c->name, " exited before the cluster was ready: ",
+                                 DescribeExitStatus(*c->exit_status), log_hint(c->name)));
+      }
+      if (!c->ready_line) {
+        all_ready = false;
+        waiting_for = absl::StrCat("the ready line of ", c->name);
+        continue;
+      }
+      if (std::string bad = CheckReadyLine(*c, binary); !bad.empty()) return fail(bad);
+    }
+    if ((*coordinator)->exit_status) {
+      return fail(absl::StrCat("coordinator exited before the cluster was ready: ",
+                               DescribeExitStatus(*(*coordinator)->exit_status),
+                               log_hint("coordinator")));
+    }
+    if (all_ready && absl::Now() >= next_info) {
+      waiting_for = ClusterNotReadyReason(*stub, o.attention_nodes, o.expert_shards, deadline);
+      if (waiting_for.empty()) break;
+      next_info = absl::Now() + kInfoPollInterval;
+    }
+    if (absl::Now() >= deadline) {
+      return fail(absl::StrCat("not ready after ", absl::FormatDuration(o.ready_timeout),
+                               ": waiting for ", waiting_for));
+    }
+    const ProcessGroup::Events ev =
+        group.Poll(all_ready ? std::min(deadline, next_info) : deadline);
+    if (ev.termination_signal != 0) {
+      StopInOrder(group);
+      return 0;
+    }
+  }
+
+  // 4. The ready line.
+  std::string line =
+      absl::StrCat("dsv2 ready endpoint=", endpoint, " coordinator=", (*coordinator)->pid);
+  for (const absl::string_view role : {"attention-", "expert-"}) {
+    for (const auto& [c, binary] : members) {
+      if (absl::StartsWith(c->name, role)) absl::StrAppend(&line, " ", c->name, "=", c->pid);
+    }
+  }
+  if (o.ready_file) {
+    if (absl::Status st = WriteReadyFile(*o.ready_file, line); !st.ok()) {
+      StopInOrder(group);
+      return fail(std::string(st.message()));
+    }
+  }
+  std::fputs((line + "\n").c_str(), stdout);
+  std::fflush(stdout);
+
+  // 5. Serve until a signal or the coordinator's death.
+  while (true) {
+    const ProcessGroup::Events ev = group.Poll(absl::InfiniteFuture());
+    bool coordinator_died = false;
+    for (const Child* c : ev.exited) {
+      Log(absl::StrCat(c->name, " (pid ", c->pid, ") ", DescribeExitStatus(*c->exit_status),
+                       log_hint(c->name)));
+      coordinator_died = coordinator_died || c == *coordinator;
+    }
+    if (coordinator_died) {
+      Log("the coordinator is gone: stopping the cluster");
+      StopInOrder(group);
+      return 1;
+    }
+    if (ev.termination_signal != 0) {
+      Log(absl::StrCat("stopping (", strsignal(ev.termination_signal), ")"));
+      StopInOrder(group);
+      return 0;
+    }
+  }
+}
+
+}  // namespace
+
+int UpCommandMain(int argc, char** argv) {
+  auto usage = [](absl::string_view msg) {
+    std::cerr << "dsv2 up: " << msg << " (see dsv2 up --help)\n";
+    return 2;
+  };
+  auto flags = cli::ParseFlags(argc, argv, 2, UpFlags());
+  if (!flags.ok()) return usage(flags.status().message());
+  if (flags->GetBool("help")) {
+    std::cout << "dsv2 up flags:\n" << cli::FlagsHelp(UpFlags());
+    return 0;
+  }
+  UpOptions o;
+  auto attention_nodes = flags->GetInt("attention-nodes", 1);
+  auto expert_shards = flags->GetInt("expert-shards", 2);
+  auto port = flags->GetInt("port", 0);
+  auto threads = flags->GetInt("threads", 1);
+  auto cache_tokens = flags->GetInt("cache-tokens", 16384);
+  auto ready_timeout_s = flags->GetDouble("ready-timeout-s", 120);
+  for (const absl::Status& st :
+       {attention_nodes.status(), expert_shards.status(), port.status(), threads.status(),
+        cache_tokens.status(), ready_timeout_s.status()}) {
+    if (!st.ok()) return usage(st.message());
+  }
+  if (*attention_nodes < 1 || *attention_nodes > kMaxProcesses) {
+    return usage(absl::StrCat("--attention-nodes must be in [1, ", kMaxProcesses, "]"));
+  }
+  if (*expert_shards < 1 || *expert_shards > kMaxProcesses) {
+    return usage(absl::StrCat("--expert-shards must be in [1, ", kMaxProcesses, "]"));
+  }
+  if (*port < 0 || *port > 65535) return usage("--port must be in [0, 65535]");
+  if (*threads < 1 || *threads > 1024) return usage("--threads must be in [1, 1024]");
+  if (*cache_tokens < 1) return usage("--cache-tokens must be >= 1");
+  if (!(*ready_timeout_s > 0)) return usage("--ready-timeout-s must be > 0");
+  o.attention_nodes = *attention_nodes;
+  o.expert_shards = *expert_shards;
+  o.port = *port;
+  o.threads = *threads;
+  o.cache_tokens = *cache_tokens;
+  o.ready_timeout = absl::Seconds(*ready_timeout_s);
+  o.ready_file = flags->Get("ready-file");
+  o.log_dir = flags->Get("log-dir");
+
+  const fs::path exe_dir = ExecutableDir();
+  const std::optional<std::string> bin_dir = flags->Get("bin-dir");
+  struct Wanted {
+    const char* name;
+    const char* build_dir;
+    std::string* out;
+  };
+  for (const Wanted& w : {Wanted{kCoordinatorBinary, "coordinator", &o.coordinator_bin},
+                          Wanted{kAttentionBinary, "attention_service", &o.attention_bin},
+                          Wanted{kExpertBinary, "expert_service", &o.expert_bin}}) {
+    auto path = FindBinary(w.name, w.build_dir, bin_dir, exe_dir);
+    if (!path.ok()) {
+      std::cerr << "dsv2 up: " << path.status().message() << "\n";
+      return 1;
+    }
+    *w.out = *path;
+  }
+  if (o.log_dir) {
+    std::error_code ec;
+    fs::create_directories(*o.log_dir, ec);
+    if (ec) {
+      std::cerr << "dsv2 up: cannot create --log-dir " << *o.log_dir << ": " << ec.message()
+                << "\n";
+      return 1;
+    }
+  }
+  auto model = ResolveModel(flags->Get("model"), exe_dir);
+  if (!model.ok()) {
+    std::cerr << "dsv2 up: " << model.status().message() << "\n";
+    return 1;
+  }
+  o.model = *model;
+  if (o.ready_file) {
+    // A stale line from an earlier run must not look like this run's.
+    std::error_code ec;
+    fs::remove(*o.ready_file, ec);
+  }
+  return RunCluster(o);
+}
+
+}  // namespace dsv2
