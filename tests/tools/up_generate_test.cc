@@ -151,7 +151,8 @@ TEST(UpCommandTest, ChildExitingBeforeReadyIsNamedAndExitsOne) {
   fs::remove(model + "/model.safetensors");
   const Result r = RunCapture({Dsv2(), "up", "--model", model, "--threads", "1"});
   EXPECT_EQ(r.exit_code, 1) << r.output;
-  EXPECT_TRUE(absl::StrContains(r.output, "exited before the cluster was ready: exited with status"))
+  EXPECT_TRUE(
+      absl::StrContains(r.output, "exited before the cluster was ready: exited with status"))
       << r.output;
   fs::remove_all(dir);
 }
@@ -381,7 +382,8 @@ TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
                                                         {"attention_service", "dsv2-attention"},
                                                         {"expert_service", "dsv2-expert"}}) {
     fs::create_directories(dir + "/" + folder);
-    fs::create_symlink(BinDir() + "/" + folder + "/" + binary, dir + "/" + folder + "/" + binary);
+    fs::create_symlink(fs::absolute(BinDir() + "/" + folder + "/" + binary),
+                       dir + "/" + folder + "/" + binary);
   }
   auto up = ChildProcess::Start({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL",
                                  dir + "/tools/dsv2", "up", "--threads", "1", "--port", "0"});
