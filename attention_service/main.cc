@@ -4,15 +4,21 @@
 // services over UCX (DataPlaneExpertBackend), and serves the AttentionNode
 // gRPC API (+ grpc.health.v1) on --port. Prints one ready line on stdout:
 //   dsv2-attention ready port=PORT cache_tokens=N placement_version=V
-// SIGTERM/SIGINT: stop admitting, finish live requests (up to
-// --drain-timeout-s), exit 0.
+// With --coordinator it registers once its gRPC server listens (without a
+// placement until the coordinator pushes one) and heartbeats its load.
+// SIGTERM/SIGINT: leave the coordinator, stop admitting, finish live
+// requests (up to --drain-timeout-s), exit 0 (1 if the coordinator refused
+// the registration).
 // Threads: main (start-up, then waits for the signal), gRPC's server
 // threads (one per active RPC: they wait on RequestStreams), the engine
 // thread (AttentionEngine: scheduler, layer loop, cache), the data plane's
-// progress thread, the compute ThreadPool.
+// progress thread, the compute ThreadPool, the CoordinatorLink thread.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include <iostream>
 #include <memory>
@@ -179,10 +185,13 @@ int Main(int argc, char** argv) {
       hb->set_running(static_cast<int32_t>(st.scheduler.running));
       hb->set_waiting(static_cast<int32_t>(st.scheduler.waiting));
     };
+    // A refusal (another model) is fatal, also after the ready line: it
+    // raises SIGTERM and the node exits 1 below. An absent coordinator is not.
+    lo.on_fatal = [](const absl::Status&) { kill(getpid(), SIGTERM); };
     link = std::make_unique<service::CoordinatorLink>(std::move(lo));
     link->Start();
-    // A refusal (another model) is fatal; an absent coordinator is not.
     if (absl::Status st = link->WaitRegistered(absl::Seconds(1)); absl::IsInvalidArgument(st)) {
+      link->Stop();
       (*server)->Shutdown();
       engine.Shutdown();
       return fail(st);
@@ -204,6 +213,7 @@ int Main(int argc, char** argv) {
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   engine.Shutdown();
   spdlog::info("stopped");
+  if (link && !link->fatal().ok()) return fail(link->fatal());
   return 0;
 }
 

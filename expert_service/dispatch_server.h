@@ -56,10 +56,11 @@ class ExpertDispatchServer {
   ExpertDispatchServer(const ModelConfig& config, const Checkpoint& checkpoint,
                        kernels::CpuContext ctx, int32_t shard_id);
 
-  // Holds exactly placement.ExpertsOf(shard_id) (every MoE layer), loading
-  // what it gains first, then adopts placement.version. InvalidArgument for
-  // a placement that does not fit the model; FailedPrecondition for a
-  // version older than the current one (the same version reloads nothing).
+  // Holds exactly placement.ExpertsOf(shard_id) (every MoE layer; none for
+  // a shard id the table does not use), loading what it gains first, then
+  // adopts placement.version. InvalidArgument for a placement that does
+  // not fit the model; FailedPrecondition for a version older than the
+  // current one (the same version reloads nothing).
   absl::Status LoadExperts(const router::Placement& placement);
 
   // A wire request in, a wire reply out (never empty, never throws).

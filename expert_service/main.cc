@@ -5,13 +5,21 @@
 // grpc.health.v1) on --port. Prints one ready line on stdout:
 //   dsv2-expert ready port=PORT shard_id=N placement_version=V experts=K
 //   resident_bytes=B ucx_address=HEX
-// SIGTERM/SIGINT: stop accepting, finish the dispatch in progress, exit 0.
+// With --coordinator it registers (--shard-id, UCX address) once its gRPC
+// server listens and loads the experts the coordinator pushes.
+// SIGTERM/SIGINT: leave the coordinator, stop accepting, finish the
+// dispatch in progress, exit 0 (1 if the coordinator refused the
+// registration).
 // Threads: main (start-up, then waits for the signal), gRPC's server
 // threads (control RPCs), the data plane's progress and handler threads
-// (transport/ucx_data_plane.h), the compute ThreadPool.
+// (transport/ucx_data_plane.h), the compute ThreadPool, the CoordinatorLink
+// thread.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
+
+#include <signal.h>
+#include <unistd.h>
 
 #include <iostream>
 #include <memory>
@@ -134,10 +142,13 @@ int Main(int argc, char** argv) {
       hb->set_placement_version(server.placement_version());
       hb->set_resident_bytes(ResidentBytes());
     };
+    // A refusal (another model) is fatal, also after the ready line: it
+    // raises SIGTERM and the shard exits 1 below. An absent coordinator is not.
+    lo.on_fatal = [](const absl::Status&) { kill(getpid(), SIGTERM); };
     link = std::make_unique<service::CoordinatorLink>(std::move(lo));
     link->Start();
-    // A refusal (another model) is fatal; an absent coordinator is not.
     if (absl::Status st = link->WaitRegistered(absl::Seconds(1)); absl::IsInvalidArgument(st)) {
+      link->Stop();
       (*grpc_server)->Shutdown();
       (*data_plane)->Shutdown();
       return fail(st);
@@ -159,6 +170,7 @@ int Main(int argc, char** argv) {
   if (link) link->Stop();  // the coordinator re-places our experts first
   (*grpc_server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   (*data_plane)->Shutdown();
+  if (link && !link->fatal().ok()) return fail(link->fatal());
   return 0;
 }
 

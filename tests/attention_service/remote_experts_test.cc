@@ -171,6 +171,38 @@ TEST_F(RemoteExpertsTest, DeadShardFailsTheStepWithUnavailableThenRecovers) {
   EXPECT_EQ(logits, expected);
 }
 
+TEST_F(RemoteExpertsTest, SparseShardIdsServeWithoutAddressesForAbsentShards) {
+  // Shards 0..3; shard 1 dies and the next table (the coordinator keeps shard
+  // ids stable) holds shards {0, 2, 3}: shard 1 needs no address.
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 4, 1);
+  ASSERT_TRUE(v1.ok());
+  StartShards(*v1);
+  auto client = transport::CreateInProcessClient();
+  DataPlaneExpertBackend backend(*client, {});
+  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  planes_[1]->Shutdown();
+  router::Placement v2 = *v1;
+  v2.version = 2;
+  for (auto& r : v2.replicas) {
+    if (r == std::vector<int32_t>{1}) r = {2};
+  }
+  ASSERT_TRUE(v2.ExpertsOf(1).empty());
+  for (int s : {0, 2, 3}) ASSERT_TRUE(servers_[s]->LoadExperts(v2).ok());
+  std::vector<std::string> addresses = addresses_;
+  addresses[1].clear();
+  ASSERT_TRUE(backend.SetPlacement(v2, addresses).ok());
+  std::vector<std::vector<float>> logits;
+  ASSERT_TRUE(RunStep(backend, &logits).ok());
+  EXPECT_EQ(logits, expected);
+  EXPECT_EQ(backend.stats().failures, 0);
+  // A shard the table uses still needs its address.
+  router::Placement v3 = v2;
+  v3.version = 3;
+  addresses[3].clear();
+  EXPECT_EQ(backend.SetPlacement(v3, addresses).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(RemoteExpertsTest, OlderPlacementIsRefused) {
   auto v2 = router::DefaultPlacement(gate_, 1, 2);
   ASSERT_TRUE(v2.ok());

@@ -411,6 +411,47 @@ TEST(Cluster, KilledShardFailsOnlyAffectedRequestsThenRecovers) {
   ExpectCleanExit(*n.process);
 }
 
+// Shard ids stay stable (the coordinator's tables keep a dead shard's id
+// out rather than renumbering): a table over shards {0, 2} serves like a
+// dense one. The processes also take --coordinator with no coordinator
+// listening: they print their ready line, serve, and exit 0 on SIGTERM.
+TEST(Cluster, SparseShardIdsAndAnAbsentCoordinator) {
+  const std::string model = ModelDir("v2_bf16");
+  const std::vector<std::string> coord = {"--coordinator", "127.0.0.1:1"};
+  Shard s0 = StartShard(model, 0, 0, "tcp", coord), s2 = StartShard(model, 2, 0, "tcp", coord);
+  internal::PlacementTable t;
+  t.set_version(1);
+  for (int e = 0; e < 160; ++e) t.add_experts()->add_shard_ids((e / 20) % 2 ? 2 : 0);
+  for (const auto& [id, shard] : {std::pair{2, &s2}, std::pair{0, &s0}}) {
+    internal::ShardEndpoint* ep = t.add_shards();
+    ep->set_shard_id(id);
+    ep->set_grpc_address(shard->address());
+  }
+  for (const auto& [id, shard] : {std::pair{0, &s0}, std::pair{2, &s2}}) {
+    auto stub = internal::ExpertShardService::NewStub(
+        grpc::CreateChannel(shard->address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    internal::LoadExpertsRequest req;
+    req.set_shard_id(id);
+    *req.mutable_table() = t;
+    internal::LoadExpertsResponse resp;
+    const grpc::Status st = stub->LoadExperts(&ctx, req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(resp.experts_size(), 80) << "shard " << id;
+  }
+  Node n = StartNode(model, {}, "tcp", coord);
+  {
+    grpc::ClientContext ctx;
+    internal::SetPlacementResponse resp;
+    const grpc::Status st = n.stub->SetPlacement(&ctx, t, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  RunAndCompare(model, {&n}, MakeJobs(6, 91), 1);
+  ExpectCleanExit(*n.process);
+  ExpectCleanExit(*s0.process);
+  ExpectCleanExit(*s2.process);
+}
+
 TEST(Cluster, UnavailableWithoutPlacementAndBadRequests) {
   const std::string model = ModelDir("v2_bf16");
   Node n = StartNode(model, {}, "tcp");

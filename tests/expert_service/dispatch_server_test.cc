@@ -138,5 +138,28 @@ TEST_F(DispatchServerTest, LoadExpertsRefusesOlderVersions) {
   EXPECT_EQ(server_->experts().size(), static_cast<size_t>(config_.n_routed_experts));
 }
 
+TEST_F(DispatchServerTest, SparseShardIdsHoldOnlyWhatTheTableGives) {
+  // This is shard 1. Version 4: shards {0, 3} only (1 and 2 absent).
+  router::Placement p = placement_;
+  p.version = 4;
+  for (size_t e = 0; e < p.replicas.size(); ++e) p.replicas[e] = {e % 2 ? 3 : 0};
+  ASSERT_TRUE(server_->LoadExperts(p).ok());
+  EXPECT_TRUE(server_->experts().empty());
+  EXPECT_EQ(server_->placement_version(), 4u);
+  EXPECT_EQ(StatusOf(server_->HandleMessage(Request({0}, 4))), WireStatus::kNotFound);
+  // Version 5: shards {1, 3}; shard 1 gains the even experts.
+  p.version = 5;
+  for (size_t e = 0; e < p.replicas.size(); ++e) p.replicas[e] = {e % 2 ? 3 : 1};
+  ASSERT_TRUE(server_->LoadExperts(p).ok());
+  EXPECT_EQ(server_->experts(), p.ExpertsOf(1));
+  EXPECT_EQ(StatusOf(server_->HandleMessage(Request({0, 2}, 5))), WireStatus::kOk);
+  // Version 6: one shard, id 0; this shard's id is past the table's.
+  p.version = 6;
+  p.num_shards = 1;
+  for (auto& r : p.replicas) r = {0};
+  ASSERT_TRUE(server_->LoadExperts(p).ok());
+  EXPECT_TRUE(server_->experts().empty());
+}
+
 }  // namespace
 }  // namespace dsv2

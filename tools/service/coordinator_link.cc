@@ -3,10 +3,10 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-
 #include "coordinator.grpc.pb.h"
 
 namespace dsv2::service {
@@ -15,17 +15,33 @@ struct CoordinatorLink::Rpc {
   std::unique_ptr<internal::Coordinator::Stub> stub;
 };
 
+namespace {
+
+std::shared_ptr<grpc::Channel> MakeChannel(const CoordinatorLinkOptions& options) {
+  // gRPC's default reconnect backoff grows to 120 s; a node must find a
+  // restarted coordinator within its heartbeat timeout, so cap it.
+  const int backoff_ms = static_cast<int>(std::clamp<int64_t>(
+      absl::ToInt64Milliseconds(options.retry_interval), int64_t{100}, int64_t{5000}));
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_ms);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_ms);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_ms);
+  return grpc::CreateCustomChannel(options.coordinator_address, grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
+}  // namespace
+
 CoordinatorLink::CoordinatorLink(CoordinatorLinkOptions options)
     : options_(std::move(options)), rpc_(std::make_unique<Rpc>()) {
-  rpc_->stub = internal::Coordinator::NewStub(
-      grpc::CreateChannel(options_.coordinator_address, grpc::InsecureChannelCredentials()));
+  rpc_->stub = internal::Coordinator::NewStub(MakeChannel(options_));
 }
 
 CoordinatorLink::~CoordinatorLink() { Stop(); }
 
 void CoordinatorLink::Start() {
   absl::MutexLock lock(&mu_);
-  if (started_) return;
+  if (started_ || stop_) return;
   started_ = true;
   thread_ = std::thread([this] { Run(); });
 }
@@ -38,6 +54,7 @@ absl::Status CoordinatorLink::WaitRegistered(absl::Duration timeout) {
   mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
   if (!fatal_.ok()) return fatal_;
   if (registrations_ > 0) return absl::OkStatus();
+  if (stop_) return absl::FailedPreconditionError("the coordinator link is stopped");
   return absl::DeadlineExceededError(absl::StrCat("not registered with the coordinator at ",
                                                   options_.coordinator_address, " after ",
                                                   absl::FormatDuration(timeout)));
@@ -53,23 +70,26 @@ int64_t CoordinatorLink::registrations() const {
   return registrations_;
 }
 
+// One loop: wait (retry or heartbeat interval; the first Register goes out
+// at once), then Register when not registered, else Heartbeat. Each error
+// code is logged once until a call succeeds again.
 void CoordinatorLink::Run() {
   absl::Duration interval = options_.retry_interval;
   grpc::StatusCode last_error = grpc::OK;
+  bool first = true;
   while (true) {
+    grpc::ClientContext ctx;
     uint64_t node_id;
     {
       absl::MutexLock lock(&mu_);
       auto stopping = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
-      // The first registration goes out at once; later calls wait.
-      if (registrations_ > 0 || last_error != grpc::OK) {
-        if (mu_.AwaitWithTimeout(absl::Condition(&stopping), interval)) return;
-      }
+      if (!first && mu_.AwaitWithTimeout(absl::Condition(&stopping), interval)) return;
       if (stop_) return;
+      first = false;
       node_id = node_id_;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+      in_flight_ = &ctx;  // a TryCancel before the call starts cancels it at once
     }
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
     grpc::Status st;
     if (node_id == 0) {
       internal::RegisterRequest req = options_.registration;
@@ -80,8 +100,9 @@ void CoordinatorLink::Run() {
       }
       internal::RegisterResponse resp;
       st = rpc_->stub->Register(&ctx, req, &resp);
+      absl::MutexLock lock(&mu_);
+      in_flight_ = nullptr;
       if (st.ok()) {
-        absl::MutexLock lock(&mu_);
         node_id_ = resp.node_id();
         ++registrations_;
         interval = resp.heartbeat_interval_ms() > 0
@@ -90,12 +111,11 @@ void CoordinatorLink::Run() {
         spdlog::info("registered with the coordinator at {} as node {}",
                      options_.coordinator_address, resp.node_id());
       } else if (st.error_code() == grpc::INVALID_ARGUMENT) {
-        spdlog::error("the coordinator at {} refused this node: {}",
-                      options_.coordinator_address, st.error_message());
-        absl::MutexLock lock(&mu_);
         fatal_ = absl::InvalidArgumentError(
-            absl::StrCat("the coordinator refused the registration: ", st.error_message()));
-        return;
+            absl::StrCat("the coordinator at ", options_.coordinator_address,
+                         " refused the registration: ", st.error_message()));
+      } else {
+        interval = options_.retry_interval;
       }
     } else {
       internal::HeartbeatRequest req;
@@ -103,25 +123,37 @@ void CoordinatorLink::Run() {
       req.set_node_id(node_id);
       internal::HeartbeatResponse resp;
       st = rpc_->stub->Heartbeat(&ctx, req, &resp);
+      absl::MutexLock lock(&mu_);
+      in_flight_ = nullptr;
       if (st.error_code() == grpc::NOT_FOUND) {
+        // The coordinator restarted or declared us dead: register again
+        // after one interval (it may still be starting up).
         spdlog::warn("the coordinator no longer knows node {}: registering again", node_id);
-        absl::MutexLock lock(&mu_);
         node_id_ = 0;
       }
     }
-    if (!st.ok() && st.error_code() != grpc::NOT_FOUND) {
-      if (st.error_code() != last_error) {
+    absl::Status fatal;
+    {
+      absl::MutexLock lock(&mu_);
+      fatal = fatal_;
+    }
+    if (!fatal.ok()) {
+      spdlog::error("{}", std::string(fatal.message()));
+      if (options_.on_fatal) options_.on_fatal(fatal);
+      return;
+    }
+    if (st.ok() || st.error_code() == grpc::NOT_FOUND) {
+      if (last_error != grpc::OK) {
+        spdlog::info("coordinator at {} reachable again", options_.coordinator_address);
+      }
+      last_error = grpc::OK;
+    } else if (st.error_code() != last_error) {
+      // CANCELLED here is Stop cancelling the call: not worth a warning.
+      if (st.error_code() != grpc::CANCELLED) {
         spdlog::warn("coordinator at {}: {} (code {}); retrying", options_.coordinator_address,
                      st.error_message(), static_cast<int>(st.error_code()));
       }
       last_error = st.error_code();
-      {
-        absl::MutexLock lock(&mu_);
-        if (node_id_ == 0) interval = options_.retry_interval;
-      }
-    } else if (st.ok()) {
-      if (last_error != grpc::OK) spdlog::info("coordinator reachable again");
-      last_error = grpc::OK;
     }
   }
 }
@@ -131,6 +163,7 @@ void CoordinatorLink::Stop() {
     absl::MutexLock lock(&mu_);
     if (stop_) return;
     stop_ = true;
+    if (in_flight_ != nullptr) in_flight_->TryCancel();
   }
   if (thread_.joinable()) thread_.join();
   uint64_t node_id;
@@ -138,13 +171,19 @@ void CoordinatorLink::Stop() {
     absl::MutexLock lock(&mu_);
     node_id = node_id_;
   }
-  if (node_id != 0) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Milliseconds(500)));
-    internal::LeaveRequest req;
-    req.set_node_id(node_id);
-    internal::LeaveResponse resp;
-    (void)rpc_->stub->Leave(&ctx, req, &resp);  // best effort: heartbeats time out anyway
+  if (node_id == 0) return;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(
+      absl::ToChronoTime(absl::Now() + std::min(options_.call_timeout, absl::Milliseconds(500))));
+  internal::LeaveRequest req;
+  req.set_node_id(node_id);
+  internal::LeaveResponse resp;
+  const grpc::Status st = rpc_->stub->Leave(&ctx, req, &resp);
+  if (st.ok()) {
+    spdlog::info("left the coordinator at {} (node {})", options_.coordinator_address, node_id);
+  } else {
+    spdlog::warn("Leave to the coordinator at {} failed: {}", options_.coordinator_address,
+                 st.error_message());
   }
 }
 

@@ -5,9 +5,12 @@
 // coordinator no longer knows the node (it restarted or declared the node
 // dead), and sends Leave on Stop.
 //
-// Threads: Start spawns one owned thread that makes every RPC; Stop wakes
-// and joins it. The load callback runs on that thread. All public methods
-// are thread-safe.
+// Threads: Start spawns one owned thread that makes every Register and
+// Heartbeat call; Stop wakes it, cancels the call in flight, joins it, and
+// then sends Leave from the calling thread. The `load` and `on_fatal` callbacks run
+// on that thread and must not call Stop. All public methods are
+// thread-safe. The link owns its channel and thread; the callbacks' captures
+// must outlive Stop (the destructor calls it).
 #ifndef DSV2_TOOLS_SERVICE_COORDINATOR_LINK_H_
 #define DSV2_TOOLS_SERVICE_COORDINATOR_LINK_H_
 
@@ -23,15 +26,29 @@
 #include "absl/time/time.h"
 #include "coordinator.pb.h"
 
+namespace grpc {
+class ClientContext;
+}  // namespace grpc
+
 namespace dsv2::service {
 
 struct CoordinatorLinkOptions {
   std::string coordinator_address;  // "host:port"
+  // Sent with every Register; its placement_version is replaced by the one
+  // `load` reports (the version this node serves now).
   internal::RegisterRequest registration;
   // Fills the load fields of each heartbeat (and the placement version of a
   // re-registration); may be empty.
   std::function<void(internal::HeartbeatRequest*)> load;
+  // Called once, on the link's thread, when the coordinator refuses the
+  // registration (INVALID_ARGUMENT); the link has ended. May be empty. A
+  // service binary raises SIGTERM here and exits 1 with fatal().
+  std::function<void(const absl::Status&)> on_fatal;
+  // Deadline of each Register/Heartbeat call (Leave: at most 500 ms).
   absl::Duration call_timeout = absl::Seconds(2);
+  // Wait between registration attempts while the coordinator is
+  // unreachable; also bounds the channel's reconnect backoff, so a
+  // coordinator that comes back is found within about this long.
   absl::Duration retry_interval = absl::Milliseconds(500);
 };
 
@@ -42,31 +59,41 @@ class CoordinatorLink {
   CoordinatorLink(const CoordinatorLink&) = delete;
   CoordinatorLink& operator=(const CoordinatorLink&) = delete;
 
+  // Starts the thread: the first Register goes out at once. Idempotent;
+  // does nothing after Stop.
   void Start();
   // Waits up to `timeout` for the first registration. OK once registered;
   // the coordinator's refusal (INVALID_ARGUMENT: a different model, bad
-  // fields) is returned as is and ends the link; DeadlineExceeded otherwise.
+  // fields) is returned as is and ends the link; FailedPrecondition after
+  // Stop; DeadlineExceeded otherwise.
   absl::Status WaitRegistered(absl::Duration timeout);
   // Fatal refusal so far (OK if none): the node should exit.
   absl::Status fatal() const;
   // Registrations so far (1 after the first; more after re-registering).
   int64_t registrations() const;
-  // Sends Leave (best effort), stops and joins the thread. Idempotent.
+  // Stops and joins the thread, then sends Leave for the current
+  // registration (best effort: a coordinator that misses it declares the
+  // node dead after its heartbeat timeout). Idempotent.
   void Stop();
 
  private:
   struct Rpc;  // gRPC stub (coordinator_link.cc), so this header stays light
   void Run();
 
+  // Constant after construction.
   const CoordinatorLinkOptions options_;
-  std::unique_ptr<Rpc> rpc_;
+  const std::unique_ptr<Rpc> rpc_;
+
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t node_id_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t node_id_ ABSL_GUARDED_BY(mu_) = 0;  // 0 = not registered
   int64_t registrations_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status fatal_ ABSL_GUARDED_BY(mu_);
-  std::thread thread_;
+  // The Register/Heartbeat call in flight on the thread (Stop cancels it).
+  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
+
+  std::thread thread_;  // started by Start, joined by Stop
 };
 
 }  // namespace dsv2::service
