@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 PKGS=(cmake ninja-build g++ ccache pkg-config
       libabsl-dev libre2-dev nlohmann-json3-dev libgtest-dev
       libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-      libucx-dev libspdlog-dev)
+      libucx-dev libspdlog-dev prometheus-cpp-dev
+      prometheus)  # prometheus + promtool: the metrics and monitoring tests
+# kubectl (for `kubectl kustomize` in the deploy tests): Debian's
+# kubernetes-client unless a kubectl is already installed.
+command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)
 # The Python client test needs python3 with venv (Debian splits it out).
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
   PKGS+=(python3 python3-venv)
@@ -26,8 +30,8 @@ fi
 # Python test tools from PyPI (pinned) in .venv: grpcio + grpcio-tools for the
 # API client test (tests/python).
 VENV="${DSV2_VENV:-.venv}"
-if ! "$VENV/bin/python" -c "import grpc_tools, grpc_health, grpc_reflection" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import grpc_tools, grpc_health, grpc_reflection, yaml, kubernetes_validate" >/dev/null 2>&1; then
   echo "setup: creating $VENV with tests/python/requirements.txt" >&2
-  python3 -m venv "$VENV"
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt >&2
 fi

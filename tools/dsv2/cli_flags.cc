@@ -9,6 +9,10 @@
 
 namespace dsv2::cli {
 
+std::string EnvName(const std::string& flag) {
+  return "DSV2_" + absl::AsciiStrToUpper(absl::StrReplaceAll(flag, {{"-", "_"}}));
+}
+
 std::optional<std::string> ParsedFlags::Get(const std::string& name) const {
   auto it = values.find(name);
   if (it == values.end()) return std::nullopt;
@@ -59,7 +63,7 @@ absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
   // Environment first; the command line overwrites.
   for (const FlagSpec& s : specs) {
     const std::string env =
-        "DSV2_" + absl::AsciiStrToUpper(absl::StrReplaceAll(s.name, {{"-", "_"}}));
+        EnvName(s.name);
     if (const char* v = std::getenv(env.c_str())) out.values[s.name] = v;
   }
   for (int i = first; i < argc; ++i) {

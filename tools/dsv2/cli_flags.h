@@ -48,6 +48,10 @@ class ParsedFlags {
 absl::StatusOr<ParsedFlags> ParseFlags(int argc, char** argv, int first,
                                        const std::vector<FlagSpec>& specs);
 
+// The environment variable a flag also comes from: DSV2_<NAME>, upper case,
+// '-' -> '_' (e.g. "metrics-port" -> "DSV2_METRICS_PORT").
+std::string EnvName(const std::string& flag);
+
 std::string FlagsHelp(const std::vector<FlagSpec>& specs);
 
 }  // namespace dsv2::cli

@@ -1,5 +1,7 @@
 #include "tools/service/service_common.h"
 
+#include "nlohmann/json.hpp"
+
 #include <algorithm>
 
 #include <google/protobuf/util/json_util.h>
@@ -24,12 +26,18 @@ std::vector<cli::FlagSpec> CommonFlagSpecs() {
       {"cpu-isa", false, "scalar, avx2 or avx512 (default: DSV2_CPU_ISA or the best available)"},
       {"host", false, "address the gRPC server binds (default 127.0.0.1; 0.0.0.0 for all)"},
       {"port", false, "gRPC port (default 0 = OS-chosen; the port is in the ready line)"},
+      {"metrics-port", false,
+       "HTTP port serving Prometheus /metrics on --host (default 0 = OS-chosen; in the ready "
+       "line as metrics_port)"},
       {"ucx-transports", false,
        "UCX transports for the data plane, UCX_TLS syntax: tcp, sm, rc,sm, ... "
        "(default: UCX's choice)"},
       {"rendezvous-threshold", false,
        "data-plane messages of at least this many bytes go by UCX rendezvous (default 65536)"},
       {"help", true, "show this help"},
+      {"flags-json", true,
+       "print every flag as JSON ([{name, bool, help}], one line) and exit (for tools that "
+       "check manifests against the real flags)"},
   };
 }
 
@@ -47,6 +55,12 @@ absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags) {
     return absl::InvalidArgumentError(absl::StrCat("--port=", port, " must be in [0, 65535]"));
   }
   c.port = static_cast<int>(port);
+  DSV2_ASSIGN_OR_RETURN(const int64_t metrics_port, flags.GetInt("metrics-port", 0));
+  if (metrics_port < 0 || metrics_port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-port=", metrics_port, " must be in [0, 65535]"));
+  }
+  c.metrics_port = static_cast<int>(metrics_port);
   c.ucx_transports = flags.Get("ucx-transports").value_or("");
   DSV2_ASSIGN_OR_RETURN(c.rendezvous_threshold, flags.GetInt("rendezvous-threshold", 64 << 10));
   if (c.rendezvous_threshold < 0) {
@@ -72,6 +86,16 @@ std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& bin
   }
   if (flags->GetBool("help")) {
     std::cout << binary << " flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  if (flags->GetBool("flags-json")) {
+    nlohmann::json all = nlohmann::json::array();
+    for (const cli::FlagSpec& f : specs) {
+      all.push_back({{"name", f.name}, {"bool", f.is_bool}, {"help", f.help},
+                     {"env", cli::EnvName(f.name)}});
+    }
+    std::cout << all.dump() << "\n";
     *exit_code = 0;
     return std::nullopt;
   }

@@ -37,6 +37,7 @@ struct CommonFlags {
   std::string cpu_isa;
   std::string host = "127.0.0.1";
   int port = 0;  // 0 = OS-chosen
+  int metrics_port = 0;  // /metrics HTTP port; 0 = OS-chosen
   std::string ucx_transports;
   int64_t rendezvous_threshold = 64 << 10;
 };
