@@ -32,8 +32,9 @@ struct AttentionEngine::Command {
   absl::Notification done;
 };
 
-AttentionEngine::AttentionEngine(Scheduler& scheduler, const LatentCache& cache)
-    : scheduler_(scheduler), cache_(cache) {
+AttentionEngine::AttentionEngine(Scheduler& scheduler, const LatentCache& cache,
+                                 std::function<void(const SchedulerStats&)> on_step)
+    : scheduler_(scheduler), cache_(cache), on_step_(std::move(on_step)) {
   stats_.cache_capacity_tokens = cache.capacity_tokens();
   stats_.cache_free_tokens = cache.free_blocks() * kLatentBlockTokens;
   thread_ = std::thread([this] { Run(); });
@@ -170,8 +171,10 @@ void AttentionEngine::Run() {
       Deliver(events);
       break;
     }
+    const int64_t steps_before = scheduler_.stats().steps_total;
     scheduler_.Step(&events);
     Deliver(events);
+    if (on_step_ && scheduler_.stats().steps_total != steps_before) on_step_(scheduler_.stats());
     absl::MutexLock lock(&mu_);
     stats_.scheduler = scheduler_.stats();
     stats_.cache_free_tokens = cache_.free_blocks() * kLatentBlockTokens;

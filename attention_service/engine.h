@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -49,7 +50,10 @@ class AttentionEngine {
  public:
   // `scheduler` and `cache` (the scheduler's) are used only by the engine
   // thread from now on; both must outlive the engine.
-  AttentionEngine(Scheduler& scheduler, const LatentCache& cache);
+  // `on_step` (may be empty) runs on the engine thread after every step with
+  // the scheduler's stats (metrics: batch size, step time).
+  AttentionEngine(Scheduler& scheduler, const LatentCache& cache,
+                  std::function<void(const SchedulerStats&)> on_step = nullptr);
   ~AttentionEngine();
 
   // Queues a request; its events arrive on the returned stream. The
@@ -76,6 +80,7 @@ class AttentionEngine {
 
   Scheduler& scheduler_;
   const LatentCache& cache_;
+  const std::function<void(const SchedulerStats&)> on_step_;
 
   mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<Command>> inbox_ ABSL_GUARDED_BY(mu_);

@@ -3,7 +3,7 @@
 // continuous-batching scheduler, reaches the routed experts on expert-shard
 // services over UCX (DataPlaneExpertBackend), and serves the AttentionNode
 // gRPC API (+ grpc.health.v1) on --port. Prints one ready line on stdout:
-//   dsv2-attention ready port=PORT cache_tokens=N placement_version=V
+//   dsv2-attention ready port=PORT metrics_port=PORT cache_tokens=N placement_version=V
 // With --coordinator it registers once its gRPC server listens (without a
 // placement until the coordinator pushes one) and heartbeats its load.
 // SIGTERM/SIGINT: leave the coordinator, stop admitting, finish live
@@ -33,6 +33,7 @@
 #include "attention_service/node_server.h"
 #include "attention_service/remote_experts.h"
 #include "attention_service/scheduler.h"
+#include "metrics/metrics.h"
 #include "kernels/cpu.h"
 #include "kernels/status_macros.h"
 #include "model/config.h"
@@ -139,7 +140,14 @@ int Main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<transport::DataPlaneClient>> client =
       transport::CreateUcxClient(service::UcxOptionsFromFlags(cmd->common));
   if (!client.ok()) return fail(client.status());
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+      metrics::MetricsServer::Start(cmd->common.host, cmd->common.metrics_port);
+  if (!metrics_server.ok()) return fail(metrics_server.status());
+  metrics::AttentionMetrics node_metrics((*metrics_server)->registry());
   RemoteExpertsOptions ro;
+  ro.on_dispatch_done = [&node_metrics](double seconds) {
+    node_metrics.expert_dispatch_seconds.Observe(seconds);
+  };
   ro.dispatch_timeout = absl::Milliseconds(dispatch_ms);
   DataPlaneExpertBackend backend(**client, ro);
   if (table) {
@@ -159,7 +167,28 @@ int Main(int argc, char** argv) {
   so.max_waiting = max_waiting;
   so.eos_token_ids = config->eos_token_ids;
   Scheduler scheduler(*config, loop, **cache, so);
-  AttentionEngine engine(scheduler, **cache);
+  AttentionEngine engine(scheduler, **cache, [&node_metrics](const SchedulerStats& st) {
+    node_metrics.batch_size.Observe(static_cast<double>(st.last_step_sequences));
+    node_metrics.step_seconds.Observe(st.last_step.step_seconds);
+  });
+  (*metrics_server)->OnScrape([&engine, &backend, &node_metrics] {
+    const EngineStats st = engine.stats();
+    const int64_t total = st.cache_capacity_tokens / kLatentBlockTokens;
+    const int64_t free_blocks = st.cache_free_tokens / kLatentBlockTokens;
+    node_metrics.latent_cache_blocks.Add({{"state", "used"}})
+        .Set(static_cast<double>(total - free_blocks));
+    node_metrics.latent_cache_blocks.Add({{"state", "free"}}).Set(static_cast<double>(free_blocks));
+    node_metrics.latent_cache_usage_ratio.Set(
+        total > 0 ? static_cast<double>(total - free_blocks) / static_cast<double>(total) : 0.0);
+    metrics::SetCounterTotal(node_metrics.preemptions,
+                             static_cast<double>(st.scheduler.preemptions_total));
+    const std::vector<int64_t> load = backend.stats().expert_assignments;
+    for (size_t e = 0; e < load.size(); ++e) {
+      if (load[e] == 0) continue;
+      metrics::SetCounterTotal(node_metrics.expert_assignments.Add({{"expert", std::to_string(e)}}),
+                               static_cast<double>(load[e]));
+    }
+  });
 
   AttentionNodeServer node(*config, engine, backend);
   int port = 0;
@@ -194,10 +223,12 @@ int Main(int argc, char** argv) {
       link->Stop();
       (*server)->Shutdown();
       engine.Shutdown();
+      metrics_server->reset();
       return fail(st);
     }
   }
   service::PrintReadyLine(absl::StrCat("dsv2-attention ready port=", port,
+                                       " metrics_port=", (*metrics_server)->port(),
                                        " cache_tokens=", (*cache)->capacity_tokens(),
                                        " placement_version=", backend.placement_version()));
   spdlog::info("attention node serving on port {} ({} cache tokens, {} threads)", port,
@@ -212,6 +243,7 @@ int Main(int argc, char** argv) {
   // Live requests are done (or failed) by now; cancel whatever RPC is left.
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   engine.Shutdown();
+  metrics_server->reset();  // no scrape may read a stopped engine
   spdlog::info("stopped");
   if (link && !link->fatal().ok()) return fail(link->fatal());
   return 0;

@@ -24,6 +24,7 @@ uint16_t ToWireDType(DType d) {
 struct DataPlaneExpertBackend::Pending {
   router::ExpertDispatch dispatch;
   DispatchContext context;
+  absl::Time sent;
   absl::Time deadline;
   std::shared_ptr<const PlacementState> state;
   router::DispatchPlan plan;
@@ -169,12 +170,20 @@ absl::StatusOr<uint64_t> DataPlaneExpertBackend::Send(router::ExpertDispatch dis
   auto p = std::make_unique<Pending>();
   p->dispatch = std::move(dispatch);
   p->context = context;
-  p->deadline = absl::Now() + options_.dispatch_timeout;
+  p->sent = absl::Now();
+  p->deadline = p->sent + options_.dispatch_timeout;
   p->outputs.resize(p->dispatch.assignments.size() * static_cast<size_t>(p->dispatch.hidden) *
                     DTypeSize(p->dispatch.dtype));
   {
     absl::MutexLock lock(&mu_);
     ++stats_.dispatches;
+    for (const router::Assignment& a : p->dispatch.assignments) {
+      if (a.expert < 0) continue;
+      if (static_cast<size_t>(a.expert) >= stats_.expert_assignments.size()) {
+        stats_.expert_assignments.resize(static_cast<size_t>(a.expert) + 1, 0);
+      }
+      ++stats_.expert_assignments[a.expert];
+    }
   }
   DSV2_RETURN_IF_ERROR(SendParts(*p));
   const uint64_t ticket = next_ticket_++;
@@ -297,6 +306,9 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
   out.dtype = d.dtype;
   out.hidden = d.hidden;
   out.outputs = std::move(p->outputs);
+  if (options_.on_dispatch_done) {
+    options_.on_dispatch_done(absl::ToDoubleSeconds(absl::Now() - p->sent));
+  }
   return out;
 }
 

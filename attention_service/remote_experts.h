@@ -22,6 +22,7 @@
 #define DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,9 @@ namespace dsv2 {
 struct RemoteExpertsOptions {
   // Deadline of one dispatch from Send, re-sends included.
   absl::Duration dispatch_timeout = absl::Seconds(10);
+  // Called on the waiting (engine) thread when a dispatch completed: seconds
+  // from Send until every reply arrived. May be empty.
+  std::function<void(double seconds)> on_dispatch_done;
 };
 
 struct RemoteExpertsStats {
@@ -49,6 +53,9 @@ struct RemoteExpertsStats {
   int64_t failures = 0;         // Waits that returned an error
   int64_t request_bytes = 0;    // wire bytes sent
   int64_t reply_bytes = 0;      // wire bytes received
+  // Token->expert assignments sent, by routed expert id (the per-expert
+  // load; sized by the largest expert id seen).
+  std::vector<int64_t> expert_assignments;
 };
 
 class DataPlaneExpertBackend : public ExpertBackend {

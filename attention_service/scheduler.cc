@@ -293,6 +293,7 @@ bool Scheduler::Step(std::vector<SequenceEvent>* events) {
 
   StepOutput out;
   const absl::Status st = loop_.Step(std::span<StepSequence>(batch), &out);
+  stats_.last_step = out.stats;
   std::vector<Sequence*> done;
   if (!st.ok()) {
     ++stats_.failed_steps_total;

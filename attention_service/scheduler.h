@@ -92,6 +92,7 @@ struct SchedulerStats {
   int64_t finished_total = 0;
   int64_t last_step_tokens = 0;     // tokens in the last step
   int64_t last_step_sequences = 0;  // sequences in the last step
+  StepStats last_step;              // the layer loop's figures of the last step
 };
 
 class Scheduler {

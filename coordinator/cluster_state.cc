@@ -16,6 +16,7 @@ uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t
   for (auto it = attention_.begin(); it != attention_.end();) {
     it = it->second.address == address ? attention_.erase(it) : std::next(it);
   }
+  dead_attention_.erase(address);
   AttentionNodeEntry e;
   e.node_id = next_node_id_++;
   e.address = address;
@@ -44,6 +45,7 @@ absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std
   e.last_heartbeat = now;
   max_reported_version_ = std::max(max_reported_version_, placement_version);
   shards_[shard_id] = e;
+  dead_shards_.erase(shard_id);
   ++shard_generation_;
   return e.node_id;
 }
@@ -68,11 +70,16 @@ absl::Status ClusterState::Heartbeat(uint64_t node_id, uint32_t placement_versio
   return absl::NotFoundError(absl::StrCat("node ", node_id, " is not registered"));
 }
 
-bool ClusterState::Remove(uint64_t node_id) {
+bool ClusterState::Remove(uint64_t node_id, bool dead) {
   absl::MutexLock lock(&mu_);
-  if (attention_.erase(node_id) > 0) return true;
+  if (auto it = attention_.find(node_id); it != attention_.end()) {
+    if (dead) dead_attention_.insert(it->second.address);
+    attention_.erase(it);
+    return true;
+  }
   for (auto it = shards_.begin(); it != shards_.end(); ++it) {
     if (it->second.node_id == node_id) {
+      if (dead) dead_shards_.insert(it->first);
       shards_.erase(it);
       ++shard_generation_;
       return true;
@@ -81,12 +88,19 @@ bool ClusterState::Remove(uint64_t node_id) {
   return false;
 }
 
+ClusterState::DeadCounts ClusterState::dead_counts() const {
+  absl::MutexLock lock(&mu_);
+  return DeadCounts{static_cast<int64_t>(dead_attention_.size()),
+                    static_cast<int64_t>(dead_shards_.size())};
+}
+
 std::vector<uint64_t> ClusterState::ExpireDead(absl::Time now, absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   std::vector<uint64_t> removed;
   for (auto it = attention_.begin(); it != attention_.end();) {
     if (now - it->second.last_heartbeat > timeout) {
       removed.push_back(it->first);
+      dead_attention_.insert(it->second.address);
       it = attention_.erase(it);
     } else {
       ++it;
@@ -95,6 +109,7 @@ std::vector<uint64_t> ClusterState::ExpireDead(absl::Time now, absl::Duration ti
   for (auto it = shards_.begin(); it != shards_.end();) {
     if (now - it->second.last_heartbeat > timeout) {
       removed.push_back(it->second.node_id);
+      dead_shards_.insert(it->first);
       it = shards_.erase(it);
       ++shard_generation_;
     } else {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -77,12 +78,21 @@ class ClusterState {
   // NotFound for an unknown id (the node registers again).
   absl::Status Heartbeat(uint64_t node_id, uint32_t placement_version, int64_t resident_bytes,
                          absl::Time now);
-  // Removes a node (leave or death); false if unknown. Requests waiting in
-  // the queue are re-examined.
-  bool Remove(uint64_t node_id);
+  // Removes a node; false if unknown. `dead`: it failed (counted in
+  // dead_counts until a node with its identity registers again) rather
+  // than left.
+  bool Remove(uint64_t node_id, bool dead = false);
   // Removes every node whose last heartbeat is older than now - timeout;
   // returns the removed ids.
   std::vector<uint64_t> ExpireDead(absl::Time now, absl::Duration timeout);
+
+  // Nodes declared dead (heartbeat timeout, failed calls) and not replaced
+  // since by a registration with the same address (attention) or shard id.
+  struct DeadCounts {
+    int64_t attention = 0;
+    int64_t shards = 0;
+  };
+  DeadCounts dead_counts() const;
 
   // Bumped by every change of the shard set (join, leave, death, replace).
   uint64_t shard_generation() const;
@@ -140,6 +150,8 @@ class ClusterState {
   PublishedPlacement published_ ABSL_GUARDED_BY(mu_);
   bool complete_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<Ticket> queue_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<std::string> dead_attention_ ABSL_GUARDED_BY(mu_);  // addresses
+  absl::flat_hash_set<int32_t> dead_shards_ ABSL_GUARDED_BY(mu_);         // shard ids
 };
 
 }  // namespace dsv2::coordinator

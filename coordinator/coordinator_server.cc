@@ -13,13 +13,16 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "attention_node.grpc.pb.h"
 #include "coordinator.grpc.pb.h"
 #include "coordinator/text_stream.h"
 #include "expert_shard.grpc.pb.h"
 #include "inference.grpc.pb.h"
+#include "metrics/metrics.h"
 #include "router/gate.h"
 #include "router/plan.h"
 
@@ -263,7 +266,7 @@ bool CoordinatorCore::Republish() {
                    s.shard_id, s.address, st.error_message(), static_cast<int>(st.error_code()));
       if (st.error_code() == grpc::UNAVAILABLE || st.error_code() == grpc::DEADLINE_EXCEEDED) {
         // Dead or hung: drop it now rather than at its heartbeat timeout.
-        state.Remove(s.node_id);
+        state.Remove(s.node_id, /*dead=*/true);
       }
       return false;
     }
@@ -362,6 +365,7 @@ class InferenceService final : public v1::Inference::Service {
  public:
   explicit InferenceService(CoordinatorCore& c) : c_(c) {}
 
+  // Runs GenerateStream and counts its outcome.
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
 
@@ -437,6 +441,11 @@ class InferenceService final : public v1::Inference::Service {
   }
 
  private:
+  // The whole Generate; *finish is set on success.
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                              grpc::ServerWriter<v1::GenerateResponse>* writer, absl::Time t_start,
+                              v1::FinishReason* finish);
+
   CoordinatorCore& c_;
 };
 
@@ -444,6 +453,27 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
                                         const v1::GenerateRequest* req,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const absl::Time t_start = absl::Now();
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  const grpc::Status st = GenerateStream(ctx, req, writer, t_start, &finish);
+  if (metrics::CoordinatorMetrics* m = c_.options.metrics) {
+    if (st.ok()) {
+      std::string reason = v1::FinishReason_Name(finish);
+      reason = absl::AsciiStrToLower(absl::StripPrefix(reason, "FINISH_REASON_"));
+      m->requests.Add({{"finish_reason", reason}}).Increment();
+      m->request_duration.Observe(absl::ToDoubleSeconds(absl::Now() - t_start));
+    } else {
+      m->request_errors
+          .Add({{"code", absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code()))}})
+          .Increment();
+    }
+  }
+  return st;
+}
+
+grpc::Status InferenceService::GenerateStream(grpc::ServerContext* ctx,
+                                              const v1::GenerateRequest* req,
+                                              grpc::ServerWriter<v1::GenerateResponse>* writer,
+                                              absl::Time t_start, v1::FinishReason* finish_out) {
   absl::StatusOr<PreparedGenerate> prepared = PrepareGenerate(*req, c_.model);
   if (!prepared.ok()) return ToGrpc(prepared.status());
   {
@@ -484,6 +514,9 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
     }
   }
   const absl::Time t_admitted = absl::Now();
+  if (metrics::CoordinatorMetrics* m = c_.options.metrics) {
+    m->prompt_tokens.Increment(static_cast<double>(prepared->prompt_ids.size()));
+  }
 
   // Run on the node.
   internal::SubmitRequest sreq;
@@ -525,6 +558,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
   live.text.emplace(c_.model.tokenizer, prepared->stop);
   TextStream& text = *live.text;
   std::optional<absl::Time> t_first;
+  absl::Time t_last;
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   bool client_gone = false;
   grpc::Status result = grpc::Status::OK;
@@ -537,7 +571,17 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
     v1::GenerateResponse out;
     for (int i = 0; i < resp.token_ids_size(); ++i) {
       const int32_t id = resp.token_ids(i);
-      if (!t_first) t_first = absl::Now();
+      const absl::Time now = absl::Now();
+      if (metrics::CoordinatorMetrics* m = c_.options.metrics) {
+        m->generated_tokens.Increment();
+        if (t_first) {
+          m->inter_token_latency.Observe(absl::ToDoubleSeconds(now - t_last));
+        } else {
+          m->time_to_first_token.Observe(absl::ToDoubleSeconds(now - t_start));
+        }
+      }
+      if (!t_first) t_first = now;
+      t_last = now;
       {
         absl::MutexLock lock(&c_.live_mu);
         live.generated.push_back(id);
@@ -588,6 +632,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
   }
   c_.state.Release(node.node_id, need);
   if (finish != v1::FINISH_REASON_UNSPECIFIED && !client_gone) {
+    *finish_out = finish;
     spdlog::info("request {}: finished ({}) on node {}: {} prompt + {} generated tokens in {}",
                  request_id, v1::FinishReason_Name(finish), node.node_id,
                  prepared->prompt_ids.size(), live.generated.size(),

@@ -37,6 +37,14 @@ namespace dsv2::coordinator {
 
 struct CoordinatorCore;  // coordinator_server.cc
 
+}  // namespace dsv2::coordinator
+
+namespace dsv2::metrics {
+struct CoordinatorMetrics;
+}  // namespace dsv2::metrics
+
+namespace dsv2::coordinator {
+
 struct CoordinatorOptions {
   AdmissionOptions admission;
   // Nodes heartbeat at this interval; a node silent for heartbeat_timeout is
@@ -47,6 +55,9 @@ struct CoordinatorOptions {
   absl::Duration load_experts_timeout = absl::Seconds(120);
   // Deadline of the other control calls to nodes.
   absl::Duration control_timeout = absl::Seconds(10);
+  // Request metrics (finish reasons, errors, TTFT, inter-token latency,
+  // durations, tokens); null = none. Must outlive the coordinator.
+  metrics::CoordinatorMetrics* metrics = nullptr;
   // Informational, for GetModelInfo.
   std::string model_name;
   std::string model_type;

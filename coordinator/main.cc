@@ -3,7 +3,8 @@
 // (attention nodes and expert shards register and heartbeat),
 // grpc.health.v1.Health and server reflection on --port, and prints one
 // ready line on stdout:
-//   dsv2-coordinator ready port=PORT
+//   dsv2-coordinator ready port=PORT metrics_port=PORT
+// Prometheus /metrics is served on --metrics-port (metrics/metrics.h).
 // Health: "" is SERVING while the process runs; "dsv2.v1.Inference" is
 // SERVING only while an attention node and a complete placement exist.
 // SIGTERM/SIGINT: stop admitting, let live requests finish (up to
@@ -24,6 +25,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/coordinator_server.h"
+#include "metrics/metrics.h"
 #include "model/chat_template.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
@@ -130,7 +132,26 @@ int Main(int argc, char** argv) {
     options.model_name = std::filesystem::path(dir).lexically_normal().parent_path().filename();
   }
   options.model_type = model_type;
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+      metrics::MetricsServer::Start(cmd->common.host, cmd->common.metrics_port);
+  if (!metrics_server.ok()) return fail(metrics_server.status());
+  metrics::CoordinatorMetrics coordinator_metrics((*metrics_server)->registry());
+  options.metrics = &coordinator_metrics;
   coordinator::Coordinator coord(*config, model, options);
+  (*metrics_server)->OnScrape([&coord, &coordinator_metrics] {
+    coordinator::ClusterState& state = coord.state();
+    metrics::CoordinatorMetrics& m = coordinator_metrics;
+    m.queue_depth.Set(state.queued());
+    const coordinator::ClusterState::DeadCounts dead = state.dead_counts();
+    m.nodes.Add({{"role", "attention"}, {"state", "live"}})
+        .Set(static_cast<double>(state.attention_nodes().size()));
+    m.nodes.Add({{"role", "expert_shard"}, {"state", "live"}})
+        .Set(static_cast<double>(state.shards().size()));
+    m.nodes.Add({{"role", "attention"}, {"state", "dead"}}).Set(static_cast<double>(dead.attention));
+    m.nodes.Add({{"role", "expert_shard"}, {"state", "dead"}}).Set(static_cast<double>(dead.shards));
+    m.placement_version.Set(state.published().version);
+    m.placement_complete.Set(state.placement_complete() ? 1 : 0);
+  });
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -149,7 +170,8 @@ int Main(int argc, char** argv) {
   health->SetServingStatus(kInferenceService, false);
   coord.SetServingCallback(
       [health](bool serving) { health->SetServingStatus(kInferenceService, serving); });
-  service::PrintReadyLine(absl::StrCat("dsv2-coordinator ready port=", port));
+  service::PrintReadyLine(absl::StrCat("dsv2-coordinator ready port=", port,
+                                       " metrics_port=", (*metrics_server)->port()));
   spdlog::info("coordinator serving {} on port {}", options.model_name, port);
 
   const int sig = service::WaitForTerminationSignal();
@@ -160,6 +182,7 @@ int Main(int argc, char** argv) {
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   coord.Shutdown();
+  metrics_server->reset();  // no scrape may run its hook on a stopped coordinator
   spdlog::info("stopped");
   return 0;
 }

@@ -171,7 +171,12 @@ std::vector<std::byte> ExpertDispatchServer::HandleMessage(std::span<const std::
       }
     }
   }
+  if (observer_) observer_(static_cast<int64_t>(d.assignments.size()));
   return transport::EncodeReply(h, reply->outputs);
+}
+
+void ExpertDispatchServer::SetDispatchObserver(std::function<void(int64_t rows)> observer) {
+  observer_ = std::move(observer);
 }
 
 }  // namespace dsv2

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -72,6 +73,9 @@ class ExpertDispatchServer {
   // Bytes of the held experts' weights (mapped or converted).
   int64_t expert_weight_bytes() const;
   DispatchServerCounters counters() const;
+  // Called after every answered dispatch with its assignment rows (metrics);
+  // set before the first message arrives. Runs on the handling thread.
+  void SetDispatchObserver(std::function<void(int64_t rows)> observer);
 
  private:
   std::vector<std::byte> Error(const std::span<const std::byte> message, int32_t wire_status,
@@ -89,6 +93,7 @@ class ExpertDispatchServer {
   // Serialises LoadExperts calls (loading happens outside mu_).
   absl::Mutex load_mu_;
 
+  std::function<void(int64_t rows)> observer_;  // set before serving
   mutable absl::Mutex counters_mu_;
   DispatchServerCounters counters_ ABSL_GUARDED_BY(counters_mu_);
 };

@@ -3,7 +3,7 @@
 // the checkpoint), serves dispatches from any number of attention nodes
 // over UCX active messages, and a gRPC control API (ExpertShardService +
 // grpc.health.v1) on --port. Prints one ready line on stdout:
-//   dsv2-expert ready port=PORT shard_id=N placement_version=V experts=K
+//   dsv2-expert ready port=PORT metrics_port=PORT shard_id=N placement_version=V experts=K
 //   resident_bytes=B ucx_address=HEX
 // With --coordinator it registers (--shard-id, UCX address) once its gRPC
 // server listens and loads the experts the coordinator pushes.
@@ -31,6 +31,7 @@
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "metrics/metrics.h"
 #include "tools/service/coordinator_link.h"
 #include "tools/service/service_common.h"
 #include "transport/ucx_data_plane.h"
@@ -113,6 +114,27 @@ int Main(int argc, char** argv) {
     if (absl::Status st = server.LoadExperts(*p); !st.ok()) return fail(st);
   }
 
+  absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
+      metrics::MetricsServer::Start(cmd->common.host, cmd->common.metrics_port);
+  if (!metrics_server.ok()) return fail(metrics_server.status());
+  metrics::ExpertShardMetrics shard_metrics((*metrics_server)->registry());
+  server.SetDispatchObserver([&shard_metrics](int64_t rows) {
+    shard_metrics.expert_batch_rows.Observe(static_cast<double>(rows));
+  });
+  (*metrics_server)->OnScrape([&server, &shard_metrics] {
+    const DispatchServerCounters c = server.counters();
+    for (size_t e = 0; e < c.expert_rows.size(); ++e) {
+      if (c.expert_rows[e] == 0) continue;
+      metrics::SetCounterTotal(shard_metrics.expert_rows.Add({{"expert", std::to_string(e)}}),
+                               static_cast<double>(c.expert_rows[e]));
+    }
+    for (const char* reason : {"malformed", "placement_version", "not_found", "internal"}) {
+      const auto it = c.errors.find(reason);
+      metrics::SetCounterTotal(shard_metrics.dispatch_errors.Add({{"reason", reason}}),
+                               it == c.errors.end() ? 0.0 : static_cast<double>(it->second));
+    }
+    shard_metrics.resident_bytes.Set(static_cast<double>(ResidentBytes()));
+  });
   absl::StatusOr<std::unique_ptr<transport::DataPlaneServer>> data_plane =
       transport::CreateUcxServer(
           service::UcxOptionsFromFlags(cmd->common),
@@ -155,7 +177,8 @@ int Main(int argc, char** argv) {
     }
   }
   service::PrintReadyLine(
-      absl::StrCat("dsv2-expert ready port=", port, " shard_id=", server.shard_id(),
+      absl::StrCat("dsv2-expert ready port=", port, " metrics_port=", (*metrics_server)->port(),
+                   " shard_id=", server.shard_id(),
                    " placement_version=", server.placement_version(),
                    " experts=", server.experts().size(), " resident_bytes=", ResidentBytes(),
                    " ucx_address=", service::HexEncode((*data_plane)->address())));

@@ -144,6 +144,14 @@ TEST(ClusterState, HeartbeatsKeepNodesAliveAndUnknownIdsAreNotFound) {
   EXPECT_EQ(s.attention_nodes().size(), 1u);
   EXPECT_TRUE(s.shards().empty());
   EXPECT_EQ(s.Heartbeat(*sh, 0, 0, kT0).code(), absl::StatusCode::kNotFound);
+  // Dead until a shard with its id registers again; a node that leaves is
+  // not dead.
+  EXPECT_EQ(s.dead_counts().shards, 1);
+  EXPECT_EQ(s.dead_counts().attention, 0);
+  ASSERT_TRUE(s.RegisterShard(1, "s2", "ucx", 0, kT0).ok());
+  EXPECT_EQ(s.dead_counts().shards, 0);
+  EXPECT_TRUE(s.Remove(a));
+  EXPECT_EQ(s.dead_counts().attention, 0);
 }
 
 TEST(ClusterState, ShardIdIsStableIdentityAndReRegistrationReplaces) {

@@ -382,11 +382,25 @@ int RunCluster(const UpOptions& o) {
   }
 
   // 4. The ready line.
-  std::string line =
-      absl::StrCat("dsv2 ready endpoint=", endpoint, " coordinator=", (*coordinator)->pid);
+  // Each process's /metrics port, from its own ready line ("" if none).
+  const auto metrics_port = [](const std::string& ready) -> std::string {
+    for (absl::string_view f : absl::StrSplit(ready, ' ')) {
+      if (absl::ConsumePrefix(&f, "metrics_port=")) return std::string(f);
+    }
+    return "";
+  };
+  const auto append = [&](std::string& out, const std::string& name, pid_t pid,
+                          const std::string& ready) {
+    absl::StrAppend(&out, " ", name, "=", pid);
+    if (const std::string m = metrics_port(ready); !m.empty()) {
+      absl::StrAppend(&out, " ", name, ".metrics_port=", m);
+    }
+  };
+  std::string line = absl::StrCat("dsv2 ready endpoint=", endpoint);
+  append(line, "coordinator", (*coordinator)->pid, *(*coordinator)->ready_line);
   for (const absl::string_view role : {"attention-", "expert-"}) {
     for (const auto& [c, binary] : members) {
-      if (absl::StartsWith(c->name, role)) absl::StrAppend(&line, " ", c->name, "=", c->pid);
+      if (absl::StartsWith(c->name, role)) append(line, c->name, c->pid, *c->ready_line);
     }
   }
   if (o.ready_file) {

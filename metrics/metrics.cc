@@ -1,0 +1,172 @@
+#include "metrics/metrics.h"
+
+#include <prometheus/collectable.h>
+#include <prometheus/exposer.h>
+
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+
+namespace dsv2::metrics {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using Buckets = prometheus::Histogram::BucketBoundaries;
+
+prometheus::Histogram& Histogram(prometheus::Registry& r, const std::string& name,
+                                 const std::string& help, const Buckets& buckets) {
+  return BuildHistogram().Name(name).Help(help).Register(r).Add({}, buckets);
+}
+
+prometheus::Counter& Counter(prometheus::Registry& r, const std::string& name,
+                             const std::string& help) {
+  return BuildCounter().Name(name).Help(help).Register(r).Add({});
+}
+
+prometheus::Gauge& Gauge(prometheus::Registry& r, const std::string& name,
+                         const std::string& help) {
+  return BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+// Seconds: 1 ms .. 30 s, latency-shaped.
+const Buckets kLatencyBuckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                 0.25,  0.5,    1,     2,    5,     10,   30};
+const Buckets kTokenGapBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                  0.05,   0.1,   0.25,   0.5,   1,    2.5};
+const Buckets kDurationBuckets = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+const Buckets kDispatchBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                  0.025,  0.05,    0.1,    0.25,  0.5,    1};
+const Buckets kBatchBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+const Buckets kRowsBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384};
+
+}  // namespace
+
+class MetricsServer::HookCollectable final : public prometheus::Collectable {
+ public:
+  void Add(std::function<void()> hook) {
+    absl::MutexLock lock(&mu_);
+    hooks_.push_back(std::move(hook));
+  }
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    absl::MutexLock lock(&mu_);
+    for (const auto& h : hooks_) h();
+    return {};
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::vector<std::function<void()>> hooks_ ABSL_GUARDED_BY(mu_);
+};
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& host,
+                                                                   int port) {
+  std::unique_ptr<MetricsServer> s(new MetricsServer());
+  s->hooks_ = std::make_shared<HookCollectable>();
+  s->registry_ = std::make_shared<prometheus::Registry>();
+  try {
+    s->exposer_ = std::make_unique<prometheus::Exposer>(absl::StrCat(host, ":", port));
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics: cannot listen on ", host, ":", port, ": ", e.what()));
+  }
+  // Hooks first: the Exposer collects in registration order, so the
+  // registry is read after the hooks refreshed it.
+  s->exposer_->RegisterCollectable(s->hooks_);
+  s->exposer_->RegisterCollectable(s->registry_);
+  const std::vector<int> ports = s->exposer_->GetListeningPorts();
+  if (ports.empty()) {
+    return absl::UnavailableError(absl::StrCat("metrics: cannot listen on ", host, ":", port));
+  }
+  s->port_ = ports[0];
+  return s;
+}
+
+MetricsServer::~MetricsServer() = default;
+
+void MetricsServer::OnScrape(std::function<void()> hook) { hooks_->Add(std::move(hook)); }
+
+void SetCounterTotal(prometheus::Counter& counter, double total) {
+  const double delta = total - counter.Value();
+  if (delta > 0) counter.Increment(delta);
+}
+
+CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
+    : requests(BuildCounter()
+                   .Name("dsv2_requests_total")
+                   .Help("Generate requests completed, by finish reason (length, stop, eos)")
+                   .Register(r)),
+      request_errors(BuildCounter()
+                         .Name("dsv2_request_errors_total")
+                         .Help("Generate requests that ended with an error, by gRPC status code")
+                         .Register(r)),
+      time_to_first_token(Histogram(r, "dsv2_time_to_first_token_seconds",
+                                    "Seconds from receiving a Generate request to its first "
+                                    "generated token (queueing included)",
+                                    kLatencyBuckets)),
+      inter_token_latency(Histogram(r, "dsv2_inter_token_latency_seconds",
+                                    "Seconds between consecutive generated tokens of a request",
+                                    kTokenGapBuckets)),
+      request_duration(Histogram(r, "dsv2_request_duration_seconds",
+                                 "Seconds from receiving a Generate request to its end "
+                                 "(successful requests)",
+                                 kDurationBuckets)),
+      queue_depth(Gauge(r, "dsv2_queue_depth",
+                        "Requests waiting in the admission queue for an attention node")),
+      generated_tokens(
+          Counter(r, "dsv2_generated_tokens_total", "Tokens generated and streamed to clients")),
+      prompt_tokens(
+          Counter(r, "dsv2_prompt_tokens_total", "Prompt tokens of requests admitted to a node")),
+      nodes(BuildGauge()
+                .Name("dsv2_nodes")
+                .Help("Cluster members by role (attention, expert_shard) and state (live; dead: "
+                      "declared dead by heartbeat timeout and not replaced since)")
+                .Register(r)),
+      placement_version(Gauge(r, "dsv2_placement_version",
+                              "Version of the published expert placement (0: none yet)")),
+      placement_complete(Gauge(r, "dsv2_placement_complete",
+                               "1 when every routed expert is held by a live shard, else 0")) {}
+
+AttentionMetrics::AttentionMetrics(prometheus::Registry& r)
+    : batch_size(Histogram(r, "dsv2_batch_size", "Sequences in one forward step",
+                           kBatchBuckets)),
+      latent_cache_blocks(BuildGauge()
+                              .Name("dsv2_latent_cache_blocks")
+                              .Help("Latent-cache blocks (64 tokens each) by state (used, free)")
+                              .Register(r)),
+      latent_cache_usage_ratio(Gauge(r, "dsv2_latent_cache_usage_ratio",
+                                     "Fraction of latent-cache blocks in use (0 to 1)")),
+      preemptions(Counter(r, "dsv2_preemptions_total",
+                          "Sequences preempted (blocks freed, recomputed later) for cache space")),
+      step_seconds(Histogram(r, "dsv2_step_seconds",
+                             "Seconds of one forward step (all layers, expert round trips "
+                             "included)",
+                             kLatencyBuckets)),
+      expert_dispatch_seconds(Histogram(r, "dsv2_expert_dispatch_seconds",
+                                        "Seconds from sending one dispatch (layer, micro-batch) "
+                                        "to the expert shards until all replies arrived",
+                                        kDispatchBuckets)),
+      expert_assignments(BuildCounter()
+                             .Name("dsv2_expert_assignments_total")
+                             .Help("Token-to-expert assignments dispatched, by routed expert id "
+                                   "(the per-expert load for rebalancing)")
+                             .Register(r)) {}
+
+ExpertShardMetrics::ExpertShardMetrics(prometheus::Registry& r)
+    : expert_rows(BuildCounter()
+                      .Name("dsv2_expert_rows_total")
+                      .Help("Rows computed by this shard, by routed expert id")
+                      .Register(r)),
+      expert_batch_rows(Histogram(r, "dsv2_expert_batch_rows",
+                                  "Assignment rows in one dispatch message", kRowsBuckets)),
+      dispatch_errors(BuildCounter()
+                          .Name("dsv2_dispatch_errors_total")
+                          .Help("Dispatches answered with an error, by reason (malformed, "
+                                "placement_version, not_found, internal)")
+                          .Register(r)),
+      resident_bytes(Gauge(r, "dsv2_resident_bytes", "Resident set size of the process, bytes")) {}
+
+}  // namespace dsv2::metrics
