@@ -1,0 +1,84 @@
+#include "metrics/metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace dsv2::metrics {
+namespace {
+
+// GET /metrics over a plain socket (no HTTP client library in the build).
+std::string Scrape(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return out;
+}
+
+TEST(Metrics, ServesEveryFamilyWithHooksRunBeforeEachScrape) {
+  auto server = MetricsServer::Start("127.0.0.1", 0);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_GT((*server)->port(), 0);
+  CoordinatorMetrics c((*server)->registry());
+  AttentionMetrics a((*server)->registry());
+  ExpertShardMetrics e((*server)->registry());
+  int scrapes = 0;
+  (*server)->OnScrape([&] {
+    ++scrapes;
+    c.queue_depth.Set(scrapes);
+  });
+  c.requests.Add({{"finish_reason", "eos"}}).Increment();
+  c.time_to_first_token.Observe(0.003);
+  a.expert_assignments.Add({{"expert", "7"}}).Increment(5);
+  const std::string text = Scrape((*server)->port());
+  EXPECT_NE(text.find("200 OK"), std::string::npos) << text;
+  for (const char* name :
+       {"dsv2_requests_total{finish_reason=\"eos\"} 1", "dsv2_queue_depth 1",
+        "dsv2_time_to_first_token_seconds_bucket{le=\"0.005\"} 1",
+        "dsv2_time_to_first_token_seconds_count 1", "dsv2_expert_assignments_total{expert=\"7\"} 5",
+        "# TYPE dsv2_inter_token_latency_seconds histogram", "# TYPE dsv2_resident_bytes gauge",
+        "# TYPE dsv2_expert_batch_rows histogram", "# HELP dsv2_latent_cache_usage_ratio"}) {
+    EXPECT_NE(text.find(name), std::string::npos) << name << "\n" << text;
+  }
+  // The hook ran before the registry was read.
+  EXPECT_EQ(scrapes, 1);
+  EXPECT_NE(Scrape((*server)->port()).find("dsv2_queue_depth 2"), std::string::npos);
+}
+
+TEST(Metrics, SetCounterTotalOnlyMovesForward) {
+  prometheus::Registry r;
+  prometheus::Counter& c = prometheus::BuildCounter().Name("x_total").Help("x").Register(r).Add({});
+  SetCounterTotal(c, 5);
+  EXPECT_EQ(c.Value(), 5);
+  SetCounterTotal(c, 3);  // a component restart cannot make a counter go back
+  EXPECT_EQ(c.Value(), 5);
+  SetCounterTotal(c, 9);
+  EXPECT_EQ(c.Value(), 9);
+}
+
+TEST(Metrics, PortInUseIsUnavailable) {
+  auto first = MetricsServer::Start("127.0.0.1", 0);
+  ASSERT_TRUE(first.ok());
+  auto second = MetricsServer::Start("127.0.0.1", (*first)->port());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace dsv2::metrics
