@@ -1,0 +1,811 @@
+#!/usr/bin/env python3
+"""Checks of the deployment files: deploy/k8s (kustomize) and deploy/Dockerfile.
+
+No cluster and no container engine: the manifests are rendered with
+`kubectl kustomize`, validated with kubernetes-validate (strict, a current
+Kubernetes schema), and cross-checked against the real binaries' flags (each
+service binary's `--flags-json`): every binary, flag, DSV2_* variable, port,
+probe, volume, Service and monitor named in the manifests must exist and fit.
+
+Run: .venv/bin/python tests/deploy/deploy_test.py
+Env: DSV2_TEST_BIN_DIR  build directory with the binaries (default <repo>/build)
+     DSV2_K8S_SCHEMA_VERSION  Kubernetes schema version (default below)
+"""
+
+import copy
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+import yaml
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN_DIR = os.environ.get("DSV2_TEST_BIN_DIR", os.path.join(REPO, "build"))
+K8S_DIR = os.path.join(REPO, "deploy", "k8s")
+DOCKERFILE = os.path.join(REPO, "deploy", "Dockerfile")
+# A current Kubernetes version that the pinned kubernetes-validate ships.
+K8S_VERSION = os.environ.get("DSV2_K8S_SCHEMA_VERSION", "1.34.0")
+
+# The service binaries: name -> path under the build directory.
+BINARIES = {
+    "dsv2-coordinator": "coordinator/dsv2-coordinator",
+    "dsv2-attention": "attention_service/dsv2-attention",
+    "dsv2-expert": "expert_service/dsv2-expert",
+}
+# Kustomization fields that Debian's kubectl 1.20 (kustomize v2.0.3) and
+# kustomize v5 both understand the same way.
+PORTABLE_KUSTOMIZATION_KEYS = {
+    "apiVersion", "kind", "resources", "bases", "patchesStrategicMerge",
+    "configMapGenerator", "secretGenerator", "generatorOptions", "images",
+    "namespace", "namePrefix", "nameSuffix", "commonLabels",
+    "commonAnnotations",
+}
+CRD_GROUP = "monitoring.coreos.com/v1"
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+# ---------------------------------------------------------------- helpers
+
+def load_flags(binary_path):
+    """{flag name: {"bool", "env", ...}} from `BINARY --flags-json`."""
+    out = subprocess.run([binary_path, "--flags-json"], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    return {f["name"]: f for f in json.loads(out)}
+
+
+def render(target_dir):
+    """`kubectl kustomize DIR` -> list of objects."""
+    proc = subprocess.run(["kubectl", "kustomize", target_dir],
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {target_dir} failed:\n{proc.stderr}")
+    return [o for o in yaml.safe_load_all(proc.stdout) if o]
+
+
+def kustomize_targets():
+    """The base and every overlay: (label, directory)."""
+    targets = [("base", os.path.join(K8S_DIR, "base"))]
+    for k in sorted(glob.glob(os.path.join(K8S_DIR, "overlays", "*", "kustomization.yaml"))):
+        d = os.path.dirname(k)
+        targets.append(("overlays/" + os.path.basename(d), d))
+    return targets
+
+
+def split_flag(token):
+    """'--name=value' / '--name' -> 'name'; anything else -> None."""
+    if not token.startswith("--") or token == "--":
+        return None
+    return token[2:].split("=", 1)[0]
+
+
+def container_argv(container):
+    """The container's argv as (binary name, argv tokens after the binary,
+    shell script or None). A `sh -c SCRIPT` is looked into: the binary is the
+    first word of the script that names a service binary."""
+    argv = list(container.get("command") or []) + list(container.get("args") or [])
+    if not argv:
+        return None, [], None
+    if os.path.basename(argv[0]) in ("sh", "bash") and len(argv) >= 3 and argv[1] == "-c":
+        script = argv[2]
+        words = shlex.split(script, posix=True)
+        for i, w in enumerate(words):
+            if os.path.basename(w) in BINARIES:
+                return os.path.basename(w), words[i + 1:] + argv[3:], script
+        return None, words, script
+    return os.path.basename(argv[0]), argv[1:], None
+
+
+def cli_value(tokens, name, flags):
+    """The value of --name in tokens (last one wins), or None."""
+    value = None
+    for i, t in enumerate(tokens):
+        if split_flag(t) != name:
+            continue
+        if "=" in t:
+            value = t.split("=", 1)[1]
+        elif flags.get(name, {}).get("bool"):
+            value = "true"
+        elif i + 1 < len(tokens):
+            value = tokens[i + 1]
+    return value
+
+
+def labels_match(selector, labels):
+    """Kubernetes LabelSelector (matchLabels + matchExpressions) semantics."""
+    if not selector:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def parse_quantity(q):
+    """Kubernetes quantity -> float (base units)."""
+    q = str(q)
+    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+                "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for s in sorted(suffixes, key=len, reverse=True):
+        if q.endswith(s):
+            return float(q[:-len(s)]) * suffixes[s]
+    return float(q)
+
+
+class Rendered:
+    """One rendered kustomize target with lookups."""
+
+    def __init__(self, label, objects):
+        self.label = label
+        self.objects = objects
+
+    def of_kind(self, *kinds):
+        return [o for o in self.objects if o.get("kind") in kinds]
+
+    def get(self, kind, name):
+        for o in self.of_kind(kind):
+            if o["metadata"]["name"] == name:
+                return o
+        return None
+
+    def workloads(self):
+        return self.of_kind(*WORKLOAD_KINDS)
+
+    def pod_spec(self, workload):
+        spec = workload["spec"]["template"]["spec"]
+        return spec
+
+    def containers(self):
+        """(workload, pod spec, container) for every container."""
+        for w in self.workloads():
+            spec = self.pod_spec(w)
+            for c in (spec.get("initContainers") or []) + spec["containers"]:
+                yield w, spec, c
+
+
+def effective_env(r, spec, container):
+    """The container's environment: {name: (value or None for valueFrom,
+    source)}; also returns the duplicate names (set twice). Raises when a
+    referenced ConfigMap is missing."""
+    env, dups = {}, []
+    for ef in container.get("envFrom") or []:
+        ref = ef.get("configMapRef")
+        if ref is None:
+            raise AssertionError(f"{container['name']}: envFrom other than configMapRef: {ef}")
+        cm = r.get("ConfigMap", ref["name"])
+        if cm is None:
+            raise AssertionError(f"{container['name']}: envFrom ConfigMap {ref['name']} not rendered")
+        prefix = ef.get("prefix", "")
+        for k, v in (cm.get("data") or {}).items():
+            if prefix + k in env:
+                dups.append(prefix + k)
+            env[prefix + k] = (str(v), "ConfigMap " + ref["name"])
+    for e in container.get("env") or []:
+        if e["name"] in env:
+            dups.append(e["name"])
+        env[e["name"]] = (e.get("value"), "env")
+    return env, dups
+
+
+# ---------------------------------------------------------------- fixtures
+
+FLAGS = {}
+RENDERED = []
+
+
+def setUpModule():
+    for name, rel in BINARIES.items():
+        path = os.path.join(BIN_DIR, rel)
+        if not os.access(path, os.X_OK):
+            raise unittest.SkipTest(f"{path} not built (bash tools/build.sh)")
+        FLAGS[name] = load_flags(path)
+    if shutil.which("kubectl") is None:
+        raise AssertionError("kubectl not found (tools/setup.sh installs kubernetes-client)")
+    for label, d in kustomize_targets():
+        RENDERED.append(Rendered(label, render(d)))
+
+
+# ---------------------------------------------------------------- kustomize
+
+class KustomizeTest(unittest.TestCase):
+
+    def test_every_overlay_is_found_and_renders(self):
+        labels = [r.label for r in RENDERED]
+        self.assertIn("base", labels)
+        self.assertIn("overlays/small-cpu", labels)
+        for r in RENDERED:
+            with self.subTest(target=r.label):
+                self.assertTrue(r.objects)
+
+    def test_kustomizations_use_only_portable_fields(self):
+        for path in glob.glob(os.path.join(K8S_DIR, "**", "kustomization.yaml"), recursive=True):
+            with self.subTest(kustomization=os.path.relpath(path, REPO)):
+                with open(path) as f:
+                    k = yaml.safe_load(f)
+                self.assertLessEqual(set(k), PORTABLE_KUSTOMIZATION_KEYS,
+                                     "fields kustomize v2.0.3 (kubectl 1.20) lacks")
+                d = os.path.dirname(path)
+                # kustomize v2.0.3: `resources` are files, directories go in `bases`.
+                for res in k.get("resources") or []:
+                    self.assertTrue(os.path.isfile(os.path.join(d, res)), f"resource {res} is not a file")
+                for base in k.get("bases") or []:
+                    self.assertTrue(os.path.isfile(os.path.join(d, base, "kustomization.yaml")),
+                                    f"base {base} has no kustomization.yaml")
+                for p in k.get("patchesStrategicMerge") or []:
+                    self.assertTrue(os.path.isfile(os.path.join(d, p)), f"patch {p} is not a file")
+                for g in k.get("configMapGenerator") or []:
+                    self.assertLessEqual(set(g), {"name", "behavior", "literals", "files", "env"})
+
+    def test_base_is_namespace_agnostic(self):
+        with open(os.path.join(K8S_DIR, "base", "kustomization.yaml")) as f:
+            self.assertNotIn("namespace", yaml.safe_load(f))
+        base = next(r for r in RENDERED if r.label == "base")
+        for o in base.objects:
+            self.assertNotIn("namespace", o["metadata"], o["metadata"]["name"])
+        self.assertFalse(base.of_kind("Namespace"))
+
+
+class SchemaTest(unittest.TestCase):
+
+    def test_core_objects_validate_strictly(self):
+        import kubernetes_validate
+        for r in RENDERED:
+            for o in r.objects:
+                if o.get("apiVersion") == CRD_GROUP:
+                    continue
+                with self.subTest(target=r.label, kind=o["kind"], name=o["metadata"]["name"]):
+                    kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+
+    def test_validation_is_strict(self):
+        # The validator itself must reject an unknown field and a wrong type.
+        import kubernetes_validate
+        r = RENDERED[0]
+        sts = copy.deepcopy(r.of_kind("StatefulSet")[0])
+        sts["spec"]["template"]["spec"]["containers"][0]["envFromm"] = []
+        with self.assertRaises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+        svc = copy.deepcopy(r.of_kind("Service")[0])
+        svc["spec"]["ports"][0]["port"] = "fifty"
+        with self.assertRaises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(svc, K8S_VERSION, strict=True)
+
+    def test_only_known_custom_resources(self):
+        for r in RENDERED:
+            for o in r.objects:
+                if "monitoring.coreos.com" in o.get("apiVersion", "") or o["kind"] in CRD_KINDS:
+                    with self.subTest(target=r.label, kind=o["kind"]):
+                        self.assertEqual(o["apiVersion"], CRD_GROUP)
+                        self.assertIn(o["kind"], CRD_KINDS)
+                        self.assertIsInstance(o.get("spec"), dict)
+
+
+# ---------------------------------------------------------------- containers vs flags
+
+class ContainerFlagsTest(unittest.TestCase):
+
+    def each_service_container(self):
+        for r in RENDERED:
+            for w, spec, c in r.containers():
+                binary, tokens, script = container_argv(c)
+                yield r, w, spec, c, binary, tokens, script
+
+    def test_command_names_a_service_binary_and_real_flags(self):
+        seen = set()
+        for r, w, spec, c, binary, tokens, script in self.each_service_container():
+            with self.subTest(target=r.label, workload=w["metadata"]["name"], container=c["name"]):
+                self.assertIn(binary, BINARIES, f"command {c.get('command')} names no service binary")
+                seen.add(binary)
+                flags = FLAGS[binary]
+                for t in tokens:
+                    name = split_flag(t)
+                    if name is not None:
+                        self.assertIn(name, flags, f"{binary} has no flag --{name}")
+                    elif t.startswith("-") and t != "-":
+                        self.fail(f"{binary}: single-dash token {t!r} (flags are --name)")
+                self.assertNotIn("flags-json", [split_flag(t) for t in tokens])
+                self.assertNotIn("help", [split_flag(t) for t in tokens])
+        self.assertEqual(seen, set(BINARIES), "every service binary is deployed")
+
+    def test_env_vars_are_flags_of_the_binary(self):
+        for r, w, spec, c, binary, tokens, script in self.each_service_container():
+            with self.subTest(target=r.label, workload=w["metadata"]["name"], container=c["name"]):
+                envs = {f["env"] for f in FLAGS[binary].values()}
+                env, dups = effective_env(r, spec, c)
+                self.assertEqual(dups, [], "variables set twice (which one wins is easy to miss)")
+                for name, (_, source) in env.items():
+                    if name.startswith("DSV2_"):
+                        self.assertIn(name, envs, f"{binary} has no flag read from {name} ({source})")
+                # ConfigMaps given by envFrom hold flags only.
+                for ef in c.get("envFrom") or []:
+                    cm = r.get("ConfigMap", ef["configMapRef"]["name"])
+                    for k in cm.get("data") or {}:
+                        self.assertTrue(k.startswith("DSV2_"), f"{cm['metadata']['name']}: {k}")
+                self.assertNotIn("DSV2_FLAGS_JSON", env)
+                self.assertNotIn("DSV2_HELP", env)
+
+    def flag_value(self, r, spec, c, binary, tokens, name):
+        """Effective value of --name: the command line wins over DSV2_*."""
+        flags = FLAGS[binary]
+        v = cli_value(tokens, name, flags)
+        if v is not None:
+            return v
+        env, _ = effective_env(r, spec, c)
+        return env.get(flags[name]["env"], (None,))[0]
+
+    def test_ports_probes_and_bind_address(self):
+        for r, w, spec, c, binary, tokens, script in self.each_service_container():
+            with self.subTest(target=r.label, workload=w["metadata"]["name"], container=c["name"]):
+                port = self.flag_value(r, spec, c, binary, tokens, "port")
+                self.assertIsNotNone(port, "no --port / DSV2_PORT: the OS would choose one")
+                port = int(port)
+                self.assertGreater(port, 0)
+                metrics = self.flag_value(r, spec, c, binary, tokens, "metrics-port")
+                self.assertIsNotNone(metrics, "no --metrics-port / DSV2_METRICS_PORT")
+                metrics = int(metrics)
+                self.assertNotEqual(port, metrics)
+                # Probes and Services reach the pod IP: bind all addresses.
+                self.assertEqual(self.flag_value(r, spec, c, binary, tokens, "host"), "0.0.0.0")
+
+                declared = {p["containerPort"]: p.get("name") for p in c.get("ports") or []}
+                names = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+                self.assertEqual(names.get("grpc"), port, "containerPort grpc != --port")
+                self.assertEqual(names.get("metrics"), metrics, "containerPort metrics != --metrics-port")
+                self.assertEqual(len(declared), len(c.get("ports") or []), "duplicate containerPort")
+
+                for probe in ("livenessProbe", "readinessProbe"):
+                    self.assertIn(probe, c, f"no {probe}")
+                for probe in PROBES:
+                    if probe not in c:
+                        continue
+                    p = c[probe]
+                    self.assertIn("grpc", p, f"{probe} is not a native gRPC probe")
+                    self.assertEqual(p["grpc"]["port"], port, f"{probe} port != --port")
+                    self.assertIn(p["grpc"]["port"], declared, f"{probe} port is no containerPort")
+                    # "" = the process serves; the only service the binaries set.
+                    self.assertEqual(p["grpc"].get("service", ""), "", f"{probe} service")
+
+    def test_drain_fits_in_the_grace_period(self):
+        for r, w, spec, c, binary, tokens, script in self.each_service_container():
+            with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                grace = spec.get("terminationGracePeriodSeconds", 30)
+                if "drain-timeout-s" in FLAGS[binary]:
+                    drain = self.flag_value(r, spec, c, binary, tokens, "drain-timeout-s")
+                    drain = int(drain) if drain is not None else 30
+                    self.assertGreater(grace, drain, "terminationGracePeriodSeconds <= drain timeout")
+
+    def test_nodes_register_and_advertise_a_reachable_address(self):
+        for r, w, spec, c, binary, tokens, script in self.each_service_container():
+            if "coordinator" not in FLAGS[binary]:
+                continue
+            with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                coord = self.flag_value(r, spec, c, binary, tokens, "coordinator")
+                self.assertIsNotNone(coord, "no --coordinator / DSV2_COORDINATOR")
+                host, _, cport = coord.rpartition(":")
+                svc = r.get("Service", host.split(".")[0])
+                self.assertIsNotNone(svc, f"--coordinator {coord}: no such Service")
+                self.assertIn(int(cport), [p["port"] for p in svc["spec"]["ports"]])
+                coord_dep = [x for x in r.workloads()
+                             if labels_match({"matchLabels": svc["spec"]["selector"]},
+                                             x["spec"]["template"]["metadata"].get("labels", {}))]
+                self.assertEqual(len(coord_dep), 1)
+                cc = coord_dep[0]["spec"]["template"]["spec"]["containers"][0]
+                self.assertEqual(container_argv(cc)[0], "dsv2-coordinator")
+                # The Service port leads to the coordinator's gRPC port.
+                sp = next(p for p in svc["spec"]["ports"] if p["port"] == int(cport))
+                target = sp.get("targetPort", sp["port"])
+                cports = {p.get("name"): p["containerPort"] for p in cc["ports"]}
+                self.assertEqual(cports.get(target, target), cports["grpc"])
+                # The advertised host: the pod IP (downward API) or a DNS name.
+                adv = [e for e in c.get("env") or [] if e["name"] == FLAGS[binary]["advertise-host"]["env"]]
+                adv_cli = cli_value(tokens, "advertise-host", FLAGS[binary])
+                self.assertTrue(adv or adv_cli, "no --advertise-host: the node would advertise 0.0.0.0")
+                if adv and "valueFrom" in adv[0]:
+                    self.assertEqual(adv[0]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP")
+
+    def test_shard_id_is_the_statefulset_ordinal(self):
+        found = 0
+        for r, w, spec, c, binary, tokens, script in self.each_service_container():
+            if binary != "dsv2-expert":
+                continue
+            found += 1
+            with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                self.assertEqual(w["kind"], "StatefulSet")
+                self.assertIsNotNone(cli_value(tokens, "shard-id", FLAGS[binary]), "no --shard-id")
+                # Run the real command with a stand-in binary that prints its
+                # argv, as pod <name>-3 would.
+                env_vars = {}
+                for e in c.get("env") or []:
+                    if "value" in e:
+                        env_vars[e["name"]] = e["value"]
+                    elif e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                        env_vars[e["name"]] = w["metadata"]["name"] + "-3"
+                argv = list(c.get("command") or []) + list(c.get("args") or [])
+                with tempfile.TemporaryDirectory() as tmp:
+                    stub = os.path.join(tmp, binary)
+                    with open(stub, "w") as f:
+                        f.write('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+                    os.chmod(stub, 0o755)
+                    out = subprocess.run(argv, capture_output=True, text=True, timeout=30,
+                                         env={"PATH": tmp + ":/usr/bin:/bin", **env_vars})
+                self.assertEqual(out.returncode, 0, out.stderr)
+                args = out.stdout.splitlines()
+                self.assertEqual(cli_value(args, "shard-id", FLAGS[binary]), "3", args)
+        self.assertGreater(found, 0)
+
+
+# ---------------------------------------------------------------- pods, volumes, services
+
+class PodSpecTest(unittest.TestCase):
+
+    def test_security_and_resources(self):
+        for r in RENDERED:
+            for w, spec, c in r.containers():
+                with self.subTest(target=r.label, workload=w["metadata"]["name"], container=c["name"]):
+                    psc, csc = spec.get("securityContext") or {}, c.get("securityContext") or {}
+                    self.assertTrue(csc.get("runAsNonRoot", psc.get("runAsNonRoot")), "runAsNonRoot")
+                    self.assertNotEqual(csc.get("runAsUser", psc.get("runAsUser", 0)), 0)
+                    self.assertFalse(csc.get("allowPrivilegeEscalation", True))
+                    res = c.get("resources") or {}
+                    for kind in ("cpu", "memory"):
+                        req = (res.get("requests") or {}).get(kind)
+                        lim = (res.get("limits") or {}).get(kind)
+                        self.assertIsNotNone(req, f"no {kind} request")
+                        self.assertIsNotNone(lim, f"no {kind} limit")
+                        self.assertLessEqual(parse_quantity(req), parse_quantity(lim), kind)
+
+    def test_model_volume_is_read_only_many_and_mounted_read_only(self):
+        for r in RENDERED:
+            pvcs = {p["metadata"]["name"]: p for p in r.of_kind("PersistentVolumeClaim")}
+            self.assertIn("dsv2-model", pvcs)
+            for p in pvcs.values():
+                self.assertEqual(p["spec"]["accessModes"], ["ReadOnlyMany"])
+            for w, spec, c in r.containers():
+                with self.subTest(target=r.label, workload=w["metadata"]["name"], container=c["name"]):
+                    claim_volumes = {v["name"]: v for v in spec.get("volumes") or []
+                                     if "persistentVolumeClaim" in v}
+                    for v in claim_volumes.values():
+                        self.assertIn(v["persistentVolumeClaim"]["claimName"], pvcs)
+                        self.assertTrue(v["persistentVolumeClaim"].get("readOnly"), v["name"])
+                    mounts = [m for m in c.get("volumeMounts") or [] if m["name"] in claim_volumes]
+                    self.assertTrue(mounts, "the checkpoint volume is not mounted")
+                    for m in mounts:
+                        self.assertTrue(m.get("readOnly"), f"{m['mountPath']} mounted read-write")
+                    binary, tokens, _ = container_argv(c)
+                    env, _ = effective_env(r, spec, c)
+                    model = cli_value(tokens, "model", FLAGS[binary]) or env.get("DSV2_MODEL", (None,))[0]
+                    self.assertIsNotNone(model, "no --model / DSV2_MODEL")
+                    self.assertTrue(any(model == m["mountPath"] or model.startswith(m["mountPath"].rstrip("/") + "/")
+                                        for m in mounts), f"--model {model} is not on the checkpoint volume")
+
+    def test_statefulsets_have_headless_services(self):
+        for r in RENDERED:
+            for sts in r.of_kind("StatefulSet"):
+                with self.subTest(target=r.label, statefulset=sts["metadata"]["name"]):
+                    svc = r.get("Service", sts["spec"].get("serviceName"))
+                    self.assertIsNotNone(svc, "serviceName names no Service")
+                    self.assertEqual(svc["spec"].get("clusterIP"), "None")
+                    self.assertTrue(labels_match({"matchLabels": svc["spec"]["selector"]},
+                                                 sts["spec"]["template"]["metadata"]["labels"]))
+
+    def test_services_select_pods_and_name_their_ports(self):
+        for r in RENDERED:
+            for svc in r.of_kind("Service"):
+                with self.subTest(target=r.label, service=svc["metadata"]["name"]):
+                    pods = [w for w in r.workloads()
+                            if labels_match({"matchLabels": svc["spec"]["selector"]},
+                                            w["spec"]["template"]["metadata"].get("labels", {}))]
+                    self.assertEqual(len(pods), 1, "a Service selects exactly one workload")
+                    cports = {p.get("name"): p["containerPort"]
+                              for c in pods[0]["spec"]["template"]["spec"]["containers"]
+                              for p in c.get("ports") or []}
+                    for p in svc["spec"]["ports"]:
+                        t = p.get("targetPort", p["port"])
+                        if isinstance(t, str):
+                            self.assertIn(t, cports, f"targetPort {t} is no named containerPort")
+                        else:
+                            self.assertIn(t, cports.values())
+                    self.assertEqual({p["name"] for p in svc["spec"]["ports"]}, {"grpc", "metrics"})
+
+    def test_workload_selectors_match_their_templates(self):
+        for r in RENDERED:
+            for w in r.workloads():
+                with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                    self.assertTrue(labels_match(w["spec"]["selector"],
+                                                 w["spec"]["template"]["metadata"]["labels"]))
+            coord = r.get("Deployment", "dsv2-coordinator")
+            self.assertEqual(coord["spec"]["replicas"], 1)
+            self.assertEqual(coord["spec"]["strategy"]["type"], "Recreate")
+
+    def test_disruption_budgets(self):
+        for r in RENDERED:
+            pdbs = r.of_kind("PodDisruptionBudget")
+            for w in r.workloads():
+                with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                    labels = w["spec"]["template"]["metadata"]["labels"]
+                    mine = [p for p in pdbs if labels_match(p["spec"]["selector"], labels)]
+                    self.assertEqual(len(mine), 1, "exactly one PodDisruptionBudget")
+                    if w["kind"] == "StatefulSet":
+                        self.assertEqual(mine[0]["spec"].get("maxUnavailable"), 1)
+                    else:  # the one-replica coordinator must not block drains
+                        self.assertEqual(mine[0]["spec"].get("minAvailable", 0), 0)
+
+    def test_small_cpu_overlay_shape(self):
+        r = next(x for x in RENDERED if x.label == "overlays/small-cpu")
+        self.assertEqual(r.get("StatefulSet", "dsv2-attention")["spec"]["replicas"], 2)
+        self.assertEqual(r.get("StatefulSet", "dsv2-expert")["spec"]["replicas"], 4)
+        for w, spec, c in r.containers():
+            self.assertNotEqual(c["image"].split(":")[0], "dsv2", "image not overridden")
+            self.assertLessEqual(parse_quantity(c["resources"]["limits"]["cpu"]), 4)
+            binary, tokens, _ = container_argv(c)
+            if "threads" in FLAGS[binary] and binary != "dsv2-coordinator":
+                env, _ = effective_env(r, spec, c)
+                threads = int(env["DSV2_THREADS"][0])
+                self.assertLessEqual(threads, parse_quantity(c["resources"]["limits"]["cpu"]))
+
+
+# ---------------------------------------------------------------- Prometheus operator
+
+class MonitoringTest(unittest.TestCase):
+
+    def test_scrape_jobs_are_the_ones_dashboards_and_alerts_use(self):
+        # deploy/monitoring selects job="dsv2-coordinator|dsv2-attention|dsv2-expert".
+        with open(os.path.join(REPO, "deploy", "monitoring", "metric_families.json")) as f:
+            families = json.load(f)
+        text = json.dumps(families)
+        for r in RENDERED:
+            jobs = set()
+            for m in r.of_kind("ServiceMonitor", "PodMonitor"):
+                eps = m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints") or []
+                for ep in eps:
+                    for rl in ep.get("relabelings", []):
+                        if rl.get("targetLabel") == "job":
+                            jobs.add(rl.get("replacement"))
+            with self.subTest(target=r.label):
+                self.assertEqual(jobs, {"dsv2-coordinator", "dsv2-attention", "dsv2-expert"})
+                for job in jobs:
+                    self.assertIn(job, text, "metric_families.json does not know job " + job)
+
+    def test_service_monitors_select_services_and_name_ports(self):
+        for r in RENDERED:
+            sms = r.of_kind("ServiceMonitor")
+            self.assertTrue(sms)
+            for sm in sms:
+                with self.subTest(target=r.label, servicemonitor=sm["metadata"]["name"]):
+                    self.assertEqual(sm["apiVersion"], CRD_GROUP)
+                    svcs = [s for s in r.of_kind("Service")
+                            if labels_match(sm["spec"].get("selector"), s["metadata"].get("labels", {}))]
+                    self.assertTrue(svcs, "selects no Service")
+                    self.assertTrue(sm["spec"].get("endpoints"))
+                    for ep in sm["spec"]["endpoints"]:
+                        self.assertLessEqual(set(ep), {"port", "path", "scheme", "interval",
+                                                       "scrapeTimeout", "honorLabels",
+                                                       "relabelings", "metricRelabelings"})
+                        for s in svcs:
+                            self.assertIn(ep["port"], [p["name"] for p in s["spec"]["ports"]])
+                        self.assertEqual(ep.get("path", "/metrics"), "/metrics")
+
+    def test_pod_monitors_select_pods_and_name_ports(self):
+        for r in RENDERED:
+            pms = r.of_kind("PodMonitor")
+            self.assertTrue(pms)
+            for pm in pms:
+                with self.subTest(target=r.label, podmonitor=pm["metadata"]["name"]):
+                    self.assertEqual(pm["apiVersion"], CRD_GROUP)
+                    pods = [w for w in r.workloads()
+                            if labels_match(pm["spec"].get("selector"),
+                                            w["spec"]["template"]["metadata"].get("labels", {}))]
+                    self.assertTrue(pods, "selects no pods")
+                    self.assertTrue(pm["spec"].get("podMetricsEndpoints"))
+                    for ep in pm["spec"]["podMetricsEndpoints"]:
+                        self.assertLessEqual(set(ep), {"port", "path", "scheme", "interval",
+                                                       "scrapeTimeout", "honorLabels",
+                                                       "relabelings", "metricRelabelings"})
+                        for w in pods:
+                            names = [p.get("name") for c in w["spec"]["template"]["spec"]["containers"]
+                                     for p in c.get("ports") or []]
+                            self.assertIn(ep["port"], names)
+
+    def test_every_service_binary_is_scraped(self):
+        for r in RENDERED:
+            for w in r.workloads():
+                with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                    labels = w["spec"]["template"]["metadata"]["labels"]
+                    by_pod = any(labels_match(pm["spec"]["selector"], labels) for pm in r.of_kind("PodMonitor"))
+                    svcs = [s for s in r.of_kind("Service")
+                            if labels_match({"matchLabels": s["spec"]["selector"]}, labels)]
+                    by_svc = any(labels_match(sm["spec"]["selector"], s["metadata"].get("labels", {}))
+                                 for sm in r.of_kind("ServiceMonitor") for s in svcs)
+                    self.assertTrue(by_pod or by_svc, "no monitor scrapes it")
+                    self.assertFalse(by_pod and by_svc, "scraped twice")
+
+    def test_prometheus_rules_are_well_formed(self):
+        for r in RENDERED:
+            for pr in r.of_kind("PrometheusRule"):
+                with self.subTest(target=r.label, rule=pr["metadata"]["name"]):
+                    self.assertEqual(pr["apiVersion"], CRD_GROUP)
+                    groups = pr["spec"]["groups"]
+                    self.assertTrue(groups)
+                    for g in groups:
+                        self.assertTrue(g.get("name"))
+                        for rule in g["rules"]:
+                            self.assertTrue(("alert" in rule) != ("record" in rule))
+                            self.assertTrue(str(rule.get("expr", "")).strip())
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def dockerfile_instructions():
+    """[(stage index, INSTRUCTION, arguments)] with continuations joined."""
+    with open(DOCKERFILE) as f:
+        lines = f.read().splitlines()
+    out, cur, stage = [], "", -1
+    for line in lines:
+        s = line.strip()
+        if not cur and (not s or s.startswith("#")):
+            continue
+        if s.startswith("#"):
+            continue
+        if s.endswith("\\"):
+            cur += s[:-1] + " "
+            continue
+        cur += s
+        instr, _, rest = cur.partition(" ")
+        instr = instr.upper()
+        if instr == "FROM":
+            stage += 1
+        out.append((stage, instr, rest.strip()))
+        cur = ""
+    return out
+
+
+def exec_form_or_shell(rest):
+    rest = rest.strip()
+    if rest.startswith("["):
+        return json.loads(rest)
+    return shlex.split(rest)
+
+
+class DockerfileTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.ins = dockerfile_instructions()
+        cls.stages = {}
+        for stage, instr, rest in cls.ins:
+            if instr == "FROM":
+                words = rest.split()
+                name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else str(stage)
+                cls.stages[stage] = {"image": words[0], "name": name, "workdir": "/"}
+            if instr == "WORKDIR":
+                cls.stages[stage]["workdir"] = rest
+
+    def test_bases_are_debian_bookworm_multi_stage(self):
+        images = [s["image"] for s in self.stages.values()]
+        self.assertGreaterEqual(len(images), 2, "multi-stage")
+        for image in images:
+            self.assertRegex(image, r"^debian:bookworm(-slim)?$")
+        self.assertEqual(images[-1], "debian:bookworm-slim")
+
+    def test_run_scripts_exist_and_are_the_readme_ones(self):
+        scripts = []
+        for stage, instr, rest in self.ins:
+            if instr != "RUN":
+                continue
+            for w in shlex.split(rest):
+                if w.endswith(".sh"):
+                    scripts.append(w)
+                    self.assertTrue(os.path.isfile(os.path.join(REPO, w)), f"RUN names {w}: no such script")
+        self.assertIn("tools/setup.sh", scripts)
+        self.assertIn("tools/build.sh", scripts)
+
+    def test_copied_binaries_are_build_outputs(self):
+        copied = []
+        for stage, instr, rest in self.ins:
+            if instr != "COPY" or "--from=" not in rest:
+                continue
+            words = rest.split()
+            src_stage = next(w for w in words if w.startswith("--from=")).split("=", 1)[1]
+            stage_info = next(s for s in self.stages.values() if s["name"] == src_stage)
+            paths = [w for w in words if not w.startswith("--")]
+            build_root = os.path.join(stage_info["workdir"], "build") + "/"
+            for src in paths[:-1]:
+                self.assertTrue(src.startswith(build_root), f"{src} is not under {build_root}")
+                rel = src[len(build_root):]
+                self.assertTrue(os.access(os.path.join(BIN_DIR, rel), os.X_OK),
+                                f"COPY {src}: {rel} is no build output in {BIN_DIR}")
+                copied.append(os.path.basename(rel))
+            self.assertEqual(paths[-1].rstrip("/"), "/usr/local/bin")
+        self.assertLessEqual(set(BINARIES), set(copied))
+
+    def test_runs_as_non_root(self):
+        users = [rest for stage, instr, rest in self.ins if instr == "USER" and stage == max(self.stages)]
+        self.assertTrue(users, "no USER in the final stage")
+        user = users[-1].split(":")[0]
+        self.assertNotIn(user, ("0", "root"))
+        self.assertTrue(user.isdigit(), "numeric USER (runAsNonRoot can check it)")
+        for r in RENDERED:
+            for w, spec, c in r.containers():
+                run_as = (c.get("securityContext") or {}).get("runAsUser", spec["securityContext"].get("runAsUser"))
+                self.assertEqual(run_as, int(user))
+
+    def test_named_flags_and_env_exist(self):
+        final = max(self.stages)
+        for stage, instr, rest in self.ins:
+            if stage != final:
+                continue
+            if instr in ("CMD", "ENTRYPOINT"):
+                argv = exec_form_or_shell(rest)
+                self.assertIn(argv[0], BINARIES)
+                for t in argv[1:]:
+                    name = split_flag(t)
+                    if name is not None:
+                        self.assertIn(name, FLAGS[argv[0]], f"{instr}: {argv[0]} has no --{name}")
+            if instr == "ENV":
+                for kv in shlex.split(rest):
+                    key = kv.split("=", 1)[0]
+                    if key.startswith("DSV2_"):
+                        for b, flags in FLAGS.items():  # image-wide: every binary
+                            self.assertIn(key, {f["env"] for f in flags.values()}, f"ENV {key}: not a flag of {b}")
+            if instr == "EXPOSE":
+                exposed = {int(p.split("/")[0]) for p in rest.split()}
+                for r in RENDERED:
+                    for w, spec, c in r.containers():
+                        for p in c.get("ports") or []:
+                            self.assertIn(p["containerPort"], exposed)
+
+    def test_runtime_packages_provide_every_shared_library(self):
+        if not (shutil.which("ldd") and shutil.which("dpkg") and shutil.which("apt-cache")):
+            self.skipTest("needs ldd, dpkg and apt-cache (Debian)")
+        final = max(self.stages)
+        listed = []
+        for stage, instr, rest in self.ins:
+            if stage == final and instr == "RUN" and "apt-get install" in rest:
+                words = shlex.split(rest.split("apt-get install", 1)[1].split("&&")[0])
+                listed += [w for w in words if not w.startswith("-")]
+        self.assertTrue(listed, "no apt-get install in the final stage")
+        for p in listed:
+            out = subprocess.run(["apt-cache", "show", p], capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, f"no Debian package {p}")
+        deps = subprocess.run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
+                               "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+                               "--no-pre-depends"] + listed, capture_output=True, text=True).stdout
+        provided = set(listed) | {l.split(":")[-1].strip().strip("<>") for l in deps.splitlines()}
+        provided |= {"libc6", "libgcc-s1", "libstdc++6", "zlib1g"}  # in debian:bookworm-slim
+        for name, rel in BINARIES.items():
+            libs = subprocess.run(["ldd", os.path.join(BIN_DIR, rel)], capture_output=True, text=True).stdout
+            for line in libs.splitlines():
+                m = re.search(r"=>\s+(/\S+)", line)
+                if not m:
+                    continue
+                path = m.group(1)
+                owner = None
+                for candidate in (os.path.realpath(path), path):
+                    out = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
+                    if out.returncode == 0:
+                        owner = out.stdout.split(":")[0]
+                        break
+                if owner is None:
+                    continue  # not from a Debian package (e.g. a locally built library)
+                with self.subTest(binary=name, library=path):
+                    self.assertIn(owner, provided, f"{path} ({owner}) is not installed in the runtime stage")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
