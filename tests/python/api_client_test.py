@@ -22,19 +22,10 @@ DSV2 = os.path.join(BIN, "tools", "dsv2")
 WORK = tempfile.mkdtemp(prefix="dsv2_py_")
 
 
-def generate_stubs():
-    """Compiles proto/inference.proto into WORK and imports the modules."""
-    from grpc_tools import protoc
-    import grpc_tools
-    include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    rc = protoc.main(["protoc", f"-I{ROOT}/proto", f"-I{include}", f"--python_out={WORK}",
-                      f"--grpc_python_out={WORK}", f"{ROOT}/proto/inference.proto"])
-    if rc != 0:
-        raise RuntimeError(f"grpc_tools.protoc failed with {rc}")
-    sys.path.insert(0, WORK)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dsv2_stubs  # noqa: E402
 
-
-generate_stubs()
+dsv2_stubs.generate(WORK)
 import grpc  # noqa: E402
 import inference_pb2 as pb  # noqa: E402
 import inference_pb2_grpc as pb_grpc  # noqa: E402

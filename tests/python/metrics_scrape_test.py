@@ -28,17 +28,10 @@ MODEL = os.path.join(WORK, "model")
 TTFT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30]
 
 
-def generate_stubs():
-    from grpc_tools import protoc
-    import grpc_tools
-    include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    if protoc.main(["protoc", f"-I{ROOT}/proto", f"-I{include}", f"--python_out={WORK}",
-                    f"--grpc_python_out={WORK}", f"{ROOT}/proto/inference.proto"]) != 0:
-        raise RuntimeError("grpc_tools.protoc failed")
-    sys.path.insert(0, WORK)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dsv2_stubs  # noqa: E402
 
-
-generate_stubs()
+dsv2_stubs.generate(WORK)
 import grpc  # noqa: E402
 import inference_pb2 as pb  # noqa: E402
 import inference_pb2_grpc as pb_grpc  # noqa: E402
