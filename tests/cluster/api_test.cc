@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
 
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -91,9 +92,15 @@ class Cluster {
                                   "--threads", "1", "--cache-tokens",
                                   absl::StrCat(o_.cache_tokens)});
     ASSERT_TRUE(p.ok()) << p.status();
-    ASSERT_TRUE((*p)->ReadLine(absl::Seconds(60)).ok());
+    absl::StatusOr<std::string> line = (*p)->ReadLine(absl::Seconds(60));
+    ASSERT_TRUE(line.ok());
+    attention_addresses_.push_back(absl::StrCat("127.0.0.1:", ParseReadyLine(*line)["port"]));
     attention_.push_back(*std::move(p));
   }
+
+  // The gRPC address of the i-th attention node started.
+  const std::string& AttentionAddress(size_t i) const { return attention_addresses_[i]; }
+  void KillAttentionNode(size_t i) { (void)attention_[i]->Stop(SIGKILL, absl::Seconds(10)); }
 
   void KillShard(int shard_id) {
     (void)shards_[shard_id]->Stop(SIGKILL, absl::Seconds(10));
@@ -176,6 +183,7 @@ class Cluster {
   std::unique_ptr<ChildProcess> coordinator_;
   std::map<int, std::unique_ptr<ChildProcess>> shards_;
   std::vector<std::unique_ptr<ChildProcess>> attention_;
+  std::vector<std::string> attention_addresses_;
   std::string endpoint_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
@@ -609,6 +617,56 @@ TEST(ApiMembership, UnavailableUntilShardsJoinThenNewVersionsOnJoinAndDeath) {
   r = c.Generate(req);
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.ids, *ref);
+}
+
+TEST(ApiMembership, AttentionNodeKilledFailsOnlyItsRequests) {
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 2;
+  Cluster c(TinyModel(), o);
+  c.WaitServing(2, 1);
+  constexpr int kLong = 1500;
+  GenerateRequest req = PromptIds({100000, 7, 8, 9}, kLong);
+  req.set_ignore_eos(true);
+  absl::StatusOr<std::vector<int32_t>> ref =
+      ReferenceOutput(TinyModel(), {100000, 7, 8, 9}, kLong, {"--ignore-eos"});
+  ASSERT_TRUE(ref.ok());
+  // Two streams: least cache load puts one on each node.
+  std::array<Cluster::Result, 2> results;
+  std::array<std::atomic<bool>, 2> streaming{false, false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = c.Generate(req, absl::Seconds(120), [&, i](const GenerateResponse&) {
+        streaming[i] = true;
+        return true;
+      });
+    });
+    while (!streaming[i]) absl::SleepFor(absl::Milliseconds(2));
+  }
+  EXPECT_EQ(c.NodeStatus(c.AttentionAddress(0)).running(), 1);
+  EXPECT_EQ(c.NodeStatus(c.AttentionAddress(1)).running(), 1);
+  c.KillAttentionNode(0);
+  for (std::thread& t : threads) t.join();
+  // One stream failed with UNAVAILABLE (no failover yet), the other is whole.
+  const int failed = results[0].status.ok() ? 1 : 0;
+  EXPECT_EQ(results[failed].status.error_code(), grpc::UNAVAILABLE)
+      << results[failed].status.error_message();
+  ASSERT_TRUE(results[1 - failed].status.ok()) << results[1 - failed].status.error_message();
+  EXPECT_EQ(results[1 - failed].ids, *ref);
+  // The heartbeat timeout removes the dead node; new requests go to the other.
+  const absl::Time end = absl::Now() + absl::Seconds(10);
+  while (c.Info().attention_nodes_size() != 1 && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const v1::ModelInfo info = c.Info();
+  ASSERT_EQ(info.attention_nodes_size(), 1);
+  EXPECT_EQ(info.attention_nodes(0).address(), c.AttentionAddress(1));
+  GenerateRequest short_req = PromptIds({100000, 7, 8, 9}, 8);
+  short_req.set_ignore_eos(true);
+  Cluster::Result after = c.Generate(short_req);
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.ids, std::vector<int32_t>(ref->begin(), ref->begin() + 8));
 }
 
 TEST(ApiAdmission, FullQueueIsResourceExhaustedAtOnce) {
