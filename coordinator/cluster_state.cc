@@ -211,8 +211,14 @@ absl::StatusOr<uint64_t> ClusterState::Enqueue(int64_t need_tokens) {
 
 AttentionNodeEntry* ClusterState::PickNode(int64_t need) {
   AttentionNodeEntry* best = nullptr;
+  // Nothing is handed out while the placement is incomplete (a shard died
+  // and its experts are being re-placed): the request waits.
+  if (!complete_ || published_.version == 0) return nullptr;
+  for (int32_t id : published_.shard_ids) {
+    if (!shards_.contains(id)) return nullptr;
+  }
   for (auto& [id, n] : attention_) {
-    if (n.placement_version < published_.version || published_.version == 0) continue;
+    if (n.placement_version != published_.version) continue;
     if (n.reserved_tokens + need > n.capacity_tokens) continue;
     // Least load first: reserved / capacity, compared exactly by cross
     // multiplication (ties keep the lower id: map order).
@@ -234,6 +240,19 @@ absl::StatusOr<std::optional<NodeAssignment>> ClusterState::WaitForNode(uint64_t
            PickNode(queue_.front().need_tokens) != nullptr;
   };
   mu_.AwaitWithTimeout(absl::Condition(&at_front_with_room), timeout);
+  // A request no live node could ever hold (the nodes that could have left)
+  // must not block the queue behind it.
+  int64_t largest = 0;
+  for (const auto& [id, n] : attention_) largest = std::max(largest, n.capacity_tokens);
+  for (auto it = queue_.begin(); !attention_.empty() && it != queue_.end(); ++it) {
+    if (it->id == ticket && it->need_tokens > largest) {
+      const int64_t need = it->need_tokens;
+      queue_.erase(it);
+      return absl::UnavailableError(absl::StrCat(
+          "no attention node can hold prompt + max_tokens = ", need,
+          " tokens any more (the largest live cache holds ", largest, ")"));
+    }
+  }
   if (attention_.empty()) {
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       if (it->id == ticket) {

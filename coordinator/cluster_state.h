@@ -119,7 +119,8 @@ class ClusterState {
   // the request is at the front and an attention node serving the current
   // placement has `need_tokens` unreserved, then reserves them there.
   // Returns nullopt on timeout (the caller checks cancellation and calls
-  // again) and Unavailable when no node could ever take it (none live).
+  // again) and Unavailable when no node could ever take it (none live, or
+  // none large enough any more).
   // Abandon drops a queued ticket; Release returns a reservation.
   absl::StatusOr<uint64_t> Enqueue(int64_t need_tokens);
   absl::StatusOr<std::optional<NodeAssignment>> WaitForNode(uint64_t ticket,
@@ -135,8 +136,8 @@ class ClusterState {
     int64_t need_tokens;
   };
   // The node for `need` tokens: least reserved/capacity among live nodes
-  // that acknowledged the published version and have room; ties to the
-  // lowest id. nullptr if none.
+  // that serve exactly the published version and have room, while that
+  // placement is complete; ties to the lowest id. nullptr if none.
   AttentionNodeEntry* PickNode(int64_t need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AdmissionOptions options_;

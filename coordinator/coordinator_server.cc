@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -24,6 +25,7 @@
 #include "inference.grpc.pb.h"
 #include "metrics/metrics.h"
 #include "router/gate.h"
+#include "model/sampling.h"
 #include "router/plan.h"
 
 namespace dsv2::coordinator {
@@ -81,7 +83,14 @@ struct CoordinatorCore {
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
     absl::MutexLock lock(&channels_mu);
     auto& ch = channels[address];
-    if (ch == nullptr) ch = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    if (ch == nullptr) {
+      // Keepalive: a node whose host vanished breaks its streams in seconds.
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+      args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
+      ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    }
     return ch;
   }
 
@@ -119,13 +128,17 @@ struct CoordinatorCore {
   bool stop ABSL_GUARDED_BY(loop_mu) = false;
   bool wake ABSL_GUARDED_BY(loop_mu) = false;
   std::function<void(bool)> serving_callback ABSL_GUARDED_BY(loop_mu);
+  bool report_serving ABSL_GUARDED_BY(loop_mu) = false;
 
   absl::Mutex live_mu;
   absl::flat_hash_map<uint64_t, LiveRequest*> live ABSL_GUARDED_BY(live_mu);
   bool draining ABSL_GUARDED_BY(live_mu) = false;
   // Generate calls past the draining check (queued or running).
   int64_t active ABSL_GUARDED_BY(live_mu) = 0;
-  std::atomic<uint64_t> next_request_id{1};
+  // Request ids on nodes: random start (below 2^62; nodes pick ids with the
+  // high bit for requests without one), so ids of a restarted coordinator do
+  // not collide with requests still live from before.
+  std::atomic<uint64_t> next_request_id{(RandomSeed() >> 2) | 1};
 
   std::unique_ptr<grpc::Service> inference;
   std::unique_ptr<grpc::Service> membership;
@@ -262,13 +275,18 @@ bool CoordinatorCore::Republish() {
     internal::LoadExpertsResponse resp;
     const grpc::Status st = stub.LoadExperts(&ctx, req, &resp);
     if (!st.ok()) {
-      spdlog::warn("placement v{}: shard {} at {} failed LoadExperts: {} ({})", version,
-                   s.shard_id, s.address, st.error_message(), static_cast<int>(st.error_code()));
-      if (st.error_code() == grpc::UNAVAILABLE || st.error_code() == grpc::DEADLINE_EXCEEDED) {
-        // Dead or hung: drop it now rather than at its heartbeat timeout.
-        state.Remove(s.node_id, /*dead=*/true);
-      }
+      // Dead, hung or unable to load (e.g. out of memory): it cannot serve
+      // this placement, so drop it; if alive it re-registers on its next
+      // heartbeat (NOT_FOUND) and is tried again then.
+      spdlog::warn("placement v{}: shard {} at {} failed LoadExperts: {} (code {}); dropped",
+                   version, s.shard_id, s.address, st.error_message(),
+                   static_cast<int>(st.error_code()));
+      state.Remove(s.node_id, /*dead=*/true);
       return false;
+    }
+    {
+      absl::MutexLock lock(&loop_mu);
+      if (stop) return false;
     }
     state.SetShardLoaded(s.node_id, version, resp.experts_size());
   }
@@ -283,7 +301,7 @@ void CoordinatorCore::PushToAttentionNodes() {
   const PublishedPlacement p = state.published();
   if (p.version == 0 || table.version() != p.version) return;
   for (const AttentionNodeEntry& n : state.attention_nodes()) {
-    if (n.placement_version >= p.version) continue;
+    if (n.placement_version == p.version) continue;
     internal::AttentionNode::Stub stub(Channel(n.address));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(options.control_timeout));
@@ -300,13 +318,14 @@ void CoordinatorCore::PushToAttentionNodes() {
 
 void CoordinatorCore::UpdateServing() {
   const bool now_serving = state.SmallestCapacity().ok();
-  if (now_serving == serving) return;
-  serving = now_serving;
   std::function<void(bool)> cb;
   {
     absl::MutexLock lock(&loop_mu);
+    if (now_serving == serving && !report_serving) return;
+    report_serving = false;
     cb = serving_callback;
   }
+  serving = now_serving;
   spdlog::info(serving ? "serving" : "not serving");
   if (cb) cb(serving);
 }
@@ -326,7 +345,9 @@ void CoordinatorCore::PlacementLoop() {
     }
     const bool behind = state.max_reported_version() > state.published().version;
     if (state.shard_generation() != published_generation || behind) {
-      if (!Republish()) continue;
+      // A failed shard was dropped; the next tick republishes without it.
+      // Attention nodes and health are kept current meanwhile.
+      (void)Republish();
     }
     PushToAttentionNodes();
     UpdateServing();
@@ -352,9 +373,16 @@ void CoordinatorCore::CancellationLoop() {
       auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(loop_mu) { return stop; };
       if (loop_mu.AwaitWithTimeout(absl::Condition(&stopped), absl::Milliseconds(20))) return;
     }
+    // A request whose attention node was removed as dead (missed heartbeats)
+    // is cancelled too: a hung node would otherwise hold it forever.
+    absl::flat_hash_set<std::string> live_nodes;
+    for (const AttentionNodeEntry& n : state.attention_nodes()) live_nodes.insert(n.address);
     absl::MutexLock lock(&live_mu);
     for (auto& [id, r] : live) {
-      if (r->node_ctx != nullptr && r->server_ctx->IsCancelled()) r->node_ctx->TryCancel();
+      if (r->node_ctx == nullptr) continue;
+      if (r->server_ctx->IsCancelled() || !live_nodes.contains(r->node_address)) {
+        r->node_ctx->TryCancel();
+      }
     }
   }
 }
@@ -643,12 +671,17 @@ grpc::Status InferenceService::GenerateStream(grpc::ServerContext* ctx,
     result = std::chrono::system_clock::now() >= ctx->deadline()
                  ? grpc::Status(grpc::DEADLINE_EXCEEDED, "deadline exceeded")
                  : grpc::Status(grpc::CANCELLED, "cancelled by the client");
-  } else if (!node_status.ok()) {
-    result = node_status.error_code() == grpc::CANCELLED
-                 ? grpc::Status(grpc::UNAVAILABLE, "the attention node cancelled the request")
-                 : node_status;
+  } else if (node_status.error_code() == grpc::INVALID_ARGUMENT) {
+    result = node_status;  // the node's own checks (e.g. its cache capacity)
   } else {
-    result = grpc::Status(grpc::INTERNAL, "the attention node ended the stream without a finish");
+    // Any other failure of the node (dead, removed, its queue full, an
+    // expert shard unreachable, a stream without a finish) is the public
+    // API's "the request's attention node failed".
+    result = grpc::Status(
+        grpc::UNAVAILABLE,
+        absl::StrCat("the attention node at ", node.address, " failed: ",
+                     node_status.ok() ? "the stream ended without a finish reason"
+                                      : node_status.error_message()));
   }
   spdlog::info("request {}: failed on node {} with code {}: {}", request_id, node.node_id,
                static_cast<int>(result.error_code()), result.error_message());
@@ -674,6 +707,7 @@ ClusterState& Coordinator::state() { return core_->state; }
 void Coordinator::SetServingCallback(std::function<void(bool)> callback) {
   absl::MutexLock lock(&core_->loop_mu);
   core_->serving_callback = std::move(callback);
+  core_->report_serving = true;  // the next tick reports the current state
 }
 
 bool Coordinator::Drain(absl::Duration timeout) {

@@ -163,6 +163,7 @@ int Main(int argc, char** argv) {
   builder.RegisterService(coord.membership_service());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
+    metrics_server->reset();  // its scrape hook reads `coord`
     return fail(absl::UnavailableError(
         absl::StrCat("cannot listen on ", cmd->common.host, ":", cmd->common.port)));
   }

@@ -32,7 +32,8 @@ class TextStream {
     bool stopped = false;  // a stop string appeared: generation must end
   };
   // Adds one generated token. `render` = false for tokens whose text is
-  // never shown (EOS, stop_token_ids): they still end pending UTF-8.
+  // never shown (EOS, stop_token_ids): they add no text (as Decode of the
+  // rendered ids only).
   Chunk Push(int32_t token_id, bool render);
   // End of generation without a stop string: the held-back text (an
   // incomplete UTF-8 tail becomes U+FFFD).

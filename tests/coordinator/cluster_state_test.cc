@@ -106,6 +106,40 @@ TEST(ClusterState, ZeroQueueStillAdmitsWhatRunsAtOnce) {
   Admit(s, 40);
 }
 
+TEST(ClusterState, NothingIsHandedOutWhileThePlacementIsIncomplete) {
+  ClusterState s(AdmissionOptions{});
+  Serve(s, {1000});
+  const uint64_t shard_node = s.shards()[0].node_id;
+  ASSERT_TRUE(s.Remove(shard_node, /*dead=*/true));
+  absl::StatusOr<uint64_t> t = s.Enqueue(10);
+  ASSERT_TRUE(t.ok());
+  EXPECT_FALSE(s.WaitForNode(*t, absl::Milliseconds(10))->has_value());
+  // The shard is back and a new complete version published: it goes.
+  ASSERT_TRUE(s.RegisterShard(0, "shard0", "ucx", 0, kT0).ok());
+  s.Publish(PublishedPlacement{2, {0}}, true);
+  s.SetAttentionVersion(s.attention_nodes()[0].node_id, 2);
+  EXPECT_TRUE(s.WaitForNode(*t, absl::Milliseconds(10))->has_value());
+}
+
+TEST(ClusterState, HeadThatNoNodeCanHoldAnyMoreFailsInsteadOfBlocking) {
+  ClusterState s(AdmissionOptions{});
+  const std::vector<uint64_t> ids = Serve(s, {1000});
+  Admit(s, 900);
+  absl::StatusOr<uint64_t> big = s.Enqueue(800);
+  absl::StatusOr<uint64_t> small = s.Enqueue(10);
+  ASSERT_TRUE(big.ok() && small.ok());
+  // The large node goes; a small one comes.
+  s.Remove(ids[0], /*dead=*/true);
+  const uint64_t small_node = s.RegisterAttentionNode("small", 100, 1, kT0);
+  s.SetAttentionVersion(small_node, 1);
+  absl::StatusOr<std::optional<NodeAssignment>> a = s.WaitForNode(*big, absl::ZeroDuration());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable) << a.status();
+  EXPECT_NE(std::string(a.status().message()).find("800"), std::string::npos);
+  a = s.WaitForNode(*small, absl::ZeroDuration());
+  ASSERT_TRUE(a.ok() && a->has_value());
+  EXPECT_EQ((*a)->node_id, small_node);
+}
+
 TEST(ClusterState, AbandonedTicketLeavesTheQueue) {
   AdmissionOptions o;
   o.max_queued = 1;

@@ -214,7 +214,7 @@ def setUpModule():
     for name, rel in BINARIES.items():
         path = os.path.join(BIN_DIR, rel)
         if not os.access(path, os.X_OK):
-            raise unittest.SkipTest(f"{path} not built (bash tools/build.sh)")
+            raise AssertionError(f"{path} not built (bash tools/build.sh)")
         FLAGS[name] = load_flags(path)
     if shutil.which("kubectl") is None:
         raise AssertionError("kubectl not found (tools/setup.sh installs kubernetes-client)")

@@ -88,7 +88,10 @@ void CoordinatorLink::Run() {
       first = false;
       node_id = node_id_;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
-      in_flight_ = &ctx;  // a TryCancel before the call starts cancels it at once
+      // Stop cancels the call in flight, a Register too: shutting down
+      // promptly matters more than the ghost entry a Register the
+      // coordinator already processed leaves (gone at its heartbeat timeout).
+      in_flight_ = &ctx;
     }
     grpc::Status st;
     if (node_id == 0) {
