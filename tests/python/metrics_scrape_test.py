@@ -125,6 +125,18 @@ class MetricsScrapeTest(unittest.TestCase):
         self.assertEqual(body["status"], "success", body)
         return body["data"]["result"]
 
+    def wait_scraped_after(self, t, timeout=60):
+        """Until all 4 dsv2 targets are up with a scrape later than t."""
+        promql = f'count(timestamp(up{{job=~"dsv2-.*"}} == 1) > {t:.3f})'
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = self.query(promql)
+            if r and float(r[0]["value"][1]) == 4:
+                return
+            time.sleep(0.25)
+        self.fail(f"Prometheus did not scrape every target after {t}: "
+                  f"{self.query('up')}")
+
     def scalar(self, promql):
         result = self.query(promql)
         self.assertEqual(len(result), 1, f"{promql}: {result}")
@@ -149,13 +161,10 @@ class MetricsScrapeTest(unittest.TestCase):
             tokens += sum(len(c.token_ids) for c in chunks)
             ttfts.append(chunks[-1].usage.time_to_first_token_seconds)
         self.assertEqual(tokens, sum(5 + 3 * i for i in range(requests)))
-        # Wait until Prometheus has scraped the final counts.
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r = self.query('sum(dsv2_requests_total{job="dsv2-coordinator"})')
-            if r and float(r[0]["value"][1]) >= requests:
-                break
-            time.sleep(0.5)
+        # Wait until Prometheus has scraped every target after the last
+        # request ended (it starts scraping new targets only after its
+        # discovery settles, a few seconds after start).
+        self.wait_scraped_after(time.time())
         self.assertEqual(self.scalar('dsv2_generated_tokens_total{job="dsv2-coordinator"}'), tokens)
         self.assertEqual(self.scalar('sum(dsv2_requests_total{finish_reason="length"})'), requests)
         self.assertEqual(self.scalar("dsv2_time_to_first_token_seconds_count"), requests)
