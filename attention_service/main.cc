@@ -86,19 +86,16 @@ int Main(int argc, char** argv) {
     return service::UsageError("dsv2-attention", specs, msg);
   };
   int64_t cache_tokens, max_step_tokens, max_running, max_waiting, dispatch_ms, mb_rows, drain_s;
-  for (auto [name, dflt, out, min] :
-       std::initializer_list<std::tuple<const char*, int64_t, int64_t*, int64_t>>{
-           {"cache-tokens", 16384, &cache_tokens, 1},
-           {"max-step-tokens", 512, &max_step_tokens, 1},
-           {"max-running", 64, &max_running, 1},
-           {"max-waiting", 1024, &max_waiting, 0},
-           {"dispatch-timeout-ms", 10000, &dispatch_ms, 1},
-           {"micro-batch-min-rows", 32, &mb_rows, 0},
-           {"drain-timeout-s", 30, &drain_s, 0}}) {
-    absl::StatusOr<int64_t> v = flags.GetInt(name, dflt);
-    if (!v.ok()) return usage(std::string(v.status().message()));
-    if (*v < min) return usage(absl::StrCat("--", name, "=", *v, " must be >= ", min));
-    *out = *v;
+  if (absl::Status st = service::ReadIntFlags(
+          flags, {{"cache-tokens", 16384, &cache_tokens, 1},
+                  {"max-step-tokens", 512, &max_step_tokens, 1},
+                  {"max-running", 64, &max_running, 1},
+                  {"max-waiting", 1024, &max_waiting, 0},
+                  {"dispatch-timeout-ms", 10000, &dispatch_ms, 1},
+                  {"micro-batch-min-rows", 32, &mb_rows, 0},
+                  {"drain-timeout-s", 30, &drain_s, 0}});
+      !st.ok()) {
+    return usage(std::string(st.message()));
   }
   const auto fail = [](const absl::Status& st) {
     std::cerr << "dsv2-attention: " << st.message() << "\n";

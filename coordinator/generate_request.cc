@@ -5,31 +5,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/status_macros.h"
+#include "model/unicode_internal.h"
 
 namespace dsv2::coordinator {
 namespace {
 
 absl::Status Invalid(const std::string& field, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
-
-// Well-formed lead/continuation structure (stop strings are matched
-// bytewise against decoded text, which is always valid UTF-8).
-bool ValidUtf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const int n = c < 0x80           ? 0
-                  : (c >> 5) == 0x6  ? 1
-                  : (c >> 4) == 0xE  ? 2
-                  : (c >> 3) == 0x1E ? 3
-                                     : -1;
-    if (n < 0 || i + n >= s.size()) return false;
-    for (int k = 1; k <= n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
-    }
-    i += n + 1;
-  }
-  return true;
 }
 
 }  // namespace
@@ -78,7 +60,7 @@ absl::StatusOr<PreparedGenerate> PrepareGenerate(const v1::GenerateRequest& requ
       return Invalid("stop", absl::StrCat("a stop string has ", s.size(), " bytes; at most ",
                                           kMaxStopStringBytes));
     }
-    if (!ValidUtf8(s)) return Invalid("stop", "a stop string is not valid UTF-8");
+    if (!unicode_internal::IsValidUtf8(s)) return Invalid("stop", "a stop string is not valid UTF-8");
   }
   if (!request.stop().empty() && model.tokenizer == nullptr) {
     return Invalid("stop", "the model has no tokenizer, so stop strings cannot be matched");

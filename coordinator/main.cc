@@ -67,17 +67,14 @@ int Main(int argc, char** argv) {
     return service::UsageError("dsv2-coordinator", specs, msg);
   };
   int64_t max_queue, hb_interval, hb_timeout, load_s, drain_s;
-  for (auto [name, dflt, out, min] :
-       std::initializer_list<std::tuple<const char*, int64_t, int64_t*, int64_t>>{
-           {"max-queue", 256, &max_queue, 0},
-           {"heartbeat-interval-ms", 500, &hb_interval, 10},
-           {"heartbeat-timeout-ms", 3000, &hb_timeout, 20},
-           {"load-experts-timeout-s", 120, &load_s, 1},
-           {"drain-timeout-s", 30, &drain_s, 0}}) {
-    absl::StatusOr<int64_t> v = flags.GetInt(name, dflt);
-    if (!v.ok()) return usage(std::string(v.status().message()));
-    if (*v < min) return usage(absl::StrCat("--", name, "=", *v, " must be >= ", min));
-    *out = *v;
+  if (absl::Status st = service::ReadIntFlags(
+          flags, {{"max-queue", 256, &max_queue, 0},
+                  {"heartbeat-interval-ms", 500, &hb_interval, 10},
+                  {"heartbeat-timeout-ms", 3000, &hb_timeout, 20},
+                  {"load-experts-timeout-s", 120, &load_s, 1},
+                  {"drain-timeout-s", 30, &drain_s, 0}});
+      !st.ok()) {
+    return usage(std::string(st.message()));
   }
   if (hb_timeout <= hb_interval) {
     return usage("--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");

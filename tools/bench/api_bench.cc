@@ -43,6 +43,26 @@ struct RunResult {
   std::vector<CallTimes> calls;
 };
 
+// Reads one server stream opened by `open` to its end: time to the first
+// response with tokens, time to the end, tokens, status.
+template <typename Response, typename Open>
+CallTimes TimeStream(Open open) {
+  grpc::ClientContext ctx;
+  CallTimes t;
+  const auto start = Clock::now();
+  auto reader = open(&ctx);
+  Response resp;
+  while (reader->Read(&resp)) {
+    if (resp.token_ids_size() > 0 && t.tokens == 0) {
+      t.ttft_s = std::chrono::duration<double>(Clock::now() - start).count();
+    }
+    t.tokens += resp.token_ids_size();
+  }
+  t.total_s = std::chrono::duration<double>(Clock::now() - start).count();
+  t.ok = reader->Finish().ok();
+  return t;
+}
+
 double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -152,20 +172,8 @@ int Main(int argc, char** argv) {
     req.set_max_tokens(max_tokens);
     req.set_temperature(0.0f);
     req.set_ignore_eos(true);
-    grpc::ClientContext ctx;
-    CallTimes t;
-    const auto start = Clock::now();
-    auto reader = stub->Generate(&ctx, req);
-    v1::GenerateResponse resp;
-    while (reader->Read(&resp)) {
-      if (resp.token_ids_size() > 0 && t.tokens == 0) {
-        t.ttft_s = std::chrono::duration<double>(Clock::now() - start).count();
-      }
-      t.tokens += resp.token_ids_size();
-    }
-    t.total_s = std::chrono::duration<double>(Clock::now() - start).count();
-    t.ok = reader->Finish().ok();
-    return t;
+    return TimeStream<v1::GenerateResponse>(
+        [&](grpc::ClientContext* ctx) { return stub->Generate(ctx, req); });
   };
   std::atomic<uint64_t> next_id{1ull << 40};
   auto direct = [&](int call) {
@@ -174,20 +182,8 @@ int Main(int argc, char** argv) {
     prompt(call, [&](int32_t id) { req.add_prompt_ids(id); });
     req.set_max_tokens(max_tokens);
     req.set_ignore_eos(true);
-    grpc::ClientContext ctx;
-    CallTimes t;
-    const auto start = Clock::now();
-    auto reader = nodes[call % nodes.size()]->Submit(&ctx, req);
-    internal::SubmitResponse resp;
-    while (reader->Read(&resp)) {
-      if (resp.token_ids_size() > 0 && t.tokens == 0) {
-        t.ttft_s = std::chrono::duration<double>(Clock::now() - start).count();
-      }
-      t.tokens += resp.token_ids_size();
-    }
-    t.total_s = std::chrono::duration<double>(Clock::now() - start).count();
-    t.ok = reader->Finish().ok();
-    return t;
+    return TimeStream<internal::SubmitResponse>(
+        [&](grpc::ClientContext* ctx) { return nodes[call % nodes.size()]->Submit(ctx, req); });
   };
   std::printf("model %s: %zu attention node(s), %d shard(s); prompt %d tokens, %d generated, "
               "%d calls per client\n",

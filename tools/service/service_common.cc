@@ -112,6 +112,17 @@ std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& bin
   return ServiceCommandLine{*std::move(flags), *common, *model_dir};
 }
 
+absl::Status ReadIntFlags(const cli::ParsedFlags& flags, std::initializer_list<IntFlag> specs) {
+  for (const IntFlag& f : specs) {
+    DSV2_ASSIGN_OR_RETURN(const int64_t v, flags.GetInt(f.name, f.default_value));
+    if (v < f.min) {
+      return absl::InvalidArgumentError(absl::StrCat("--", f.name, "=", v, " must be >= ", f.min));
+    }
+    *f.out = v;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags) {
   DSV2_ASSIGN_OR_RETURN(const kernels::CpuIsa isa, kernels::ResolveCpuIsa(flags.cpu_isa));
   ComputeContext c;

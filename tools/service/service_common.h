@@ -12,6 +12,7 @@
 
 #include <csignal>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,6 +61,18 @@ std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& bin
                                                           char** argv,
                                                           const std::vector<cli::FlagSpec>& specs,
                                                           int* exit_code);
+
+// An integer flag of a service binary: its default and smallest value.
+struct IntFlag {
+  const char* name;
+  int64_t default_value;
+  int64_t* out;
+  int64_t min;
+};
+// Reads every flag into *out (the default when unset). InvalidArgument, a
+// usage error, for a non-integer or a value below min ("--name=V must be
+// >= min").
+absl::Status ReadIntFlags(const cli::ParsedFlags& flags, std::initializer_list<IntFlag> specs);
 
 // The compute context of --threads and --cpu-isa (the pool it points at is
 // owned here).
