@@ -1,7 +1,7 @@
 // The seam between the layer loop and the routed experts (DESIGN.md section
 // 1): the loop sends one dispatch per MoE layer and later collects the
 // unweighted expert output rows. The single-process engine plugs in an
-// in-process backend (tools/ composes it with expert_service's ExpertShard);
+// in-process backend (tools/ composes it with expert_service's ExpertCompute);
 // the cluster plugs in a data-plane backend.
 //
 // With ping-pong (DESIGN.md section 3) a step has two micro-batches, so up to
@@ -64,7 +64,7 @@ class ExpertBackend {
   virtual void Forget(uint64_t ticket) { (void)ticket; }
 };
 
-// Calls `handler` synchronously inside Send (an ExpertShard::Handle in the
+// Calls `handler` synchronously inside Send (an ExpertCompute::Handle in the
 // single-process engine); Wait returns the stored result. Any number of
 // tickets may be outstanding.
 class InProcessExpertBackend : public ExpertBackend {

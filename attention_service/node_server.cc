@@ -11,8 +11,8 @@
 #include "absl/strings/str_cat.h"
 #include "expert_shard.grpc.pb.h"
 #include "inference.pb.h"
-#include "kernels/status_macros.h"
-#include "tools/service/service_common.h"
+#include "base/status_macros.h"
+#include "service/service_common.h"
 
 namespace dsv2 {
 

@@ -17,7 +17,7 @@
 #include "absl/time/time.h"
 #include "attention_node.grpc.pb.h"
 #include "attention_service/engine.h"
-#include "attention_service/remote_experts.h"
+#include "attention_service/data_plane_expert_backend.h"
 #include "model/config.h"
 
 namespace dsv2 {

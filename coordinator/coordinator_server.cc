@@ -27,14 +27,10 @@
 #include "router/gate.h"
 #include "model/sampling.h"
 #include "router/plan.h"
+#include "service/service_common.h"
 
 namespace dsv2::coordinator {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& st) {
-  if (st.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
-}
 
 std::chrono::system_clock::time_point Deadline(absl::Duration d) {
   return absl::ToChronoTime(absl::Now() + d);
@@ -187,7 +183,7 @@ class MembershipService final : public internal::Coordinator::Service {
         absl::StatusOr<uint64_t> r = c_.state.RegisterShard(
             req->shard_id(), req->grpc_address(), req->ucx_address(), req->placement_version(),
             now);
-        if (!r.ok()) return ToGrpc(r.status());
+        if (!r.ok()) return service::ToGrpcStatus(r.status());
         id = *r;
         spdlog::info("expert shard {} registered at {} (node {})", req->shard_id(),
                      req->grpc_address(), id);
@@ -206,7 +202,7 @@ class MembershipService final : public internal::Coordinator::Service {
                          internal::HeartbeatResponse* out) override {
     absl::Status st = c_.state.Heartbeat(req->node_id(), req->placement_version(),
                                          req->resident_bytes(), absl::Now());
-    if (!st.ok()) return ToGrpc(st);
+    if (!st.ok()) return service::ToGrpcStatus(st);
     out->set_placement_version(c_.state.published().version);
     return grpc::Status::OK;
   }
@@ -238,31 +234,26 @@ bool CoordinatorCore::Republish() {
   }
   const uint32_t version =
       std::max(state.published().version, state.max_reported_version()) + 1;
-  absl::StatusOr<router::Placement> dense =
-      router::DefaultPlacement(gate, static_cast<int32_t>(shards.size()), version);
-  if (!dense.ok()) {
-    spdlog::error("placement over {} shards: {}", shards.size(), dense.status().ToString());
+  std::vector<int32_t> ids;
+  for (const ShardEntry& s : shards) ids.push_back(s.shard_id);
+  std::sort(ids.begin(), ids.end());
+  absl::StatusOr<router::Placement> placement =
+      router::DefaultPlacementOverShards(gate, ids, version);
+  if (!placement.ok()) {
+    spdlog::error("placement over {} shards: {}", shards.size(), placement.status().ToString());
     return false;
   }
-  // Dense index i -> the i-th live shard's stable id.
-  internal::PlacementTable t;
-  t.set_version(version);
-  for (const std::vector<int32_t>& replicas : dense->replicas) {
-    internal::ExpertReplicas* er = t.add_experts();
-    std::vector<int32_t> ids;
-    for (int32_t i : replicas) ids.push_back(shards[i].shard_id);
-    std::sort(ids.begin(), ids.end());
-    for (int32_t id : ids) er->add_shard_ids(id);
-  }
+  std::vector<internal::ShardEndpoint> endpoints;
   PublishedPlacement published;
   published.version = version;
   for (const ShardEntry& s : shards) {
-    internal::ShardEndpoint* ep = t.add_shards();
-    ep->set_shard_id(s.shard_id);
-    ep->set_grpc_address(s.address);
-    ep->set_ucx_address(s.ucx_address);
+    internal::ShardEndpoint& ep = endpoints.emplace_back();
+    ep.set_shard_id(s.shard_id);
+    ep.set_grpc_address(s.address);
+    ep.set_ucx_address(s.ucx_address);
     published.shard_ids.push_back(s.shard_id);
   }
+  internal::PlacementTable t = service::PlacementToProto(*placement, endpoints);
   // Every shard loads what it gains before any attention node sees the
   // version (DESIGN.md section 5).
   for (const ShardEntry& s : shards) {
@@ -503,7 +494,7 @@ grpc::Status InferenceService::GenerateStream(grpc::ServerContext* ctx,
                                               grpc::ServerWriter<v1::GenerateResponse>* writer,
                                               absl::Time t_start, v1::FinishReason* finish_out) {
   absl::StatusOr<PreparedGenerate> prepared = PrepareGenerate(*req, c_.model);
-  if (!prepared.ok()) return ToGrpc(prepared.status());
+  if (!prepared.ok()) return service::ToGrpcStatus(prepared.status());
   {
     absl::MutexLock lock(&c_.live_mu);
     if (c_.draining) return grpc::Status(grpc::UNAVAILABLE, "the coordinator is shutting down");
@@ -517,19 +508,19 @@ grpc::Status InferenceService::GenerateStream(grpc::ServerContext* ctx,
     }
   } active_guard{c_};
   absl::StatusOr<int64_t> capacity = c_.state.SmallestCapacity();
-  if (!capacity.ok()) return ToGrpc(capacity.status());
-  if (absl::Status st = ApplyLimits(c_.model, *capacity, *prepared); !st.ok()) return ToGrpc(st);
+  if (!capacity.ok()) return service::ToGrpcStatus(capacity.status());
+  if (absl::Status st = ApplyLimits(c_.model, *capacity, *prepared); !st.ok()) return service::ToGrpcStatus(st);
   const int64_t need = static_cast<int64_t>(prepared->prompt_ids.size()) + *prepared->max_tokens;
   const uint64_t request_id = c_.next_request_id.fetch_add(1);
 
   // Admission: FIFO, bounded; wait for a node with room.
   absl::StatusOr<uint64_t> ticket = c_.state.Enqueue(need);
-  if (!ticket.ok()) return ToGrpc(ticket.status());
+  if (!ticket.ok()) return service::ToGrpcStatus(ticket.status());
   NodeAssignment node;
   while (true) {
     absl::StatusOr<std::optional<NodeAssignment>> a =
         c_.state.WaitForNode(*ticket, absl::Milliseconds(50));
-    if (!a.ok()) return ToGrpc(a.status());
+    if (!a.ok()) return service::ToGrpcStatus(a.status());
     if (a->has_value()) {
       node = **a;
       break;

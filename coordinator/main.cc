@@ -30,7 +30,7 @@
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
-#include "tools/service/service_common.h"
+#include "service/service_common.h"
 
 namespace dsv2 {
 namespace {

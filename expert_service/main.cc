@@ -26,14 +26,14 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "expert_service/dispatch_server.h"
-#include "expert_service/shard_server.h"
+#include "expert_service/data_plane_server.h"
+#include "expert_service/control_server.h"
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "metrics/metrics.h"
-#include "tools/service/coordinator_link.h"
-#include "tools/service/service_common.h"
+#include "service/coordinator_link.h"
+#include "service/service_common.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2 {
@@ -93,7 +93,7 @@ int Main(int argc, char** argv) {
   if (!ckpt.ok()) return fail(ckpt.status());
   absl::StatusOr<service::ComputeContext> compute = service::MakeComputeContext(cmd->common);
   if (!compute.ok()) return fail(compute.status());
-  ExpertDispatchServer server(*config, **ckpt, compute->ctx, static_cast<int32_t>(*shard_id));
+  ExpertDataPlaneServer server(*config, **ckpt, compute->ctx, static_cast<int32_t>(*shard_id));
 
   const router::GateParams gate = router::GateParams::FromConfig(*config);
   std::optional<internal::PlacementTable> table;
@@ -141,7 +141,7 @@ int Main(int argc, char** argv) {
           [&server](std::span<const std::byte> request) { return server.HandleMessage(request); });
   if (!data_plane.ok()) return fail(data_plane.status());
 
-  ExpertShardServer control(server, (*data_plane)->address(),
+  ExpertControlServer control(server, (*data_plane)->address(),
                             static_cast<int32_t>(config->n_routed_experts));
   int port = 0;
   absl::StatusOr<std::unique_ptr<grpc::Server>> grpc_server =

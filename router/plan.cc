@@ -74,6 +74,31 @@ absl::StatusOr<Placement> DefaultPlacement(const GateParams& gate, int32_t num_s
   return p;
 }
 
+absl::StatusOr<Placement> DefaultPlacementOverShards(const GateParams& gate,
+                                                     std::span<const int32_t> shard_ids,
+                                                     uint32_t version) {
+  if (shard_ids.empty()) {
+    return absl::InvalidArgumentError("placement: no shard ids");
+  }
+  for (size_t i = 0; i < shard_ids.size(); ++i) {
+    if (shard_ids[i] < 0 || (i > 0 && shard_ids[i] <= shard_ids[i - 1])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "placement: shard ids must be ascending, unique and >= 0; got ", shard_ids[i],
+          " at position ", i));
+    }
+  }
+  absl::StatusOr<Placement> dense =
+      DefaultPlacement(gate, static_cast<int32_t>(shard_ids.size()), version);
+  if (!dense.ok()) return dense.status();
+  // Dense index i -> the i-th stable id; ids ascend, so replica lists stay
+  // ascending.
+  for (std::vector<int32_t>& replicas : dense->replicas) {
+    for (int32_t& s : replicas) s = shard_ids[s];
+  }
+  dense->num_shards = shard_ids.back() + 1;
+  return dense;
+}
+
 absl::Status ValidatePlacement(const Placement& placement, int32_t num_experts) {
   if (placement.num_shards < 1) {
     return absl::InvalidArgumentError(

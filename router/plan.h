@@ -49,6 +49,15 @@ struct Placement {
 absl::StatusOr<Placement> DefaultPlacement(const GateParams& gate, int32_t num_shards,
                                            uint32_t version);
 
+// The default placement over shards with stable, possibly sparse ids: the
+// i-th id of `shard_ids` (ascending, unique, >= 0) takes the role of dense
+// shard i of DefaultPlacement, and num_shards = the largest id + 1 (an id
+// not listed holds no experts). InvalidArgument for an empty, unsorted or
+// negative id list, or what DefaultPlacement refuses.
+absl::StatusOr<Placement> DefaultPlacementOverShards(const GateParams& gate,
+                                                     std::span<const int32_t> shard_ids,
+                                                     uint32_t version);
+
 // Checks a placement against a model: one entry per expert, shard ids in
 // range, ascending without duplicates. InvalidArgument naming the expert
 // otherwise; FailedPrecondition when an expert has no replica.

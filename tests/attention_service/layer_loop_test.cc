@@ -9,7 +9,7 @@
 #include <tuple>
 
 #include "attention_service/expert_backend.h"
-#include "expert_service/expert_shard.h"
+#include "expert_service/expert_compute.h"
 #include "gtest/gtest.h"
 #include "model/safetensors.h"
 #include "tools/dsv2/local_engine.h"
@@ -270,7 +270,7 @@ TEST(LayerLoopPingPongTest, SplitBalancesRowsAndRespectsTheThreshold) {
 // Every routed expert of a model in one process (what LocalEngine composes).
 struct InProcessExperts {
   std::unique_ptr<Checkpoint> checkpoint;
-  std::unique_ptr<ExpertShard> shard;
+  std::unique_ptr<ExpertCompute> shard;
   std::unique_ptr<InProcessExpertBackend> backend;
 };
 
@@ -286,8 +286,8 @@ std::unique_ptr<InProcessExperts> OpenExperts(const std::string& dir, const Mode
   auto w = ExpertWeightSet::Load(c, *x->checkpoint, ExpertWeightSet::AllLayers(c, all));
   EXPECT_TRUE(w.ok()) << w.status();
   if (!w.ok()) return nullptr;
-  x->shard = std::make_unique<ExpertShard>(c, std::move(*w), ctx);
-  ExpertShard* shard = x->shard.get();
+  x->shard = std::make_unique<ExpertCompute>(c, std::move(*w), ctx);
+  ExpertCompute* shard = x->shard.get();
   x->backend = std::make_unique<InProcessExpertBackend>(
       [shard](const router::ExpertDispatch& d) { return shard->Handle(d); });
   return x;

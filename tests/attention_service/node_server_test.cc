@@ -1,6 +1,6 @@
 // AttentionNodeServer + AttentionEngine in one process: a real gRPC server
 // on an OS-chosen loopback port, the in-process data plane to an
-// ExpertDispatchServer. Covers what the cluster tests cannot reach cheaply:
+// ExpertDataPlaneServer. Covers what the cluster tests cannot reach cheaply:
 // cancellation freeing cache blocks, draining, placement errors.
 #include "attention_service/node_server.h"
 
@@ -11,9 +11,9 @@
 #include "absl/strings/str_cat.h"
 #include "attention_service/layer_loop.h"
 #include "attention_service/scheduler.h"
-#include "expert_service/dispatch_server.h"
+#include "expert_service/data_plane_server.h"
 #include "gtest/gtest.h"
-#include "tools/service/service_common.h"
+#include "service/service_common.h"
 #include "transport/in_process_data_plane.h"
 
 namespace dsv2 {
@@ -33,7 +33,7 @@ class NodeServerTest : public ::testing::Test {
     ASSERT_TRUE(w.ok());
     weights_ = *std::move(w);
     const kernels::CpuContext ctx{kernels::BestCpuIsa(), nullptr};
-    shard_ = std::make_unique<ExpertDispatchServer>(config_, *ckpt_, ctx, 0);
+    shard_ = std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx, 0);
     auto p = router::DefaultPlacement(router::GateParams::FromConfig(config_), 1, 1);
     ASSERT_TRUE(p.ok());
     placement_ = *p;
@@ -110,7 +110,7 @@ class NodeServerTest : public ::testing::Test {
   std::unique_ptr<Checkpoint> ckpt_;
   std::unique_ptr<NonExpertWeights> weights_;
   router::Placement placement_;
-  std::unique_ptr<ExpertDispatchServer> shard_;
+  std::unique_ptr<ExpertDataPlaneServer> shard_;
   std::unique_ptr<transport::DataPlaneServer> plane_;
   std::unique_ptr<transport::DataPlaneClient> client_;
   std::unique_ptr<DataPlaneExpertBackend> backend_;
@@ -309,7 +309,7 @@ TEST_F(NodeServerTest, SparseShardIdsAreAccepted) {
   const Output dense = Generate({5, 6, 7}, 4);
   ASSERT_TRUE(dense.status.ok()) << dense.status.error_message();
   // Version 2 lives on shard 2 alone (shards 0 and 1 gone; ids stay stable).
-  ExpertDispatchServer shard2(config_, *ckpt_, kernels::CpuContext{kernels::BestCpuIsa(), nullptr},
+  ExpertDataPlaneServer shard2(config_, *ckpt_, kernels::CpuContext{kernels::BestCpuIsa(), nullptr},
                               2);
   auto plane2 = transport::CreateInProcessServer(
       [&shard2](std::span<const std::byte> m) { return shard2.HandleMessage(m); });

@@ -9,7 +9,7 @@
 #include <optional>
 #include <string>
 
-#include "expert_service/expert_shard.h"
+#include "expert_service/expert_compute.h"
 #include "gtest/gtest.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
@@ -65,7 +65,7 @@ class Engine {
                                          ExpertWeightSet::AllLayers(e->config_, all));
     EXPECT_TRUE(experts.ok()) << experts.status();
     if (!experts.ok()) return nullptr;
-    e->shard_ = std::make_unique<ExpertShard>(e->config_, std::move(*experts), e->ctx_);
+    e->shard_ = std::make_unique<ExpertCompute>(e->config_, std::move(*experts), e->ctx_);
     Engine* raw = e.get();
     e->backend_ = std::make_unique<InProcessExpertBackend>(
         [raw](const router::ExpertDispatch& d) -> absl::StatusOr<router::ExpertReply> {
@@ -104,7 +104,7 @@ class Engine {
   std::unique_ptr<kernels::ThreadPool> pool_;
   kernels::CpuContext ctx_;
   std::unique_ptr<NonExpertWeights> weights_;
-  std::unique_ptr<ExpertShard> shard_;
+  std::unique_ptr<ExpertCompute> shard_;
   std::unique_ptr<InProcessExpertBackend> backend_;
   std::unique_ptr<LatentCache> cache_;
   std::unique_ptr<LayerLoop> loop_;

@@ -21,7 +21,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster/cluster_harness.h"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 
 namespace dsv2::testing {
 namespace {

@@ -24,7 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "attention_node.grpc.pb.h"
 #include "inference.grpc.pb.h"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 
 namespace dsv2 {
 namespace {

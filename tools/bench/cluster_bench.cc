@@ -40,11 +40,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "attention_service/remote_experts.h"
+#include "attention_service/data_plane_expert_backend.h"
 #include "attention_service/scheduler.h"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 #include "tools/dsv2/local_engine.h"
-#include "tools/service/service_common.h"
+#include "service/service_common.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2 {

@@ -25,7 +25,7 @@
 #include "absl/time/time.h"
 #include "inference.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 
 namespace dsv2 {
 namespace {

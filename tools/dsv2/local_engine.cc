@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace dsv2 {
 
@@ -41,8 +41,8 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
       auto experts,
       ExpertWeightSet::Load(e->config_, *e->checkpoint_, ExpertWeightSet::AllLayers(e->config_, all)));
   if (verbose) std::cerr << "loaded " << experts->size() << " routed experts\n";
-  e->shard_ = std::make_unique<ExpertShard>(e->config_, std::move(experts), e->ctx_);
-  ExpertShard* shard = e->shard_.get();
+  e->shard_ = std::make_unique<ExpertCompute>(e->config_, std::move(experts), e->ctx_);
+  ExpertCompute* shard = e->shard_.get();
   e->backend_ = std::make_unique<InProcessExpertBackend>(
       [shard](const router::ExpertDispatch& d) { return shard->Handle(d); });
   DSV2_ASSIGN_OR_RETURN(

@@ -1,6 +1,6 @@
 // LocalEngine: the single-process engine behind `dsv2 run` — the attention
 // service's LayerLoop with an in-process ExpertBackend whose handler is the
-// expert service's ExpertShard::Handle over every routed expert (DESIGN.md
+// expert service's ExpertCompute::Handle over every routed expert (DESIGN.md
 // section 1: the composition happens here, in tools/, not in the libraries).
 //
 // Thread-safety: one thread uses an engine at a time.
@@ -15,7 +15,7 @@
 #include "attention_service/expert_backend.h"
 #include "attention_service/latent_cache.h"
 #include "attention_service/layer_loop.h"
-#include "expert_service/expert_shard.h"
+#include "expert_service/expert_compute.h"
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -55,7 +55,7 @@ class LocalEngine {
   std::unique_ptr<kernels::ThreadPool> pool_;
   kernels::CpuContext ctx_;
   std::unique_ptr<NonExpertWeights> weights_;
-  std::unique_ptr<ExpertShard> shard_;
+  std::unique_ptr<ExpertCompute> shard_;
   std::unique_ptr<InProcessExpertBackend> backend_;
   std::unique_ptr<LatentCache> cache_;
   std::unique_ptr<LayerLoop> loop_;

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 #include "tools/dsv2/generate_command.h"
 #include "tools/dsv2/random_model.h"
 #include "tools/dsv2/run_command.h"

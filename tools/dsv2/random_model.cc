@@ -6,7 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"

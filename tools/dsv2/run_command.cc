@@ -14,12 +14,12 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "model/chat_template.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 #include "tools/dsv2/local_engine.h"
 
 namespace dsv2 {

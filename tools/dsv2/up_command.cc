@@ -24,7 +24,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "inference.grpc.pb.h"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 #include "tools/dsv2/process_group.h"
 #include "tools/dsv2/random_model.h"
 

@@ -1,19 +1,19 @@
-#include "expert_service/shard_server.h"
+#include "expert_service/control_server.h"
 
 #include <spdlog/spdlog.h>
 
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "tools/service/service_common.h"
+#include "service/service_common.h"
 
 namespace dsv2 {
 
-ExpertShardServer::ExpertShardServer(ExpertDispatchServer& server, std::string ucx_address,
+ExpertControlServer::ExpertControlServer(ExpertDataPlaneServer& server, std::string ucx_address,
                                      int32_t num_experts)
     : server_(server), ucx_address_(std::move(ucx_address)), num_experts_(num_experts) {}
 
-grpc::Status ExpertShardServer::GetStatus(grpc::ServerContext*, const internal::ShardStatusRequest*,
+grpc::Status ExpertControlServer::GetStatus(grpc::ServerContext*, const internal::ShardStatusRequest*,
                                           internal::ShardStatus* out) {
   out->set_shard_id(server_.shard_id());
   out->set_ucx_address(ucx_address_);
@@ -28,7 +28,7 @@ grpc::Status ExpertShardServer::GetStatus(grpc::ServerContext*, const internal::
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertShardServer::LoadExperts(grpc::ServerContext*,
+grpc::Status ExpertControlServer::LoadExperts(grpc::ServerContext*,
                                             const internal::LoadExpertsRequest* req,
                                             internal::LoadExpertsResponse* out) {
   if (req->shard_id() != server_.shard_id()) {

@@ -5,8 +5,8 @@
 //
 // This is service-edge code: it includes gRPC and generated protobuf
 // headers, so model, kernel and router code never includes it.
-#ifndef DSV2_TOOLS_SERVICE_SERVICE_COMMON_H_
-#define DSV2_TOOLS_SERVICE_SERVICE_COMMON_H_
+#ifndef DSV2_SERVICE_SERVICE_COMMON_H_
+#define DSV2_SERVICE_SERVICE_COMMON_H_
 
 #include <grpcpp/grpcpp.h>
 
@@ -23,7 +23,7 @@
 #include "kernels/cpu.h"
 #include "placement.pb.h"
 #include "router/plan.h"
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2::service {
@@ -102,6 +102,10 @@ inline constexpr int32_t kMaxShardId = 4096;
 absl::StatusOr<router::Placement> PlacementFromProto(const internal::PlacementTable& table,
                                                      int32_t num_experts);
 internal::PlacementTable PlacementToProto(const router::Placement& placement);
+// The same with the given shard endpoints (addresses) as the table's shard
+// list instead of shards 0..num_shards-1 without addresses.
+internal::PlacementTable PlacementToProto(const router::Placement& placement,
+                                          const std::vector<internal::ShardEndpoint>& shards);
 // Reads a placement file: the JSON form of PlacementTable (protobuf JSON
 // mapping). An empty `experts` list means the default placement over the
 // listed shards (router::DefaultPlacement).
@@ -134,4 +138,4 @@ void PrintReadyLine(const std::string& line);
 
 }  // namespace dsv2::service
 
-#endif  // DSV2_TOOLS_SERVICE_SERVICE_COMMON_H_
+#endif  // DSV2_SERVICE_SERVICE_COMMON_H_

@@ -1,6 +1,6 @@
-// ExpertDispatchServer: the data-plane side of an expert-shard service
+// ExpertDataPlaneServer: the data-plane side of an expert-shard service
 // (DESIGN.md sections 2, 4 and 9). It turns each wire request
-// (transport/wire.h) into an ExpertShard::Handle call and the result into a
+// (transport/wire.h) into an ExpertCompute::Handle call and the result into a
 // wire reply; every field is validated, and a bad message gets an error
 // reply and a counted reason, never a crash. It also holds the shard's
 // placement: LoadExperts swaps in the experts a new table assigns to this
@@ -14,10 +14,10 @@
 //
 // Thread-safety: HandleMessage runs on the data plane's handler thread;
 // LoadExperts and the accessors may be called from any thread (gRPC). The
-// held ExpertShard is immutable and swapped under a mutex, so a request in
+// held ExpertCompute is immutable and swapped under a mutex, so a request in
 // progress finishes on the experts it started with.
-#ifndef DSV2_EXPERT_SERVICE_DISPATCH_SERVER_H_
-#define DSV2_EXPERT_SERVICE_DISPATCH_SERVER_H_
+#ifndef DSV2_EXPERT_SERVICE_DATA_PLANE_SERVER_H_
+#define DSV2_EXPERT_SERVICE_DATA_PLANE_SERVER_H_
 
 #include <atomic>
 #include <cstddef>
@@ -32,7 +32,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
-#include "expert_service/expert_shard.h"
+#include "expert_service/expert_compute.h"
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -50,11 +50,11 @@ struct DispatchServerCounters {
   std::vector<int64_t> expert_rows;
 };
 
-class ExpertDispatchServer {
+class ExpertDataPlaneServer {
  public:
   // `checkpoint` must outlive the server. Holds no experts until
   // LoadExperts.
-  ExpertDispatchServer(const ModelConfig& config, const Checkpoint& checkpoint,
+  ExpertDataPlaneServer(const ModelConfig& config, const Checkpoint& checkpoint,
                        kernels::CpuContext ctx, int32_t shard_id);
 
   // Holds exactly placement.ExpertsOf(shard_id) (every MoE layer; none for
@@ -87,7 +87,7 @@ class ExpertDispatchServer {
   const int32_t shard_id_;
 
   mutable absl::Mutex mu_;
-  std::shared_ptr<const ExpertShard> shard_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const ExpertCompute> shard_ ABSL_GUARDED_BY(mu_);
   std::vector<int32_t> experts_ ABSL_GUARDED_BY(mu_);
   uint32_t version_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialises LoadExperts calls (loading happens outside mu_).
@@ -104,4 +104,4 @@ int64_t ResidentBytes();
 
 }  // namespace dsv2
 
-#endif  // DSV2_EXPERT_SERVICE_DISPATCH_SERVER_H_
+#endif  // DSV2_EXPERT_SERVICE_DATA_PLANE_SERVER_H_

@@ -1,4 +1,4 @@
-#include "expert_service/dispatch_server.h"
+#include "expert_service/data_plane_server.h"
 
 #include <unistd.h>
 
@@ -8,7 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "transport/wire.h"
 
 namespace dsv2 {
@@ -36,7 +36,7 @@ int64_t ResidentBytes() {
   return n == 2 ? resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE)) : 0;
 }
 
-ExpertDispatchServer::ExpertDispatchServer(const ModelConfig& config,
+ExpertDataPlaneServer::ExpertDataPlaneServer(const ModelConfig& config,
                                            const Checkpoint& checkpoint,
                                            kernels::CpuContext ctx, int32_t shard_id)
     : config_(config), checkpoint_(checkpoint), ctx_(ctx), shard_id_(shard_id) {
@@ -44,7 +44,7 @@ ExpertDispatchServer::ExpertDispatchServer(const ModelConfig& config,
                                0);
 }
 
-absl::Status ExpertDispatchServer::LoadExperts(const router::Placement& placement) {
+absl::Status ExpertDataPlaneServer::LoadExperts(const router::Placement& placement) {
   absl::MutexLock load_lock(&load_mu_);
   DSV2_RETURN_IF_ERROR(
       router::ValidatePlacement(placement, static_cast<int32_t>(config_.n_routed_experts)));
@@ -69,7 +69,7 @@ absl::Status ExpertDispatchServer::LoadExperts(const router::Placement& placemen
       std::unique_ptr<ExpertWeightSet> weights,
       ExpertWeightSet::Load(config_, checkpoint_, ExpertWeightSet::AllLayers(config_, wanted)));
   weights->Prefault();
-  auto shard = std::make_shared<const ExpertShard>(config_, std::move(weights), ctx_);
+  auto shard = std::make_shared<const ExpertCompute>(config_, std::move(weights), ctx_);
   absl::MutexLock lock(&mu_);
   shard_ = std::move(shard);
   experts_ = std::move(wanted);
@@ -77,27 +77,27 @@ absl::Status ExpertDispatchServer::LoadExperts(const router::Placement& placemen
   return absl::OkStatus();
 }
 
-uint32_t ExpertDispatchServer::placement_version() const {
+uint32_t ExpertDataPlaneServer::placement_version() const {
   absl::MutexLock lock(&mu_);
   return version_;
 }
 
-std::vector<int32_t> ExpertDispatchServer::experts() const {
+std::vector<int32_t> ExpertDataPlaneServer::experts() const {
   absl::MutexLock lock(&mu_);
   return experts_;
 }
 
-int64_t ExpertDispatchServer::expert_weight_bytes() const {
+int64_t ExpertDataPlaneServer::expert_weight_bytes() const {
   absl::MutexLock lock(&mu_);
   return shard_ ? static_cast<int64_t>(shard_->weights().weight_bytes()) : 0;
 }
 
-DispatchServerCounters ExpertDispatchServer::counters() const {
+DispatchServerCounters ExpertDataPlaneServer::counters() const {
   absl::MutexLock lock(&counters_mu_);
   return counters_;
 }
 
-std::vector<std::byte> ExpertDispatchServer::Error(std::span<const std::byte> message,
+std::vector<std::byte> ExpertDataPlaneServer::Error(std::span<const std::byte> message,
                                                    int32_t wire_status,
                                                    const std::string& reason,
                                                    const std::string& text) {
@@ -109,7 +109,7 @@ std::vector<std::byte> ExpertDispatchServer::Error(std::span<const std::byte> me
                                      static_cast<WireStatus>(wire_status), text);
 }
 
-std::vector<std::byte> ExpertDispatchServer::HandleMessage(std::span<const std::byte> message) {
+std::vector<std::byte> ExpertDataPlaneServer::HandleMessage(std::span<const std::byte> message) {
   const auto malformed = [&](const absl::Status& st) {
     return Error(message, static_cast<int32_t>(WireStatus::kMalformed), "malformed",
                  std::string(st.message()));
@@ -120,7 +120,7 @@ std::vector<std::byte> ExpertDispatchServer::HandleMessage(std::span<const std::
   absl::StatusOr<DType> dtype = FromWireDType(h.dtype);
   if (!dtype.ok()) return malformed(dtype.status());
 
-  std::shared_ptr<const ExpertShard> shard;
+  std::shared_ptr<const ExpertCompute> shard;
   uint32_t version;
   {
     absl::MutexLock lock(&mu_);
@@ -175,7 +175,7 @@ std::vector<std::byte> ExpertDispatchServer::HandleMessage(std::span<const std::
   return transport::EncodeReply(h, reply->outputs);
 }
 
-void ExpertDispatchServer::SetDispatchObserver(std::function<void(int64_t rows)> observer) {
+void ExpertDataPlaneServer::SetDispatchObserver(std::function<void(int64_t rows)> observer) {
   observer_ = std::move(observer);
 }
 

@@ -1,6 +1,6 @@
 // Early-return helpers for absl::Status / absl::StatusOr (header only).
-#ifndef DSV2_KERNELS_STATUS_MACROS_H_
-#define DSV2_KERNELS_STATUS_MACROS_H_
+#ifndef DSV2_BASE_STATUS_MACROS_H_
+#define DSV2_BASE_STATUS_MACROS_H_
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -22,4 +22,4 @@
   if (!tmp.ok()) return tmp.status();               \
   lhs = std::move(*tmp)
 
-#endif  // DSV2_KERNELS_STATUS_MACROS_H_
+#endif  // DSV2_BASE_STATUS_MACROS_H_

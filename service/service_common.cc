@@ -1,4 +1,4 @@
-#include "tools/service/service_common.h"
+#include "service/service_common.h"
 
 #include "nlohmann/json.hpp"
 
@@ -16,7 +16,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 
 namespace dsv2::service {
 
@@ -214,6 +214,14 @@ internal::PlacementTable PlacementToProto(const router::Placement& placement) {
     for (int32_t s : r) er->add_shard_ids(s);
   }
   for (int32_t s = 0; s < placement.num_shards; ++s) t.add_shards()->set_shard_id(s);
+  return t;
+}
+
+internal::PlacementTable PlacementToProto(const router::Placement& placement,
+                                          const std::vector<internal::ShardEndpoint>& shards) {
+  internal::PlacementTable t = PlacementToProto(placement);
+  t.clear_shards();
+  for (const internal::ShardEndpoint& ep : shards) *t.add_shards() = ep;
   return t;
 }
 

@@ -1,4 +1,4 @@
-#include "tools/service/coordinator_link.h"
+#include "service/coordinator_link.h"
 
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>

@@ -1,4 +1,4 @@
-#include "expert_service/expert_shard.h"
+#include "expert_service/expert_compute.h"
 
 #include <algorithm>
 
@@ -7,11 +7,11 @@
 
 namespace dsv2 {
 
-ExpertShard::ExpertShard(const ModelConfig& config, std::unique_ptr<ExpertWeightSet> weights,
+ExpertCompute::ExpertCompute(const ModelConfig& config, std::unique_ptr<ExpertWeightSet> weights,
                          kernels::CpuContext ctx)
     : config_(config), weights_(std::move(weights)), ctx_(ctx) {}
 
-absl::StatusOr<router::ExpertReply> ExpertShard::Handle(
+absl::StatusOr<router::ExpertReply> ExpertCompute::Handle(
     const router::ExpertDispatch& d) const {
   const int64_t D = config_.hidden_size;
   if (d.hidden != D) {

@@ -1,4 +1,4 @@
-// ExpertShard: a set of routed experts (any layers, any expert ids) and the
+// ExpertCompute: a set of routed experts (any layers, any expert ids) and the
 // computation an expert-shard service performs on a dispatch (DESIGN.md
 // section 2): rows are grouped by expert and each expert's SwiGLU FFN runs
 // as one batched GEMM over its rows. Returns one unweighted output row per
@@ -6,8 +6,8 @@
 //
 // Thread-safety: Handle may be called from one thread at a time per shard
 // (it uses the shard's ThreadPool); the weights are immutable.
-#ifndef DSV2_EXPERT_SERVICE_EXPERT_SHARD_H_
-#define DSV2_EXPERT_SERVICE_EXPERT_SHARD_H_
+#ifndef DSV2_EXPERT_SERVICE_EXPERT_COMPUTE_H_
+#define DSV2_EXPERT_SERVICE_EXPERT_COMPUTE_H_
 
 #include <memory>
 
@@ -19,10 +19,10 @@
 
 namespace dsv2 {
 
-class ExpertShard {
+class ExpertCompute {
  public:
   // `weights` must hold every (layer, expert) this shard will be asked for.
-  ExpertShard(const ModelConfig& config, std::unique_ptr<ExpertWeightSet> weights,
+  ExpertCompute(const ModelConfig& config, std::unique_ptr<ExpertWeightSet> weights,
               kernels::CpuContext ctx);
 
   // Validates the dispatch (layer, hidden size, dtype, row indices, expert
@@ -41,4 +41,4 @@ class ExpertShard {
 
 }  // namespace dsv2
 
-#endif  // DSV2_EXPERT_SERVICE_EXPERT_SHARD_H_
+#endif  // DSV2_EXPERT_SERVICE_EXPERT_COMPUTE_H_

@@ -1,4 +1,4 @@
-#include "expert_service/expert_shard.h"
+#include "expert_service/expert_compute.h"
 
 #include <filesystem>
 #include <random>
@@ -10,7 +10,7 @@
 namespace dsv2 {
 namespace {
 
-class ExpertShardTest : public ::testing::Test {
+class ExpertComputeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = ::testing::TempDir() + "/dsv2_shard_model";
@@ -33,7 +33,7 @@ class ExpertShardTest : public ::testing::Test {
     // This shard holds experts 3, 7 and 20 of every MoE layer.
     auto w = ExpertWeightSet::Load(config_, *ckpt_, ExpertWeightSet::AllLayers(config_, {3, 7, 20}));
     ASSERT_TRUE(w.ok()) << w.status();
-    shard_ = std::make_unique<ExpertShard>(config_, *std::move(w),
+    shard_ = std::make_unique<ExpertCompute>(config_, *std::move(w),
                                            kernels::CpuContext{kernels::BestCpuIsa(), nullptr});
   }
 
@@ -56,17 +56,17 @@ class ExpertShardTest : public ::testing::Test {
   static std::string dir_;
   ModelConfig config_;
   std::unique_ptr<Checkpoint> ckpt_;
-  std::unique_ptr<ExpertShard> shard_;
+  std::unique_ptr<ExpertCompute> shard_;
 };
-std::string ExpertShardTest::dir_;
+std::string ExpertComputeTest::dir_;
 
-TEST_F(ExpertShardTest, LoadsOnlyItsExperts) {
+TEST_F(ExpertComputeTest, LoadsOnlyItsExperts) {
   EXPECT_EQ(shard_->weights().size(), 3u * (config_.num_hidden_layers - 1));
   EXPECT_NE(shard_->weights().Find(1, 7), nullptr);
   EXPECT_EQ(shard_->weights().Find(1, 8), nullptr);
 }
 
-TEST_F(ExpertShardTest, OutputsMatchScalarSwiGluPerAssignment) {
+TEST_F(ExpertComputeTest, OutputsMatchScalarSwiGluPerAssignment) {
   const auto d = MakeDispatch(3, {{0, 7}, {1, 3}, {2, 7}, {0, 20}, {1, 7}});
   auto reply = shard_->Handle(d);
   ASSERT_TRUE(reply.ok()) << reply.status();
@@ -87,7 +87,7 @@ TEST_F(ExpertShardTest, OutputsMatchScalarSwiGluPerAssignment) {
   }
 }
 
-TEST_F(ExpertShardTest, RowResultDoesNotDependOnOtherAssignments) {
+TEST_F(ExpertComputeTest, RowResultDoesNotDependOnOtherAssignments) {
   auto alone = shard_->Handle(MakeDispatch(3, {{1, 7}}));
   auto crowd = shard_->Handle(MakeDispatch(3, {{0, 7}, {2, 3}, {1, 7}, {2, 7}, {0, 20}}));
   ASSERT_TRUE(alone.ok() && crowd.ok());
@@ -95,7 +95,7 @@ TEST_F(ExpertShardTest, RowResultDoesNotDependOnOtherAssignments) {
   EXPECT_EQ(0, std::memcmp(alone->outputs.data(), crowd->outputs.data() + 2 * row_bytes, row_bytes));
 }
 
-TEST_F(ExpertShardTest, RejectsMalformedDispatches) {
+TEST_F(ExpertComputeTest, RejectsMalformedDispatches) {
   auto d = MakeDispatch(2, {{0, 7}, {2, 7}});
   EXPECT_EQ(shard_->Handle(d).status().code(), absl::StatusCode::kInvalidArgument);
   d = MakeDispatch(2, {{0, 8}});

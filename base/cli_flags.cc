@@ -1,4 +1,4 @@
-#include "tools/dsv2/cli_flags.h"
+#include "base/cli_flags.h"
 
 #include <cstdlib>
 

@@ -1,7 +1,7 @@
 // CoordinatorLink against an in-process stand-in for the coordinator's
 // membership service (a real gRPC server on loopback), and placement tables
 // with sparse shard ids.
-#include "tools/service/coordinator_link.h"
+#include "service/coordinator_link.h"
 
 #include <grpcpp/grpcpp.h>
 
@@ -12,7 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "coordinator.grpc.pb.h"
 #include "gtest/gtest.h"
-#include "tools/service/service_common.h"
+#include "service/service_common.h"
 
 namespace dsv2::service {
 namespace {

@@ -11,8 +11,8 @@
 // on that thread and must not call Stop. All public methods are
 // thread-safe. The link owns its channel and thread; the callbacks' captures
 // must outlive Stop (the destructor calls it).
-#ifndef DSV2_TOOLS_SERVICE_COORDINATOR_LINK_H_
-#define DSV2_TOOLS_SERVICE_COORDINATOR_LINK_H_
+#ifndef DSV2_SERVICE_COORDINATOR_LINK_H_
+#define DSV2_SERVICE_COORDINATOR_LINK_H_
 
 #include <cstdint>
 #include <functional>
@@ -98,4 +98,4 @@ class CoordinatorLink {
 
 }  // namespace dsv2::service
 
-#endif  // DSV2_TOOLS_SERVICE_COORDINATOR_LINK_H_
+#endif  // DSV2_SERVICE_COORDINATOR_LINK_H_

@@ -1,4 +1,4 @@
-#include "attention_service/remote_experts.h"
+#include "attention_service/data_plane_expert_backend.h"
 
 #include <algorithm>
 #include <cstring>
@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "kernels/status_macros.h"
+#include "base/status_macros.h"
 #include "transport/wire.h"
 
 namespace dsv2 {

@@ -2,8 +2,8 @@
 // `--name=value` and boolean `--name`; every flag can also come from the
 // environment as DSV2_<NAME> (upper case, '-' -> '_'); the command line
 // wins. Unknown flags and missing values are usage errors (exit code 2).
-#ifndef DSV2_TOOLS_DSV2_CLI_FLAGS_H_
-#define DSV2_TOOLS_DSV2_CLI_FLAGS_H_
+#ifndef DSV2_BASE_CLI_FLAGS_H_
+#define DSV2_BASE_CLI_FLAGS_H_
 
 #include <map>
 #include <optional>
@@ -56,4 +56,4 @@ std::string FlagsHelp(const std::vector<FlagSpec>& specs);
 
 }  // namespace dsv2::cli
 
-#endif  // DSV2_TOOLS_DSV2_CLI_FLAGS_H_
+#endif  // DSV2_BASE_CLI_FLAGS_H_

@@ -1,6 +1,6 @@
-// ExpertDispatchServer: wire requests in, wire replies out; every bad
+// ExpertDataPlaneServer: wire requests in, wire replies out; every bad
 // message is an error reply with a counted reason, never a crash.
-#include "expert_service/dispatch_server.h"
+#include "expert_service/data_plane_server.h"
 
 #include <cstring>
 #include <random>
@@ -13,7 +13,7 @@ namespace {
 
 using transport::WireStatus;
 
-class DispatchServerTest : public ::testing::Test {
+class ExpertDataPlaneServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const std::string dir = std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/v2_f32";
@@ -23,7 +23,7 @@ class DispatchServerTest : public ::testing::Test {
     auto ck = Checkpoint::OpenDir(dir);
     ASSERT_TRUE(ck.ok());
     ckpt_ = *std::move(ck);
-    server_ = std::make_unique<ExpertDispatchServer>(
+    server_ = std::make_unique<ExpertDataPlaneServer>(
         config_, *ckpt_, kernels::CpuContext{kernels::BestCpuIsa(), nullptr}, 1);
     auto p = router::DefaultPlacement(router::GateParams::FromConfig(config_), 4, 3);
     ASSERT_TRUE(p.ok());
@@ -59,17 +59,17 @@ class DispatchServerTest : public ::testing::Test {
 
   ModelConfig config_;
   std::unique_ptr<Checkpoint> ckpt_;
-  std::unique_ptr<ExpertDispatchServer> server_;
+  std::unique_ptr<ExpertDataPlaneServer> server_;
   router::Placement placement_;
 };
 
-TEST_F(DispatchServerTest, HoldsOnlyItsPlacementShare) {
+TEST_F(ExpertDataPlaneServerTest, HoldsOnlyItsPlacementShare) {
   EXPECT_EQ(server_->experts(), placement_.ExpertsOf(1));
   EXPECT_EQ(server_->placement_version(), 3u);
   EXPECT_GT(server_->expert_weight_bytes(), 0);
 }
 
-TEST_F(DispatchServerTest, ServesHeldExperts) {
+TEST_F(ExpertDataPlaneServerTest, ServesHeldExperts) {
   const std::vector<int32_t> held = server_->experts();
   const auto reply = server_->HandleMessage(Request({held[0], held[3]}, 3));
   ASSERT_EQ(StatusOf(reply), WireStatus::kOk);
@@ -81,7 +81,7 @@ TEST_F(DispatchServerTest, ServesHeldExperts) {
   EXPECT_EQ(c.expert_rows[held[0]], 1);
 }
 
-TEST_F(DispatchServerTest, EveryBadMessageGetsACountedErrorReply) {
+TEST_F(ExpertDataPlaneServerTest, EveryBadMessageGetsACountedErrorReply) {
   const std::vector<int32_t> held = server_->experts();
   const std::vector<std::byte> good = Request({held[0]}, 3);
   // Truncated, garbage, empty: malformed.
@@ -111,7 +111,7 @@ TEST_F(DispatchServerTest, EveryBadMessageGetsACountedErrorReply) {
   EXPECT_GT(errors, 100);
 }
 
-TEST_F(DispatchServerTest, StaleVersionAndMissingExpertAreDistinct) {
+TEST_F(ExpertDataPlaneServerTest, StaleVersionAndMissingExpertAreDistinct) {
   const std::vector<int32_t> held = server_->experts();
   int32_t other = 0;
   while (std::find(held.begin(), held.end(), other) != held.end()) ++other;
@@ -127,7 +127,7 @@ TEST_F(DispatchServerTest, StaleVersionAndMissingExpertAreDistinct) {
   EXPECT_EQ(c.errors.at("not_found"), 1);
 }
 
-TEST_F(DispatchServerTest, LoadExpertsRefusesOlderVersions) {
+TEST_F(ExpertDataPlaneServerTest, LoadExpertsRefusesOlderVersions) {
   router::Placement older = placement_;
   older.version = 2;
   EXPECT_EQ(server_->LoadExperts(older).code(), absl::StatusCode::kFailedPrecondition);
@@ -138,7 +138,7 @@ TEST_F(DispatchServerTest, LoadExpertsRefusesOlderVersions) {
   EXPECT_EQ(server_->experts().size(), static_cast<size_t>(config_.n_routed_experts));
 }
 
-TEST_F(DispatchServerTest, SparseShardIdsHoldOnlyWhatTheTableGives) {
+TEST_F(ExpertDataPlaneServerTest, SparseShardIdsHoldOnlyWhatTheTableGives) {
   // This is shard 1. Version 4: shards {0, 3} only (1 and 2 absent).
   router::Placement p = placement_;
   p.version = 4;

@@ -18,8 +18,8 @@
 //
 // Thread-safety: Send/Wait/Forget from the engine thread; SetPlacement and
 // the accessors from any thread (gRPC).
-#ifndef DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_
-#define DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_
+#ifndef DSV2_ATTENTION_SERVICE_DATA_PLANE_EXPERT_BACKEND_H_
+#define DSV2_ATTENTION_SERVICE_DATA_PLANE_EXPERT_BACKEND_H_
 
 #include <cstdint>
 #include <functional>
@@ -110,4 +110,4 @@ class DataPlaneExpertBackend : public ExpertBackend {
 
 }  // namespace dsv2
 
-#endif  // DSV2_ATTENTION_SERVICE_REMOTE_EXPERTS_H_
+#endif  // DSV2_ATTENTION_SERVICE_DATA_PLANE_EXPERT_BACKEND_H_

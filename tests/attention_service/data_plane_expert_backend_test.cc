@@ -1,15 +1,15 @@
-// DataPlaneExpertBackend + ExpertDispatchServer over the in-process data
+// DataPlaneExpertBackend + ExpertDataPlaneServer over the in-process data
 // plane: the layer loop gives bitwise the logits of the single-process
 // engine, re-plans across placement versions, and fails a step with
 // UNAVAILABLE (leaving it re-runnable) when a shard goes away.
-#include "attention_service/remote_experts.h"
+#include "attention_service/data_plane_expert_backend.h"
 
 #include <numeric>
 #include <thread>
 
 #include "attention_service/layer_loop.h"
-#include "expert_service/dispatch_server.h"
-#include "expert_service/expert_shard.h"
+#include "expert_service/data_plane_server.h"
+#include "expert_service/expert_compute.h"
 #include "gtest/gtest.h"
 #include "transport/in_process_data_plane.h"
 #include "transport/wire.h"
@@ -17,7 +17,7 @@
 namespace dsv2 {
 namespace {
 
-class RemoteExpertsTest : public ::testing::Test {
+class DataPlaneExpertBackendTest : public ::testing::Test {
  protected:
   void SetUp() override {
     const std::string dir = std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/v2_bf16";
@@ -37,9 +37,9 @@ class RemoteExpertsTest : public ::testing::Test {
   // Starts `n` shard servers holding `placement`'s experts.
   void StartShards(const router::Placement& placement) {
     for (int32_t s = 0; s < placement.num_shards; ++s) {
-      servers_.push_back(std::make_unique<ExpertDispatchServer>(config_, *ckpt_, ctx_, s));
+      servers_.push_back(std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx_, s));
       ASSERT_TRUE(servers_.back()->LoadExperts(placement).ok());
-      ExpertDispatchServer* srv = servers_.back().get();
+      ExpertDataPlaneServer* srv = servers_.back().get();
       planes_.push_back(transport::CreateInProcessServer(
           [srv](std::span<const std::byte> m) { return srv->HandleMessage(m); }));
       addresses_.push_back(planes_.back()->address());
@@ -79,7 +79,7 @@ class RemoteExpertsTest : public ::testing::Test {
     std::iota(all.begin(), all.end(), 0);
     auto w = ExpertWeightSet::Load(config_, *ckpt_, ExpertWeightSet::AllLayers(config_, all));
     EXPECT_TRUE(w.ok());
-    ExpertShard shard(config_, *std::move(w), ctx_);
+    ExpertCompute shard(config_, *std::move(w), ctx_);
     InProcessExpertBackend local([&](const router::ExpertDispatch& d) { return shard.Handle(d); });
     std::vector<std::vector<float>> logits;
     EXPECT_TRUE(RunStep(local, &logits).ok());
@@ -91,12 +91,12 @@ class RemoteExpertsTest : public ::testing::Test {
   std::unique_ptr<NonExpertWeights> weights_;
   kernels::CpuContext ctx_;
   router::GateParams gate_;
-  std::vector<std::unique_ptr<ExpertDispatchServer>> servers_;
+  std::vector<std::unique_ptr<ExpertDataPlaneServer>> servers_;
   std::vector<std::unique_ptr<transport::DataPlaneServer>> planes_;
   std::vector<std::string> addresses_;
 };
 
-TEST_F(RemoteExpertsTest, LogitsEqualSingleProcessForAnyShardCount) {
+TEST_F(DataPlaneExpertBackendTest, LogitsEqualSingleProcessForAnyShardCount) {
   const std::vector<std::vector<float>> expected = LocalLogits();
   for (int32_t shards : {1, 3, 8, 12}) {
     SCOPED_TRACE(shards);
@@ -118,7 +118,7 @@ TEST_F(RemoteExpertsTest, LogitsEqualSingleProcessForAnyShardCount) {
   }
 }
 
-TEST_F(RemoteExpertsTest, StaleVersionIsReplannedAfterNewPlacement) {
+TEST_F(DataPlaneExpertBackendTest, StaleVersionIsReplannedAfterNewPlacement) {
   const std::vector<std::vector<float>> expected = LocalLogits();
   auto v1 = router::DefaultPlacement(gate_, 2, 1);
   ASSERT_TRUE(v1.ok());
@@ -145,7 +145,7 @@ TEST_F(RemoteExpertsTest, StaleVersionIsReplannedAfterNewPlacement) {
             0);
 }
 
-TEST_F(RemoteExpertsTest, DeadShardFailsTheStepWithUnavailableThenRecovers) {
+TEST_F(DataPlaneExpertBackendTest, DeadShardFailsTheStepWithUnavailableThenRecovers) {
   const std::vector<std::vector<float>> expected = LocalLogits();
   auto v1 = router::DefaultPlacement(gate_, 2, 1);
   ASSERT_TRUE(v1.ok());
@@ -171,7 +171,7 @@ TEST_F(RemoteExpertsTest, DeadShardFailsTheStepWithUnavailableThenRecovers) {
   EXPECT_EQ(logits, expected);
 }
 
-TEST_F(RemoteExpertsTest, SparseShardIdsServeWithoutAddressesForAbsentShards) {
+TEST_F(DataPlaneExpertBackendTest, SparseShardIdsServeWithoutAddressesForAbsentShards) {
   // Shards 0..3; shard 1 dies and the next table (the coordinator keeps shard
   // ids stable) holds shards {0, 2, 3}: shard 1 needs no address.
   const std::vector<std::vector<float>> expected = LocalLogits();
@@ -203,7 +203,7 @@ TEST_F(RemoteExpertsTest, SparseShardIdsServeWithoutAddressesForAbsentShards) {
   EXPECT_EQ(backend.SetPlacement(v3, addresses).code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST_F(RemoteExpertsTest, OlderPlacementIsRefused) {
+TEST_F(DataPlaneExpertBackendTest, OlderPlacementIsRefused) {
   auto v2 = router::DefaultPlacement(gate_, 1, 2);
   ASSERT_TRUE(v2.ok());
   StartShards(*v2);
