@@ -1,6 +1,5 @@
 #include "service/service_common.h"
 
-#include "nlohmann/json.hpp"
 
 #include <algorithm>
 
@@ -20,107 +19,45 @@
 
 namespace dsv2::service {
 
-std::vector<cli::FlagSpec> CommonFlagSpecs() {
-  return {
-      {"threads", false, "compute threads (default 1)"},
-      {"cpu-isa", false, "scalar, avx2 or avx512 (default: DSV2_CPU_ISA or the best available)"},
-      {"host", false, "address the gRPC server binds (default 127.0.0.1; 0.0.0.0 for all)"},
-      {"port", false, "gRPC port (default 0 = OS-chosen; the port is in the ready line)"},
-      {"metrics-port", false,
-       "HTTP port serving Prometheus /metrics on --host (default 0 = OS-chosen; in the ready "
-       "line as metrics_port)"},
-      {"ucx-transports", false,
-       "UCX transports for the data plane, UCX_TLS syntax: tcp, sm, rc,sm, ... "
-       "(default: UCX's choice)"},
-      {"rendezvous-threshold", false,
-       "data-plane messages of at least this many bytes go by UCX rendezvous (default 65536)"},
-      {"help", true, "show this help"},
-      {"flags-json", true,
-       "print every flag as JSON ([{name, bool, help}], one line) and exit (for tools that "
-       "check manifests against the real flags)"},
-  };
+void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* c) {
+  flags.Int("threads", &c->threads, "compute threads").Range(1, 1024);
+  flags.String("cpu-isa", &c->cpu_isa, "scalar, avx2 or avx512")
+      .DefaultText("DSV2_CPU_ISA or the best available");
+  flags.String("host", &c->host, "address the gRPC server binds (0.0.0.0 for all)");
+  flags.Int("port", &c->port, "gRPC port (0 = OS-chosen; the port is in the ready line)")
+      .Range(0, 65535);
+  flags.Int("metrics-port", &c->metrics_port,
+            "HTTP port serving Prometheus /metrics on --host (0 = OS-chosen; in the ready line "
+            "as metrics_port)")
+      .Range(0, 65535);
+  flags.String("ucx-transports", &c->ucx_transports,
+               "UCX transports for the data plane, UCX_TLS syntax: tcp, sm, rc,sm, ...")
+      .DefaultText("UCX's choice");
+  flags.Int("rendezvous-threshold", &c->rendezvous_threshold,
+            "data-plane messages of at least this many bytes go by UCX rendezvous")
+      .Min(0);
 }
 
-absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags) {
-  CommonFlags c;
-  DSV2_ASSIGN_OR_RETURN(const int64_t threads, flags.GetInt("threads", 1));
-  if (threads < 1 || threads > 1024) {
-    return absl::InvalidArgumentError(absl::StrCat("--threads=", threads, " must be in [1, 1024]"));
-  }
-  c.threads = static_cast<int>(threads);
-  c.cpu_isa = flags.Get("cpu-isa").value_or("");
-  c.host = flags.Get("host").value_or("127.0.0.1");
-  DSV2_ASSIGN_OR_RETURN(const int64_t port, flags.GetInt("port", 0));
-  if (port < 0 || port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("--port=", port, " must be in [0, 65535]"));
-  }
-  c.port = static_cast<int>(port);
-  DSV2_ASSIGN_OR_RETURN(const int64_t metrics_port, flags.GetInt("metrics-port", 0));
-  if (metrics_port < 0 || metrics_port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--metrics-port=", metrics_port, " must be in [0, 65535]"));
-  }
-  c.metrics_port = static_cast<int>(metrics_port);
-  c.ucx_transports = flags.Get("ucx-transports").value_or("");
-  DSV2_ASSIGN_OR_RETURN(c.rendezvous_threshold, flags.GetInt("rendezvous-threshold", 64 << 10));
-  if (c.rendezvous_threshold < 0) {
-    return absl::InvalidArgumentError("--rendezvous-threshold must be >= 0");
-  }
-  return c;
+void DefineCoordinatorFlags(flags::FlagSet& flags, ServeOptions* serve,
+                            std::string_view coordinator_help) {
+  flags.String("coordinator", &serve->coordinator,
+               absl::StrCat("HOST:PORT of dsv2-coordinator: ", std::string(coordinator_help)));
+  flags.String("advertise-host", &serve->advertise_host,
+               "host the coordinator (and attention nodes, for a shard) use to reach this "
+               "process's gRPC port")
+      .DefaultText("--host");
 }
 
-int UsageError(const std::string& binary, const std::vector<cli::FlagSpec>& specs,
-               const std::string& message) {
-  std::cerr << binary << ": " << message << "\n" << cli::FlagsHelp(specs);
-  return 2;
+void DefineDrainFlag(flags::FlagSet& flags, ServeOptions* serve) {
+  flags.Duration("drain-timeout", &serve->drain_timeout,
+                 "on SIGTERM, how long live requests may finish")
+      .Min(absl::ZeroDuration())
+      .LegacyAlias("drain-timeout-s", absl::Seconds(1));
 }
 
-std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& binary, int argc,
-                                                          char** argv,
-                                                          const std::vector<cli::FlagSpec>& specs,
-                                                          int* exit_code) {
-  absl::StatusOr<cli::ParsedFlags> flags = cli::ParseFlags(argc, argv, 1, specs);
-  if (!flags.ok()) {
-    *exit_code = UsageError(binary, specs, std::string(flags.status().message()));
-    return std::nullopt;
-  }
-  if (flags->GetBool("help")) {
-    std::cout << binary << " flags (each also from DSV2_<FLAG>):\n" << cli::FlagsHelp(specs);
-    *exit_code = 0;
-    return std::nullopt;
-  }
-  if (flags->GetBool("flags-json")) {
-    nlohmann::json all = nlohmann::json::array();
-    for (const cli::FlagSpec& f : specs) {
-      all.push_back({{"name", f.name}, {"bool", f.is_bool}, {"help", f.help},
-                     {"env", cli::EnvName(f.name)}});
-    }
-    std::cout << all.dump() << "\n";
-    *exit_code = 0;
-    return std::nullopt;
-  }
-  absl::StatusOr<CommonFlags> common = ParseCommonFlags(*flags);
-  if (!common.ok()) {
-    *exit_code = UsageError(binary, specs, std::string(common.status().message()));
-    return std::nullopt;
-  }
-  const std::optional<std::string> model_dir = flags->Get("model");
-  if (!model_dir) {
-    *exit_code = UsageError(binary, specs, "--model is required");
-    return std::nullopt;
-  }
-  return ServiceCommandLine{*std::move(flags), *common, *model_dir};
-}
-
-absl::Status ReadIntFlags(const cli::ParsedFlags& flags, std::initializer_list<IntFlag> specs) {
-  for (const IntFlag& f : specs) {
-    DSV2_ASSIGN_OR_RETURN(const int64_t v, flags.GetInt(f.name, f.default_value));
-    if (v < f.min) {
-      return absl::InvalidArgumentError(absl::StrCat("--", f.name, "=", v, " must be >= ", f.min));
-    }
-    *f.out = v;
-  }
-  return absl::OkStatus();
+void ApplyCommonFlags(const CommonFlags& common, ServeOptions* serve) {
+  serve->host = common.host;
+  serve->port = common.port;
 }
 
 absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags) {
@@ -137,21 +74,6 @@ transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags) {
   ucx.transports = flags.ucx_transports;
   ucx.rendezvous_threshold = static_cast<size_t>(flags.rendezvous_threshold);
   return ucx;
-}
-
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const CommonFlags& flags,
-                                                              grpc::Service* service, int* port) {
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::ServerBuilder builder;
-  *port = 0;
-  builder.AddListeningPort(absl::StrCat(flags.host, ":", flags.port),
-                           grpc::InsecureServerCredentials(), port);
-  builder.RegisterService(service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || *port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", flags.host, ":", flags.port));
-  }
-  return server;
 }
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {

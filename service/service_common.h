@@ -12,7 +12,7 @@
 
 #include <csignal>
 #include <cstdint>
-#include <initializer_list>
+#include <string_view>
 #include <memory>
 #include <optional>
 #include <string>
@@ -23,56 +23,33 @@
 #include "kernels/cpu.h"
 #include "placement.pb.h"
 #include "router/plan.h"
-#include "base/cli_flags.h"
+#include "service/serve.h"
+#include "base/flags.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2::service {
 
 // Flags every service binary takes (DESIGN.md section 8; each also from
-// DSV2_<NAME>): --threads, --cpu-isa, --host, --port, --ucx-transports,
-// --rendezvous-threshold, --help.
-std::vector<cli::FlagSpec> CommonFlagSpecs();
-
+// DSV2_<NAME>): --threads, --cpu-isa, --host, --port, --metrics-port,
+// --ucx-transports, --rendezvous-threshold.
 struct CommonFlags {
   int threads = 1;
-  std::string cpu_isa;
+  std::string cpu_isa;  // empty: DSV2_CPU_ISA or the best available
   std::string host = "127.0.0.1";
-  int port = 0;  // 0 = OS-chosen
+  int port = 0;          // 0 = OS-chosen
   int metrics_port = 0;  // /metrics HTTP port; 0 = OS-chosen
   std::string ucx_transports;
   int64_t rendezvous_threshold = 64 << 10;
 };
-absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags);
-
-// A service binary's command line: its flags, the common ones, --model.
-struct ServiceCommandLine {
-  cli::ParsedFlags flags;
-  CommonFlags common;
-  std::string model_dir;
-};
-// Prints "`binary`: `message`" and the flag help on stderr; returns 2, the
-// usage-error exit code.
-int UsageError(const std::string& binary, const std::vector<cli::FlagSpec>& specs,
-               const std::string& message);
-// Parses argv[1..] against `specs` (which include CommonFlagSpecs()) and
-// requires --model. nullopt when the binary should exit with *exit_code:
-// 0 after printing --help, 2 after a usage error.
-std::optional<ServiceCommandLine> ParseServiceCommandLine(const std::string& binary, int argc,
-                                                          char** argv,
-                                                          const std::vector<cli::FlagSpec>& specs,
-                                                          int* exit_code);
-
-// An integer flag of a service binary: its default and smallest value.
-struct IntFlag {
-  const char* name;
-  int64_t default_value;
-  int64_t* out;
-  int64_t min;
-};
-// Reads every flag into *out (the default when unset). InvalidArgument, a
-// usage error, for a non-integer or a value below min ("--name=V must be
-// >= min").
-absl::Status ReadIntFlags(const cli::ParsedFlags& flags, std::initializer_list<IntFlag> specs);
+void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* common);
+// --coordinator (`coordinator_help` says what the binary does with it) and
+// --advertise-host, into `serve`.
+void DefineCoordinatorFlags(flags::FlagSet& flags, ServeOptions* serve,
+                            std::string_view coordinator_help);
+// --drain-timeout (legacy --drain-timeout-s), into `serve`.
+void DefineDrainFlag(flags::FlagSet& flags, ServeOptions* serve);
+// Copies --host and --port into `serve`.
+void ApplyCommonFlags(const CommonFlags& common, ServeOptions* serve);
 
 // The compute context of --threads and --cpu-isa (the pool it points at is
 // owned here).
@@ -84,12 +61,6 @@ absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags);
 
 // The data-plane settings of --ucx-transports and --rendezvous-threshold.
 transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags);
-
-// Builds and starts a gRPC server on --host:--port serving `service` and
-// grpc.health.v1; *port receives the bound port. Unavailable when it cannot
-// listen.
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(const CommonFlags& flags,
-                                                              grpc::Service* service, int* port);
 
 // The absl code as the gRPC code, with the message.
 grpc::Status ToGrpcStatus(const absl::Status& status);

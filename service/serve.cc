@@ -1,0 +1,113 @@
+#include "service/serve.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <exception>
+#include <iostream>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator.pb.h"
+#include "service/coordinator_link.h"
+#include "service/service_common.h"
+
+namespace dsv2::service {
+namespace {
+
+std::chrono::system_clock::time_point FromNow(absl::Duration d) {
+  return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d);
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(const ServeOptions& options,
+                                                          ServedProcess& process, int* port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  *port = 0;
+  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
+                           grpc::InsecureServerCredentials(), port);
+  for (grpc::Service* service : process.services()) builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || *port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.host, ":", options.port));
+  }
+  return server;
+}
+
+std::unique_ptr<CoordinatorLink> MakeLink(const ServeOptions& options,
+                                          const ServedProcess& process, int port) {
+  CoordinatorLinkOptions lo;
+  lo.coordinator_address = *options.coordinator;
+  process.FillRegistration(&lo.registration);
+  lo.registration.set_grpc_address(absl::StrCat(
+      options.advertise_host.empty() ? options.host : options.advertise_host, ":", port));
+  lo.load = [&process](internal::HeartbeatRequest* hb) { process.FillHeartbeat(hb); };
+  // A refusal (another model) is fatal also after the ready line: raising
+  // SIGTERM makes Serve drain and exit 1. An absent coordinator is not.
+  lo.on_fatal = [](const absl::Status&) { kill(getpid(), SIGTERM); };
+  return std::make_unique<CoordinatorLink>(std::move(lo));
+}
+
+}  // namespace
+
+int StartupFailure(const std::string& binary, absl::string_view message) {
+  std::cerr << binary << ": " << message << "\n";
+  return 1;
+}
+
+int Serve(const ServeOptions& options, ServedProcess& process) {
+  int port = 0;
+  absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartServer(options, process, &port);
+  if (!server.ok()) {
+    process.Shutdown();
+    return StartupFailure(options.binary, server.status().message());
+  }
+  process.OnListening(**server);
+
+  std::unique_ptr<CoordinatorLink> link;
+  if (options.coordinator) {
+    link = MakeLink(options, process, port);
+    link->Start();
+    if (absl::Status st = link->WaitRegistered(options.registration_wait);
+        absl::IsInvalidArgument(st)) {
+      link->Stop();
+      (*server)->Shutdown(FromNow(options.server_shutdown_grace));
+      process.Shutdown();
+      return StartupFailure(options.binary, st.message());
+    }
+  }
+  PrintReadyLine(absl::StrCat(options.binary, " ready port=", port, " ", process.ReadyFields()));
+  spdlog::info("{}", process.ServingLogLine(port));
+
+  const int sig = WaitForTerminationSignal();
+  spdlog::info("signal {}: draining", sig);
+  // Leave first, so the coordinator sends nothing new while we drain.
+  if (link) link->Stop();
+  if (!process.Drain(options.drain_timeout)) {
+    spdlog::warn("drain timed out after {}; cancelling what is left",
+                 absl::FormatDuration(options.drain_timeout));
+  }
+  (*server)->Shutdown(FromNow(options.server_shutdown_grace));
+  process.Shutdown();
+  spdlog::info("stopped");
+  if (link && !link->fatal().ok()) return StartupFailure(options.binary, link->fatal().message());
+  return 0;
+}
+
+int RunMain(const char* binary, int (*body)(int, char**), int argc, char** argv) {
+  try {
+    return body(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << binary << ": internal error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace dsv2::service

@@ -1,0 +1,112 @@
+// The life of a dsv2 service process, written once for dsv2-coordinator,
+// dsv2-attention and dsv2-expert (DESIGN.md sections 2 and 9):
+//
+//   start-up   the binary builds its process object (a ServedProcess: model,
+//              engine, metrics server) and hands it to Serve;
+//   listening  Serve starts the gRPC server on --host:--port with the
+//              process's services, grpc.health.v1 (and server reflection
+//              when asked), then registers with the coordinator when
+//              --coordinator is given (CoordinatorLink: register, heartbeat,
+//              re-register, Leave);
+//   ready      prints "<binary> ready port=P <fields>" on stdout;
+//   draining   on SIGTERM/SIGINT: leave the coordinator first (it sends
+//              nothing new), let the process finish live work (Drain, up to
+//              the drain timeout), stop the gRPC server (cancelling what is
+//              left), stop the process (Shutdown); exit 0.
+//
+// Exit codes: 0 after a drain; 1 when start-up fails (the server cannot
+// listen, the coordinator refuses the registration before the ready line) or
+// the coordinator refuses it later (a refusal raises SIGTERM, so the process
+// drains and exits 1).
+//
+// Threads: Serve runs on the main thread and blocks until the signal; the
+// link has its own thread (coordinator_link.h). REQUIRES:
+// BlockTerminationSignals() was called first in main, before any thread
+// started, so the signal reaches only Serve's sigwait.
+#ifndef DSV2_SERVICE_SERVE_H_
+#define DSV2_SERVICE_SERVE_H_
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace grpc {
+class Server;
+class Service;
+}  // namespace grpc
+
+namespace dsv2::internal {
+class RegisterRequest;
+class HeartbeatRequest;
+}  // namespace dsv2::internal
+
+namespace dsv2::service {
+
+// What one service binary runs behind its gRPC port. Serve calls every
+// method on the main thread except FillHeartbeat (the link's thread).
+class ServedProcess {
+ public:
+  virtual ~ServedProcess() = default;
+
+  // The gRPC services to register; they outlive Serve.
+  virtual std::vector<grpc::Service*> services() = 0;
+  // The server listens (port bound, not yet in the ready line); e.g. the
+  // coordinator hooks its serving state to the health service here.
+  virtual void OnListening(grpc::Server& /*server*/) {}
+  // What follows "port=P" in the ready line, e.g. "metrics_port=9401
+  // cache_tokens=16384 placement_version=0".
+  virtual std::string ReadyFields() const = 0;
+  // One log line once ready, e.g. "serving on port 50052 (16384 cache tokens)".
+  virtual std::string ServingLogLine(int port) const = 0;
+
+  // Only with --coordinator: the registration (role, sizes, data-plane
+  // address, shard id; Serve sets grpc_address) and each heartbeat's load.
+  virtual void FillRegistration(internal::RegisterRequest* /*registration*/) const {}
+  virtual void FillHeartbeat(internal::HeartbeatRequest* /*heartbeat*/) const {}
+
+  // After the signal, the coordinator left and before the gRPC server stops:
+  // stop admitting and finish live work within `timeout`; false when it
+  // timed out (what is left is cancelled by the server's shutdown).
+  virtual bool Drain(absl::Duration /*timeout*/) { return true; }
+  // After the gRPC server stopped: stop the process's threads and servers;
+  // no callback (scrape hook, data-plane handler) may run afterwards.
+  virtual void Shutdown() {}
+};
+
+struct ServeOptions {
+  std::string binary;           // "dsv2-attention": the ready line and messages
+  std::string host = "127.0.0.1";
+  int port = 0;                 // 0 = OS-chosen; the bound port is in the ready line
+  bool reflection = false;      // gRPC server reflection (the public endpoint)
+  // HOST:PORT of dsv2-coordinator; none = do not register.
+  std::optional<std::string> coordinator;
+  // Host the coordinator uses to reach this process; empty = `host`.
+  std::string advertise_host;
+  // Drain budget after the signal, and how long the gRPC server then waits
+  // for RPCs still running before cancelling them.
+  absl::Duration drain_timeout = absl::Seconds(30);
+  absl::Duration server_shutdown_grace = absl::Milliseconds(500);
+  // How long start-up waits for the coordinator to accept or refuse the
+  // registration before printing the ready line anyway (an absent
+  // coordinator is not an error: the link keeps trying).
+  absl::Duration registration_wait = absl::Seconds(1);
+};
+
+// Runs `process` as described above; returns the exit code for main.
+int Serve(const ServeOptions& options, ServedProcess& process);
+
+// Prints "<binary>: <message>" on stderr; returns 1 (the exit code of a
+// start-up failure).
+int StartupFailure(const std::string& binary, absl::string_view message);
+
+// Runs `body` and turns an escaping exception into "<binary>: internal
+// error: ..." and exit code 1 (a bug; nothing a peer or user sends may
+// throw).
+int RunMain(const char* binary, int (*body)(int, char**), int argc, char** argv);
+
+}  // namespace dsv2::service
+
+#endif  // DSV2_SERVICE_SERVE_H_
