@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "model/unicode_internal.h"
+#include "model/utf8.h"
 
 namespace dsv2::coordinator {
 namespace {
@@ -60,7 +60,7 @@ absl::StatusOr<PreparedGenerate> PrepareGenerate(const v1::GenerateRequest& requ
       return Invalid("stop", absl::StrCat("a stop string has ", s.size(), " bytes; at most ",
                                           kMaxStopStringBytes));
     }
-    if (!unicode_internal::IsValidUtf8(s)) return Invalid("stop", "a stop string is not valid UTF-8");
+    if (!IsValidUtf8(s)) return Invalid("stop", "a stop string is not valid UTF-8");
   }
   if (!request.stop().empty() && model.tokenizer == nullptr) {
     return Invalid("stop", "the model has no tokenizer, so stop strings cannot be matched");

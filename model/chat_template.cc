@@ -1,3 +1,7 @@
+// The chat-template evaluator (syntax tree + inputs -> text) and the public API of
+// model/chat_template.h. Parsing is in chat_template_lex.cc / chat_template_parse*.cc,
+// value semantics in chat_template_values.cc, filters / tests / methods in
+// chat_template_builtins.cc.
 #include "model/chat_template.h"
 
 #include <algorithm>
@@ -20,209 +24,9 @@
 namespace dsv2 {
 namespace chat_template_internal {
 
-// ---------------------------------------------------------------------------
-// UTF-8 and Python string semantics. Python indexes, slices, measures and
-// strips strings by code point; these helpers do the same on UTF-8 bytes.
-// An invalid byte counts as one code point of its own.
-
-char32_t DecodeUtf8(std::string_view s, size_t* i) {
-  const unsigned char c = static_cast<unsigned char>(s[*i]);
-  if (c < 0x80) {
-    ++*i;
-    return c;
-  }
-  int len = c >= 0xF8 ? 0 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
-  if (len == 0 || *i + len > s.size()) {
-    ++*i;
-    return 0xDC00 + c;  // Python's surrogateescape value for a stray byte
-  }
-  char32_t cp = c & (0x7F >> len);
-  for (int k = 1; k < len; ++k) {
-    const unsigned char cc = static_cast<unsigned char>(s[*i + k]);
-    if ((cc & 0xC0) != 0x80) {
-      ++*i;
-      return 0xDC00 + c;
-    }
-    cp = (cp << 6) | (cc & 0x3F);
-  }
-  *i += len;
-  return cp;
-}
-
-// Byte offset of every code point, plus s.size() at the end.
-std::vector<size_t> CodePointOffsets(std::string_view s) {
-  std::vector<size_t> offsets;
-  size_t i = 0;
-  while (i < s.size()) {
-    offsets.push_back(i);
-    DecodeUtf8(s, &i);
-  }
-  offsets.push_back(s.size());
-  return offsets;
-}
-
-// Python's str.isspace(), which is also what `\s` and str.strip() use.
-bool IsPyWhitespace(char32_t cp) {
-  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
-         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-         cp == 0x202F || cp == 0x205F || cp == 0x3000;
-}
-
-// Python's str.strip / lstrip / rstrip: `chars` null means whitespace.
-std::string PyStrip(std::string_view s, StripSide side, const std::string* chars) {
-  std::vector<char32_t> strip_set;
-  if (chars != nullptr) {
-    for (size_t i = 0; i < chars->size();) strip_set.push_back(DecodeUtf8(*chars, &i));
-  }
-  auto strippable = [&](char32_t cp) {
-    return chars == nullptr ? IsPyWhitespace(cp)
-                            : std::find(strip_set.begin(), strip_set.end(), cp) != strip_set.end();
-  };
-  const std::vector<size_t> offsets = CodePointOffsets(s);
-  size_t first = 0;
-  size_t last = offsets.size() - 1;  // code point indices [first, last)
-  auto cp_at = [&](size_t k) {
-    size_t pos = offsets[k];
-    return DecodeUtf8(s, &pos);
-  };
-  if (side != StripSide::kRight) {
-    while (first < last && strippable(cp_at(first))) ++first;
-  }
-  if (side != StripSide::kLeft) {
-    while (last > first && strippable(cp_at(last - 1))) --last;
-  }
-  return std::string(s.substr(offsets[first], offsets[last] - offsets[first]));
-}
-
-// Python's repr() of a str: single quotes unless the text holds ' and no ".
-std::string PyStrRepr(std::string_view s) {
-  const bool has_single = s.find('\'') != std::string_view::npos;
-  const bool has_double = s.find('"') != std::string_view::npos;
-  const char quote = (has_single && !has_double) ? '"' : '\'';
-  std::string out(1, quote);
-  for (size_t i = 0; i < s.size();) {
-    const size_t start = i;
-    const char32_t cp = DecodeUtf8(s, &i);
-    if (cp == static_cast<char32_t>(quote) || cp == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(cp));
-    } else if (cp == '\n') {
-      out += "\\n";
-    } else if (cp == '\r') {
-      out += "\\r";
-    } else if (cp == '\t') {
-      out += "\\t";
-    } else if (cp < 0x20 || (cp >= 0x7F && cp <= 0xA0) || cp == 0xAD) {
-      absl::StrAppend(&out, "\\x", absl::Hex(static_cast<uint32_t>(cp), absl::kZeroPad2));
-    } else if ((cp >= 0x2000 && cp <= 0x200F) || (cp >= 0x2028 && cp <= 0x202F) ||
-               (cp >= 0x205F && cp <= 0x206F) || cp == 0x1680 || cp == 0x3000 || cp == 0xFEFF ||
-               (cp >= 0xD800 && cp <= 0xDFFF)) {
-      absl::StrAppend(&out, "\\u", absl::Hex(static_cast<uint32_t>(cp), absl::kZeroPad4));
-    } else {
-      out.append(s.substr(start, i - start));
-    }
-  }
-  out.push_back(quote);
-  return out;
-}
-
-// True when `s` holds a non-ASCII code point in a block with cased letters,
-// where ASCII-only case mapping would differ from Python's.
-bool HasNonAsciiCasedLetters(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const char32_t cp = DecodeUtf8(s, &i);
-    if ((cp >= 0xB5 && cp <= 0x1FFF && cp != 0xD7 && cp != 0xF7) ||
-        (cp >= 0x2C00 && cp <= 0x2D2F) || (cp >= 0xA640 && cp <= 0xA7FF) ||
-        (cp >= 0xFF21 && cp <= 0xFF5A) || (cp >= 0x10400 && cp <= 0x1E9FF)) {
-      return true;
-    }
-  }
-  return false;
-}
-
-// ---------------------------------------------------------------------------
-// Values (the types are in chat_template_internal.h).
-
-// Python's type names, in Value::Rep order.
-std::string TypeName(const Value& v) {
-  static constexpr const char* kNames[] = {"undefined", "NoneType", "bool", "int",
-                                           "str",       "list",     "dict", "Namespace"};
-  return kNames[v.rep.index()];
-}
-
-bool Truthy(const Value& v) {
-  if (v.is_undefined() || v.is_none()) return false;
-  if (v.is_number()) return v.number() != 0;
-  if (v.is_str()) return !v.str().empty();
-  if (v.is_list()) return !v.list().empty();
-  if (v.is_map()) return !v.map().items.empty();
-  return true;  // namespace
-}
-
-std::string Repr(const Value& v);
-
-// Python's str() of a value, which is what {{ }} and ~ print.
-std::string ToStr(const Value& v) {
-  if (v.is_undefined()) return "";
-  if (v.is_none()) return "None";
-  if (v.is_bool()) return std::get<bool>(v.rep) ? "True" : "False";
-  if (v.is_int()) return absl::StrCat(std::get<int64_t>(v.rep));
-  if (v.is_str()) return v.str();
-  std::string out;
-  if (v.is_list()) {
-    out = "[";
-    for (size_t i = 0; i < v.list().size(); ++i) {
-      if (i > 0) out += ", ";
-      out += Repr(v.list()[i]);
-    }
-    return out + "]";
-  }
-  const ValueMap& map = v.is_map() ? v.map() : v.ns().attrs;
-  out = v.is_map() ? "{" : "<Namespace {";
-  for (size_t i = 0; i < map.items.size(); ++i) {
-    if (i > 0) out += ", ";
-    absl::StrAppend(&out, PyStrRepr(map.items[i].first), ": ", Repr(map.items[i].second));
-  }
-  return out + (v.is_map() ? "}" : "}>");
-}
-
-std::string Repr(const Value& v) {
-  if (v.is_str()) return PyStrRepr(v.str());
-  if (v.is_undefined()) return "Undefined";
-  return ToStr(v);
-}
-
-bool Equals(const Value& a, const Value& b) {
-  if (a.is_number() && b.is_number()) return a.number() == b.number();
-  if (a.rep.index() != b.rep.index()) return false;
-  if (a.is_undefined() || a.is_none()) return true;
-  if (a.is_str()) return a.str() == b.str();
-  if (a.is_list()) {
-    if (a.list().size() != b.list().size()) return false;
-    for (size_t i = 0; i < a.list().size(); ++i) {
-      if (!Equals(a.list()[i], b.list()[i])) return false;
-    }
-    return true;
-  }
-  if (a.is_map()) {  // dict equality ignores order
-    if (a.map().items.size() != b.map().items.size()) return false;
-    for (const auto& [k, v] : a.map().items) {
-      const Value* other = b.map().Find(k);
-      if (other == nullptr || !Equals(v, *other)) return false;
-    }
-    return true;
-  }
-  return &a.ns() == &b.ns();
-}
-
-// ---------------------------------------------------------------------------
-// Evaluator.
-
-absl::Status RenderError(std::string_view what, size_t offset) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("chat template render: ", AV(what), " (at offset ", offset, ")"));
-}
-
+// Executes a syntax tree on one set of inputs: one Renderer per Render call,
+// used by one thread. Operators are here; the builtins it calls are in
+// chat_template_builtins.cc.
 class Renderer {
  public:
   explicit Renderer(const ChatTemplateInputs& inputs) {
@@ -302,25 +106,6 @@ class Renderer {
     return absl::OkStatus();
   }
 
-  static absl::StatusOr<ValueList> Iterate(const Value& v, size_t offset) {
-    if (v.is_undefined()) return ValueList{};  // Undefined iterates as empty
-    if (v.is_list()) return v.list();
-    if (v.is_map()) {
-      ValueList keys;
-      for (const auto& item : v.map().items) keys.push_back(Value::Str(item.first));
-      return keys;
-    }
-    if (v.is_str()) {
-      ValueList chars;
-      const std::vector<size_t> offsets = CodePointOffsets(v.str());
-      for (size_t k = 0; k + 1 < offsets.size(); ++k) {
-        chars.push_back(Value::Str(v.str().substr(offsets[k], offsets[k + 1] - offsets[k])));
-      }
-      return chars;
-    }
-    return RenderError(absl::StrCat("'", TypeName(v), "' object is not iterable"), offset);
-  }
-
   absl::Status ExecFor(const Node& n) {
     DSV2_ASSIGN_OR_RETURN(Value iterable, Eval(*n.expr));
     DSV2_ASSIGN_OR_RETURN(ValueList items, Iterate(iterable, n.expr->offset));
@@ -373,12 +158,6 @@ class Renderer {
       if (const Value* v = it->Find(name)) return *v;
     }
     return Value::Undef(absl::StrCat("'", name, "' is undefined"));
-  }
-
-  // Jinja's default Undefined fails when used as an operand.
-  static absl::Status CheckDefined(const Value& v, size_t offset) {
-    if (v.is_undefined()) return RenderError(v.undefined_hint(), offset);
-    return absl::OkStatus();
   }
 
   // Lazy expressions evaluate their own operands. Every other kind evaluates
@@ -462,15 +241,15 @@ class Renderer {
         return Value::Str(std::move(s));
       }
       case ExprKind::kFilter:
-        return Filter(e.name, v, e.offset);
+        return ApplyFilter(e.name, v, e.offset);
       case ExprKind::kTest: {
-        DSV2_ASSIGN_OR_RETURN(const bool result, Test(e.name, v[0], e.offset));
+        DSV2_ASSIGN_OR_RETURN(const bool result, ApplyTest(e.name, v[0], e.offset));
         return Value::Bool(result != e.negated);
       }
       case ExprKind::kCall:
-        return Call(e.name, v, e.offset);
+        return CallFunction(e.name, v, e.offset);
       case ExprKind::kMethodCall:
-        return Method(e.name, v, e.offset);
+        return CallMethod(e.name, v, e.offset);
       case ExprKind::kList:
         return Value::List(std::move(v));
       case ExprKind::kDict: {
@@ -700,185 +479,6 @@ class Renderer {
     }
     return RenderError(absl::StrCat("argument of type '", TypeName(container), "' is not iterable"),
                        offset);
-  }
-
-  static absl::StatusOr<Value> ChangeCase(const std::string& s, bool upper, size_t offset) {
-    if (HasNonAsciiCasedLetters(s)) {
-      return RenderError(
-          absl::StrCat(upper ? "upper" : "lower", " of non-ASCII letters is unsupported"), offset);
-    }
-    std::string out = s;
-    for (char& c : out) {
-      if (upper && c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-      if (!upper && c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    }
-    return Value::Str(std::move(out));
-  }
-
-  // str.strip / lstrip / rstrip and the trim filter; `chars` is none for
-  // whitespace.
-  static absl::StatusOr<Value> Strip(const std::string& s, StripSide side, const Value& chars,
-                                     size_t offset) {
-    if (chars.is_none()) return Value::Str(PyStrip(s, side, nullptr));
-    if (!chars.is_str()) return RenderError("strip characters must be a string or none", offset);
-    return Value::Str(PyStrip(s, side, &chars.str()));
-  }
-
-  // Filters; v[0] is the filtered value. Argument counts were checked by Parse.
-  static absl::StatusOr<Value> Filter(const std::string& f, const std::vector<Value>& v,
-                                      size_t offset) {
-    const Value& x = v[0];
-    if (f == "default" || f == "d") {
-      const bool use_default = x.is_undefined() || (v.size() == 3 && Truthy(v[2]) && !Truthy(x));
-      if (!use_default) return x;
-      return v.size() > 1 ? v[1] : Value::Str("");
-    }
-    if (f == "trim") {
-      return Strip(ToStr(x), StripSide::kBoth, v.size() > 1 ? v[1] : Value::None(), offset);
-    }
-    if (f == "length" || f == "count") {
-      if (x.is_undefined()) return Value::Int(0);
-      if (x.is_str()) return Value::Int(static_cast<int64_t>(CodePointOffsets(x.str()).size() - 1));
-      if (x.is_list()) return Value::Int(static_cast<int64_t>(x.list().size()));
-      if (x.is_map()) return Value::Int(static_cast<int64_t>(x.map().items.size()));
-      return RenderError(absl::StrCat("object of type '", TypeName(x), "' has no len()"), offset);
-    }
-    if (f == "string") return Value::Str(ToStr(x));
-    if (f == "lower" || f == "upper") return ChangeCase(ToStr(x), f == "upper", offset);
-    DSV2_ASSIGN_OR_RETURN(ValueList items, Iterate(x, offset));
-    if (f == "first" || f == "last") {
-      if (items.empty()) return Value::Undef(absl::StrCat("no ", f, " item, sequence was empty"));
-      return f == "first" ? items.front() : items.back();
-    }
-    const std::string sep = v.size() > 1 ? ToStr(v[1]) : "";  // join
-    std::string out;
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (i > 0) out += sep;
-      out += ToStr(items[i]);
-    }
-    return Value::Str(std::move(out));
-  }
-
-  static absl::StatusOr<bool> Test(const std::string& t, const Value& v, size_t offset) {
-    if (t == "defined") return !v.is_undefined();
-    if (t == "undefined") return v.is_undefined();
-    if (t == "none") return v.is_none();
-    if (t == "string") return v.is_str();
-    if (t == "number") return v.is_number();
-    if (t == "integer") return v.is_int();
-    if (t == "boolean") return v.is_bool();
-    if (t == "mapping") return v.is_map();
-    if (t == "sequence" || t == "iterable") {
-      return v.is_str() || v.is_list() || v.is_map() || v.is_undefined();
-    }
-    if (t == "true" || t == "false") return v.is_bool() && std::get<bool>(v.rep) == (t == "true");
-    DSV2_RETURN_IF_ERROR(CheckDefined(v, offset));  // even, odd
-    if (!v.is_number()) {
-      return RenderError(absl::StrCat("test '", t, "' needs a number, got '", TypeName(v), "'"),
-                         offset);
-    }
-    return (t == "even") == (v.number() % 2 == 0);
-  }
-
-  // raise_exception(message) and range([start,] stop[, step]).
-  static absl::StatusOr<Value> Call(const std::string& f, const std::vector<Value>& v,
-                                    size_t offset) {
-    if (f == "raise_exception") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chat template raised an exception: ", ToStr(v[0])));
-    }
-    for (const Value& x : v) {
-      if (!x.is_number()) {
-        return RenderError(absl::StrCat("range() needs integers, got '", TypeName(x), "'"), offset);
-      }
-    }
-    const int64_t start = v.size() == 1 ? 0 : v[0].number();
-    const int64_t stop = v.size() == 1 ? v[0].number() : v[1].number();
-    const int64_t step = v.size() == 3 ? v[2].number() : 1;
-    if (step == 0) return RenderError("range() step must not be zero", offset);
-    ValueList items;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-      if (static_cast<int64_t>(items.size()) >= kMaxRangeLength) {
-        return RenderError(absl::StrCat("range() longer than ", kMaxRangeLength), offset);
-      }
-      items.push_back(Value::Int(i));
-      if ((step > 0 && i > INT64_MAX - step) || (step < 0 && i < INT64_MIN - step)) break;
-    }
-    return Value::List(std::move(items));
-  }
-
-  // Methods; v[0] is the receiver. Argument counts were checked by Parse.
-  static absl::StatusOr<Value> Method(const std::string& m, const std::vector<Value>& v,
-                                      size_t offset) {
-    const Value& obj = v[0];
-    DSV2_RETURN_IF_ERROR(CheckDefined(obj, offset));
-    if (obj.is_map() && m == "get") {
-      if (v[1].is_str()) {
-        if (const Value* found = obj.map().Find(v[1].str())) return *found;
-      }
-      return v.size() == 3 ? v[2] : Value::None();
-    }
-    if (!obj.is_str() || m == "get") {
-      return RenderError(absl::StrCat("'", TypeName(obj), "' object has no method '", m, "'"),
-                         offset);
-    }
-    const std::string& s = obj.str();
-    if (m == "strip" || m == "lstrip" || m == "rstrip") {
-      const StripSide side = m == "strip"    ? StripSide::kBoth
-                             : m == "lstrip" ? StripSide::kLeft
-                                             : StripSide::kRight;
-      return Strip(s, side, v.size() > 1 ? v[1] : Value::None(), offset);
-    }
-    if (m == "upper" || m == "lower") return ChangeCase(s, m == "upper", offset);
-    for (size_t i = 1; i < v.size(); ++i) {
-      const bool want_int = m == "split" && i == 2;
-      const bool ok =
-          want_int ? v[i].is_number() : (v[i].is_str() || (m == "split" && v[i].is_none()));
-      if (!ok) return RenderError(absl::StrCat("bad argument ", i, " to ", m, "()"), offset);
-    }
-    if (m == "startswith" || m == "endswith") {
-      const std::string& p = v[1].str();
-      return Value::Bool(p.size() <= s.size() &&
-                         s.compare(m == "startswith" ? 0 : s.size() - p.size(), p.size(), p) == 0);
-    }
-    return Split(s, v.size() > 1 ? v[1] : Value::None(), v.size() > 2 ? v[2].number() : -1, offset);
-  }
-
-  // Python's str.split(sep, maxsplit); sep none splits on whitespace runs.
-  static absl::StatusOr<Value> Split(const std::string& s, const Value& sep, int64_t maxsplit,
-                                     size_t offset) {
-    ValueList parts;
-    if (sep.is_none()) {
-      const std::vector<size_t> offsets = CodePointOffsets(s);
-      const size_t n = offsets.size() - 1;
-      auto space_at = [&](size_t k) {
-        size_t p = offsets[k];
-        return IsPyWhitespace(DecodeUtf8(s, &p));
-      };
-      for (size_t k = 0;;) {
-        while (k < n && space_at(k)) ++k;
-        if (k == n) break;
-        if (maxsplit == 0) {  // the remainder keeps its trailing whitespace
-          parts.push_back(Value::Str(s.substr(offsets[k])));
-          break;
-        }
-        const size_t begin = k;
-        while (k < n && !space_at(k)) ++k;
-        parts.push_back(Value::Str(s.substr(offsets[begin], offsets[k] - offsets[begin])));
-        if (maxsplit > 0) --maxsplit;
-      }
-      return Value::List(std::move(parts));
-    }
-    const std::string& delim = sep.str();
-    if (delim.empty()) return RenderError("split() separator is empty", offset);
-    size_t pos = 0;
-    for (size_t hit; maxsplit != 0 && (hit = s.find(delim, pos)) != std::string::npos;) {
-      parts.push_back(Value::Str(s.substr(pos, hit - pos)));
-      pos = hit + delim.size();
-      if (maxsplit > 0) --maxsplit;
-    }
-    parts.push_back(Value::Str(s.substr(pos)));
-    return Value::List(std::move(parts));
   }
 
   std::vector<ValueMap> scopes_;  // [0] holds the template's variables

@@ -2,13 +2,20 @@
 // public contract); not for use outside model/chat_template*.cc.
 //
 // The implementation is two halves that share only what is declared here:
-//   chat_template_parse.cc  template source -> syntax tree (lexer + parser);
-//   chat_template.cc        syntax tree + inputs -> text (evaluator), and the
-//                           public API.
+//   template source -> syntax tree
+//     chat_template_lex.cc         source -> tokens (jinja2's lexer)
+//     chat_template_parse.cc       tokens -> tree: template and statements
+//     chat_template_parse_expr.cc  tokens -> tree: expressions
+//                                  (both parse files share chat_template_parser_internal.h)
+//   syntax tree + inputs -> text
+//     chat_template.cc             the evaluator, and the public API
+//     chat_template_values.cc      Python semantics of values and strings
+//     chat_template_builtins.cc    filters, tests, functions and methods (also the
+//                                  argument counts the parser checks)
 // This header holds the syntax tree (Expr, Node), the runtime Value type that
-// literals in the tree carry, the resource limits, and the UTF-8 / Python
-// string helpers both halves use. The tree is immutable after
-// ParseTemplateSource returns; an Expr or Node owns its children.
+// literals in the tree carry, the resource limits, the tokens, and the helpers
+// used across files. The tree is immutable after ParseTemplateSource returns;
+// an Expr or Node owns its children.
 #ifndef DSV2_MODEL_CHAT_TEMPLATE_INTERNAL_H_
 #define DSV2_MODEL_CHAT_TEMPLATE_INTERNAL_H_
 
@@ -21,6 +28,7 @@
 #include <variant>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "model/unicode_internal.h"
@@ -39,12 +47,16 @@ constexpr int64_t kMaxRangeLength = 1'000'000;
 constexpr size_t kMaxStringBytes = size_t{1} << 28;  // results of * and +
 
 // ---------------------------------------------------------------------------
-// UTF-8 and Python string semantics (defined in chat_template.cc). Python
-// indexes, slices, measures and strips strings by code point; these helpers do
-// the same on UTF-8 bytes. An invalid byte counts as one code point of its own.
+// UTF-8 and Python string semantics (defined in chat_template_values.cc).
+// Python indexes, slices, measures and strips strings by code point; these
+// helpers do the same on UTF-8 bytes. An invalid byte counts as one code point
+// of its own.
 
 // Decodes the code point at byte offset *i and advances *i past it.
 char32_t DecodeUtf8(std::string_view s, size_t* i);
+
+// Byte offset of every code point, plus s.size() at the end.
+std::vector<size_t> CodePointOffsets(std::string_view s);
 
 // Python's str.isspace(), which is also what `\s` and str.strip() use.
 bool IsPyWhitespace(char32_t cp);
@@ -53,6 +65,13 @@ enum class StripSide { kLeft, kRight, kBoth };
 
 // Python's str.strip / lstrip / rstrip: `chars` null means whitespace.
 std::string PyStrip(std::string_view s, StripSide side, const std::string* chars);
+
+// Python's repr() of a str: single quotes unless the text holds ' and no ".
+std::string PyStrRepr(std::string_view s);
+
+// True when `s` holds a non-ASCII code point in a block with cased letters,
+// where ASCII-only case mapping would differ from Python's.
+bool HasNonAsciiCasedLetters(std::string_view s);
 
 // UTF-8 encoding of one code point: the tokenizer's helper.
 using unicode_internal::AppendUtf8;
@@ -136,6 +155,21 @@ inline Value Value::Map(ValueMap map) {
   return Value{std::make_shared<const ValueMap>(std::move(map))};
 }
 
+// Python semantics of values (chat_template_values.cc).
+std::string TypeName(const Value& v);  // Python's type name: "str", "NoneType", ...
+bool Truthy(const Value& v);
+std::string ToStr(const Value& v);  // Python's str(), which {{ }} and ~ print
+std::string Repr(const Value& v);
+bool Equals(const Value& a, const Value& b);  // Python's ==; dict equality ignores order
+
+// InvalidArgument "chat template render: <what> (at offset <n>)".
+absl::Status RenderError(std::string_view what, size_t offset);
+// Jinja's default Undefined fails when used as an operand: RenderError with its hint.
+absl::Status CheckDefined(const Value& v, size_t offset);
+// Python's iteration: a list's items, a dict's keys, a str's code points;
+// Undefined iterates as empty, anything else is an error.
+absl::StatusOr<ValueList> Iterate(const Value& v, size_t offset);
+
 // ---------------------------------------------------------------------------
 // Syntax tree.
 
@@ -201,10 +235,68 @@ struct Node {
   std::vector<Node> else_body;     // kIf, kFor
 };
 
+// ---------------------------------------------------------------------------
+// Tokens (chat_template_lex.cc -> chat_template_parse*.cc).
+
+enum class Tok {
+  kData,
+  kVarBegin,
+  kVarEnd,
+  kBlockBegin,
+  kBlockEnd,
+  kName,
+  kString,
+  kInt,
+  kOp,
+  kEof
+};
+
+struct Token {
+  Tok kind = Tok::kEof;
+  std::string text;  // data, name, string value or operator
+  int64_t int_value = 0;
+  size_t offset = 0;
+};
+
+// InvalidArgument "chat template: <what> at offset <n>".
+absl::Status SyntaxError(std::string_view what, size_t offset);
+
+// Normalizes newlines and splits `source` into tokens, ending with kEof;
+// offsets are into the normalized text. SyntaxError on malformed input.
+absl::StatusOr<std::vector<Token>> LexTemplateSource(std::string_view source);
+
 // Normalizes newlines, lexes and parses `source` (chat_template_parse.cc).
 // InvalidArgument "chat template: <what> at offset <n>" on malformed or
 // unsupported input.
 absl::StatusOr<std::vector<Node>> ParseTemplateSource(std::string_view source);
+
+// ---------------------------------------------------------------------------
+// Builtins (chat_template_builtins.cc). Argument counts exclude the filtered
+// or tested value and the method's receiver; the parser rejects other names
+// and counts, so the functions below may rely on them.
+
+struct Builtin {
+  std::string_view name;
+  size_t min_args;
+  size_t max_args;
+};
+enum class BuiltinKind { kFilter, kTest, kFunction, kMethod };
+
+// The supported builtin of that kind and name, or nullptr.
+const Builtin* FindBuiltin(BuiltinKind kind, std::string_view name);
+
+// `name` applied to v[0] (the filtered value) with arguments v[1..].
+absl::StatusOr<Value> ApplyFilter(const std::string& name, const std::vector<Value>& v,
+                                  size_t offset);
+// `v is name` (without `not`).
+absl::StatusOr<bool> ApplyTest(const std::string& name, const Value& v, size_t offset);
+// raise_exception(message) and range([start,] stop[, step]); namespace() is
+// evaluated by the renderer because its arguments are keywords.
+absl::StatusOr<Value> CallFunction(const std::string& name, const std::vector<Value>& v,
+                                   size_t offset);
+// The str / dict method `name` of receiver v[0] with arguments v[1..].
+absl::StatusOr<Value> CallMethod(const std::string& name, const std::vector<Value>& v,
+                                 size_t offset);
 
 }  // namespace chat_template_internal
 }  // namespace dsv2

@@ -142,6 +142,10 @@ class BpeModel {
     int32_t new_id;
   };
   BpeModel() = default;
+  // Parts of FromJson: "vocab" into vocab_ / id_to_token_ / has_id_, then "merges" (which
+  // name vocabulary tokens) into merges_.
+  absl::Status ReadVocab(const nlohmann::json& config);
+  absl::Status ReadMerges(const nlohmann::json& config);
   void MergeWord(std::string_view piece, std::vector<int32_t>* ids) const;
 
   // Constant after construction.

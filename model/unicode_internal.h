@@ -60,6 +60,7 @@ char32_t LastCodepoint(std::string_view text);
 
 void AppendUtf8(char32_t c, std::string* out);
 
+// Strict UTF-8 validity; exported to other modules as dsv2::IsValidUtf8 (model/utf8.h).
 bool IsValidUtf8(std::string_view bytes);
 
 // Rust's String::from_utf8_lossy, which the ByteLevel decoder of `tokenizers` applies to

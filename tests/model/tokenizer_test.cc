@@ -252,9 +252,9 @@ TEST_F(TokenizerTest, UnicodeTablesMatchHuggingFace) {
   }
   EXPECT_EQ(ws, u["whitespace"].get<std::vector<char32_t>>());
   EXPECT_TRUE(SameRanges(uni::NumericRanges(), ToRanges(u["numeric_ranges"])))
-      << "regenerate with gen_tokenizer_cases.py --emit-cc-tables";
+      << "regenerate with model/gen_unicode_tables.py";
   EXPECT_TRUE(SameRanges(uni::WordRanges(), ToRanges(u["word_ranges"])))
-      << "regenerate with gen_tokenizer_cases.py --emit-cc-tables";
+      << "regenerate with model/gen_unicode_tables.py";
   EXPECT_TRUE(SameRanges(uni::OnigLetterRanges(), ToRanges(u["onig_letter_ranges"])));
   EXPECT_TRUE(SameRanges(uni::OnigNumberRanges(), ToRanges(u["onig_number_ranges"])));
   EXPECT_TRUE(SameRanges(uni::OnigWordRanges(), ToRanges(u["onig_word_ranges"])));
