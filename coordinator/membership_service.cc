@@ -1,0 +1,89 @@
+#include "coordinator/coordinator_core_internal.h"
+
+namespace dsv2::coordinator {
+
+namespace {
+
+class MembershipService final : public internal::Coordinator::Service {
+ public:
+  explicit MembershipService(CoordinatorCore& c) : c_(c) {}
+
+  grpc::Status Register(grpc::ServerContext*, const internal::RegisterRequest* req,
+                        internal::RegisterResponse* out) override {
+    if (req->grpc_address().empty()) {
+      return grpc::Status(grpc::INVALID_ARGUMENT, "grpc_address: empty");
+    }
+    const ModelConfig& cfg = c_.config;
+    if (req->vocab_size() != cfg.vocab_size || req->num_layers() != cfg.num_hidden_layers ||
+        req->n_routed_experts() != cfg.n_routed_experts) {
+      return grpc::Status(
+          grpc::INVALID_ARGUMENT,
+          absl::StrCat("model mismatch: the node serves vocab_size ", req->vocab_size(), ", ",
+                       req->num_layers(), " layers, ", req->n_routed_experts(),
+                       " routed experts; the coordinator's model has ", cfg.vocab_size, ", ",
+                       cfg.num_hidden_layers, ", ", cfg.n_routed_experts));
+    }
+    const absl::Time now = absl::Now();
+    uint64_t id = 0;
+    switch (req->role()) {
+      case internal::NODE_ROLE_ATTENTION:
+        if (req->cache_capacity_tokens() < 1) {
+          return grpc::Status(grpc::INVALID_ARGUMENT, "cache_capacity_tokens: must be >= 1");
+        }
+        id = c_.state.RegisterAttentionNode(req->grpc_address(), req->cache_capacity_tokens(),
+                                            req->placement_version(), now);
+        spdlog::info("attention node {} registered at {} ({} cache tokens)", id,
+                     req->grpc_address(), req->cache_capacity_tokens());
+        break;
+      case internal::NODE_ROLE_EXPERT_SHARD: {
+        if (req->ucx_address().empty() || req->ucx_address().size() > (64u << 10)) {
+          return grpc::Status(grpc::INVALID_ARGUMENT,
+                              "ucx_address: must hold 1 to 65536 bytes");
+        }
+        absl::StatusOr<uint64_t> r = c_.state.RegisterShard(
+            req->shard_id(), req->grpc_address(), req->ucx_address(), req->placement_version(),
+            now);
+        if (!r.ok()) return service::ToGrpcStatus(r.status());
+        id = *r;
+        spdlog::info("expert shard {} registered at {} (node {})", req->shard_id(),
+                     req->grpc_address(), id);
+        break;
+      }
+      default:
+        return grpc::Status(grpc::INVALID_ARGUMENT, "role: must be attention or expert shard");
+    }
+    out->set_node_id(id);
+    out->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(c_.options.heartbeat_interval));
+    c_.Wake();
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext*, const internal::HeartbeatRequest* req,
+                         internal::HeartbeatResponse* out) override {
+    absl::Status st = c_.state.Heartbeat(req->node_id(), req->placement_version(),
+                                         req->resident_bytes(), absl::Now());
+    if (!st.ok()) return service::ToGrpcStatus(st);
+    out->set_placement_version(c_.state.published().version);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Leave(grpc::ServerContext*, const internal::LeaveRequest* req,
+                     internal::LeaveResponse*) override {
+    if (c_.state.Remove(req->node_id())) {
+      spdlog::info("node {} left", req->node_id());
+      c_.Wake();
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  CoordinatorCore& c_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeMembershipService(CoordinatorCore& core) {
+  return std::make_unique<MembershipService>(core);
+}
+
+}  // namespace dsv2::coordinator
