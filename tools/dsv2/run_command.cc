@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <limits>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -14,39 +13,40 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "base/flags.h"
 #include "base/status_macros.h"
+#include "base/version.h"
 #include "model/chat_template.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
-#include "base/cli_flags.h"
 #include "tools/dsv2/local_engine.h"
 
 namespace dsv2 {
 namespace {
 
-constexpr int64_t kMaxThreads = 1024;
+// What `dsv2 run` was asked for (its flags, typed and checked).
+struct RunRequest {
+  std::string model;
+  std::optional<std::string> prompt;
+  std::vector<int64_t> raw_ids;  // --prompt-ids, range-checked against the vocabulary later
+  bool chat = false;
+  bool json = false;
+  bool ignore_eos = false;
+  int64_t max_tokens = 64;
+  int threads = 1;
+  std::string cpu_isa;
+  int64_t prefill_chunk = 0;  // 0 = the whole prompt in one step
+  SamplingParams sampling;
+};
 
-const std::vector<cli::FlagSpec>& RunFlags() {
-  static const std::vector<cli::FlagSpec> specs = {
-      {"model", false, "checkpoint directory (config.json, *.safetensors, tokenizer.json)"},
-      {"prompt", false, "prompt text (BOS added as the tokenizer config says)"},
-      {"prompt-ids", false, "comma-separated token ids, used verbatim (no BOS added)"},
-      {"chat", true, "render --prompt as one user message with the chat template"},
-      {"max-tokens", false, "tokens to generate (default 64)"},
-      {"temperature", false, "sampling temperature (default 0 = greedy)"},
-      {"top-p", false, "nucleus sampling mass in (0, 1] (default 1)"},
-      {"top-k", false, "keep the k most likely tokens (default 0 = all)"},
-      {"seed", false, "sampling seed (default: random, reported)"},
-      {"ignore-eos", true, "keep generating after EOS"},
-      {"threads", false, "worker threads (default 1)"},
-      {"cpu-isa", false, "scalar, avx2, avx512bf16 or auto (default: DSV2_CPU_ISA or best)"},
-      {"prefill-chunk", false, "prefill at most this many prompt tokens per step (0 = all)"},
-      {"json", true, "print one JSON object on stdout; stream text to stderr"},
-      {"help", true, "show this help"},
-  };
-  return specs;
-}
+// What generation produced, for the report.
+struct RunResult {
+  std::vector<int32_t> output_ids;
+  std::string text;
+  std::vector<std::pair<int32_t, float>> first_top10;
+  double prefill_s = 0, decode_s = 0;
+};
 
 // Comma-separated ids; whitespace around an id is allowed, an empty entry is
 // not. Range is checked later against the vocabulary (exit 1).
@@ -62,214 +62,215 @@ absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& s) {
   return ids;
 }
 
-}  // namespace
+// Parses the flags into *req; an exit code (0 help, 2 usage) when the
+// command should stop.
+std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
+  flags::FlagSet flags("dsv2 run", VersionString());
+  std::string prompt_ids;
+  std::optional<uint64_t> seed;
+  float temperature = 0.0f, top_p = 1.0f;
+  int32_t top_k = 0;
+  flags.String("model", &req->model, "checkpoint directory (config.json, *.safetensors, "
+                                     "tokenizer.json)").Required();
+  flags.String("prompt", &req->prompt, "prompt text (BOS added as the tokenizer config says)");
+  flags.String("prompt-ids", &prompt_ids,
+               "comma-separated token ids, used verbatim (no BOS added)");
+  flags.Bool("chat", &req->chat, "render --prompt as one user message with the chat template");
+  flags.Int("max-tokens", &req->max_tokens, "tokens to generate").Min(0);
+  flags.Double("temperature", &temperature, "sampling temperature (0 = greedy)");
+  flags.Double("top-p", &top_p, "nucleus sampling mass in (0, 1]");
+  flags.Int("top-k", &top_k, "keep the k most likely tokens (0 = all)").Min(0);
+  flags.Int("seed", &seed, "sampling seed").DefaultText("random, reported");
+  flags.Bool("ignore-eos", &req->ignore_eos, "keep generating after EOS");
+  flags.Int("threads", &req->threads, "worker threads").Range(1, 1024);
+  flags.String("cpu-isa", &req->cpu_isa, "scalar, avx2, avx512bf16 or auto")
+      .DefaultText("DSV2_CPU_ISA or best");
+  flags.Int("prefill-chunk", &req->prefill_chunk,
+            "prefill at most this many prompt tokens per step (0 = all)").Min(0);
+  flags.Bool("json", &req->json, "print one JSON object on stdout; stream text to stderr");
+  flags.ExclusiveGroup({"prompt", "prompt-ids"}, flags::GroupRule::kExactlyOne);
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
+  if (req->chat && !req->prompt) return flags.UsageError("--chat needs --prompt");
+  if (!req->cpu_isa.empty()) {
+    if (auto isa = kernels::ParseCpuIsa(req->cpu_isa); !isa.ok()) {
+      return flags.UsageError(isa.status().message());
+    }
+  }
+  req->sampling.temperature = temperature;
+  req->sampling.top_p = top_p;
+  req->sampling.top_k = top_k;
+  req->sampling.seed = seed.value_or(RandomSeed());
+  if (absl::Status st = ValidateSamplingParams(req->sampling); !st.ok()) {
+    return flags.UsageError(st.message());
+  }
+  if (flags.was_set("prompt-ids")) {
+    absl::StatusOr<std::vector<int64_t>> ids = ParseIds(prompt_ids);
+    if (!ids.ok()) return flags.UsageError(ids.status().message());
+    req->raw_ids = *std::move(ids);
+  }
+  return std::nullopt;
+}
 
-int RunCommandMain(int argc, char** argv) {
-  auto usage = [](absl::string_view msg) {
-    std::cerr << "dsv2 run: " << msg << "\n";
-    return 2;
-  };
-  auto fail = [](absl::string_view msg) {
-    std::cerr << "dsv2 run: " << msg << "\n";
-    return 1;
-  };
-  auto flags = cli::ParseFlags(argc, argv, 2, RunFlags());
-  if (!flags.ok()) return usage(flags.status().message());
-  flags->PreferCommandLine({"prompt", "prompt-ids"});
-  if (flags->GetBool("help")) {
-    std::cout << "dsv2 run flags:\n" << cli::FlagsHelp(RunFlags());
-    return 0;
-  }
-  const auto model = flags->Get("model");
-  const auto prompt = flags->Get("prompt");
-  const auto prompt_ids_flag = flags->Get("prompt-ids");
-  if (!model) return usage("--model is required");
-  if (prompt.has_value() == prompt_ids_flag.has_value()) {
-    return usage("exactly one of --prompt and --prompt-ids is required");
-  }
-  const bool chat = flags->GetBool("chat");
-  if (chat && !prompt) return usage("--chat needs --prompt");
-  const bool json_out = flags->GetBool("json");
-  const bool ignore_eos = flags->GetBool("ignore-eos");
-  auto max_tokens = flags->GetInt("max-tokens", 64);
-  auto threads = flags->GetInt("threads", 1);
-  auto prefill_chunk = flags->GetInt("prefill-chunk", 0);
-  auto temperature = flags->GetDouble("temperature", 0.0);
-  auto top_p = flags->GetDouble("top-p", 1.0);
-  auto top_k = flags->GetInt("top-k", 0);
-  for (const absl::Status& st : {max_tokens.status(), threads.status(), prefill_chunk.status(),
-                                 temperature.status(), top_p.status(), top_k.status()}) {
-    if (!st.ok()) return usage(st.message());
-  }
-  if (*max_tokens < 0) return usage("--max-tokens must be >= 0");
-  if (*threads < 1 || *threads > kMaxThreads) {
-    return usage(absl::StrCat("--threads must be in [1, ", kMaxThreads, "]"));
-  }
-  if (*prefill_chunk < 0) return usage("--prefill-chunk must be >= 0");
-  if (*top_k < 0 || *top_k > std::numeric_limits<int32_t>::max()) {
-    return usage("--top-k must be in [0, 2147483647]");
-  }
-  const std::string cpu_isa = flags->Get("cpu-isa").value_or("");
-  if (!cpu_isa.empty()) {
-    if (auto isa = kernels::ParseCpuIsa(cpu_isa); !isa.ok()) return usage(isa.status().message());
-  }
-  SamplingParams sp;
-  sp.temperature = static_cast<float>(*temperature);
-  sp.top_p = static_cast<float>(*top_p);
-  sp.top_k = static_cast<int32_t>(*top_k);
-  if (auto s = flags->Get("seed")) {
-    if (!absl::SimpleAtoi(*s, &sp.seed)) return usage("--seed must be an unsigned integer");
+// --prompt as token ids (with --chat through the chat template, whose
+// rendering carries the only BOS).
+absl::StatusOr<std::vector<int32_t>> EncodePrompt(const RunRequest& req,
+                                                  const Tokenizer& tokenizer) {
+  if (!req.chat) return tokenizer.Encode(*req.prompt, /*add_special_tokens=*/true);
+  ChatTemplateInputs in;
+  in.messages.push_back({"user", *req.prompt});
+  in.add_generation_prompt = true;
+  in.bos_token = tokenizer.bos_token();
+  in.eos_token = tokenizer.eos_token();
+  std::string rendered;
+  if (tokenizer.chat_template()) {
+    DSV2_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::Parse(*tokenizer.chat_template()));
+    DSV2_ASSIGN_OR_RETURN(rendered, tmpl.Render(in));
   } else {
-    sp.seed = RandomSeed();
+    rendered = RenderFallbackChat(in);
   }
-  if (absl::Status st = ValidateSamplingParams(sp); !st.ok()) return usage(st.message());
-  std::vector<int64_t> raw_ids;
-  if (prompt_ids_flag) {
-    auto ids = ParseIds(*prompt_ids_flag);
-    if (!ids.ok()) return usage(ids.status().message());
-    raw_ids = *ids;
-  }
+  return tokenizer.Encode(rendered, /*add_special_tokens=*/false);
+}
 
-  std::error_code ec;
-  if (!std::filesystem::is_directory(*model, ec)) {
-    return fail(absl::StrCat(*model, ": model directory not found"));
-  }
-  // Tokenizer (optional with --prompt-ids).
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (std::filesystem::exists(*model + "/tokenizer.json", ec)) {
-    auto t = Tokenizer::FromDir(*model);
-    if (!t.ok()) return fail(t.status().message());
-    tokenizer = *std::move(t);
-  }
-  std::vector<int32_t> prompt_ids;
-  if (!prompt_ids_flag) {
-    if (!tokenizer) return fail(absl::StrCat(*model, ": --prompt needs a tokenizer.json"));
-    if (chat) {
-      ChatTemplateInputs in;
-      in.messages.push_back({"user", *prompt});
-      in.add_generation_prompt = true;
-      in.bos_token = tokenizer->bos_token();
-      in.eos_token = tokenizer->eos_token();
-      std::string rendered;
-      if (tokenizer->chat_template()) {
-        auto tmpl = ChatTemplate::Parse(*tokenizer->chat_template());
-        if (!tmpl.ok()) return fail(tmpl.status().message());
-        auto r = tmpl->Render(in);
-        if (!r.ok()) return fail(r.status().message());
-        rendered = *r;
-      } else {
-        rendered = RenderFallbackChat(in);
-      }
-      // The template renders BOS itself: never add a second one.
-      prompt_ids = tokenizer->Encode(rendered, /*add_special_tokens=*/false);
-    } else {
-      prompt_ids = tokenizer->Encode(*prompt, /*add_special_tokens=*/true);
+// The prompt's ids: --prompt-ids verbatim (checked against the vocabulary)
+// or --prompt encoded.
+absl::StatusOr<std::vector<int32_t>> PromptIds(const RunRequest& req, const Tokenizer* tokenizer,
+                                               const ModelConfig& cfg) {
+  std::vector<int32_t> ids;
+  if (req.prompt) {
+    if (tokenizer == nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(req.model, ": --prompt needs a tokenizer.json"));
     }
-    if (prompt_ids.empty()) return fail("the prompt encodes to no tokens");
+    DSV2_ASSIGN_OR_RETURN(ids, EncodePrompt(req, *tokenizer));
+    if (ids.empty()) return absl::InvalidArgumentError("the prompt encodes to no tokens");
   }
-
-  // Cheap checks on config.json before mapping any weights.
-  auto cfg_or = LoadModelConfig(*model + "/config.json");
-  if (!cfg_or.ok()) return fail(cfg_or.status().message());
-  const ModelConfig& cfg = *cfg_or;
-  for (int64_t id : raw_ids) {
+  for (int64_t id : req.raw_ids) {
     if (id < 0 || id >= cfg.vocab_size) {
-      return fail(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", cfg.vocab_size,
-                               ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", id, " is outside the vocabulary [0, ", cfg.vocab_size, ")"));
     }
-    prompt_ids.push_back(static_cast<int32_t>(id));
+    ids.push_back(static_cast<int32_t>(id));
   }
-  const int64_t num_prompt = static_cast<int64_t>(prompt_ids.size());
-  if (*max_tokens > cfg.max_position_embeddings - num_prompt) {
-    return fail(absl::StrCat("prompt has ", num_prompt, " tokens + max-tokens ", *max_tokens,
-                             " exceeds the context of ", cfg.max_position_embeddings,
-                             " tokens"));
-  }
-  const int64_t total = num_prompt + *max_tokens;
-  LocalEngineOptions eo;
-  eo.model_dir = *model;
-  eo.threads = static_cast<int>(*threads);
-  eo.cpu_isa = cpu_isa;
-  eo.cache_tokens = total;
-  eo.config = cfg;
-  eo.verbose_load = true;
-  auto engine = LocalEngine::Open(eo);
-  if (!engine.ok()) return fail(engine.status().message());
-  LayerLoop& loop = (*engine)->loop();
+  return ids;
+}
+
+// Prefill (in --prefill-chunk steps: results are chunk-invariant) and
+// decode, streaming text to `stream`.
+absl::Status Generate(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
+                      const Tokenizer* tokenizer, LocalEngine& engine, std::ostream& stream,
+                      RunResult* result) {
+  LayerLoop& loop = engine.loop();
   const auto t_start = std::chrono::steady_clock::now();
   SequenceCache seq;
   StepOutput out;
-  std::vector<float> last_logits;
-  // Prefill (optionally in chunks: results are chunk-invariant).
-  const size_t chunk = *prefill_chunk > 0 ? static_cast<size_t>(*prefill_chunk) : prompt_ids.size();
+  const size_t chunk =
+      req.prefill_chunk > 0 ? static_cast<size_t>(req.prefill_chunk) : prompt_ids.size();
   for (size_t begin = 0; begin < prompt_ids.size(); begin += chunk) {
     const size_t n = std::min(chunk, prompt_ids.size() - begin);
     StepSequence s{&seq, std::span<const int32_t>(prompt_ids).subspan(begin, n), false};
-    if (absl::Status st = loop.Step(std::span<StepSequence>(&s, 1), &out); !st.ok()) {
-      return fail(st.message());
-    }
+    DSV2_RETURN_IF_ERROR(loop.Step(std::span<StepSequence>(&s, 1), &out));
   }
-  last_logits = out.logits[0];
-  const auto top10 = TopLogits(last_logits, 10);
+  std::vector<float> last_logits = out.logits[0];
+  result->first_top10 = TopLogits(last_logits, 10);
   const auto t_prefill = std::chrono::steady_clock::now();
 
-  std::ostream& stream = json_out ? std::cerr : std::cout;
   std::optional<StreamingDecoder> decoder;
   if (tokenizer) decoder.emplace(*tokenizer, /*skip_special_tokens=*/true);
-  std::vector<int32_t> output_ids;
-  std::vector<int32_t> text_ids;
-  std::string text;
   // EOS ids: config.json's, else the tokenizer's.
-  std::vector<int64_t> eos_ids = cfg.eos_token_ids;
+  std::vector<int64_t> eos_ids = engine.config().eos_token_ids;
   if (eos_ids.empty() && tokenizer && tokenizer->eos_id()) eos_ids.push_back(*tokenizer->eos_id());
-  const auto is_eos = [&](int32_t id) {
-    return std::find(eos_ids.begin(), eos_ids.end(), id) != eos_ids.end();
-  };
-  for (int64_t i = 0; i < *max_tokens; ++i) {
-    const int32_t next = SampleToken(last_logits, sp, static_cast<uint64_t>(i));
+  std::vector<int32_t>& output_ids = result->output_ids;
+  for (int64_t i = 0; i < req.max_tokens; ++i) {
+    const int32_t next = SampleToken(last_logits, req.sampling, static_cast<uint64_t>(i));
     output_ids.push_back(next);
-    const bool eos = is_eos(next);
-    if (!eos) {  // `text` never contains EOS, even with --ignore-eos
-      if (decoder) {
-        const std::string piece = decoder->Push(next);
-        text += piece;
-        stream << piece << std::flush;
-      }
+    const bool eos = std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end();
+    if (!eos && decoder) {  // `text` never contains EOS, even with --ignore-eos
+      const std::string piece = decoder->Push(next);
+      result->text += piece;
+      stream << piece << std::flush;
     }
-    if (eos && !ignore_eos) break;
-    if (i + 1 == *max_tokens) break;
+    if ((eos && !req.ignore_eos) || i + 1 == req.max_tokens) break;
     StepSequence s{&seq, std::span<const int32_t>(&output_ids.back(), 1), false};
     if (absl::Status st = loop.Step(std::span<StepSequence>(&s, 1), &out); !st.ok()) {
       stream << "\n" << std::flush;  // end the streamed line first
-      return fail(st.message());
+      return st;
     }
     last_logits = out.logits[0];
   }
   const auto t_end = std::chrono::steady_clock::now();
   if (decoder) {
     const std::string rest = decoder->Finish();
-    text += rest;
+    result->text += rest;
     stream << rest;
   }
   stream << "\n" << std::flush;
-  const double prefill_s = std::chrono::duration<double>(t_prefill - t_start).count();
-  const double decode_s = std::chrono::duration<double>(t_end - t_prefill).count();
-  const size_t decode_steps = output_ids.empty() ? 0 : output_ids.size() - 1;
+  result->prefill_s = std::chrono::duration<double>(t_prefill - t_start).count();
+  result->decode_s = std::chrono::duration<double>(t_end - t_prefill).count();
+  return absl::OkStatus();
+}
+
+// The timing line on stderr and, with --json, the JSON object on stdout.
+void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
+            const RunResult& r) {
+  const size_t decode_steps = r.output_ids.empty() ? 0 : r.output_ids.size() - 1;
   std::fprintf(stderr,
                "seed %llu; prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s "
                "(%.2f tokens/s)\n",
-               static_cast<unsigned long long>(sp.seed), prompt_ids.size(), prefill_s,
-               decode_steps, decode_s, decode_s > 0 ? decode_steps / decode_s : 0.0);
-  if (json_out) {
-    nlohmann::json j;
-    j["prompt_ids"] = prompt_ids;
-    j["output_ids"] = output_ids;
-    j["text"] = text;
-    nlohmann::json top = nlohmann::json::array();
-    for (const auto& [id, logit] : top10) top.push_back({id, logit});
-    j["first_logits_top10"] = top;
-    j["seed"] = sp.seed;
-    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+               static_cast<unsigned long long>(req.sampling.seed), prompt_ids.size(), r.prefill_s,
+               decode_steps, r.decode_s, r.decode_s > 0 ? decode_steps / r.decode_s : 0.0);
+  if (!req.json) return;
+  nlohmann::json j;
+  j["prompt_ids"] = prompt_ids;
+  j["output_ids"] = r.output_ids;
+  j["text"] = r.text;
+  nlohmann::json top = nlohmann::json::array();
+  for (const auto& [id, logit] : r.first_top10) top.push_back({id, logit});
+  j["first_logits_top10"] = top;
+  j["seed"] = req.sampling.seed;
+  std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+}
+
+absl::Status Run(const RunRequest& req) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(req.model, ec)) {
+    return absl::NotFoundError(absl::StrCat(req.model, ": model directory not found"));
+  }
+  std::unique_ptr<Tokenizer> tokenizer;  // optional with --prompt-ids
+  if (std::filesystem::exists(req.model + "/tokenizer.json", ec)) {
+    DSV2_ASSIGN_OR_RETURN(tokenizer, Tokenizer::FromDir(req.model));
+  }
+  // Cheap checks on config.json before mapping any weights.
+  DSV2_ASSIGN_OR_RETURN(ModelConfig cfg, LoadModelConfig(req.model + "/config.json"));
+  DSV2_ASSIGN_OR_RETURN(std::vector<int32_t> prompt_ids, PromptIds(req, tokenizer.get(), cfg));
+  const int64_t num_prompt = static_cast<int64_t>(prompt_ids.size());
+  if (req.max_tokens > cfg.max_position_embeddings - num_prompt) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt has ", num_prompt, " tokens + max-tokens ", req.max_tokens,
+        " exceeds the context of ", cfg.max_position_embeddings, " tokens"));
+  }
+  LocalEngineOptions eo;
+  eo.model_dir = req.model;
+  eo.threads = req.threads;
+  eo.cpu_isa = req.cpu_isa;
+  eo.cache_tokens = num_prompt + req.max_tokens;
+  eo.config = cfg;
+  eo.verbose_load = true;
+  DSV2_ASSIGN_OR_RETURN(std::unique_ptr<LocalEngine> engine, LocalEngine::Open(eo));
+  RunResult result;
+  DSV2_RETURN_IF_ERROR(Generate(req, prompt_ids, tokenizer.get(), *engine,
+                                req.json ? std::cerr : std::cout, &result));
+  Report(req, prompt_ids, result);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunCommandMain(int argc, char** argv) {
+  RunRequest req;
+  if (std::optional<int> exit_code = ParseRunFlags(argc, argv, &req)) return *exit_code;
+  if (absl::Status st = Run(req); !st.ok()) {
+    std::cerr << "dsv2 run: " << st.message() << "\n";
+    return 1;
   }
   return 0;
 }

@@ -1,4 +1,4 @@
-// `dsv2 run`: single-process generation (contract in README.md).
+// `dsv2 run`: single-process generation (contract in docs/running.md, "dsv2 run").
 #ifndef DSV2_TOOLS_DSV2_RUN_COMMAND_H_
 #define DSV2_TOOLS_DSV2_RUN_COMMAND_H_
 
