@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -25,36 +26,11 @@
 #include "absl/time/time.h"
 #include "inference.grpc.pb.h"
 #include "nlohmann/json.hpp"
-#include "base/cli_flags.h"
+#include "base/flags.h"
+#include "base/version.h"
 
 namespace dsv2 {
 namespace {
-
-const std::vector<cli::FlagSpec>& GenerateFlags() {
-  static const std::vector<cli::FlagSpec> specs = {
-      {"endpoint", false, "HOST:PORT of the coordinator (required)"},
-      {"prompt", false, "prompt text (BOS added unless --no-special-tokens)"},
-      {"prompt-ids", false, "comma-separated token ids, used verbatim"},
-      {"chat", false, "one user message, rendered with the model's chat template"},
-      {"system", false, "a system message before --chat's user message"},
-      {"max-tokens", false, "tokens to generate (default: the server's, 256 capped by context)"},
-      {"temperature", false, "sampling temperature (default: the server's, 1.0; 0 = greedy)"},
-      {"top-p", false, "nucleus sampling mass in (0, 1] (default 1)"},
-      {"top-k", false, "keep the k most likely tokens (default 0 = all)"},
-      {"seed", false, "sampling seed (default: random, reported in --json)"},
-      {"ignore-eos", true, "keep generating after EOS"},
-      {"stop", false, "stop when the text contains this string (repeat for several)", true},
-      {"stop-token-ids", false, "comma-separated token ids that stop generation"},
-      {"logprobs", false,
-       "report each token's log-probability and the N most likely, N in [0, "
-       "20]"},
-      {"no-special-tokens", true, "tokenize --prompt without special tokens (no BOS)"},
-      {"timeout-s", false, "deadline of the call in seconds (default: none)"},
-      {"json", true, "print one JSON object on stdout; stream text to stderr"},
-      {"help", true, "show this help"},
-  };
-  return specs;
-}
 
 // Comma-separated int32 ids.
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& flag, const std::string& s) {
@@ -68,25 +44,6 @@ absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& flag, const 
     ids.push_back(id);
   }
   return ids;
-}
-
-absl::StatusOr<std::optional<int32_t>> OptionalInt32(const cli::ParsedFlags& flags,
-                                                     const std::string& name) {
-  if (!flags.Get(name)) return std::optional<int32_t>();
-  auto v = flags.GetInt(name, 0);
-  if (!v.ok()) return v.status();
-  if (*v < std::numeric_limits<int32_t>::min() || *v > std::numeric_limits<int32_t>::max()) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, "=", *v, " is out of range"));
-  }
-  return std::optional<int32_t>(static_cast<int32_t>(*v));
-}
-
-absl::StatusOr<std::optional<float>> OptionalFloat(const cli::ParsedFlags& flags,
-                                                   const std::string& name) {
-  if (!flags.Get(name)) return std::optional<float>();
-  auto v = flags.GetDouble(name, 0);
-  if (!v.ok()) return v.status();
-  return std::optional<float>(static_cast<float>(*v));
 }
 
 const char* FinishReasonName(dsv2::v1::FinishReason r) {
@@ -156,33 +113,61 @@ class CancelOnSignal {
   std::thread thread_;
 };
 
-}  // namespace
+// The command's flags: the request to send plus how to show it.
+struct GenerateCommand {
+  std::string endpoint;
+  dsv2::v1::GenerateRequest request;
+  bool json = false;
+  std::optional<absl::Duration> timeout;
+};
 
-int GenerateCommandMain(int argc, char** argv) {
-  auto usage = [](absl::string_view msg) {
-    std::cerr << "dsv2 generate: " << msg << "\n";
-    return 2;
-  };
-  auto flags = cli::ParseFlags(argc, argv, 2, GenerateFlags());
-  if (!flags.ok()) return usage(flags.status().message());
-  flags->PreferCommandLine({"prompt", "prompt-ids", "chat"});
-  if (flags->GetBool("help")) {
-    std::cout << "dsv2 generate flags:\n" << cli::FlagsHelp(GenerateFlags());
-    return 0;
-  }
-  const std::optional<std::string> endpoint = flags->Get("endpoint");
-  if (!endpoint || endpoint->empty()) return usage("--endpoint HOST:PORT is required");
-  const std::optional<std::string> prompt = flags->Get("prompt");
-  const std::optional<std::string> prompt_ids = flags->Get("prompt-ids");
-  const std::optional<std::string> chat = flags->Get("chat");
-  if (int(prompt.has_value()) + int(prompt_ids.has_value()) + int(chat.has_value()) != 1) {
-    return usage("exactly one of --prompt, --prompt-ids and --chat is required");
-  }
-  const std::optional<std::string> system = flags->Get("system");
-  if (system && !chat) return usage("--system needs --chat");
-  const bool json_out = flags->GetBool("json");
+template <typename T, typename Setter>
+void SetIf(const std::optional<T>& v, Setter set) {
+  if (v) set(*v);
+}
 
-  dsv2::v1::GenerateRequest req;
+// Parses the flags into *cmd; an exit code (0 help, 2 usage) when the
+// command should stop. Range checks of sampling fields are the server's
+// (INVALID_ARGUMENT names the field); only values that do not parse are
+// usage errors here.
+std::optional<int> ParseGenerateFlags(int argc, char** argv, GenerateCommand* cmd) {
+  flags::FlagSet flags("dsv2 generate", VersionString());
+  std::optional<std::string> prompt, prompt_ids, chat, system;
+  std::optional<int32_t> max_tokens, top_k, logprobs;
+  std::optional<float> temperature, top_p;
+  std::optional<uint64_t> seed;
+  bool ignore_eos = false, no_special_tokens = false;
+  std::vector<std::string> stop;
+  std::string stop_token_ids;
+  flags.String("endpoint", &cmd->endpoint, "HOST:PORT of the coordinator").Required();
+  flags.String("prompt", &prompt, "prompt text (BOS added unless --no-special-tokens)");
+  flags.String("prompt-ids", &prompt_ids, "comma-separated token ids, used verbatim");
+  flags.String("chat", &chat, "one user message, rendered with the model's chat template");
+  flags.String("system", &system, "a system message before --chat's user message");
+  flags.Int("max-tokens", &max_tokens, "tokens to generate")
+      .DefaultText("the server's, 256 capped by context");
+  flags.Double("temperature", &temperature, "sampling temperature (0 = greedy)")
+      .DefaultText("the server's, 1.0");
+  flags.Double("top-p", &top_p, "nucleus sampling mass in (0, 1]").DefaultText("1");
+  flags.Int("top-k", &top_k, "keep the k most likely tokens (0 = all)").DefaultText("0");
+  flags.Int("seed", &seed, "sampling seed").DefaultText("random, reported in --json");
+  flags.Bool("ignore-eos", &ignore_eos, "keep generating after EOS");
+  flags.Repeated("stop", &stop, "stop when the text contains this string (repeat for several)");
+  flags.String("stop-token-ids", &stop_token_ids, "comma-separated token ids that stop generation");
+  flags.Int("logprobs", &logprobs,
+            "report each token's log-probability and the N most likely, N in [0, 20]");
+  flags.Bool("no-special-tokens", &no_special_tokens,
+             "tokenize --prompt without special tokens (no BOS)");
+  flags.Duration("timeout", &cmd->timeout, "deadline of the call")
+      .Above(absl::ZeroDuration()).DefaultText("none")
+      .LegacyAlias("timeout-s", absl::Seconds(1));
+  flags.Bool("json", &cmd->json, "print one JSON object on stdout; stream text to stderr");
+  flags.ExclusiveGroup({"prompt", "prompt-ids", "chat"}, flags::GroupRule::kExactlyOne);
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
+  if (cmd->endpoint.empty()) return flags.UsageError("--endpoint HOST:PORT is required");
+  if (system && !chat) return flags.UsageError("--system needs --chat");
+
+  dsv2::v1::GenerateRequest& req = cmd->request;
   if (prompt) req.set_prompt(*prompt);
   if (chat) {
     if (system) {
@@ -196,46 +181,38 @@ int GenerateCommandMain(int argc, char** argv) {
   }
   if (prompt_ids) {
     auto ids = ParseIdList("prompt-ids", *prompt_ids);
-    if (!ids.ok()) return usage(ids.status().message());
+    if (!ids.ok()) return flags.UsageError(ids.status().message());
     for (int32_t id : *ids) req.add_prompt_ids(id);
   }
-  // Range checks are the server's (INVALID_ARGUMENT names the field); only
-  // values that do not parse are usage errors here.
-  auto max_tokens = OptionalInt32(*flags, "max-tokens");
-  auto top_k = OptionalInt32(*flags, "top-k");
-  auto logprobs = OptionalInt32(*flags, "logprobs");
-  auto temperature = OptionalFloat(*flags, "temperature");
-  auto top_p = OptionalFloat(*flags, "top-p");
-  auto timeout_s = flags->GetDouble("timeout-s", 0);
-  for (const absl::Status& st : {max_tokens.status(), top_k.status(), logprobs.status(),
-                                 temperature.status(), top_p.status(), timeout_s.status()}) {
-    if (!st.ok()) return usage(st.message());
-  }
-  if (*max_tokens) req.set_max_tokens(**max_tokens);
-  if (*top_k) req.set_top_k(**top_k);
-  if (*logprobs) req.set_logprobs(**logprobs);
-  if (*temperature) req.set_temperature(**temperature);
-  if (*top_p) req.set_top_p(**top_p);
-  if (auto s = flags->Get("seed")) {
-    uint64_t seed;
-    if (!absl::SimpleAtoi(*s, &seed)) return usage("--seed must be an unsigned integer");
-    req.set_seed(seed);
-  }
-  req.set_ignore_eos(flags->GetBool("ignore-eos"));
-  for (const std::string& s : flags->GetAll("stop")) req.add_stop(s);
-  if (auto s = flags->Get("stop-token-ids")) {
-    auto ids = ParseIdList("stop-token-ids", *s);
-    if (!ids.ok()) return usage(ids.status().message());
+  SetIf(max_tokens, [&](int32_t v) { req.set_max_tokens(v); });
+  SetIf(top_k, [&](int32_t v) { req.set_top_k(v); });
+  SetIf(logprobs, [&](int32_t v) { req.set_logprobs(v); });
+  SetIf(temperature, [&](float v) { req.set_temperature(v); });
+  SetIf(top_p, [&](float v) { req.set_top_p(v); });
+  SetIf(seed, [&](uint64_t v) { req.set_seed(v); });
+  req.set_ignore_eos(ignore_eos);
+  for (const std::string& s : stop) req.add_stop(s);
+  if (flags.was_set("stop-token-ids")) {
+    auto ids = ParseIdList("stop-token-ids", stop_token_ids);
+    if (!ids.ok()) return flags.UsageError(ids.status().message());
     for (int32_t id : *ids) req.add_stop_token_ids(id);
   }
-  if (flags->GetBool("no-special-tokens")) req.set_add_special_tokens(false);
-  req.set_return_prompt_ids(json_out);
-  if (flags->Get("timeout-s") && !(*timeout_s > 0)) return usage("--timeout-s must be > 0");
+  if (no_special_tokens) req.set_add_special_tokens(false);
+  req.set_return_prompt_ids(cmd->json);
+  return std::nullopt;
+}
+
+}  // namespace
+
+int GenerateCommandMain(int argc, char** argv) {
+  GenerateCommand cmd;
+  if (std::optional<int> exit_code = ParseGenerateFlags(argc, argv, &cmd)) return *exit_code;
+  const std::optional<std::string> endpoint = cmd.endpoint;
+  const bool json_out = cmd.json;
+  dsv2::v1::GenerateRequest& req = cmd.request;
 
   grpc::ClientContext ctx;
-  if (flags->Get("timeout-s")) {
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(*timeout_s)));
-  }
+  if (cmd.timeout) ctx.set_deadline(absl::ToChronoTime(absl::Now() + *cmd.timeout));
   // Before the channel: gRPC's threads inherit the blocked signals.
   CancelOnSignal cancel(&ctx);
   auto stub = dsv2::v1::Inference::NewStub(
