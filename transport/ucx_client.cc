@@ -1,0 +1,474 @@
+// The UCX data-plane client (CreateUcxClient in transport/ucx_data_plane.h);
+// the active-message protocol it speaks is described in
+// transport/ucx_data_plane_internal.h.
+#include <ucp/api/ucp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "transport/ucx_data_plane.h"
+#include "transport/ucx_data_plane_internal.h"
+
+namespace dsv2::transport {
+namespace ucx_internal {
+namespace {
+
+// The client.
+//
+// Thread-safety: the DataPlaneClient methods may be called from any thread;
+// they touch UCX only by posting commands to the progress thread. Connect
+// waits for the server's hello ack; Wait waits for a reply; both wait on mu_
+// conditions, never on the progress thread directly.
+class UcxClient final : public DataPlaneClient {
+ public:
+  static absl::StatusOr<std::unique_ptr<DataPlaneClient>> Create(const UcxOptions& options);
+  ~UcxClient() override;
+
+  absl::StatusOr<PeerId> Connect(const std::string& address) override;
+  void Disconnect(PeerId peer) override;
+  absl::StatusOr<uint64_t> Send(PeerId peer, std::vector<std::byte> message) override;
+  absl::StatusOr<std::vector<std::byte>> Wait(uint64_t ticket, absl::Time deadline) override;
+  void Forget(uint64_t ticket) override;
+
+ private:
+  struct Peer {
+    enum class State { kConnecting, kConnected, kFailed };
+    // Constant after construction.
+    UcxClient* client = nullptr;
+    PeerId id = 0;
+    std::string address;  // address() string, tag included (the cache key)
+    std::string raw;      // the worker address inside it
+    // Guarded by the client's mu_.
+    State state = State::kConnecting;
+    absl::Status failure;    // when kFailed
+    uint64_t client_id = 0;  // the server's id for us, from the hello ack
+    // Progress thread only.
+    ucp_ep_h ep = nullptr;
+    bool ep_closed = false;
+    uint64_t acked_client_id = 0;  // client_id once the hello ack arrived
+    bool bye_sent = false;
+  };
+  struct Pending {
+    PeerId peer = 0;
+    // Guarded by mu_.
+    bool done = false;
+    absl::Status status;
+    std::vector<std::byte> reply;
+  };
+
+  explicit UcxClient(const UcxOptions& options) : options_(options) {}
+
+  static ucs_status_t OnHelloAck(void* arg, const void* header, size_t header_length, void* data,
+                                 size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnReply(void* arg, const void* header, size_t header_length, void* data,
+                              size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnRefused(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnGoodbye(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param);
+  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
+
+  // Progress thread.
+  void StartConnect(const std::shared_ptr<Peer>& peer);
+  void StartSend(const std::shared_ptr<Peer>& peer, uint64_t ticket, uint64_t client_id,
+                 std::vector<std::byte> message);
+  void ClosePeerEp(const std::shared_ptr<Peer>& peer);
+  // Says bye to the server if the handshake completed, then closes the
+  // endpoint (once the bye is out, or failed).
+  void SayByeAndClose(const std::shared_ptr<Peer>& peer);
+
+  void Complete(uint64_t ticket, absl::Status status, std::vector<std::byte> reply)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void CompleteLocked(uint64_t ticket, absl::Status status, std::vector<std::byte> reply)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks `peer` failed, fails its tickets, forgets its address and posts
+  // the close of its endpoint (after a bye when `say_bye`: we leave, the
+  // server is presumably alive). Idempotent.
+  void FailPeerLocked(const std::shared_ptr<Peer>& peer, absl::Status status, bool say_bye = false)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Constant after Create.
+  const UcxOptions options_;
+  std::unique_ptr<UcxWorker> worker_;
+  std::string own_address_;  // our raw worker address, sent in hellos
+
+  absl::Mutex mu_;
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  PeerId next_peer_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
+  std::unordered_map<PeerId, std::shared_ptr<Peer>> peers_ ABSL_GUARDED_BY(mu_);
+  // Peers that are connecting or connected (not failed), by address().
+  std::unordered_map<std::string, std::shared_ptr<Peer>> by_address_ ABSL_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_ ABSL_GUARDED_BY(mu_);
+
+  // Progress thread only: peers with an open endpoint. Keeps each Peer alive
+  // while UCX may pass it to OnEpError (until ucp_ep_close_nbx).
+  std::unordered_map<Peer*, std::shared_ptr<Peer>> open_peers_;
+};
+
+absl::StatusOr<std::unique_ptr<DataPlaneClient>> UcxClient::Create(const UcxOptions& options) {
+  std::unique_ptr<UcxClient> client(new UcxClient(options));
+  absl::StatusOr<std::unique_ptr<UcxWorker>> worker = UcxWorker::Create(options);
+  if (!worker.ok()) return worker.status();
+  client->worker_ = std::move(*worker);
+  for (auto [id, callback] :
+       {std::pair{kAmHelloAck, &UcxClient::OnHelloAck}, std::pair{kAmReply, &UcxClient::OnReply},
+        std::pair{kAmRefused, &UcxClient::OnRefused},
+        std::pair{kAmGoodbye, &UcxClient::OnGoodbye}}) {
+    if (absl::Status s = client->worker_->SetAmHandler(id, callback, client.get()); !s.ok()) {
+      return s;
+    }
+  }
+  absl::StatusOr<std::string> address = client->worker_->WorkerAddress();
+  if (!address.ok()) return address.status();
+  client->own_address_ = std::move(*address);
+  client->worker_->Start();
+  return std::unique_ptr<DataPlaneClient>(std::move(client));
+}
+
+UcxClient::~UcxClient() {
+  {
+    absl::MutexLock lock(&mu_);
+    shut_down_ = true;
+    for (auto& [ticket, pending] : pending_) {
+      if (!pending->done) {
+        pending->done = true;
+        pending->status = absl::UnavailableError("the UCX client was shut down");
+      }
+    }
+    for (auto& [id, peer] : peers_) {
+      if (peer->state != Peer::State::kFailed) {
+        peer->state = Peer::State::kFailed;
+        peer->failure = absl::UnavailableError("the UCX client was shut down");
+      }
+    }
+    by_address_.clear();
+  }
+  if (worker_ == nullptr) return;  // Create failed before the worker existed
+  // Bye to every server that answered our hello (so it can release its
+  // endpoint to us), let the byes go out, then close every endpoint.
+  worker_->Stop({[this] {
+                   std::vector<std::shared_ptr<Peer>> peers;
+                   for (auto& [raw, peer] : open_peers_) peers.push_back(peer);
+                   for (auto& peer : peers) SayByeAndClose(peer);
+                 },
+                 [this] {
+                   while (!open_peers_.empty()) ClosePeerEp(open_peers_.begin()->second);
+                 }});
+  // Destroys the UCX worker while this object (which its callbacks use) is
+  // still whole.
+  worker_.reset();
+}
+
+absl::StatusOr<PeerId> UcxClient::Connect(const std::string& address) {
+  if (address.size() <= kAddressTagBytes ||
+      address.compare(0, kAddressTagBytes, kAddressTag) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("UCX address of ", address.size(), " bytes does not start with the tag \"",
+                     kAddressTag, "\" that DataPlaneServer::address() writes"));
+  }
+  absl::MutexLock lock(&mu_);
+  if (shut_down_) return absl::FailedPreconditionError("the UCX client was shut down");
+  std::shared_ptr<Peer> peer;
+  if (auto it = by_address_.find(address); it != by_address_.end()) {
+    peer = it->second;
+  } else {
+    peer = std::make_shared<Peer>();
+    peer->client = this;
+    peer->id = next_peer_id_++;
+    peer->address = address;
+    peer->raw = address.substr(kAddressTagBytes);
+    peers_.emplace(peer->id, peer);
+    by_address_.emplace(address, peer);
+    worker_->Post([this, peer] { StartConnect(peer); });
+  }
+  const absl::Time deadline = absl::Now() + options_.connect_timeout;
+  auto not_connecting = [](Peer* p) { return p->state != Peer::State::kConnecting; };
+  if (!mu_.AwaitWithDeadline(absl::Condition(+not_connecting, peer.get()), deadline)) {
+    FailPeerLocked(peer, absl::UnavailableError(absl::StrCat(
+                             "UCX peer did not answer the connection handshake within ",
+                             absl::FormatDuration(options_.connect_timeout))));
+  }
+  if (peer->state == Peer::State::kFailed) {
+    peers_.erase(peer->id);  // the caller never learns this id
+    return peer->failure;
+  }
+  return peer->id;
+}
+
+void UcxClient::Disconnect(PeerId id) {
+  absl::MutexLock lock(&mu_);
+  auto it = peers_.find(id);
+  if (it == peers_.end()) return;
+  std::shared_ptr<Peer> peer = std::move(it->second);
+  peers_.erase(it);
+  FailPeerLocked(peer, absl::UnavailableError(absl::StrCat("UCX peer ", id, " was disconnected")),
+                 /*say_bye=*/true);
+}
+
+absl::StatusOr<uint64_t> UcxClient::Send(PeerId id, std::vector<std::byte> message) {
+  uint64_t ticket = 0;
+  uint64_t client_id = 0;
+  std::shared_ptr<Peer> peer;
+  {
+    absl::MutexLock lock(&mu_);
+    if (shut_down_) return absl::FailedPreconditionError("the UCX client was shut down");
+    auto it = peers_.find(id);
+    if (it == peers_.end()) return absl::NotFoundError(absl::StrCat("no UCX peer ", id));
+    peer = it->second;
+    if (peer->state == Peer::State::kFailed) return peer->failure;
+    if (peer->state != Peer::State::kConnected) {
+      return absl::FailedPreconditionError(absl::StrCat("UCX peer ", id, " is still connecting"));
+    }
+    ticket = next_ticket_++;
+    auto pending = std::make_unique<Pending>();
+    pending->peer = id;
+    pending_.emplace(ticket, std::move(pending));
+    client_id = peer->client_id;
+  }
+  worker_->Post(
+      [this, peer = std::move(peer), ticket, client_id, message = std::move(message)]() mutable {
+        StartSend(peer, ticket, client_id, std::move(message));
+      });
+  return ticket;
+}
+
+absl::StatusOr<std::vector<std::byte>> UcxClient::Wait(uint64_t ticket, absl::Time deadline) {
+  const absl::Time start = absl::Now();
+  absl::MutexLock lock(&mu_);
+  auto it = pending_.find(ticket);
+  if (it == pending_.end()) return absl::NotFoundError(absl::StrCat("no UCX ticket ", ticket));
+  // The entry stays in pending_ (and `pending` valid) while we wait: only
+  // this waiter removes it (REQUIRES in data_plane.h: one waiter, no Forget
+  // meanwhile).
+  Pending* pending = it->second.get();
+  if (!mu_.AwaitWithDeadline(absl::Condition(&pending->done), deadline)) {
+    const PeerId peer = pending->peer;
+    pending_.erase(ticket);
+    return absl::UnavailableError(absl::StrCat("no reply to ticket ", ticket, " from UCX peer ",
+                                               peer, " within ",
+                                               absl::FormatDuration(absl::Now() - start)));
+  }
+  absl::Status status = std::move(pending->status);
+  std::vector<std::byte> reply = std::move(pending->reply);
+  pending_.erase(ticket);
+  if (!status.ok()) return status;
+  return reply;
+}
+
+void UcxClient::Forget(uint64_t ticket) {
+  absl::MutexLock lock(&mu_);
+  pending_.erase(ticket);
+}
+
+void UcxClient::Complete(uint64_t ticket, absl::Status status, std::vector<std::byte> reply) {
+  absl::MutexLock lock(&mu_);
+  CompleteLocked(ticket, std::move(status), std::move(reply));
+}
+
+void UcxClient::CompleteLocked(uint64_t ticket, absl::Status status, std::vector<std::byte> reply) {
+  auto it = pending_.find(ticket);
+  if (it == pending_.end() || it->second->done) return;  // forgotten, timed out or failed
+  it->second->done = true;
+  it->second->status = std::move(status);
+  it->second->reply = std::move(reply);
+}
+
+void UcxClient::FailPeerLocked(const std::shared_ptr<Peer>& peer, absl::Status status,
+                               bool say_bye) {
+  if (peer->state == Peer::State::kFailed) return;
+  peer->state = Peer::State::kFailed;
+  peer->failure = status;
+  if (auto it = by_address_.find(peer->address); it != by_address_.end() && it->second == peer) {
+    by_address_.erase(it);
+  }
+  for (auto& [ticket, pending] : pending_) {
+    if (pending->peer == peer->id && !pending->done) {
+      pending->done = true;
+      pending->status = status;
+    }
+  }
+  worker_->Post([this, peer, say_bye] {
+    if (say_bye) {
+      SayByeAndClose(peer);
+    } else {
+      ClosePeerEp(peer);
+    }
+  });
+}
+
+void UcxClient::StartConnect(const std::shared_ptr<Peer>& peer) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (peer->state != Peer::State::kConnecting) return;  // timed out or disconnected already
+  }
+  absl::StatusOr<ucp_ep_h> ep = worker_->CreateEp(peer->raw, &UcxClient::OnEpError, peer.get());
+  if (!ep.ok()) {
+    absl::MutexLock lock(&mu_);
+    FailPeerLocked(peer, ep.status());
+    return;
+  }
+  peer->ep = *ep;
+  open_peers_.emplace(peer.get(), peer);
+  std::vector<std::byte> hello = CopyBytes(own_address_.data(), own_address_.size());
+  UcxAmHeader header;
+  header.ticket = peer->id;  // the connect token the ack echoes
+  worker_->SendAm(peer->ep, kAmHello, header, std::move(hello), /*control=*/true,
+                  [this, peer](ucs_status_t s) {
+                    if (s == UCS_OK) return;
+                    absl::MutexLock lock(&mu_);
+                    FailPeerLocked(peer, UcsError(absl::StrCat("UCX hello to peer ", peer->id), s));
+                  });
+}
+
+void UcxClient::StartSend(const std::shared_ptr<Peer>& peer, uint64_t ticket, uint64_t client_id,
+                          std::vector<std::byte> message) {
+  if (peer->ep == nullptr || peer->ep_closed) {
+    Complete(ticket, absl::UnavailableError(absl::StrCat("UCX peer ", peer->id, " is closed")), {});
+    return;
+  }
+  UcxAmHeader header;
+  header.ticket = ticket;
+  header.client_id = client_id;
+  const PeerId peer_id = peer->id;
+  worker_->SendAm(
+      peer->ep, kAmRequest, header, std::move(message), /*control=*/false,
+      [this, ticket, peer_id](ucs_status_t s) {
+        if (s == UCS_OK) return;
+        Complete(ticket,
+                 UcsError(absl::StrCat("sending ticket ", ticket, " to UCX peer ", peer_id), s),
+                 {});
+      });
+}
+
+void UcxClient::SayByeAndClose(const std::shared_ptr<Peer>& peer) {
+  if (peer->ep == nullptr || peer->ep_closed || peer->acked_client_id == 0 || peer->bye_sent) {
+    ClosePeerEp(peer);
+    return;
+  }
+  peer->bye_sent = true;
+  UcxAmHeader header;
+  header.ticket = peer->id;
+  header.client_id = peer->acked_client_id;
+  worker_->SendAm(peer->ep, kAmBye, header, {}, /*control=*/true, [this, peer](ucs_status_t) {
+    // Not from inside a UCX callback: the close is a command.
+    worker_->Post([this, peer] { ClosePeerEp(peer); });
+  });
+}
+
+void UcxClient::ClosePeerEp(const std::shared_ptr<Peer>& peer) {
+  if (peer->ep != nullptr && !peer->ep_closed) {
+    peer->ep_closed = true;
+    worker_->CloseEp(peer->ep);
+  }
+  open_peers_.erase(peer.get());
+}
+
+ucs_status_t UcxClient::OnHelloAck(void* arg, const void* header, size_t header_length,
+                                   void* /*data*/, size_t /*length*/,
+                                   const ucp_am_recv_param_t* /*param*/) {
+  auto* self = static_cast<UcxClient*>(arg);
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
+  absl::MutexLock lock(&self->mu_);
+  auto it = self->peers_.find(h.ticket);
+  if (it != self->peers_.end() && it->second->state == Peer::State::kConnecting) {
+    it->second->client_id = h.client_id;
+    it->second->acked_client_id = h.client_id;
+    it->second->state = Peer::State::kConnected;
+  }
+  return UCS_OK;
+}
+
+ucs_status_t UcxClient::OnReply(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxClient*>(arg);
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
+  const uint64_t ticket = h.ticket;
+  if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
+    {
+      absl::MutexLock lock(&self->mu_);
+      auto it = self->pending_.find(ticket);
+      // Returning UCS_OK without receiving drops the data (the sender's
+      // send completes normally).
+      if (it == self->pending_.end() || it->second->done) return UCS_OK;
+    }
+    self->worker_->RecvAmData(
+        data, length, [self, ticket](ucs_status_t s, std::vector<std::byte> bytes) {
+          if (s == UCS_OK) {
+            self->Complete(ticket, absl::OkStatus(), std::move(bytes));
+          } else {
+            self->Complete(ticket,
+                           UcsError(absl::StrCat("receiving the reply to ticket ", ticket), s), {});
+          }
+        });
+    return UCS_OK;
+  }
+  // Eager: `data` is valid only during this callback.
+  self->Complete(ticket, absl::OkStatus(), CopyBytes(data, length));
+  return UCS_OK;
+}
+
+ucs_status_t UcxClient::OnRefused(void* arg, const void* header, size_t header_length,
+                                  void* /*data*/, size_t /*length*/,
+                                  const ucp_am_recv_param_t* /*param*/) {
+  auto* self = static_cast<UcxClient*>(arg);
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
+  self->Complete(h.ticket,
+                 absl::UnavailableError(
+                     absl::StrCat("UCX server dropped ticket ", h.ticket,
+                                  ": it is shutting down or the request is over its size limit")),
+                 {});
+  return UCS_OK;
+}
+
+ucs_status_t UcxClient::OnGoodbye(void* arg, const void* header, size_t header_length,
+                                  void* /*data*/, size_t /*length*/,
+                                  const ucp_am_recv_param_t* /*param*/) {
+  auto* self = static_cast<UcxClient*>(arg);
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
+  absl::MutexLock lock(&self->mu_);
+  auto it = self->peers_.find(h.ticket);
+  if (it != self->peers_.end() && it->second->client_id == h.client_id) {
+    self->FailPeerLocked(it->second,
+                         absl::UnavailableError(absl::StrCat("UCX peer ", h.ticket, " shut down")));
+  }
+  return UCS_OK;
+}
+
+void UcxClient::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
+  // `arg` is a Peer that open_peers_ keeps alive until its endpoint is
+  // closed; after ucp_ep_close_nbx UCX no longer calls this.
+  Peer* raw = static_cast<Peer*>(arg);
+  UcxClient* self = raw->client;
+  auto it = self->open_peers_.find(raw);
+  if (it == self->open_peers_.end()) return;
+  std::shared_ptr<Peer> peer = it->second;
+  absl::MutexLock lock(&self->mu_);
+  // Posts the close: UCX wants a failed endpoint closed, but not from inside
+  // its own error callback.
+  self->FailPeerLocked(peer, UcsError(absl::StrCat("UCX peer ", peer->id, " failed"), status));
+}
+
+}  // namespace
+}  // namespace ucx_internal
+
+absl::StatusOr<std::unique_ptr<DataPlaneClient>> CreateUcxClient(const UcxOptions& options) {
+  return ucx_internal::UcxClient::Create(options);
+}
+
+}  // namespace dsv2::transport

@@ -1,0 +1,188 @@
+// Private to the UCX data plane (transport/ucx_data_plane.h): the active-
+// message protocol shared by ucx_client.cc and ucx_server.cc, and UcxWorker
+// (ucx_worker.cc), the UCX context + worker + progress thread each of them owns.
+// Nothing outside transport/ includes this header.
+//
+// Active messages (every AM header is one UcxAmHeader; the AM data is the
+// channel's message, opaque here):
+//
+//   kAmHello     client -> server  {ticket = connect token, client_id = 0}
+//                                  data: the client's UCX worker address
+//   kAmHelloAck  server -> client  {ticket = connect token, client_id}
+//                                  no data
+//   kAmRequest   client -> server  {ticket, client_id}  data: request message
+//   kAmReply     server -> client  {ticket, client_id}  data: reply message
+//   kAmRefused   server -> client  {ticket, client_id}  no data: the server
+//                                  is shutting down and drops this request
+//   kAmGoodbye   server -> client  {ticket = connect token, client_id}
+//                                  no data: the server is shutting down
+//   kAmBye       client -> server  {ticket = connect token, client_id}
+//                                  no data: the client disconnects (or is
+//                                  destroyed); the server closes its
+//                                  endpoint to it
+//
+// The refusal and goodbye let clients fail their tickets as soon as a
+// server shuts down gracefully; over shared memory UCX would otherwise only
+// notice a dead peer process (keepalive), never a closed worker in a live
+// one. The bye likewise lets a server release its endpoint to a client that
+// is gone from a live process.
+//
+// Why a hello and a server-side endpoint instead of the reply endpoint UCX
+// hands the AM callback (UCP_AM_SEND_FLAG_REPLY): in UCX 1.13 that endpoint
+// is internal to the server's worker (not "used" by the application), and
+// when its peer fails UCX destroys it without telling the application
+// (ucp_ep_set_failed -> ucp_ep_disconnected; UCX PR #6722 was never merged).
+// A server that held it across the handler call would send a late reply on
+// freed memory whenever an attention node died mid-request. So each client
+// introduces itself once per server (Connect): the server creates its own
+// endpoint to the client's worker address, with an error handler, and
+// replies on it; the client id in every request names that endpoint. The
+// handshake also makes Connect fail fast (Unavailable) for an unreachable
+// server, which a bare ucp_ep_create to a worker address would not.
+//
+// Threads and ownership (see UcxWorker): every ucp_* call on a worker is made
+// by its progress thread, except set-up before the thread starts and
+// ucp_worker_destroy after it has been joined. Other threads hand work to it
+// through UcxWorker::Post. Locks: a client's mu_ and a server's queue_mu_ may
+// be taken on the progress thread (inside UCX callbacks); no thread ever
+// calls into UCX or waits for the progress thread while holding them, except
+// UcxWorker::Post, whose own mutex is innermost.
+#ifndef DSV2_TRANSPORT_UCX_DATA_PLANE_INTERNAL_H_
+#define DSV2_TRANSPORT_UCX_DATA_PLANE_INTERNAL_H_
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "transport/ucx_data_plane.h"
+
+namespace dsv2::transport::ucx_internal {
+
+enum AmId : unsigned {
+  kAmHello = 1,
+  kAmHelloAck = 2,
+  kAmRequest = 3,
+  kAmReply = 4,
+  kAmRefused = 5,
+  kAmGoodbye = 6,
+  kAmBye = 7,
+};
+
+// The AM header of every message (ucp_am_send_nbx's header argument).
+struct UcxAmHeader {
+  uint64_t ticket = 0;     // request/reply: the client's ticket; hello/ack: connect token
+  uint64_t client_id = 0;  // the server's id for the client (0 in a hello)
+};
+static_assert(sizeof(UcxAmHeader) == 16);
+static_assert(offsetof(UcxAmHeader, ticket) == 0);
+static_assert(offsetof(UcxAmHeader, client_id) == 8);
+
+// address() = kAddressTag + ucp_worker_get_address bytes. The tag lets
+// Connect reject strings that did not come from address(): UCX parses a
+// worker address without knowing its length, so garbage must not reach it.
+inline constexpr char kAddressTag[] = "dsv2ucx1";
+inline constexpr size_t kAddressTagBytes = sizeof(kAddressTag) - 1;
+
+// Unavailable with `what` and UCX's text for `status`.
+absl::Status UcsError(const std::string& what, ucs_status_t status);
+
+// Copies an AM header into `out`; false when it is missing or of the wrong
+// size (a peer that does not speak this protocol).
+bool ReadAmHeader(const void* header, size_t header_length, UcxAmHeader* out);
+
+std::vector<std::byte> CopyBytes(const void* data, size_t length);
+
+// One UCX context + worker and the progress thread that owns them.
+//
+// Thread-safety: Post, Start and Stop may be called from any thread (Start
+// and Stop once each, by the owner). SetAmHandler and WorkerAddress only
+// before Start. SendAm, RecvAmData, CreateEp and CloseEp only on the progress
+// thread (from a posted command or a UCX callback).
+class UcxWorker {
+ public:
+  using Command = std::function<void()>;
+  // Called once with the final status of a send or close.
+  using SendDone = std::function<void(ucs_status_t)>;
+  // Called once with the final status and the received bytes.
+  using RecvDone = std::function<void(ucs_status_t, std::vector<std::byte>)>;
+
+  static absl::StatusOr<std::unique_ptr<UcxWorker>> Create(const UcxOptions& options);
+  ~UcxWorker();
+
+  absl::Status SetAmHandler(unsigned id, ucp_am_recv_callback_t callback, void* arg);
+  absl::StatusOr<std::string> WorkerAddress();
+  void Start();
+  // Queues `command` for the progress thread (FIFO). Commands posted after
+  // Stop's are discarded.
+  void Post(Command command);
+  // Stops the progress loop after every command posted before, then runs
+  // each of `phases` in turn on the progress thread, after each progressing
+  // until the operations in flight complete (at most kDrainTimeout per
+  // phase, ucx_worker.cc), and joins the thread. The destructor destroys the
+  // worker.
+  void Stop(std::vector<Command> phases);
+
+  // Requests and replies go eagerly below options.rendezvous_threshold and
+  // by rendezvous from it on; control messages (`control`) always eagerly.
+  void SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector<std::byte> data,
+              bool control, SendDone done);
+  void RecvAmData(void* desc, size_t length, RecvDone done);
+  absl::StatusOr<ucp_ep_h> CreateEp(const std::string& raw_address, ucp_err_handler_cb_t on_error,
+                                    void* arg);
+  void CloseEp(ucp_ep_h ep);
+
+ private:
+  // A UCX operation in flight; owned by ops_ until its callback runs.
+  struct Op {
+    UcxWorker* worker = nullptr;
+    UcxAmHeader header;           // must outlive the send (UCX may pack it late)
+    std::vector<std::byte> data;  // send source or receive destination
+    SendDone send_done;
+    RecvDone recv_done;
+  };
+
+  explicit UcxWorker(const UcxOptions& options) : options_(options) {}
+  void Loop();
+  bool RunCommands();  // whether there were any
+  void Drain();
+  std::unique_ptr<Op> TakeOp(Op* op);
+  void DestroyUcx();
+  static void OnSendDone(void* request, ucs_status_t status, void* user_data);
+  static void OnRecvDone(void* request, ucs_status_t status, size_t length, void* user_data);
+
+  // Constant after Create.
+  const UcxOptions options_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+  int worker_fd_ = -1;  // ucp_worker_get_efd; owned by UCX
+  int event_fd_ = -1;   // signalled by Post
+  int epoll_fd_ = -1;   // {worker_fd_, event_fd_}
+  std::thread thread_;
+
+  absl::Mutex mu_;
+  std::vector<Command> commands_ ABSL_GUARDED_BY(mu_);
+  // True while commands_ may be non-empty; lets the spin loop notice work
+  // without taking mu_, and Post skip the eventfd write when already set.
+  std::atomic<bool> commands_pending_{false};
+
+  // Progress thread only (and the Stop caller after the join).
+  bool stop_ = false;
+  std::vector<Command> stop_phases_;
+  std::unordered_map<Op*, std::unique_ptr<Op>> ops_;
+};
+
+}  // namespace dsv2::transport::ucx_internal
+
+#endif  // DSV2_TRANSPORT_UCX_DATA_PLANE_INTERNAL_H_

@@ -1,0 +1,351 @@
+// The UCX data-plane server (CreateUcxServer in transport/ucx_data_plane.h);
+// the active-message protocol it speaks is described in
+// transport/ucx_data_plane_internal.h.
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "transport/ucx_data_plane.h"
+#include "transport/ucx_data_plane_internal.h"
+
+namespace dsv2::transport {
+namespace ucx_internal {
+namespace {
+
+// The server.
+//
+// Threads: the progress thread receives requests (copying eager ones,
+// fetching rendezvous ones with ucp_am_recv_data_nbx) and queues them; the
+// handler thread runs the RequestHandler one request at a time and posts
+// each reply to the progress thread, which sends it on the server's
+// endpoint to that client. Shutdown may be called from any thread.
+class UcxServer final : public DataPlaneServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<DataPlaneServer>> Create(const UcxOptions& options,
+                                                                 RequestHandler handler);
+  ~UcxServer() override { Shutdown(); }
+
+  std::string address() const override { return address_; }
+  DataPlaneServerStats stats() const override;
+  void Shutdown() override;
+
+ private:
+  // A client that said hello: the server's own endpoint to it.
+  struct ClientConn {
+    UcxServer* server = nullptr;
+    uint64_t id = 0;
+    std::string raw;     // the client's worker address
+    uint64_t token = 0;  // the client's latest connect token (its PeerId for us)
+    ucp_ep_h ep = nullptr;
+    bool failed = false;
+  };
+  struct Inbound {
+    uint64_t client_id = 0;
+    uint64_t ticket = 0;
+    std::vector<std::byte> message;
+  };
+
+  UcxServer(const UcxOptions& options, RequestHandler handler)
+      : options_(options), handler_(std::move(handler)) {}
+
+  static ucs_status_t OnHello(void* arg, const void* header, size_t header_length, void* data,
+                              size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnRequest(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnBye(void* arg, const void* header, size_t header_length, void* data,
+                            size_t length, const ucp_am_recv_param_t* param);
+  static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
+
+  // Progress thread.
+  void HandleHello(uint64_t token, std::string raw);
+  void SendReply(uint64_t client_id, uint64_t ticket, std::vector<std::byte> reply);
+  // Tells the client that its request `ticket` will not be answered.
+  void SendRefusal(uint64_t client_id, uint64_t ticket);
+  void SendGoodbyes();
+  void CloseConn(uint64_t client_id);
+
+  void Enqueue(Inbound inbound) ABSL_LOCKS_EXCLUDED(queue_mu_);
+  void HandlerLoop();
+
+  // Constant after Create.
+  const UcxOptions options_;
+  const RequestHandler handler_;
+  std::unique_ptr<UcxWorker> worker_;
+  std::string address_;
+  std::thread handler_thread_;
+
+  absl::Mutex shutdown_mu_;  // serialises Shutdown calls
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+
+  absl::Mutex queue_mu_;
+  std::deque<Inbound> queue_ ABSL_GUARDED_BY(queue_mu_);
+  bool handler_stop_ ABSL_GUARDED_BY(queue_mu_) = false;
+
+  // Set by Shutdown; the progress thread then drops new requests.
+  std::atomic<bool> stopping_{false};
+  std::atomic<int64_t> requests_eager_{0};
+  std::atomic<int64_t> requests_rendezvous_{0};
+  std::atomic<int64_t> replies_sent_{0};
+  std::atomic<int64_t> reply_send_errors_{0};
+
+  // Progress thread only.
+  uint64_t next_client_id_ = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<ClientConn>> conns_;
+  std::unordered_map<std::string, uint64_t> conn_by_address_;  // live conns only
+};
+
+absl::StatusOr<std::unique_ptr<DataPlaneServer>> UcxServer::Create(const UcxOptions& options,
+                                                                   RequestHandler handler) {
+  std::unique_ptr<UcxServer> server(new UcxServer(options, std::move(handler)));
+  absl::StatusOr<std::unique_ptr<UcxWorker>> worker = UcxWorker::Create(options);
+  if (!worker.ok()) return worker.status();
+  server->worker_ = std::move(*worker);
+  for (auto [id, callback] :
+       {std::pair{kAmHello, &UcxServer::OnHello}, std::pair{kAmRequest, &UcxServer::OnRequest},
+        std::pair{kAmBye, &UcxServer::OnBye}}) {
+    if (absl::Status s = server->worker_->SetAmHandler(id, callback, server.get()); !s.ok()) {
+      return s;
+    }
+  }
+  absl::StatusOr<std::string> address = server->worker_->WorkerAddress();
+  if (!address.ok()) return address.status();
+  server->address_ = absl::StrCat(kAddressTag, *address);
+  server->handler_thread_ = std::thread([s = server.get()] { s->HandlerLoop(); });
+  server->worker_->Start();
+  return std::unique_ptr<DataPlaneServer>(std::move(server));
+}
+
+DataPlaneServerStats UcxServer::stats() const {
+  DataPlaneServerStats stats;
+  stats.requests_eager = requests_eager_.load();
+  stats.requests_rendezvous = requests_rendezvous_.load();
+  stats.replies_sent = replies_sent_.load();
+  stats.reply_send_errors = reply_send_errors_.load();
+  return stats;
+}
+
+void UcxServer::Shutdown() {
+  absl::MutexLock shutdown_lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  stopping_.store(true);
+  std::deque<Inbound> dropped;
+  {
+    absl::MutexLock lock(&queue_mu_);
+    handler_stop_ = true;
+    dropped.swap(queue_);
+  }
+  if (worker_ == nullptr) return;  // Create failed before the worker (and handler) existed
+  if (!dropped.empty()) {
+    // Refused now, while the handler may still be busy, so their clients
+    // need not wait for it.
+    worker_->Post([this, dropped = std::move(dropped)] {
+      for (const Inbound& inbound : dropped) SendRefusal(inbound.client_id, inbound.ticket);
+    });
+  }
+  if (handler_thread_.joinable()) handler_thread_.join();
+  // The reply of the request that was in the handler was posted before
+  // Stop, so it goes out first; the phases then let the replies in flight
+  // complete, say goodbye, and close every endpoint.
+  worker_->Stop({[] {}, [this] { SendGoodbyes(); },
+                 [this] {
+                   while (!conns_.empty()) CloseConn(conns_.begin()->first);
+                 }});
+  worker_.reset();
+}
+
+void UcxServer::Enqueue(Inbound inbound) {
+  absl::MutexLock lock(&queue_mu_);
+  if (handler_stop_) return;
+  queue_.push_back(std::move(inbound));
+}
+
+void UcxServer::HandlerLoop() {
+  for (;;) {
+    Inbound inbound;
+    {
+      absl::MutexLock lock(&queue_mu_);
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_) {
+        return handler_stop_ || !queue_.empty();
+      };
+      queue_mu_.Await(absl::Condition(&ready));
+      if (handler_stop_) return;
+      inbound = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    std::vector<std::byte> reply = handler_(inbound.message);
+    worker_->Post(
+        [this, client_id = inbound.client_id, ticket = inbound.ticket,
+         reply = std::move(reply)]() mutable { SendReply(client_id, ticket, std::move(reply)); });
+  }
+}
+
+ucs_status_t UcxServer::OnHello(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxServer*>(arg);
+  UcxAmHeader h;
+  if (self->stopping_.load() || !ReadAmHeader(header, header_length, &h) ||
+      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length == 0) {
+    return UCS_OK;  // a hello is always small and eager; drop anything else
+  }
+  // Endpoint creation is deferred out of the UCX callback.
+  self->worker_->Post([self, token = h.ticket,
+                       raw = std::string(static_cast<const char*>(data), length)]() mutable {
+    self->HandleHello(token, std::move(raw));
+  });
+  return UCS_OK;
+}
+
+ucs_status_t UcxServer::OnRequest(void* arg, const void* header, size_t header_length, void* data,
+                                  size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxServer*>(arg);
+  const bool rendezvous = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h)) return rendezvous ? UCS_ERR_INVALID_PARAM : UCS_OK;
+  if (self->stopping_.load() || length > self->options_.max_request_bytes) {
+    // A rendezvous sender learns of the refusal from its send's status.
+    if (rendezvous) return UCS_ERR_CANCELED;
+    self->worker_->Post([self, h] { self->SendRefusal(h.client_id, h.ticket); });
+    return UCS_OK;
+  }
+  if (rendezvous) {
+    self->requests_rendezvous_.fetch_add(1);
+    self->worker_->RecvAmData(data, length,
+                              [self, h](ucs_status_t s, std::vector<std::byte> bytes) {
+                                // A failed fetch means the client's endpoint failed; it learns
+                                // that from its own endpoint.
+                                if (s != UCS_OK) return;
+                                self->Enqueue(Inbound{h.client_id, h.ticket, std::move(bytes)});
+                              });
+    return UCS_OK;
+  }
+  // Eager: `data` is valid only during this callback; the copy lands in a
+  // std::vector, aligned for the wire structs.
+  self->requests_eager_.fetch_add(1);
+  self->Enqueue(Inbound{h.client_id, h.ticket, CopyBytes(data, length)});
+  return UCS_OK;
+}
+
+ucs_status_t UcxServer::OnBye(void* arg, const void* header, size_t header_length, void* /*data*/,
+                              size_t /*length*/, const ucp_am_recv_param_t* /*param*/) {
+  auto* self = static_cast<UcxServer*>(arg);
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
+  self->worker_->Post([self, h] {
+    auto it = self->conns_.find(h.client_id);
+    // Only the client's latest connection says bye for it.
+    if (it != self->conns_.end() && it->second->token == h.ticket) self->CloseConn(h.client_id);
+  });
+  return UCS_OK;
+}
+
+void UcxServer::HandleHello(uint64_t token, std::string raw) {
+  if (stopping_.load()) return;
+  std::shared_ptr<ClientConn> conn;
+  if (auto it = conn_by_address_.find(raw); it != conn_by_address_.end()) {
+    conn = conns_.at(it->second);
+    if (conn->failed) {
+      // Its close is posted already; a fresh endpoint serves the reconnect.
+      CloseConn(conn->id);
+      conn = nullptr;
+    } else {
+      conn->token = token;
+    }
+  }
+  if (conn == nullptr) {
+    conn = std::make_shared<ClientConn>();
+    conn->server = this;
+    conn->id = next_client_id_++;
+    conn->raw = raw;
+    conn->token = token;
+    absl::StatusOr<ucp_ep_h> ep = worker_->CreateEp(raw, &UcxServer::OnEpError, conn.get());
+    // Without an endpoint there is no way to answer; the client's Connect
+    // times out.
+    if (!ep.ok()) return;
+    conn->ep = *ep;
+    conns_.emplace(conn->id, conn);
+    conn_by_address_.emplace(std::move(raw), conn->id);
+  }
+  UcxAmHeader ack;
+  ack.ticket = token;
+  ack.client_id = conn->id;
+  worker_->SendAm(conn->ep, kAmHelloAck, ack, {}, /*control=*/true, [](ucs_status_t) {});
+}
+
+void UcxServer::SendReply(uint64_t client_id, uint64_t ticket, std::vector<std::byte> reply) {
+  auto it = conns_.find(client_id);
+  if (it == conns_.end() || it->second->failed) {
+    reply_send_errors_.fetch_add(1);
+    return;
+  }
+  UcxAmHeader header;
+  header.ticket = ticket;
+  header.client_id = client_id;
+  worker_->SendAm(
+      it->second->ep, kAmReply, header, std::move(reply), /*control=*/false,
+      [this](ucs_status_t s) { (s == UCS_OK ? replies_sent_ : reply_send_errors_).fetch_add(1); });
+}
+
+void UcxServer::SendRefusal(uint64_t client_id, uint64_t ticket) {
+  auto it = conns_.find(client_id);
+  if (it == conns_.end() || it->second->failed) return;
+  UcxAmHeader header;
+  header.ticket = ticket;
+  header.client_id = client_id;
+  worker_->SendAm(it->second->ep, kAmRefused, header, {}, /*control=*/true, [](ucs_status_t) {});
+}
+
+void UcxServer::SendGoodbyes() {
+  for (auto& [id, conn] : conns_) {
+    if (conn->failed) continue;
+    UcxAmHeader header;
+    header.ticket = conn->token;
+    header.client_id = id;
+    worker_->SendAm(conn->ep, kAmGoodbye, header, {}, /*control=*/true, [](ucs_status_t) {});
+  }
+}
+
+void UcxServer::CloseConn(uint64_t client_id) {
+  auto it = conns_.find(client_id);
+  if (it == conns_.end()) return;
+  std::shared_ptr<ClientConn> conn = it->second;
+  worker_->CloseEp(conn->ep);
+  conns_.erase(it);
+  if (auto a = conn_by_address_.find(conn->raw);
+      a != conn_by_address_.end() && a->second == conn->id) {
+    conn_by_address_.erase(a);
+  }
+}
+
+void UcxServer::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t /*status*/) {
+  // `arg` is a ClientConn that conns_ keeps alive until its endpoint is
+  // closed; after ucp_ep_close_nbx UCX no longer calls this.
+  auto* conn = static_cast<ClientConn*>(arg);
+  conn->failed = true;  // replies to it now count as reply_send_errors
+  UcxServer* self = conn->server;
+  const uint64_t id = conn->id;
+  self->worker_->Post([self, id] { self->CloseConn(id); });
+}
+
+}  // namespace
+}  // namespace ucx_internal
+
+absl::StatusOr<std::unique_ptr<DataPlaneServer>> CreateUcxServer(const UcxOptions& options,
+                                                                 RequestHandler handler) {
+  return ucx_internal::UcxServer::Create(options, std::move(handler));
+}
+
+}  // namespace dsv2::transport
