@@ -21,10 +21,12 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "attention_node.grpc.pb.h"
 #include "inference.grpc.pb.h"
-#include "base/cli_flags.h"
+#include "base/flags.h"
+#include "base/version.h"
 
 namespace dsv2 {
 namespace {
@@ -114,35 +116,23 @@ void Print(const char* path, int clients, const RunResult& r) {
 }
 
 int Main(int argc, char** argv) {
-  const std::vector<cli::FlagSpec> specs = {
-      {"endpoint", false, "coordinator HOST:PORT (required)"},
-      {"concurrency", false, "comma-separated client counts (default 1,8,32)"},
-      {"requests", false, "calls per client (default 4)"},
-      {"prompt-tokens", false, "prompt length in tokens (default 32)"},
-      {"max-tokens", false, "tokens generated per call (default 64)"},
-      {"help", true, "show this help"},
-  };
-  auto flags = cli::ParseFlags(argc, argv, 1, specs);
-  if (!flags.ok() || flags->GetBool("help") || !flags->Get("endpoint")) {
-    std::cerr << (flags.ok() ? "" : std::string(flags.status().message()) + "\n")
-              << "api_bench flags:\n"
-              << cli::FlagsHelp(specs);
-    return flags.ok() && flags->GetBool("help") ? 0 : 2;
-  }
+  std::string endpoint, concurrency_list = "1,8,32";
+  int requests = 4, prompt_tokens = 32, max_tokens = 64;
+  flags::FlagSet flags("api_bench", VersionString());
+  flags.String("endpoint", &endpoint, "coordinator HOST:PORT").Required();
+  flags.String("concurrency", &concurrency_list, "comma-separated client counts");
+  flags.Int("requests", &requests, "calls per client").Min(1);
+  flags.Int("prompt-tokens", &prompt_tokens, "prompt length in tokens").Min(1);
+  flags.Int("max-tokens", &max_tokens, "tokens generated per call").Min(1);
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   std::vector<int> concurrency;
-  for (absl::string_view part :
-       absl::StrSplit(flags->Get("concurrency").value_or("1,8,32"), ',')) {
+  for (absl::string_view part : absl::StrSplit(concurrency_list, ',')) {
     int c;
     if (!absl::SimpleAtoi(part, &c) || c < 1) {
-      std::cerr << "api_bench: bad --concurrency entry '" << part << "'\n";
-      return 2;
+      return flags.UsageError(absl::StrCat("bad --concurrency entry '", part, "'"));
     }
     concurrency.push_back(c);
   }
-  const int requests = static_cast<int>(flags->GetInt("requests", 4).value_or(4));
-  const int prompt_tokens = static_cast<int>(flags->GetInt("prompt-tokens", 32).value_or(32));
-  const int max_tokens = static_cast<int>(flags->GetInt("max-tokens", 64).value_or(64));
-  const std::string endpoint = *flags->Get("endpoint");
 
   auto channel = grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
   auto stub = v1::Inference::NewStub(channel);
