@@ -8,7 +8,7 @@
 // Health: "" is SERVING while the process runs; "dsv2.v1.Inference" is
 // SERVING only while an attention node and a complete placement exist.
 // SIGTERM/SIGINT: stop admitting, let live requests finish (up to
-// --drain-timeout-s), exit 0.
+// --drain-timeout), exit 0.
 // Threads: main (start-up, then waits for the signal), gRPC's server
 // threads, the coordinator's placement and cancellation threads.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -24,6 +24,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "base/flags.h"
 #include "coordinator/coordinator_server.h"
 #include "metrics/metrics.h"
 #include "model/chat_template.h"
@@ -37,53 +39,45 @@ namespace {
 
 constexpr char kInferenceService[] = "dsv2.v1.Inference";
 
-std::vector<cli::FlagSpec> FlagSpecs() {
-  std::vector<cli::FlagSpec> specs = {
-      {"model", false,
-       "checkpoint directory: config.json (+ tokenizer.json, tokenizer_config.json) (required)"},
-      {"max-queue", false,
-       "requests that may wait for an attention node; beyond: RESOURCE_EXHAUSTED (default 256)"},
-      {"heartbeat-interval-ms", false, "how often nodes heartbeat (default 500)"},
-      {"heartbeat-timeout-ms", false,
-       "a node silent this long is declared dead and removed (default 3000)"},
-      {"load-experts-timeout-s", false,
-       "deadline of one shard's LoadExperts when the placement changes (default 120)"},
-      {"drain-timeout-s", false, "on SIGTERM, how long live requests may finish (default 30)"},
-  };
-  for (cli::FlagSpec& s : service::CommonFlagSpecs()) specs.push_back(std::move(s));
-  return specs;
-}
-
 int Main(int argc, char** argv) {
   service::BlockTerminationSignals();
   service::InitLogging("dsv2-coordinator");
-  const std::vector<cli::FlagSpec> specs = FlagSpecs();
-  int exit_code = 0;
-  std::optional<service::ServiceCommandLine> cmd =
-      service::ParseServiceCommandLine("dsv2-coordinator", argc, argv, specs, &exit_code);
-  if (!cmd) return exit_code;
-  const cli::ParsedFlags& flags = cmd->flags;
-  const auto usage = [&](const std::string& msg) {
-    return service::UsageError("dsv2-coordinator", specs, msg);
-  };
-  int64_t max_queue, hb_interval, hb_timeout, load_s, drain_s;
-  if (absl::Status st = service::ReadIntFlags(
-          flags, {{"max-queue", 256, &max_queue, 0},
-                  {"heartbeat-interval-ms", 500, &hb_interval, 10},
-                  {"heartbeat-timeout-ms", 3000, &hb_timeout, 20},
-                  {"load-experts-timeout-s", 120, &load_s, 1},
-                  {"drain-timeout-s", 30, &drain_s, 0}});
-      !st.ok()) {
-    return usage(std::string(st.message()));
-  }
-  if (hb_timeout <= hb_interval) {
-    return usage("--heartbeat-timeout-ms must be larger than --heartbeat-interval-ms");
+  // Defaults: the option structs' initializers (CoordinatorOptions,
+  // AdmissionOptions, CommonFlags), written nowhere else.
+  std::string dir;
+  coordinator::CoordinatorOptions options;
+  absl::Duration drain_timeout = absl::Seconds(30);
+  service::CommonFlags common;
+  flags::FlagSet flags("dsv2-coordinator", /*version=*/"");
+  flags.String("model", &dir,
+               "checkpoint directory: config.json (+ tokenizer.json, tokenizer_config.json)")
+      .Required();
+  flags.Int("max-queue", &options.admission.max_queued,
+            "requests that may wait for an attention node; beyond: RESOURCE_EXHAUSTED")
+      .Min(0);
+  flags.Duration("heartbeat-interval", &options.heartbeat_interval, "how often nodes heartbeat")
+      .Min(absl::Milliseconds(10))
+      .LegacyAlias("heartbeat-interval-ms", absl::Milliseconds(1));
+  flags.Duration("heartbeat-timeout", &options.heartbeat_timeout,
+                 "a node silent this long is declared dead and removed")
+      .Min(absl::Milliseconds(20))
+      .LegacyAlias("heartbeat-timeout-ms", absl::Milliseconds(1));
+  flags.Duration("load-experts-timeout", &options.load_experts_timeout,
+                 "deadline of one shard's LoadExperts when the placement changes")
+      .Min(absl::Seconds(1))
+      .LegacyAlias("load-experts-timeout-s", absl::Seconds(1));
+  flags.Duration("drain-timeout", &drain_timeout, "on SIGTERM, how long live requests may finish")
+      .Min(absl::ZeroDuration())
+      .LegacyAlias("drain-timeout-s", absl::Seconds(1));
+  service::DefineCommonFlags(flags, &common);
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (options.heartbeat_timeout <= options.heartbeat_interval) {
+    return flags.UsageError("--heartbeat-timeout must be larger than --heartbeat-interval");
   }
   const auto fail = [](const absl::Status& st) {
     std::cerr << "dsv2-coordinator: " << st.message() << "\n";
     return 1;
   };
-  const std::string& dir = cmd->model_dir;
   absl::StatusOr<ModelConfig> config = LoadModelConfig(dir + "/config.json");
   if (!config.ok()) return fail(config.status());
   std::string model_type;
@@ -119,18 +113,13 @@ int Main(int argc, char** argv) {
   model.tokenizer = tokenizer.get();
   model.chat_template = chat_template ? &*chat_template : nullptr;
 
-  coordinator::CoordinatorOptions options;
-  options.admission.max_queued = max_queue;
-  options.heartbeat_interval = absl::Milliseconds(hb_interval);
-  options.heartbeat_timeout = absl::Milliseconds(hb_timeout);
-  options.load_experts_timeout = absl::Seconds(load_s);
   options.model_name = std::filesystem::path(dir).lexically_normal().filename().string();
   if (options.model_name.empty()) {
     options.model_name = std::filesystem::path(dir).lexically_normal().parent_path().filename();
   }
   options.model_type = model_type;
   absl::StatusOr<std::unique_ptr<metrics::MetricsServer>> metrics_server =
-      metrics::MetricsServer::Start(cmd->common.host, cmd->common.metrics_port);
+      metrics::MetricsServer::Start(common.host, common.metrics_port);
   if (!metrics_server.ok()) return fail(metrics_server.status());
   metrics::CoordinatorMetrics coordinator_metrics((*metrics_server)->registry());
   options.metrics = &coordinator_metrics;
@@ -154,15 +143,15 @@ int Main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(absl::StrCat(cmd->common.host, ":", cmd->common.port),
+  builder.AddListeningPort(absl::StrCat(common.host, ":", common.port),
                            grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(coord.inference_service());
   builder.RegisterService(coord.membership_service());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) {
     metrics_server->reset();  // its scrape hook reads `coord`
-    return fail(absl::UnavailableError(
-        absl::StrCat("cannot listen on ", cmd->common.host, ":", cmd->common.port)));
+    return fail(
+        absl::UnavailableError(absl::StrCat("cannot listen on ", common.host, ":", common.port)));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(kInferenceService, false);
@@ -175,7 +164,7 @@ int Main(int argc, char** argv) {
   const int sig = service::WaitForTerminationSignal();
   spdlog::info("signal {}: draining", sig);
   health->SetServingStatus(kInferenceService, false);
-  if (!coord.Drain(absl::Seconds(drain_s))) {
+  if (!coord.Drain(drain_timeout)) {
     spdlog::warn("drain timed out; cancelling the remaining requests");
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));

@@ -69,6 +69,24 @@ absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags) {
   return c;
 }
 
+void DefineCommonFlags(flags::FlagSet& set, CommonFlags* out) {
+  set.Int("threads", &out->threads, "compute threads").Range(1, 1024);
+  set.String("cpu-isa", &out->cpu_isa, "scalar, avx2 or avx512").DefaultText("the best available");
+  set.String("host", &out->host, "address the gRPC server binds (0.0.0.0 for all)");
+  set.Int("port", &out->port, "gRPC port (0 = OS-chosen; the port is in the ready line)")
+      .Range(0, 65535);
+  set.Int("metrics-port", &out->metrics_port,
+          "HTTP port serving Prometheus /metrics on --host (0 = OS-chosen; in the ready line as "
+          "metrics_port)")
+      .Range(0, 65535);
+  set.String("ucx-transports", &out->ucx_transports,
+             "UCX transports for the data plane, UCX_TLS syntax: tcp, sm, rc,sm, ...")
+      .DefaultText("UCX's choice");
+  set.Int("rendezvous-threshold", &out->rendezvous_threshold,
+          "data-plane messages of at least this many bytes go by UCX rendezvous")
+      .Min(0);
+}
+
 int UsageError(const std::string& binary, const std::vector<cli::FlagSpec>& specs,
                const std::string& message) {
   std::cerr << binary << ": " << message << "\n" << cli::FlagsHelp(specs);

@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/flags.h"
 #include "kernels/cpu.h"
 #include "placement.pb.h"
 #include "router/plan.h"
@@ -43,6 +44,9 @@ struct CommonFlags {
   int64_t rendezvous_threshold = 64 << 10;
 };
 absl::StatusOr<CommonFlags> ParseCommonFlags(const cli::ParsedFlags& flags);
+// Defines the common flags on `set` with *out's values as defaults (the
+// typed parser, base/flags.h; what every service main moves to).
+void DefineCommonFlags(flags::FlagSet& set, CommonFlags* out);
 
 // A service binary's command line: its flags, the common ones, --model.
 struct ServiceCommandLine {
