@@ -275,7 +275,7 @@ class FlagSet {
   //    bool | int | double | duration | enum | repeated | builtin),
   //    "required", "default" (string, absent when none), "min"/"max"
   //    (strings, when bounded), "values" (enum), "alias_of" (aliases),
-  //    "unit" (legacy duration aliases, e.g. "1ms")}
+  //    "unit" (legacy duration aliases: "ms", "s", ...)}
   std::string FlagsJson() const;
   // Every DSV2_* variable this set reads (aliases included), e.g. for a
   // launcher that must not pass its own flags on to children.
