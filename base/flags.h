@@ -4,7 +4,7 @@
 // process-global registrations (ABSL_FLAG at namespace scope) whose names are
 // C++ identifiers, and absl::ParseCommandLine exits with status 1 on a usage
 // error. Keeping what scripts and manifests rely on -- hyphenated names
-// (--drain-timeout-s), the DSV2_<FLAG> environment fallback with the command
+// (--metrics-port), the DSV2_<FLAG> environment fallback with the command
 // line winning, and exit code 2 for usage errors -- would need a pre-pass that
 // rewrites argv and the environment around it anyway. A FlagSet instead is a
 // plain object per binary or subcommand (no globals, so tests and the `dsv2`
@@ -28,14 +28,21 @@
 // ...).LegacyAlias("dispatch-timeout-ms", absl::Milliseconds(1)) also takes
 // --dispatch-timeout-ms=10000 and DSV2_DISPATCH_TIMEOUT_MS=10000.
 //
-// Usage in a main:
-//   coordinator::CoordinatorOptions options;
+// Errors a user can cause (unknown flag, missing value, bad type, out of
+// range, positional argument, two spellings of one flag, a missing required
+// flag) are usage errors: message + help on stderr, exit code 2. Mistakes in
+// the definitions (a name defined twice, a bad name) are bugs: abort.
+//
+// Usage in a main (coordinator/main.cc):
+//   coordinator::CoordinatorOptions options;   // its initializers are the defaults
 //   flags::FlagSet flags("dsv2-coordinator", kVersion);
 //   flags.String("model", &model_dir, "checkpoint directory").Required();
 //   flags.Int("max-queue", &options.admission.max_queued, "...").Min(0);
-//   flags.Duration("drain-timeout", &drain, "...").LegacyAlias("drain-timeout-s",
-//   absl::Seconds(1)); if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv))
-//   return *exit_code;
+//   flags.Duration("heartbeat-interval", &options.heartbeat_interval, "...")
+//       .Min(absl::Milliseconds(10))
+//       .LegacyAlias("heartbeat-interval-ms", absl::Milliseconds(1));
+//   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+//   if (cross-flag check fails) return flags.UsageError("--a must be larger than --b");
 //
 // Thread-safety: one thread only. A FlagSet must outlive the handles its
 // definitions return; destinations must outlive Parse / ParseCommandLine.
@@ -49,8 +56,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <type_traits>
-#include <variant>
 #include <vector>
 
 #include "absl/numeric/int128.h"
@@ -94,41 +99,15 @@ EnvLookup ProcessEnvironment();
 // For ExclusiveGroup.
 enum class GroupRule { kAtMostOne, kExactlyOne };
 
-namespace internal {
-
-enum class Kind { kString, kBool, kInt, kDouble, kDuration, kEnum, kRepeated };
-using Value =
-    std::variant<std::string, bool, absl::int128, double, absl::Duration, std::vector<std::string>>;
-
-// A bound of a numeric range (kInt: int128, kDouble: double, kDuration).
-template <typename T>
-struct Bound {
-  T value{};
-  bool exclusive = false;
-};
-
-struct FlagDef {
-  Kind kind = Kind::kString;
-  std::string name;
-  std::string help;
-  std::vector<std::string> aliases;  // plain renames: same type and value syntax
-  std::string legacy_alias;          // kDuration: a number in legacy_unit
-  absl::Duration legacy_unit;
-  bool required = false;
-  std::optional<std::string> default_value;  // generated from the destination; nullopt: none
-  std::optional<std::string> default_text;   // DefaultText(): replaces it in --help
-  absl::int128 int_type_min, int_type_max;   // the destination type's range
-  std::optional<Bound<absl::int128>> int_min, int_max;
-  std::optional<Bound<double>> double_min, double_max;
-  std::optional<Bound<absl::Duration>> duration_min, duration_max;
-  std::vector<std::string> enum_values;
-  std::function<void(const Value&)> set;  // writes the destination
-};
-
-std::string FormatInt(absl::int128 v);
-std::string FormatDouble(double v);
-
+namespace internal {  // flags_internal.h
+enum class Kind;
+struct FlagDef;
+struct Group;
 }  // namespace internal
+
+// Integer destinations: any integral type but bool.
+template <typename T>
+concept FlagInteger = std::integral<T> && !std::same_as<T, bool>;
 
 class FlagSet;
 
@@ -139,17 +118,11 @@ class FlagHandle {
  public:
   // Missing (neither command line nor environment) is a usage error
   // "--name is required"; the help line says "(required)".
-  Self& Required() {
-    def_->required = true;
-    return self();
-  }
+  Self& Required();
   // Another accepted name (a renamed flag): --old-name and DSV2_OLD_NAME.
   Self& Alias(absl::string_view old_name);
   // Replaces the generated "(default X)" text, e.g. "the server's".
-  Self& DefaultText(absl::string_view text) {
-    def_->default_text = std::string(text);
-    return self();
-  }
+  Self& DefaultText(absl::string_view text);
 
  protected:
   explicit FlagHandle(internal::FlagDef* def, FlagSet* set) : def_(def), set_(set) {}
@@ -250,18 +223,14 @@ class FlagSet {
   StringFlag String(absl::string_view name, std::optional<std::string>* out,
                     absl::string_view help);
   BoolFlag Bool(absl::string_view name, bool* out, absl::string_view help);
-  template <typename T>
-  requires(std::integral<T> && !std::same_as<T, bool>) IntFlag
-      Int(absl::string_view name, T* out, absl::string_view help);
-  template <typename T>
-  requires(std::integral<T> && !std::same_as<T, bool>) IntFlag
-      Int(absl::string_view name, std::optional<T>* out, absl::string_view help);
-  template <typename T>
-  requires std::floating_point<T> DoubleFlag Double(absl::string_view name, T* out,
-                                                    absl::string_view help);
-  template <typename T>
-  requires std::floating_point<T> DoubleFlag Double(absl::string_view name, std::optional<T>* out,
-                                                    absl::string_view help);
+  template <FlagInteger T>
+  IntFlag Int(absl::string_view name, T* out, absl::string_view help);
+  template <FlagInteger T>
+  IntFlag Int(absl::string_view name, std::optional<T>* out, absl::string_view help);
+  template <std::floating_point T>
+  DoubleFlag Double(absl::string_view name, T* out, absl::string_view help);
+  template <std::floating_point T>
+  DoubleFlag Double(absl::string_view name, std::optional<T>* out, absl::string_view help);
   DurationFlag Duration(absl::string_view name, absl::Duration* out, absl::string_view help);
   DurationFlag Duration(absl::string_view name, std::optional<absl::Duration>* out,
                         absl::string_view help);
@@ -306,7 +275,7 @@ class FlagSet {
   //    bool | int | double | duration | enum | repeated | builtin),
   //    "required", "default" (string, absent when none), "min"/"max"
   //    (strings, when bounded), "values" (enum), "alias_of" (aliases),
-  //    "unit" (legacy duration aliases, e.g. "1ms")}
+  //    "unit" (legacy duration aliases: "ms", "s", ...)}
   std::string FlagsJson() const;
   // Every DSV2_* variable this set reads (aliases included), e.g. for a
   // launcher that must not pass its own flags on to children.
@@ -320,8 +289,12 @@ class FlagSet {
   friend class DurationFlag;
 
   internal::FlagDef* Define(internal::Kind kind, absl::string_view name, absl::string_view help);
-  internal::FlagDef* DefineInt(absl::string_view name, absl::string_view help,
-                               absl::int128 type_min, absl::int128 type_max);
+  // The typed templates' common part; `set` writes the destination.
+  IntFlag DefineInt(absl::string_view name, absl::string_view help, absl::int128 type_min,
+                    absl::int128 type_max, std::optional<absl::int128> default_value,
+                    std::function<void(absl::int128)> set);
+  DoubleFlag DefineDouble(absl::string_view name, absl::string_view help,
+                          std::optional<double> default_value, std::function<void(double)> set);
   void ClaimName(absl::string_view name);
   const internal::FlagDef* Find(absl::string_view any_name) const;
 
@@ -329,61 +302,34 @@ class FlagSet {
   std::string version_;
   std::string usage_;
   std::vector<std::unique_ptr<internal::FlagDef>> defs_;
-  struct Group {
-    std::vector<std::string> names;
-    GroupRule rule;
-  };
-  std::vector<Group> groups_;
+  std::vector<internal::Group> groups_;
   std::vector<std::string> names_;                       // every claimed name
   std::vector<std::pair<std::string, Source>> sources_;  // after Parse
 };
 
 // ---------------------------------------------------------------- templates
 
-template <typename Self>
-Self& FlagHandle<Self>::Alias(absl::string_view old_name) {
-  set_->ClaimName(old_name);
-  def_->aliases.emplace_back(old_name);
-  return self();
+template <FlagInteger T>
+IntFlag FlagSet::Int(absl::string_view name, T* out, absl::string_view help) {
+  return DefineInt(name, help, std::numeric_limits<T>::min(), std::numeric_limits<T>::max(),
+                   absl::int128(*out), [out](absl::int128 v) { *out = static_cast<T>(v); });
 }
 
-template <typename T>
-requires(std::integral<T> && !std::same_as<T, bool>) IntFlag FlagSet::Int(absl::string_view name,
-                                                                          T* out,
-                                                                          absl::string_view help) {
-  internal::FlagDef* def = DefineInt(name, help, absl::int128(std::numeric_limits<T>::min()),
-                                     absl::int128(std::numeric_limits<T>::max()));
-  def->default_value = internal::FormatInt(absl::int128(*out));
-  def->set = [out](const internal::Value& v) { *out = static_cast<T>(std::get<absl::int128>(v)); };
-  return IntFlag(def, this);
+template <FlagInteger T>
+IntFlag FlagSet::Int(absl::string_view name, std::optional<T>* out, absl::string_view help) {
+  return DefineInt(name, help, std::numeric_limits<T>::min(), std::numeric_limits<T>::max(),
+                   std::nullopt, [out](absl::int128 v) { *out = static_cast<T>(v); });
 }
 
-template <typename T>
-requires(std::integral<T> && !std::same_as<T, bool>) IntFlag FlagSet::Int(absl::string_view name,
-                                                                          std::optional<T>* out,
-                                                                          absl::string_view help) {
-  internal::FlagDef* def = DefineInt(name, help, absl::int128(std::numeric_limits<T>::min()),
-                                     absl::int128(std::numeric_limits<T>::max()));
-  def->set = [out](const internal::Value& v) { *out = static_cast<T>(std::get<absl::int128>(v)); };
-  return IntFlag(def, this);
+template <std::floating_point T>
+DoubleFlag FlagSet::Double(absl::string_view name, T* out, absl::string_view help) {
+  return DefineDouble(name, help, static_cast<double>(*out),
+                      [out](double v) { *out = static_cast<T>(v); });
 }
 
-template <typename T>
-requires std::floating_point<T> DoubleFlag FlagSet::Double(absl::string_view name, T* out,
-                                                           absl::string_view help) {
-  internal::FlagDef* def = Define(internal::Kind::kDouble, name, help);
-  def->default_value = internal::FormatDouble(static_cast<double>(*out));
-  def->set = [out](const internal::Value& v) { *out = static_cast<T>(std::get<double>(v)); };
-  return DoubleFlag(def, this);
-}
-
-template <typename T>
-requires std::floating_point<T> DoubleFlag FlagSet::Double(absl::string_view name,
-                                                           std::optional<T>* out,
-                                                           absl::string_view help) {
-  internal::FlagDef* def = Define(internal::Kind::kDouble, name, help);
-  def->set = [out](const internal::Value& v) { *out = static_cast<T>(std::get<double>(v)); };
-  return DoubleFlag(def, this);
+template <std::floating_point T>
+DoubleFlag FlagSet::Double(absl::string_view name, std::optional<T>* out, absl::string_view help) {
+  return DefineDouble(name, help, std::nullopt, [out](double v) { *out = static_cast<T>(v); });
 }
 
 }  // namespace dsv2::flags
