@@ -1,0 +1,42 @@
+#include "tools/dsv2/make_random_model_command.h"
+
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "base/flags.h"
+#include "base/version.h"
+#include "tools/dsv2/random_model.h"
+
+namespace dsv2 {
+
+int MakeRandomModelMain(int argc, char** argv) {
+  RandomModelOptions o;
+  o.preset = "v2-tiny";
+  std::string dtype = "bf16";
+  std::optional<std::string> tokenizer_dir;
+  flags::FlagSet flags("dsv2 make-random-model", VersionString());
+  flags.String("out", &o.out_dir, "output directory").Required();
+  flags.Enum("preset", &o.preset, {"v2-tiny", "v2-lite-tiny", "v2-lite"},
+             "model shape (v2-lite: real V2-Lite dimensions)");
+  flags.Int("seed", &o.seed, "random seed");
+  flags.Int("num-layers", &o.num_layers, "override the preset's layer count (0 = the preset's)")
+      .Min(0);
+  flags.Enum("dtype", &dtype, {"bf16", "f32"}, "weight dtype");
+  flags.String("tokenizer-dir", &tokenizer_dir, "tokenizer to copy")
+      .DefaultText("the one shipped in the repository");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
+  o.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32;
+  o.tokenizer_dir =
+      tokenizer_dir.value_or(std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2");
+  const absl::Status st = MakeRandomModel(o);
+  if (!st.ok()) {
+    std::cerr << "dsv2 make-random-model: " << st.message() << "\n";
+    return st.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  std::cerr << "wrote random " << o.preset << " model to " << o.out_dir
+            << " (random weights: generated text is noise)\n";
+  return 0;
+}
+
+}  // namespace dsv2
