@@ -68,8 +68,7 @@ int MakeRandomModelMain(int argc, char** argv) {
     return 2;
   }
   o.dtype = dtype == "bf16" ? dsv2::DType::kBF16 : dsv2::DType::kF32;
-  o.tokenizer_dir =
-      flags->Get("tokenizer-dir").value_or(std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2");
+  o.tokenizer_dir = flags->Get("tokenizer-dir").value_or("");  // "": the shipped one
   const absl::Status st = dsv2::MakeRandomModel(o);
   if (!st.ok()) {
     std::cerr << "dsv2 make-random-model: " << st.message() << "\n";
