@@ -33,7 +33,7 @@ int MakeRandomModelMain(int argc, char** argv) {
       {"seed", false, "random seed (default 0)"},
       {"num-layers", false, "override the preset's layer count"},
       {"dtype", false, "bf16 (default) or f32"},
-      {"tokenizer-dir", false, "tokenizer to copy (default: the one shipped in the repository)"},
+      {"tokenizer-dir", false, "tokenizer to copy (default: the shipped one, in dsv2's data dir)"},
       {"help", true, "show this help"},
   };
   auto flags = dsv2::cli::ParseFlags(argc, argv, 2, specs);

@@ -51,9 +51,9 @@ constexpr absl::Duration kExpertGrace = absl::Seconds(10);
 const std::vector<cli::FlagSpec>& UpFlags() {
   static const std::vector<cli::FlagSpec> specs = {
       {"model", false,
-       "checkpoint directory (default: $DSV2_DEFAULT_MODEL, else <dsv2 "
-       "dir>/../default-model, "
-       "made as make-random-model --preset v2-tiny --seed 0 if missing)"},
+       "checkpoint directory (default: $DSV2_DEFAULT_MODEL, else default-model beside the "
+       "build tree, or $XDG_CACHE_HOME/dsv2/default-model for an installed dsv2; made as "
+       "make-random-model --preset v2-tiny --seed 0 if missing)"},
       {"attention-nodes", false, "attention nodes (default 1)"},
       {"expert-shards", false, "expert shards (default 2)"},
       {"port", false, "the coordinator's public port (default 0 = OS-chosen)"},
