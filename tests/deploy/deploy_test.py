@@ -6,6 +6,9 @@ No cluster and no container engine: the manifests are rendered with
 Kubernetes schema), and cross-checked against the real binaries' flags (each
 service binary's `--flags-json`): every binary, flag, DSV2_* variable, port,
 probe, volume, Service and monitor named in the manifests must exist and fit.
+The Dockerfile is read statically: its build stage sets up without test tools
+and installs with `cmake --install` (run here too, to see what the prefix
+holds), its runtime stage copies that prefix and has every shared library.
 
 Run: .venv/bin/python tests/deploy/deploy_test.py
 Env: DSV2_TEST_BIN_DIR  build directory with the binaries (default <repo>/build)
@@ -715,24 +718,67 @@ class DockerfileTest(unittest.TestCase):
         self.assertIn("tools/setup.sh", scripts)
         self.assertIn("tools/build.sh", scripts)
 
-    def test_copied_binaries_are_build_outputs(self):
-        copied = []
+    def run_commands(self, stages):
+        """[(stage, argv)] of every `&&`/`;`-separated command of the RUNs in `stages`."""
+        out = []
         for stage, instr, rest in self.ins:
-            if instr != "COPY" or "--from=" not in rest:
+            if instr == "RUN" and stage in stages:
+                for cmd in re.split(r"&&|;", rest):
+                    if cmd.strip():
+                        out.append((stage, shlex.split(cmd)))
+        return out
+
+    def test_build_stage_sets_up_and_builds_without_test_tools(self):
+        final = max(self.stages)
+        runs = [argv for _, argv in self.run_commands(set(self.stages) - {final})]
+        setups = [a for a in runs if "tools/setup.sh" in a]
+        self.assertTrue(setups, "no tools/setup.sh in a build stage")
+        for a in setups:
+            self.assertIn("--build-only", a, "the image needs no test tools")
+        with open(os.path.join(REPO, "tools", "setup.sh")) as f:
+            self.assertIn("--build-only)", f.read(), "tools/setup.sh has no --build-only mode")
+        # --build-only leaves GoogleTest out: the build must not configure the tests.
+        builds = [a for a in runs if "tools/build.sh" in a]
+        self.assertTrue(builds, "no tools/build.sh in a build stage")
+        for a in builds:
+            self.assertIn("-DDSV2_BUILD_TESTS=OFF", a)
+
+    def test_runtime_copies_the_install_prefix(self):
+        """A build stage runs `cmake --install build --prefix P`; the final
+        stage copies P as a whole into /usr/local (no hand-picked build
+        outputs), and that prefix holds every binary the image and the
+        manifests run, plus the data `dsv2 up` needs."""
+        final = max(self.stages)
+        prefixes = {}  # stage name -> install prefix
+        for stage, argv in self.run_commands(set(self.stages)):
+            if argv[:2] != ["cmake", "--install"]:
                 continue
-            words = rest.split()
-            src_stage = next(w for w in words if w.startswith("--from=")).split("=", 1)[1]
-            stage_info = next(s for s in self.stages.values() if s["name"] == src_stage)
-            paths = [w for w in words if not w.startswith("--")]
-            build_root = os.path.join(stage_info["workdir"], "build") + "/"
-            for src in paths[:-1]:
-                self.assertTrue(src.startswith(build_root), f"{src} is not under {build_root}")
-                rel = src[len(build_root):]
-                self.assertTrue(os.access(os.path.join(BIN_DIR, rel), os.X_OK),
-                                f"COPY {src}: {rel} is no build output in {BIN_DIR}")
-                copied.append(os.path.basename(rel))
-            self.assertEqual(paths[-1].rstrip("/"), "/usr/local/bin")
-        self.assertLessEqual(set(BINARIES), set(copied))
+            self.assertNotEqual(stage, final, "cmake --install belongs in a build stage")
+            self.assertEqual(argv[2], "build", "installs tools/build.sh's build directory")
+            self.assertIn("--prefix", argv)
+            self.assertNotIn("--component", argv, "the whole install, not a part")
+            prefix = argv[argv.index("--prefix") + 1]
+            self.assertTrue(os.path.isabs(prefix), prefix)
+            prefixes[self.stages[stage]["name"]] = prefix.rstrip("/")
+        self.assertTrue(prefixes, "no `cmake --install build --prefix P` in a build stage")
+        copies = [rest.split() for stage, instr, rest in self.ins
+                  if stage == final and instr in ("COPY", "ADD")]
+        self.assertEqual(len(copies), 1, "the final stage copies the install prefix and nothing else")
+        words = copies[0]
+        src = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+        self.assertIn(src, prefixes, "COPY --from= names the stage that ran cmake --install")
+        paths = [w for w in words if not w.startswith("--")]
+        self.assertEqual([p.rstrip("/") for p in paths], [prefixes[src], "/usr/local"])
+        # What that prefix holds: install the build directory the way the image does.
+        with tempfile.TemporaryDirectory() as prefix:
+            proc = subprocess.run(["cmake", "--install", BIN_DIR, "--prefix", prefix],
+                                  capture_output=True, text=True, timeout=300)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            for binary in list(BINARIES) + ["dsv2"]:  # on the image's PATH (/usr/local/bin)
+                self.assertTrue(os.access(os.path.join(prefix, "bin", binary), os.X_OK),
+                                f"cmake --install puts no bin/{binary}")
+            self.assertTrue(os.path.isfile(
+                os.path.join(prefix, "share", "dsv2", "deepseek-v2", "tokenizer.json")))
 
     def test_runs_as_non_root(self):
         users = [rest for stage, instr, rest in self.ins if instr == "USER" and stage == max(self.stages)]

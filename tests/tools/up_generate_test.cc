@@ -369,14 +369,18 @@ TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {
   fs::remove_all(dir);
 }
 
-// Without --model and DSV2_DEFAULT_MODEL: <dsv2 dir>/../default-model is
-// made (v2-tiny, seed 0, with a tokenizer), and the children are found in
-// the build-tree sibling folders. dsv2 is copied so that its directory is a
-// fresh one (/proc/self/exe resolves symlinks).
+// Without --model and DSV2_DEFAULT_MODEL, in a build tree (CMakeCache.txt in
+// the parent of dsv2's folder): <dsv2 dir>/../default-model is made (v2-tiny,
+// seed 0, with the shipped tokenizer from <dsv2 dir>/../share/dsv2), and the
+// children are found in the build-tree sibling folders. dsv2 is copied so
+// that its directory is a fresh one (/proc/self/exe resolves symlinks).
 TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
   const std::string dir = TempDir("default_model");
   fs::create_directories(dir + "/tools");
   fs::copy_file(Dsv2(), dir + "/tools/dsv2");
+  std::ofstream(dir + "/CMakeCache.txt").flush();
+  fs::create_directories(dir + "/share");
+  fs::create_directory_symlink(fs::canonical(BinDir() + "/share/dsv2"), dir + "/share/dsv2");
   for (const auto& [folder, binary] :
        std::vector<std::pair<std::string, std::string>>{{"coordinator", "dsv2-coordinator"},
                                                         {"attention_service", "dsv2-attention"},
@@ -386,7 +390,8 @@ TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
                        dir + "/" + folder + "/" + binary);
   }
   auto up = ChildProcess::Start({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL",
-                                 dir + "/tools/dsv2", "up", "--threads", "1", "--port", "0"});
+                                 "-u", "DSV2_DATA_DIR", dir + "/tools/dsv2", "up", "--threads", "1",
+                                 "--port", "0"});
   ASSERT_TRUE(up.ok()) << up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
   ASSERT_TRUE(line.ok()) << line.status();

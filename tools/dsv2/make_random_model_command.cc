@@ -24,11 +24,10 @@ int MakeRandomModelMain(int argc, char** argv) {
       .Min(0);
   flags.Enum("dtype", &dtype, {"bf16", "f32"}, "weight dtype");
   flags.String("tokenizer-dir", &tokenizer_dir, "tokenizer to copy")
-      .DefaultText("the one shipped in the repository");
+      .DefaultText("the shipped one, in dsv2's data directory");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
   o.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32;
-  o.tokenizer_dir =
-      tokenizer_dir.value_or(std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2");
+  o.tokenizer_dir = tokenizer_dir.value_or("");  // "": the shipped one
   const absl::Status st = MakeRandomModel(o);
   if (!st.ok()) {
     std::cerr << "dsv2 make-random-model: " << st.message() << "\n";

@@ -1,11 +1,14 @@
 #include "tools/dsv2/random_model.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "base/data_dir.h"
 #include "base/status_macros.h"
 #include "model/config.h"
 #include "model/safetensors.h"
@@ -104,6 +107,17 @@ absl::Status CopyFile(const std::filesystem::path& from, const std::filesystem::
 
 }  // namespace
 
+absl::StatusOr<std::string> ShippedTokenizerDir() {
+  DSV2_ASSIGN_OR_RETURN(const std::filesystem::path data, DataDir());
+  const std::filesystem::path dir = data / "deepseek-v2";
+  std::error_code ec;
+  if (!std::filesystem::exists(dir / "tokenizer.json", ec)) {
+    return absl::NotFoundError(
+        absl::StrCat("no shipped tokenizer: ", (dir / "tokenizer.json").string(), " is missing"));
+  }
+  return dir.string();
+}
+
 absl::Status MakeRandomModel(const RandomModelOptions& o) {
   json cj = PresetConfig(o.preset);
   if (cj.is_null()) {
@@ -116,6 +130,11 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
   if (o.num_layers > 0) cj["num_hidden_layers"] = o.num_layers;
   cj["torch_dtype"] = o.dtype == DType::kBF16 ? "bfloat16" : "float32";
   DSV2_ASSIGN_OR_RETURN(const ModelConfig c, ParseModelConfig(cj.dump(), "preset"));
+  // Found before anything is written: no half-made model without a tokenizer.
+  std::filesystem::path tok(o.tokenizer_dir);
+  if (o.tokenizer_dir.empty()) {
+    DSV2_ASSIGN_OR_RETURN(tok, ShippedTokenizerDir());
+  }
 
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, vd = c.v_head_dim;
@@ -181,10 +200,15 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
     f << cj.dump(2) << "\n";
     if (!f) return absl::InternalError(absl::StrCat("write ", (dir / "config.json").string()));
   }
-  DSV2_RETURN_IF_ERROR(WriteSafetensors((dir / "model.safetensors").string(), t.tensors()));
-  const std::filesystem::path tok(o.tokenizer_dir);
   DSV2_RETURN_IF_ERROR(CopyFile(tok / "tokenizer.json", dir / "tokenizer.json"));
   DSV2_RETURN_IF_ERROR(CopyFile(tok / "tokenizer_config.json", dir / "tokenizer_config.json"));
+  // Last, and whole or not at all (written aside, then renamed; two
+  // processes may make the same default model at once): `dsv2 up` takes a
+  // directory with model.safetensors as a finished default model.
+  const std::filesystem::path tmp = dir / absl::StrCat("model.safetensors.tmp.", getpid());
+  DSV2_RETURN_IF_ERROR(WriteSafetensors(tmp.string(), t.tensors()));
+  std::filesystem::rename(tmp, dir / "model.safetensors", ec);
+  if (ec) return absl::InternalError(absl::StrCat("rename ", tmp.string(), ": ", ec.message()));
   return absl::OkStatus();
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/dtype.h"
 
 namespace dsv2 {
@@ -23,11 +24,17 @@ struct RandomModelOptions {
   uint64_t seed = 0;
   int64_t num_layers = 0;  // 0 = the preset's
   DType dtype = DType::kBF16;
-  // Directory holding tokenizer.json / tokenizer_config.json to copy.
+  // Directory holding tokenizer.json / tokenizer_config.json to copy; ""
+  // = the shipped one (ShippedTokenizerDir()).
   std::string tokenizer_dir;
 };
 
 absl::Status MakeRandomModel(const RandomModelOptions& options);
+
+// The DeepSeek-V2 tokenizer dsv2 ships: <data dir>/deepseek-v2 (the
+// source's model/data/deepseek-v2; base/data_dir.h says where the data
+// directory is found). NotFound when it is not there.
+absl::StatusOr<std::string> ShippedTokenizerDir();
 
 }  // namespace dsv2
 

@@ -51,9 +51,9 @@ constexpr absl::Duration kExpertGrace = absl::Seconds(10);
 const std::vector<cli::FlagSpec>& UpFlags() {
   static const std::vector<cli::FlagSpec> specs = {
       {"model", false,
-       "checkpoint directory (default: $DSV2_DEFAULT_MODEL, else <dsv2 "
-       "dir>/../default-model, "
-       "made as make-random-model --preset v2-tiny --seed 0 if missing)"},
+       "checkpoint directory (default: $DSV2_DEFAULT_MODEL, else default-model beside the "
+       "build tree, or $XDG_CACHE_HOME/dsv2/default-model for an installed dsv2; made as "
+       "make-random-model --preset v2-tiny --seed 0 if missing)"},
       {"attention-nodes", false, "attention nodes (default 1)"},
       {"expert-shards", false, "expert shards (default 2)"},
       {"port", false, "the coordinator's public port (default 0 = OS-chosen)"},
@@ -115,8 +115,29 @@ absl::StatusOr<std::string> FindBinary(const std::string& name, const std::strin
                    bin_dir ? ")" : "; build it, or pass --bin-dir)"));
 }
 
-// --model, else $DSV2_DEFAULT_MODEL, else <dsv2 dir>/../default-model,
-// made (v2-tiny, seed 0) when it has no model.safetensors.
+// Where `dsv2 up` keeps the default model: beside the build tree when dsv2
+// runs from one (its folder's parent holds CMakeCache.txt: build/default-model),
+// else in the user's cache, $XDG_CACHE_HOME/dsv2/default-model
+// (~/.cache/dsv2/default-model without it): an install prefix is shared and
+// may be read-only.
+absl::StatusOr<fs::path> DefaultModelDir(const fs::path& exe_dir) {
+  std::error_code ec;
+  const fs::path tree = exe_dir.parent_path();
+  if (fs::exists(tree / "CMakeCache.txt", ec)) return (tree / "default-model").lexically_normal();
+  // The XDG base directory spec: relative values are invalid, ignore them.
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  if (xdg != nullptr && xdg[0] == '/') return fs::path(xdg) / "dsv2" / "default-model";
+  const char* home = std::getenv("HOME");
+  if (home != nullptr && home[0] == '/') {
+    return fs::path(home) / ".cache" / "dsv2" / "default-model";
+  }
+  return absl::NotFoundError(
+      "no --model, and no place for the default model (neither XDG_CACHE_HOME nor HOME is an "
+      "absolute path): pass --model or set DSV2_DEFAULT_MODEL");
+}
+
+// --model, else $DSV2_DEFAULT_MODEL, else DefaultModelDir(), made (v2-tiny,
+// seed 0, the shipped tokenizer) when it has no model.safetensors.
 absl::StatusOr<std::string> ResolveModel(const std::optional<std::string>& flag,
                                          const fs::path& exe_dir) {
   std::error_code ec;
@@ -135,18 +156,18 @@ absl::StatusOr<std::string> ResolveModel(const std::optional<std::string>& flag,
     return fs::absolute(env).string();
   }
   if (exe_dir.empty()) return absl::NotFoundError("no --model and cannot locate the dsv2 binary");
-  const fs::path dir = (exe_dir.parent_path() / "default-model").lexically_normal();
-  if (!fs::exists(dir / "model.safetensors", ec)) {
+  absl::StatusOr<fs::path> dir = DefaultModelDir(exe_dir);
+  if (!dir.ok()) return dir.status();
+  if (!fs::exists(*dir / "model.safetensors", ec)) {
     Log(absl::StrCat("making the default model (v2-tiny, seed 0, random weights) in ",
-                     dir.string()));
-    RandomModelOptions o;
-    o.out_dir = dir.string();
+                     dir->string()));
+    RandomModelOptions o;  // tokenizer_dir "": the shipped one
+    o.out_dir = dir->string();
     o.preset = "v2-tiny";
     o.seed = 0;
-    o.tokenizer_dir = std::string(DSV2_SOURCE_DIR) + "/model/data/deepseek-v2";
     if (absl::Status st = MakeRandomModel(o); !st.ok()) return st;
   }
-  return dir.string();
+  return dir->string();
 }
 
 // This process's environment minus the DSV2_<FLAG> variables of `dsv2 up`'s
