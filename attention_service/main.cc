@@ -22,7 +22,7 @@ int Main(int argc, char** argv) {
   service::ServeOptions serve;
   serve.binary = "dsv2-attention";
   std::string expert_shards;
-  flags::FlagSet flags("dsv2-attention", VersionString());
+  flags::FlagSet flags("dsv2-attention", std::string(VersionString()));
   flags.String("model", &node.model_dir, "checkpoint directory (config.json + safetensors)")
       .Required();
   flags.Int("cache-tokens", &node.cache_tokens, "latent cache capacity in tokens (64-token blocks)")

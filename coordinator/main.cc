@@ -23,7 +23,7 @@ int Main(int argc, char** argv) {
   serve.binary = "dsv2-coordinator";
   serve.reflection = true;
   service::CommonFlags common;
-  flags::FlagSet flags("dsv2-coordinator", VersionString());
+  flags::FlagSet flags("dsv2-coordinator", std::string(VersionString()));
   flags.String("model", &process_options.model_dir,
                "checkpoint directory: config.json (+ tokenizer.json, tokenizer_config.json)")
       .Required();

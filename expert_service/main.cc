@@ -25,7 +25,7 @@ int Main(int argc, char** argv) {
   // Attention nodes may be mid-dispatch: give their calls time to end.
   serve.server_shutdown_grace = absl::Seconds(5);
   std::optional<int64_t> num_shards;
-  flags::FlagSet flags("dsv2-expert", VersionString());
+  flags::FlagSet flags("dsv2-expert", std::string(VersionString()));
   flags.String("model", &shard.model_dir, "checkpoint directory (config.json + safetensors)")
       .Required();
   flags.Int("shard-id", &shard.shard_id, "this shard's id in the placement")

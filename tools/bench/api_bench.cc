@@ -118,7 +118,7 @@ void Print(const char* path, int clients, const RunResult& r) {
 int Main(int argc, char** argv) {
   std::string endpoint, concurrency_list = "1,8,32";
   int requests = 4, prompt_tokens = 32, max_tokens = 64;
-  flags::FlagSet flags("api_bench", VersionString());
+  flags::FlagSet flags("api_bench", std::string(VersionString()));
   flags.String("endpoint", &endpoint, "coordinator HOST:PORT").Required();
   flags.String("concurrency", &concurrency_list, "comma-separated client counts");
   flags.Int("requests", &requests, "calls per client").Min(1);

@@ -131,7 +131,7 @@ void SetIf(const std::optional<T>& v, Setter set) {
 // (INVALID_ARGUMENT names the field); only values that do not parse are
 // usage errors here.
 std::optional<int> ParseGenerateFlags(int argc, char** argv, GenerateCommand* cmd) {
-  flags::FlagSet flags("dsv2 generate", VersionString());
+  flags::FlagSet flags("dsv2 generate", std::string(VersionString()));
   std::optional<std::string> prompt, prompt_ids, chat, system;
   std::optional<int32_t> max_tokens, top_k, logprobs;
   std::optional<float> temperature, top_p;

@@ -15,7 +15,7 @@ int MakeRandomModelMain(int argc, char** argv) {
   o.preset = "v2-tiny";
   std::string dtype = "bf16";
   std::optional<std::string> tokenizer_dir;
-  flags::FlagSet flags("dsv2 make-random-model", VersionString());
+  flags::FlagSet flags("dsv2 make-random-model", std::string(VersionString()));
   flags.String("out", &o.out_dir, "output directory").Required();
   flags.Enum("preset", &o.preset, {"v2-tiny", "v2-lite-tiny", "v2-lite"},
              "model shape (v2-lite: real V2-Lite dimensions)");

@@ -65,7 +65,7 @@ absl::StatusOr<std::vector<int64_t>> ParseIds(const std::string& s) {
 // Parses the flags into *req; an exit code (0 help, 2 usage) when the
 // command should stop.
 std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
-  flags::FlagSet flags("dsv2 run", VersionString());
+  flags::FlagSet flags("dsv2 run", std::string(VersionString()));
   std::string prompt_ids;
   std::optional<uint64_t> seed;
   float temperature = 0.0f, top_p = 1.0f;
