@@ -7,6 +7,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <span>
+#include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -23,10 +27,20 @@ WireHeader ReadHeader(std::span<const std::byte> message) {
   return header;
 }
 
-void AppendBytes(std::vector<std::byte>& out, const void* data, size_t size) {
-  if (size == 0) return;
-  const auto* bytes = static_cast<const std::byte*>(data);
-  out.insert(out.end(), bytes, bytes + size);
+// The message `header` + `parts`, allocated once at its final size.
+std::vector<std::byte> Concat(const WireHeader& header,
+                              std::initializer_list<std::span<const std::byte>> parts) {
+  size_t total = kHeaderBytes;
+  for (std::span<const std::byte> part : parts) total += part.size();
+  std::vector<std::byte> out;
+  out.reserve(total);
+  // The header is assigned, not inserted: for an insert into the empty
+  // vector GCC 12 at -O3 follows insert's reallocation path, cannot see that
+  // there is no tail to move, and reports a (false) -Wstringop-overflow.
+  const auto* h = reinterpret_cast<const std::byte*>(&header);
+  out.assign(h, h + kHeaderBytes);
+  for (std::span<const std::byte> part : parts) out.insert(out.end(), part.begin(), part.end());
+  return out;
 }
 
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
@@ -116,12 +130,7 @@ std::vector<std::byte> EncodeRequest(const WireHeader& header,
   h.num_assignments = static_cast<uint32_t>(assignments.size());
   h.status = 0;
   h.error_bytes = 0;
-  std::vector<std::byte> out;
-  out.reserve(kHeaderBytes + assignments.size_bytes() + activations.size());
-  AppendBytes(out, &h, kHeaderBytes);
-  AppendBytes(out, assignments.data(), assignments.size_bytes());
-  AppendBytes(out, activations.data(), activations.size());
-  return out;
+  return Concat(h, {std::as_bytes(assignments), activations});
 }
 
 std::vector<std::byte> EncodeReply(const WireHeader& request, std::span<const std::byte> outputs) {
@@ -131,11 +140,7 @@ std::vector<std::byte> EncodeReply(const WireHeader& request, std::span<const st
   h.kind = static_cast<uint16_t>(WireKind::kReply);
   h.status = static_cast<int32_t>(WireStatus::kOk);
   h.error_bytes = 0;
-  std::vector<std::byte> out;
-  out.reserve(kHeaderBytes + outputs.size());
-  AppendBytes(out, &h, kHeaderBytes);
-  AppendBytes(out, outputs.data(), outputs.size());
-  return out;
+  return Concat(h, {outputs});
 }
 
 std::vector<std::byte> EncodeErrorReply(const WireHeader& request, WireStatus status,
@@ -155,11 +160,7 @@ std::vector<std::byte> EncodeErrorReply(const WireHeader& request, WireStatus st
   // must still see an error reply.
   h.status = static_cast<int32_t>(status == WireStatus::kOk ? WireStatus::kInternal : status);
   h.error_bytes = static_cast<uint32_t>(message.size());
-  std::vector<std::byte> out;
-  out.reserve(kHeaderBytes + message.size());
-  AppendBytes(out, &h, kHeaderBytes);
-  AppendBytes(out, message.data(), message.size());
-  return out;
+  return Concat(h, {std::as_bytes(std::span<const char>(message))});
 }
 
 absl::StatusOr<RequestView> ParseRequest(std::span<const std::byte> message) {

@@ -82,7 +82,7 @@ TEST(WeightsTest, FusedF16ExpertsConvertOnlyTheirRows) {
       mx.RowToF32(r, rx.data());
       my.RowToF32(r, ry.data());
       for (int64_t c = 0; c < mx.cols; ++c) {
-        EXPECT_EQ(rx[c], static_cast<float>(static_cast<_Float16>(ry[c])));
+        EXPECT_EQ(rx[c], testing_util::F16BitsToF32(testing_util::F32ToF16Bits(ry[c])));
       }
     }
   }
