@@ -10,6 +10,7 @@
     compiles with -ffile-prefix-map, so __FILE__ and debug info are
     relative; nothing else may compile a tree path in);
   * every shared library the binaries load is a system one, none from a tree;
+  * every binary's --version names the project version and one revision;
   * the prefix, moved elsewhere (so no absolute install path counts either),
     runs from a working directory outside both trees, with no DSV2_*
     variable, a fresh XDG_CACHE_HOME and a PATH without the trees:
@@ -124,9 +125,29 @@ class InstallTest(unittest.TestCase):
                 for tree in (REPO, BIN_DIR, self.prefix):
                     self.assertFalse(inside(lib, tree), f"bin/{b} loads {lib} from {tree}")
 
+    def test_04_version(self):
+        """Every installed binary reports the project version and the same
+        git revision (base/version.h)."""
+        with open(os.path.join(BIN_DIR, "CMakeCache.txt")) as f:
+            version = re.search(r"^CMAKE_PROJECT_VERSION:STATIC=(.*)$", f.read(), re.M).group(1)
+        lines = set()
+        for program, argv in [("dsv2-coordinator", ["dsv2-coordinator"]),
+                              ("dsv2-attention", ["dsv2-attention"]),
+                              ("dsv2-expert", ["dsv2-expert"]),
+                              ("dsv2 generate", ["dsv2", "generate"])]:
+            argv = [os.path.join(self.prefix, "bin", argv[0])] + argv[1:] + ["--version"]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            m = re.fullmatch(re.escape(program) + r" (\S+) \(git ([A-Za-z0-9._+-]+)\)\n",
+                             proc.stdout)
+            self.assertIsNotNone(m, proc.stdout)
+            self.assertEqual(m.group(1), version)
+            lines.add(m.group(2))
+        self.assertEqual(len(lines), 1, lines)
+
     # ------------------------------------------------- running the prefix
 
-    def test_04_moved_prefix_runs_up_and_generate(self):
+    def test_05_moved_prefix_runs_up_and_generate(self):
         # Moved (the last test): no absolute install path may count either.
         moved = os.path.join(self.tmp, "moved", "dsv2")
         os.makedirs(os.path.dirname(moved))
