@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "base/version.h"
 #include "tools/dsv2/generate_command.h"
 #include "tools/dsv2/make_random_model_command.h"
 #include "tools/dsv2/random_model.h"
@@ -38,6 +39,10 @@ int Main(int argc, char** argv) {
   if (cmd == "make-random-model") return dsv2::MakeRandomModelMain(argc, argv);
   if (cmd == "up") return dsv2::UpCommandMain(argc, argv);
   if (cmd == "generate") return dsv2::GenerateCommandMain(argc, argv);
+  if (cmd == "--version") {
+    std::cout << "dsv2 " << dsv2::VersionString() << "\n";
+    return 0;
+  }
   if (cmd == "--help" || cmd == "help" || cmd == "-h") {
     std::cout << kUsage;
     return 0;
