@@ -36,7 +36,7 @@ const std::string& TinyModel() {
         (std::filesystem::temp_directory_path() / absl::StrCat("dsv2_api_model_", getpid()))
             .string());
     std::filesystem::remove_all(*d);
-    auto child = ChildProcess::Start({BinDir() + "/tools/dsv2", "make-random-model", "--out", *d,
+    auto child = StartChild({BinDir() + "/tools/dsv2", "make-random-model", "--out", *d,
                                       "--preset", "v2-tiny", "--seed", "0"});
     EXPECT_TRUE(child.ok());
     if (child.ok()) {
@@ -65,7 +65,7 @@ class Cluster {
                                      "--heartbeat-interval-ms", "200",
                                      "--heartbeat-timeout-ms", "1500"};
     argv.insert(argv.end(), o_.coordinator_flags.begin(), o_.coordinator_flags.end());
-    auto c = ChildProcess::Start(argv);
+    auto c = StartChild(argv);
     EXPECT_TRUE(c.ok()) << c.status();
     coordinator_ = *std::move(c);
     auto line = coordinator_->ReadLine(absl::Seconds(30));
@@ -78,7 +78,7 @@ class Cluster {
   }
 
   void AddShard(int shard_id) {
-    auto p = ChildProcess::Start({BinDir() + "/expert_service/dsv2-expert", "--model", model_,
+    auto p = StartChild({BinDir() + "/expert_service/dsv2-expert", "--model", model_,
                                   "--shard-id", absl::StrCat(shard_id), "--coordinator",
                                   endpoint_, "--port", "0", "--threads", "1"});
     ASSERT_TRUE(p.ok()) << p.status();
@@ -87,7 +87,7 @@ class Cluster {
   }
 
   void AddAttentionNode() {
-    auto p = ChildProcess::Start({BinDir() + "/attention_service/dsv2-attention", "--model",
+    auto p = StartChild({BinDir() + "/attention_service/dsv2-attention", "--model",
                                   model_, "--coordinator", endpoint_, "--port", "0",
                                   "--threads", "1", "--cache-tokens",
                                   absl::StrCat(o_.cache_tokens)});

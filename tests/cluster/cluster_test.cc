@@ -49,7 +49,7 @@ Shard StartShard(const std::string& model, int shard_id, int num_shards,
                                    "--ucx-transports", transports};
   argv.insert(argv.end(), extra.begin(), extra.end());
   Shard s;
-  auto p = ChildProcess::Start(argv);
+  auto p = StartChild(argv);
   EXPECT_TRUE(p.ok()) << p.status();
   s.process = std::move(*p);
   auto line = s.process->ReadLine(absl::Seconds(60));
@@ -73,7 +73,7 @@ Node StartNode(const std::string& model, const std::vector<const Shard*>& shards
   }
   argv.insert(argv.end(), extra.begin(), extra.end());
   Node n;
-  auto p = ChildProcess::Start(argv);
+  auto p = StartChild(argv);
   EXPECT_TRUE(p.ok()) << p.status();
   n.process = std::move(*p);
   auto line = n.process->ReadLine(absl::Seconds(60));

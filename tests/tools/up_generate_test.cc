@@ -43,7 +43,7 @@ struct Result {
 Result RunCapture(const std::vector<std::string>& argv) {
   std::vector<std::string> quoted;
   for (const std::string& a : argv) quoted.push_back(ShellQuote(a));
-  auto child = ChildProcess::Start(
+  auto child = StartChild(
       {"/bin/sh", "-c", absl::StrCat("exec ", absl::StrJoin(quoted, " "), " 2>&1 </dev/null")});
   Result r;
   if (!child.ok()) return r;
@@ -226,7 +226,7 @@ absl::StatusOr<Cluster> StartCluster(const std::string& model, const std::string
       Dsv2(),   "up", "--model",      model,      "--expert-shards", "2",
       "--port", "0",  "--ready-file", ready_file, "--threads",       "1"};
   argv.insert(argv.end(), extra.begin(), extra.end());
-  auto up = ChildProcess::Start(argv);
+  auto up = StartChild(argv);
   if (!up.ok()) return up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
   if (!line.ok()) return line.status();
@@ -385,7 +385,7 @@ TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
     fs::create_symlink(fs::absolute(BinDir() + "/" + folder + "/" + binary),
                        dir + "/" + folder + "/" + binary);
   }
-  auto up = ChildProcess::Start({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL",
+  auto up = StartChild({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL",
                                  dir + "/tools/dsv2", "up", "--threads", "1", "--port", "0"});
   ASSERT_TRUE(up.ok()) << up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
