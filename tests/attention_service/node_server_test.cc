@@ -48,7 +48,9 @@ class NodeServerTest : public testing_util::ConformanceCheckpointTest {
     cache_ = *std::move(cache);
     loop_ = std::make_unique<LayerLoop>(*weights_, *cache_, *hooked_, ctx);
     SchedulerOptions so;
-    so.max_waiting = 2;
+    // ConcurrentRequestsEqualTheSameRequestsAlone's three requests may all
+    // reach the engine before its next step: all three must fit the queue.
+    so.max_waiting = 3;
     so.eos_token_ids = config_.eos_token_ids;
     scheduler_ = std::make_unique<Scheduler>(config_, *loop_, *cache_, so);
     engine_ = std::make_unique<AttentionEngine>(*scheduler_, *cache_);
