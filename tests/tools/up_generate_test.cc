@@ -18,10 +18,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "base/cli_flags.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster/cluster_harness.h"
-#include "base/cli_flags.h"
+#include "tests/common/wait_for.h"
 
 namespace dsv2::testing {
 namespace {
@@ -69,13 +70,8 @@ bool ProcessGone(pid_t pid) {
   return state == 'Z' || state == 'X';
 }
 
-bool WaitGone(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!ProcessGone(pid)) {
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
+::testing::AssertionResult WaitGone(pid_t pid, absl::Duration timeout) {
+  return testing_util::WaitFor([pid] { return ProcessGone(pid); }, timeout);
 }
 
 std::vector<pid_t> ChildPids(const std::map<std::string, std::string>& fields) {
@@ -353,14 +349,15 @@ TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {
   // The cluster serves again once the coordinator has moved the dead
   // shard's experts to the survivor (UNAVAILABLE meanwhile, "the expert
   // placement is incomplete"): `dsv2 up` did not stop it.
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
   absl::StatusOr<std::string> got;
-  do {
-    got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--prompt-ids", "1,2,3",
-                       "--temperature", "0", "--max-tokens", "4", "--timeout-s", "30"});
-    if (!got.ok()) absl::SleepFor(absl::Milliseconds(200));
-  } while (!got.ok() && absl::Now() < deadline);
-  EXPECT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(testing_util::WaitFor(
+      [&] {
+        got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--prompt-ids", "1,2,3",
+                           "--temperature", "0", "--max-tokens", "4", "--timeout-s", "30"});
+        return got.ok();
+      },
+      absl::Minutes(2)))
+      << got.status();
   absl::StatusOr<int> status = c->up->Stop(SIGTERM, absl::Seconds(120));
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_TRUE(WIFEXITED(*status)) << *status;
@@ -386,7 +383,7 @@ TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
                        dir + "/" + folder + "/" + binary);
   }
   auto up = StartChild({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL",
-                                 dir + "/tools/dsv2", "up", "--threads", "1", "--port", "0"});
+                        dir + "/tools/dsv2", "up", "--threads", "1", "--port", "0"});
   ASSERT_TRUE(up.ok()) << up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
   ASSERT_TRUE(line.ok()) << line.status();
