@@ -97,7 +97,9 @@ void AttentionEngine::Shutdown() {
 
 EngineStats AttentionEngine::stats() const {
   absl::MutexLock lock(&mu_);
-  return stats_;
+  EngineStats s = stats_;
+  s.pending_commands = static_cast<int64_t>(inbox_.size());
+  return s;
 }
 
 void AttentionEngine::Deliver(std::vector<SequenceEvent>& events) {

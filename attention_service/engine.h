@@ -44,6 +44,9 @@ struct EngineStats {
   int64_t cache_capacity_tokens = 0;
   int64_t cache_free_tokens = 0;
   bool draining = false;
+  // Submit/Cancel calls waiting for the engine thread to take them (it does
+  // between steps): lets a test see that a cancel has reached the engine.
+  int64_t pending_commands = 0;
 };
 
 class AttentionEngine {

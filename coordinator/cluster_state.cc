@@ -239,7 +239,11 @@ absl::StatusOr<std::optional<NodeAssignment>> ClusterState::WaitForNode(uint64_t
     return !queue_.empty() && queue_.front().id == ticket &&
            PickNode(queue_.front().need_tokens) != nullptr;
   };
-  mu_.AwaitWithTimeout(absl::Condition(&at_front_with_room), timeout);
+  if (!at_front_with_room() && timeout > absl::ZeroDuration()) {
+    ++blocked_waiters_;
+    mu_.AwaitWithTimeout(absl::Condition(&at_front_with_room), timeout);
+    --blocked_waiters_;
+  }
   // A request no live node could ever hold (the nodes that could have left)
   // must not block the queue behind it.
   int64_t largest = 0;
@@ -287,6 +291,11 @@ void ClusterState::Release(uint64_t node_id, int64_t need_tokens) {
     it->second.reserved_tokens = std::max<int64_t>(0, it->second.reserved_tokens - need_tokens);
     it->second.live_requests = std::max(0, it->second.live_requests - 1);
   }
+}
+
+int32_t ClusterState::blocked_waiters() const {
+  absl::MutexLock lock(&mu_);
+  return blocked_waiters_;
 }
 
 int32_t ClusterState::queued() const {

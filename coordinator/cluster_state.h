@@ -128,6 +128,9 @@ class ClusterState {
   void Abandon(uint64_t ticket);
   void Release(uint64_t node_id, int64_t need_tokens);
   int32_t queued() const;
+  // Calls of WaitForNode blocked now, waiting for their turn or for room
+  // (tests: a waiter is known to block before the change that wakes it).
+  int32_t blocked_waiters() const;
   int64_t max_queued() const { return options_.max_queued; }
 
  private:
@@ -151,6 +154,7 @@ class ClusterState {
   PublishedPlacement published_ ABSL_GUARDED_BY(mu_);
   bool complete_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<Ticket> queue_ ABSL_GUARDED_BY(mu_);
+  int32_t blocked_waiters_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<std::string> dead_attention_ ABSL_GUARDED_BY(mu_);  // addresses
   absl::flat_hash_set<int32_t> dead_shards_ ABSL_GUARDED_BY(mu_);         // shard ids
 };

@@ -6,6 +6,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <functional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -14,24 +15,21 @@
 #include "expert_service/data_plane_server.h"
 #include "gtest/gtest.h"
 #include "service/service_common.h"
+#include "tests/common/conformance_checkpoint.h"
+#include "tests/common/hooked_expert_backend.h"
+#include "tests/common/wait_for.h"
 #include "transport/in_process_data_plane.h"
 
 namespace dsv2 {
 namespace {
 
-class NodeServerTest : public ::testing::Test {
+using testing_util::WaitFor;
+
+class NodeServerTest : public testing_util::ConformanceCheckpointTest {
  protected:
   void SetUp() override {
-    const std::string dir = std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/v2_bf16";
-    auto c = LoadModelConfig(dir + "/config.json");
-    ASSERT_TRUE(c.ok());
-    config_ = *c;
-    auto ck = Checkpoint::OpenDir(dir);
-    ASSERT_TRUE(ck.ok());
-    ckpt_ = *std::move(ck);
-    auto w = NonExpertWeights::Load(config_, *ckpt_);
-    ASSERT_TRUE(w.ok());
-    weights_ = *std::move(w);
+    ConformanceCheckpointTest::SetUp();
+    if (HasFatalFailure()) return;
     const kernels::CpuContext ctx{kernels::BestCpuIsa(), nullptr};
     shard_ = std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx, 0);
     auto p = router::DefaultPlacement(router::GateParams::FromConfig(config_), 1, 1);
@@ -42,13 +40,17 @@ class NodeServerTest : public ::testing::Test {
         [this](std::span<const std::byte> m) { return shard_->HandleMessage(m); });
     client_ = transport::CreateInProcessClient();
     backend_ = std::make_unique<DataPlaneExpertBackend>(*client_, RemoteExpertsOptions{});
+    // The engine reaches the shard through the hook (holding it mid-step).
+    hooked_ = std::make_unique<testing_util::HookedExpertBackend>(*backend_);
     auto cache = LatentCache::Create(config_.num_hidden_layers, config_.latent_dim(),
                                      weights_->activation_dtype(), 8);
     ASSERT_TRUE(cache.ok());
     cache_ = *std::move(cache);
-    loop_ = std::make_unique<LayerLoop>(*weights_, *cache_, *backend_, ctx);
+    loop_ = std::make_unique<LayerLoop>(*weights_, *cache_, *hooked_, ctx);
     SchedulerOptions so;
-    so.max_waiting = 2;
+    // ConcurrentRequestsEqualTheSameRequestsAlone's three requests may all
+    // reach the engine before its next step: all three must fit the queue.
+    so.max_waiting = 3;
     so.eos_token_ids = config_.eos_token_ids;
     scheduler_ = std::make_unique<Scheduler>(config_, *loop_, *cache_, so);
     engine_ = std::make_unique<AttentionEngine>(*scheduler_, *cache_);
@@ -64,6 +66,7 @@ class NodeServerTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (hooked_) hooked_->Release();  // a failed test may have left it held
     if (server_) server_->Shutdown(std::chrono::system_clock::now());
     if (engine_) engine_->Shutdown();
   }
@@ -106,14 +109,35 @@ class NodeServerTest : public ::testing::Test {
     return s;
   }
 
-  ModelConfig config_;
-  std::unique_ptr<Checkpoint> ckpt_;
-  std::unique_ptr<NonExpertWeights> weights_;
+  // Parks the engine at the start of its second step (after the first
+  // step's events went out): a single sequence's step makes one dispatch per
+  // MoE layer.
+  void HoldFromSecondStep() { hooked_->HoldFrom(moe_layers()); }
+
+  // The node's status once `done` holds for it (the engine publishes its
+  // status after it delivered a step's events, so a client can see an event
+  // before the status that goes with it).
+  internal::NodeStatus StatusOnce(const std::function<bool(const internal::NodeStatus&)>& done) {
+    internal::NodeStatus s;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          s = Status();
+          return done(s);
+        },
+        absl::Minutes(2)))
+        << s.DebugString();
+    return s;
+  }
+  static bool AllFree(const internal::NodeStatus& s) {
+    return s.cache_free_tokens() == s.cache_capacity_tokens() && s.running() + s.waiting() == 0;
+  }
+
   router::Placement placement_;
   std::unique_ptr<ExpertDataPlaneServer> shard_;
   std::unique_ptr<transport::DataPlaneServer> plane_;
   std::unique_ptr<transport::DataPlaneClient> client_;
   std::unique_ptr<DataPlaneExpertBackend> backend_;
+  std::unique_ptr<testing_util::HookedExpertBackend> hooked_;
   std::unique_ptr<LatentCache> cache_;
   std::unique_ptr<LayerLoop> loop_;
   std::unique_ptr<Scheduler> scheduler_;
@@ -147,13 +171,15 @@ TEST_F(NodeServerTest, ConcurrentRequestsEqualTheSameRequestsAlone) {
     ASSERT_TRUE(together[i].status.ok()) << together[i].status.error_message();
     EXPECT_EQ(together[i].tokens, alone[i].tokens) << i;
   }
-  const internal::NodeStatus s = Status();
+  const internal::NodeStatus s =
+      StatusOnce([](const internal::NodeStatus& s) { return s.requests_total() == 6; });
   EXPECT_EQ(s.requests_total(), 6);
   EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
 }
 
 TEST_F(NodeServerTest, CancelledStreamFreesItsBlocksAtOnce) {
   SetPlacement();
+  HoldFromSecondStep();
   internal::SubmitRequest req;
   req.set_request_id(7);
   for (int i = 0; i < 100; ++i) req.add_prompt_ids(10 + i);
@@ -162,21 +188,27 @@ TEST_F(NodeServerTest, CancelledStreamFreesItsBlocksAtOnce) {
   grpc::ClientContext ctx;
   auto reader = stub_->Submit(&ctx, req);
   internal::SubmitResponse resp;
-  ASSERT_TRUE(reader->Read(&resp));  // generating: its blocks are held
-  EXPECT_LT(Status().cache_free_tokens(), Status().cache_capacity_tokens());
+  ASSERT_TRUE(reader->Read(&resp));  // the first token
+  // Held in its second step: the request runs and holds its blocks.
+  ASSERT_TRUE(hooked_->WaitUntilHeld(absl::Minutes(2)));
+  const internal::NodeStatus generating = Status();
+  EXPECT_EQ(generating.running(), 1);
+  EXPECT_LT(generating.cache_free_tokens(), generating.cache_capacity_tokens());
+  EXPECT_EQ(generating.steps_total(), 1);
   ctx.TryCancel();
   while (reader->Read(&resp)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  // The handler notices within one 50 ms poll; wait on the condition.
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  internal::NodeStatus s = Status();
-  while (s.cache_free_tokens() != s.cache_capacity_tokens() && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(10));
-    s = Status();
-  }
-  EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
-  EXPECT_EQ(s.running() + s.waiting(), 0);
+  // The handler notices the cancelled stream (within one 50 ms poll) and
+  // hands the cancel to the engine, which takes it after the held step.
+  ASSERT_TRUE(WaitFor([&] { return engine_->stats().pending_commands == 1; }, absl::Minutes(2)));
+  hooked_->Release();
+  const internal::NodeStatus s = StatusOnce(AllFree);
+  EXPECT_TRUE(AllFree(s)) << s.DebugString();
+  // At once: right after the step that was running, long before the
+  // request's 400 tokens; cancelled, never finished.
+  EXPECT_EQ(s.steps_total(), 2);
+  EXPECT_EQ(s.requests_total(), 0);
 }
 
 TEST_F(NodeServerTest, AdmissionErrorsKeepTheirCodes) {
@@ -269,27 +301,39 @@ TEST_F(NodeServerTest, PlacementErrors) {
 
 TEST_F(NodeServerTest, CancelRpcEndsTheSubmitStream) {
   SetPlacement();
+  HoldFromSecondStep();
   internal::SubmitRequest req;
   req.set_request_id(9);
   req.add_prompt_ids(4);
   req.set_max_tokens(400);
   req.set_ignore_eos(true);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(5));
   auto reader = stub_->Submit(&ctx, req);
   internal::SubmitResponse resp;
   ASSERT_TRUE(reader->Read(&resp));
-  grpc::ClientContext cctx;
-  internal::CancelRequest creq;
-  creq.set_request_id(9);
+  // Still running (held in its second step) when the Cancel RPC arrives.
+  ASSERT_TRUE(hooked_->WaitUntilHeld(absl::Minutes(2)));
   internal::CancelResponse cresp;
-  ASSERT_TRUE(stub_->Cancel(&cctx, creq, &cresp).ok());
+  grpc::Status cancel_status;
+  std::thread cancel([&] {
+    grpc::ClientContext cctx;
+    internal::CancelRequest creq;
+    creq.set_request_id(9);
+    cancel_status = stub_->Cancel(&cctx, creq, &cresp);
+  });
+  EXPECT_TRUE(WaitFor([&] { return engine_->stats().pending_commands == 1; }, absl::Minutes(2)));
+  hooked_->Release();
+  cancel.join();
+  ASSERT_TRUE(cancel_status.ok()) << cancel_status.error_message();
   EXPECT_TRUE(cresp.found());
   while (reader->Read(&resp)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  const internal::NodeStatus s = Status();
-  EXPECT_EQ(s.cache_free_tokens(), s.cache_capacity_tokens());
+  const internal::NodeStatus s = StatusOnce(AllFree);
+  EXPECT_TRUE(AllFree(s)) << s.DebugString();
+  EXPECT_EQ(s.steps_total(), 2);
+  EXPECT_EQ(s.requests_total(), 0);
 }
 
 TEST_F(NodeServerTest, ShardIdsMustBeBounded) {
@@ -339,15 +383,19 @@ TEST_F(NodeServerTest, SparseShardIdsAreAccepted) {
 
 TEST_F(NodeServerTest, DrainWaitsForARequestThatJustArrived) {
   SetPlacement();
+  HoldFromSecondStep();
   Output out;
   std::thread client([&] { out = Generate({7, 8, 9}, 150); });
-  // Wait until the request is admitted, then drain at once.
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (Status().running() + Status().waiting() == 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  EXPECT_TRUE(engine_->Drain(absl::Seconds(30)));
+  // Admitted and held mid-generation: the drain starts while it runs.
+  EXPECT_TRUE(hooked_->WaitUntilHeld(absl::Minutes(2)));
+  EXPECT_EQ(Status().running(), 1);
+  bool drained = false;
+  std::thread drain([&] { drained = engine_->Drain(absl::Minutes(5)); });
+  EXPECT_TRUE(WaitFor([&] { return Status().draining(); }, absl::Minutes(2)));
+  hooked_->Release();
+  drain.join();
   client.join();
+  EXPECT_TRUE(drained);
   ASSERT_TRUE(out.status.ok()) << out.status.error_message();
   EXPECT_EQ(out.tokens.size(), 150u);
 }

@@ -5,14 +5,12 @@
 #include <filesystem>
 #include <functional>
 #include <map>
-#include <numeric>
 #include <optional>
 #include <string>
 
-#include "expert_service/expert_compute.h"
 #include "gtest/gtest.h"
-#include "model/safetensors.h"
-#include "model/weights.h"
+#include "tests/common/hooked_expert_backend.h"
+#include "tools/dsv2/local_engine.h"
 #include "tools/dsv2/random_model.h"
 
 namespace dsv2 {
@@ -34,82 +32,48 @@ std::string MakeModel(DType dtype) {
   return dir;
 }
 
-// The single-process composition of LocalEngine, with a hook in front of the
-// expert shard (fault injection) and a cache of chosen size.
+// LocalEngine (the single-process composition) with a cache of chosen size,
+// a HookedExpertBackend in front of its experts (fault injection) and the
+// layer loop's default options (ping-pong on, as on an attention node).
 class Engine {
  public:
   static std::unique_ptr<Engine> Open(DType dtype, int64_t cache_tokens) {
     auto e = std::unique_ptr<Engine>(new Engine());
-    const std::string dir = MakeModel(dtype);
-    auto cfg = LoadModelConfig(dir + "/config.json");
-    EXPECT_TRUE(cfg.ok()) << cfg.status();
-    if (!cfg.ok()) return nullptr;
-    e->config_ = *cfg;
-    auto ck = Checkpoint::OpenDir(dir);
-    EXPECT_TRUE(ck.ok()) << ck.status();
-    if (!ck.ok()) return nullptr;
-    e->checkpoint_ = std::move(*ck);
-    auto isa = kernels::ResolveCpuIsa("");
-    EXPECT_TRUE(isa.ok()) << isa.status();
-    if (!isa.ok()) return nullptr;
-    e->pool_ = std::make_unique<kernels::ThreadPool>(1);
-    e->ctx_.isa = *isa;
-    e->ctx_.pool = e->pool_.get();
-    auto w = NonExpertWeights::Load(e->config_, *e->checkpoint_);
-    EXPECT_TRUE(w.ok()) << w.status();
-    if (!w.ok()) return nullptr;
-    e->weights_ = std::move(*w);
-    std::vector<int32_t> all(e->config_.n_routed_experts);
-    std::iota(all.begin(), all.end(), 0);
-    auto experts = ExpertWeightSet::Load(e->config_, *e->checkpoint_,
-                                         ExpertWeightSet::AllLayers(e->config_, all));
-    EXPECT_TRUE(experts.ok()) << experts.status();
-    if (!experts.ok()) return nullptr;
-    e->shard_ = std::make_unique<ExpertCompute>(e->config_, std::move(*experts), e->ctx_);
+    LocalEngineOptions o;
+    o.model_dir = MakeModel(dtype);
+    o.threads = 1;
+    o.cache_tokens = cache_tokens;
+    o.loop_options = LayerLoopOptions{};
     Engine* raw = e.get();
-    e->backend_ = std::make_unique<InProcessExpertBackend>(
-        [raw](const router::ExpertDispatch& d) -> absl::StatusOr<router::ExpertReply> {
-          const int64_t call = raw->dispatches_++;
-          if (raw->fail_call_ && *raw->fail_call_ == call) {
-            return absl::UnavailableError("injected: expert shard unreachable");
-          }
-          return raw->shard_->Handle(d);
-        });
-    auto cache = LatentCache::Create(e->config_.num_hidden_layers, e->config_.latent_dim(),
-                                     e->weights_->activation_dtype(),
-                                     LatentCache::BlocksForTokens(cache_tokens));
-    EXPECT_TRUE(cache.ok()) << cache.status();
-    if (!cache.ok()) return nullptr;
-    e->cache_ = std::move(*cache);
-    e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_);
+    o.wrap_backend = [raw](ExpertBackend& inner) {
+      auto hooked = std::make_unique<testing_util::HookedExpertBackend>(inner);
+      raw->hooked_ = hooked.get();
+      return hooked;
+    };
+    absl::StatusOr<std::unique_ptr<LocalEngine>> local = LocalEngine::Open(o);
+    EXPECT_TRUE(local.ok()) << local.status();
+    if (!local.ok()) return nullptr;
+    e->local_ = *std::move(local);
     return e;
   }
 
-  const ModelConfig& config() const { return config_; }
-  LatentCache& cache() { return *cache_; }
-  LayerLoop& loop() { return *loop_; }
+  const ModelConfig& config() const { return local_->config(); }
+  LatentCache& cache() { return local_->cache(); }
+  LayerLoop& loop() { return local_->loop(); }
   // A fresh LayerLoop over the same weights, cache and experts.
   std::unique_ptr<LayerLoop> NewLoop() {
-    return std::make_unique<LayerLoop>(*weights_, *cache_, *backend_, ctx_);
+    return std::make_unique<LayerLoop>(local_->weights(), local_->cache(), local_->backend(),
+                                       local_->context());
   }
-  int64_t dispatches() const { return dispatches_; }
+  int64_t dispatches() const { return hooked_->dispatches(); }
   // Makes the expert call with this 0-based index fail with UNAVAILABLE.
-  void FailDispatch(int64_t call) { fail_call_ = call; }
+  void FailDispatch(int64_t call) { hooked_->FailDispatch(call); }
 
  private:
   Engine() = default;
 
-  ModelConfig config_;
-  std::unique_ptr<Checkpoint> checkpoint_;
-  std::unique_ptr<kernels::ThreadPool> pool_;
-  kernels::CpuContext ctx_;
-  std::unique_ptr<NonExpertWeights> weights_;
-  std::unique_ptr<ExpertCompute> shard_;
-  std::unique_ptr<InProcessExpertBackend> backend_;
-  std::unique_ptr<LatentCache> cache_;
-  std::unique_ptr<LayerLoop> loop_;
-  int64_t dispatches_ = 0;
-  std::optional<int64_t> fail_call_;
+  std::unique_ptr<LocalEngine> local_;
+  testing_util::HookedExpertBackend* hooked_ = nullptr;  // owned by local_
 };
 
 struct Result {

@@ -15,12 +15,9 @@
 
 #include "gtest/gtest.h"
 #include "model/safetensors.h"
+#include "tests/common/conformance_checkpoint.h"
 
 namespace dsv2::testing_util {
-
-inline std::string FixtureDir(const std::string& variant) {
-  return std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/" + variant;
-}
 
 inline std::string RewriteCheckpoint(const std::string& variant, const std::string& name,
                                      const std::function<void(std::vector<TensorToWrite>&)>& edit) {

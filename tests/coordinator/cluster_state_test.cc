@@ -3,9 +3,12 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/common/wait_for.h"
 
 namespace dsv2::coordinator {
 namespace {
+
+using testing_util::WaitFor;
 
 const absl::Time kT0 = absl::FromUnixSeconds(1000);
 
@@ -84,11 +87,14 @@ TEST(ClusterState, QueueIsFifoBoundedAndWaitsForRoom) {
   // FIFO: t2 would fit but waits behind t1.
   EXPECT_FALSE(s.WaitForNode(*t2, absl::Milliseconds(10))->has_value());
   EXPECT_FALSE(s.WaitForNode(*t1, absl::Milliseconds(10))->has_value());
-  // Releasing wakes a waiter blocked in another thread.
+  // Releasing wakes a waiter blocked in another thread: it is seen blocked
+  // first, and it wakes long before its own timeout.
+  EXPECT_EQ(s.blocked_waiters(), 0);
   std::optional<NodeAssignment> got;
-  std::thread waiter([&] { got = *s.WaitForNode(*t1, absl::Seconds(10)); });
-  absl::SleepFor(absl::Milliseconds(20));
+  std::thread waiter([&] { got = *s.WaitForNode(*t1, absl::Minutes(5)); });
+  EXPECT_TRUE(WaitFor([&] { return s.blocked_waiters() == 1; }, absl::Minutes(1)));
   s.Release(first.node_id, 200);
+  EXPECT_TRUE(WaitFor([&] { return s.blocked_waiters() == 0; }, absl::Minutes(1)));
   waiter.join();
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->node_id, ids[0]);

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "gtest/gtest.h"
+#include "tests/common/conformance_checkpoint.h"
 #include "transport/wire.h"
 
 namespace dsv2 {
@@ -13,16 +14,14 @@ namespace {
 
 using transport::WireStatus;
 
-class ExpertDataPlaneServerTest : public ::testing::Test {
+class ExpertDataPlaneServerTest : public testing_util::ConformanceCheckpointTest {
  protected:
+  // The experts only: no non-expert weights.
+  ExpertDataPlaneServerTest() : ConformanceCheckpointTest("v2_f32", /*load_weights=*/false) {}
+
   void SetUp() override {
-    const std::string dir = std::string(DSV2_SOURCE_DIR) + "/tests/data/conformance/v2_f32";
-    auto c = LoadModelConfig(dir + "/config.json");
-    ASSERT_TRUE(c.ok());
-    config_ = *c;
-    auto ck = Checkpoint::OpenDir(dir);
-    ASSERT_TRUE(ck.ok());
-    ckpt_ = *std::move(ck);
+    ConformanceCheckpointTest::SetUp();
+    if (HasFatalFailure()) return;
     server_ = std::make_unique<ExpertDataPlaneServer>(
         config_, *ckpt_, kernels::CpuContext{kernels::BestCpuIsa(), nullptr}, 1);
     auto p = router::DefaultPlacement(router::GateParams::FromConfig(config_), 4, 3);
@@ -57,8 +56,6 @@ class ExpertDataPlaneServerTest : public ::testing::Test {
     return static_cast<WireStatus>(r->header.status);
   }
 
-  ModelConfig config_;
-  std::unique_ptr<Checkpoint> ckpt_;
   std::unique_ptr<ExpertDataPlaneServer> server_;
   router::Placement placement_;
 };

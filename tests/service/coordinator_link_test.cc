@@ -13,6 +13,7 @@
 #include "coordinator.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "service/service_common.h"
+#include "tests/common/wait_for.h"
 
 namespace dsv2::service {
 namespace {
@@ -101,17 +102,6 @@ CoordinatorLinkOptions Options(int port) {
   return o;
 }
 
-// Polls `cond` for up to 5 s.
-template <typename F>
-bool Eventually(F cond) {
-  const absl::Time end = absl::Now() + absl::Seconds(5);
-  while (absl::Now() < end) {
-    if (cond()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return false;
-}
-
 TEST(CoordinatorLink, RegistersHeartbeatsAndLeaves) {
   FakeCoordinator fake;
   Server server(&fake);
@@ -188,7 +178,7 @@ TEST(CoordinatorLink, RegistersAgainWhenForgotten) {
     absl::MutexLock lock(&fake.mu);
     fake.forget = 1;
   }
-  ASSERT_TRUE(Eventually([&] { return link.registrations() == 2; }));
+  ASSERT_TRUE(testing_util::WaitFor([&] { return link.registrations() == 2; }, absl::Seconds(30)));
   ASSERT_TRUE(fake.WaitFor(
       [&] { return !fake.heartbeats.empty() && fake.heartbeats.back().node_id() == 2; }));
   link.Stop();

@@ -18,10 +18,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "base/cli_flags.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster/cluster_harness.h"
-#include "base/cli_flags.h"
+#include "tests/common/wait_for.h"
 
 namespace dsv2::testing {
 namespace {
@@ -45,7 +46,7 @@ struct Result {
 Result RunCapture(const std::vector<std::string>& argv) {
   std::vector<std::string> quoted;
   for (const std::string& a : argv) quoted.push_back(ShellQuote(a));
-  auto child = ChildProcess::Start(
+  auto child = StartChild(
       {"/bin/sh", "-c", absl::StrCat("exec ", absl::StrJoin(quoted, " "), " 2>&1 </dev/null")});
   Result r;
   if (!child.ok()) return r;
@@ -71,13 +72,8 @@ bool ProcessGone(pid_t pid) {
   return state == 'Z' || state == 'X';
 }
 
-bool WaitGone(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!ProcessGone(pid)) {
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
+::testing::AssertionResult WaitGone(pid_t pid, absl::Duration timeout) {
+  return testing_util::WaitFor([pid] { return ProcessGone(pid); }, timeout);
 }
 
 std::vector<pid_t> ChildPids(const std::map<std::string, std::string>& fields) {
@@ -228,7 +224,7 @@ absl::StatusOr<Cluster> StartCluster(const std::string& model, const std::string
       Dsv2(),   "up", "--model",      model,      "--expert-shards", "2",
       "--port", "0",  "--ready-file", ready_file, "--threads",       "1"};
   argv.insert(argv.end(), extra.begin(), extra.end());
-  auto up = ChildProcess::Start(argv);
+  auto up = StartChild(argv);
   if (!up.ok()) return up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
   if (!line.ok()) return line.status();
@@ -355,14 +351,15 @@ TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {
   // The cluster serves again once the coordinator has moved the dead
   // shard's experts to the survivor (UNAVAILABLE meanwhile, "the expert
   // placement is incomplete"): `dsv2 up` did not stop it.
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
   absl::StatusOr<std::string> got;
-  do {
-    got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--prompt-ids", "1,2,3",
-                       "--temperature", "0", "--max-tokens", "4", "--timeout-s", "30"});
-    if (!got.ok()) absl::SleepFor(absl::Milliseconds(200));
-  } while (!got.ok() && absl::Now() < deadline);
-  EXPECT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(testing_util::WaitFor(
+      [&] {
+        got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--prompt-ids", "1,2,3",
+                           "--temperature", "0", "--max-tokens", "4", "--timeout-s", "30"});
+        return got.ok();
+      },
+      absl::Minutes(2)))
+      << got.status();
   absl::StatusOr<int> status = c->up->Stop(SIGTERM, absl::Seconds(120));
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_TRUE(WIFEXITED(*status)) << *status;
@@ -391,9 +388,9 @@ TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
     fs::create_symlink(fs::absolute(BinDir() + "/" + folder + "/" + binary),
                        dir + "/" + folder + "/" + binary);
   }
-  auto up = ChildProcess::Start({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL",
-                                 "-u", "DSV2_DATA_DIR", dir + "/tools/dsv2", "up", "--threads", "1",
-                                 "--port", "0"});
+  auto up = StartChild({"/usr/bin/env", "-u", "DSV2_DEFAULT_MODEL", "-u", "DSV2_MODEL", "-u",
+                        "DSV2_DATA_DIR", dir + "/tools/dsv2", "up", "--threads", "1", "--port",
+                        "0"});
   ASSERT_TRUE(up.ok()) << up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
   ASSERT_TRUE(line.ok()) << line.status();

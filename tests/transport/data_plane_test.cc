@@ -3,11 +3,8 @@
 // vs rendezvous, a peer process killed mid-request).
 #include "transport/data_plane.h"
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <random>
 #include <string>
@@ -23,10 +21,14 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "tests/common/wait_for.h"
+#include "tools/process/child_process.h"
 #include "transport/in_process_data_plane.h"
 #include "transport/ucx_data_plane.h"
 
@@ -90,15 +92,10 @@ class TestHandler {
   int blocked_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Polls the server's stats until `done` holds (true) or 10 s pass (false).
-bool AwaitStat(const DataPlaneServer& server,
-               const std::function<bool(const DataPlaneServerStats&)>& done) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (!done(server.stats())) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(1));
-  }
-  return true;
+// Polls the server's stats until `done` holds.
+::testing::AssertionResult AwaitStat(const DataPlaneServer& server,
+                                     const std::function<bool(const DataPlaneServerStats&)>& done) {
+  return testing_util::WaitFor([&] { return done(server.stats()); }, absl::Seconds(30));
 }
 
 struct Backend {
@@ -464,96 +461,50 @@ TEST_P(UcxTest, RejectedConfigValueIsInvalidArgument) {
 }
 
 // Cross-process: the server runs in a child process (this test binary
-// re-executed as UcxChildServer.Serve), which is killed with SIGKILL while a
-// request is in its handler. The parent's Wait must fail with Unavailable
-// through UCX's peer-failure path, well before the Wait deadline.
-constexpr char kChildFdEnv[] = "DSV2_UCX_CHILD_FD";
+// re-executed as UcxChildServer.Serve, started by the project's launcher),
+// which is killed with SIGKILL while a request is in its handler. The
+// parent's Wait must fail with Unavailable through UCX's peer-failure path,
+// well before the Wait deadline.
 constexpr char kChildTransportsEnv[] = "DSV2_UCX_CHILD_TRANSPORTS";
+// The child's stdout line with its UCX address (hex), among gtest's lines.
+constexpr char kChildAddressPrefix[] = "dsv2-ucx-child-address=";
 
 TEST(UcxChildServer, Serve) {
-  const char* fd_env = std::getenv(kChildFdEnv);
   const char* transports = std::getenv(kChildTransportsEnv);
-  if (fd_env == nullptr || transports == nullptr) {
+  if (transports == nullptr) {
     GTEST_SKIP() << "helper for UcxTest.KilledServerProcess*; runs only in its child process";
   }
-  const int fd = std::atoi(fd_env);
   TestHandler h;  // never released: "block" requests stay in the handler
   absl::StatusOr<std::unique_ptr<DataPlaneServer>> server =
       CreateUcxServer(TestUcxOptions(transports), h.handler());
   ASSERT_TRUE(server.ok()) << server.status();
-  const std::string address = (*server)->address();
-  const uint32_t size = static_cast<uint32_t>(address.size());
-  ASSERT_EQ(write(fd, &size, sizeof(size)), static_cast<ssize_t>(sizeof(size)));
-  ASSERT_EQ(write(fd, address.data(), size), static_cast<ssize_t>(size));
-  close(fd);
+  std::cout << kChildAddressPrefix << absl::BytesToHexString((*server)->address()) << std::endl;
   for (;;) pause();  // until the parent's SIGKILL
 }
 
-bool ReadFully(int fd, void* data, size_t size, absl::Time deadline) {
-  auto* p = static_cast<char*>(data);
-  while (size > 0) {
-    pollfd pfd{fd, POLLIN, 0};
-    const int timeout_ms =
-        static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
-    if (poll(&pfd, 1, timeout_ms) <= 0) return false;
-    const ssize_t n = read(fd, p, size);
-    if (n <= 0) return false;
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
 TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
-  int pipe_fds[2];
-  ASSERT_EQ(pipe(pipe_fds), 0);
-  // Everything the child needs is prepared before fork (only exec after it).
-  const std::string fd_env = absl::StrCat(kChildFdEnv, "=", pipe_fds[1]);
-  const std::string transports_env = absl::StrCat(kChildTransportsEnv, "=", GetParam());
-  std::vector<std::string> env_strings = {fd_env, transports_env};
+  process::ChildOptions o;
+  o.argv = {"/proc/self/exe", "--gtest_filter=UcxChildServer.Serve"};
+  // Not the parent's sharding or output settings: the child runs exactly
+  // the helper test.
+  o.inherit_environment = false;
   for (char** e = environ; *e != nullptr; ++e) {
-    // Not the parent's sharding or output settings: the child runs exactly
-    // the helper test.
-    if (std::strncmp(*e, "GTEST_", 6) != 0) env_strings.emplace_back(*e);
+    if (std::strncmp(*e, "GTEST_", 6) != 0) o.env.emplace_back(*e);
   }
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string exe = "/proc/self/exe";
-  std::string filter = "--gtest_filter=UcxChildServer.Serve";
-  std::vector<char*> argv = {exe.data(), filter.data(), nullptr};
-  const pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    // Dies with the test process, whatever happens to the test.
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    close(pipe_fds[0]);
-    const int devnull = open("/dev/null", O_WRONLY);
-    if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
-    execve(exe.c_str(), argv.data(), envp.data());
-    _exit(127);
-  }
-  close(pipe_fds[1]);
-  // Kills and reaps the child on every way out of this test.
-  struct ChildGuard {
-    pid_t pid;
-    ~ChildGuard() {
-      if (pid > 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-      }
-    }
-  } guard{child};
-  uint32_t size = 0;
+  o.env.push_back(absl::StrCat(kChildTransportsEnv, "=", GetParam()));
+  // Dies with the test process, whatever happens to the test; the
+  // destructor kills and reaps it on every way out of this test.
+  absl::StatusOr<std::unique_ptr<process::ChildProcess>> child = process::ChildProcess::Start(o);
+  ASSERT_TRUE(child.ok()) << child.status();
   std::string address;
-  const absl::Time read_deadline = absl::Now() + absl::Seconds(10);
-  bool got = ReadFully(pipe_fds[0], &size, sizeof(size), read_deadline);
-  if (got) {
-    address.resize(size);
-    got = ReadFully(pipe_fds[0], address.data(), size, read_deadline);
+  const absl::Time read_deadline = absl::Now() + absl::Seconds(30);
+  while (address.empty()) {
+    absl::StatusOr<std::string> line = (*child)->ReadLine(read_deadline);
+    ASSERT_TRUE(line.ok()) << "the child server did not report its address: " << line.status();
+    if (absl::StartsWith(*line, kChildAddressPrefix)) {
+      address = absl::HexStringToBytes(line->substr(std::strlen(kChildAddressPrefix)));
+    }
   }
-  close(pipe_fds[0]);
-  ASSERT_TRUE(got) << "the child server did not report its address";
 
   absl::StatusOr<std::unique_ptr<DataPlaneClient>> client =
       CreateUcxClient(TestUcxOptions(GetParam()));
@@ -573,9 +524,9 @@ TEST_P(UcxTest, KilledServerProcessFailsOutstandingWaitWithUnavailable) {
   ASSERT_TRUE(blocked.ok());
   // Wherever the request is when the child dies (in flight, queued or in the
   // handler), the Wait must fail.
-  ASSERT_EQ(kill(child, SIGKILL), 0);
-  ASSERT_EQ(waitpid(child, nullptr, 0), child);
-  guard.pid = 0;
+  const int killed = (*child)->Kill();
+  ASSERT_TRUE(WIFSIGNALED(killed) && WTERMSIG(killed) == SIGKILL)
+      << process::DescribeExitStatus(killed);
 
   const absl::Time deadline = absl::Now() + absl::Seconds(15);
   absl::StatusOr<std::vector<std::byte>> reply = (*client)->Wait(*blocked, deadline);

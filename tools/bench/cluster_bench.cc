@@ -19,13 +19,6 @@
 //      --pingpong-min-rows.
 // Every cluster run also reports whether its tokens equal the
 // single-process tokens (they should, bit for bit).
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -44,6 +37,7 @@
 #include "attention_service/scheduler.h"
 #include "base/cli_flags.h"
 #include "tools/dsv2/local_engine.h"
+#include "tools/process/child_process.h"
 #include "service/service_common.h"
 #include "transport/ucx_data_plane.h"
 
@@ -61,45 +55,20 @@ double Since(Clock::time_point t) {
 }
 
 // A child process with its stdout on a pipe; dies with us.
-struct Child {
-  pid_t pid = -1;
-  int out = -1;
-  std::string ReadLine(int timeout_ms) {
-    std::string line;
-    while (true) {
-      pollfd p{out, POLLIN, 0};
-      if (poll(&p, 1, timeout_ms) <= 0) Die("child process did not print its ready line");
-      char c;
-      if (read(out, &c, 1) != 1) Die("child process exited before its ready line");
-      if (c == '\n') return line;
-      line.push_back(c);
-    }
-  }
-  void Stop() {
-    if (pid <= 0) return;
-    kill(pid, SIGTERM);
-    waitpid(pid, nullptr, 0);
-    close(out);
-    pid = -1;
-  }
-};
+std::unique_ptr<process::ChildProcess> Spawn(const std::vector<std::string>& argv) {
+  process::ChildOptions o;
+  o.argv = argv;
+  auto child = process::ChildProcess::Start(o);
+  if (!child.ok()) Die(child.status().ToString());
+  return *std::move(child);
+}
 
-Child Spawn(const std::vector<std::string>& argv) {
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) Die("pipe");
-  const pid_t pid = fork();
-  if (pid < 0) Die("fork");
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(fds[1], STDOUT_FILENO);
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(127);
+std::string ReadyLine(process::ChildProcess& child, absl::Duration timeout) {
+  absl::StatusOr<std::string> line = child.ReadLine(timeout);
+  if (!line.ok()) {
+    Die(absl::StrCat("no ready line from pid ", child.pid(), ": ", line.status().ToString()));
   }
-  close(fds[1]);
-  return Child{pid, fds[0]};
+  return *line;
 }
 
 std::map<std::string, std::string> Fields(const std::string& line) {
@@ -311,7 +280,7 @@ int Main(int argc, char** argv) {
   }
 
   // --- cluster: shard processes + this process as the attention side
-  std::vector<Child> children;
+  std::vector<std::unique_ptr<process::ChildProcess>> children;
   std::vector<std::string> addresses;
   for (int s = 0; s < shards; ++s) {
     children.push_back(Spawn({bin_dir + "/expert_service/dsv2-expert", "--model", model,
@@ -319,16 +288,16 @@ int Main(int argc, char** argv) {
                               "--threads", "1", "--ucx-transports", transports}));
   }
   int64_t shard_rss = 0;
-  for (Child& c : children) {
-    auto f = Fields(c.ReadLine(600000));
+  for (auto& c : children) {
+    auto f = Fields(ReadyLine(*c, absl::Seconds(600)));
     auto addr = service::HexDecode(f["ucx_address"]);
     if (!addr.ok()) Die("bad ready line");
     addresses.push_back(*addr);
     int64_t rss = 0;
     if (absl::SimpleAtoi(f["resident_bytes"], &rss)) shard_rss = std::max(shard_rss, rss);
   }
-  Child echo = Spawn({self, "--echo-server", "--ucx-transports", transports});
-  auto echo_addr = service::HexDecode(Fields(echo.ReadLine(60000))["ucx_address"]);
+  auto echo = Spawn({self, "--echo-server", "--ucx-transports", transports});
+  auto echo_addr = service::HexDecode(Fields(ReadyLine(*echo, absl::Seconds(60)))["ucx_address"]);
   if (!echo_addr.ok()) Die("bad echo ready line");
 
   transport::UcxOptions uo;
@@ -437,8 +406,8 @@ int Main(int argc, char** argv) {
               seam_per_step[0] * 1e3, seam_per_step[1] * 1e3,
               100.0 * (1.0 - seam_per_step[1] / seam_per_step[0]));
 
-  for (Child& c : children) c.Stop();
-  echo.Stop();
+  for (auto& c : children) c->Stop(SIGTERM, absl::InfiniteDuration()).IgnoreError();
+  echo->Stop(SIGTERM, absl::InfiniteDuration()).IgnoreError();
   return 0;
 }
 

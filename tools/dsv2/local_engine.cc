@@ -45,13 +45,16 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
   ExpertCompute* shard = e->shard_.get();
   e->backend_ = std::make_unique<InProcessExpertBackend>(
       [shard](const router::ExpertDispatch& d) { return shard->Handle(d); });
+  if (o.wrap_backend) {
+    e->wrapper_ = o.wrap_backend(*e->backend_);
+    if (e->wrapper_ == nullptr) return absl::InvalidArgumentError("wrap_backend returned null");
+  }
   DSV2_ASSIGN_OR_RETURN(
       e->cache_, LatentCache::Create(e->config_.num_hidden_layers, e->config_.latent_dim(),
                                      e->weights_->activation_dtype(),
                                      std::max<int64_t>(1, LatentCache::BlocksForTokens(o.cache_tokens))));
-  // In-process experts compute inside Send: nothing for ping-pong to hide.
-  e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, *e->backend_, e->ctx_,
-                                         LayerLoopOptions{.min_rows_for_micro_batches = 0});
+  e->loop_ = std::make_unique<LayerLoop>(*e->weights_, *e->cache_, e->backend(), e->ctx_,
+                                         o.loop_options);
   return e;
 }
 

@@ -7,6 +7,7 @@
 #ifndef DSV2_TOOLS_DSV2_LOCAL_ENGINE_H_
 #define DSV2_TOOLS_DSV2_LOCAL_ENGINE_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,15 @@ struct LocalEngineOptions {
   // The model's config.json when the caller has already parsed it (it is
   // then not read again); nullopt = read it from model_dir.
   std::optional<ModelConfig> config;
+  // The layer loop's options. Ping-pong is off by default: in-process
+  // experts compute inside Send, so there is nothing for it to hide.
+  LayerLoopOptions loop_options{.min_rows_for_micro_batches = 0};
+  // A hook in front of the experts (tests: fault injection, holding the
+  // engine mid-step). Called once by Open with the in-process backend; the
+  // layer loop then uses the returned backend, which may forward to
+  // `inner` (the engine owns both; `inner` outlives the wrapper). Empty =
+  // the in-process backend itself.
+  std::function<std::unique_ptr<ExpertBackend>(ExpertBackend& inner)> wrap_backend;
 };
 
 class LocalEngine {
@@ -45,7 +55,11 @@ class LocalEngine {
   const NonExpertWeights& weights() const { return *weights_; }
   LatentCache& cache() { return *cache_; }
   LayerLoop& loop() { return *loop_; }
+  // The backend loop() dispatches to (the wrapper when wrap_backend is set).
+  ExpertBackend& backend() { return wrapper_ ? *wrapper_ : *backend_; }
   kernels::CpuIsa isa() const { return ctx_.isa; }
+  // The CPU context the loop runs on (ISA and the engine's thread pool).
+  const kernels::CpuContext& context() const { return ctx_; }
 
  private:
   LocalEngine() = default;
@@ -57,6 +71,7 @@ class LocalEngine {
   std::unique_ptr<NonExpertWeights> weights_;
   std::unique_ptr<ExpertCompute> shard_;
   std::unique_ptr<InProcessExpertBackend> backend_;
+  std::unique_ptr<ExpertBackend> wrapper_;  // from wrap_backend; null without
   std::unique_ptr<LatentCache> cache_;
   std::unique_ptr<LayerLoop> loop_;
 };

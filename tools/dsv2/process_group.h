@@ -1,7 +1,8 @@
-// ProcessGroup: the child processes of `dsv2 up` (fork/exec, one stdout
-// pipe each for the ready line) and the parent's signals, multiplexed in one
-// poll loop on a signalfd (SIGINT, SIGTERM, SIGCHLD) and the children's
-// pipes. No thread is started and no signal handler runs.
+// ProcessGroup: the child processes of `dsv2 up` (started by the project's
+// launcher, tools/process/child_process.h: one stdout pipe each for the
+// ready line, a process group of their own) and the parent's signals,
+// multiplexed in one poll loop on a signalfd (SIGINT, SIGTERM, SIGCHLD) and
+// the children's pipes. No thread is started and no signal handler runs.
 //
 // Thread-safety: one thread only. Construct it before any other thread of
 // the process exists (it blocks SIGINT, SIGTERM and SIGCHLD in the calling
@@ -20,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "tools/process/child_process.h"
 
 namespace dsv2 {
 
@@ -43,14 +45,11 @@ struct Child {
   // Set once the child has exited and been reaped: the waitpid status.
   std::optional<int> exit_status;
 
-  // Private to ProcessGroup: the read end of the stdout pipe (-1 once
-  // closed) and the bytes of a line not yet complete.
-  int out_fd = -1;
-  std::string buffer;
+  // Private to ProcessGroup: the launched process (stdout pipe, reaping).
+  std::unique_ptr<process::ChildProcess> process;
 };
 
-// "exited with status 3", "killed by signal 9 (Killed)".
-std::string DescribeExitStatus(int wait_status);
+using process::DescribeExitStatus;
 
 class ProcessGroup {
  public:
@@ -60,8 +59,10 @@ class ProcessGroup {
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
 
-  // Forks and execs `spec`. The child unblocks the signals, sets
-  // PR_SET_PDEATHSIG and writes stdout into a pipe the group reads.
+  // Starts `spec` in a process group of its own, stdin from /dev/null,
+  // stdout into a pipe the group reads; the child unblocks the signals and
+  // dies with the parent (PR_SET_PDEATHSIG). An executable that cannot be
+  // run is an error here ("cannot execute <path>: <reason>").
   absl::StatusOr<Child*> Start(const ChildSpec& spec);
 
   // What Poll saw.
