@@ -18,7 +18,6 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
-#include "base/cli_flags.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/cluster/cluster_harness.h"
@@ -101,18 +100,6 @@ std::string MakeModel(const std::string& dir);
 
 // --- no cluster needed ----------------------------------------------------
 
-TEST(CliFlagsTest, RepeatedFlagKeepsEveryValueInOrder) {
-  const std::vector<cli::FlagSpec> specs = {{"stop", false, "", true}, {"x", false, ""}};
-  std::vector<std::string> args = {"dsv2", "generate", "--stop", "a", "--x", "1", "--stop=b c"};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  auto flags = cli::ParseFlags(static_cast<int>(argv.size()), argv.data(), 2, specs);
-  ASSERT_TRUE(flags.ok()) << flags.status();
-  EXPECT_EQ(flags->GetAll("stop"), (std::vector<std::string>{"a", "b c"}));
-  EXPECT_EQ(flags->GetAll("x"), (std::vector<std::string>{"1"}));
-  EXPECT_TRUE(flags->GetAll("missing").empty());
-}
-
 TEST(UpCommandTest, UsageErrorsExitTwo) {
   EXPECT_EQ(RunCapture({Dsv2(), "up", "--no-such-flag"}).exit_code, 2);
   EXPECT_EQ(RunCapture({Dsv2(), "up", "--expert-shards", "0"}).exit_code, 2);
@@ -120,7 +107,11 @@ TEST(UpCommandTest, UsageErrorsExitTwo) {
   EXPECT_EQ(RunCapture({Dsv2(), "up", "--threads", "0"}).exit_code, 2);
   EXPECT_EQ(RunCapture({Dsv2(), "up", "--port", "70000"}).exit_code, 2);
   EXPECT_EQ(RunCapture({Dsv2(), "up", "stray"}).exit_code, 2);
+  EXPECT_EQ(RunCapture({Dsv2(), "up", "--ready-timeout", "0s"}).exit_code, 2);
+  EXPECT_EQ(RunCapture({Dsv2(), "up", "--ready-timeout", "1s", "--ready-timeout-s", "1"}).exit_code,
+            2);  // two spellings of one flag
   EXPECT_EQ(RunCapture({Dsv2(), "up", "--help"}).exit_code, 0);
+  EXPECT_EQ(RunCapture({Dsv2(), "up", "--version"}).exit_code, 0);
 }
 
 TEST(UpCommandTest, MissingBinaryIsNamed) {

@@ -35,7 +35,8 @@
 #include "absl/strings/str_split.h"
 #include "attention_service/data_plane_expert_backend.h"
 #include "attention_service/scheduler.h"
-#include "base/cli_flags.h"
+#include "base/flags.h"
+#include "base/version.h"
 #include "tools/dsv2/local_engine.h"
 #include "tools/process/child_process.h"
 #include "service/service_common.h"
@@ -201,55 +202,35 @@ double RawRoundTrip(transport::DataPlaneClient& client, transport::PeerId peer, 
   return t[iters / 2];
 }
 
-int64_t IntFlag(const cli::ParsedFlags& flags, const std::string& name, int64_t dflt) {
-  auto v = flags.GetInt(name, dflt);
-  if (!v.ok()) Die(std::string(v.status().message()));
-  return *v;
-}
-
 int Main(int argc, char** argv) {
-  const std::vector<cli::FlagSpec> specs = {
-      {"model", false, "checkpoint directory (required)"},
-      {"bin-dir", false,
-       "build directory with the dsv2-expert binary (default: ../ of this binary)"},
-      {"threads", false, "threads of the single-process engine (default 2)"},
-      {"attention-threads", false, "threads of the cluster's attention side (default 1)"},
-      {"shards", false, "expert shard processes (default 4), 1 thread each"},
-      {"ucx-transports", false, "UCX transports (default sm)"},
-      {"batches", false, "comma-separated batch sizes (default 1,8,32)"},
-      {"prompt-tokens", false, "prompt length (default 16)"},
-      {"new-tokens", false, "tokens generated per request (default 17: 16 decode steps)"},
-      {"raw-iters", false, "round trips per raw UCX median (default 300)"},
-      {"pingpong-min-rows", false,
-       "section 3: min_rows_for_micro_batches when ping-pong is on (default 8)"},
-      {"echo-server", true, "internal: run as the raw round-trip echo peer"},
-      {"help", true, "show this help"},
-  };
-  auto flags = cli::ParseFlags(argc, argv, 1, specs);
-  if (!flags.ok()) Die(std::string(flags.status().message()));
-  const std::string transports = flags->Get("ucx-transports").value_or("sm");
-  if (flags->GetBool("echo-server")) return EchoServerMain(transports);
-  if (flags->GetBool("help") || !flags->Get("model")) {
-    std::cout << cli::FlagsHelp(specs);
-    return flags->GetBool("help") ? 0 : 2;
-  }
-  const std::string model = *flags->Get("model");
+  std::string model, transports = "sm", batch_list = "1,8,32";
+  std::optional<std::string> bin_dir_flag;
+  int threads = 2, att_threads = 1, shards = 4, prompt_len = 16, new_tokens = 17, raw_iters = 300;
+  int64_t pp_rows = 8;
+  bool echo_server = false;
+  flags::FlagSet flags("cluster_bench", std::string(VersionString()));
+  flags.String("model", &model, "checkpoint directory (required unless --echo-server)");
+  flags.String("bin-dir", &bin_dir_flag, "build directory with the dsv2-expert binary")
+      .DefaultText("../ of this binary");
+  flags.Int("threads", &threads, "threads of the single-process engine").Min(1);
+  flags.Int("attention-threads", &att_threads, "threads of the cluster's attention side").Min(1);
+  flags.Int("shards", &shards, "expert shard processes, 1 thread each").Min(1);
+  flags.String("ucx-transports", &transports, "UCX transports");
+  flags.String("batches", &batch_list, "comma-separated batch sizes");
+  flags.Int("prompt-tokens", &prompt_len, "prompt length").Min(1);
+  flags.Int("new-tokens", &new_tokens, "tokens generated per request (17: 16 decode steps)")
+      .Min(2);
+  flags.Int("raw-iters", &raw_iters, "round trips per raw UCX median").Min(4);
+  flags.Int("pingpong-min-rows", &pp_rows,
+            "section 3: min_rows_for_micro_batches when ping-pong is on").Min(0);
+  flags.Bool("echo-server", &echo_server, "internal: run as the raw round-trip echo peer");
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
+  if (echo_server) return EchoServerMain(transports);
+  if (model.empty()) return flags.UsageError("--model is required");
   std::string self = argv[0];
-  const std::string bin_dir =
-      flags->Get("bin-dir").value_or(self.substr(0, self.rfind('/')) + "/..");
-  const int threads = static_cast<int>(IntFlag(*flags, "threads", 2));
-  const int att_threads = static_cast<int>(IntFlag(*flags, "attention-threads", 1));
-  const int shards = static_cast<int>(IntFlag(*flags, "shards", 4));
-  const int prompt_len = static_cast<int>(IntFlag(*flags, "prompt-tokens", 16));
-  const int new_tokens = static_cast<int>(IntFlag(*flags, "new-tokens", 17));
-  const int raw_iters = std::max(4, static_cast<int>(IntFlag(*flags, "raw-iters", 300)));
-  const int64_t pp_rows = IntFlag(*flags, "pingpong-min-rows", 8);
-  if (threads < 1 || att_threads < 1 || shards < 1 || prompt_len < 1 || new_tokens < 2) {
-    Die("--threads, --attention-threads, --shards, --prompt-tokens must be >= 1, "
-        "--new-tokens >= 2");
-  }
+  const std::string bin_dir = bin_dir_flag.value_or(self.substr(0, self.rfind('/')) + "/..");
   std::vector<int> batches;
-  for (absl::string_view b : absl::StrSplit(flags->Get("batches").value_or("1,8,32"), ',')) {
+  for (absl::string_view b : absl::StrSplit(batch_list, ',')) {
     int v;
     if (!absl::SimpleAtoi(b, &v) || v < 1) Die("bad --batches");
     batches.push_back(v);

@@ -24,7 +24,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "inference.grpc.pb.h"
-#include "base/cli_flags.h"
+#include "base/flags.h"
+#include "base/version.h"
 #include "tools/dsv2/process_group.h"
 #include "tools/dsv2/random_model.h"
 
@@ -48,27 +49,45 @@ constexpr absl::Duration kCoordinatorGrace = absl::Seconds(40);
 constexpr absl::Duration kAttentionGrace = absl::Seconds(40);
 constexpr absl::Duration kExpertGrace = absl::Seconds(10);
 
-const std::vector<cli::FlagSpec>& UpFlags() {
-  static const std::vector<cli::FlagSpec> specs = {
-      {"model", false,
-       "checkpoint directory (default: $DSV2_DEFAULT_MODEL, else default-model beside the "
-       "build tree, or $XDG_CACHE_HOME/dsv2/default-model for an installed dsv2; made as "
-       "make-random-model --preset v2-tiny --seed 0 if missing)"},
-      {"attention-nodes", false, "attention nodes (default 1)"},
-      {"expert-shards", false, "expert shards (default 2)"},
-      {"port", false, "the coordinator's public port (default 0 = OS-chosen)"},
-      {"ready-file", false, "also write the ready line to this file (atomically)"},
-      {"threads", false, "compute threads of each process (default 1)"},
-      {"cache-tokens", false, "latent-cache capacity of each attention node (default 16384)"},
-      {"bin-dir", false,
-       "where dsv2-coordinator, dsv2-attention, dsv2-expert are (default: next "
-       "to dsv2, else "
-       "the build tree, else PATH)"},
-      {"log-dir", false, "write each child's stderr to DIR/NAME.log (default: this stderr)"},
-      {"ready-timeout-s", false, "stop everything and exit 1 if not ready by then (default 120)"},
-      {"help", true, "show this help"},
-  };
-  return specs;
+// What `dsv2 up` runs (its flags, then the resolved binaries).
+struct UpOptions {
+  std::optional<std::string> model;  // --model; none: the default model
+  std::string model_dir;             // what the cluster serves (resolved)
+  std::optional<std::string> bin_dir;
+  int64_t attention_nodes = 1;
+  int64_t expert_shards = 2;
+  int64_t port = 0;
+  int64_t threads = 1;
+  int64_t cache_tokens = 16384;
+  std::optional<std::string> ready_file;
+  std::optional<std::string> log_dir;
+  absl::Duration ready_timeout = absl::Seconds(120);
+  std::string coordinator_bin, attention_bin, expert_bin;
+};
+
+// The flags of `dsv2 up` into *o (the defaults are UpOptions').
+void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
+  flags.String("model", &o->model,
+               "checkpoint directory; made as make-random-model --preset v2-tiny --seed 0 if "
+               "missing")
+      .DefaultText("$DSV2_DEFAULT_MODEL, else default-model beside the build tree, or "
+                   "$XDG_CACHE_HOME/dsv2/default-model for an installed dsv2");
+  flags.Int("attention-nodes", &o->attention_nodes, "attention nodes").Range(1, kMaxProcesses);
+  flags.Int("expert-shards", &o->expert_shards, "expert shards").Range(1, kMaxProcesses);
+  flags.Int("port", &o->port, "the coordinator's public port (0 = OS-chosen)").Range(0, 65535);
+  flags.String("ready-file", &o->ready_file, "also write the ready line to this file (atomically)");
+  flags.Int("threads", &o->threads, "compute threads of each process").Range(1, 1024);
+  flags.Int("cache-tokens", &o->cache_tokens, "latent-cache capacity of each attention node")
+      .Min(1);
+  flags.String("bin-dir", &o->bin_dir,
+               "where dsv2-coordinator, dsv2-attention, dsv2-expert are")
+      .DefaultText("next to dsv2, else the build tree, else PATH");
+  flags.String("log-dir", &o->log_dir, "write each child's stderr to DIR/NAME.log")
+      .DefaultText("this stderr");
+  flags.Duration("ready-timeout", &o->ready_timeout,
+                 "stop everything and exit 1 if not ready by then")
+      .Above(absl::ZeroDuration())
+      .LegacyAlias("ready-timeout-s", absl::Seconds(1));
 }
 
 void Log(const std::string& msg) { std::cerr << "dsv2 up: " << msg << std::endl; }
@@ -174,11 +193,11 @@ absl::StatusOr<std::string> ResolveModel(const std::optional<std::string>& flag,
 // own flags: a child reading e.g. DSV2_EXPERT_SHARDS (dsv2-attention's
 // static shard list) would misread a value meant for `dsv2 up`.
 std::vector<std::string> ChildEnvironment() {
+  UpOptions unused;
+  flags::FlagSet up_flags("dsv2 up", "");
+  DefineUpFlags(up_flags, &unused);
   std::vector<std::string> drop;
-  for (const cli::FlagSpec& s : UpFlags()) {
-    drop.push_back("DSV2_" + absl::AsciiStrToUpper(absl::StrReplaceAll(s.name, {{"-", "_"}})) +
-                   "=");
-  }
+  for (const std::string& var : up_flags.EnvironmentVariables()) drop.push_back(var + "=");
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string var = *e;
@@ -235,18 +254,6 @@ std::string ClusterNotReadyReason(dsv2::v1::Inference::Stub& stub, int64_t atten
   return "";
 }
 
-struct UpOptions {
-  std::string model;
-  int64_t attention_nodes = 1;
-  int64_t expert_shards = 2;
-  int64_t port = 0;
-  int64_t threads = 1;
-  int64_t cache_tokens = 16384;
-  std::optional<std::string> ready_file;
-  std::optional<std::string> log_dir;
-  absl::Duration ready_timeout = absl::Seconds(120);
-  std::string coordinator_bin, attention_bin, expert_bin;
-};
 
 // Stops the coordinator (it drains), then the attention nodes, then the
 // shards.
@@ -308,7 +315,7 @@ int RunCluster(const UpOptions& o) {
 
   // 1. The coordinator, for its port.
   auto coordinator =
-      start("coordinator", {o.coordinator_bin, "--model", o.model, "--host", "127.0.0.1", "--port",
+      start("coordinator", {o.coordinator_bin, "--model", o.model_dir, "--host", "127.0.0.1", "--port",
                             absl::StrCat(o.port), "--threads", threads});
   if (!coordinator.ok()) return fail(std::string(coordinator.status().message()));
   while (!(*coordinator)->ready_line) {
@@ -345,14 +352,14 @@ int RunCluster(const UpOptions& o) {
   for (int64_t i = 0; i < o.expert_shards; ++i) {
     const std::string name = absl::StrCat("expert-", i);
     auto c = start(
-        name, {o.expert_bin, "--model", o.model, "--shard-id", absl::StrCat(i), "--coordinator",
+        name, {o.expert_bin, "--model", o.model_dir, "--shard-id", absl::StrCat(i), "--coordinator",
                endpoint, "--threads", threads, "--host", "127.0.0.1", "--port", "0"});
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kExpertBinary);
   }
   for (int64_t i = 0; i < o.attention_nodes; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    auto c = start(name, {o.attention_bin, "--model", o.model, "--coordinator", endpoint,
+    auto c = start(name, {o.attention_bin, "--model", o.model_dir, "--coordinator", endpoint,
                           "--cache-tokens", absl::StrCat(o.cache_tokens), "--threads", threads,
                           "--host", "127.0.0.1", "--port", "0"});
     if (!c.ok()) return fail(std::string(c.status().message()));
@@ -458,49 +465,13 @@ int RunCluster(const UpOptions& o) {
 }  // namespace
 
 int UpCommandMain(int argc, char** argv) {
-  auto usage = [](absl::string_view msg) {
-    std::cerr << "dsv2 up: " << msg << " (see dsv2 up --help)\n";
-    return 2;
-  };
-  auto flags = cli::ParseFlags(argc, argv, 2, UpFlags());
-  if (!flags.ok()) return usage(flags.status().message());
-  if (flags->GetBool("help")) {
-    std::cout << "dsv2 up flags:\n" << cli::FlagsHelp(UpFlags());
-    return 0;
-  }
   UpOptions o;
-  auto attention_nodes = flags->GetInt("attention-nodes", 1);
-  auto expert_shards = flags->GetInt("expert-shards", 2);
-  auto port = flags->GetInt("port", 0);
-  auto threads = flags->GetInt("threads", 1);
-  auto cache_tokens = flags->GetInt("cache-tokens", 16384);
-  auto ready_timeout_s = flags->GetDouble("ready-timeout-s", 120);
-  for (const absl::Status& st :
-       {attention_nodes.status(), expert_shards.status(), port.status(), threads.status(),
-        cache_tokens.status(), ready_timeout_s.status()}) {
-    if (!st.ok()) return usage(st.message());
-  }
-  if (*attention_nodes < 1 || *attention_nodes > kMaxProcesses) {
-    return usage(absl::StrCat("--attention-nodes must be in [1, ", kMaxProcesses, "]"));
-  }
-  if (*expert_shards < 1 || *expert_shards > kMaxProcesses) {
-    return usage(absl::StrCat("--expert-shards must be in [1, ", kMaxProcesses, "]"));
-  }
-  if (*port < 0 || *port > 65535) return usage("--port must be in [0, 65535]");
-  if (*threads < 1 || *threads > 1024) return usage("--threads must be in [1, 1024]");
-  if (*cache_tokens < 1) return usage("--cache-tokens must be >= 1");
-  if (!(*ready_timeout_s > 0)) return usage("--ready-timeout-s must be > 0");
-  o.attention_nodes = *attention_nodes;
-  o.expert_shards = *expert_shards;
-  o.port = *port;
-  o.threads = *threads;
-  o.cache_tokens = *cache_tokens;
-  o.ready_timeout = absl::Seconds(*ready_timeout_s);
-  o.ready_file = flags->Get("ready-file");
-  o.log_dir = flags->Get("log-dir");
+  flags::FlagSet flags("dsv2 up", std::string(VersionString()));
+  DefineUpFlags(flags, &o);
+  if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
 
   const fs::path exe_dir = ExecutableDir();
-  const std::optional<std::string> bin_dir = flags->Get("bin-dir");
+  const std::optional<std::string>& bin_dir = o.bin_dir;
   struct Wanted {
     const char* name;
     const char* build_dir;
@@ -525,12 +496,12 @@ int UpCommandMain(int argc, char** argv) {
       return 1;
     }
   }
-  auto model = ResolveModel(flags->Get("model"), exe_dir);
+  auto model = ResolveModel(o.model, exe_dir);
   if (!model.ok()) {
     std::cerr << "dsv2 up: " << model.status().message() << "\n";
     return 1;
   }
-  o.model = *model;
+  o.model_dir = *model;
   if (o.ready_file) {
     // A stale line from an earlier run must not look like this run's.
     std::error_code ec;
