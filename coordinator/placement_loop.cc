@@ -14,24 +14,22 @@ bool CoordinatorCore::Republish() {
   }
   const uint32_t version =
       std::max(state.published().version, state.max_reported_version()) + 1;
-  std::vector<int32_t> ids;
-  for (const ShardEntry& s : shards) ids.push_back(s.shard_id);
-  std::sort(ids.begin(), ids.end());
+  PublishedPlacement published;
+  published.version = version;
+  // ClusterState::shards() is in ascending id order, as the placement needs.
+  for (const ShardEntry& s : shards) published.shard_ids.push_back(s.shard_id);
   absl::StatusOr<router::Placement> placement =
-      router::DefaultPlacementOverShards(gate, ids, version);
+      router::DefaultPlacementOverShards(gate, published.shard_ids, version);
   if (!placement.ok()) {
     spdlog::error("placement over {} shards: {}", shards.size(), placement.status().ToString());
     return false;
   }
   std::vector<internal::ShardEndpoint> endpoints;
-  PublishedPlacement published;
-  published.version = version;
   for (const ShardEntry& s : shards) {
     internal::ShardEndpoint& ep = endpoints.emplace_back();
     ep.set_shard_id(s.shard_id);
     ep.set_grpc_address(s.address);
     ep.set_ucx_address(s.ucx_address);
-    published.shard_ids.push_back(s.shard_id);
   }
   internal::PlacementTable t = service::PlacementToProto(*placement, endpoints);
   // Every shard loads what it gains before any attention node sees the

@@ -128,23 +128,22 @@ absl::StatusOr<router::Placement> PlacementFromProto(const internal::PlacementTa
   return p;
 }
 
-internal::PlacementTable PlacementToProto(const router::Placement& placement) {
+internal::PlacementTable PlacementToProto(const router::Placement& placement,
+                                          const std::vector<internal::ShardEndpoint>& shards) {
   internal::PlacementTable t;
   t.set_version(placement.version);
   for (const std::vector<int32_t>& r : placement.replicas) {
     internal::ExpertReplicas* er = t.add_experts();
     for (int32_t s : r) er->add_shard_ids(s);
   }
-  for (int32_t s = 0; s < placement.num_shards; ++s) t.add_shards()->set_shard_id(s);
+  for (const internal::ShardEndpoint& ep : shards) *t.add_shards() = ep;
   return t;
 }
 
-internal::PlacementTable PlacementToProto(const router::Placement& placement,
-                                          const std::vector<internal::ShardEndpoint>& shards) {
-  internal::PlacementTable t = PlacementToProto(placement);
-  t.clear_shards();
-  for (const internal::ShardEndpoint& ep : shards) *t.add_shards() = ep;
-  return t;
+internal::PlacementTable PlacementToProto(const router::Placement& placement) {
+  std::vector<internal::ShardEndpoint> shards(placement.num_shards);
+  for (int32_t s = 0; s < placement.num_shards; ++s) shards[s].set_shard_id(s);
+  return PlacementToProto(placement, shards);
 }
 
 absl::StatusOr<internal::PlacementTable> DefaultPlacementTable(const router::GateParams& gate,
