@@ -1,5 +1,5 @@
-// What every dsv2 service binary (dsv2-expert, dsv2-attention) shares at its
-// edge: the flags they all take, absl::Status -> grpc::Status mapping,
+// What every dsv2 service binary (dsv2-coordinator, dsv2-attention,
+// dsv2-expert) shares at its edge: the flags they all take, absl::Status -> grpc::Status mapping,
 // placement tables between protobuf, JSON files and router::Placement, the
 // machine-readable ready line, and SIGTERM/SIGINT handling.
 //
