@@ -219,6 +219,7 @@ LIKES = [
     "{N} liked to play with {his} {O} every day.",
     "{He} always took {his} {oadj} {O} everywhere {he} went.",
     "{N} had {a_oadj_O} that {his} {rel} gave {him}.",
+    "{N} the {A} loved {his} {oadj} {O} more than anything.",
 ]
 GO_TO_PLACE = [
     "One day, {N} went to the {P} with {his} {O}.",
@@ -226,6 +227,7 @@ GO_TO_PLACE = [
     "One sunny day, {N} and {his} {O} went to the {P}.",
     "One afternoon, {N} walked to the {P}. {He} brought {his} {O}.",
     "One day, {N} wanted to play {atP}, so {he} took {his} {O} and went.",
+    "One day, {N} the {A} went to the {P} with {his} {O}.",
 ]
 AT_PLACE = [
     "{He} saw {sights} {atP}.",
@@ -241,6 +243,7 @@ SAD_LINES = [
     "{He} sat down and felt {bad}.",
     "{N} did not know what to do. {He} felt {bad}.",
     "Tears came to {his} eyes.",
+    "The poor little {A} felt very {bad}.",
 ]
 MEET_HELPER = [
     "Just then, {a_HA} named {H} came by.",
@@ -266,6 +269,7 @@ THANKS = [
     "{N} gave {H} a big hug and said thank you.",
     "\"You are a good friend, {H},\" said {N}.",
     "{N} smiled and said, \"Thank you so much!\"",
+    "\"Thank you, {H}!\" said the little {A}.",
 ]
 ENDINGS = [
     "From that day on, {N} and {H} were best friends.",
@@ -275,6 +279,7 @@ ENDINGS = [
     "After that, {N} and {H} played together at the {P} every day.",
     "{N} learned that friends help each other.",
     "It was the best day ever, and {N} was {good}.",
+    "{N} was a very {good} little {A}.",
     "The end.",
 ]
 LESSONS = [
@@ -450,6 +455,13 @@ PROMPTS = [
     "Write a story for kids about {X}.", "Make up a story about {X}.", "Tell a story about {X}.",
     "Could you write a story about {X}?",
 ]
+# how an answer to a prompt that names its hero may begin: it says back what it was asked for
+# (copying "{X}" after "about", the one place the prompt and the answer share), then tells it
+ECHOES = [
+    "Here is a story about {X}.", "Sure! Here is a story about {X}.", "Okay! Here is a story about {X}.",
+    "Here is a short story about {X}.",
+]
+ECHO_RATE = 0.85
 GENERIC_PROMPTS = [
     "Tell me a story.", "Tell me a short story.", "Can you tell me a story?", "Write a story for kids.",
     "Tell me a bedtime story.", "Please tell me a story.", "Make up a story.",
@@ -561,6 +573,10 @@ class Story:
 
     def prompt(self, parts):
         """A prompt that names the hero (always), and the object/place/plot as `parts` says."""
+        return self.prompt_and_subject(parts)[0]
+
+    def prompt_and_subject(self, parts):
+        """(prompt, X): the prompt and what it asks a story about (the words after "about")."""
         r = self.rng
         v = self.v
         x = r.choice(SUBJECTS).format(**v)
@@ -571,7 +587,8 @@ class Story:
             clause.insert(0, r.choice((["and {his} {O}", "with {his} {O}", "and {his} {col} {O}"] if clause else ["and {his} {O}", "with a {O}", "and {his} {col} {O}", "who has a {O}"])).format(**v))
         if "place" in parts:
             clause.append(r.choice(["{atP}", "who lives near the {P}", "{atP}", "near the {P}"]).format(**v))
-        return r.choice(PROMPTS).replace("{X}", " ".join([x] + clause))
+        subject = " ".join([x] + clause)
+        return r.choice(PROMPTS).replace("{X}", subject), subject
 
 
 def make_doc(rng):
@@ -594,8 +611,11 @@ def make_doc(rng):
         parts = {"obj", "place"}
     else:
         parts = set(rng.sample(["plot", "obj", "place"], rng.choice([0, 1])))
-    user = st.prompt(parts)
-    return {"kind": "chat", "user": user, "assistant": st.text()}
+    user, subject = st.prompt_and_subject(parts)
+    story = st.text()
+    if rng.random() < ECHO_RATE:
+        story = rng.choice(ECHOES).replace("{X}", subject) + " " + story
+    return {"kind": "chat", "user": user, "assistant": story}
 
 
 def generate(seed, n):
