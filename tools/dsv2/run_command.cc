@@ -20,6 +20,7 @@
 #include "model/sampling.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tools/dsv2/default_model.h"
 #include "tools/dsv2/local_engine.h"
 
 namespace dsv2 {
@@ -68,10 +69,12 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
   flags::FlagSet flags("dsv2 run", std::string(VersionString()));
   std::string prompt_ids;
   std::optional<uint64_t> seed;
+  std::optional<std::string> model;
   float temperature = 0.0f, top_p = 1.0f;
   int32_t top_k = 0;
-  flags.String("model", &req->model, "checkpoint directory (config.json, *.safetensors, "
-                                     "tokenizer.json)").Required();
+  flags.String("model", &model, "checkpoint directory (config.json, *.safetensors, "
+                                "tokenizer.json)")
+      .DefaultText("$DSV2_DEFAULT_MODEL, else the shipped demo model, <data dir>/demo-stories");
   flags.String("prompt", &req->prompt, "prompt text (BOS added as the tokenizer config says)");
   flags.String("prompt-ids", &prompt_ids,
                "comma-separated token ids, used verbatim (no BOS added)");
@@ -91,6 +94,14 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
   flags.ExclusiveGroup({"prompt", "prompt-ids"}, flags::GroupRule::kExactlyOne);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
   if (req->chat && !req->prompt) return flags.UsageError("--chat needs --prompt");
+  if (absl::StatusOr<std::string> dir = ResolveModelDir(model); dir.ok()) {
+    req->model = *dir;
+  } else if (model) {
+    req->model = *model;  // Run() names what is missing (exit 1)
+  } else {
+    std::cerr << "dsv2 run: " << dir.status().message() << "\n";
+    return 1;
+  }
   if (!req->cpu_isa.empty()) {
     if (auto isa = kernels::ParseCpuIsa(req->cpu_isa); !isa.ok()) {
       return flags.UsageError(isa.status().message());

@@ -27,7 +27,7 @@
 #include "base/flags.h"
 #include "base/version.h"
 #include "tools/dsv2/process_group.h"
-#include "tools/dsv2/random_model.h"
+#include "tools/dsv2/default_model.h"
 
 extern char** environ;
 
@@ -67,11 +67,8 @@ struct UpOptions {
 
 // The flags of `dsv2 up` into *o (the defaults are UpOptions').
 void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
-  flags.String("model", &o->model,
-               "checkpoint directory; made as make-random-model --preset v2-tiny --seed 0 if "
-               "missing")
-      .DefaultText("$DSV2_DEFAULT_MODEL, else default-model beside the build tree, or "
-                   "$XDG_CACHE_HOME/dsv2/default-model for an installed dsv2");
+  flags.String("model", &o->model, "checkpoint directory (config.json, safetensors, tokenizer)")
+      .DefaultText("$DSV2_DEFAULT_MODEL, else the shipped demo model, <data dir>/demo-stories");
   flags.Int("attention-nodes", &o->attention_nodes, "attention nodes").Range(1, kMaxProcesses);
   flags.Int("expert-shards", &o->expert_shards, "expert shards").Range(1, kMaxProcesses);
   flags.Int("port", &o->port, "the coordinator's public port (0 = OS-chosen)").Range(0, 65535);
@@ -132,61 +129,6 @@ absl::StatusOr<std::string> FindBinary(const std::string& name, const std::strin
       absl::StrCat("cannot find the executable ", name, " (looked in ",
                    tried.empty() ? std::string("nothing") : absl::StrJoin(tried, ", "),
                    bin_dir ? ")" : "; build it, or pass --bin-dir)"));
-}
-
-// Where `dsv2 up` keeps the default model: beside the build tree when dsv2
-// runs from one (its folder's parent holds CMakeCache.txt: build/default-model),
-// else in the user's cache, $XDG_CACHE_HOME/dsv2/default-model
-// (~/.cache/dsv2/default-model without it): an install prefix is shared and
-// may be read-only.
-absl::StatusOr<fs::path> DefaultModelDir(const fs::path& exe_dir) {
-  std::error_code ec;
-  const fs::path tree = exe_dir.parent_path();
-  if (fs::exists(tree / "CMakeCache.txt", ec)) return (tree / "default-model").lexically_normal();
-  // The XDG base directory spec: relative values are invalid, ignore them.
-  const char* xdg = std::getenv("XDG_CACHE_HOME");
-  if (xdg != nullptr && xdg[0] == '/') return fs::path(xdg) / "dsv2" / "default-model";
-  const char* home = std::getenv("HOME");
-  if (home != nullptr && home[0] == '/') {
-    return fs::path(home) / ".cache" / "dsv2" / "default-model";
-  }
-  return absl::NotFoundError(
-      "no --model, and no place for the default model (neither XDG_CACHE_HOME nor HOME is an "
-      "absolute path): pass --model or set DSV2_DEFAULT_MODEL");
-}
-
-// --model, else $DSV2_DEFAULT_MODEL, else DefaultModelDir(), made (v2-tiny,
-// seed 0, the shipped tokenizer) when it has no model.safetensors.
-absl::StatusOr<std::string> ResolveModel(const std::optional<std::string>& flag,
-                                         const fs::path& exe_dir) {
-  std::error_code ec;
-  if (flag) {
-    if (!fs::exists(fs::path(*flag) / "config.json", ec)) {
-      return absl::NotFoundError(absl::StrCat(*flag, ": no config.json (not a model directory)"));
-    }
-    return fs::absolute(*flag).string();
-  }
-  const char* env = std::getenv("DSV2_DEFAULT_MODEL");
-  if (env != nullptr && *env != '\0') {
-    if (!fs::exists(fs::path(env) / "config.json", ec)) {
-      return absl::NotFoundError(
-          absl::StrCat("DSV2_DEFAULT_MODEL=", env, ": no config.json (not a model directory)"));
-    }
-    return fs::absolute(env).string();
-  }
-  if (exe_dir.empty()) return absl::NotFoundError("no --model and cannot locate the dsv2 binary");
-  absl::StatusOr<fs::path> dir = DefaultModelDir(exe_dir);
-  if (!dir.ok()) return dir.status();
-  if (!fs::exists(*dir / "model.safetensors", ec)) {
-    Log(absl::StrCat("making the default model (v2-tiny, seed 0, random weights) in ",
-                     dir->string()));
-    RandomModelOptions o;  // tokenizer_dir "": the shipped one
-    o.out_dir = dir->string();
-    o.preset = "v2-tiny";
-    o.seed = 0;
-    if (absl::Status st = MakeRandomModel(o); !st.ok()) return st;
-  }
-  return dir->string();
 }
 
 // This process's environment minus the DSV2_<FLAG> variables of `dsv2 up`'s
@@ -496,7 +438,7 @@ int UpCommandMain(int argc, char** argv) {
       return 1;
     }
   }
-  auto model = ResolveModel(o.model, exe_dir);
+  auto model = ResolveModelDir(o.model);
   if (!model.ok()) {
     std::cerr << "dsv2 up: " << model.status().message() << "\n";
     return 1;
