@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job from a fresh machine: set up, build, start a local cluster with
 # `dsv2 up` in the background (coordinator + 1 attention node + 2 expert
-# shards on loopback, on the default model: random weights, so its text is
-# noise), stream one answer with `dsv2 generate`, shut the cluster down.
-#   tools/run.sh ["prompt"]    (DSV2_DEFAULT_MODEL=DIR serves another model)
+# shards on loopback, serving the shipped demo model: a tiny model trained on
+# generated children's stories), stream one answer with `dsv2 generate`, shut
+# the cluster down.
+#   tools/run.sh ["request"]    (DSV2_DEFAULT_MODEL=DIR serves another model)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -26,6 +27,7 @@ for _ in $(seq 1 600); do
 done
 [ -s "$READY" ] || { echo "run.sh: the cluster did not become ready" >&2; exit 1; }
 ENDPOINT="$(sed -n 's/^dsv2 ready endpoint=\([^ ]*\).*/\1/p' "$READY")"
+REQUEST="${1:-Tell me a story about a dog named Max who lost his ball.}"
 echo "run.sh: cluster ready at $ENDPOINT" >&2
-build/tools/dsv2 generate --endpoint "$ENDPOINT" \
-  --prompt "${1:-The capital of France is}" --max-tokens 32 --temperature 0
+echo "User: $REQUEST" >&2
+build/tools/dsv2 generate --endpoint "$ENDPOINT" --chat "$REQUEST" --max-tokens 512 --temperature 0

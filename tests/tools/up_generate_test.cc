@@ -359,12 +359,12 @@ TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {
   fs::remove_all(dir);
 }
 
-// Without --model and DSV2_DEFAULT_MODEL, in a build tree (CMakeCache.txt in
-// the parent of dsv2's folder): <dsv2 dir>/../default-model is made (v2-tiny,
-// seed 0, with the shipped tokenizer from <dsv2 dir>/../share/dsv2), and the
-// children are found in the build-tree sibling folders. dsv2 is copied so
-// that its directory is a fresh one (/proc/self/exe resolves symlinks).
-TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
+// Without --model and DSV2_DEFAULT_MODEL: the shipped demo model,
+// <data dir>/demo-stories, found relative to dsv2 (here a copy of dsv2 in a
+// fresh tree whose share/dsv2 links the build tree's), and the children are
+// found in the tree's sibling folders. dsv2 is copied so that its directory
+// is a fresh one (/proc/self/exe resolves symlinks).
+TEST(UpShutdownTest, DefaultModelIsTheShippedDemoModel) {
   const std::string dir = TempDir("default_model");
   fs::create_directories(dir + "/tools");
   fs::copy_file(Dsv2(), dir + "/tools/dsv2");
@@ -385,15 +385,20 @@ TEST(UpShutdownTest, DefaultModelIsMadeBesideTheBuildTree) {
   ASSERT_TRUE(up.ok()) << up.status();
   auto line = (*up)->ReadLine(absl::Seconds(180));
   ASSERT_TRUE(line.ok()) << line.status();
-  EXPECT_TRUE(fs::exists(dir + "/default-model/model.safetensors"));
-  EXPECT_TRUE(fs::exists(dir + "/default-model/tokenizer.json"));
+  EXPECT_FALSE(fs::exists(dir + "/default-model"));  // nothing is made any more
   auto fields = ParseReadyLine(*line);
-  auto got = RunDsv2Json({"generate", "--endpoint", fields["endpoint"], "--prompt", "Hello",
-                          "--max-tokens", "4", "--temperature", "0", "--timeout-s", "60"});
+  auto got = RunDsv2Json({"generate", "--endpoint", fields["endpoint"], "--prompt",
+                          "Once upon a time", "--max-tokens", "8", "--temperature", "0",
+                          "--ignore-eos", "--timeout-s", "60"});
   ASSERT_TRUE(got.ok()) << got.status();
   const nlohmann::json g = nlohmann::json::parse(*got);
   EXPECT_EQ(g["output_ids"].size(), g["usage"]["completion_tokens"]);
-  EXPECT_GT(g["prompt_ids"].size(), 0u);
+  // The same tokens as `dsv2 run` on the shipped model.
+  auto run = RunDsv2Json({"run", "--model", BinDir() + "/share/dsv2/demo-stories", "--prompt",
+                          "Once upon a time", "--max-tokens", "8", "--temperature", "0",
+                          "--ignore-eos"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(g["output_ids"], nlohmann::json::parse(*run)["output_ids"]);
   absl::StatusOr<int> status = (*up)->Stop(SIGTERM, absl::Seconds(120));
   ASSERT_TRUE(status.ok()) << status.status();
   EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status;
