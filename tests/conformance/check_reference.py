@@ -3,7 +3,9 @@
 
     /path/to/python tests/conformance/check_reference.py --data tests/data/conformance
 
-For every `<variant>_<dtype>/` directory this
+For every `<variant>_<dtype>/` directory (demo_bf16: the checkpoint is the directory its
+reference.json names, relative to the repository root, e.g. model/data/demo-stories, and must
+still hash to the recorded checkpoint_sha256) this
   * reloads the checkpoint with DeepseekV2ForCausalLM.from_pretrained (the same dtype,
     attention and expert implementations as the generator) and checks that one forward pass
     over each case's tokens reproduces reference.safetensors bit for bit, and that the
@@ -31,6 +33,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import DeepseekV2ForCausalLM  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def raw_tensors(vdir):
@@ -86,12 +89,22 @@ def load(vdir, dtype, meta):
 
 
 @torch.no_grad()
-def check_dir(vdir):
-    with open(os.path.join(vdir, "reference.json")) as f:
+def check_dir(refdir):
+    with open(os.path.join(refdir, "reference.json")) as f:
         meta = json.load(f)
+    errors = []
+    vdir = refdir  # the checkpoint
+    if "checkpoint" in meta:
+        vdir = os.path.join(REPO_ROOT, meta["checkpoint"])
+        import hashlib
+
+        for name, want in meta["checkpoint_sha256"].items():
+            with open(os.path.join(vdir, name), "rb") as f:
+                got = hashlib.sha256(f.read()).hexdigest()
+            if got != want:
+                errors.append(f"{vdir}/{name}: sha256 {got} != {want} (the model changed: regenerate)")
     with open(os.path.join(vdir, "config.json")) as f:
         cfg = json.load(f)
-    errors = []
     tensors, shards = raw_tensors(vdir)
     assert shards == meta["checkpoint_files"], (shards, meta["checkpoint_files"])
     fused = [k for k in tensors if k.endswith("mlp.experts.gate_up_proj") or k.endswith("mlp.experts.down_proj")]
@@ -128,7 +141,7 @@ def check_dir(vdir):
         bad = [k for k in ft if not torch.equal(sd[k], ft[k])]
         if bad:
             errors.append(f"reloaded tensors differ from the file: {bad[:4]}")
-    ref = load_file(os.path.join(vdir, "reference.safetensors"))
+    ref = load_file(os.path.join(refdir, "reference.safetensors"))
     worst = 0.0
     for i, case in enumerate(meta["cases"]):
         tokens, P = case["tokens"], case["num_prompt"]

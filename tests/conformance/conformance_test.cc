@@ -1,6 +1,8 @@
 // Conformance with HuggingFace transformers' DeepseekV2ForCausalLM
 // (MODEL_SPEC.md section 9) on the small random checkpoints that
-// tests/conformance/make_reference.py wrote with transformers, and the
+// tests/conformance/make_reference.py wrote with transformers, and on the
+// shipped demo model (demo_bf16: trained weights, real text prompts; its
+// reference.json names the checkpoint, model/data/demo-stories), and the
 // determinism guarantees of DESIGN.md section 7 (threads, chunking).
 //
 // Tolerances, per position, relative to scale = max |reference logit|:
@@ -63,6 +65,11 @@ struct RefCase {
 
 struct Reference {
   std::string dtype;
+  // The checkpoint the references were made from: reference.json's
+  // "checkpoint", a directory relative to the repository root (the shipped
+  // demo model, model/data/demo-stories, is not copied into tests/data), or
+  // else the variant directory itself.
+  std::string checkpoint_dir;
   std::vector<RefCase> cases;
 };
 
@@ -71,6 +78,14 @@ Reference LoadReference(const std::string& dir) {
   std::ifstream in(dir + "/reference.json");
   const nlohmann::json j = nlohmann::json::parse(in);
   ref.dtype = j.at("dtype").get<std::string>();
+  ref.checkpoint_dir = dir;
+  if (j.contains("checkpoint")) {
+    ref.checkpoint_dir = std::string(DSV2_SOURCE_DIR) + "/" + j.at("checkpoint").get<std::string>();
+    if (!std::filesystem::is_directory(ref.checkpoint_dir)) {
+      ADD_FAILURE() << dir << ": checkpoint directory " << ref.checkpoint_dir << " is missing";
+      return ref;
+    }
+  }
   auto ckpt = Checkpoint::OpenFile(dir + "/reference.safetensors");
   if (!ckpt.ok()) {
     ADD_FAILURE() << ckpt.status();
@@ -149,7 +164,7 @@ TEST(ConformanceData, AllVariantsPresent) {
   for (const auto& d : VariantDirs()) names.push_back(std::filesystem::path(d).filename());
   for (const char* want : {"v2_f32", "v2_bf16", "lite_f32", "lite_bf16", "norope_f32",
                            "norope_bf16", "sharded_f32", "sharded_bf16", "fused_f32",
-                           "fused_bf16"}) {
+                           "fused_bf16", "demo_bf16"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
 }
@@ -207,7 +222,7 @@ TEST_P(ConformanceTest, TeacherForcedLogitsMatchTransformers) {
   const std::string dir = GetParam();
   const Reference ref = LoadReference(dir);
   ASSERT_FALSE(ref.cases.empty());
-  auto engine = Open(dir, 1);
+  auto engine = Open(ref.checkpoint_dir, 1);
   ASSERT_NE(engine, nullptr);
   const int64_t V = engine->config().vocab_size;
   const bool f32 = ref.dtype == "float32";
@@ -242,7 +257,7 @@ TEST_P(ConformanceTest, Bf16WeightsWithF32ActivationsMatchF32Math) {
   const std::string dir = GetParam();
   const Reference ref = LoadReference(dir);
   if (ref.dtype != "bfloat16") GTEST_SKIP() << "f32 checkpoint";
-  auto engine = Open(dir, 1, DType::kF32);
+  auto engine = Open(ref.checkpoint_dir, 1, DType::kF32);
   ASSERT_NE(engine, nullptr);
   const int64_t V = engine->config().vocab_size;
   for (const RefCase& rc : ref.cases) {
@@ -256,8 +271,8 @@ TEST_P(ConformanceTest, Bf16WeightsWithF32ActivationsMatchF32Math) {
 TEST_P(ConformanceTest, BitwiseSameForThreadsAndChunks) {
   const std::string dir = GetParam();
   const Reference ref = LoadReference(dir);
-  auto one = Open(dir, 1);
-  auto two = Open(dir, 2);
+  auto one = Open(ref.checkpoint_dir, 1);
+  auto two = Open(ref.checkpoint_dir, 2);
   ASSERT_NE(one, nullptr);
   ASSERT_NE(two, nullptr);
   for (const RefCase& rc : ref.cases) {
@@ -273,7 +288,7 @@ TEST_P(ConformanceTest, BatchCompanionsDoNotChangeResults) {
   const std::string dir = GetParam();
   const Reference ref = LoadReference(dir);
   ASSERT_GE(ref.cases.size(), 2u);
-  auto e = Open(dir, 2);
+  auto e = Open(ref.checkpoint_dir, 2);
   ASSERT_NE(e, nullptr);
   const RefCase& a = ref.cases[0];
   const RefCase& b = ref.cases[1];
