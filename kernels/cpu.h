@@ -31,13 +31,14 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "kernels/dtype.h"
+#include "kernels/quant.h"
 
 namespace dsv2::kernels {
 
 // The kernel families. Each fixes one reduction pattern over K (lane count,
 // tail, horizontal-sum tree; see the kernel files), hence its own bits.
 //   kScalar: portable C++, no FMA. Any x86-64.
-//   kAvx2: AVX2 + FMA, 8 fp32 lanes (Haswell, AMD Zen and later).
+//   kAvx2: AVX2 + FMA + F16C, 8 fp32 lanes (Haswell, AMD Zen and later).
 //   kAvx512Bf16: AVX-512 F/BW/BF16 (Cooper Lake, Sapphire Rapids, AMD Zen 4
 //     and later). f32 weights: 16-lane FMA. bf16 weights: VDPBF16PS, which
 //     rounds x to bf16 first (exact for the bf16-representable activations
@@ -141,6 +142,40 @@ void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, s
 // (they sum in a different order).
 void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw, float* y,
                    size_t ldy, size_t M, size_t N, size_t K);
+
+// Y[m, n] = sum_k X[m, k] * W[n, k] over quantized weights (quant.h).
+//   x: f32 [M, K], row stride ldx >= K (when M > 1). Any f32 values: the
+//     activations are not quantized.
+//   w: [N, K] quantized; w.ldq >= QuantRowBytes(w.format, K) and
+//     w.lds >= QuantGroupsPerRow(K) (when N > 1).
+//   y: f32 [M, N], row stride ldy >= N (when M > 1). Must not alias x or w.
+// M == 1 takes the GEMV path (streams several weight rows at once); it
+// gives the same bits as that row inside any larger M.
+//
+// Numerics: the weights' integers are widened exactly to f32; every output
+// element reduces each group g of 32 elements in f32 (group partial
+// p_g = sum_k q_k x_k), then accumulates scale_g * p_g over the groups in
+// ascending order, in f32, reading f16 scales exactly. So the result is an
+// f32 GEMM over the dequantized weights up to f32 summation error:
+// |y - sum_k w_k x_k| <= ~(K + 2 G) 2^-24 sum_k |w_k x_k|. The
+// grouping of the sums into lanes and the use of FMA are fixed per ISA (see
+// the qgemm_*.cc files), and row invariance holds as for Gemm: a row's bits
+// depend on X[m, :], W, K and the ISA only.
+//
+// Any K (K = 0 gives zeros), no alignment needed. Runs on ctx.pool when
+// large enough. Aborts, naming the offending values, on a broken
+// precondition (stride below its minimum, unknown format, null pointer, an
+// ISA this CPU lacks).
+void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWeights& w, float* y,
+           size_t ldy, size_t M, size_t N, size_t K);
+
+// Scalar reference for QGemm, single thread: per element,
+//   y = sum over groups g ascending of scale_g * (sum over k in g ascending
+//       of float(q_k) * x_k),
+// each sum sequential in f32, multiply then add (no FMA). Every ISA's QGemm
+// is tested against it with a tolerance.
+void QGemmReference(const float* x, size_t ldx, const QuantizedWeights& w, float* y, size_t ldy,
+                    size_t M, size_t N, size_t K);
 
 }  // namespace dsv2::kernels
 

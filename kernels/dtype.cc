@@ -36,6 +36,32 @@ float F16ToF32(uint16_t h) {
   return std::bit_cast<float>(bits);
 }
 
+uint16_t F32ToF16(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 65520 (or inf): inf
+  if (a >= 0x38800000u) {
+    // Normal f16 (>= 2^-14): rebias the exponent (127 -> 15), round the 13
+    // dropped mantissa bits to nearest even; a carry into the exponent is
+    // the correct next binade (65504 is the largest reachable, as a < 65520).
+    const uint32_t r = a - (uint32_t{127 - 15} << 23);
+    return static_cast<uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+  }
+  if (a < 0x33000000u) return sign;  // < 2^-25 (half the smallest subnormal; a tie goes to 0)
+  // Subnormal f16 result: units of 2^-24. f = mant * 2^(exp - 150), so the
+  // result is mant * 2^(exp - 126) = mant >> shift with shift in [14, 24].
+  const uint32_t exp = a >> 23;
+  const uint32_t mant = (a & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126 - exp;
+  uint32_t r = mant >> shift;
+  const uint32_t rem = mant & ((uint32_t{1} << shift) - 1);
+  const uint32_t half = uint32_t{1} << (shift - 1);
+  if (rem > half || (rem == half && (r & 1u) != 0)) ++r;  // may become 0x400: the smallest normal
+  return static_cast<uint16_t>(sign | r);
+}
+
 void RoundInPlace(float* x, size_t n, DType dtype) {
   if (dtype != DType::kBF16) return;
   for (size_t i = 0; i < n; ++i) x[i] = RoundToBf16(x[i]);

@@ -3,8 +3,9 @@
 //
 // bf16 is stored as its raw uint16_t bit pattern (the top half of an IEEE
 // f32). f32 -> bf16 rounds to nearest even (NaN stays NaN), matching
-// PyTorch's `tensor.to(torch.bfloat16)`. f16 is IEEE half; it only appears
-// in checkpoints and is converted to f32 at load (DESIGN.md section 7).
+// PyTorch's `tensor.to(torch.bfloat16)`. f16 is IEEE half; it appears in
+// checkpoints (converted to f32 at load, DESIGN.md section 7) and as the
+// scales of quantized weights (quant.h).
 // All functions are pure and thread-safe.
 #ifndef DSV2_KERNELS_DTYPE_H_
 #define DSV2_KERNELS_DTYPE_H_
@@ -35,7 +36,14 @@ inline uint16_t F32ToBf16(float f) {
 // f32 value rounded through bf16 (what `x.to(bf16).to(f32)` gives).
 inline float RoundToBf16(float f) { return Bf16ToF32(F32ToBf16(f)); }
 
+// Exact: every f16 value (subnormals, infinities, NaN payloads) is an f32.
 float F16ToF32(uint16_t h);
+
+// f32 -> f16 bits, IEEE round to nearest, ties to even (what F16C's
+// VCVTPS2PH and numpy's astype(float16) give): subnormal f16 results are
+// rounded correctly, |f| >= 65520 becomes +-inf, NaN stays NaN (quiet, sign
+// and top payload bits kept).
+uint16_t F32ToF16(float f);
 
 // Rounds n floats in place to what `dtype` can hold (no-op for kF32).
 // Used to model an activation stored in the activation dtype while

@@ -20,7 +20,7 @@ constexpr size_t kGemvTileCols = 8;
 // (~10 us) is worth it.
 constexpr size_t kGemvChunkBytes = size_t{256} << 10;
 // GEMM column blocks are multiples of 12 (the AVX2 tile is 3 wide, the
-// AVX-512 tile 4) and hold about this many weight bytes: the block is
+// AVX-512 tile 4; QGemm's are 2 and 4) and hold about this many weight bytes: the block is
 // re-read from L2 for every row tile.
 constexpr size_t kGemmColTile = 12;
 constexpr size_t kGemmWeightBlockBytes = size_t{192} << 10;
@@ -70,36 +70,38 @@ internal::GemmBlockFn BlockFn(const char* fn, CpuIsa isa) {
   std::abort();
 }
 
-void RunGemv(const CpuContext& ctx, internal::GemmBlockFn block, const internal::GemmOperands& op,
-             size_t N) {
-  const size_t row_bytes = std::max<size_t>(op.K * DTypeSize(op.w_dtype), 1);
+}  // namespace
+
+namespace internal {
+
+void RunGemvSplit(ThreadPool* pool, size_t N, size_t row_bytes, RectFn block) {
+  row_bytes = std::max<size_t>(row_bytes, 1);
   const size_t tiles = (N + kGemvTileCols - 1) / kGemvTileCols;
   const size_t min_cols = (kGemvChunkBytes + row_bytes - 1) / row_bytes;
   const size_t grain = (min_cols + kGemvTileCols - 1) / kGemvTileCols;
-  if (ctx.pool == nullptr || tiles <= grain) {
-    block(op, 0, 1, 0, N);
+  if (pool == nullptr || tiles <= grain) {
+    block(0, 1, 0, N);
     return;
   }
-  ctx.pool->ParallelFor(tiles, grain, [&](size_t begin, size_t end) {
-    block(op, 0, 1, begin * kGemvTileCols, std::min(N, end * kGemvTileCols));
+  pool->ParallelFor(tiles, grain, [&](size_t begin, size_t end) {
+    block(0, 1, begin * kGemvTileCols, std::min(N, end * kGemvTileCols));
   });
 }
 
-void RunGemm(const CpuContext& ctx, internal::GemmBlockFn block, const internal::GemmOperands& op,
-             size_t M, size_t N) {
-  if (ctx.pool == nullptr || M * N * op.K < kGemmInlineMacs) {
-    block(op, 0, M, 0, N);
+void RunGemmSplit(ThreadPool* pool, size_t M, size_t N, size_t K, size_t row_bytes, RectFn block) {
+  if (pool == nullptr || M * N * K < kGemmInlineMacs) {
+    block(0, M, 0, N);
     return;
   }
-  const size_t row_bytes = std::max<size_t>(op.K * DTypeSize(op.w_dtype), 1);
+  row_bytes = std::max<size_t>(row_bytes, 1);
   size_t nb =
       std::max(kGemmColTile, kGemmWeightBlockBytes / row_bytes / kGemmColTile * kGemmColTile);
-  size_t mb = std::max<size_t>(4, kGemmXBlockBytes / std::max<size_t>(op.K * 4, 1) / 4 * 4);
+  size_t mb = std::max<size_t>(4, kGemmXBlockBytes / std::max<size_t>(K * 4, 1) / 4 * 4);
   size_t n_blocks = (N + nb - 1) / nb;
   size_t m_blocks = (M + mb - 1) / mb;
   // Small K makes the cache-sized blocks few and large: narrow them (columns
   // first, then rows) until every thread gets about four tasks.
-  const size_t min_tasks = 4 * static_cast<size_t>(ctx.pool->num_threads());
+  const size_t min_tasks = 4 * static_cast<size_t>(pool->num_threads());
   while (n_blocks * m_blocks < min_tasks) {
     if (nb > kGemmColTile) {
       nb = std::max(kGemmColTile, nb / 2 / kGemmColTile * kGemmColTile);
@@ -113,13 +115,31 @@ void RunGemm(const CpuContext& ctx, internal::GemmBlockFn block, const internal:
   }
   // Consecutive tasks share a column block, so its weights are still in
   // cache for the next row block.
-  ctx.pool->ParallelFor(n_blocks * m_blocks, 1, [&](size_t begin, size_t end) {
+  pool->ParallelFor(n_blocks * m_blocks, 1, [&](size_t begin, size_t end) {
     for (size_t t = begin; t < end; ++t) {
       const size_t n0 = t / m_blocks * nb;
       const size_t m0 = t % m_blocks * mb;
-      block(op, m0, std::min(M, m0 + mb), n0, std::min(N, n0 + nb));
+      block(m0, std::min(M, m0 + mb), n0, std::min(N, n0 + nb));
     }
   });
+}
+
+}  // namespace internal
+
+namespace {
+
+void RunGemv(const CpuContext& ctx, internal::GemmBlockFn block, const internal::GemmOperands& op,
+             size_t N) {
+  internal::RunGemvSplit(
+      ctx.pool, N, op.K * DTypeSize(op.w_dtype),
+      [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); });
+}
+
+void RunGemm(const CpuContext& ctx, internal::GemmBlockFn block, const internal::GemmOperands& op,
+             size_t M, size_t N) {
+  internal::RunGemmSplit(
+      ctx.pool, M, N, op.K, op.K * DTypeSize(op.w_dtype),
+      [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); });
 }
 
 }  // namespace

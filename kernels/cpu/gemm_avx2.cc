@@ -4,7 +4,7 @@
 // one 8-lane f32 accumulator; lane j takes k = j, j + 8, j + 16, ... in
 // ascending k with one FMA per 8-wide step; a K % 8 tail is one more FMA
 // on zero-padded x and w; then the fixed tree
-// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) (HorizontalSum).
+// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)) (HorizontalSum8).
 // bf16 weights are widened exactly (bf16 bits << 16) before the FMA.
 //
 // Tiles: R rows x C columns of independent accumulators. GEMV (one row)
@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "kernels/cpu/gemm_internal.h"
+#include "kernels/cpu/simd_internal.h"
 
 #define DSV2_AVX2 __attribute__((target("avx2,fma")))
 
@@ -48,13 +49,6 @@ DSV2_AVX2 inline __m256 LoadTail(const uint16_t* p, size_t n) {
   uint16_t buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::memcpy(buf, p, n * sizeof(uint16_t));
   return Load8(buf);
-}
-
-DSV2_AVX2 inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // l_i + l_i+4
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));  // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));   // lane 0 + lane 1
-  return _mm_cvtss_f32(s);
 }
 
 // Y[r, c] for r < R, c < C at y (row stride ldy); x rows at stride ldx,
@@ -117,7 +111,7 @@ DSV2_AVX2 void Tile(const float* x, size_t ldx, const W* w, const W* w_next, siz
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 32
-    for (int c = 0; c < C; ++c) y[r * ldy + c] = HorizontalSum(acc[r][c]);
+    for (int c = 0; c < C; ++c) y[r * ldy + c] = HorizontalSum8(acc[r][c]);
   }
 }
 

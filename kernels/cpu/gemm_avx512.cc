@@ -4,7 +4,7 @@
 // (XValues::kBf16Exact, the activations of bf16 models).
 //
 // Reduction pattern, per Y element (the same in every tile shape below):
-// one 16-lane f32 accumulator, then the fixed tree of HorizontalSum.
+// one 16-lane f32 accumulator, then the fixed tree of HorizontalSum16 (simd_internal.h).
 //   f32 weights: lane j takes k = j, j + 16, ... in ascending k, one FMA per
 //     16-wide step; a K % 16 tail is one more FMA on zero-padded x and w.
 //   bf16 weights, kF32 x: as f32 weights (16-wide FMA steps, zero-padded
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "kernels/cpu/gemm_internal.h"
+#include "kernels/cpu/simd_internal.h"
 
 #define DSV2_AVX512 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
@@ -39,20 +40,6 @@ namespace {
 // x rows in bf16 for the bf16-weight path; one buffer per thread, reused
 // across calls (grows to 64 rows of the largest K seen).
 thread_local std::vector<uint16_t> tls_x_bf16;
-
-// The 16 lanes summed in the fixed tree
-//   (((l0+l8) + (l4+l12)) + ((l2+l10) + (l6+l14))) +
-//   (((l1+l9) + (l5+l13)) + ((l3+l11) + (l7+l15))),
-// i.e. the AVX2 tree applied to the pairwise sums of the two 256-bit halves.
-// Done on stored lanes: GCC 12's 512->256-bit cast and extract intrinsics
-// trip -Werror=uninitialized (GCC PR105593), and this runs once per output.
-DSV2_AVX512 inline float HorizontalSum(__m512 v) {
-  alignas(64) float l[16];
-  _mm512_store_ps(l, v);
-  float h[8];
-  for (int i = 0; i < 8; ++i) h[i] = l[i] + l[i + 8];
-  return ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
-}
 
 // f32 weights: 16 elements per step.
 struct F32Step {
@@ -153,7 +140,7 @@ DSV2_AVX512 void Tile(const typename S::X* x, size_t ldx, const typename S::W* w
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 32
-    for (int c = 0; c < C; ++c) y[r * ldy + c] = HorizontalSum(acc[r][c]);
+    for (int c = 0; c < C; ++c) y[r * ldy + c] = HorizontalSum16(acc[r][c]);
   }
 }
 

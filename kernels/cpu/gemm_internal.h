@@ -20,6 +20,8 @@
 
 #include <cstddef>
 
+#include "absl/functional/function_ref.h"
+#include "kernels/cpu.h"
 #include "kernels/dtype.h"
 
 namespace dsv2::kernels::internal {
@@ -50,6 +52,18 @@ void GemmBlockAvx2(const GemmOperands& op, size_t m_begin, size_t m_end, size_t 
                    size_t n_end);
 void GemmBlockAvx512(const GemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
                      size_t n_end);
+
+// The split of Y into rectangles on the pool, shared by Gemm and QGemm
+// (gemm.cc). Only rectangles of Y are split (never K), so the split changes
+// no bit. `block(m_begin, m_end, n_begin, n_end)` computes one rectangle;
+// row_bytes is the size of one weight row (what a column costs to stream).
+using RectFn = absl::FunctionRef<void(size_t, size_t, size_t, size_t)>;
+// M == 1: chunks of whole 8-column GEMV tiles, each reading at least
+// 256 KiB of weights. Runs inline without a pool.
+void RunGemvSplit(ThreadPool* pool, size_t N, size_t row_bytes, RectFn block);
+// M > 1: cache-sized blocks of 12k columns x 4j rows. Runs inline without
+// a pool or below 2^18 multiply-adds.
+void RunGemmSplit(ThreadPool* pool, size_t M, size_t N, size_t K, size_t row_bytes, RectFn block);
 
 }  // namespace dsv2::kernels::internal
 

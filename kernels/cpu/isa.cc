@@ -16,10 +16,13 @@ namespace {
 absl::string_view Sv(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 struct CpuFeatures {
+  // AVX2, FMA and F16C (f16 scales of quantized weights): present
+  // together on Haswell, AMD Zen and later.
   bool avx2_fma;
-  // AVX-512 F (f32 kernels), BW (16-bit masked loads of bf16 tails) and
-  // BF16 (VDPBF16PS): present together on Cooper Lake, Sapphire Rapids and
-  // later Intel, and on AMD Zen 4 and later.
+  // AVX-512 F (f32 kernels), BW (16-bit masked loads of bf16 tails), VL
+  // (the quantized kernels' 128/256-bit steps may use EVEX forms) and BF16
+  // (VDPBF16PS), on top of the AVX2 set: present together on Cooper Lake,
+  // Sapphire Rapids and later Intel, and on AMD Zen 4 and later.
   bool avx512_bf16;
 };
 
@@ -27,8 +30,10 @@ const CpuFeatures& Features() {
   static const CpuFeatures features = [] {
     __builtin_cpu_init();
     CpuFeatures f;
-    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    f.avx512_bf16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                 __builtin_cpu_supports("f16c");
+    f.avx512_bf16 = f.avx2_fma && __builtin_cpu_supports("avx512f") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                     __builtin_cpu_supports("avx512bf16");
     return f;
   }();

@@ -1,11 +1,13 @@
 // kernels_bench: measures this machine's memory-read bandwidth, then the CPU
 // GEMV/GEMM kernels on DeepSeek-V2-Lite shapes (hidden 2048, dense MLP
 // intermediate 10944, expert intermediate 1408, vocabulary 102400).
-// Each kernel is first checked against GemmReference, then timed; it prints
-// time per call, bytes moved, GB/s, GFLOP/s and the percentage of the
-// measured read bandwidth.
+// Each kernel is first checked against its reference (GemmReference,
+// QGemmReference), then timed; it prints the weights' bits per weight, time
+// per call, bytes moved, GB/s, GFLOP/s and the percentage of the measured
+// read bandwidth. Quantized weights (int8, int4: kernels/quant.h) count
+// their values and their f16 scales as bytes read.
 //
-//   kernels_bench [--threads N] [--isa auto|scalar|avx2|avx512bf16]
+//   kernels_bench [--threads N] [--isa auto|scalar|avx2|avx512bf16] [--quant-only]
 //
 // Weights are timed "cold": the call cycles through enough copies of the
 // weight matrix (>= 256 MiB in all) that every call reads them from DRAM,
@@ -28,6 +30,7 @@
 
 #include "kernels/cpu.h"
 #include "kernels/dtype.h"
+#include "kernels/quant.h"
 
 namespace dsv2::kernels {
 namespace {
@@ -142,6 +145,12 @@ struct Shape {
   DType dtype;
 };
 
+struct QuantShape {
+  const char* name;
+  size_t M, N, K;
+  QuantFormat format;
+};
+
 // Seconds per call over many calls: the median is what to expect, the
 // minimum what the machine gives when nothing else runs (this bench usually
 // shares its cores with other work).
@@ -189,7 +198,69 @@ class KernelBench {
 
     const CallTimes cold = TimeCalls(s, x.data(), w, y.data(), copies);
     const CallTimes hot = copies == 1 ? cold : TimeCalls(s, x.data(), w, y.data(), 1);
-    Print(s, w_bytes, cold, hot);
+    Print(s.name, DTypeName(s.dtype), s.M, s.N, s.K, w_bytes, cold, hot);
+    return true;
+  }
+
+  // Quantized weights: each copy is one buffer holding the values ([N]
+  // rows of QuantRowBytes) followed by the f16 scales ([N, groups]).
+  bool Run(const QuantShape& s) {
+    const size_t row_bytes = QuantRowBytes(s.format, s.K);
+    const size_t groups = QuantGroupsPerRow(s.K);
+    const size_t q_bytes = s.N * row_bytes;
+    const size_t w_bytes = q_bytes + s.N * groups * sizeof(uint16_t);
+    const size_t copies = std::max<size_t>(1, ((size_t{256} << 20) + w_bytes - 1) / w_bytes);
+    std::vector<WeightBuffer> w(copies);
+    Rng rng(s.N * 31 + s.K * 7 + s.M + static_cast<size_t>(s.format));
+    {
+      std::vector<float> wf(s.N * s.K);
+      for (float& v : wf) v = rng.Next() * 0.05f;
+      w[0] = AllocWeights(w_bytes);
+      const absl::Status st =
+          QuantizeRows(s.format, wf.data(), s.K, s.N, s.K, w[0].get(), row_bytes,
+                       reinterpret_cast<uint16_t*>(w[0].get() + q_bytes), groups);
+      if (!st.ok()) {
+        std::printf("%-17s quantization failed: %s\n", s.name, std::string(st.message()).c_str());
+        return false;
+      }
+    }
+    for (size_t c = 1; c < copies; ++c) {
+      w[c] = AllocWeights(w_bytes);
+      std::memcpy(w[c].get(), w[0].get(), w_bytes);
+    }
+    const auto view = [&](size_t c) {
+      return QuantizedWeights{s.format, w[c].get(), row_bytes,
+                              reinterpret_cast<const uint16_t*>(w[c].get() + q_bytes), groups};
+    };
+    std::vector<float> x(s.M * s.K);
+    for (float& v : x) v = rng.Next();
+    std::vector<float> y(s.M * s.N), ref(s.M * s.N);
+    QGemm(ctx_, x.data(), s.K, view(0), y.data(), s.N, s.M, s.N, s.K);
+    QGemmReference(x.data(), s.K, view(0), ref.data(), s.N, s.M, s.N, s.K);
+    // Tolerance: two f32 sums of K products and `groups` scalings.
+    const QuantizedWeights w0 = view(0);
+    std::vector<float> deq(s.K);
+    const double unit = std::ldexp(1.0, -24);
+    for (size_t n = 0; n < s.N; ++n) {
+      DequantizeRow(s.format, w[0].get() + n * row_bytes, w0.scales + n * groups, s.K, deq.data());
+      for (size_t m = 0; m < s.M; ++m) {
+        double abs_sum = 0;
+        for (size_t k = 0; k < s.K; ++k) abs_sum += std::fabs(double{x[m * s.K + k]} * deq[k]);
+        const double tol = 2.0 * (s.K + groups + 4) * unit * abs_sum + 1e-30;
+        const double err = std::fabs(double{y[m * s.N + n]} - ref[m * s.N + n]);
+        if (!(err <= tol)) {
+          std::printf("%-17s MISMATCH at m=%zu n=%zu: %.9g vs reference %.9g (tolerance %.3g)\n",
+                      s.name, m, n, y[m * s.N + n], ref[m * s.N + n], tol);
+          return false;
+        }
+      }
+    }
+    const auto call = [&](size_t c) {
+      QGemm(ctx_, x.data(), s.K, view(c), y.data(), s.N, s.M, s.N, s.K);
+    };
+    const CallTimes cold = TimeQuantCalls(call, copies);
+    const CallTimes hot = copies == 1 ? cold : TimeQuantCalls(call, 1);
+    Print(s.name, QuantFormatName(s.format), s.M, s.N, s.K, w_bytes, cold, hot);
     return true;
   }
 
@@ -212,6 +283,20 @@ class KernelBench {
     while (times.size() < 2 * copies || Seconds(start, Clock::now()) < 0.4) {
       const auto t0 = Clock::now();
       Call(s, x, w[times.size() % copies].get(), y);
+      times.push_back(Seconds(t0, Clock::now()));
+    }
+    return Summarise(std::move(times));
+  }
+
+  // TimeCalls for QGemm: call(c) runs on weight copy c.
+  template <typename Call>
+  CallTimes TimeQuantCalls(const Call& call, size_t copies) {
+    for (size_t c = 0; c < copies; ++c) call(c);
+    std::vector<double> times;
+    const auto start = Clock::now();
+    while (times.size() < 2 * copies || Seconds(start, Clock::now()) < 0.4) {
+      const auto t0 = Clock::now();
+      call(times.size() % copies);
       times.push_back(Seconds(t0, Clock::now()));
     }
     return Summarise(std::move(times));
@@ -241,14 +326,17 @@ class KernelBench {
     return true;
   }
 
-  void Print(const Shape& s, size_t w_bytes, const CallTimes& cold, const CallTimes& hot) {
-    const double bytes = static_cast<double>(w_bytes) + 4.0 * s.M * (s.K + s.N);
-    const double flops = 2.0 * s.M * s.N * s.K;
+  // w_bytes: the weights' bytes (values and scales) read per call.
+  void Print(const char* name, const char* w_name, size_t M, size_t N, size_t K, size_t w_bytes,
+             const CallTimes& cold, const CallTimes& hot) {
+    const double bytes = static_cast<double>(w_bytes) + 4.0 * M * (K + N);
+    const double flops = 2.0 * M * N * K;
     const double gbs = bytes / cold.median_s / 1e9;
+    const double bits_per_weight = 8.0 * w_bytes / (static_cast<double>(N) * K);
     std::printf(
-        "%-17s %4s %4zu %6zu %5zu %8.2f %9.1f %7.2f %7.1f %5.1f%% | %9.1f %7.2f %5.1f%% | %9.1f "
-        "%7.1f\n",
-        s.name, DTypeName(s.dtype), s.M, s.N, s.K, bytes / 1e6, cold.median_s * 1e6, gbs,
+        "%-17s %4s %5.2f %4zu %6zu %5zu %8.2f %9.1f %7.2f %7.1f %5.1f%% | %9.1f %7.2f %5.1f%% | "
+        "%9.1f %7.1f\n",
+        name, w_name, bits_per_weight, M, N, K, bytes / 1e6, cold.median_s * 1e6, gbs,
         flops / cold.median_s / 1e9, 100.0 * gbs / bw_, cold.min_s * 1e6, bytes / cold.min_s / 1e9,
         100.0 * bytes / cold.min_s / 1e9 / bw_, hot.median_s * 1e6, flops / hot.median_s / 1e9);
     std::fflush(stdout);
@@ -261,14 +349,18 @@ class KernelBench {
 int Main(int argc, char** argv) {
   int threads = 2;
   std::string isa_flag;
+  bool quant_only = false;  // only the int8/int4 cases
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--threads" && i + 1 < argc) {
+    if (arg == "--quant-only") {
+      quant_only = true;
+    } else if (arg == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (arg == "--isa" && i + 1 < argc) {
       isa_flag = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--isa auto|scalar|avx2|avx512bf16]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--threads N] [--isa auto|scalar|avx2|avx512bf16] [--quant-only]\n",
                    argv[0]);
       return 2;
     }
@@ -292,10 +384,11 @@ int Main(int argc, char** argv) {
   std::printf(
       "cold: weights cycled through >= 256 MiB of copies (read from DRAM each call); hot: one\n"
       "copy repeated (LLC-resident when it fits). Times per call; %%bw = achieved GB/s / measured\n"
-      "read bandwidth. Bytes = weights + x + y.\n\n");
-  std::printf("%-17s %4s %4s %6s %5s %8s %9s %7s %7s %6s | %9s %7s %6s | %9s %7s\n", "kernel", "w",
-              "M", "N", "K", "MB", "median_us", "GB/s", "GFLOP/s", "bw", "min_us", "GB/s", "bw",
-              "hot_us", "GFLOP/s");
+      "read bandwidth. Bytes = weights (int8/int4: values + f16 scales) + x + y; bpw = weight\n"
+      "bits per weight.\n\n");
+  std::printf("%-17s %4s %5s %4s %6s %5s %8s %9s %7s %7s %6s | %9s %7s %6s | %9s %7s\n", "kernel",
+              "w", "bpw", "M", "N", "K", "MB", "median_us", "GB/s", "GFLOP/s", "bw", "min_us",
+              "GB/s", "bw", "hot_us", "GFLOP/s");
 
   KernelBench bench(CpuContext{*isa, &pool}, bw.best_gbs);
   const Shape shapes[] = {
@@ -313,8 +406,27 @@ int Main(int argc, char** argv) {
       {"gemm", 32, 2048, 2048, DType::kF32},
       {"gemm", 128, 2048, 2048, DType::kF32},
   };
+  const QuantShape quant_shapes[] = {
+      {"gemv q/o-proj", 1, 2048, 2048, QuantFormat::kInt8},
+      {"gemv q/o-proj", 1, 2048, 2048, QuantFormat::kInt4},
+      {"gemv mlp up", 1, 10944, 2048, QuantFormat::kInt8},
+      {"gemv mlp up", 1, 10944, 2048, QuantFormat::kInt4},
+      {"gemv expert down", 1, 2048, 1408, QuantFormat::kInt8},
+      {"gemv expert down", 1, 2048, 1408, QuantFormat::kInt4},
+      {"gemv lm_head", 1, 102400, 2048, QuantFormat::kInt8},
+      {"gemv lm_head", 1, 102400, 2048, QuantFormat::kInt4},
+      {"gemm", 8, 2048, 2048, QuantFormat::kInt8},
+      {"gemm", 32, 2048, 2048, QuantFormat::kInt8},
+      {"gemm", 128, 2048, 2048, QuantFormat::kInt8},
+      {"gemm", 8, 2048, 2048, QuantFormat::kInt4},
+      {"gemm", 32, 2048, 2048, QuantFormat::kInt4},
+      {"gemm", 128, 2048, 2048, QuantFormat::kInt4},
+  };
   bool ok = true;
-  for (const Shape& s : shapes) ok = bench.Run(s) && ok;
+  if (!quant_only) {
+    for (const Shape& s : shapes) ok = bench.Run(s) && ok;
+  }
+  for (const QuantShape& s : quant_shapes) ok = bench.Run(s) && ok;
   return ok ? 0 : 1;
 }
 

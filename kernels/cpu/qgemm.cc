@@ -1,0 +1,81 @@
+// QGemm (kernels/cpu.h): argument checks, ISA dispatch, and the split of Y
+// into rectangles on the ThreadPool (the same split as Gemm's,
+// gemm_internal.h): threads split rows and columns, never K.
+#include <cstdio>
+#include <cstdlib>
+
+#include "kernels/cpu.h"
+#include "kernels/cpu/gemm_internal.h"
+#include "kernels/cpu/qgemm_internal.h"
+#include "kernels/quant.h"
+
+namespace dsv2::kernels {
+namespace {
+
+[[noreturn]] void Fail(const char* what, size_t a, size_t b) {
+  std::fprintf(stderr, "QGemm: %s (%zu vs %zu)\n", what, a, b);
+  std::abort();
+}
+
+// Precondition violations are caller bugs (shapes come from the loader and
+// the engine), hence abort with the offending values.
+void CheckArgs(const float* x, size_t ldx, const QuantizedWeights& w, const float* y, size_t ldy,
+               size_t M, size_t N, size_t K) {
+  if (w.format != QuantFormat::kInt8 && w.format != QuantFormat::kInt4) {
+    std::fprintf(stderr, "QGemm: unknown quantized format %d; expected int8 or int4\n",
+                 static_cast<int>(w.format));
+    std::abort();
+  }
+  if (M == 0 || N == 0) return;
+  if (M > 1 && ldy < N) Fail("ldy < N", ldy, N);
+  if (y == nullptr) Fail("y is null", M, N);
+  if (K == 0) return;
+  if (M > 1 && ldx < K) Fail("ldx < K", ldx, K);
+  if (N > 1 && w.ldq < QuantRowBytes(w.format, K)) {
+    Fail("ldq < QuantRowBytes(format, K)", w.ldq, QuantRowBytes(w.format, K));
+  }
+  if (N > 1 && w.lds < QuantGroupsPerRow(K)) Fail("lds < groups", w.lds, QuantGroupsPerRow(K));
+  if (x == nullptr || w.q == nullptr || w.scales == nullptr) {
+    Fail("x, w.q or w.scales is null", M, K);
+  }
+}
+
+internal::QGemmBlockFn BlockFn(CpuIsa isa) {
+  if (!CpuSupports(isa)) {
+    std::fprintf(stderr,
+                 "QGemm: CPU ISA %.*s is not supported by this CPU (use "
+                 "ResolveCpuIsa)\n",
+                 static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
+    std::abort();
+  }
+  switch (isa) {
+    case CpuIsa::kScalar:
+      return internal::QGemmBlockScalar;
+    case CpuIsa::kAvx2:
+      return internal::QGemmBlockAvx2;
+    case CpuIsa::kAvx512Bf16:
+      return internal::QGemmBlockAvx512;
+  }
+  std::abort();
+}
+
+}  // namespace
+
+void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWeights& w, float* y,
+           size_t ldy, size_t M, size_t N, size_t K) {
+  CheckArgs(x, ldx, w, y, ldy, M, N, K);
+  const internal::QGemmBlockFn block = BlockFn(ctx.isa);
+  if (M == 0 || N == 0) return;
+  const internal::QGemmOperands op{
+      x, ldx, w.format, static_cast<const uint8_t*>(w.q), w.ldq, w.scales, w.lds, y, ldy, K};
+  // What one weight row costs to stream: its values and its scales.
+  const size_t row_bytes = QuantRowBytes(w.format, K) + 2 * QuantGroupsPerRow(K);
+  const auto rect = [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); };
+  if (M == 1) {
+    internal::RunGemvSplit(ctx.pool, N, row_bytes, rect);
+  } else {
+    internal::RunGemmSplit(ctx.pool, M, N, K, row_bytes, rect);
+  }
+}
+
+}  // namespace dsv2::kernels
