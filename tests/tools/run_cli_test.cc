@@ -101,6 +101,27 @@ TEST_F(CliTest, StreamsTextToStdoutWithoutJsonAndReportsTheSeed) {
   EXPECT_NE(r.err.find("seed "), std::string::npos) << r.err;
 }
 
+// The preset's config.json has every field DeepSeek-V2-Lite's released
+// config.json has (but its auto_map: no remote code is shipped), so tools
+// that read released configs (llama.cpp's converter) read ours.
+TEST_F(CliTest, RandomModelConfigHasTheReleasedFields) {
+  std::ifstream in(model_ + "/config.json");
+  const nlohmann::json cfg = nlohmann::json::parse(in);
+  for (const char* key :
+       {"architectures", "attention_bias", "attention_dropout", "aux_loss_alpha", "bos_token_id",
+        "eos_token_id", "first_k_dense_replace", "hidden_act", "hidden_size", "initializer_range",
+        "intermediate_size", "kv_lora_rank", "max_position_embeddings", "model_type",
+        "moe_intermediate_size", "moe_layer_freq", "n_group", "n_routed_experts",
+        "n_shared_experts", "norm_topk_prob", "num_attention_heads", "num_experts_per_tok",
+        "num_hidden_layers", "num_key_value_heads", "pretraining_tp", "q_lora_rank",
+        "qk_nope_head_dim", "qk_rope_head_dim", "rms_norm_eps", "rope_scaling", "rope_theta",
+        "routed_scaling_factor", "scoring_func", "seq_aux", "tie_word_embeddings", "topk_group",
+        "topk_method", "torch_dtype", "use_cache", "v_head_dim", "vocab_size"}) {
+    EXPECT_TRUE(cfg.contains(key)) << key;
+  }
+  EXPECT_EQ(cfg["num_key_value_heads"], cfg["num_attention_heads"]);
+}
+
 TEST_F(CliTest, NoTokenizerGivesEmptyTextAndZeroTokensIsValid) {
   const std::string notok = ::testing::TempDir() + "/dsv2_cli_notok_ok";
   std::filesystem::create_directories(notok);

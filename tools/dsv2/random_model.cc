@@ -47,6 +47,15 @@ json PresetConfig(const std::string& preset) {
         {"mscale", 0.707},
         {"mscale_all_dim", 0.707}}},
       {"rms_norm_eps", 1e-6},
+      // Fields the released checkpoints' config.json also has (dsv2 does not
+      // read them; other tools do, e.g. llama.cpp's converter needs
+      // num_key_value_heads). Without "auto_map": we ship no remote code.
+      {"attention_dropout", 0.0},
+      {"aux_loss_alpha", 0.001},
+      {"seq_aux", true},
+      {"initializer_range", 0.02},
+      {"pretraining_tp", 1},
+      {"use_cache", true},
   };
   if (preset == "v2-tiny") {
     c.update({{"hidden_size", 64}, {"intermediate_size", 192}, {"moe_intermediate_size", 32},
@@ -69,6 +78,8 @@ json PresetConfig(const std::string& preset) {
   } else {
     return nullptr;
   }
+  // MLA has one key/value per head (released configs spell it out).
+  c["num_key_value_heads"] = c["num_attention_heads"];
   return c;
 }
 
