@@ -57,6 +57,11 @@ CpuIsa BestCpuIsa();
 // unknown name, FailedPrecondition when this CPU lacks the requested ISA.
 absl::StatusOr<CpuIsa> ResolveCpuIsa(std::string_view flag_value);
 
+// The number of CPU cores this process may run on (its affinity mask, which
+// a container's cpuset or `taskset` narrows), at least 1. What `dsv2 run`
+// and `dsv2 up` size their thread pools by when --threads is not given.
+int AvailableCpuCores();
+
 // A fixed set of worker threads (num_threads - 1 workers plus the calling
 // thread). Joined in the destructor; never detached. Idle workers sleep on a
 // condition variable (no spinning: the pool may share few cores).

@@ -3,13 +3,23 @@
 // under mu_ until none is left, and the caller waits on done_cv_ until every
 // chunk has finished. Chunks are few (about four per thread), so taking them
 // under the mutex costs nothing measurable next to a kernel chunk.
+#include <sched.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "kernels/cpu.h"
 
 namespace dsv2::kernels {
+
+int AvailableCpuCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads) {
   if (num_threads < 1) {

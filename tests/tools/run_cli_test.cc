@@ -1,5 +1,6 @@
 // `dsv2 run` and `dsv2 make-random-model` as a user runs them: the real
 // binary, its exit codes, its stdout/stderr contract (README.md).
+#include <sched.h>
 #include <sys/wait.h>
 
 #include <array>
@@ -8,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -99,6 +101,22 @@ TEST_F(CliTest, StreamsTextToStdoutWithoutJsonAndReportsTheSeed) {
   EXPECT_NE(r.out.find_first_not_of(" \n"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.back(), '\n');
   EXPECT_NE(r.err.find("seed "), std::string::npos) << r.err;
+}
+
+// Without --threads, `dsv2 run` uses every core it may run on (its CPU
+// affinity, inherited from this test); --threads overrides it.
+TEST_F(CliTest, ThreadsDefaultToTheAvailableCores) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  const int cores = CPU_COUNT(&set);
+  Result r = RunDsv2("run --model " + model_ + " --prompt-ids 5,6 --max-tokens 2 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["threads"], cores);
+  EXPECT_NE(r.err.find(absl::StrCat("; ", cores, " threads;")), std::string::npos) << r.err;
+  r = RunDsv2("run --model " + model_ + " --prompt-ids 5,6 --max-tokens 2 --json --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["threads"], 1);
 }
 
 // The preset's config.json has every field DeepSeek-V2-Lite's released

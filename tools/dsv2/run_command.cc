@@ -16,6 +16,7 @@
 #include "base/flags.h"
 #include "base/status_macros.h"
 #include "base/version.h"
+#include "kernels/cpu.h"
 #include "model/chat_template.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
@@ -85,7 +86,9 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
   flags.Int("top-k", &top_k, "keep the k most likely tokens (0 = all)").Min(0);
   flags.Int("seed", &seed, "sampling seed").DefaultText("random, reported");
   flags.Bool("ignore-eos", &req->ignore_eos, "keep generating after EOS");
-  flags.Int("threads", &req->threads, "worker threads").Range(1, 1024);
+  req->threads = std::min(kernels::AvailableCpuCores(), 1024);
+  flags.Int("threads", &req->threads, "worker threads").Range(1, 1024)
+      .DefaultText("every core this process may run on (its CPU affinity)");
   flags.String("cpu-isa", &req->cpu_isa, "scalar, avx2, avx512bf16 or auto")
       .DefaultText("DSV2_CPU_ISA or best");
   flags.Int("prefill-chunk", &req->prefill_chunk,
@@ -225,9 +228,10 @@ void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
             const RunResult& r) {
   const size_t decode_steps = r.output_ids.empty() ? 0 : r.output_ids.size() - 1;
   std::fprintf(stderr,
-               "seed %llu; prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s "
+               "seed %llu; %d threads; prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s "
                "(%.2f tokens/s)\n",
-               static_cast<unsigned long long>(req.sampling.seed), prompt_ids.size(), r.prefill_s,
+               static_cast<unsigned long long>(req.sampling.seed), req.threads, prompt_ids.size(),
+               r.prefill_s,
                decode_steps, r.decode_s, r.decode_s > 0 ? decode_steps / r.decode_s : 0.0);
   if (!req.json) return;
   nlohmann::json j;
@@ -238,6 +242,7 @@ void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
   for (const auto& [id, logit] : r.first_top10) top.push_back({id, logit});
   j["first_logits_top10"] = top;
   j["seed"] = req.sampling.seed;
+  j["threads"] = req.threads;
   std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 

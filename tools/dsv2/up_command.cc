@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -26,6 +27,7 @@
 #include "inference.grpc.pb.h"
 #include "base/flags.h"
 #include "base/version.h"
+#include "kernels/cpu.h"
 #include "tools/dsv2/process_group.h"
 #include "tools/dsv2/default_model.h"
 
@@ -57,7 +59,9 @@ struct UpOptions {
   int64_t attention_nodes = 1;
   int64_t expert_shards = 2;
   int64_t port = 0;
-  int64_t threads = 1;
+  // Unset: the cores this process may run on, divided among the attention
+  // nodes and expert shards (at least 1 each); the coordinator gets as many.
+  std::optional<int64_t> threads;
   int64_t cache_tokens = 16384;
   std::optional<std::string> ready_file;
   std::optional<std::string> log_dir;
@@ -73,7 +77,9 @@ void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
   flags.Int("expert-shards", &o->expert_shards, "expert shards").Range(1, kMaxProcesses);
   flags.Int("port", &o->port, "the coordinator's public port (0 = OS-chosen)").Range(0, 65535);
   flags.String("ready-file", &o->ready_file, "also write the ready line to this file (atomically)");
-  flags.Int("threads", &o->threads, "compute threads of each process").Range(1, 1024);
+  flags.Int("threads", &o->threads, "compute threads of each process").Range(1, 1024)
+      .DefaultText("the cores this process may run on (CPU affinity) / (attention nodes + expert "
+                   "shards), at least 1");
   flags.Int("cache-tokens", &o->cache_tokens, "latent-cache capacity of each attention node")
       .Min(1);
   flags.String("bin-dir", &o->bin_dir,
@@ -253,7 +259,8 @@ int RunCluster(const UpOptions& o) {
     group.KillAll();
     return 1;
   };
-  const std::string threads = absl::StrCat(o.threads);
+  const std::string threads = absl::StrCat(o.threads.value_or(std::max<int64_t>(
+      1, kernels::AvailableCpuCores() / (o.attention_nodes + o.expert_shards))));
 
   // 1. The coordinator, for its port.
   auto coordinator =
