@@ -103,8 +103,7 @@ LayerLoop::LayerLoop(const NonExpertWeights& weights, LatentCache& cache, Expert
 
 void LayerLoop::Linear(const float* x, int64_t n, const WeightMatrix& w, float* y, bool round) {
   // Linear inputs are activations, already rounded to the activation dtype.
-  kernels::Gemm(ctx_, x, w.cols, w.data, w.dtype, w.row_stride, y, w.rows, n, w.rows, w.cols,
-                ExactX());
+  dsv2::Linear(ctx_, x, w.cols, w, y, w.rows, n, ExactX());
   if (round) RoundInPlace(y, static_cast<size_t>(n * w.rows), act_);
 }
 
@@ -471,11 +470,20 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
 
 void ReferenceMla(const ModelConfig& c, const AttentionWeights& w, const kernels::RopeTable& rope,
                   DType act, const float* h, int64_t T, float* out) {
-  const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
+  const int64_t H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, vd = c.v_head_dim;
   const int64_t qk = nope + R;
+  // References over quantized weights use QGemmReference.
+  auto gemm_ref = [](const float* x, int64_t n, const WeightMatrix& m, float* y) {
+    if (m.quant) {
+      kernels::QGemmReference(x, m.cols, *m.quant, y, m.rows, n, m.rows, m.cols);
+    } else {
+      kernels::GemmReference(x, m.cols, m.data, m.dtype, m.row_stride, y, m.rows, n, m.rows,
+                             m.cols);
+    }
+  };
   auto linear = [&](const float* x, int64_t n, const WeightMatrix& m, float* y) {
-    kernels::GemmReference(x, m.cols, m.data, m.dtype, m.row_stride, y, m.rows, n, m.rows, m.cols);
+    gemm_ref(x, n, m, y);
     RoundInPlace(y, n * m.rows, act);
   };
   std::vector<float> q(T * H * qk);
@@ -522,8 +530,7 @@ void ReferenceMla(const ModelConfig& c, const AttentionWeights& w, const kernels
     }
   }
   RoundInPlace(o.data(), o.size(), act);
-  kernels::GemmReference(o.data(), H * vd, w.o_proj.data, w.o_proj.dtype, w.o_proj.row_stride, out,
-                         D, T, D, H * vd);
+  gemm_ref(o.data(), T, w.o_proj, out);
 }
 
 }  // namespace dsv2

@@ -15,18 +15,17 @@ void SwiGluFfn(const kernels::CpuContext& ctx, const WeightMatrix& gate, const W
       act == DType::kBF16 ? kernels::XValues::kBf16Exact : kernels::XValues::kF32;
   std::vector<float> gu(n * 2 * I);  // row: [gate (I) | up (I)]
   if (gate_up != nullptr) {
-    kernels::Gemm(ctx, x, D, gate_up->data, gate_up->dtype, gate_up->row_stride, gu.data(), 2 * I,
-                  n, 2 * I, D, xv);
+    Linear(ctx, x, D, *gate_up, gu.data(), 2 * I, n, xv);
   } else {
-    kernels::Gemm(ctx, x, D, gate.data, gate.dtype, gate.row_stride, gu.data(), 2 * I, n, I, D, xv);
-    kernels::Gemm(ctx, x, D, up.data, up.dtype, up.row_stride, gu.data() + I, 2 * I, n, I, D, xv);
+    Linear(ctx, x, D, gate, gu.data(), 2 * I, n, xv);
+    Linear(ctx, x, D, up, gu.data() + I, 2 * I, n, xv);
   }
   RoundInPlace(gu.data(), gu.size(), act);
   std::vector<float> h(n * I);
   for (int64_t i = 0; i < n; ++i) {
     kernels::SwiGlu(&gu[i * 2 * I], &gu[i * 2 * I + I], I, act, &h[i * I]);
   }
-  kernels::Gemm(ctx, h.data(), I, down.data, down.dtype, down.row_stride, out, D, n, D, I, xv);
+  Linear(ctx, h.data(), I, down, out, D, n, xv);
   RoundInPlace(out, static_cast<size_t>(n * D), act);
 }
 

@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -65,23 +66,81 @@ std::vector<float> AsF32Vector(const TensorView& t) {
   return out;
 }
 
+std::optional<kernels::QuantFormat> ToQuantFormat(WeightQuantization::Format f) {
+  switch (f) {
+    case WeightQuantization::Format::kInt8:
+      return kernels::QuantFormat::kInt8;
+    case WeightQuantization::Format::kInt4:
+      return kernels::QuantFormat::kInt4;
+    case WeightQuantization::Format::kNone:
+      break;
+  }
+  return std::nullopt;
+}
+
+// `src` quantized into owned buffers, streamed in blocks of rows (only one
+// block of f32 rows exists at a time). `name` is for errors.
+absl::StatusOr<WeightMatrix> Quantize(const WeightMatrix& src, kernels::QuantFormat format,
+                                      const std::string& name, OwnedBuffers& owned) {
+  const size_t N = static_cast<size_t>(src.rows), K = static_cast<size_t>(src.cols);
+  kernels::QuantizedWeights q;
+  q.format = format;
+  q.ldq = kernels::QuantRowBytes(format, K);
+  q.lds = kernels::QuantGroupsPerRow(K);
+  auto* qdata = static_cast<uint8_t*>(owned.Allocate(std::max<size_t>(N * q.ldq, 1)));
+  auto* scales = static_cast<uint16_t*>(owned.Allocate(std::max<size_t>(N * q.lds, 1) * 2));
+  q.q = qdata;
+  q.scales = scales;
+  constexpr size_t kBlockRows = 64;
+  std::vector<float> rows(std::min(N, kBlockRows) * K);
+  for (size_t r0 = 0; r0 < N; r0 += kBlockRows) {
+    const size_t n = std::min(kBlockRows, N - r0);
+    for (size_t i = 0; i < n; ++i) src.RowToF32(static_cast<int64_t>(r0 + i), &rows[i * K]);
+    const absl::Status s = kernels::QuantizeRows(format, rows.data(), K, n, K,
+                                                 qdata + r0 * q.ldq, q.ldq, scales + r0 * q.lds,
+                                                 q.lds);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": quantizing rows from ", r0, ": ", s.message()));
+    }
+  }
+  WeightMatrix m;
+  m.rows = src.rows;
+  m.cols = src.cols;
+  m.quant = q;
+  return m;
+}
+
 class Loader {
  public:
   Loader(const Checkpoint& ckpt, OwnedBuffers& owned) : ckpt_(ckpt), owned_(owned) {}
 
-  absl::StatusOr<WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols) {
+  // Loads as stored; quantized to `format` when set.
+  absl::StatusOr<WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols,
+                                      std::optional<kernels::QuantFormat> format = std::nullopt) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
-    return AsMatrix(*t, 0, rows, cols, owned_);
+    if (!format) return AsMatrix(*t, 0, rows, cols, owned_);
+    return QuantizedView(*t, 0, rows, cols, *format, name);
+  }
+  // Rows [row_begin, row_begin + rows) of `t` quantized (a zero-copy view
+  // of the mapped rows is read block by block).
+  absl::StatusOr<WeightMatrix> QuantizedView(const TensorView& t, int64_t row_begin, int64_t rows,
+                                             int64_t cols, kernels::QuantFormat format,
+                                             const std::string& name) {
+    OwnedBuffers scratch;  // an f16 / misaligned copy, freed after quantizing
+    const WeightMatrix src = AsMatrix(t, row_begin, rows, cols, scratch);
+    return Quantize(src, format, name, owned_);
   }
   absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {n}));
     return AsF32Vector(*t);
   }
-  absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t d, int64_t inter) {
+  absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t d, int64_t inter,
+                                 std::optional<kernels::QuantFormat> format = std::nullopt) {
     MlpWeights w;
-    DSV2_ASSIGN_OR_RETURN(w.gate, Matrix(prefix + "gate_proj.weight", inter, d));
-    DSV2_ASSIGN_OR_RETURN(w.up, Matrix(prefix + "up_proj.weight", inter, d));
-    DSV2_ASSIGN_OR_RETURN(w.down, Matrix(prefix + "down_proj.weight", d, inter));
+    DSV2_ASSIGN_OR_RETURN(w.gate, Matrix(prefix + "gate_proj.weight", inter, d, format));
+    DSV2_ASSIGN_OR_RETURN(w.up, Matrix(prefix + "up_proj.weight", inter, d, format));
+    DSV2_ASSIGN_OR_RETURN(w.down, Matrix(prefix + "down_proj.weight", d, inter, format));
     return w;
   }
   // An owned f32 copy (the router runs in fp32, MODEL_SPEC section 7).
@@ -90,7 +149,7 @@ class Loader {
     const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
     auto* dst = static_cast<float*>(owned_.Allocate(bytes));
     CopyToF32(*t, dst);
-    return WeightMatrix{dst, DType::kF32, rows, cols, cols};
+    return WeightMatrix{dst, DType::kF32, rows, cols, cols, std::nullopt};
   }
 
   const Checkpoint& ckpt() const { return ckpt_; }
@@ -101,23 +160,26 @@ class Loader {
   OwnedBuffers& owned_;
 };
 
-absl::StatusOr<AttentionWeights> LoadAttention(const ModelConfig& c, int64_t l, Loader& ld) {
+// `format`: the projections' quantized format (nullopt = as stored);
+// kv_b_proj always stays as stored (see WeightQuantization).
+absl::StatusOr<AttentionWeights> LoadAttention(const ModelConfig& c, int64_t l, Loader& ld,
+                                               std::optional<kernels::QuantFormat> format) {
   const std::string p = LayerPrefix(l) + "self_attn.";
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, v = c.v_head_dim;
   AttentionWeights a;
   if (c.q_lora_rank) {
     const int64_t q = *c.q_lora_rank;
-    DSV2_ASSIGN_OR_RETURN(a.q_a_proj, ld.Matrix(p + "q_a_proj.weight", q, D));
+    DSV2_ASSIGN_OR_RETURN(a.q_a_proj, ld.Matrix(p + "q_a_proj.weight", q, D, format));
     DSV2_ASSIGN_OR_RETURN(a.q_a_norm, ld.Vector(p + "q_a_layernorm.weight", q));
-    DSV2_ASSIGN_OR_RETURN(a.q_b_proj, ld.Matrix(p + "q_b_proj.weight", H * (nope + R), q));
+    DSV2_ASSIGN_OR_RETURN(a.q_b_proj, ld.Matrix(p + "q_b_proj.weight", H * (nope + R), q, format));
   } else {
-    DSV2_ASSIGN_OR_RETURN(a.q_proj, ld.Matrix(p + "q_proj.weight", H * (nope + R), D));
+    DSV2_ASSIGN_OR_RETURN(a.q_proj, ld.Matrix(p + "q_proj.weight", H * (nope + R), D, format));
   }
-  DSV2_ASSIGN_OR_RETURN(a.kv_a_proj, ld.Matrix(p + "kv_a_proj_with_mqa.weight", C + R, D));
+  DSV2_ASSIGN_OR_RETURN(a.kv_a_proj, ld.Matrix(p + "kv_a_proj_with_mqa.weight", C + R, D, format));
   DSV2_ASSIGN_OR_RETURN(a.kv_a_norm, ld.Vector(p + "kv_a_layernorm.weight", C));
   DSV2_ASSIGN_OR_RETURN(a.kv_b_proj, ld.Matrix(p + "kv_b_proj.weight", H * (nope + v), C));
-  DSV2_ASSIGN_OR_RETURN(a.o_proj, ld.Matrix(p + "o_proj.weight", D, H * v));
+  DSV2_ASSIGN_OR_RETURN(a.o_proj, ld.Matrix(p + "o_proj.weight", D, H * v, format));
   // Absorbed-form views (MODEL_SPEC section 5): kv_b_proj rows for head h
   // are [W_UK_h (nope rows); W_UV_h (v rows)].
   const size_t esize = DTypeSize(a.kv_b_proj.dtype);
@@ -131,7 +193,7 @@ absl::StatusOr<AttentionWeights> LoadAttention(const ModelConfig& c, int64_t l, 
         std::memcpy(dst + (k * nope + j) * esize, src + (j * uk.row_stride + k) * esize, esize);
       }
     }
-    a.w_uk_t.push_back(WeightMatrix{dst, a.kv_b_proj.dtype, C, nope, nope});
+    a.w_uk_t.push_back(WeightMatrix{dst, a.kv_b_proj.dtype, C, nope, nope, std::nullopt});
   }
   return a;
 }
@@ -140,14 +202,63 @@ absl::StatusOr<AttentionWeights> LoadAttention(const ModelConfig& c, int64_t l, 
 
 WeightMatrix WeightMatrix::RowSlice(int64_t begin, int64_t count) const {
   WeightMatrix m = *this;
-  m.data = static_cast<const std::byte*>(data) + begin * row_stride * DTypeSize(dtype);
   m.rows = count;
+  if (quant) {
+    const auto b = static_cast<size_t>(begin);
+    m.quant->q = static_cast<const uint8_t*>(quant->q) + b * quant->ldq;
+    m.quant->scales = quant->scales + b * quant->lds;
+    return m;
+  }
+  m.data = static_cast<const std::byte*>(data) + begin * row_stride * DTypeSize(dtype);
   return m;
 }
 
 void WeightMatrix::RowToF32(int64_t r, float* out) const {
+  if (quant) {
+    const auto b = static_cast<size_t>(r);
+    kernels::DequantizeRow(quant->format, static_cast<const uint8_t*>(quant->q) + b * quant->ldq,
+                           quant->scales + b * quant->lds, static_cast<size_t>(cols), out);
+    return;
+  }
   ToF32(static_cast<const std::byte*>(data) + r * row_stride * DTypeSize(dtype), dtype,
         static_cast<size_t>(cols), out);
+}
+
+size_t WeightMatrix::bytes() const {
+  const auto n = static_cast<size_t>(rows);
+  if (quant) return n * (quant->ldq + quant->lds * sizeof(uint16_t));
+  return n * static_cast<size_t>(row_stride) * DTypeSize(dtype);
+}
+
+void Linear(const kernels::CpuContext& ctx, const float* x, size_t ldx, const WeightMatrix& w,
+            float* y, size_t ldy, size_t M, kernels::XValues x_values) {
+  const auto N = static_cast<size_t>(w.rows), K = static_cast<size_t>(w.cols);
+  if (w.quant) {
+    kernels::QGemm(ctx, x, ldx, *w.quant, y, ldy, M, N, K);
+  } else {
+    kernels::Gemm(ctx, x, ldx, w.data, w.dtype, static_cast<size_t>(w.row_stride), y, ldy, M, N,
+                  K, x_values);
+  }
+}
+
+absl::StatusOr<WeightQuantization::Format> ParseWeightFormat(std::string_view name) {
+  if (name == "none") return WeightQuantization::Format::kNone;
+  if (name == "int8") return WeightQuantization::Format::kInt8;
+  if (name == "int4") return WeightQuantization::Format::kInt4;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown weight format \"", std::string(name), "\" (none, int8 or int4)"));
+}
+
+const char* WeightFormatName(WeightQuantization::Format format) {
+  switch (format) {
+    case WeightQuantization::Format::kNone:
+      return "none";
+    case WeightQuantization::Format::kInt8:
+      return "int8";
+    case WeightQuantization::Format::kInt4:
+      return "int4";
+  }
+  return "?";
 }
 
 void* OwnedBuffers::Allocate(size_t bytes) {
@@ -163,8 +274,16 @@ void* OwnedBuffers::Allocate(size_t bytes) {
 }
 
 absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
-    const ModelConfig& c, const Checkpoint& ckpt, std::optional<DType> activation_dtype) {
+    const ModelConfig& c, const Checkpoint& ckpt, std::optional<DType> activation_dtype,
+    const WeightQuantization& quantization) {
   auto w = std::unique_ptr<NonExpertWeights>(new NonExpertWeights());
+  const std::optional<kernels::QuantFormat> expert_format = ToQuantFormat(quantization.format);
+  const std::optional<kernels::QuantFormat> attn_format =
+      quantization.experts_only ? std::nullopt : expert_format;
+  const std::optional<kernels::QuantFormat> lm_head_format =
+      attn_format && !quantization.lm_head_bf16
+          ? std::optional<kernels::QuantFormat>(kernels::QuantFormat::kInt8)
+          : std::nullopt;
   w->config_ = c;
   Loader ld(ckpt, w->owned_);
   const int64_t D = c.hidden_size, V = c.vocab_size;
@@ -179,26 +298,32 @@ absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
   w->embed_ = AsMatrix(*embed, 0, V, D, w->owned_);
   DSV2_ASSIGN_OR_RETURN(w->final_norm_, ld.Vector("model.norm.weight", D));
   if (c.tie_word_embeddings && ckpt.Find("lm_head.weight") == nullptr) {
-    w->lm_head_ = w->embed_;
+    if (lm_head_format) {  // a quantized copy; the embeddings stay as stored
+      DSV2_ASSIGN_OR_RETURN(w->lm_head_, ld.QuantizedView(*embed, 0, V, D, *lm_head_format,
+                                                          "model.embed_tokens.weight"));
+    } else {
+      w->lm_head_ = w->embed_;
+    }
   } else {
-    DSV2_ASSIGN_OR_RETURN(w->lm_head_, ld.Matrix("lm_head.weight", V, D));
+    DSV2_ASSIGN_OR_RETURN(w->lm_head_, ld.Matrix("lm_head.weight", V, D, lm_head_format));
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerWeights lw;
     const std::string p = LayerPrefix(l);
     DSV2_ASSIGN_OR_RETURN(lw.input_norm, ld.Vector(p + "input_layernorm.weight", D));
     DSV2_ASSIGN_OR_RETURN(lw.post_norm, ld.Vector(p + "post_attention_layernorm.weight", D));
-    DSV2_ASSIGN_OR_RETURN(lw.attn, LoadAttention(c, l, ld));
+    DSV2_ASSIGN_OR_RETURN(lw.attn, LoadAttention(c, l, ld, attn_format));
     lw.is_moe = c.is_moe_layer(l);
     if (!lw.is_moe) {
-      DSV2_ASSIGN_OR_RETURN(lw.dense, ld.Mlp(p + "mlp.", D, c.intermediate_size));
+      DSV2_ASSIGN_OR_RETURN(lw.dense, ld.Mlp(p + "mlp.", D, c.intermediate_size, attn_format));
     } else {
       DSV2_ASSIGN_OR_RETURN(lw.router,
                             ld.F32Matrix(p + "mlp.gate.weight", c.n_routed_experts, D));
       if (c.n_shared_experts > 0) {
         DSV2_ASSIGN_OR_RETURN(
             lw.shared,
-            ld.Mlp(p + "mlp.shared_experts.", D, c.moe_intermediate_size * c.n_shared_experts));
+            ld.Mlp(p + "mlp.shared_experts.", D, c.moe_intermediate_size * c.n_shared_experts,
+                   expert_format));
       }
     }
     w->layers_.push_back(std::move(lw));
@@ -216,8 +341,10 @@ std::vector<ExpertWeightSet::Key> ExpertWeightSet::AllLayers(const ModelConfig& 
 }
 
 absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
-    const ModelConfig& c, const Checkpoint& ckpt, const std::vector<Key>& keys) {
+    const ModelConfig& c, const Checkpoint& ckpt, const std::vector<Key>& keys,
+    const WeightQuantization& quantization) {
   auto set = std::unique_ptr<ExpertWeightSet>(new ExpertWeightSet());
+  const std::optional<kernels::QuantFormat> format = ToQuantFormat(quantization.format);
   Loader ld(ckpt, set->owned_);
   const int64_t D = c.hidden_size, I = c.moe_intermediate_size, E = c.n_routed_experts;
   for (const Key& k : keys) {
@@ -237,17 +364,24 @@ absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
       DSV2_ASSIGN_OR_RETURN(const TensorView* gu, ckpt.Get(p + "gate_up_proj", {E, 2 * I, D}));
       DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ckpt.Get(p + "down_proj", {E, D, I}));
       const int64_t e = k.expert;
-      ew.gate_up = AsMatrix(*gu, e * 2 * I, 2 * I, D, set->owned_);
+      if (format) {
+        DSV2_ASSIGN_OR_RETURN(ew.gate_up, ld.QuantizedView(*gu, e * 2 * I, 2 * I, D, *format,
+                                                           p + "gate_up_proj"));
+        DSV2_ASSIGN_OR_RETURN(ew.down,
+                              ld.QuantizedView(*dn, e * D, D, I, *format, p + "down_proj"));
+      } else {
+        ew.gate_up = AsMatrix(*gu, e * 2 * I, 2 * I, D, set->owned_);
+        ew.down = AsMatrix(*dn, e * D, D, I, set->owned_);
+      }
       ew.gate = ew.gate_up->RowSlice(0, I);
       ew.up = ew.gate_up->RowSlice(I, I);
-      ew.down = AsMatrix(*dn, e * D, D, I, set->owned_);
     } else {
-      DSV2_ASSIGN_OR_RETURN(MlpWeights m, ld.Mlp(absl::StrCat(p, k.expert, "."), D, I));
+      DSV2_ASSIGN_OR_RETURN(MlpWeights m, ld.Mlp(absl::StrCat(p, k.expert, "."), D, I, format));
       ew.gate = m.gate;
       ew.up = m.up;
       ew.down = m.down;
     }
-    set->weight_bytes_ += static_cast<size_t>(3 * I * D) * DTypeSize(ew.gate.dtype);
+    set->weight_bytes_ += ew.gate.bytes() + ew.up.bytes() + ew.down.bytes();
     set->experts_.emplace(k, ew);
   }
   return set;
@@ -261,8 +395,9 @@ const ExpertWeights* ExpertWeightSet::Find(int32_t layer, int32_t expert) const 
 void ExpertWeightSet::Prefault() const {
   volatile uint8_t sink = 0;
   auto touch = [&](const WeightMatrix& m) {
+    if (m.quant) return;  // owned buffers: written at load, so resident
     const auto* p = static_cast<const uint8_t*>(m.data);
-    const size_t bytes = static_cast<size_t>(m.rows * m.row_stride) * DTypeSize(m.dtype);
+    const size_t bytes = m.bytes();
     for (size_t i = 0; i < bytes; i += 4096) sink = sink + p[i];
   };
   for (const auto& [k, e] : experts_) {
