@@ -34,12 +34,14 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
     std::cerr << "loading " << o.model_dir << " ("
               << e->checkpoint_->mapped_bytes() / (1 << 20) << " MiB mapped)\n";
   }
-  DSV2_ASSIGN_OR_RETURN(e->weights_, NonExpertWeights::Load(e->config_, *e->checkpoint_, o.activation_dtype));
+  DSV2_ASSIGN_OR_RETURN(e->weights_, NonExpertWeights::Load(e->config_, *e->checkpoint_,
+                                                                o.activation_dtype, o.quantization));
   std::vector<int32_t> all(e->config_.n_routed_experts);
   std::iota(all.begin(), all.end(), 0);
   DSV2_ASSIGN_OR_RETURN(
       auto experts,
-      ExpertWeightSet::Load(e->config_, *e->checkpoint_, ExpertWeightSet::AllLayers(e->config_, all)));
+      ExpertWeightSet::Load(e->config_, *e->checkpoint_,
+                            ExpertWeightSet::AllLayers(e->config_, all), o.quantization));
   if (verbose) std::cerr << "loaded " << experts->size() << " routed experts\n";
   e->shard_ = std::make_unique<ExpertCompute>(e->config_, std::move(experts), e->ctx_);
   ExpertCompute* shard = e->shard_.get();

@@ -33,6 +33,8 @@ struct LocalEngineOptions {
   // nullopt = the checkpoint's dtype (DESIGN.md section 7); kF32 runs a
   // bf16 checkpoint with f32 activations (numerics checks).
   std::optional<DType> activation_dtype;
+  // Load-time quantization of the linear weights (none by default).
+  WeightQuantization quantization;
   // The model's config.json when the caller has already parsed it (it is
   // then not read again); nullopt = read it from model_dir.
   std::optional<ModelConfig> config;

@@ -39,6 +39,7 @@ struct RunRequest {
   int threads = 1;
   std::string cpu_isa;
   int64_t prefill_chunk = 0;  // 0 = the whole prompt in one step
+  WeightQuantization quantization;  // --weights, --experts-only, --lm-head-bf16
   SamplingParams sampling;
 };
 
@@ -93,10 +94,27 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
       .DefaultText("DSV2_CPU_ISA or best");
   flags.Int("prefill-chunk", &req->prefill_chunk,
             "prefill at most this many prompt tokens per step (0 = all)").Min(0);
+  std::string weights = "none";
+  flags.String("weights", &weights,
+               "quantize the linear weights at load: none, int8 or int4 (group-32, f16 "
+               "scales; docs/numerics.md)");
+  flags.Bool("experts-only", &req->quantization.experts_only,
+             "with --weights: quantize the shared and routed experts only");
+  flags.Bool("lm-head-bf16", &req->quantization.lm_head_bf16,
+             "with --weights: keep lm_head as stored (default: int8)");
   flags.Bool("json", &req->json, "print one JSON object on stdout; stream text to stderr");
   flags.ExclusiveGroup({"prompt", "prompt-ids"}, flags::GroupRule::kExactlyOne);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
   if (req->chat && !req->prompt) return flags.UsageError("--chat needs --prompt");
+  if (absl::StatusOr<WeightQuantization::Format> f = ParseWeightFormat(weights); f.ok()) {
+    req->quantization.format = *f;
+  } else {
+    return flags.UsageError(absl::StrCat("--weights: ", f.status().message()));
+  }
+  if ((req->quantization.experts_only || req->quantization.lm_head_bf16) &&
+      req->quantization.format == WeightQuantization::Format::kNone) {
+    return flags.UsageError("--experts-only and --lm-head-bf16 need --weights int8 or int4");
+  }
   if (absl::StatusOr<std::string> dir = ResolveModelDir(model); dir.ok()) {
     req->model = *dir;
   } else if (model) {
@@ -243,6 +261,7 @@ void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
   j["first_logits_top10"] = top;
   j["seed"] = req.sampling.seed;
   j["threads"] = req.threads;
+  j["weights"] = WeightFormatName(req.quantization.format);
   std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 
@@ -271,6 +290,7 @@ absl::Status Run(const RunRequest& req) {
   eo.cache_tokens = num_prompt + req.max_tokens;
   eo.config = cfg;
   eo.verbose_load = true;
+  eo.quantization = req.quantization;
   DSV2_ASSIGN_OR_RETURN(std::unique_ptr<LocalEngine> engine, LocalEngine::Open(eo));
   RunResult result;
   DSV2_RETURN_IF_ERROR(Generate(req, prompt_ids, tokenizer.get(), *engine,
