@@ -1,5 +1,8 @@
 #include "model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -79,9 +82,12 @@ std::optional<kernels::QuantFormat> ToQuantFormat(WeightQuantization::Format f) 
 }
 
 // `src` quantized into owned buffers, streamed in blocks of rows (only one
-// block of f32 rows exists at a time). `name` is for errors.
+// block of f32 rows exists at a time); after_block(first_row, rows) runs
+// after each block. `name` is for errors.
+template <typename AfterBlock>
 absl::StatusOr<WeightMatrix> Quantize(const WeightMatrix& src, kernels::QuantFormat format,
-                                      const std::string& name, OwnedBuffers& owned) {
+                                      const std::string& name, OwnedBuffers& owned,
+                                      AfterBlock after_block) {
   const size_t N = static_cast<size_t>(src.rows), K = static_cast<size_t>(src.cols);
   kernels::QuantizedWeights q;
   q.format = format;
@@ -103,6 +109,7 @@ absl::StatusOr<WeightMatrix> Quantize(const WeightMatrix& src, kernels::QuantFor
       return absl::InvalidArgumentError(
           absl::StrCat(name, ": quantizing rows from ", r0, ": ", s.message()));
     }
+    after_block(r0, n);
   }
   WeightMatrix m;
   m.rows = src.rows;
@@ -129,7 +136,22 @@ class Loader {
                                              const std::string& name) {
     OwnedBuffers scratch;  // an f16 / misaligned copy, freed after quantizing
     const WeightMatrix src = AsMatrix(t, row_begin, rows, cols, scratch);
-    return Quantize(src, format, name, owned_);
+    const size_t row_bytes = static_cast<size_t>(cols) * DTypeSize(t.dtype);
+    const std::byte* first = t.data + static_cast<size_t>(row_begin) * row_bytes;
+    return Quantize(src, format, name, owned_, [&](size_t r0, size_t n) {
+      ReleasePages(first + r0 * row_bytes, n * row_bytes);
+    });
+  }
+  // Drops the resident pages wholly inside [p, p + bytes) of the read-only
+  // private mapping (MADV_DONTNEED), so a quantized model does not keep the
+  // stored weights resident too. Harmless for correctness: a later read
+  // (e.g. the embeddings when lm_head is a quantized copy of them, or a
+  // neighbour's rows sharing a page) faults the page back in from the file.
+  static void ReleasePages(const std::byte* p, size_t bytes) {
+    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
   }
   absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
     DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {n}));

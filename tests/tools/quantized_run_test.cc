@@ -204,11 +204,13 @@ long PeakRssKib(const std::string& model, const std::string& flags) {
 }
 
 TEST_F(QuantizedRunTest, ResidentMemoryIsSmaller) {
-  // The f32 copy makes the stored weights dominate the process's memory.
+  // The f32 copy makes the stored weights dominate the process's memory:
+  // lm_head alone is 25 MiB in f32 (every row is read for the logits), 6.6
+  // MiB in int8, and quantizing releases the mapped rows block by block.
   const std::string deq = DequantizedCopy(kernels::QuantFormat::kInt4);
   const long none = PeakRssKib(deq, "--weights none");
   const long int4 = PeakRssKib(deq, "--weights int4");
-  EXPECT_LT(int4, none) << "int4 " << int4 << " KiB, none " << none << " KiB";
+  EXPECT_LT(int4 + 10 * 1024, none) << "int4 " << int4 << " KiB, none " << none << " KiB";
 }
 
 }  // namespace
