@@ -47,6 +47,7 @@ int Main(int argc, char** argv) {
                                   "register, heartbeat and take placements from it (then "
                                   "--expert-shards/--placement are not needed)");
   service::DefineCommonFlags(flags, &node.common);
+  service::DefineWeightFlags(flags, &node.common);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (flags.was_set("expert-shards")) {
     node.expert_shards = absl::StrSplit(expert_shards, ',', absl::SkipEmpty());

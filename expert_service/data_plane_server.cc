@@ -38,8 +38,13 @@ int64_t ResidentBytes() {
 
 ExpertDataPlaneServer::ExpertDataPlaneServer(const ModelConfig& config,
                                            const Checkpoint& checkpoint,
-                                           kernels::CpuContext ctx, int32_t shard_id)
-    : config_(config), checkpoint_(checkpoint), ctx_(ctx), shard_id_(shard_id) {
+                                           kernels::CpuContext ctx, int32_t shard_id,
+                                           WeightQuantization quantization)
+    : config_(config),
+      checkpoint_(checkpoint),
+      ctx_(ctx),
+      shard_id_(shard_id),
+      quantization_(quantization) {
   counters_.expert_rows.assign(static_cast<size_t>(std::max<int64_t>(0, config.n_routed_experts)),
                                0);
 }
@@ -67,7 +72,8 @@ absl::Status ExpertDataPlaneServer::LoadExperts(const router::Placement& placeme
   // map again.
   DSV2_ASSIGN_OR_RETURN(
       std::unique_ptr<ExpertWeightSet> weights,
-      ExpertWeightSet::Load(config_, checkpoint_, ExpertWeightSet::AllLayers(config_, wanted)));
+      ExpertWeightSet::Load(config_, checkpoint_, ExpertWeightSet::AllLayers(config_, wanted),
+                            quantization_));
   weights->Prefault();
   auto shard = std::make_shared<const ExpertCompute>(config_, std::move(weights), ctx_);
   absl::MutexLock lock(&mu_);

@@ -54,8 +54,10 @@ class ExpertDataPlaneServer {
  public:
   // `checkpoint` must outlive the server. Holds no experts until
   // LoadExperts.
+  // `quantization`: how LoadExperts loads the experts (none: as stored).
   ExpertDataPlaneServer(const ModelConfig& config, const Checkpoint& checkpoint,
-                       kernels::CpuContext ctx, int32_t shard_id);
+                       kernels::CpuContext ctx, int32_t shard_id,
+                       WeightQuantization quantization = {});
 
   // Holds exactly placement.ExpertsOf(shard_id) (every MoE layer; none for
   // a shard id the table does not use), loading what it gains first, then
@@ -85,6 +87,7 @@ class ExpertDataPlaneServer {
   const Checkpoint& checkpoint_;
   const kernels::CpuContext ctx_;
   const int32_t shard_id_;
+  const WeightQuantization quantization_;
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const ExpertCompute> shard_ ABSL_GUARDED_BY(mu_);

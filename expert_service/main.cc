@@ -40,6 +40,7 @@ int Main(int argc, char** argv) {
                                   "register with --shard-id, heartbeat, and load the experts it "
                                   "assigns (--num-shards then defaults to 0)");
   service::DefineCommonFlags(flags, &shard.common);
+  service::DefineWeightFlags(flags, &shard.common);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   shard.num_shards = num_shards.value_or(serve.coordinator ? 0 : 1);
   if (shard.num_shards > 0 && shard.shard_id >= shard.num_shards) {

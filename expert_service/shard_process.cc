@@ -70,8 +70,10 @@ absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
   DSV2_ASSIGN_OR_RETURN(p->config, LoadModelConfig(options.model_dir + "/config.json"));
   DSV2_ASSIGN_OR_RETURN(p->checkpoint, Checkpoint::OpenDir(options.model_dir));
   DSV2_ASSIGN_OR_RETURN(p->compute, service::MakeComputeContext(options.common));
+  DSV2_ASSIGN_OR_RETURN(const WeightQuantization quantization,
+                        service::WeightQuantizationFromFlags(options.common));
   p->server = std::make_unique<ExpertDataPlaneServer>(p->config, *p->checkpoint, p->compute.ctx,
-                                                      options.shard_id);
+                                                      options.shard_id, quantization);
   const router::GateParams gate = router::GateParams::FromConfig(p->config);
   DSV2_ASSIGN_OR_RETURN(std::optional<internal::PlacementTable> table,
                         StartupPlacement(options, gate));

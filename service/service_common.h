@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/cpu.h"
+#include "model/weights.h"
 #include "placement.pb.h"
 #include "router/plan.h"
 #include "service/serve.h"
@@ -40,8 +41,19 @@ struct CommonFlags {
   int metrics_port = 0;  // /metrics HTTP port; 0 = OS-chosen
   std::string ucx_transports;
   int64_t rendezvous_threshold = 64 << 10;
+  // --weights, --experts-only, --lm-head-bf16 (dsv2-attention and
+  // dsv2-expert only: DefineWeightFlags).
+  std::string weights = "none";
+  bool experts_only = false;
+  bool lm_head_bf16 = false;
 };
 void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* common);
+// --weights none|int8|int4, --experts-only, --lm-head-bf16 (load-time
+// quantization, as `dsv2 run`'s) into `common`.
+void DefineWeightFlags(flags::FlagSet& flags, CommonFlags* common);
+// Those flags as a WeightQuantization; InvalidArgument for an unknown
+// format, or --experts-only / --lm-head-bf16 without a format.
+absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const CommonFlags& common);
 // --coordinator (`coordinator_help` says what the binary does with it) and
 // --advertise-host, into `serve`.
 void DefineCoordinatorFlags(flags::FlagSet& flags, ServeOptions* serve,

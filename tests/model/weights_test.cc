@@ -1,10 +1,13 @@
 #include "model/weights.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 
 #include "gtest/gtest.h"
+#include "kernels/quant.h"
 #include "nlohmann/json.hpp"
 #include "tests/common/checkpoint_rewrite.h"
 
@@ -153,6 +156,88 @@ TEST(WeightsTest, F16IsConvertedToF32AtLoad) {
   EXPECT_EQ((*w)->embed().dtype, DType::kF32);
   EXPECT_EQ((*w)->layer(1).attn.q_b_proj.dtype, DType::kF32);
   EXPECT_TRUE(LoadAll(dir).ok());
+}
+
+// Load-time quantization (issue 13): which matrices are quantized, that a
+// quantized row reads back as QuantizeRows + DequantizeRow of the stored
+// row, that fused gate/up slices see the right rows, and the byte counts.
+TEST(WeightsTest, LoadTimeQuantizationQuantizesTheLinearWeightsOnly) {
+  for (const char* v : {"v2_bf16", "fused_bf16"}) {
+    SCOPED_TRACE(v);
+    auto cfg = LoadModelConfig(FixtureDir(v) + "/config.json");
+    auto ckpt = Checkpoint::OpenDir(FixtureDir(v));
+    ASSERT_TRUE(cfg.ok() && ckpt.ok());
+    WeightQuantization q4;
+    q4.format = WeightQuantization::Format::kInt4;
+    auto plain = NonExpertWeights::Load(*cfg, **ckpt);
+    auto quant = NonExpertWeights::Load(*cfg, **ckpt, std::nullopt, q4);
+    ASSERT_TRUE(plain.ok() && quant.ok()) << quant.status();
+    const NonExpertWeights& p = **plain;
+    const NonExpertWeights& w = **quant;
+    EXPECT_FALSE(w.embed().quant.has_value());
+    ASSERT_TRUE(w.lm_head().quant.has_value());
+    EXPECT_EQ(w.lm_head().quant->format, kernels::QuantFormat::kInt8);
+    const int64_t moe = cfg->first_k_dense_replace;
+    const LayerWeights& l0 = w.layer(0);
+    const LayerWeights& lm = w.layer(moe);
+    for (const WeightMatrix* m : {&l0.attn.q_b_proj, &l0.attn.kv_a_proj, &l0.attn.o_proj,
+                                  &l0.dense.gate, &l0.dense.down, &lm.shared.up}) {
+      ASSERT_TRUE(m->quant.has_value());
+      EXPECT_EQ(m->quant->format, kernels::QuantFormat::kInt4);
+    }
+    EXPECT_FALSE(l0.attn.kv_b_proj.quant.has_value());
+    EXPECT_FALSE(lm.router.quant.has_value());
+    // A quantized row = the stored row through the quantizer.
+    const WeightMatrix& sq = p.layer(0).attn.o_proj;
+    const WeightMatrix& qq = l0.attn.o_proj;
+    const size_t K = static_cast<size_t>(sq.cols);
+    std::vector<float> row(K), back(K), want(K);
+    std::vector<uint8_t> qb(kernels::QuantRowBytes(kernels::QuantFormat::kInt4, K));
+    std::vector<uint16_t> sb(kernels::QuantGroupsPerRow(K));
+    for (int64_t r = 0; r < sq.rows; ++r) {
+      sq.RowToF32(r, row.data());
+      ASSERT_TRUE(kernels::QuantizeRows(kernels::QuantFormat::kInt4, row.data(), K, 1, K,
+                                        qb.data(), qb.size(), sb.data(), sb.size())
+                      .ok());
+      kernels::DequantizeRow(kernels::QuantFormat::kInt4, qb.data(), sb.data(), K, want.data());
+      qq.RowToF32(r, back.data());
+      EXPECT_EQ(back, want) << "row " << r;
+    }
+    // Experts, and experts_only / lm_head_bf16.
+    WeightQuantization q8;
+    q8.format = WeightQuantization::Format::kInt8;
+    q8.experts_only = true;
+    q8.lm_head_bf16 = true;
+    auto eo = NonExpertWeights::Load(*cfg, **ckpt, std::nullopt, q8);
+    ASSERT_TRUE(eo.ok());
+    EXPECT_FALSE((*eo)->lm_head().quant.has_value());
+    EXPECT_FALSE((*eo)->layer(0).attn.o_proj.quant.has_value());
+    EXPECT_FALSE((*eo)->layer(0).dense.gate.quant.has_value());
+    EXPECT_TRUE((*eo)->layer(moe).shared.gate.quant.has_value());
+    auto pe = ExpertWeightSet::Load(*cfg, **ckpt, {{static_cast<int32_t>(moe), 3}});
+    auto qe = ExpertWeightSet::Load(*cfg, **ckpt, {{static_cast<int32_t>(moe), 3}}, q8);
+    ASSERT_TRUE(pe.ok() && qe.ok()) << qe.status();
+    const ExpertWeights* x = (*pe)->Find(static_cast<int32_t>(moe), 3);
+    const ExpertWeights* y = (*qe)->Find(static_cast<int32_t>(moe), 3);
+    ASSERT_TRUE(x && y);
+    EXPECT_EQ(x->gate_up.has_value(), y->gate_up.has_value());
+    EXPECT_LT((*qe)->weight_bytes(), (*pe)->weight_bytes());
+    for (const auto& [mx, my] : {std::pair{x->gate, y->gate}, std::pair{x->up, y->up},
+                                 std::pair{x->down, y->down}}) {
+      ASSERT_TRUE(my.quant.has_value());
+      std::vector<float> a(static_cast<size_t>(mx.cols)), b(a.size());
+      for (int64_t r = 0; r < mx.rows; ++r) {
+        mx.RowToF32(r, a.data());
+        my.RowToF32(r, b.data());
+        float amax = 0;
+        for (float f : a) amax = std::max(amax, std::abs(f));
+        for (size_t k = 0; k < a.size(); ++k) {
+          // Within half a step of the row's coarsest group (+ f16 scale).
+          EXPECT_NEAR(a[k], b[k], amax / 127 * 0.51f + 1e-7f) << "row " << r << " k " << k;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

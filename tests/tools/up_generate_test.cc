@@ -323,6 +323,36 @@ TEST_F(UpClusterTest, InvalidArgumentExitsOneWithTheCodeName) {
   EXPECT_TRUE(absl::StrContains(r.output, "dsv2 generate: INVALID_ARGUMENT: ")) << r.output;
 }
 
+// `dsv2 up --weights int8` passes the flag to every attention node and
+// expert shard: the cluster's greedy output is bitwise `dsv2 run --weights
+// int8`'s (issue 13: same weights and flags, same output).
+TEST(UpQuantizedTest, GreedyOutputEqualsSingleProcessRunWithTheSameWeights) {
+  EXPECT_EQ(RunCapture({Dsv2(), "up", "--weights", "int3"}).exit_code, 2);
+  EXPECT_EQ(RunCapture({Dsv2(), "up", "--lm-head-bf16"}).exit_code, 2);
+  const std::string dir = TempDir("quantized");
+  const std::string model = MakeModel(dir);
+  auto c = StartCluster(model, dir + "/ready", {"--weights", "int8"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string prompt = "5,17,99,4,250,31";
+  auto got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--temperature", "0",
+                          "--prompt-ids", prompt, "--max-tokens", "12"});
+  auto want = RunDsv2Json({"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12",
+                           "--threads", "1", "--weights", "int8"});
+  auto plain = RunDsv2Json({"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12",
+                            "--threads", "1"});
+  (void)c->up->Stop(SIGTERM, absl::Seconds(60));
+  fs::remove_all(dir);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const nlohmann::json g = nlohmann::json::parse(*got);
+  const nlohmann::json w = nlohmann::json::parse(*want);
+  EXPECT_EQ(w["weights"], "int8");
+  EXPECT_EQ(g["output_ids"], w["output_ids"]) << *got << "\n" << *want;
+  // Not vacuous: on this model int8 changes the greedy output.
+  EXPECT_NE(nlohmann::json::parse(*plain)["output_ids"], w["output_ids"]);
+}
+
 // SIGKILL of a shard is survived (reported on stderr, the cluster keeps
 // serving); SIGTERM then stops every child and exits 0.
 TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {

@@ -28,6 +28,7 @@
 #include "base/flags.h"
 #include "base/version.h"
 #include "kernels/cpu.h"
+#include "model/weights.h"
 #include "tools/dsv2/process_group.h"
 #include "tools/dsv2/default_model.h"
 
@@ -63,6 +64,11 @@ struct UpOptions {
   // nodes and expert shards (at least 1 each); the coordinator gets as many.
   std::optional<int64_t> threads;
   int64_t cache_tokens = 16384;
+  // --weights / --experts-only / --lm-head-bf16, passed to every attention
+  // node and expert shard.
+  std::string weights = "none";
+  bool experts_only = false;
+  bool lm_head_bf16 = false;
   std::optional<std::string> ready_file;
   std::optional<std::string> log_dir;
   absl::Duration ready_timeout = absl::Seconds(120);
@@ -82,6 +88,13 @@ void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
                    "shards), at least 1");
   flags.Int("cache-tokens", &o->cache_tokens, "latent-cache capacity of each attention node")
       .Min(1);
+  flags.String("weights", &o->weights,
+               "quantize the linear weights at load on every attention node and expert shard: "
+               "none, int8 or int4 (as dsv2 run --weights)");
+  flags.Bool("experts-only", &o->experts_only,
+             "with --weights: quantize the shared and routed experts only");
+  flags.Bool("lm-head-bf16", &o->lm_head_bf16,
+             "with --weights: keep lm_head as stored (default: int8)");
   flags.String("bin-dir", &o->bin_dir,
                "where dsv2-coordinator, dsv2-attention, dsv2-expert are")
       .DefaultText("next to dsv2, else the build tree, else PATH");
@@ -296,21 +309,32 @@ int RunCluster(const UpOptions& o) {
   }
   const std::string endpoint = absl::StrCat("127.0.0.1:", port);
 
+  // Load-time quantization flags, the same on every member.
+  std::vector<std::string> weight_flags = {"--weights", o.weights};
+  if (o.experts_only) weight_flags.push_back("--experts-only");
+  if (o.lm_head_bf16) weight_flags.push_back("--lm-head-bf16");
+  const auto with_weight_flags = [&](std::vector<std::string> argv) {
+    argv.insert(argv.end(), weight_flags.begin(), weight_flags.end());
+    return argv;
+  };
+
   // 2. Shards, then attention nodes (both register with the coordinator).
   std::vector<std::pair<Child*, std::string>> members;  // child, binary name
   for (int64_t i = 0; i < o.expert_shards; ++i) {
     const std::string name = absl::StrCat("expert-", i);
-    auto c = start(
-        name, {o.expert_bin, "--model", o.model_dir, "--shard-id", absl::StrCat(i), "--coordinator",
-               endpoint, "--threads", threads, "--host", "127.0.0.1", "--port", "0"});
+    auto c = start(name, with_weight_flags({o.expert_bin, "--model", o.model_dir, "--shard-id",
+                                            absl::StrCat(i), "--coordinator", endpoint,
+                                            "--threads", threads, "--host", "127.0.0.1", "--port",
+                                            "0"}));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kExpertBinary);
   }
   for (int64_t i = 0; i < o.attention_nodes; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    auto c = start(name, {o.attention_bin, "--model", o.model_dir, "--coordinator", endpoint,
-                          "--cache-tokens", absl::StrCat(o.cache_tokens), "--threads", threads,
-                          "--host", "127.0.0.1", "--port", "0"});
+    auto c = start(name, with_weight_flags({o.attention_bin, "--model", o.model_dir,
+                                            "--coordinator", endpoint, "--cache-tokens",
+                                            absl::StrCat(o.cache_tokens), "--threads", threads,
+                                            "--host", "127.0.0.1", "--port", "0"}));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kAttentionBinary);
   }
@@ -418,6 +442,11 @@ int UpCommandMain(int argc, char** argv) {
   flags::FlagSet flags("dsv2 up", std::string(VersionString()));
   DefineUpFlags(flags, &o);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
+  if (absl::StatusOr<WeightQuantization::Format> f = ParseWeightFormat(o.weights); !f.ok()) {
+    return flags.UsageError(absl::StrCat("--weights: ", f.status().message()));
+  } else if ((o.experts_only || o.lm_head_bf16) && *f == WeightQuantization::Format::kNone) {
+    return flags.UsageError("--experts-only and --lm-head-bf16 need --weights int8 or int4");
+  }
 
   const fs::path exe_dir = ExecutableDir();
   const std::optional<std::string>& bin_dir = o.bin_dir;
