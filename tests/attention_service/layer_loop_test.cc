@@ -1,5 +1,6 @@
 #include "attention_service/layer_loop.h"
 
+#include <array>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -115,6 +116,58 @@ TEST(LayerLoopTest, ChunkBoundariesAcrossKeyBlocksChangeNoBit) {
     }
     for (size_t i = 1; i < results.size(); ++i) {
       EXPECT_TRUE(results[i] == results[0]) << DTypeName(dtype) << " variant " << i;
+    }
+  }
+}
+
+// Load-time quantization (issue 13) keeps row invariance: with int8 and
+// int4 weights, every logit of a step over three sequences (prefill, then
+// one decode token each) is bitwise the logit of that sequence stepped
+// alone, with 2 threads.
+TEST(LayerLoopTest, QuantizedBatchOfSequencesEqualsEachAlone) {
+  for (auto format : {WeightQuantization::Format::kInt8, WeightQuantization::Format::kInt4}) {
+    LocalEngineOptions o;
+    o.model_dir = MakeModel("v2-tiny", DType::kBF16);
+    o.cache_tokens = 512;
+    o.threads = 2;
+    o.quantization.format = format;
+    auto e = LocalEngine::Open(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    ASSERT_TRUE((*e)->weights().layer(0).attn.o_proj.quant.has_value());
+    std::vector<std::vector<int32_t>> prompts(3);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      prompts[i].resize(7 + 13 * i);
+      for (size_t t = 0; t < prompts[i].size(); ++t) {
+        prompts[i][t] = static_cast<int32_t>(11 + 97 * i + 31 * t);
+      }
+    }
+    static const int32_t kNext[1] = {42};
+    // [sequence][0 prefill, 1 decode] -> logits
+    std::vector<std::array<std::vector<float>, 2>> alone(prompts.size());
+    StepOutput out;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      SequenceCache seq;
+      StepSequence s{&seq, prompts[i], true};
+      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&s, 1), &out).ok());
+      alone[i][0] = out.logits[0];
+      StepSequence d{&seq, kNext, true};
+      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&d, 1), &out).ok());
+      alone[i][1] = out.logits[0];
+      (*e)->cache().Release(seq);
+    }
+    std::vector<SequenceCache> seqs(prompts.size());
+    std::vector<StepSequence> batch;
+    for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], prompts[i], true});
+    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_TRUE(out.logits[i] == alone[i][0]) << WeightFormatName(format) << " prefill " << i;
+    }
+    batch.clear();
+    for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], kNext, true});
+    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_TRUE(out.logits[i] == alone[i][1]) << WeightFormatName(format) << " decode " << i;
+      (*e)->cache().Release(seqs[i]);
     }
   }
 }
