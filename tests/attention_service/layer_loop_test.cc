@@ -37,6 +37,8 @@ struct MlaCase {
   std::string preset;
   DType dtype;
   double tolerance;  // relative to max |reference|
+  // Load-time quantization (the reference then uses QGemmReference).
+  WeightQuantization::Format weights = WeightQuantization::Format::kNone;
 };
 
 class AbsorbedMlaTest : public ::testing::TestWithParam<MlaCase> {};
@@ -49,6 +51,7 @@ TEST_P(AbsorbedMlaTest, AgreesWithReferenceForm) {
   LocalEngineOptions o;
   o.model_dir = MakeModel(mc.preset, mc.dtype);
   o.cache_tokens = 256;
+  o.quantization.format = mc.weights;
   auto e = LocalEngine::Open(o);
   ASSERT_TRUE(e.ok()) << e.status();
   const ModelConfig& c = (*e)->config();
@@ -82,7 +85,11 @@ TEST_P(AbsorbedMlaTest, AgreesWithReferenceForm) {
 INSTANTIATE_TEST_SUITE_P(Models, AbsorbedMlaTest,
                          ::testing::Values(MlaCase{"v2-tiny", DType::kF32, 1e-5},
                                            MlaCase{"v2-lite-tiny", DType::kF32, 1e-5},
-                                           MlaCase{"v2-tiny", DType::kBF16, 3e-2}));
+                                           MlaCase{"v2-tiny", DType::kBF16, 3e-2},
+                                           MlaCase{"v2-tiny", DType::kF32, 1e-5,
+                                                   WeightQuantization::Format::kInt8},
+                                           MlaCase{"v2-lite-tiny", DType::kF32, 1e-5,
+                                                   WeightQuantization::Format::kInt4}));
 
 // Logits of every position of a 150-token sequence (three 64-token key
 // blocks) are bitwise the same whether prefilled at once or in chunks that
