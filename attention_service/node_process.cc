@@ -92,8 +92,8 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
   DSV2_ASSIGN_OR_RETURN(p->compute, service::MakeComputeContext(options.common));
   DSV2_ASSIGN_OR_RETURN(const WeightQuantization quantization,
                         service::WeightQuantizationFromFlags(options.common));
-  DSV2_ASSIGN_OR_RETURN(p->weights, NonExpertWeights::Load(p->config, *p->checkpoint,
-                                                           std::nullopt, quantization));
+  DSV2_ASSIGN_OR_RETURN(
+      p->weights, NonExpertWeights::Load(p->config, *p->checkpoint, std::nullopt, quantization));
   DSV2_ASSIGN_OR_RETURN(
       p->cache, LatentCache::Create(p->config.num_hidden_layers, p->config.latent_dim(),
                                     p->weights->activation_dtype(),

@@ -37,9 +37,8 @@ int64_t ResidentBytes() {
 }
 
 ExpertDataPlaneServer::ExpertDataPlaneServer(const ModelConfig& config,
-                                           const Checkpoint& checkpoint,
-                                           kernels::CpuContext ctx, int32_t shard_id,
-                                           WeightQuantization quantization)
+                                             const Checkpoint& checkpoint, kernels::CpuContext ctx,
+                                             int32_t shard_id, WeightQuantization quantization)
     : config_(config),
       checkpoint_(checkpoint),
       ctx_(ctx),

@@ -56,8 +56,8 @@ class ExpertDataPlaneServer {
   // LoadExperts.
   // `quantization`: how LoadExperts loads the experts (none: as stored).
   ExpertDataPlaneServer(const ModelConfig& config, const Checkpoint& checkpoint,
-                       kernels::CpuContext ctx, int32_t shard_id,
-                       WeightQuantization quantization = {});
+                        kernels::CpuContext ctx, int32_t shard_id,
+                        WeightQuantization quantization = {});
 
   // Holds exactly placement.ExpertsOf(shard_id) (every MoE layer; none for
   // a shard id the table does not use), loading what it gains first, then

@@ -102,9 +102,8 @@ absl::StatusOr<WeightMatrix> Quantize(const WeightMatrix& src, kernels::QuantFor
   for (size_t r0 = 0; r0 < N; r0 += kBlockRows) {
     const size_t n = std::min(kBlockRows, N - r0);
     for (size_t i = 0; i < n; ++i) src.RowToF32(static_cast<int64_t>(r0 + i), &rows[i * K]);
-    const absl::Status s = kernels::QuantizeRows(format, rows.data(), K, n, K,
-                                                 qdata + r0 * q.ldq, q.ldq, scales + r0 * q.lds,
-                                                 q.lds);
+    const absl::Status s = kernels::QuantizeRows(format, rows.data(), K, n, K, qdata + r0 * q.ldq,
+                                                 q.ldq, scales + r0 * q.lds, q.lds);
     if (!s.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat(name, ": quantizing rows from ", r0, ": ", s.message()));
@@ -258,8 +257,8 @@ void Linear(const kernels::CpuContext& ctx, const float* x, size_t ldx, const We
   if (w.quant) {
     kernels::QGemm(ctx, x, ldx, *w.quant, y, ldy, M, N, K);
   } else {
-    kernels::Gemm(ctx, x, ldx, w.data, w.dtype, static_cast<size_t>(w.row_stride), y, ldy, M, N,
-                  K, x_values);
+    kernels::Gemm(ctx, x, ldx, w.data, w.dtype, static_cast<size_t>(w.row_stride), y, ldy, M, N, K,
+                  x_values);
   }
 }
 
@@ -342,10 +341,9 @@ absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
       DSV2_ASSIGN_OR_RETURN(lw.router,
                             ld.F32Matrix(p + "mlp.gate.weight", c.n_routed_experts, D));
       if (c.n_shared_experts > 0) {
-        DSV2_ASSIGN_OR_RETURN(
-            lw.shared,
-            ld.Mlp(p + "mlp.shared_experts.", D, c.moe_intermediate_size * c.n_shared_experts,
-                   expert_format));
+        DSV2_ASSIGN_OR_RETURN(lw.shared,
+                              ld.Mlp(p + "mlp.shared_experts.", D,
+                                     c.moe_intermediate_size * c.n_shared_experts, expert_format));
       }
     }
     w->layers_.push_back(std::move(lw));
@@ -387,8 +385,8 @@ absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
       DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ckpt.Get(p + "down_proj", {E, D, I}));
       const int64_t e = k.expert;
       if (format) {
-        DSV2_ASSIGN_OR_RETURN(ew.gate_up, ld.QuantizedView(*gu, e * 2 * I, 2 * I, D, *format,
-                                                           p + "gate_up_proj"));
+        DSV2_ASSIGN_OR_RETURN(
+            ew.gate_up, ld.QuantizedView(*gu, e * 2 * I, 2 * I, D, *format, p + "gate_up_proj"));
         DSV2_ASSIGN_OR_RETURN(ew.down,
                               ld.QuantizedView(*dn, e * D, D, I, *format, p + "down_proj"));
       } else {

@@ -177,10 +177,9 @@ class ExpertWeightSet {
   // Loads the given (layer, expert) pairs (AllLayers builds every MoE layer
   // x some experts). InvalidArgument for an expert id out of range or a dense
   // layer.
-  static absl::StatusOr<std::unique_ptr<ExpertWeightSet>> Load(const ModelConfig& config,
-                                                               const Checkpoint& checkpoint,
-                                                               const std::vector<Key>& keys,
-                                                               const WeightQuantization& quantization = {});
+  static absl::StatusOr<std::unique_ptr<ExpertWeightSet>> Load(
+      const ModelConfig& config, const Checkpoint& checkpoint, const std::vector<Key>& keys,
+      const WeightQuantization& quantization = {});
   // Every MoE layer x every expert in `experts`.
   static std::vector<Key> AllLayers(const ModelConfig& config, const std::vector<int32_t>& experts);
 

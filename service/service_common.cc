@@ -54,7 +54,8 @@ absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const CommonFlags
   q.experts_only = c.experts_only;
   q.lm_head_bf16 = c.lm_head_bf16;
   if ((q.experts_only || q.lm_head_bf16) && q.format == WeightQuantization::Format::kNone) {
-    return absl::InvalidArgumentError("--experts-only and --lm-head-bf16 need --weights int8 or int4");
+    return absl::InvalidArgumentError(
+        "--experts-only and --lm-head-bf16 need --weights int8 or int4");
   }
   return q;
 }

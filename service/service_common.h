@@ -12,20 +12,20 @@
 
 #include <csignal>
 #include <cstdint>
-#include <string_view>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "base/flags.h"
 #include "kernels/cpu.h"
 #include "model/weights.h"
 #include "placement.pb.h"
 #include "router/plan.h"
 #include "service/serve.h"
-#include "base/flags.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2::service {

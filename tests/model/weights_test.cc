@@ -196,8 +196,8 @@ TEST(WeightsTest, LoadTimeQuantizationQuantizesTheLinearWeightsOnly) {
     std::vector<uint16_t> sb(kernels::QuantGroupsPerRow(K));
     for (int64_t r = 0; r < sq.rows; ++r) {
       sq.RowToF32(r, row.data());
-      ASSERT_TRUE(kernels::QuantizeRows(kernels::QuantFormat::kInt4, row.data(), K, 1, K,
-                                        qb.data(), qb.size(), sb.data(), sb.size())
+      ASSERT_TRUE(kernels::QuantizeRows(kernels::QuantFormat::kInt4, row.data(), K, 1, K, qb.data(),
+                                        qb.size(), sb.data(), sb.size())
                       .ok());
       kernels::DequantizeRow(kernels::QuantFormat::kInt4, qb.data(), sb.data(), K, want.data());
       qq.RowToF32(r, back.data());
@@ -222,8 +222,8 @@ TEST(WeightsTest, LoadTimeQuantizationQuantizesTheLinearWeightsOnly) {
     ASSERT_TRUE(x && y);
     EXPECT_EQ(x->gate_up.has_value(), y->gate_up.has_value());
     EXPECT_LT((*qe)->weight_bytes(), (*pe)->weight_bytes());
-    for (const auto& [mx, my] : {std::pair{x->gate, y->gate}, std::pair{x->up, y->up},
-                                 std::pair{x->down, y->down}}) {
+    for (const auto& [mx, my] :
+         {std::pair{x->gate, y->gate}, std::pair{x->up, y->up}, std::pair{x->down, y->down}}) {
       ASSERT_TRUE(my.quant.has_value());
       std::vector<float> a(static_cast<size_t>(mx.cols)), b(a.size());
       for (int64_t r = 0; r < mx.rows; ++r) {

@@ -92,8 +92,8 @@ class QuantizedRunTest : public ::testing::Test {
   // gives the same bytes, so `--weights <format>` on this checkpoint runs
   // exactly the quantized weights of the original.
   static std::string DequantizedCopy(kernels::QuantFormat format) {
-    const std::string dir = ::testing::TempDir() + "/dsv2_quant_deq_" +
-                            kernels::QuantFormatName(format);
+    const std::string dir =
+        ::testing::TempDir() + "/dsv2_quant_deq_" + kernels::QuantFormatName(format);
     auto ckpt = Checkpoint::OpenDir(model_);
     EXPECT_TRUE(ckpt.ok()) << ckpt.status();
     if (!ckpt.ok()) return dir;
@@ -112,7 +112,8 @@ class QuantizedRunTest : public ::testing::Test {
         const size_t ldq = kernels::QuantRowBytes(*qf, K), lds = kernels::QuantGroupsPerRow(K);
         std::vector<uint8_t> q(N * ldq), q2(N * ldq);
         std::vector<uint16_t> s(N * lds), s2(N * lds);
-        EXPECT_TRUE(kernels::QuantizeRows(*qf, f.data(), K, N, K, q.data(), ldq, s.data(), lds).ok());
+        EXPECT_TRUE(
+            kernels::QuantizeRows(*qf, f.data(), K, N, K, q.data(), ldq, s.data(), lds).ok());
         for (size_t r = 0; r < N; ++r) {
           kernels::DequantizeRow(*qf, &q[r * ldq], &s[r * lds], K, &f[r * K]);
         }

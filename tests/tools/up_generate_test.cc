@@ -338,8 +338,8 @@ TEST(UpQuantizedTest, GreedyOutputEqualsSingleProcessRunWithTheSameWeights) {
                           "--prompt-ids", prompt, "--max-tokens", "12"});
   auto want = RunDsv2Json({"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12",
                            "--threads", "1", "--weights", "int8"});
-  auto plain = RunDsv2Json({"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12",
-                            "--threads", "1"});
+  auto plain = RunDsv2Json(
+      {"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12", "--threads", "1"});
   (void)c->up->Stop(SIGTERM, absl::Seconds(60));
   fs::remove_all(dir);
   ASSERT_TRUE(got.ok()) << got.status();

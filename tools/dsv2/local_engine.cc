@@ -35,7 +35,7 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
               << e->checkpoint_->mapped_bytes() / (1 << 20) << " MiB mapped)\n";
   }
   DSV2_ASSIGN_OR_RETURN(e->weights_, NonExpertWeights::Load(e->config_, *e->checkpoint_,
-                                                                o.activation_dtype, o.quantization));
+                                                            o.activation_dtype, o.quantization));
   std::vector<int32_t> all(e->config_.n_routed_experts);
   std::iota(all.begin(), all.end(), 0);
   DSV2_ASSIGN_OR_RETURN(

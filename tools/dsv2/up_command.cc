@@ -24,13 +24,13 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "inference.grpc.pb.h"
 #include "base/flags.h"
 #include "base/version.h"
+#include "inference.grpc.pb.h"
 #include "kernels/cpu.h"
 #include "model/weights.h"
-#include "tools/dsv2/process_group.h"
 #include "tools/dsv2/default_model.h"
+#include "tools/dsv2/process_group.h"
 
 extern char** environ;
 
@@ -323,18 +323,17 @@ int RunCluster(const UpOptions& o) {
   for (int64_t i = 0; i < o.expert_shards; ++i) {
     const std::string name = absl::StrCat("expert-", i);
     auto c = start(name, with_weight_flags({o.expert_bin, "--model", o.model_dir, "--shard-id",
-                                            absl::StrCat(i), "--coordinator", endpoint,
-                                            "--threads", threads, "--host", "127.0.0.1", "--port",
-                                            "0"}));
+                                            absl::StrCat(i), "--coordinator", endpoint, "--threads",
+                                            threads, "--host", "127.0.0.1", "--port", "0"}));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kExpertBinary);
   }
   for (int64_t i = 0; i < o.attention_nodes; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    auto c = start(name, with_weight_flags({o.attention_bin, "--model", o.model_dir,
-                                            "--coordinator", endpoint, "--cache-tokens",
-                                            absl::StrCat(o.cache_tokens), "--threads", threads,
-                                            "--host", "127.0.0.1", "--port", "0"}));
+    auto c = start(
+        name, with_weight_flags({o.attention_bin, "--model", o.model_dir, "--coordinator", endpoint,
+                                 "--cache-tokens", absl::StrCat(o.cache_tokens), "--threads",
+                                 threads, "--host", "127.0.0.1", "--port", "0"}));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kAttentionBinary);
   }
