@@ -23,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/common/dsv2_command.h"
 #include "kernels/dtype.h"
 #include "kernels/quant.h"
 #include "model/safetensors.h"
@@ -31,31 +32,10 @@
 namespace dsv2 {
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-};
+using Result = ::dsv2::testing::Dsv2Result;
+using ::dsv2::testing::RunDsv2;
 
-std::string Bin() {
-  const char* d = std::getenv("DSV2_TEST_BIN_DIR");
-  return std::string(d ? d : ".") + "/tools/dsv2";
-}
-
-Result RunDsv2(const std::string& args) {
-  const std::string err_file = ::testing::TempDir() + "/dsv2_quant_stderr.txt";
-  const std::string cmd = Bin() + " " + args + " 2>" + err_file;
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  return r;
-}
+std::string Bin() { return ::dsv2::testing::Dsv2Binary(); }
 
 nlohmann::json RunJson(const std::string& model, const std::string& flags) {
   const Result r = RunDsv2("run --model " + model +

@@ -11,36 +11,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/common/dsv2_command.h"
 #include "nlohmann/json.hpp"
 
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string out;  // stdout
-  std::string err;  // stderr
-};
-
-std::string Bin() {
-  const char* d = std::getenv("DSV2_TEST_BIN_DIR");
-  return std::string(d ? d : ".") + "/tools/dsv2";
-}
-
-// Runs the binary with `args` (shell words) and optional VAR=value prefixes.
-Result RunDsv2(const std::string& args, const std::string& env = "") {
-  const std::string err_file = ::testing::TempDir() + "/dsv2_cli_stderr.txt";
-  const std::string cmd = env + " " + Bin() + " " + args + " 2>" + err_file;
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream e(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  return r;
-}
+using Result = ::dsv2::testing::Dsv2Result;
+using ::dsv2::testing::RunDsv2;
 
 class CliTest : public ::testing::Test {
  protected:
