@@ -474,11 +474,7 @@ def write_variant(out_root, variant, tag, dtype):
         variant=variant,
         layout=layout,
         checkpoint_files=files,
-        attn_implementation="eager",
-        experts_implementation="grouped_mm",
-        softmax_scale=model.model.layers[0].self_attn.scaling,
-        rope_attention_scaling=float(model.model.rotary_emb.attention_scaling),
-        rope_inv_freq=[float(x) for x in model.model.rotary_emb.inv_freq],
+        **implementation_meta(model),
         margin_stats=stats,
         case_stats=case_stats,
         cases=cases,
@@ -628,6 +624,18 @@ def demo_case(model, witnesses, prompt, stop):
     return (tokens, logits, wlogits, st), None
 
 
+def implementation_meta(model):
+    """What reference.json records about how transformers computed the reference (same keys, same
+    order, for every variant)."""
+    return dict(
+        attn_implementation="eager",
+        experts_implementation="grouped_mm",
+        softmax_scale=model.model.layers[0].self_attn.scaling,
+        rope_attention_scaling=float(model.model.rotary_emb.attention_scaling),
+        rope_inv_freq=[float(x) for x in model.model.rotary_emb.inv_freq],
+    )
+
+
 def sha256_file(path):
     import hashlib
 
@@ -724,11 +732,7 @@ def write_demo(out_root, model_dir):
         checkpoint=rel,
         checkpoint_files=files,
         checkpoint_sha256={f: sha256_file(os.path.join(model_dir, f)) for f in files},
-        attn_implementation="eager",
-        experts_implementation="grouped_mm",
-        softmax_scale=model.model.layers[0].self_attn.scaling,
-        rope_attention_scaling=float(model.model.rotary_emb.attention_scaling),
-        rope_inv_freq=[float(x) for x in model.model.rotary_emb.inv_freq],
+        **implementation_meta(model),
         margin_stats=stats,
         case_stats=case_stats,
         cases=cases,
