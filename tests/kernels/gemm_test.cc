@@ -14,12 +14,12 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu.h"
+#include "tests/kernels/cpu_isa_test_support.h"
 #include "kernels/dtype.h"
 
 namespace dsv2::kernels {
 namespace {
 
-constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16};
 
 // ---------------------------------------------------------------- ISA
 
@@ -192,10 +192,6 @@ TEST(ThreadPoolTest, ManyConsecutiveJobsAllComplete) {
 
 // ---------------------------------------------------------------- Gemm
 
-std::string IsaParamName(const testing::TestParamInfo<CpuIsa>& info) {
-  return std::string(CpuIsaName(info.param));
-}
-
 // Random operands for one GEMM; x rows at stride ldx, w rows at stride ldw,
 // padding filled with NaN so any read past K shows up in the result.
 struct Problem {
@@ -248,15 +244,7 @@ Problem MakeProblem(size_t M, size_t N, size_t K, size_t x_pad, size_t w_pad, DT
   return p;
 }
 
-class GemmIsaTest : public testing::TestWithParam<CpuIsa> {
- protected:
-  void SetUp() override {
-    if (!CpuSupports(GetParam())) {
-      GTEST_SKIP() << "this CPU does not support " << CpuIsaName(GetParam());
-    }
-  }
-  CpuContext Context(ThreadPool* pool = nullptr) const { return CpuContext{GetParam(), pool}; }
-};
+class GemmIsaTest : public CpuIsaTest {};
 
 // |y - ref| is bounded by the two fp32 reductions' rounding error:
 // (K + 2) * 2^-24 * sum_k |x w| each (Higham, 3.1), plus a tiny absolute

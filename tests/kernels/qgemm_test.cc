@@ -12,13 +12,13 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu.h"
+#include "tests/kernels/cpu_isa_test_support.h"
 #include "kernels/dtype.h"
 #include "kernels/quant.h"
 
 namespace dsv2::kernels {
 namespace {
 
-constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16};
 constexpr QuantFormat kFormats[] = {QuantFormat::kInt8, QuantFormat::kInt4};
 
 // Random quantized operands for one QGemm. Strides may exceed their
@@ -115,19 +115,7 @@ TEST(QGemmReferenceTest, MatchesDoubleDotOverDequantizedWeights) {
   }
 }
 
-std::string IsaParamName(const testing::TestParamInfo<CpuIsa>& info) {
-  return std::string(CpuIsaName(info.param));
-}
-
-class QGemmIsaTest : public testing::TestWithParam<CpuIsa> {
- protected:
-  void SetUp() override {
-    if (!CpuSupports(GetParam())) {
-      GTEST_SKIP() << "this CPU does not support " << CpuIsaName(GetParam());
-    }
-  }
-  CpuContext Context(ThreadPool* pool = nullptr) const { return CpuContext{GetParam(), pool}; }
-};
+class QGemmIsaTest : public CpuIsaTest {};
 
 void ExpectNearReference(const Problem& p, const std::vector<float>& y, size_t ldy,
                          const std::string& what) {
