@@ -191,8 +191,8 @@ def make_config(vocab_size, args):
         intermediate_size=args.hidden * 3,
         moe_intermediate_size=args.moe_inter,
         num_hidden_layers=args.layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
         q_lora_rank=128,
         kv_lora_rank=args.kv_lora_rank,
         qk_nope_head_dim=32,
@@ -289,6 +289,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--moe-inter", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4, help="attention heads per layer")
     ap.add_argument("--kv-lora-rank", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
