@@ -11,6 +11,8 @@ const char* DTypeName(DType t) {
     case DType::kF32: return "f32";
     case DType::kBF16: return "bf16";
     case DType::kF16: return "f16";
+    case DType::kI8: return "i8";
+    case DType::kU8: return "u8";
   }
   return "?";
 }
@@ -80,12 +82,17 @@ void ToF32(const void* src, DType dtype, size_t n, float* dst) {
       for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
       return;
     }
+    case DType::kI8:
+    case DType::kU8:
+      break;
   }
+  std::fprintf(stderr, "ToF32: %s is not a float dtype\n", DTypeName(dtype));
+  std::abort();
 }
 
 void FromF32(const float* src, size_t n, DType dtype, void* dst) {
-  if (dtype == DType::kF16) {
-    std::fprintf(stderr, "FromF32: f16 is not a target dtype (checkpoints only)\n");
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    std::fprintf(stderr, "FromF32: %s is not a target dtype\n", DTypeName(dtype));
     std::abort();
   }
   if (dtype == DType::kF32) {

@@ -16,12 +16,22 @@
 
 namespace dsv2 {
 
-enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2 };
+// kI8 / kU8 hold the values and packed nibbles of quantized weights in a
+// checkpoint (quant.h); they are never activations and ToF32 / FromF32 do
+// not take them.
+enum class DType : uint8_t { kF32 = 0, kBF16 = 1, kF16 = 2, kI8 = 3, kU8 = 4 };
 
 // Bytes per element.
-constexpr size_t DTypeSize(DType t) { return t == DType::kF32 ? 4 : 2; }
+constexpr size_t DTypeSize(DType t) {
+  return t == DType::kF32 ? 4 : (t == DType::kI8 || t == DType::kU8) ? 1 : 2;
+}
 
-// "f32", "bf16", "f16".
+// True for the floating-point types (f32, bf16, f16).
+constexpr bool IsFloatDType(DType t) {
+  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
+}
+
+// "f32", "bf16", "f16", "i8", "u8".
 const char* DTypeName(DType t);
 
 inline float Bf16ToF32(uint16_t v) { return std::bit_cast<float>(uint32_t{v} << 16); }
@@ -50,7 +60,8 @@ uint16_t F32ToF16(float f);
 // computing in f32 buffers.
 void RoundInPlace(float* x, size_t n, DType dtype);
 
-// Converts n elements of `src` (in `dtype`) to f32.
+// Converts n elements of `src` (in `dtype`, a float type) to f32; aborts on
+// kI8 / kU8 (a caller bug: quantized values are dequantized with their scales).
 void ToF32(const void* src, DType dtype, size_t n, float* dst);
 
 // Converts n f32 values to `dtype` (rounding to nearest even; kF16 unsupported

@@ -72,6 +72,51 @@ class ConfigReader {
   absl::string_view source_;
 };
 
+// config.json's "quantization_config" (config.h): only dsv2's own format.
+absl::StatusOr<WeightQuantization> ParseStoredQuantization(const ConfigReader& r) {
+  const json& q = r.root().at("quantization_config");
+  if (!q.is_object()) return r.Error("quantization_config", q, "is not an object");
+  const json none;
+  auto field = [&](const char* key) -> const json& { return q.contains(key) ? q.at(key) : none; };
+  std::string method;
+  DSV2_ASSIGN_OR_RETURN(method, r.Str(q, "quant_method", ""));
+  if (method != "dsv2") {
+    return r.Error("quantization_config.quant_method", field("quant_method"),
+                   "is not supported (dsv2 reads its own int8/int4 format, written by "
+                   "`dsv2 quantize`; quantize the float checkpoint with it)");
+  }
+  WeightQuantization out;
+  std::string format;
+  DSV2_ASSIGN_OR_RETURN(format, r.Str(q, "format", ""));
+  if (format == "int8") {
+    out.format = WeightQuantization::Format::kInt8;
+  } else if (format == "int4") {
+    out.format = WeightQuantization::Format::kInt4;
+  } else {
+    return r.Error("quantization_config.format", field("format"), "is not int8 or int4");
+  }
+  int64_t group_size;
+  DSV2_ASSIGN_OR_RETURN(group_size,
+                        r.Int(q, "group_size", "quantization_config.group_size", std::nullopt, 1));
+  if (group_size != 32) {
+    return r.Error("quantization_config.group_size", field("group_size"), "must be 32");
+  }
+  std::string scale_dtype;
+  DSV2_ASSIGN_OR_RETURN(scale_dtype, r.Str(q, "scale_dtype", ""));
+  if (scale_dtype != "float16") {
+    return r.Error("quantization_config.scale_dtype", field("scale_dtype"), "must be float16");
+  }
+  DSV2_ASSIGN_OR_RETURN(out.experts_only, r.Bool(q, "experts_only", false));
+  std::string lm_head;
+  DSV2_ASSIGN_OR_RETURN(lm_head, r.Str(q, "lm_head", ""));
+  if (lm_head == "unquantized") {
+    out.lm_head_bf16 = true;
+  } else if (lm_head != "int8") {
+    return r.Error("quantization_config.lm_head", field("lm_head"), "is not int8 or unquantized");
+  }
+  return out;
+}
+
 absl::StatusOr<RopeConfig> ParseRope(const ConfigReader& r) {
   const json& j = r.root();
   RopeConfig rope;
@@ -270,6 +315,9 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     }
   }
   DSV2_ASSIGN_OR_RETURN(c.rope, ParseRope(r));
+  if (r.Has(j, "quantization_config")) {
+    DSV2_ASSIGN_OR_RETURN(c.stored_quantization, ParseStoredQuantization(r));
+  }
   return c;
 }
 

@@ -40,6 +40,23 @@ struct RopeConfig {
   bool truncate = true;
 };
 
+// Which linear weights are quantized, and to what (issue 13;
+// docs/quantization.md). Used twice: as the load-time request (`--weights`,
+// `--experts-only`, `--lm-head-bf16`) and as what a checkpoint stores, from
+// config.json's "quantization_config" (written by `dsv2 quantize`).
+// kNone: every weight as stored. Otherwise attention projections (not
+// kv_b_proj), the dense FFN and the shared and routed experts are in
+// `format`; lm_head in int8 (whatever the format) unless lm_head_bf16;
+// experts_only keeps all but the shared and routed experts as stored.
+// Norms, the router and the embeddings always stay as stored.
+struct WeightQuantization {
+  enum class Format : uint8_t { kNone, kInt8, kInt4 };
+  Format format = Format::kNone;
+  bool experts_only = false;
+  bool lm_head_bf16 = false;  // keep lm_head as stored
+  bool operator==(const WeightQuantization&) const = default;
+};
+
 struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;              // D
@@ -67,6 +84,12 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id;
   std::vector<int64_t> eos_token_ids;   // may be empty
   bool tie_word_embeddings = false;
+  // config.json "quantization_config" = {"quant_method": "dsv2", "format":
+  // "int8" | "int4", "group_size": 32, "scale_dtype": "float16",
+  // "experts_only": bool, "lm_head": "int8" | "unquantized"}: the checkpoint
+  // stores the linear weights this names quantized (weights.h says how
+  // they are laid out). nullopt: a float checkpoint.
+  std::optional<WeightQuantization> stored_quantization;
 
   // Derived.
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }

@@ -36,7 +36,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
@@ -162,13 +164,15 @@ absl::StatusOr<DType> ParseDType(const std::string& s) {
   if (s == "F32") return DType::kF32;
   if (s == "BF16") return DType::kBF16;
   if (s == "F16") return DType::kF16;
+  if (s == "I8") return DType::kI8;
+  if (s == "U8") return DType::kU8;
   static constexpr absl::string_view kOtherValid[] = {
-      "BOOL",    "U8",  "I8",  "F8_E5M2", "F8_E4M3", "F8_E8M0", "E8M0", "F4",  "F6_E2M3",
-      "F6_E3M2", "I16", "U16", "I32",     "U32",     "F64",     "I64",  "U64", "C64"};
+      "BOOL", "F8_E5M2", "F8_E4M3", "F8_E8M0", "E8M0", "F4",  "F6_E2M3", "F6_E3M2",
+      "I16",  "U16",     "I32",     "U32",     "F64",  "I64", "U64",     "C64"};
   for (absl::string_view v : kOtherValid) {
     if (s == v) {
       return absl::InvalidArgumentError(
-          absl::StrCat("unsupported dtype '", s, "' (supported: F32, BF16, F16)"));
+          absl::StrCat("unsupported dtype '", s, "' (supported: F32, BF16, F16, I8, U8)"));
     }
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", Printable(s), "'"));
@@ -182,6 +186,10 @@ const char* DTypeTag(DType t) {
       return "BF16";
     case DType::kF16:
       return "F16";
+    case DType::kI8:
+      return "I8";
+    case DType::kU8:
+      return "U8";
   }
   return "?";
 }
@@ -210,7 +218,8 @@ struct HeaderEntry {
 // Validates one header entry. `file` is the basename for messages.
 absl::StatusOr<HeaderEntry> ParseEntry(absl::string_view file, const std::string& name,
                                        const Json& v, uint64_t data_bytes) {
-  const std::string prefix = absl::StrCat(file, ": tensor '", Printable(name), "': ");
+  const std::string prefix = absl::StrCat(
+      file, ": tensor '", Printable(absl::string_view(name.data(), name.size())), "': ");
   auto fail = [&](absl::string_view msg) {
     return absl::InvalidArgumentError(absl::StrCat(prefix, msg));
   };
@@ -500,7 +509,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::OpenDir(const std::strin
   std::vector<std::string> shards;
   absl::flat_hash_map<std::string, std::string> first_tensor_of_shard;  // for messages
   for (const auto& [name, value] : map_it->items()) {
-    const std::string tensor = absl::StrCat("weight_map['", Printable(name), "']");
+    const std::string tensor =
+        absl::StrCat("weight_map['", Printable(absl::string_view(name.data(), name.size())), "']");
     if (!value.is_string()) return bad_index(absl::StrCat(tensor, " is not a string"));
     const std::string& shard = value.get_ref<const std::string&>();
     if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
@@ -528,12 +538,14 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::OpenDir(const std::strin
     const std::string& shard = value.get_ref<const std::string&>();
     const TensorView* v = ckpt->Find(name);
     if (v == nullptr) {
-      return bad_index(absl::StrCat("tensor '", Printable(name), "' is mapped to ", shard,
-                                    " but that shard does not contain it"));
+      return bad_index(
+          absl::StrCat("tensor '", Printable(absl::string_view(name.data(), name.size())),
+                       "' is mapped to ", shard, " but that shard does not contain it"));
     }
     if (v->file != shard) {
-      return bad_index(absl::StrCat("tensor '", Printable(name), "' is mapped to ", shard,
-                                    " but it is in ", v->file));
+      return bad_index(absl::StrCat("tensor '",
+                                    Printable(absl::string_view(name.data(), name.size())),
+                                    "' is mapped to ", shard, " but it is in ", v->file));
     }
   }
   return ckpt;
@@ -572,34 +584,48 @@ size_t Checkpoint::mapped_bytes() const {
   return total;
 }
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors) {
+void ReleaseMappedPages(const void* p, size_t bytes) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const auto end = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+absl::StatusOr<uint64_t> SafetensorsFileWriter::DataBytes(const TensorSpec& spec) {
+  uint64_t num_bytes = DTypeSize(spec.dtype);
+  for (int64_t d : spec.shape) {
+    if (d < 0 || __builtin_mul_overflow(num_bytes, static_cast<uint64_t>(d), &num_bytes)) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", Printable(spec.name),
+                                                     "': invalid shape ", ShapeString(spec.shape)));
+    }
+  }
+  return num_bytes;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFileWriter>> SafetensorsFileWriter::Create(
+    const std::string& path, std::vector<TensorSpec> specs) {
+  auto w = std::unique_ptr<SafetensorsFileWriter>(new SafetensorsFileWriter());
   // "__metadata__": {"format": "pt"} is what torch's save_file writes;
   // transformers refuses shards whose format is not one it knows.
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   header[kMetadataKey] = {{"format", "pt"}};
   absl::flat_hash_set<absl::string_view> seen;
   uint64_t offset = 0;
-  for (const TensorToWrite& t : tensors) {
+  for (const TensorSpec& t : specs) {
     const std::string what = absl::StrCat(Basename(path), ": tensor '", Printable(t.name), "'");
     if (t.name == kMetadataKey || !seen.insert(t.name).second) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": duplicate or reserved name"));
     }
-    uint64_t num_bytes = DTypeSize(t.dtype);
-    for (int64_t d : t.shape) {
-      if (d < 0 || __builtin_mul_overflow(num_bytes, static_cast<uint64_t>(d), &num_bytes)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(what, ": invalid shape ", ShapeString(t.shape)));
-      }
-    }
-    if (t.bytes.size() != num_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(what, ": has ", t.bytes.size(),
-                                                     " bytes; shape ", ShapeString(t.shape), " x ",
-                                                     DTypeTag(t.dtype), " needs ", num_bytes));
+    absl::StatusOr<uint64_t> num_bytes = DataBytes(t);
+    if (!num_bytes.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(Basename(path), ": ", num_bytes.status().message()));
     }
     header[t.name] = {{"dtype", DTypeTag(t.dtype)},
                       {"shape", t.shape},
-                      {"data_offsets", {offset, offset + num_bytes}}};
-    offset += num_bytes;
+                      {"data_offsets", {offset, offset + *num_bytes}}};
+    offset += *num_bytes;
+    w->sizes_.push_back(*num_bytes);
   }
   std::string header_text;
   try {
@@ -614,31 +640,169 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   for (int i = 0; i < 8; ++i) {
     prefix[i] = static_cast<char>(uint64_t{header_text.size()} >> (8 * i));
   }
-
-  // Write to a temporary file and rename, so readers never see a partial file.
-  const std::string tmp_path = absl::StrCat(path, ".tmp");
+  w->path_ = path;
+  // The pid keeps two processes writing the same checkpoint at once apart.
+  w->tmp_path_ = absl::StrCat(path, ".tmp.", ::getpid());
+  w->specs_ = std::move(specs);
   errno = 0;
-  std::FILE* f = std::fopen(tmp_path.c_str(), "wb");
-  if (f == nullptr) return ErrnoStatus(errno, "cannot create", tmp_path);
-  bool ok = std::fwrite(prefix.data(), 1, prefix.size(), f) == prefix.size() &&
-            std::fwrite(header_text.data(), 1, header_text.size(), f) == header_text.size();
-  for (size_t i = 0; ok && i < tensors.size(); ++i) {
-    const std::string& b = tensors[i].bytes;
-    ok = std::fwrite(b.data(), 1, b.size(), f) == b.size();
+  w->file_ = std::fopen(w->tmp_path_.c_str(), "wb");
+  if (w->file_ == nullptr) return ErrnoStatus(errno, "cannot create", w->tmp_path_);
+  if (std::fwrite(prefix.data(), 1, prefix.size(), w->file_) != prefix.size() ||
+      std::fwrite(header_text.data(), 1, header_text.size(), w->file_) != header_text.size()) {
+    return ErrnoStatus(errno, "cannot write", w->tmp_path_);
   }
-  const int write_errno = errno;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    const int err = write_errno != 0 ? write_errno : errno;
-    std::remove(tmp_path.c_str());
-    return ErrnoStatus(err, "cannot write", tmp_path);
+  return w;
+}
+
+SafetensorsFileWriter::~SafetensorsFileWriter() {
+  if (file_ != nullptr) {
+    std::fclose(file_);
+    std::remove(tmp_path_.c_str());
   }
-  if (std::rename(tmp_path.c_str(), path.c_str()) != 0) {
+}
+
+absl::Status SafetensorsFileWriter::Append(std::string_view name, std::string_view bytes) {
+  if (file_ == nullptr || next_ >= specs_.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        Basename(path_), ": tensor '", Printable(absl::string_view(name.data(), name.size())),
+        "' appended after the last tensor"));
+  }
+  const TensorSpec& t = specs_[next_];
+  const std::string what = absl::StrCat(Basename(path_), ": tensor '", Printable(t.name), "'");
+  if (name != t.name) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, " is next; got '", Printable(absl::string_view(name.data(), name.size())), "'"));
+  }
+  if (bytes.size() != sizes_[next_]) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": has ", bytes.size(), " bytes; shape ",
+                                                   ShapeString(t.shape), " x ", DTypeTag(t.dtype),
+                                                   " needs ", sizes_[next_]));
+  }
+  errno = 0;
+  if (std::fwrite(bytes.data(), 1, bytes.size(), file_) != bytes.size()) {
+    return ErrnoStatus(errno, "cannot write", tmp_path_);
+  }
+  ++next_;
+  return absl::OkStatus();
+}
+
+absl::Status SafetensorsFileWriter::Finish() {
+  if (file_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(Basename(path_), ": already finished"));
+  }
+  if (next_ != specs_.size()) {
+    return absl::FailedPreconditionError(absl::StrCat(Basename(path_), ": ", specs_.size() - next_,
+                                                      " tensors not written, the next is '",
+                                                      Printable(specs_[next_].name), "'"));
+  }
+  errno = 0;
+  const bool flushed = std::fflush(file_) == 0;
+  const int flush_errno = errno;
+  const bool closed = std::fclose(file_) == 0;
+  const int close_errno = errno;
+  file_ = nullptr;
+  if (!flushed || !closed) {
+    std::remove(tmp_path_.c_str());
+    return ErrnoStatus(!flushed ? flush_errno : close_errno, "cannot write", tmp_path_);
+  }
+  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
     const int err = errno;
-    std::remove(tmp_path.c_str());
+    std::remove(tmp_path_.c_str());
+    return ErrnoStatus(err, "cannot rename to", path_);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Create(
+    const std::string& dir, std::vector<TensorSpec> specs, uint64_t max_shard_bytes) {
+  auto w = std::unique_ptr<CheckpointWriter>(new CheckpointWriter());
+  w->dir_ = dir;
+  uint64_t in_shard = 0;
+  for (TensorSpec& t : specs) {
+    DSV2_ASSIGN_OR_RETURN(const uint64_t bytes, SafetensorsFileWriter::DataBytes(t));
+    if (w->shards_.empty() || (in_shard > 0 && in_shard + bytes > max_shard_bytes)) {
+      w->shards_.emplace_back();
+      in_shard = 0;
+    }
+    in_shard += bytes;
+    w->total_ += bytes;
+    w->shards_.back().push_back(std::move(t));
+  }
+  if (w->shards_.empty()) w->shards_.emplace_back();
+  const size_t n = w->shards_.size();
+  for (size_t i = 0; i < n; ++i) {
+    w->shard_names_.push_back(n == 1
+                                  ? std::string("model.safetensors")
+                                  : absl::StrFormat("model-%05d-of-%05d.safetensors",
+                                                    static_cast<int>(i + 1), static_cast<int>(n)));
+  }
+  DSV2_RETURN_IF_ERROR(w->OpenShard(0));
+  return w;
+}
+
+absl::Status CheckpointWriter::OpenShard(size_t shard) {
+  shard_ = shard;
+  in_shard_ = 0;
+  DSV2_ASSIGN_OR_RETURN(
+      writer_, SafetensorsFileWriter::Create(JoinPath(dir_, shard_names_[shard]), shards_[shard]));
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Append(std::string_view name, std::string_view bytes) {
+  while (writer_ != nullptr && in_shard_ == shards_[shard_].size()) {
+    DSV2_RETURN_IF_ERROR(writer_->Finish());
+    writer_.reset();
+    if (shard_ + 1 < shards_.size()) DSV2_RETURN_IF_ERROR(OpenShard(shard_ + 1));
+  }
+  if (writer_ == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("tensor '", Printable(absl::string_view(name.data(), name.size())),
+                     "' appended after the last tensor"));
+  }
+  DSV2_RETURN_IF_ERROR(writer_->Append(name, bytes));
+  ++in_shard_;
+  written_ += bytes.size();
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Finish() {
+  while (writer_ != nullptr) {
+    if (in_shard_ != shards_[shard_].size()) return writer_->Finish();  // names what is missing
+    DSV2_RETURN_IF_ERROR(writer_->Finish());
+    writer_.reset();
+    if (shard_ + 1 < shards_.size()) DSV2_RETURN_IF_ERROR(OpenShard(shard_ + 1));
+  }
+  if (shards_.size() == 1) return absl::OkStatus();
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    for (const TensorSpec& t : shards_[i]) weight_map[t.name] = shard_names_[i];
+  }
+  nlohmann::ordered_json index = {{"metadata", {{"total_size", total_}}},
+                                  {"weight_map", std::move(weight_map)}};
+  const std::string path = JoinPath(dir_, "model.safetensors.index.json");
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  {
+    std::ofstream f(tmp);
+    f << index.dump(2) << "\n";
+    f.close();
+    if (!f) return ErrnoStatus(errno, "cannot write", tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::remove(tmp.c_str());
     return ErrnoStatus(err, "cannot rename to", path);
   }
   return absl::OkStatus();
+}
+
+absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorToWrite>& tensors) {
+  std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
+  for (const TensorToWrite& t : tensors) specs.push_back({t.name, t.dtype, t.shape});
+  DSV2_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFileWriter> w,
+                        SafetensorsFileWriter::Create(path, std::move(specs)));
+  for (const TensorToWrite& t : tensors) DSV2_RETURN_IF_ERROR(w->Append(t.name, t.bytes));
+  return w->Finish();
 }
 
 }  // namespace dsv2

@@ -5,7 +5,7 @@
 // Opening parses and validates every header before anything is read:
 // 8-byte little-endian header length inside the file (and at most 100 MiB,
 // the reference limit); well-formed JSON (no duplicate keys, nesting <= 16);
-// every entry has a dtype we support (F32, BF16, F16; other safetensors dtypes
+// every entry has a dtype we support (F32, BF16, F16, I8, U8; other safetensors dtypes
 // such as I64 are "unsupported dtype"), a shape of non-negative ints whose
 // product does not overflow, and data_offsets [begin, end] with
 // shape x dtype size == end - begin; every range lies inside the file's data
@@ -33,6 +33,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -86,14 +87,91 @@ class Checkpoint {
   absl::flat_hash_map<std::string, TensorView> tensors_;
 };
 
-// Writes a single-file safetensors checkpoint (used by `dsv2
-// make-random-model` and tests). Tensors are written contiguously in the
-// given order (so a tensor's data is only as aligned as the sizes before it
-// make it); the header lists them in that order after
-// "__metadata__": {"format": "pt"} (which transformers expects) and is padded
-// with spaces to a multiple of 8 bytes. The file is written as `path`.tmp and
-// renamed into place. InvalidArgument for a duplicate name, a negative shape
-// or bytes.size() != shape x dtype size; errno-derived status for I/O errors.
+// Drops the resident pages wholly inside [p, p + bytes) of a checkpoint's
+// read-only private mapping (MADV_DONTNEED), so a process that has read
+// tensors it converted (quantized, copied) does not keep them resident.
+// Harmless for correctness: a later read faults the page back in from the
+// file.
+void ReleaseMappedPages(const void* p, size_t bytes);
+
+// Writers. Both write tensors contiguously in the order given (so a
+// tensor's data is only as aligned as the sizes before it make it; the
+// reader copes), list them in that order in the header after
+// "__metadata__": {"format": "pt"} (which transformers expects), pad the
+// header with spaces to a multiple of 8 bytes, and write each file as
+// `<path>.tmp.<pid>` renamed into place. Errors: InvalidArgument for a duplicate
+// or reserved name, a negative shape or a byte count != shape x dtype size;
+// an errno-derived status for I/O errors.
+
+// A tensor's name, dtype and shape: what a header entry says.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+};
+
+// Streams one safetensors file: the header is written from the specs at
+// Create, then each tensor's bytes in spec order (one tensor in memory at a
+// time, however large the file). Not thread-safe. Destroying it before
+// Finish removes the temporary file.
+class SafetensorsFileWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<SafetensorsFileWriter>> Create(
+      const std::string& path, std::vector<TensorSpec> specs);
+  ~SafetensorsFileWriter();
+  SafetensorsFileWriter(const SafetensorsFileWriter&) = delete;
+  SafetensorsFileWriter& operator=(const SafetensorsFileWriter&) = delete;
+
+  // The next tensor's data: `name` must be the next spec's and `bytes` its
+  // whole size (FailedPrecondition / InvalidArgument otherwise).
+  absl::Status Append(std::string_view name, std::string_view bytes);
+  // After every tensor: closes the file and renames it into place.
+  absl::Status Finish();
+  // Bytes of a spec's data (shape x dtype size); InvalidArgument for a
+  // negative or overflowing shape.
+  static absl::StatusOr<uint64_t> DataBytes(const TensorSpec& spec);
+
+ private:
+  SafetensorsFileWriter() = default;
+  std::string path_, tmp_path_;
+  std::vector<TensorSpec> specs_;
+  std::vector<uint64_t> sizes_;
+  size_t next_ = 0;
+  std::FILE* file_ = nullptr;
+};
+
+// Writes a checkpoint directory the way transformers' save_pretrained
+// does: `model.safetensors` when everything fits in one shard, else
+// `model-0000i-of-0000N.safetensors` files of at most `max_shard_bytes` of
+// tensor data each (a larger tensor gets a shard of its own) plus
+// `model.safetensors.index.json` ({"metadata": {"total_size"}, "weight_map"}),
+// written last, so the directory is complete when the index (or the single
+// file) appears. Tensors arrive through Append in spec order. Not
+// thread-safe.
+class CheckpointWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Create(const std::string& dir,
+                                                                  std::vector<TensorSpec> specs,
+                                                                  uint64_t max_shard_bytes);
+  absl::Status Append(std::string_view name, std::string_view bytes);
+  absl::Status Finish();
+  // Bytes of tensor data written so far and in all.
+  uint64_t written_bytes() const { return written_; }
+  uint64_t total_bytes() const { return total_; }
+
+ private:
+  CheckpointWriter() = default;
+  absl::Status OpenShard(size_t shard);
+  std::string dir_;
+  std::vector<std::vector<TensorSpec>> shards_;
+  std::vector<std::string> shard_names_;
+  size_t shard_ = 0, in_shard_ = 0;
+  std::unique_ptr<SafetensorsFileWriter> writer_;
+  uint64_t written_ = 0, total_ = 0;
+};
+
+// Writes a single-file safetensors checkpoint at `path` (used by tests);
+// the rules above.
 struct TensorToWrite {
   std::string name;
   DType dtype = DType::kF32;

@@ -1,13 +1,11 @@
 #include "model/weights.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "base/status_macros.h"
 
 namespace dsv2 {
@@ -69,18 +67,6 @@ std::vector<float> AsF32Vector(const TensorView& t) {
   return out;
 }
 
-std::optional<kernels::QuantFormat> ToQuantFormat(WeightQuantization::Format f) {
-  switch (f) {
-    case WeightQuantization::Format::kInt8:
-      return kernels::QuantFormat::kInt8;
-    case WeightQuantization::Format::kInt4:
-      return kernels::QuantFormat::kInt4;
-    case WeightQuantization::Format::kNone:
-      break;
-  }
-  return std::nullopt;
-}
-
 // `src` quantized into owned buffers, streamed in blocks of rows (only one
 // block of f32 rows exists at a time); after_block(first_row, rows) runs
 // after each block. `name` is for errors.
@@ -119,14 +105,75 @@ absl::StatusOr<WeightMatrix> Quantize(const WeightMatrix& src, kernels::QuantFor
 
 class Loader {
  public:
-  Loader(const Checkpoint& ckpt, OwnedBuffers& owned) : ckpt_(ckpt), owned_(owned) {}
+  // `stored`: the checkpoint stores the weights PlannedFormat names in
+  // quantized form (its config.json has a quantization_config); otherwise
+  // they are quantized here.
+  Loader(const Checkpoint& ckpt, OwnedBuffers& owned, bool stored = false)
+      : ckpt_(ckpt), owned_(owned), stored_(stored) {}
 
-  // Loads as stored; quantized to `format` when set.
+  // Get + a float dtype: norms, the router, embeddings and unquantized
+  // weights are never I8 / U8.
+  absl::StatusOr<const TensorView*> Float(const std::string& name,
+                                          const std::vector<int64_t>& shape) const {
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, shape));
+    if (!IsFloatDType(t->dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          t->file, ": tensor '", name, "' has dtype ", DTypeName(t->dtype),
+          stored_ ? "; expected a float type (config.json's quantization_config does not "
+                    "quantize this tensor)"
+                  : "; expected a float type (a quantized tensor, but config.json has no "
+                    "quantization_config)"));
+    }
+    return t;
+  }
+
+  // The weight `name` [rows, cols] in `format` (nullopt = as stored):
+  // read as stored quantized, quantized here, or as stored.
   absl::StatusOr<WeightMatrix> Matrix(const std::string& name, int64_t rows, int64_t cols,
                                       std::optional<kernels::QuantFormat> format = std::nullopt) {
-    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
+    if (stored_ && format) return StoredQuantized(name, rows, cols, *format);
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, Float(name, {rows, cols}));
     if (!format) return AsMatrix(*t, 0, rows, cols, owned_);
     return QuantizedView(*t, 0, rows, cols, *format, name);
+  }
+  // A weight the checkpoint stores quantized (weights.h): `name` I8 [N, K]
+  // or U8 [N, 16 G] and `name`_scale F16 [N, G], zero-copy (the scales are
+  // copied when misaligned).
+  absl::StatusOr<WeightMatrix> StoredQuantized(const std::string& name, int64_t rows, int64_t cols,
+                                               kernels::QuantFormat format) {
+    const auto K = static_cast<size_t>(cols);
+    kernels::QuantizedWeights q;
+    q.format = format;
+    q.ldq = kernels::QuantRowBytes(format, K);
+    q.lds = kernels::QuantGroupsPerRow(K);
+    const TensorSpec values = QuantValuesSpec(name, format, rows, cols);
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, values.shape));
+    if (t->dtype != values.dtype) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(t->file, ": tensor '", name, "' has dtype ", DTypeName(t->dtype),
+                       "; config.json's ", "quantization_config stores it as ",
+                       kernels::QuantFormatName(format), " (", DTypeName(values.dtype), ")"));
+    }
+    const TensorSpec scales = QuantScalesSpec(name, rows, cols);
+    DSV2_ASSIGN_OR_RETURN(const TensorView* s, ckpt_.Get(scales.name, scales.shape));
+    if (s->dtype != DType::kF16) {
+      return absl::InvalidArgumentError(absl::StrCat(s->file, ": tensor '", scales.name,
+                                                     "' has dtype ", DTypeName(s->dtype),
+                                                     "; group scales are F16"));
+    }
+    q.q = t->data;
+    if (reinterpret_cast<uintptr_t>(s->data) % alignof(uint16_t) == 0) {
+      q.scales = reinterpret_cast<const uint16_t*>(s->data);
+    } else {
+      void* copy = owned_.Allocate(std::max<size_t>(s->num_bytes, 1));
+      std::memcpy(copy, s->data, s->num_bytes);
+      q.scales = static_cast<const uint16_t*>(copy);
+    }
+    WeightMatrix m;
+    m.rows = rows;
+    m.cols = cols;
+    m.quant = q;
+    return m;
   }
   // Rows [row_begin, row_begin + rows) of `t` quantized (a zero-copy view
   // of the mapped rows is read block by block).
@@ -138,22 +185,11 @@ class Loader {
     const size_t row_bytes = static_cast<size_t>(cols) * DTypeSize(t.dtype);
     const std::byte* first = t.data + static_cast<size_t>(row_begin) * row_bytes;
     return Quantize(src, format, name, owned_, [&](size_t r0, size_t n) {
-      ReleasePages(first + r0 * row_bytes, n * row_bytes);
+      ReleaseMappedPages(first + r0 * row_bytes, n * row_bytes);
     });
   }
-  // Drops the resident pages wholly inside [p, p + bytes) of the read-only
-  // private mapping (MADV_DONTNEED), so a quantized model does not keep the
-  // stored weights resident too. Harmless for correctness: a later read
-  // (e.g. the embeddings when lm_head is a quantized copy of them, or a
-  // neighbour's rows sharing a page) faults the page back in from the file.
-  static void ReleasePages(const std::byte* p, size_t bytes) {
-    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
-    const auto end = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-  }
   absl::StatusOr<std::vector<float>> Vector(const std::string& name, int64_t n) {
-    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {n}));
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, Float(name, {n}));
     return AsF32Vector(*t);
   }
   absl::StatusOr<MlpWeights> Mlp(const std::string& prefix, int64_t d, int64_t inter,
@@ -166,7 +202,7 @@ class Loader {
   }
   // An owned f32 copy (the router runs in fp32, MODEL_SPEC section 7).
   absl::StatusOr<WeightMatrix> F32Matrix(const std::string& name, int64_t rows, int64_t cols) {
-    DSV2_ASSIGN_OR_RETURN(const TensorView* t, ckpt_.Get(name, {rows, cols}));
+    DSV2_ASSIGN_OR_RETURN(const TensorView* t, Float(name, {rows, cols}));
     const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
     auto* dst = static_cast<float*>(owned_.Allocate(bytes));
     CopyToF32(*t, dst);
@@ -175,11 +211,31 @@ class Loader {
 
   const Checkpoint& ckpt() const { return ckpt_; }
   OwnedBuffers& owned() { return owned_; }
+  bool stored() const { return stored_; }
 
  private:
   const Checkpoint& ckpt_;
   OwnedBuffers& owned_;
+  bool stored_;
 };
+
+// The quantization in effect for a checkpoint and a load-time request: the
+// checkpoint's stored one (the request must be none or the same), else the
+// request.
+absl::StatusOr<WeightQuantization> EffectiveQuantization(const ModelConfig& c,
+                                                         const WeightQuantization& requested) {
+  if (!c.stored_quantization) return requested;
+  const WeightQuantization& stored = *c.stored_quantization;
+  if (requested.format != WeightQuantization::Format::kNone && !(requested == stored)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the checkpoint is stored quantized (config.json quantization_config: ",
+        WeightFormatName(stored.format), stored.experts_only ? ", experts only" : "",
+        stored.lm_head_bf16 || stored.experts_only ? ", lm_head unquantized" : ", lm_head int8",
+        "); load it without --weights (or with the same flags), or quantize the float "
+        "checkpoint instead"));
+  }
+  return stored;
+}
 
 // `format`: the projections' quantized format (nullopt = as stored);
 // kv_b_proj always stays as stored (see WeightQuantization).
@@ -262,6 +318,88 @@ void Linear(const kernels::CpuContext& ctx, const float* x, size_t ldx, const We
   }
 }
 
+std::optional<kernels::QuantFormat> PlannedFormat(const WeightQuantization& q, LinearRole role) {
+  std::optional<kernels::QuantFormat> format;
+  switch (q.format) {
+    case WeightQuantization::Format::kNone:
+      return std::nullopt;
+    case WeightQuantization::Format::kInt8:
+      format = kernels::QuantFormat::kInt8;
+      break;
+    case WeightQuantization::Format::kInt4:
+      format = kernels::QuantFormat::kInt4;
+      break;
+  }
+  switch (role) {
+    case LinearRole::kSharedExpert:
+    case LinearRole::kRoutedExpert:
+      return format;
+    case LinearRole::kAttention:
+    case LinearRole::kDenseFfn:
+      return q.experts_only ? std::nullopt : format;
+    case LinearRole::kLmHead:
+      if (q.experts_only || q.lm_head_bf16) return std::nullopt;
+      return kernels::QuantFormat::kInt8;
+  }
+  return std::nullopt;
+}
+
+std::optional<LinearRole> LinearRoleOf(std::string_view tensor_name) {
+  absl::string_view name(tensor_name.data(), tensor_name.size());
+  if (name == "lm_head.weight") return LinearRole::kLmHead;
+  constexpr absl::string_view kLayers = "model.layers.";
+  if (!absl::ConsumePrefix(&name, kLayers)) return std::nullopt;
+  const size_t dot = name.find('.');
+  if (dot == 0 || dot == absl::string_view::npos ||
+      name.substr(0, dot).find_first_not_of("0123456789") != absl::string_view::npos) {
+    return std::nullopt;
+  }
+  name.remove_prefix(dot + 1);
+  if (absl::ConsumePrefix(&name, "self_attn.")) {
+    for (absl::string_view p : {"q_proj.weight", "q_a_proj.weight", "q_b_proj.weight",
+                                "kv_a_proj_with_mqa.weight", "o_proj.weight"}) {
+      if (name == p) return LinearRole::kAttention;
+    }
+    return std::nullopt;
+  }
+  if (!absl::ConsumePrefix(&name, "mlp.")) return std::nullopt;
+  auto is_proj = [](absl::string_view n) {
+    return n == "gate_proj.weight" || n == "up_proj.weight" || n == "down_proj.weight";
+  };
+  if (is_proj(name)) return LinearRole::kDenseFfn;
+  if (absl::ConsumePrefix(&name, "shared_experts.")) {
+    return is_proj(name) ? std::optional<LinearRole>(LinearRole::kSharedExpert) : std::nullopt;
+  }
+  if (!absl::ConsumePrefix(&name, "experts.")) return std::nullopt;
+  if (name == "gate_up_proj" || name == "down_proj") return LinearRole::kRoutedExpert;
+  const size_t d2 = name.find('.');
+  if (d2 == 0 || d2 == absl::string_view::npos ||
+      name.substr(0, d2).find_first_not_of("0123456789") != absl::string_view::npos) {
+    return std::nullopt;
+  }
+  return is_proj(name.substr(d2 + 1)) ? std::optional<LinearRole>(LinearRole::kRoutedExpert)
+                                      : std::nullopt;
+}
+
+std::string QuantScaleName(std::string_view weight_name) {
+  return absl::StrCat(absl::string_view(weight_name.data(), weight_name.size()), "_scale");
+}
+
+TensorSpec QuantValuesSpec(std::string_view weight_name, kernels::QuantFormat format, int64_t N,
+                           int64_t K) {
+  const auto row_bytes =
+      static_cast<int64_t>(kernels::QuantRowBytes(format, static_cast<size_t>(K)));
+  return TensorSpec{std::string(weight_name),
+                    format == kernels::QuantFormat::kInt8 ? DType::kI8 : DType::kU8,
+                    {N, row_bytes}};
+}
+
+TensorSpec QuantScalesSpec(std::string_view weight_name, int64_t N, int64_t K) {
+  return TensorSpec{QuantScaleName(weight_name),
+                    DType::kF16,
+                    {N, static_cast<int64_t>(kernels::QuantGroupsPerRow(static_cast<size_t>(K)))}};
+}
+
 absl::StatusOr<WeightQuantization::Format> ParseWeightFormat(std::string_view name) {
   if (name == "none") return WeightQuantization::Format::kNone;
   if (name == "int8") return WeightQuantization::Format::kInt8;
@@ -298,17 +436,16 @@ absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
     const ModelConfig& c, const Checkpoint& ckpt, std::optional<DType> activation_dtype,
     const WeightQuantization& quantization) {
   auto w = std::unique_ptr<NonExpertWeights>(new NonExpertWeights());
-  const std::optional<kernels::QuantFormat> expert_format = ToQuantFormat(quantization.format);
-  const std::optional<kernels::QuantFormat> attn_format =
-      quantization.experts_only ? std::nullopt : expert_format;
-  const std::optional<kernels::QuantFormat> lm_head_format =
-      attn_format && !quantization.lm_head_bf16
-          ? std::optional<kernels::QuantFormat>(kernels::QuantFormat::kInt8)
-          : std::nullopt;
+  DSV2_ASSIGN_OR_RETURN(const WeightQuantization q, EffectiveQuantization(c, quantization));
+  const std::optional<kernels::QuantFormat> attn_format = PlannedFormat(q, LinearRole::kAttention);
+  const std::optional<kernels::QuantFormat> dense_format = PlannedFormat(q, LinearRole::kDenseFfn);
+  const std::optional<kernels::QuantFormat> shared_format =
+      PlannedFormat(q, LinearRole::kSharedExpert);
+  const std::optional<kernels::QuantFormat> lm_head_format = PlannedFormat(q, LinearRole::kLmHead);
   w->config_ = c;
-  Loader ld(ckpt, w->owned_);
+  Loader ld(ckpt, w->owned_, c.stored_quantization.has_value());
   const int64_t D = c.hidden_size, V = c.vocab_size;
-  DSV2_ASSIGN_OR_RETURN(const TensorView* embed, ckpt.Get("model.embed_tokens.weight", {V, D}));
+  DSV2_ASSIGN_OR_RETURN(const TensorView* embed, ld.Float("model.embed_tokens.weight", {V, D}));
   w->activation_dtype_ = embed->dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
   if (activation_dtype) {
     if (*activation_dtype == DType::kF16) {
@@ -336,14 +473,14 @@ absl::StatusOr<std::unique_ptr<NonExpertWeights>> NonExpertWeights::Load(
     DSV2_ASSIGN_OR_RETURN(lw.attn, LoadAttention(c, l, ld, attn_format));
     lw.is_moe = c.is_moe_layer(l);
     if (!lw.is_moe) {
-      DSV2_ASSIGN_OR_RETURN(lw.dense, ld.Mlp(p + "mlp.", D, c.intermediate_size, attn_format));
+      DSV2_ASSIGN_OR_RETURN(lw.dense, ld.Mlp(p + "mlp.", D, c.intermediate_size, dense_format));
     } else {
       DSV2_ASSIGN_OR_RETURN(lw.router,
                             ld.F32Matrix(p + "mlp.gate.weight", c.n_routed_experts, D));
       if (c.n_shared_experts > 0) {
         DSV2_ASSIGN_OR_RETURN(lw.shared,
                               ld.Mlp(p + "mlp.shared_experts.", D,
-                                     c.moe_intermediate_size * c.n_shared_experts, expert_format));
+                                     c.moe_intermediate_size * c.n_shared_experts, shared_format));
       }
     }
     w->layers_.push_back(std::move(lw));
@@ -364,8 +501,9 @@ absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
     const ModelConfig& c, const Checkpoint& ckpt, const std::vector<Key>& keys,
     const WeightQuantization& quantization) {
   auto set = std::unique_ptr<ExpertWeightSet>(new ExpertWeightSet());
-  const std::optional<kernels::QuantFormat> format = ToQuantFormat(quantization.format);
-  Loader ld(ckpt, set->owned_);
+  DSV2_ASSIGN_OR_RETURN(const WeightQuantization q, EffectiveQuantization(c, quantization));
+  const std::optional<kernels::QuantFormat> format = PlannedFormat(q, LinearRole::kRoutedExpert);
+  Loader ld(ckpt, set->owned_, c.stored_quantization.has_value());
   const int64_t D = c.hidden_size, I = c.moe_intermediate_size, E = c.n_routed_experts;
   for (const Key& k : keys) {
     if (k.layer < 0 || k.layer >= c.num_hidden_layers || !c.is_moe_layer(k.layer)) {
@@ -381,8 +519,14 @@ absl::StatusOr<std::unique_ptr<ExpertWeightSet>> ExpertWeightSet::Load(
     const TensorView* fused_gate_up = ckpt.Find(p + "gate_up_proj");
     if (fused_gate_up != nullptr) {
       // Fused layout: [E, 2I, D] and [E, D, I]; rows 0..I-1 gate, I..2I-1 up.
-      DSV2_ASSIGN_OR_RETURN(const TensorView* gu, ckpt.Get(p + "gate_up_proj", {E, 2 * I, D}));
-      DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ckpt.Get(p + "down_proj", {E, D, I}));
+      // Always float: `dsv2 quantize` writes quantized experts per expert.
+      if (ld.stored() && format) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            fused_gate_up->file, ": tensor '", p, "gate_up_proj': fused expert tensors are float; ",
+            "config.json's quantization_config expects per-expert quantized tensors"));
+      }
+      DSV2_ASSIGN_OR_RETURN(const TensorView* gu, ld.Float(p + "gate_up_proj", {E, 2 * I, D}));
+      DSV2_ASSIGN_OR_RETURN(const TensorView* dn, ld.Float(p + "down_proj", {E, D, I}));
       const int64_t e = k.expert;
       if (format) {
         DSV2_ASSIGN_OR_RETURN(

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -63,21 +64,39 @@ struct WeightMatrix {
 void Linear(const kernels::CpuContext& ctx, const float* x, size_t ldx, const WeightMatrix& w,
             float* y, size_t ldy, size_t M, kernels::XValues x_values = kernels::XValues::kF32);
 
-// Load-time quantization of a checkpoint's linear weights (issue 13).
-// kNone loads weights as stored. Otherwise the linear layers' weights are
-// quantized at load (QuantizeRows over their f32 values): attention
-// projections q_proj / q_a_proj / q_b_proj / kv_a_proj / o_proj (not
-// kv_b_proj: the absorbed MLA path uses its transposed per-head copy and
-// views, which stay as stored in this slice), the dense FFN, the shared
-// and the routed experts. lm_head is quantized to int8 whatever the format
-// (unless lm_head_bf16). experts_only quantizes the shared and routed
-// experts only. Norms, the router and the embeddings always stay as stored.
-struct WeightQuantization {
-  enum class Format : uint8_t { kNone, kInt8, kInt4 };
-  Format format = Format::kNone;
-  bool experts_only = false;
-  bool lm_head_bf16 = false;  // keep lm_head as stored
-};
+// Quantized linear weights (issue 13). WeightQuantization (config.h) says
+// which weights are quantized and to what; they are quantized while loading
+// (QuantizeRows over their f32 values) or, for a checkpoint whose
+// config.json has a quantization_config, read as stored:
+//   <name>        I8 [N, K] (int8) or U8 [N, 16 * ceil(K / 32)] (int4),
+//                 the bytes of quant.h's layout at the minimum row stride;
+//   <name>_scale  F16 [N, ceil(K / 32)], the group scales.
+// Loading checks every such pair against the shapes the config implies and
+// the format the quantization_config gives that weight; a float tensor
+// where a quantized one is expected (or the reverse) is an error naming the
+// file and tensor. kv_b_proj always stays as stored: the absorbed MLA path
+// uses its transposed per-head copy and views.
+
+// The quantizable linear weights, by what quantization treats alike.
+enum class LinearRole : uint8_t { kAttention, kDenseFfn, kSharedExpert, kRoutedExpert, kLmHead };
+// The format `role`'s weights take under `q`; nullopt = as stored.
+std::optional<kernels::QuantFormat> PlannedFormat(const WeightQuantization& q, LinearRole role);
+// The role of a tensor of a DeepSeek-V2 checkpoint by its name: the
+// attention projections but kv_b_proj, dense FFN, shared experts, routed
+// experts (per-expert names and the fused gate_up_proj / down_proj) and
+// lm_head; nullopt for everything else (norms, router, embeddings,
+// kv_b_proj).
+std::optional<LinearRole> LinearRoleOf(std::string_view tensor_name);
+// The tensor name of a quantized weight's scales: <name>_scale.
+std::string QuantScaleName(std::string_view weight_name);
+// The two tensors a [N, K] weight quantized to `format` is stored as: the
+// values (I8 [N, K] or U8 [N, 16 ceil(K / 32)]) and the scales (F16
+// [N, ceil(K / 32)]); QuantizeRows with ldq = QuantRowBytes(format, K) and
+// lds = QuantGroupsPerRow(K) writes their bytes.
+TensorSpec QuantValuesSpec(std::string_view weight_name, kernels::QuantFormat format, int64_t N,
+                           int64_t K);
+TensorSpec QuantScalesSpec(std::string_view weight_name, int64_t N, int64_t K);
+
 // "none", "int8", "int4" -> Format; InvalidArgument otherwise.
 absl::StatusOr<WeightQuantization::Format> ParseWeightFormat(std::string_view name);
 const char* WeightFormatName(WeightQuantization::Format format);

@@ -13,7 +13,10 @@ still hash to the recorded checkpoint_sha256) this
   * checks the file layout: per-expert names or fused `mlp.experts.gate_up_proj` /
     `mlp.experts.down_proj`, an index covering every shard for sharded checkpoints;
   * checks that v2, sharded and fused (same weights, three layouts) hold identical tensors
-    once the fused experts are split (gate_up_proj[e, :I] = experts.e.gate_proj, ...).
+    once the fused experts are split (gate_up_proj[e, :I] = experts.e.gate_proj, ...);
+  * for the quantized variants (v2_int8, lite_int4): checks the quantized layout (I8/U8 values
+    beside F16 `<name>_scale`, the rest f32) and runs the checks above on the weights
+    dequantized (make_reference.dequantize).
 Exit status 0 when everything holds.
 """
 
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -31,6 +35,8 @@ import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import DeepseekV2ForCausalLM  # noqa: E402
+
+from make_reference import dequantize, write_dequantized  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,6 +113,26 @@ def check_dir(refdir):
         cfg = json.load(f)
     tensors, shards = raw_tensors(vdir)
     assert shards == meta["checkpoint_files"], (shards, meta["checkpoint_files"])
+    quantized_dir = None
+    if "quantization" in meta:
+        # dsv2's quantized layout: every tensor f32, or I8/U8 values with an F16 <name>_scale;
+        # transformers then runs the dequantized weights (make_reference.write_dequantized).
+        for k, v in tensors.items():
+            if k.endswith("_scale"):
+                ok = v.dtype == torch.float16 and k[: -len("_scale")] in tensors
+            elif v.dtype in (torch.int8, torch.uint8):
+                ok = k + "_scale" in tensors
+            else:
+                ok = v.dtype == torch.float32
+            if not ok:
+                errors.append(f"{k}: dtype {v.dtype} out of place in a quantized checkpoint")
+        if cfg.get("quantization_config", {}).get("format") != meta["quantization"]["format"]:
+            errors.append("config.json's quantization_config does not match reference.json")
+        quantized_dir = tempfile.TemporaryDirectory()
+        write_dequantized(vdir, quantized_dir.name)
+        cfg.pop("quantization_config", None)
+        tensors = dequantize(tensors, cfg)
+        vdir = quantized_dir.name
     fused = [k for k in tensors if k.endswith("mlp.experts.gate_up_proj") or k.endswith("mlp.experts.down_proj")]
     per_expert = [k for k in tensors if ".mlp.experts." in k and k.endswith("_proj.weight")]
     moe_layers = cfg["num_hidden_layers"] - cfg["first_k_dense_replace"]

@@ -15,6 +15,11 @@
 //     near-tie, the two bf16 runs may pick different experts).
 //   bf16 weights with f32 activations vs transformers' f32 arithmetic on the
 //     same weights: 1e-4 x scale, like f32.
+//   quantized checkpoints (v2_int8, lite_int4: an f32 variant through `dsv2
+//     quantize`; dsv2 runs QGemm over the stored int8/int4 weights with f32
+//     activations) vs transformers in f32 on the dequantized weights: 1e-4 x
+//     scale, like f32 (the weights are the same numbers; only the order of
+//     the f32 sums differs).
 // Greedy ids must agree wherever the reference top-1 margin exceeds the
 // tolerance.
 #include <cmath>
@@ -162,9 +167,9 @@ class ConformanceTest : public ::testing::TestWithParam<std::string> {};
 TEST(ConformanceData, AllVariantsPresent) {
   std::vector<std::string> names;
   for (const auto& d : VariantDirs()) names.push_back(std::filesystem::path(d).filename());
-  for (const char* want : {"v2_f32", "v2_bf16", "lite_f32", "lite_bf16", "norope_f32",
-                           "norope_bf16", "sharded_f32", "sharded_bf16", "fused_f32",
-                           "fused_bf16", "demo_bf16"}) {
+  for (const char* want :
+       {"v2_f32", "v2_bf16", "lite_f32", "lite_bf16", "norope_f32", "norope_bf16", "sharded_f32",
+        "sharded_bf16", "fused_f32", "fused_bf16", "demo_bf16", "v2_int8", "lite_int4"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
 }

@@ -12,6 +12,12 @@ model/data/demo-stories changes, which check_reference.py detects by its checkpo
     /path/to/python tests/conformance/make_reference.py --out tests/data/conformance \
         --demo-model model/data/demo-stories
 
+The quantized variants (v2_int8, lite_int4; issue 13), from the f32 variants above and a
+built dsv2 (seconds):
+
+    /path/to/python tests/conformance/make_reference.py --out tests/data/conformance \
+        --quantized --dsv2 build/tools/dsv2
+
 Then verify that every checkpoint round-trips through from_pretrained:
 
     /path/to/python tests/conformance/check_reference.py --data tests/data/conformance
@@ -86,7 +92,9 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -95,7 +103,7 @@ torch.use_deterministic_algorithms(True)
 
 import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import DeepseekV2Config, DeepseekV2ForCausalLM  # noqa: E402
 
 TRANSFORMERS_PIN = "5.23.0"
@@ -420,6 +428,36 @@ def load_model(vdir, dtype, experts_impl="grouped_mm"):
     return model
 
 
+def pick_cases(model, witnesses, gen):
+    """One case per PROMPT_LENGTHS entry (pick_case); returns (cases, reference tensors
+    logits_<i> and, with an F32MATH witness, logits_f32math_<i>, case stats, margin stats)."""
+    cfg = model.config
+    special = {cfg.bos_token_id, cfg.eos_token_id}
+    cases, tensors, case_stats, f32math = [], {}, [], {}
+    for i, length in enumerate(PROMPT_LENGTHS):
+        prompt, tokens, logits, wlogits, st = pick_case(model, witnesses, length, gen, cfg.vocab_size, special)
+        tensors[f"logits_{i}"] = logits.contiguous()
+        if F32MATH in wlogits:
+            f32math[f"logits_f32math_{i}"] = wlogits[F32MATH].contiguous()
+        cases.append(dict(prompt_ids=prompt, tokens=tokens, num_prompt=length))
+        case_stats.append(st)
+    all_logits = torch.cat(list(tensors.values()))
+    margin, rel = rel_margins(all_logits)
+    dec_rel = torch.cat(
+        [rel_margins(tensors[f"logits_{i}"][c["num_prompt"] - 1 : -1])[1] for i, c in enumerate(cases)]
+    )
+    stats = dict(
+        positions=int(rel.numel()),
+        max_abs_logit=float(all_logits.abs().max()),
+        rel_margin_min=float(rel.min()),
+        rel_margin_median=float(rel.median()),
+        frac_rel_margin_above_1pct=float((rel > 1e-2).float().mean()),
+        decision_rel_margin_min=float(dec_rel.min()),
+        abs_margin_median=float(margin.median()),
+    )
+    return cases, {**tensors, **f32math}, case_stats, stats
+
+
 def write_variant(out_root, variant, tag, dtype):
     vdir = os.path.join(out_root, f"{variant}_{tag}")
     if os.path.isdir(vdir):
@@ -435,31 +473,8 @@ def write_variant(out_root, variant, tag, dtype):
     if dtype != torch.float32:
         witnesses.append((F32MATH, load_model(vdir, torch.float32)))
     gen = torch.Generator().manual_seed(VARIANTS[variant]["seed"] * 131 + (0 if tag == "f32" else 1))
-    special = {cfg.bos_token_id, cfg.eos_token_id}
-    cases, tensors, case_stats, f32math = [], {}, [], {}
-    for i, length in enumerate(PROMPT_LENGTHS):
-        prompt, tokens, logits, wlogits, st = pick_case(model, witnesses, length, gen, cfg.vocab_size, special)
-        tensors[f"logits_{i}"] = logits.contiguous()
-        if F32MATH in wlogits:
-            f32math[f"logits_f32math_{i}"] = wlogits[F32MATH].contiguous()
-        cases.append(dict(prompt_ids=prompt, tokens=tokens, num_prompt=length))
-        case_stats.append(st)
-
-    all_logits = torch.cat(list(tensors.values()))
-    margin, rel = rel_margins(all_logits)
-    dec_rel = torch.cat(
-        [rel_margins(tensors[f"logits_{i}"][c["num_prompt"] - 1 : -1])[1] for i, c in enumerate(cases)]
-    )
-    stats = dict(
-        positions=int(rel.numel()),
-        max_abs_logit=float(all_logits.abs().max()),
-        rel_margin_min=float(rel.min()),
-        rel_margin_median=float(rel.median()),
-        frac_rel_margin_above_1pct=float((rel > 1e-2).float().mean()),
-        decision_rel_margin_min=float(dec_rel.min()),
-        abs_margin_median=float(margin.median()),
-    )
-    save_file({**tensors, **f32math}, os.path.join(vdir, "reference.safetensors"))
+    cases, tensors, case_stats, stats = pick_cases(model, witnesses, gen)
+    save_file(tensors, os.path.join(vdir, "reference.safetensors"))
 
     files = sorted(f for f in os.listdir(vdir) if f.endswith(".safetensors") and f != "reference.safetensors")
     layout = "fused" if VARIANTS[variant]["save"].get("save_original_format") is False else "per_expert"
@@ -492,6 +507,118 @@ def write_variant(out_root, variant, tag, dtype):
         ),
     )
     with open(os.path.join(vdir, "reference.json"), "w") as f:
+        json.dump(meta, f, indent=1, allow_nan=False)
+        f.write("\n")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantized variants (issue 13): an f32 variant quantized by `dsv2 quantize`; the references
+# are transformers in f32 on the dequantized weights (exact: f16 scale x small integer)
+# ---------------------------------------------------------------------------------------------
+
+# name -> (f32 variant it quantizes, format). int4 on lite exercises short last groups
+# (moe_intermediate 8, dense 112: K % 32 != 0) as q_lora 40 does for int8 on v2.
+QUANT_VARIANTS = {"v2_int8": ("v2_f32", "int8"), "lite_int4": ("lite_f32", "int4")}
+QUANT_GROUP = 32
+
+
+def linear_in_features(name, cfg):
+    """K (input features) of a linear weight of a DeepSeek-V2 checkpoint, from config.json."""
+    if name == "lm_head.weight" or name.endswith(("q_a_proj.weight", "q_proj.weight", "kv_a_proj_with_mqa.weight")):
+        return cfg["hidden_size"]
+    if name.endswith("q_b_proj.weight"):
+        return cfg["q_lora_rank"]
+    if name.endswith("o_proj.weight"):
+        return cfg["num_attention_heads"] * cfg["v_head_dim"]
+    if name.endswith(("gate_proj.weight", "up_proj.weight")):
+        return cfg["hidden_size"]
+    if name.endswith("down_proj.weight"):
+        if ".shared_experts." in name:
+            return cfg["moe_intermediate_size"] * cfg["n_shared_experts"]
+        if ".experts." in name:
+            return cfg["moe_intermediate_size"]
+        return cfg["intermediate_size"]
+    raise ValueError(f"{name}: not a quantizable linear weight")
+
+
+def dequantize(tensors, cfg):
+    """A dsv2-quantized checkpoint's tensors (docs/numerics.md: `<name>` I8 [N, K] or U8
+    [N, 16 ceil(K/32)] + `<name>_scale` F16 [N, ceil(K/32)]) as f32 weights; other tensors
+    unchanged. w = f32(scale) x q, exact in f32."""
+    out = {}
+    for k, v in tensors.items():
+        if k.endswith("_scale") and k[: -len("_scale")] in tensors:
+            continue
+        s = tensors.get(k + "_scale")
+        if s is None:
+            out[k] = v
+            continue
+        K = linear_in_features(k, cfg)
+        N, G = s.shape
+        assert G == (K + QUANT_GROUP - 1) // QUANT_GROUP, (k, tuple(s.shape), K)
+        if v.dtype == torch.int8:
+            assert tuple(v.shape) == (N, K), (k, tuple(v.shape))
+            q = v.to(torch.float32)
+        else:
+            assert v.dtype == torch.uint8 and tuple(v.shape) == (N, 16 * G), (k, v.dtype, tuple(v.shape))
+            b = v.view(N, G, 16).to(torch.int16)
+            q = torch.cat([(b & 15) - 8, (b >> 4) - 8], dim=2).reshape(N, 32 * G)[:, :K].to(torch.float32)
+        out[k] = q * s.to(torch.float32).repeat_interleave(QUANT_GROUP, dim=1)[:, :K]
+    return out
+
+
+def write_dequantized(qdir, dst):
+    """qdir's checkpoint dequantized into dst: config.json without quantization_config (a
+    plain f32 checkpoint transformers loads)."""
+    with open(os.path.join(qdir, "config.json")) as f:
+        cfg = json.load(f)
+    qconf = cfg.pop("quantization_config")
+    tensors = load_file(os.path.join(qdir, "model.safetensors"))
+    os.makedirs(dst, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in dequantize(tensors, cfg).items()},
+              os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return qconf
+
+
+def write_quantized(out_root, name, dsv2):
+    base, fmt = QUANT_VARIANTS[name]
+    qdir = os.path.join(out_root, name)
+    if os.path.isdir(qdir):
+        shutil.rmtree(qdir)
+    subprocess.run([dsv2, "quantize", "--model", os.path.join(out_root, base), "--out", qdir, "--weights", fmt],
+                   check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        qconf = write_dequantized(qdir, tmp)
+        model = load_model(tmp, torch.float32)
+        check_model(model)
+        witnesses = [("experts_eager", load_model(tmp, torch.float32, experts_impl="eager"))]
+        seed = VARIANTS[base.rsplit("_", 1)[0]]["seed"] * 131 + 2 + list(QUANT_VARIANTS).index(name)
+        cases, tensors, case_stats, stats = pick_cases(model, witnesses, torch.Generator().manual_seed(seed))
+    save_file(tensors, os.path.join(qdir, "reference.safetensors"))
+    meta = dict(
+        transformers_version=transformers.__version__,
+        torch_version=torch.__version__,
+        dtype="float32",
+        variant=name,
+        layout="per_expert",
+        checkpoint_files=["model.safetensors"],
+        quantization=dict(source=base, **qconf),
+        **implementation_meta(model),
+        margin_stats=stats,
+        case_stats=case_stats,
+        cases=cases,
+        notes=(
+            f"{base} quantized by `dsv2 quantize --weights {fmt}` (the checkpoint here); the references are "
+            "transformers in f32 on its weights dequantized (w = f32(scale) x q, exact), so dsv2's quantized "
+            "forward (f32 activations) must match within the f32 tolerance. Cases drawn as for the random "
+            "variants (robust greedy margins and routing on the dequantized weights). Regenerate: python "
+            "tests/conformance/make_reference.py --out tests/data/conformance --quantized --dsv2 build/tools/dsv2"
+        ),
+    )
+    with open(os.path.join(qdir, "reference.json"), "w") as f:
         json.dump(meta, f, indent=1, allow_nan=False)
         f.write("\n")
     return meta
@@ -768,6 +895,13 @@ def main():
         help="instead of the random variants, write <out>/demo_bf16 for the trained checkpoint in DIR "
         "(inside the repository, e.g. model/data/demo-stories; not copied)",
     )
+    ap.add_argument(
+        "--quantized",
+        action="store_true",
+        help="instead, write the quantized variants (" + ", ".join(QUANT_VARIANTS) + ") from the f32 variants "
+        "already in --out, quantized with --dsv2",
+    )
+    ap.add_argument("--dsv2", default="build/tools/dsv2", help="the dsv2 binary (for --quantized)")
     args = ap.parse_args()
     if transformers.__version__ != TRANSFORMERS_PIN:
         print(f"warning: transformers {transformers.__version__}, fixtures pinned to {TRANSFORMERS_PIN}", file=sys.stderr)
@@ -785,6 +919,16 @@ def main():
             f"reference.safetensors {os.path.getsize(os.path.join(args.out, DEMO_VARIANT, 'reference.safetensors'))} bytes",
             flush=True,
         )
+        return
+    if args.quantized:
+        for name in QUANT_VARIANTS:
+            meta = write_quantized(args.out, name, args.dsv2)
+            s = meta["margin_stats"]
+            print(
+                f"{name}: max|logit|={s['max_abs_logit']:.3f} rel margin min/median={s['rel_margin_min']:.4f}/"
+                f"{s['rel_margin_median']:.4f} decision min={s['decision_rel_margin_min']:.4f} cases={meta['case_stats']}",
+                flush=True,
+            )
         return
     for variant in args.variants:
         for tag, dtype in DTYPES.items():

@@ -13,8 +13,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/dtype.h"
+#include "nlohmann/json.hpp"
 
 namespace dsv2 {
 namespace {
@@ -217,6 +219,78 @@ TEST_F(SafetensorsTest, WriterRejectsDuplicateNames) {
   EXPECT_TRUE(HasSubstr(std::string(s.message()), "duplicate"));
 }
 
+TEST_F(SafetensorsTest, FileWriterStreamsTensorsInSpecOrder) {
+  auto w = SafetensorsFileWriter::Create(Path("s.safetensors"),
+                                         {{"a", DType::kI8, {2, 2}}, {"b", DType::kF16, {3}}});
+  ASSERT_TRUE(w.ok()) << w.status();
+  // Out of order, wrong size, early finish: refused, nothing lost.
+  EXPECT_EQ((*w)->Append("b", std::string(6, '\0')).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*w)->Append("a", "abc").code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status early = (*w)->Finish();
+  EXPECT_EQ(early.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(HasSubstr(std::string(early.message()), "the next is 'a'")) << early;
+  EXPECT_FALSE(std::filesystem::exists(Path("s.safetensors")));
+  ASSERT_TRUE((*w)->Append("a", "\x01\x02\xff\x80").ok());
+  ASSERT_TRUE((*w)->Append("b", std::string("\x00\x3c\x00\xc0\x01\x00", 6)).ok());
+  EXPECT_EQ((*w)->Append("c", "x").code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE((*w)->Finish().ok());
+  auto c = Checkpoint::OpenFile(Path("s.safetensors"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  const TensorView* a = (*c)->Find("a");
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(a->data), 4), "\x01\x02\xff\x80");
+  EXPECT_EQ(AsF32(*(*c)->Find("b")), (std::vector<float>{1.0f, -2.0f, 0x1p-24f}));
+}
+
+TEST_F(SafetensorsTest, AbandonedFileWriterLeavesNothing) {
+  {
+    auto w = SafetensorsFileWriter::Create(Path("gone.safetensors"), {{"a", DType::kF32, {1}}});
+    ASSERT_TRUE(w.ok());
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(dir_));
+}
+
+TEST_F(SafetensorsTest, CheckpointWriterShardsAndIndexes) {
+  // 8-byte tensors, at most 20 bytes per shard: [a b] [c d] [big] [e].
+  std::vector<TensorSpec> specs = {{"a", DType::kF32, {2}},   {"b", DType::kF32, {2}},
+                                   {"c", DType::kF32, {2}},   {"d", DType::kF32, {2}},
+                                   {"big", DType::kF32, {8}}, {"e", DType::kBF16, {4}}};
+  auto w = CheckpointWriter::Create(dir_, specs, 20);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ((*w)->total_bytes(), 72u);
+  for (const TensorSpec& s : specs) {
+    const size_t n = s.name == "big" ? 32 : 8;
+    ASSERT_TRUE((*w)->Append(s.name, std::string(n, s.name[0])).ok()) << s.name;
+    // Nothing is findable before the index is written.
+    EXPECT_FALSE(Checkpoint::OpenDir(dir_).ok());
+  }
+  ASSERT_TRUE((*w)->Finish().ok());
+  for (int i = 1; i <= 4; ++i) {
+    EXPECT_TRUE(
+        std::filesystem::exists(Path(absl::StrCat("model-0000", i, "-of-00004.safetensors"))));
+  }
+  const nlohmann::json index = nlohmann::json::parse(ReadAll(Path("model.safetensors.index.json")));
+  EXPECT_EQ(index["metadata"]["total_size"], 72);
+  EXPECT_EQ(index["weight_map"]["b"], "model-00001-of-00004.safetensors");
+  EXPECT_EQ(index["weight_map"]["c"], "model-00002-of-00004.safetensors");
+  EXPECT_EQ(index["weight_map"]["big"], "model-00003-of-00004.safetensors");
+  EXPECT_EQ(index["weight_map"]["e"], "model-00004-of-00004.safetensors");
+  auto c = Checkpoint::OpenDir(dir_);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->Names().size(), 6u);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>((*c)->Find("e")->data), 8), "eeeeeeee");
+}
+
+TEST_F(SafetensorsTest, CheckpointWriterWritesOneFileWhenItFits) {
+  auto w = CheckpointWriter::Create(dir_, {{"a", DType::kF32, {1}}}, 1 << 20);
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->Append("a", "abcd").ok());
+  ASSERT_TRUE((*w)->Finish().ok());
+  EXPECT_TRUE(std::filesystem::exists(Path("model.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(Path("model.safetensors.index.json")));
+  EXPECT_TRUE(Checkpoint::OpenDir(dir_).ok());
+}
+
 TEST_F(SafetensorsTest, OpenDirUsesSingleFileWithoutIndex) {
   ASSERT_TRUE(WriteSafetensors(Path("model.safetensors"), {F32("a", {1}, {9.0f})}).ok());
   auto c = Checkpoint::OpenDir(dir_);
@@ -389,6 +463,17 @@ TEST_F(SafetensorsTest, UnsupportedDtypeIsRejected) {
   ExpectError(OpenRaw(RawFile(R"({"ids":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}})", 8)),
               absl::StatusCode::kInvalidArgument,
               "bad.safetensors: tensor 'ids': unsupported dtype 'I64'");
+}
+
+TEST_F(SafetensorsTest, Int8AndUint8AreRead) {
+  auto c = OpenRaw(RawFile(R"({"q":{"dtype":"I8","shape":[2,3],"data_offsets":[0,6]},)"
+                           R"("p":{"dtype":"U8","shape":[4],"data_offsets":[6,10]}})",
+                           10));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ((*c)->Find("q")->dtype, DType::kI8);
+  EXPECT_EQ((*c)->Find("q")->num_bytes, 6u);
+  EXPECT_EQ((*c)->Find("p")->dtype, DType::kU8);
+  EXPECT_EQ((*c)->Find("p")->num_bytes, 4u);
 }
 
 TEST_F(SafetensorsTest, MissingDtypeIsRejected) {

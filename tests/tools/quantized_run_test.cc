@@ -167,6 +167,61 @@ TEST_F(QuantizedRunTest, QuantizationChangesTheLogitsAndFlagsCombine) {
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --experts-only").exit_code, 2);
 }
 
+TEST_F(QuantizedRunTest, QuantizeCommandWritesWhatRunLoads) {
+  for (const char* format : {"int8", "int4"}) {
+    SCOPED_TRACE(format);
+    const std::string out = ::testing::TempDir() + "/dsv2_quantize_cmd_" + format;
+    std::filesystem::remove_all(out);
+    const Result q =
+        RunDsv2("quantize --model " + model_ + " --out " + out + " --weights " + format);
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    // The progress line, ending at every tensor written.
+    EXPECT_TRUE(absl::StrContains(q.err, "quantize: ")) << q.err;
+    EXPECT_TRUE(absl::StrContains(q.err, " GB written")) << q.err;
+    const nlohmann::json stored = RunJson(out, "--threads 1");
+    const nlohmann::json at_load = RunJson(model_, std::string("--threads 1 --weights ") + format);
+    EXPECT_EQ(stored["weights"], format);
+    EXPECT_EQ(stored["first_logits_top10"], at_load["first_logits_top10"]);
+    EXPECT_EQ(stored["output_ids"], at_load["output_ids"]);
+    // A stored checkpoint takes no other --weights; the output directory
+    // must be new.
+    const Result other = RunDsv2("run --model " + out + " --prompt-ids 1 --weights " +
+                                 (std::string(format) == "int8" ? "int4" : "int8"));
+    EXPECT_EQ(other.exit_code, 1) << other.err;
+    EXPECT_TRUE(absl::StrContains(other.err, "stored quantized")) << other.err;
+    const Result again =
+        RunDsv2("quantize --model " + model_ + " --out " + out + " --weights int8");
+    EXPECT_EQ(again.exit_code, 2) << again.err;
+    EXPECT_TRUE(absl::StrContains(again.err, "not an empty directory")) << again.err;
+  }
+  for (const std::string& bad : {std::string("--weights int8"),  // no --model / --out
+                                 "--model " + model_ + " --out /tmp/x --weights none",
+                                 "--model " + model_ + " --out /tmp/x --weights int3",
+                                 "--model " + model_ + " --out /tmp/x"}) {
+    const Result r = RunDsv2("quantize " + bad);
+    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "dsv2 quantize")) << r.err;
+  }
+}
+
+TEST_F(QuantizedRunTest, EvalKldCommand) {
+  const Result r = RunDsv2("eval-kld --model " + model_ +
+                           " --weights int4 --random-tokens 200 --context 64 --threads 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["positions"], 31 * 3 + 5);  // chunks of BOS + 63, 63, 63, 11 tokens
+  EXPECT_GT(j["kld_mean"].get<double>(), 0.0);
+  EXPECT_TRUE(absl::StrContains(r.err, "same top-1")) << r.err;
+  for (const std::string& bad :
+       {std::string(" --random-tokens 10"),                                     // nothing quantized
+        std::string(" --weights int8 --quantized-model x --random-tokens 10"),  // both
+        std::string(" --weights int8"),                                         // no tokens
+        std::string(" --weights int8 --random-tokens 10 --text f")}) {
+    const Result u = RunDsv2("eval-kld --model " + model_ + bad);
+    EXPECT_EQ(u.exit_code, 2) << bad << ": " << u.err;
+  }
+}
+
 // Peak RSS (KiB) of one run, from wait4's rusage.
 long PeakRssKib(const std::string& model, const std::string& flags) {
   const std::string cmd = Bin() + " run --model " + model +

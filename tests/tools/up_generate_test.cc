@@ -353,6 +353,33 @@ TEST(UpQuantizedTest, GreedyOutputEqualsSingleProcessRunWithTheSameWeights) {
   EXPECT_NE(nlohmann::json::parse(*plain)["output_ids"], w["output_ids"]);
 }
 
+// A checkpoint written by `dsv2 quantize` serves as it is: every attention
+// node and shard loads the stored int4 weights (the shards only their
+// experts), and the cluster's greedy output is bitwise `dsv2 run --weights
+// int4` on the float checkpoint.
+TEST(UpQuantizedTest, StoredQuantizedCheckpointServesLikeLoadTimeQuantization) {
+  const std::string dir = TempDir("stored_int4");
+  const std::string model = MakeModel(dir);
+  const std::string quantized = dir + "/int4";
+  const Result q =
+      RunCapture({Dsv2(), "quantize", "--model", model, "--out", quantized, "--weights", "int4"});
+  ASSERT_EQ(q.exit_code, 0) << q.output;
+  auto c = StartCluster(quantized, dir + "/ready", {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  const std::string prompt = "5,17,99,4,250,31";
+  auto got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--temperature", "0",
+                          "--prompt-ids", prompt, "--max-tokens", "12"});
+  auto want = RunDsv2Json({"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12",
+                           "--threads", "1", "--weights", "int4"});
+  (void)c->up->Stop(SIGTERM, absl::Seconds(60));
+  fs::remove_all(dir);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(want.ok()) << want.status();
+  EXPECT_EQ(nlohmann::json::parse(*got)["output_ids"], nlohmann::json::parse(*want)["output_ids"])
+      << *got << "\n"
+      << *want;
+}
+
 // SIGKILL of a shard is survived (reported on stderr, the cluster keeps
 // serving); SIGTERM then stops every child and exits 0.
 TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {

@@ -4,8 +4,10 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "base/flags.h"
 #include "base/version.h"
+#include "model/weights.h"
 #include "tools/dsv2/random_model.h"
 
 namespace dsv2 {
@@ -25,13 +27,30 @@ int MakeRandomModelMain(int argc, char** argv) {
   flags.Enum("dtype", &dtype, {"bf16", "f32"}, "weight dtype");
   flags.String("tokenizer-dir", &tokenizer_dir, "tokenizer to copy")
       .DefaultText("the shipped one, in dsv2's data directory");
+  std::string weights = "none";
+  flags.String("weights", &weights,
+               "store the linear weights quantized, as `dsv2 quantize` would: none, int8 or int4");
+  flags.Bool("experts-only", &o.quantization.experts_only,
+             "with --weights: quantize the shared and routed experts only");
+  flags.Bool("lm-head-bf16", &o.quantization.lm_head_bf16,
+             "with --weights: keep lm_head in --dtype (default: int8)");
+  double max_shard_gb = 4.0;
+  flags.Double("max-shard-gb", &max_shard_gb, "tensor data per safetensors shard, in GB (1e9)")
+      .Min(0.001);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
+  absl::StatusOr<WeightQuantization::Format> format = ParseWeightFormat(weights);
+  if (!format.ok()) return flags.UsageError(absl::StrCat("--weights: ", format.status().message()));
+  o.quantization.format = *format;
+  o.max_shard_bytes = static_cast<uint64_t>(max_shard_gb * 1e9);
   o.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32;
   o.tokenizer_dir = tokenizer_dir.value_or("");  // "": the shipped one
   const absl::Status st = MakeRandomModel(o);
   if (!st.ok()) {
     std::cerr << "dsv2 make-random-model: " << st.message() << "\n";
-    return st.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    return st.code() == absl::StatusCode::kInvalidArgument ||
+                   st.code() == absl::StatusCode::kResourceExhausted
+               ? 2
+               : 1;
   }
   std::cerr << "wrote random " << o.preset << " model to " << o.out_dir
             << " (random weights: generated text is noise)\n";

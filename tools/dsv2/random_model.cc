@@ -1,17 +1,20 @@
 #include "tools/dsv2/random_model.h"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
+#include <string_view>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/data_dir.h"
 #include "base/status_macros.h"
+#include "kernels/quant.h"
 #include "model/config.h"
 #include "model/safetensors.h"
+#include "model/weights.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
@@ -83,30 +86,13 @@ json PresetConfig(const std::string& preset) {
   return c;
 }
 
-class RandomTensors {
- public:
-  RandomTensors(uint64_t seed, DType dtype) : rng_(seed), dtype_(dtype) {}
-
-  void Add(const std::string& name, std::vector<int64_t> shape, float stddev, float mean = 0.f) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    TensorToWrite t;
-    t.name = name;
-    t.dtype = dtype_;
-    t.shape = std::move(shape);
-    std::normal_distribution<float> dist(mean, stddev);
-    std::vector<float> v(n);
-    for (float& x : v) x = dist(rng_);
-    t.bytes.resize(n * DTypeSize(dtype_));
-    FromF32(v.data(), n, dtype_, t.bytes.data());
-    tensors_.push_back(std::move(t));
-  }
-  const std::vector<TensorToWrite>& tensors() const { return tensors_; }
-
- private:
-  std::mt19937_64 rng_;
-  DType dtype_;
-  std::vector<TensorToWrite> tensors_;
+// One random tensor: normal(mean, stddev) values, drawn in list order from
+// one generator (so the values do not depend on how they are stored).
+struct RandomTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  float stddev = 1.0f;
+  float mean = 0.0f;
 };
 
 absl::Status CopyFile(const std::filesystem::path& from, const std::filesystem::path& to) {
@@ -140,6 +126,16 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
   }
   if (o.num_layers > 0) cj["num_hidden_layers"] = o.num_layers;
   cj["torch_dtype"] = o.dtype == DType::kBF16 ? "bfloat16" : "float32";
+  if (o.quantization.format != WeightQuantization::Format::kNone) {
+    cj["quantization_config"] = {
+        {"quant_method", "dsv2"},
+        {"format", WeightFormatName(o.quantization.format)},
+        {"group_size", kernels::kQuantGroupSize},
+        {"scale_dtype", "float16"},
+        {"experts_only", o.quantization.experts_only},
+        {"lm_head", PlannedFormat(o.quantization, LinearRole::kLmHead) ? "int8" : "unquantized"},
+    };
+  }
   DSV2_ASSIGN_OR_RETURN(const ModelConfig c, ParseModelConfig(cj.dump(), "preset"));
   // Found before anything is written: no half-made model without a tokenizer.
   std::filesystem::path tok(o.tokenizer_dir);
@@ -150,62 +146,82 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
   const int64_t D = c.hidden_size, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t R = c.qk_rope_head_dim, nope = c.qk_nope_head_dim, vd = c.v_head_dim;
   const int64_t I = c.moe_intermediate_size, E = c.n_routed_experts, V = c.vocab_size;
-  // The tensors are built in memory before writing: refuse what cannot fit.
-  const int64_t moe_layers = c.num_hidden_layers - c.first_k_dense_replace;
-  const double approx_bytes =
-      static_cast<double>(DTypeSize(o.dtype)) *
-      (2.0 * V * D + moe_layers * 3.0 * E * I * D + c.first_k_dense_replace * 3.0 * c.intermediate_size * D);
-  constexpr double kMaxBytes = 8.0 * (1ull << 30);
-  if (approx_bytes > kMaxBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "preset ", o.preset, " with ", c.num_hidden_layers, " layers is about ",
-        static_cast<int64_t>(approx_bytes / (1 << 30)), " GiB; use --num-layers to stay under 8 GiB"));
-  }
   // Scaled so activations keep unit-ish variance through the layers.
   auto sd = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
-  RandomTensors t(o.seed, o.dtype);
-  t.Add("model.embed_tokens.weight", {V, D}, 1.0f);
+  std::vector<RandomTensor> list;
+  auto add = [&](std::string name, std::vector<int64_t> shape, float stddev, float mean = 0.f) {
+    list.push_back(RandomTensor{std::move(name), std::move(shape), stddev, mean});
+  };
+  add("model.embed_tokens.weight", {V, D}, 1.0f);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    t.Add(p + "input_layernorm.weight", {D}, 0.05f, 1.0f);
-    t.Add(p + "post_attention_layernorm.weight", {D}, 0.05f, 1.0f);
+    add(p + "input_layernorm.weight", {D}, 0.05f, 1.0f);
+    add(p + "post_attention_layernorm.weight", {D}, 0.05f, 1.0f);
     const std::string a = p + "self_attn.";
     if (c.q_lora_rank) {
-      t.Add(a + "q_a_proj.weight", {*c.q_lora_rank, D}, sd(D));
-      t.Add(a + "q_a_layernorm.weight", {*c.q_lora_rank}, 0.05f, 1.0f);
-      t.Add(a + "q_b_proj.weight", {H * (nope + R), *c.q_lora_rank}, sd(*c.q_lora_rank));
+      add(a + "q_a_proj.weight", {*c.q_lora_rank, D}, sd(D));
+      add(a + "q_a_layernorm.weight", {*c.q_lora_rank}, 0.05f, 1.0f);
+      add(a + "q_b_proj.weight", {H * (nope + R), *c.q_lora_rank}, sd(*c.q_lora_rank));
     } else {
-      t.Add(a + "q_proj.weight", {H * (nope + R), D}, sd(D));
+      add(a + "q_proj.weight", {H * (nope + R), D}, sd(D));
     }
-    t.Add(a + "kv_a_proj_with_mqa.weight", {C + R, D}, sd(D));
-    t.Add(a + "kv_a_layernorm.weight", {C}, 0.05f, 1.0f);
-    t.Add(a + "kv_b_proj.weight", {H * (nope + vd), C}, sd(C));
-    t.Add(a + "o_proj.weight", {D, H * vd}, sd(H * vd));
+    add(a + "kv_a_proj_with_mqa.weight", {C + R, D}, sd(D));
+    add(a + "kv_a_layernorm.weight", {C}, 0.05f, 1.0f);
+    add(a + "kv_b_proj.weight", {H * (nope + vd), C}, sd(C));
+    add(a + "o_proj.weight", {D, H * vd}, sd(H * vd));
     if (!c.is_moe_layer(l)) {
-      t.Add(p + "mlp.gate_proj.weight", {c.intermediate_size, D}, sd(D));
-      t.Add(p + "mlp.up_proj.weight", {c.intermediate_size, D}, sd(D));
-      t.Add(p + "mlp.down_proj.weight", {D, c.intermediate_size}, sd(c.intermediate_size));
+      add(p + "mlp.gate_proj.weight", {c.intermediate_size, D}, sd(D));
+      add(p + "mlp.up_proj.weight", {c.intermediate_size, D}, sd(D));
+      add(p + "mlp.down_proj.weight", {D, c.intermediate_size}, sd(c.intermediate_size));
       continue;
     }
-    t.Add(p + "mlp.gate.weight", {E, D}, sd(D));
+    add(p + "mlp.gate.weight", {E, D}, sd(D));
     for (int64_t e = 0; e < E; ++e) {
       const std::string x = absl::StrCat(p, "mlp.experts.", e, ".");
-      t.Add(x + "gate_proj.weight", {I, D}, sd(D));
-      t.Add(x + "up_proj.weight", {I, D}, sd(D));
-      t.Add(x + "down_proj.weight", {D, I}, sd(I));
+      add(x + "gate_proj.weight", {I, D}, sd(D));
+      add(x + "up_proj.weight", {I, D}, sd(D));
+      add(x + "down_proj.weight", {D, I}, sd(I));
     }
     const int64_t S = I * c.n_shared_experts;
-    t.Add(p + "mlp.shared_experts.gate_proj.weight", {S, D}, sd(D));
-    t.Add(p + "mlp.shared_experts.up_proj.weight", {S, D}, sd(D));
-    t.Add(p + "mlp.shared_experts.down_proj.weight", {D, S}, sd(S));
+    add(p + "mlp.shared_experts.gate_proj.weight", {S, D}, sd(D));
+    add(p + "mlp.shared_experts.up_proj.weight", {S, D}, sd(D));
+    add(p + "mlp.shared_experts.down_proj.weight", {D, S}, sd(S));
   }
-  t.Add("model.norm.weight", {D}, 0.05f, 1.0f);
-  t.Add("lm_head.weight", {V, D}, sd(D));
+  add("model.norm.weight", {D}, 0.05f, 1.0f);
+  add("lm_head.weight", {V, D}, sd(D));
+
+  // How each tensor is stored: quantized (values + scales, the layout of
+  // model/weights.h, as `dsv2 quantize` writes it) or in o.dtype.
+  std::vector<std::optional<kernels::QuantFormat>> formats;
+  std::vector<TensorSpec> specs;
+  for (const RandomTensor& t : list) {
+    const std::optional<LinearRole> role = LinearRoleOf(t.name);
+    formats.push_back(role ? PlannedFormat(o.quantization, *role) : std::nullopt);
+    if (formats.back()) {
+      specs.push_back(QuantValuesSpec(t.name, *formats.back(), t.shape[0], t.shape[1]));
+      specs.push_back(QuantScalesSpec(t.name, t.shape[0], t.shape[1]));
+    } else {
+      specs.push_back(TensorSpec{t.name, o.dtype, t.shape});
+    }
+  }
+  uint64_t total_bytes = 0;
+  for (const TensorSpec& s : specs) {
+    DSV2_ASSIGN_OR_RETURN(const uint64_t b, SafetensorsFileWriter::DataBytes(s));
+    total_bytes += b;
+  }
 
   const std::filesystem::path dir(o.out_dir);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("create ", o.out_dir, ": ", ec.message()));
+  // Tensors are made and written one at a time, so memory is no limit; the
+  // disk is: refuse up front what would not fit (with 1 GiB to spare).
+  const std::filesystem::space_info space = std::filesystem::space(dir, ec);
+  if (!ec && total_bytes + (uint64_t{1} << 30) > space.available) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "preset ", o.preset, " with ", c.num_hidden_layers, " layers needs ", total_bytes >> 20,
+        " MiB of disk; ", space.available >> 20, " MiB are free in ", o.out_dir));
+  }
   {
     std::ofstream f(dir / "config.json");
     f << cj.dump(2) << "\n";
@@ -213,14 +229,40 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
   }
   DSV2_RETURN_IF_ERROR(CopyFile(tok / "tokenizer.json", dir / "tokenizer.json"));
   DSV2_RETURN_IF_ERROR(CopyFile(tok / "tokenizer_config.json", dir / "tokenizer_config.json"));
-  // Last, and whole or not at all (written aside, then renamed; two
-  // processes may make the same default model at once): `dsv2 up` takes a
-  // directory with model.safetensors as a finished default model.
-  const std::filesystem::path tmp = dir / absl::StrCat("model.safetensors.tmp.", getpid());
-  DSV2_RETURN_IF_ERROR(WriteSafetensors(tmp.string(), t.tensors()));
-  std::filesystem::rename(tmp, dir / "model.safetensors", ec);
-  if (ec) return absl::InternalError(absl::StrCat("rename ", tmp.string(), ": ", ec.message()));
-  return absl::OkStatus();
+  // Last, and whole or not at all (each file written aside and renamed, the
+  // single model.safetensors or the index last; two processes may make the
+  // same model at once): a directory with either is a finished model.
+  DSV2_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointWriter> writer,
+                        CheckpointWriter::Create(o.out_dir, std::move(specs), o.max_shard_bytes));
+  std::mt19937_64 rng(o.seed);
+  std::vector<float> v;
+  std::string bytes;
+  std::vector<uint16_t> scales;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const RandomTensor& t = list[i];
+    int64_t n = 1;
+    for (int64_t d : t.shape) n *= d;
+    std::normal_distribution<float> dist(t.mean, t.stddev);
+    v.resize(static_cast<size_t>(n));
+    for (float& x : v) x = dist(rng);
+    if (const std::optional<kernels::QuantFormat> f = formats[i]) {
+      const auto N = static_cast<size_t>(t.shape[0]), K = static_cast<size_t>(t.shape[1]);
+      const size_t ldq = kernels::QuantRowBytes(*f, K), lds = kernels::QuantGroupsPerRow(K);
+      bytes.assign(N * ldq, '\0');
+      scales.assign(N * lds, 0);
+      DSV2_RETURN_IF_ERROR(
+          kernels::QuantizeRows(*f, v.data(), K, N, K, bytes.data(), ldq, scales.data(), lds));
+      DSV2_RETURN_IF_ERROR(writer->Append(t.name, bytes));
+      DSV2_RETURN_IF_ERROR(writer->Append(
+          QuantScaleName(t.name),
+          std::string_view(reinterpret_cast<const char*>(scales.data()), scales.size() * 2)));
+    } else {
+      bytes.resize(static_cast<size_t>(n) * DTypeSize(o.dtype));
+      FromF32(v.data(), static_cast<size_t>(n), o.dtype, bytes.data());
+      DSV2_RETURN_IF_ERROR(writer->Append(t.name, bytes));
+    }
+  }
+  return writer->Finish();
 }
 
 }  // namespace dsv2

@@ -1,6 +1,8 @@
-// `dsv2 make-random-model`: writes a small random checkpoint in the
-// HuggingFace layout (config.json in DeepSeek's spelling, model.safetensors
-// with per-expert tensor names, the shipped DeepSeek-V2 tokenizer). Its
+// `dsv2 make-random-model`: writes a random checkpoint in the HuggingFace
+// layout (config.json in DeepSeek's spelling, model.safetensors or shards +
+// index with per-expert tensor names, the shipped DeepSeek-V2 tokenizer),
+// one tensor at a time (so any size the disk holds), in bf16/f32 or with
+// its linear weights stored int8/int4. Its
 // weights are random, so generated text is noise; it exists so the product
 // runs and is tested without downloading a model.
 #ifndef DSV2_TOOLS_DSV2_RANDOM_MODEL_H_
@@ -12,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/dtype.h"
+#include "model/config.h"
 
 namespace dsv2 {
 
@@ -27,6 +30,11 @@ struct RandomModelOptions {
   // Directory holding tokenizer.json / tokenizer_config.json to copy; ""
   // = the shipped one (ShippedTokenizerDir()).
   std::string tokenizer_dir;
+  // Linear weights stored quantized as `dsv2 quantize` writes them (the
+  // values are the same random draws; issue 13); kNone = all in `dtype`.
+  WeightQuantization quantization;
+  // Tensor data per safetensors shard (CheckpointWriter).
+  uint64_t max_shard_bytes = uint64_t{4} << 30;
 };
 
 absl::Status MakeRandomModel(const RandomModelOptions& options);

@@ -242,8 +242,10 @@ absl::Status Generate(const RunRequest& req, const std::vector<int32_t>& prompt_
 }
 
 // The timing line on stderr and, with --json, the JSON object on stdout.
-void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
-            const RunResult& r) {
+// `weights`: the linear weights' format in effect (the checkpoint's stored
+// quantization, else --weights).
+void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids, const RunResult& r,
+            WeightQuantization::Format weights) {
   const size_t decode_steps = r.output_ids.empty() ? 0 : r.output_ids.size() - 1;
   std::fprintf(stderr,
                "seed %llu; %d threads; prefill: %zu tokens in %.3f s; decode: %zu steps in %.3f s "
@@ -261,7 +263,7 @@ void Report(const RunRequest& req, const std::vector<int32_t>& prompt_ids,
   j["first_logits_top10"] = top;
   j["seed"] = req.sampling.seed;
   j["threads"] = req.threads;
-  j["weights"] = WeightFormatName(req.quantization.format);
+  j["weights"] = WeightFormatName(weights);
   std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
 }
 
@@ -295,7 +297,8 @@ absl::Status Run(const RunRequest& req) {
   RunResult result;
   DSV2_RETURN_IF_ERROR(Generate(req, prompt_ids, tokenizer.get(), *engine,
                                 req.json ? std::cerr : std::cout, &result));
-  Report(req, prompt_ids, result);
+  Report(req, prompt_ids, result,
+         cfg.stored_quantization ? cfg.stored_quantization->format : req.quantization.format);
   return absl::OkStatus();
 }
 
