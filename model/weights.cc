@@ -226,7 +226,12 @@ absl::StatusOr<WeightQuantization> EffectiveQuantization(const ModelConfig& c,
                                                          const WeightQuantization& requested) {
   if (!c.stored_quantization) return requested;
   const WeightQuantization& stored = *c.stored_quantization;
-  if (requested.format != WeightQuantization::Format::kNone && !(requested == stored)) {
+  bool same_plan = true;  // flags that quantize the same weights the same way
+  for (LinearRole role : {LinearRole::kAttention, LinearRole::kDenseFfn, LinearRole::kSharedExpert,
+                          LinearRole::kRoutedExpert, LinearRole::kLmHead}) {
+    same_plan = same_plan && PlannedFormat(requested, role) == PlannedFormat(stored, role);
+  }
+  if (requested.format != WeightQuantization::Format::kNone && !same_plan) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the checkpoint is stored quantized (config.json quantization_config: ",
         WeightFormatName(stored.format), stored.experts_only ? ", experts only" : "",
@@ -558,11 +563,20 @@ const ExpertWeights* ExpertWeightSet::Find(int32_t layer, int32_t expert) const 
 
 void ExpertWeightSet::Prefault() const {
   volatile uint8_t sink = 0;
-  auto touch = [&](const WeightMatrix& m) {
-    if (m.quant) return;  // owned buffers: written at load, so resident
-    const auto* p = static_cast<const uint8_t*>(m.data);
-    const size_t bytes = m.bytes();
+  auto touch_range = [&](const void* data, size_t bytes) {
+    const auto* p = static_cast<const uint8_t*>(data);
     for (size_t i = 0; i < bytes; i += 4096) sink = sink + p[i];
+  };
+  // Quantized at load: owned buffers, already resident; stored quantized:
+  // values and scales in the mapping.
+  auto touch = [&](const WeightMatrix& m) {
+    if (!m.quant) {
+      touch_range(m.data, m.bytes());
+      return;
+    }
+    const auto rows = static_cast<size_t>(m.rows);
+    touch_range(m.quant->q, rows * m.quant->ldq);
+    touch_range(m.quant->scales, rows * m.quant->lds * sizeof(uint16_t));
   };
   for (const auto& [k, e] : experts_) {
     touch(e.gate);

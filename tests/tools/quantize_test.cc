@@ -201,8 +201,15 @@ TEST_F(QuantizeTest, LoadsTheWeightsLoadTimeQuantizationMakes) {
     absl::StatusOr<Loaded> at_load = Load(in, c.q);
     ASSERT_TRUE(at_load.ok()) << at_load.status();
     ExpectSameWeights(*at_load, *quantized);
-    // Asking again for what it stores is allowed; anything else is not.
+    // Asking again for what it stores is allowed (with any flags that make
+    // the same plan: --lm-head-bf16 changes nothing with --experts-only);
+    // anything else is not.
     EXPECT_TRUE(Load(out, stored).ok());
+    if (stored.experts_only) {
+      WeightQuantization same = stored;
+      same.lm_head_bf16 = !same.lm_head_bf16;
+      EXPECT_TRUE(Load(out, same).ok());
+    }
     WeightQuantization other = stored;
     other.format = stored.format == Format::kInt8 ? Format::kInt4 : Format::kInt8;
     const absl::StatusOr<Loaded> mismatch = Load(out, other);

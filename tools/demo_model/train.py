@@ -213,7 +213,7 @@ def make_config(vocab_size, args):
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=None,
-        tie_word_embeddings=False,
+        tie_word_embeddings=args.tie_embeddings,
         attention_bias=False,
         attention_dropout=0.0,
         mlp_bias=False,
@@ -290,6 +290,9 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--moe-inter", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4, help="attention heads per layer")
+    ap.add_argument("--tie-embeddings", action="store_true",
+                    help="lm_head = embed_tokens (tie_word_embeddings): output rows stay as distinct as the "
+                         "input embeddings, which copying a word from the prompt needs")
     ap.add_argument("--kv-lora-rank", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
