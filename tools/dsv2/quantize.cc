@@ -132,19 +132,22 @@ absl::StatusOr<std::string> QuantizedConfigJson(const std::string& text, const s
   if (j.is_discarded() || !j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   }
-  const bool lm_head_int8 = PlannedFormat(q, LinearRole::kLmHead).has_value();
-  j["quantization_config"] = {
+  j["quantization_config"] = QuantizationConfigJson(q);
+  return j.dump(2) + "\n";
+}
+
+}  // namespace
+
+nlohmann::ordered_json QuantizationConfigJson(const WeightQuantization& q) {
+  return {
       {"quant_method", "dsv2"},
       {"format", WeightFormatName(q.format)},
       {"group_size", kernels::kQuantGroupSize},
       {"scale_dtype", "float16"},
       {"experts_only", q.experts_only},
-      {"lm_head", lm_head_int8 ? "int8" : "unquantized"},
+      {"lm_head", PlannedFormat(q, LinearRole::kLmHead) ? "int8" : "unquantized"},
   };
-  return j.dump(2) + "\n";
 }
-
-}  // namespace
 
 absl::Status QuantizeCheckpoint(const QuantizeOptions& o) {
   const WeightQuantization& q = o.quantization;

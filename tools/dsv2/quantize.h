@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "model/config.h"
+#include "nlohmann/json.hpp"
 
 namespace dsv2 {
 
@@ -38,6 +39,10 @@ struct QuantizeOptions {
   // bytes written, of total); may be empty.
   std::function<void(size_t, size_t, uint64_t, uint64_t)> progress;
 };
+
+// config.json's "quantization_config" object for `q` (model/config.h's
+// spelling), as `dsv2 quantize` and `make-random-model --weights` write it.
+nlohmann::ordered_json QuantizationConfigJson(const WeightQuantization& q);
 
 // InvalidArgument for a quantized or malformed input (naming the file and
 // tensor), an output directory that is not empty, or the input as output;

@@ -16,6 +16,7 @@
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
+#include "tools/dsv2/quantize.h"
 
 namespace dsv2 {
 namespace {
@@ -127,14 +128,7 @@ absl::Status MakeRandomModel(const RandomModelOptions& o) {
   if (o.num_layers > 0) cj["num_hidden_layers"] = o.num_layers;
   cj["torch_dtype"] = o.dtype == DType::kBF16 ? "bfloat16" : "float32";
   if (o.quantization.format != WeightQuantization::Format::kNone) {
-    cj["quantization_config"] = {
-        {"quant_method", "dsv2"},
-        {"format", WeightFormatName(o.quantization.format)},
-        {"group_size", kernels::kQuantGroupSize},
-        {"scale_dtype", "float16"},
-        {"experts_only", o.quantization.experts_only},
-        {"lm_head", PlannedFormat(o.quantization, LinearRole::kLmHead) ? "int8" : "unquantized"},
-    };
+    cj["quantization_config"] = json::parse(QuantizationConfigJson(o.quantization).dump());
   }
   DSV2_ASSIGN_OR_RETURN(const ModelConfig c, ParseModelConfig(cj.dump(), "preset"));
   // Found before anything is written: no half-made model without a tokenizer.
