@@ -54,27 +54,54 @@ absl::StatusOr<router::ExpertReply> ExpertCompute::Handle(
   reply.dtype = d.dtype;
   reply.hidden = d.hidden;
   reply.outputs.resize(d.assignments.size() * D * DTypeSize(d.dtype));
-  std::vector<float> x, out;
-  size_t begin = 0;
-  while (begin < order.size()) {
+  // One group per expert: order[begin, end).
+  struct Group {
+    const ExpertWeights* weights;
+    size_t begin, end;
+  };
+  std::vector<Group> groups;
+  for (size_t begin = 0; begin < order.size();) {
     const int32_t expert = d.assignments[order[begin]].expert;
     size_t end = begin;
     while (end < order.size() && d.assignments[order[end]].expert == expert) ++end;
-    const size_t n = end - begin;
-    const ExpertWeights& w = *weights_->Find(d.layer, expert);
+    groups.push_back(Group{weights_->Find(d.layer, expert), begin, end});
+    begin = end;
+  }
+  // Each group's rows are gathered, run through the expert and scattered
+  // to their own reply rows, so groups are independent.
+  const auto run_group = [&](const Group& g, const kernels::CpuContext& ctx, std::vector<float>& x,
+                             std::vector<float>& out) {
+    const size_t n = g.end - g.begin;
+    const ExpertWeights& w = *g.weights;
     x.resize(n * D);
     for (size_t i = 0; i < n; ++i) {
-      const size_t row = d.assignments[order[begin + i]].row;
+      const size_t row = d.assignments[order[g.begin + i]].row;
       ToF32(d.activations.data() + row * D * DTypeSize(d.dtype), d.dtype, D, &x[i * D]);
     }
     out.resize(n * D);
-    SwiGluFfn(ctx_, w.gate, w.up, w.down, w.gate_up ? &*w.gate_up : nullptr, x.data(),
+    SwiGluFfn(ctx, w.gate, w.up, w.down, w.gate_up ? &*w.gate_up : nullptr, x.data(),
               static_cast<int64_t>(n), d.dtype, out.data());
     for (size_t i = 0; i < n; ++i) {
-      FromF32(&out[i * D], D, d.dtype,
-              reply.outputs.data() + static_cast<size_t>(order[begin + i]) * D * DTypeSize(d.dtype));
+      FromF32(
+          &out[i * D], D, d.dtype,
+          reply.outputs.data() + static_cast<size_t>(order[g.begin + i]) * D * DTypeSize(d.dtype));
     }
-    begin = end;
+  };
+  // Enough experts to feed every thread (a prefill's dispatch, a batch's):
+  // whole experts per thread, each run single-threaded, so the threads
+  // stream different experts' weights without a pool round trip per GEMM.
+  // Otherwise (decode) each GEMM is split over the pool. Either way the
+  // bits are the same: the kernels' results do not depend on the split.
+  const int threads = ctx_.pool != nullptr ? ctx_.pool->num_threads() : 1;
+  if (threads > 1 && groups.size() >= 2 * static_cast<size_t>(threads)) {
+    const kernels::CpuContext serial{ctx_.isa, nullptr};
+    ctx_.pool->ParallelFor(groups.size(), 1, [&](size_t b, size_t e) {
+      std::vector<float> x, out;
+      for (size_t g = b; g < e; ++g) run_group(groups[g], serial, x, out);
+    });
+  } else {
+    std::vector<float> x, out;
+    for (const Group& g : groups) run_group(g, ctx_, x, out);
   }
   return reply;
 }

@@ -44,9 +44,17 @@ namespace dsv2::kernels {
 //     rounds x to bf16 first (exact for the bf16-representable activations
 //     of bf16 models; any other x is rounded to nearest even) and treats
 //     bf16 denormals as zero.
-enum class CpuIsa { kScalar, kAvx2, kAvx512Bf16 };
+//   kAmx: kAvx512Bf16 plus AMX-BF16 tiles (Sapphire Rapids and later Intel),
+//     with Linux's permission to use tile data (arch_prctl
+//     ARCH_REQ_XCOMP_PERM, asked once by CpuSupports). bf16 weights with
+//     bf16-exact x (the bf16 model path, prefill and decode alike) run on
+//     TDPBF16PS tiles: one f32 accumulator per element over 32-wide
+//     k-blocks, denormals as VDPBF16PS treats them, the rounding inside a
+//     block the hardware's; everything else (f32 weights, kF32 x, QGemm)
+//     runs the kAvx512Bf16 kernels, bit for bit.
+enum class CpuIsa { kScalar, kAvx2, kAvx512Bf16, kAmx };
 
-// "scalar", "avx2", "avx512bf16".
+// "scalar", "avx2", "avx512bf16", "amx".
 std::string_view CpuIsaName(CpuIsa isa);
 // Accepts the names above and "auto" (= BestCpuIsa()).
 absl::StatusOr<CpuIsa> ParseCpuIsa(std::string_view name);
@@ -181,6 +189,13 @@ void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWei
 // is tested against it with a tolerance.
 void QGemmReference(const float* x, size_t ldx, const QuantizedWeights& w, float* y, size_t ldy,
                     size_t M, size_t N, size_t K);
+
+// WeightedRowSum (kernels/ops.h) on one ISA's code path; every path gives
+// the same bits (WeightedRowSum runs the best). For tests and benchmarks.
+// Aborts on an ISA this CPU lacks.
+void WeightedRowSumForIsa(CpuIsa isa, const float* p, size_t ldp, const void* v, DType v_dtype,
+                          size_t ldv, float* acc, size_t ldacc, size_t rows, size_t n,
+                          size_t width);
 
 }  // namespace dsv2::kernels
 

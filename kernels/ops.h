@@ -61,12 +61,19 @@ RopeTable YarnRopeTable(size_t rope_dim, const YarnParams& p);
 void ApplyRope(const RopeTable& table, int64_t pos, float* x, size_t rope_dim, DType act);
 
 // acc[r, :] += sum_{t < n} p[r, t] * v[t, :] for r < rows, t ascending
-// (one fixed order per element).
+// (one fixed order per element: acc = acc + p * v, the product rounded to
+// f32, then the sum; no FMA).
 //   p:   f32 [rows, n], row stride ldp.
 //   v:   [n, width] in v_dtype (kF32 or kBF16), row stride ldv.
 //   acc: f32 [rows, width], row stride ldacc.
+// Runs AVX-512 or AVX2 code where the CPU has it (vectorised across the
+// width, v read once for all rows): bitwise the same on every CPU, since
+// each element's operations are the reference's.
 void WeightedRowSum(const float* p, size_t ldp, const void* v, DType v_dtype, size_t ldv,
                     float* acc, size_t ldacc, size_t rows, size_t n, size_t width);
+// The scalar reference WeightedRowSum is tested against (bitwise).
+void WeightedRowSumReference(const float* p, size_t ldp, const void* v, DType v_dtype, size_t ldv,
+                             float* acc, size_t ldacc, size_t rows, size_t n, size_t width);
 
 }  // namespace dsv2::kernels
 

@@ -21,7 +21,7 @@ namespace dsv2::service {
 
 void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* c) {
   flags.Int("threads", &c->threads, "compute threads").Range(1, 1024);
-  flags.String("cpu-isa", &c->cpu_isa, "scalar, avx2 or avx512")
+  flags.String("cpu-isa", &c->cpu_isa, "scalar, avx2, avx512bf16, amx or auto")
       .DefaultText("DSV2_CPU_ISA or the best available");
   flags.String("host", &c->host, "address the gRPC server binds (0.0.0.0 for all)");
   flags.Int("port", &c->port, "gRPC port (0 = OS-chosen; the port is in the ready line)")

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/cpu.h"
 #include "kernels/cpu/gemm_internal.h"
@@ -14,18 +15,16 @@
 namespace dsv2::kernels {
 namespace {
 
-// Columns per GEMV tile (every ISA streams 8 weight rows at once).
-constexpr size_t kGemvTileCols = 8;
 // A GEMV chunk reads at least this many weight bytes, so waking a worker
 // (~10 us) is worth it.
 constexpr size_t kGemvChunkBytes = size_t{256} << 10;
-// GEMM column blocks are multiples of 12 (the AVX2 tile is 3 wide, the
-// AVX-512 tile 4; QGemm's are 2 and 4) and hold about this many weight bytes: the block is
-// re-read from L2 for every row tile.
-constexpr size_t kGemmColTile = 12;
+// GEMM column blocks are multiples of SplitTiles::gemm_cols (12 by default:
+// the AVX2 tile is 3 wide, the AVX-512 tile 4; QGemm's are 2 and 4) and hold
+// about this many weight bytes: the block is re-read from L2 for every row
+// tile.
 constexpr size_t kGemmWeightBlockBytes = size_t{192} << 10;
-// GEMM row blocks hold about this many x bytes (f32): they are re-read from
-// L2 for every column tile.
+// GEMM row blocks hold about this many x bytes: they are re-read from L2
+// for every column tile.
 constexpr size_t kGemmXBlockBytes = size_t{256} << 10;
 // Below this many multiply-adds a GEMM runs on the calling thread.
 constexpr size_t kGemmInlineMacs = size_t{1} << 18;
@@ -66,6 +65,8 @@ internal::GemmBlockFn BlockFn(const char* fn, CpuIsa isa) {
       return internal::GemmBlockAvx2;
     case CpuIsa::kAvx512Bf16:
       return internal::GemmBlockAvx512;
+    case CpuIsa::kAmx:
+      return internal::GemmBlockAmx;
   }
   std::abort();
 }
@@ -74,39 +75,41 @@ internal::GemmBlockFn BlockFn(const char* fn, CpuIsa isa) {
 
 namespace internal {
 
-void RunGemvSplit(ThreadPool* pool, size_t N, size_t row_bytes, RectFn block) {
+void RunGemvSplit(ThreadPool* pool, size_t N, size_t row_bytes, RectFn block, const SplitTiles& t) {
   row_bytes = std::max<size_t>(row_bytes, 1);
-  const size_t tiles = (N + kGemvTileCols - 1) / kGemvTileCols;
+  const size_t tiles = (N + t.gemv_cols - 1) / t.gemv_cols;
   const size_t min_cols = (kGemvChunkBytes + row_bytes - 1) / row_bytes;
-  const size_t grain = (min_cols + kGemvTileCols - 1) / kGemvTileCols;
+  const size_t grain = (min_cols + t.gemv_cols - 1) / t.gemv_cols;
   if (pool == nullptr || tiles <= grain) {
     block(0, 1, 0, N);
     return;
   }
   pool->ParallelFor(tiles, grain, [&](size_t begin, size_t end) {
-    block(0, 1, begin * kGemvTileCols, std::min(N, end * kGemvTileCols));
+    block(0, 1, begin * t.gemv_cols, std::min(N, end * t.gemv_cols));
   });
 }
 
-void RunGemmSplit(ThreadPool* pool, size_t M, size_t N, size_t K, size_t row_bytes, RectFn block) {
+void RunGemmSplit(ThreadPool* pool, size_t M, size_t N, size_t K, size_t row_bytes, RectFn block,
+                  const SplitTiles& t) {
   if (pool == nullptr || M * N * K < kGemmInlineMacs) {
     block(0, M, 0, N);
     return;
   }
   row_bytes = std::max<size_t>(row_bytes, 1);
-  size_t nb =
-      std::max(kGemmColTile, kGemmWeightBlockBytes / row_bytes / kGemmColTile * kGemmColTile);
-  size_t mb = std::max<size_t>(4, kGemmXBlockBytes / std::max<size_t>(K * 4, 1) / 4 * 4);
+  const size_t ct = t.gemm_cols;
+  const size_t rt = t.gemm_rows;
+  size_t nb = std::max(ct, kGemmWeightBlockBytes / row_bytes / ct * ct);
+  size_t mb = std::max(rt, kGemmXBlockBytes / std::max<size_t>(K * t.x_elem_bytes, 1) / rt * rt);
   size_t n_blocks = (N + nb - 1) / nb;
   size_t m_blocks = (M + mb - 1) / mb;
   // Small K makes the cache-sized blocks few and large: narrow them (columns
   // first, then rows) until every thread gets about four tasks.
   const size_t min_tasks = 4 * static_cast<size_t>(pool->num_threads());
   while (n_blocks * m_blocks < min_tasks) {
-    if (nb > kGemmColTile) {
-      nb = std::max(kGemmColTile, nb / 2 / kGemmColTile * kGemmColTile);
-    } else if (mb > 4) {
-      mb = std::max<size_t>(4, mb / 2 / 4 * 4);
+    if (nb > ct) {
+      nb = std::max(ct, nb / 2 / ct * ct);
+    } else if (mb > rt) {
+      mb = std::max(rt, mb / 2 / rt * rt);
     } else {
       break;
     }
@@ -128,18 +131,55 @@ void RunGemmSplit(ThreadPool* pool, size_t M, size_t N, size_t K, size_t row_byt
 
 namespace {
 
+// The AMX block works in 16 x 16 tiles (bf16 weights and bf16-exact x
+// only; its other operands go to the AVX-512 block and keep its split).
+internal::SplitTiles Tiles(const CpuContext& ctx, const internal::GemmOperands& op) {
+  if (ctx.isa == CpuIsa::kAmx && op.w_dtype == DType::kBF16 && op.x_bf16_exact) {
+    return internal::kAmxSplitTiles;
+  }
+  return {};
+}
+
+// The AMX block reads x packed (gemm_internal.h), once per call for all
+// column blocks: packed on the pool in m-tiles, into the calling thread's
+// buffer (one call at a time per thread). Returns op with x_packed set.
+internal::GemmOperands PackForAmx(const CpuContext& ctx, internal::GemmOperands op, size_t M) {
+  if (Tiles(ctx, op).gemm_cols != internal::kAmxSplitTiles.gemm_cols || op.K == 0) return op;
+  thread_local std::vector<uint32_t> packed;
+  const size_t words = internal::AmxPackedXWords(M, op.K);
+  if (packed.size() < words) packed.resize(words);
+  const size_t tiles = (M + 15) / 16;
+  // By pointer: inside the lambda, `packed` would name the worker's own
+  // thread_local buffer.
+  uint32_t* const dst = packed.data();
+  const auto pack = [&](size_t t0, size_t t1) {
+    internal::PackXForAmx(op.x, op.ldx, M, op.K, t0, t1, dst);
+  };
+  // About 64 KiB of x per task.
+  const size_t grain = std::max<size_t>(1, (size_t{64} << 10) / (16 * op.K * 4));
+  if (ctx.pool == nullptr || tiles <= grain) {
+    pack(0, tiles);
+  } else {
+    ctx.pool->ParallelFor(tiles, grain, pack);
+  }
+  op.x_packed = dst;
+  return op;
+}
+
 void RunGemv(const CpuContext& ctx, internal::GemmBlockFn block, const internal::GemmOperands& op,
              size_t N) {
   internal::RunGemvSplit(
       ctx.pool, N, op.K * DTypeSize(op.w_dtype),
-      [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); });
+      [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); },
+      Tiles(ctx, op));
 }
 
 void RunGemm(const CpuContext& ctx, internal::GemmBlockFn block, const internal::GemmOperands& op,
              size_t M, size_t N) {
   internal::RunGemmSplit(
       ctx.pool, M, N, op.K, op.K * DTypeSize(op.w_dtype),
-      [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); });
+      [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); },
+      Tiles(ctx, op));
 }
 
 }  // namespace
@@ -152,9 +192,9 @@ void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DTyp
   const internal::GemmOperands op{x, ldx, w, w_dtype, ldw, y, ldy, K,
                                   x_values == XValues::kBf16Exact};
   if (M == 1) {
-    RunGemv(ctx, block, op, N);
+    RunGemv(ctx, block, PackForAmx(ctx, op, 1), N);
   } else {
-    RunGemm(ctx, block, op, M, N);
+    RunGemm(ctx, block, PackForAmx(ctx, op, M), M, N);
   }
 }
 
@@ -164,7 +204,10 @@ void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, s
   const internal::GemmBlockFn block = BlockFn("Gemv", ctx.isa);
   if (N == 0) return;
   RunGemv(ctx, block,
-          internal::GemmOperands{x, K, w, w_dtype, ldw, y, N, K, x_values == XValues::kBf16Exact},
+          PackForAmx(ctx,
+                     internal::GemmOperands{x, K, w, w_dtype, ldw, y, N, K,
+                                            x_values == XValues::kBf16Exact},
+                     1),
           N);
 }
 

@@ -3,6 +3,9 @@
 // __builtin_cpu_supports (libgcc / compiler-rt cpuinfo) reads CPUID and also
 // checks with XGETBV that the OS saves the AVX / AVX-512 register state, so
 // a feature it reports is usable.
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 
 #include "absl/status/status.h"
@@ -24,7 +27,19 @@ struct CpuFeatures {
   // (VDPBF16PS), on top of the AVX2 set: present together on Cooper Lake,
   // Sapphire Rapids and later Intel, and on AMD Zen 4 and later.
   bool avx512_bf16;
+  // AMX-TILE and AMX-BF16 on top of the AVX-512 set, and Linux granted this
+  // process the tile-data state (which it enables per process, on request).
+  bool amx_bf16;
 };
+
+// Linux (5.16+): a process must ask for the AMX tile-data state before its
+// first tile instruction, or that instruction faults (SIGILL). The request
+// covers every thread of the process, present and future.
+bool RequestAmxPermission() {
+  constexpr int kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
 
 const CpuFeatures& Features() {
   static const CpuFeatures features = [] {
@@ -35,6 +50,8 @@ const CpuFeatures& Features() {
     f.avx512_bf16 = f.avx2_fma && __builtin_cpu_supports("avx512f") &&
                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                     __builtin_cpu_supports("avx512bf16");
+    f.amx_bf16 = f.avx512_bf16 && __builtin_cpu_supports("amx-tile") &&
+                 __builtin_cpu_supports("amx-bf16") && RequestAmxPermission();
     return f;
   }();
   return features;
@@ -50,17 +67,19 @@ std::string_view CpuIsaName(CpuIsa isa) {
       return "avx2";
     case CpuIsa::kAvx512Bf16:
       return "avx512bf16";
+    case CpuIsa::kAmx:
+      return "amx";
   }
   return "?";
 }
 
 absl::StatusOr<CpuIsa> ParseCpuIsa(std::string_view name) {
   if (name == "auto") return BestCpuIsa();
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16}) {
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16, CpuIsa::kAmx}) {
     if (name == CpuIsaName(isa)) return isa;
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown CPU ISA \"", Sv(name), "\"; expected one of auto, scalar, avx2, avx512bf16"));
+      "unknown CPU ISA \"", Sv(name), "\"; expected one of auto, scalar, avx2, avx512bf16, amx"));
 }
 
 bool CpuSupports(CpuIsa isa) {
@@ -71,11 +90,14 @@ bool CpuSupports(CpuIsa isa) {
       return Features().avx2_fma;
     case CpuIsa::kAvx512Bf16:
       return Features().avx512_bf16;
+    case CpuIsa::kAmx:
+      return Features().amx_bf16;
   }
   return false;
 }
 
 CpuIsa BestCpuIsa() {
+  if (CpuSupports(CpuIsa::kAmx)) return CpuIsa::kAmx;
   if (CpuSupports(CpuIsa::kAvx512Bf16)) return CpuIsa::kAvx512Bf16;
   if (CpuSupports(CpuIsa::kAvx2)) return CpuIsa::kAvx2;
   return CpuIsa::kScalar;

@@ -120,31 +120,4 @@ void ApplyRope(const RopeTable& table, int64_t pos, float* x, size_t rope_dim, D
   RoundInPlace(x, rope_dim, act);
 }
 
-namespace {
-float LoadF32(const float* v, size_t i) { return v[i]; }
-float LoadF32(const uint16_t* v, size_t i) { return Bf16ToF32(v[i]); }
-
-template <typename T>
-void WeightedRowSumImpl(const float* p, size_t ldp, const T* v, size_t ldv, float* acc,
-                        size_t ldacc, size_t rows, size_t n, size_t width) {
-  for (size_t r = 0; r < rows; ++r) {
-    float* a = acc + r * ldacc;
-    for (size_t t = 0; t < n; ++t) {
-      const float pt = p[r * ldp + t];
-      const T* vt = v + t * ldv;
-      for (size_t j = 0; j < width; ++j) a[j] += pt * LoadF32(vt, j);
-    }
-  }
-}
-}  // namespace
-
-void WeightedRowSum(const float* p, size_t ldp, const void* v, DType v_dtype, size_t ldv,
-                    float* acc, size_t ldacc, size_t rows, size_t n, size_t width) {
-  if (v_dtype == DType::kF32) {
-    WeightedRowSumImpl(p, ldp, static_cast<const float*>(v), ldv, acc, ldacc, rows, n, width);
-  } else {
-    WeightedRowSumImpl(p, ldp, static_cast<const uint16_t*>(v), ldv, acc, ldacc, rows, n, width);
-  }
-}
-
 }  // namespace dsv2::kernels

@@ -54,6 +54,7 @@ internal::QGemmBlockFn BlockFn(CpuIsa isa) {
     case CpuIsa::kAvx2:
       return internal::QGemmBlockAvx2;
     case CpuIsa::kAvx512Bf16:
+    case CpuIsa::kAmx:  // AMX-INT8 would need int8 activations: kAmx runs the AVX-512 kernels
       return internal::QGemmBlockAvx512;
   }
   std::abort();

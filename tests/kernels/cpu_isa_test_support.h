@@ -10,7 +10,8 @@
 
 namespace dsv2::kernels {
 
-inline constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16};
+inline constexpr CpuIsa kAllIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512Bf16,
+                                      CpuIsa::kAmx};
 
 inline std::string IsaParamName(const ::testing::TestParamInfo<CpuIsa>& info) {
   return std::string(CpuIsaName(info.param));

@@ -50,7 +50,9 @@ TEST(CpuIsaTest, UnknownNameIsInvalidArgument) {
 TEST(CpuIsaTest, ScalarIsAlwaysSupportedAndBestIsSupported) {
   EXPECT_TRUE(CpuSupports(CpuIsa::kScalar));
   EXPECT_TRUE(CpuSupports(BestCpuIsa()));
-  if (CpuSupports(CpuIsa::kAvx512Bf16)) {
+  if (CpuSupports(CpuIsa::kAmx)) {
+    EXPECT_EQ(BestCpuIsa(), CpuIsa::kAmx);
+  } else if (CpuSupports(CpuIsa::kAvx512Bf16)) {
     EXPECT_EQ(BestCpuIsa(), CpuIsa::kAvx512Bf16);
   } else if (CpuSupports(CpuIsa::kAvx2)) {
     EXPECT_EQ(BestCpuIsa(), CpuIsa::kAvx2);
@@ -246,6 +248,14 @@ Problem MakeProblem(size_t M, size_t N, size_t K, size_t x_pad, size_t w_pad, DT
 
 class GemmIsaTest : public CpuIsaTest {};
 
+// bf16 weights run with both kinds of x (MakeProblem's x is bf16-exact for
+// them): kBf16Exact is the bf16 model path (VDPBF16PS, AMX tiles).
+std::vector<XValues> XValuesFor(DType dtype) {
+  if (dtype == DType::kBF16) return {XValues::kF32, XValues::kBf16Exact};
+  return {XValues::kF32};
+}
+std::string XValuesName(XValues xv) { return xv == XValues::kBf16Exact ? " (bf16-exact x)" : ""; }
+
 // |y - ref| is bounded by the two fp32 reductions' rounding error:
 // (K + 2) * 2^-24 * sum_k |x w| each (Higham, 3.1), plus a tiny absolute
 // slack for denormal flushing.
@@ -276,14 +286,16 @@ TEST_P(GemmIsaTest, MatchesReferenceOnOddShapesAndStrides) {
           for (size_t pad : {0, 5}) {
             const Problem p = MakeProblem(M, N, K, pad, pad * 3, dtype, seed++);
             const size_t ldy = N + pad;
-            std::vector<float> y(M * ldy, -7.0f);
-            Gemm(Context(), p.x.data(), p.ldx, p.w(), dtype, p.ldw, y.data(), ldy, M, N, K);
-            const std::string what = std::string(DTypeName(dtype)) + " Gemm";
-            ExpectNearReference(p, y, ldy, what);
-            if (HasFatalFailure()) return;
-            // Gemm writes only Y's [M, N] part.
-            for (size_t m = 0; m < M; ++m) {
-              for (size_t n = N; n < ldy; ++n) ASSERT_EQ(y[m * ldy + n], -7.0f);
+            for (XValues xv : XValuesFor(dtype)) {
+              std::vector<float> y(M * ldy, -7.0f);
+              Gemm(Context(), p.x.data(), p.ldx, p.w(), dtype, p.ldw, y.data(), ldy, M, N, K, xv);
+              const std::string what = std::string(DTypeName(dtype)) + " Gemm" + XValuesName(xv);
+              ExpectNearReference(p, y, ldy, what);
+              if (HasFatalFailure()) return;
+              // Gemm writes only Y's [M, N] part.
+              for (size_t m = 0; m < M; ++m) {
+                for (size_t n = N; n < ldy; ++n) ASSERT_EQ(y[m * ldy + n], -7.0f);
+              }
             }
           }
         }
@@ -334,10 +346,12 @@ TEST_P(GemmIsaTest, GemvMatchesReference) {
     for (size_t K : {1, 7, 8, 9, 31, 32, 33, 100, 577, 2048}) {
       for (size_t N : {1, 3, 8, 17, 300}) {
         const Problem p = MakeProblem(1, N, K, 0, 3, dtype, seed++);
-        std::vector<float> y(N, -7.0f);
-        Gemv(Context(), p.x.data(), p.w(), dtype, p.ldw, y.data(), N, K);
-        ExpectNearReference(p, y, N, std::string(DTypeName(dtype)) + " Gemv");
-        if (HasFatalFailure()) return;
+        for (XValues xv : XValuesFor(dtype)) {
+          std::vector<float> y(N, -7.0f);
+          Gemv(Context(), p.x.data(), p.w(), dtype, p.ldw, y.data(), N, K, xv);
+          ExpectNearReference(p, y, N, std::string(DTypeName(dtype)) + " Gemv" + XValuesName(xv));
+          if (HasFatalFailure()) return;
+        }
       }
     }
   }
@@ -355,15 +369,16 @@ TEST_P(GemmIsaTest, ZeroKGivesZeros) {
 // that Gemm on batches of several sizes, with 1-3 threads, and on column
 // sub-ranges gives the same bits.
 void CheckRowInvariance(CpuIsa isa, size_t N, size_t K, size_t max_m, DType dtype,
-                        const std::vector<size_t>& batch_sizes, uint32_t seed) {
+                        const std::vector<size_t>& batch_sizes, uint32_t seed,
+                        XValues xv = XValues::kF32) {
   const Problem p = MakeProblem(max_m, N, K, 3, 1, dtype, seed);
   std::vector<float> alone(max_m * N);
   for (size_t m = 0; m < max_m; ++m) {
     Gemv(CpuContext{isa, nullptr}, p.x.data() + m * p.ldx, p.w(), dtype, p.ldw,
-         alone.data() + m * N, N, K);
+         alone.data() + m * N, N, K, xv);
     std::vector<float> y1(N);
     Gemm(CpuContext{isa, nullptr}, p.x.data() + m * p.ldx, p.ldx, p.w(), dtype, p.ldw, y1.data(), N,
-         1, N, K);
+         1, N, K, xv);
     ASSERT_EQ(std::memcmp(y1.data(), alone.data() + m * N, N * sizeof(float)), 0)
         << "Gemm(M=1) differs from Gemv at row " << m;
   }
@@ -372,7 +387,7 @@ void CheckRowInvariance(CpuIsa isa, size_t N, size_t K, size_t max_m, DType dtyp
     const CpuContext ctx{isa, &pool};
     for (size_t m = 0; m < max_m; ++m) {
       std::vector<float> y(N);
-      Gemv(ctx, p.x.data() + m * p.ldx, p.w(), dtype, p.ldw, y.data(), N, K);
+      Gemv(ctx, p.x.data() + m * p.ldx, p.w(), dtype, p.ldw, y.data(), N, K, xv);
       ASSERT_EQ(std::memcmp(y.data(), alone.data() + m * N, N * sizeof(float)), 0)
           << "threaded Gemv differs at row " << m << " threads=" << threads;
     }
@@ -382,7 +397,7 @@ void CheckRowInvariance(CpuIsa isa, size_t N, size_t K, size_t max_m, DType dtyp
       for (size_t m0 : {size_t{0}, size_t{1}, size_t{3}}) {
         if (m0 + M > max_m) continue;
         std::vector<float> y(M * N);
-        Gemm(ctx, p.x.data() + m0 * p.ldx, p.ldx, p.w(), dtype, p.ldw, y.data(), N, M, N, K);
+        Gemm(ctx, p.x.data() + m0 * p.ldx, p.ldx, p.w(), dtype, p.ldw, y.data(), N, M, N, K, xv);
         for (size_t m = 0; m < M; ++m) {
           ASSERT_EQ(std::memcmp(y.data() + m * N, alone.data() + (m0 + m) * N, N * sizeof(float)),
                     0)
@@ -395,7 +410,7 @@ void CheckRowInvariance(CpuIsa isa, size_t N, size_t K, size_t max_m, DType dtyp
     for (size_t n0 : {size_t{1}, size_t{5}}) {
       const size_t nc = N - n0 - N / 3;
       std::vector<float> y(max_m * nc);
-      Gemm(ctx, p.x.data(), p.ldx, p.w_row(n0), dtype, p.ldw, y.data(), nc, max_m, nc, K);
+      Gemm(ctx, p.x.data(), p.ldx, p.w_row(n0), dtype, p.ldw, y.data(), nc, max_m, nc, K, xv);
       for (size_t m = 0; m < max_m; ++m) {
         ASSERT_EQ(std::memcmp(y.data() + m * nc, alone.data() + m * N + n0, nc * sizeof(float)), 0)
             << "columns from " << n0 << " differ at row " << m << " threads=" << threads;
@@ -407,16 +422,19 @@ void CheckRowInvariance(CpuIsa isa, size_t N, size_t K, size_t max_m, DType dtyp
 TEST_P(GemmIsaTest, RowsAreBitwiseInvariantOnSmallShapes) {
   uint32_t seed = 500;
   for (DType dtype : {DType::kF32, DType::kBF16}) {
-    for (size_t K : {1, 7, 31, 33, 100, 577}) {
-      for (size_t N : {17, 40}) {
-        CheckRowInvariance(GetParam(), N, K, 40, dtype, {1, 2, 3, 4, 5, 7, 8, 9, 13, 37}, seed++);
-        if (HasFatalFailure()) return;
+    for (XValues xv : XValuesFor(dtype)) {
+      for (size_t K : {1, 7, 31, 33, 100, 577}) {
+        for (size_t N : {17, 40}) {
+          CheckRowInvariance(GetParam(), N, K, 40, dtype, {1, 2, 3, 4, 5, 7, 8, 9, 13, 37}, seed++,
+                             xv);
+          if (HasFatalFailure()) return;
+        }
       }
+      // Small enough to run on the calling thread as one block of > 64 rows
+      // (the AVX-512 bf16 path converts x in chunks of 64 rows).
+      CheckRowInvariance(GetParam(), 20, 33, 75, dtype, {66, 70}, seed++, xv);
+      if (HasFatalFailure()) return;
     }
-    // Small enough to run on the calling thread as one block of > 64 rows
-    // (the AVX-512 bf16 path converts x in chunks of 64 rows).
-    CheckRowInvariance(GetParam(), 20, 33, 75, dtype, {66, 70}, seed++);
-    if (HasFatalFailure()) return;
   }
 }
 
@@ -426,10 +444,12 @@ TEST_P(GemmIsaTest, RowsAreBitwiseInvariantOnSmallShapes) {
 TEST_P(GemmIsaTest, RowsAreBitwiseInvariantAcrossThreadSplits) {
   uint32_t seed = 900;
   for (DType dtype : {DType::kF32, DType::kBF16}) {
-    CheckRowInvariance(GetParam(), 1003, 577, 40, dtype, {2, 5, 9, 37}, seed++);
-    if (HasFatalFailure()) return;
-    CheckRowInvariance(GetParam(), 130, 2000, 40, dtype, {2, 33, 37}, seed++);
-    if (HasFatalFailure()) return;
+    for (XValues xv : XValuesFor(dtype)) {
+      CheckRowInvariance(GetParam(), 1003, 577, 40, dtype, {2, 5, 9, 37}, seed++, xv);
+      if (HasFatalFailure()) return;
+      CheckRowInvariance(GetParam(), 130, 2000, 40, dtype, {2, 33, 37}, seed++, xv);
+      if (HasFatalFailure()) return;
+    }
   }
 }
 
@@ -453,11 +473,11 @@ TEST_F(GemmDeathTest, F16WeightsAbort) {
 }
 
 TEST_F(GemmDeathTest, UnsupportedIsaAborts) {
-  if (CpuSupports(CpuIsa::kAvx512Bf16)) GTEST_SKIP() << "every ISA is supported here";
+  if (CpuSupports(CpuIsa::kAmx)) GTEST_SKIP() << "every ISA is supported here";
   std::vector<float> x(8, 1.0f), w(8, 1.0f), y(1);
-  EXPECT_DEATH(Gemv(CpuContext{CpuIsa::kAvx512Bf16, nullptr}, x.data(), w.data(), DType::kF32, 8,
-                    y.data(), 1, 8),
-               "avx512bf16 is not supported");
+  EXPECT_DEATH(
+      Gemv(CpuContext{CpuIsa::kAmx, nullptr}, x.data(), w.data(), DType::kF32, 8, y.data(), 1, 8),
+      "amx is not supported");
 }
 
 }  // namespace

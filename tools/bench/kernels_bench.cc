@@ -7,13 +7,21 @@
 // read bandwidth. Quantized weights (int8, int4: kernels/quant.h) count
 // their values and their f16 scales as bytes read.
 //
-//   kernels_bench [--threads N] [--isa auto|scalar|avx2|avx512bf16] [--quant-only]
+//   kernels_bench [--threads N] [--isa auto|scalar|avx2|avx512bf16|amx] [--quant-only]
+//
+// bf16 weights run with bf16-exact x (XValues::kBf16Exact), the path of a
+// bf16 model's linear layers (VDPBF16PS on avx512bf16, AMX tiles on amx).
+// The %peak column is GFLOP/s against the measured peak of the instruction
+// the kernel's inner loop uses on this ISA (printed first, with the same
+// threads): f32 FMA (256-bit on avx2, 512-bit on avx512bf16 / amx; the
+// quantized kernels and bf16 weights with f32 x use it too), VDPBF16PS
+// (avx512bf16, bf16 weights) or AMX TDPBF16PS (amx, bf16 weights).
 //
 // Weights are timed "cold": the call cycles through enough copies of the
 // weight matrix (>= 256 MiB in all) that every call reads them from DRAM,
 // as a decode step does (a model's weights are far larger than the LLC);
 // "hot" repeats one copy (cache-resident when it fits the LLC).
-#include <emmintrin.h>
+#include <immintrin.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -103,6 +111,144 @@ uint64_t SumWords(const uint64_t* p, size_t words) {
   return out[0] + out[1];
 }
 
+// ------------------------------------------------------------ peak FLOP/s
+// Independent accumulators (more than the instruction's latency x
+// throughput), so the loop runs at the issue rate. Each returns the FLOPs
+// it executed (a multiply-add counts 2) and stores into `sink` so the work
+// is kept.
+
+__attribute__((target("avx2,fma"))) double PeakLoopFma256(size_t iters, float* sink) {
+  __m256 acc[12];
+  for (auto& a : acc) a = _mm256_set1_ps(0.0f);
+  const __m256 x = _mm256_set1_ps(1.0f), w = _mm256_set1_ps(1e-9f);
+  for (size_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (auto& a : acc) a = _mm256_fmadd_ps(x, w, a);
+  }
+  for (int j = 1; j < 12; ++j) acc[0] = _mm256_add_ps(acc[0], acc[j]);
+  _mm256_storeu_ps(sink, acc[0]);
+  return 12.0 * 8 * 2 * iters;
+}
+
+__attribute__((target("avx512f"))) double PeakLoopFma512(size_t iters, float* sink) {
+  __m512 acc[12];
+  for (auto& a : acc) a = _mm512_set1_ps(0.0f);
+  const __m512 x = _mm512_set1_ps(1.0f), w = _mm512_set1_ps(1e-9f);
+  for (size_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (auto& a : acc) a = _mm512_fmadd_ps(x, w, a);
+  }
+  for (int j = 1; j < 12; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+  _mm512_storeu_ps(sink, acc[0]);
+  return 12.0 * 16 * 2 * iters;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) double PeakLoopDpbf16(size_t iters, float* sink) {
+  __m512 acc[12];
+  for (auto& a : acc) a = _mm512_set1_ps(0.0f);
+  const __m512i x = _mm512_set1_epi16(0x3f80), w = _mm512_set1_epi16(0x3000);  // 1.0, 2^-31
+  for (size_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (auto& a : acc) a = _mm512_dpbf16_ps(a, (__m512bh)x, (__m512bh)w);
+  }
+  for (int j = 1; j < 12; ++j) acc[0] = _mm512_add_ps(acc[0], acc[j]);
+  _mm512_storeu_ps(sink, acc[0]);
+  return 12.0 * 32 * 2 * iters;
+}
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// 4 accumulator tiles, 2 A and 2 B tiles (the GEMM kernel's 2 x 2 shape),
+// operands loaded once: the TDPBF16PS issue rate alone.
+__attribute__((target("amx-tile,amx-bf16"))) double PeakLoopAmxBf16(size_t iters, float* sink) {
+  AmxTileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  asm volatile("" : : "r"(&cfg) : "memory");  // LDTILECFG reads all of cfg
+  _tile_loadconfig(&cfg);
+  alignas(64) static const uint16_t ones[16 * 32] = {};
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (size_t i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  alignas(64) float c[16 * 16];
+  _tile_stored(0, c, 64);
+  _tile_release();
+  sink[0] = c[0];
+  return 4.0 * 16 * 16 * 32 * 2 * iters;
+}
+
+// The peak GFLOP/s of one loop on all of the pool's threads: the best of 5
+// runs of >= 50 ms each.
+double MeasurePeak(ThreadPool& pool, double (*loop)(size_t, float*), size_t iters) {
+  double best = 0;
+  const size_t n = static_cast<size_t>(pool.num_threads());
+  std::vector<float> sinks(16 * n);
+  for (int rep = 0; rep < 5; ++rep) {
+    std::atomic<uint64_t> flops_bits{0};
+    std::vector<double> flops(n, 0.0);
+    const auto t0 = Clock::now();
+    pool.ParallelFor(n, 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) flops[i] = loop(iters, sinks.data() + 16 * i);
+    });
+    const double s = Seconds(t0, Clock::now());
+    double total = 0;
+    for (double f : flops) total += f;
+    best = std::max(best, total / s / 1e9);
+  }
+  return best;
+}
+
+struct Peaks {
+  double fma_gflops = 0;   // the ISA's f32 FMA (256- or 512-bit)
+  double bf16_gflops = 0;  // its bf16-weight x bf16-exact-x instruction
+  const char* fma_name = "";
+  const char* bf16_name = "";
+};
+
+Peaks MeasurePeaks(CpuIsa isa, ThreadPool& pool) {
+  Peaks p;
+  switch (isa) {
+    case CpuIsa::kScalar:
+      break;
+    case CpuIsa::kAvx2:
+      p.fma_name = p.bf16_name = "FMA (256-bit)";
+      p.fma_gflops = p.bf16_gflops = MeasurePeak(pool, PeakLoopFma256, size_t{4} << 20);
+      break;
+    case CpuIsa::kAvx512Bf16:
+      p.fma_name = "FMA (512-bit)";
+      p.fma_gflops = MeasurePeak(pool, PeakLoopFma512, size_t{4} << 20);
+      p.bf16_name = "VDPBF16PS";
+      p.bf16_gflops = MeasurePeak(pool, PeakLoopDpbf16, size_t{4} << 20);
+      break;
+    case CpuIsa::kAmx:
+      p.fma_name = "FMA (512-bit)";
+      p.fma_gflops = MeasurePeak(pool, PeakLoopFma512, size_t{4} << 20);
+      p.bf16_name = "AMX TDPBF16PS";
+      p.bf16_gflops = MeasurePeak(pool, PeakLoopAmxBf16, size_t{1} << 18);
+      break;
+  }
+  return p;
+}
+
 // Multithreaded read passes over a 512 MiB buffer (far larger than any
 // LLC), in GB/s (1e9 bytes/s). Each pass reads one 32 MiB slice, cycling
 // over the slices: short passes, like the kernel calls timed below, are
@@ -166,7 +312,8 @@ CallTimes Summarise(std::vector<double> t) {
 
 class KernelBench {
  public:
-  KernelBench(CpuContext ctx, double bandwidth_gbs) : ctx_(ctx), bw_(bandwidth_gbs) {}
+  KernelBench(CpuContext ctx, double bandwidth_gbs, Peaks peaks)
+      : ctx_(ctx), bw_(bandwidth_gbs), peaks_(peaks) {}
 
   // Returns false when the kernel disagrees with GemmReference.
   bool Run(const Shape& s) {
@@ -198,7 +345,8 @@ class KernelBench {
 
     const CallTimes cold = TimeCalls(s, x.data(), w, y.data(), copies);
     const CallTimes hot = copies == 1 ? cold : TimeCalls(s, x.data(), w, y.data(), 1);
-    Print(s.name, DTypeName(s.dtype), s.M, s.N, s.K, w_bytes, cold, hot);
+    Print(s.name, DTypeName(s.dtype), s.M, s.N, s.K, w_bytes, cold, hot,
+          s.dtype == DType::kBF16 ? peaks_.bf16_gflops : peaks_.fma_gflops);
     return true;
   }
 
@@ -260,16 +408,17 @@ class KernelBench {
     };
     const CallTimes cold = TimeQuantCalls(call, copies);
     const CallTimes hot = copies == 1 ? cold : TimeQuantCalls(call, 1);
-    Print(s.name, QuantFormatName(s.format), s.M, s.N, s.K, w_bytes, cold, hot);
+    Print(s.name, QuantFormatName(s.format), s.M, s.N, s.K, w_bytes, cold, hot, peaks_.fma_gflops);
     return true;
   }
 
  private:
   void Call(const Shape& s, const float* x, const void* w, float* y) {
+    const XValues xv = s.dtype == DType::kBF16 ? XValues::kBf16Exact : XValues::kF32;
     if (s.M == 1) {
-      Gemv(ctx_, x, w, s.dtype, s.K, y, s.N, s.K);
+      Gemv(ctx_, x, w, s.dtype, s.K, y, s.N, s.K, xv);
     } else {
-      Gemm(ctx_, x, s.K, w, s.dtype, s.K, y, s.N, s.M, s.N, s.K);
+      Gemm(ctx_, x, s.K, w, s.dtype, s.K, y, s.N, s.M, s.N, s.K, xv);
     }
   }
 
@@ -327,23 +476,26 @@ class KernelBench {
   }
 
   // w_bytes: the weights' bytes (values and scales) read per call.
+  // peak_gflops: the measured peak of the kernel's instruction (0: none).
   void Print(const char* name, const char* w_name, size_t M, size_t N, size_t K, size_t w_bytes,
-             const CallTimes& cold, const CallTimes& hot) {
+             const CallTimes& cold, const CallTimes& hot, double peak_gflops) {
     const double bytes = static_cast<double>(w_bytes) + 4.0 * M * (K + N);
     const double flops = 2.0 * M * N * K;
     const double gbs = bytes / cold.median_s / 1e9;
     const double bits_per_weight = 8.0 * w_bytes / (static_cast<double>(N) * K);
     std::printf(
         "%-17s %4s %5.2f %4zu %6zu %5zu %8.2f %9.1f %7.2f %7.1f %5.1f%% | %9.1f %7.2f %5.1f%% | "
-        "%9.1f %7.1f\n",
+        "%9.1f %7.1f %5.1f%%\n",
         name, w_name, bits_per_weight, M, N, K, bytes / 1e6, cold.median_s * 1e6, gbs,
         flops / cold.median_s / 1e9, 100.0 * gbs / bw_, cold.min_s * 1e6, bytes / cold.min_s / 1e9,
-        100.0 * bytes / cold.min_s / 1e9 / bw_, hot.median_s * 1e6, flops / hot.median_s / 1e9);
+        100.0 * bytes / cold.min_s / 1e9 / bw_, hot.median_s * 1e6, flops / hot.median_s / 1e9,
+        peak_gflops > 0 ? 100.0 * flops / hot.median_s / 1e9 / peak_gflops : 0.0);
     std::fflush(stdout);
   }
 
   const CpuContext ctx_;
   const double bw_;
+  const Peaks peaks_;
 };
 
 int Main(int argc, char** argv) {
@@ -360,7 +512,8 @@ int Main(int argc, char** argv) {
       isa_flag = argv[++i];
     } else {
       std::fprintf(stderr,
-                   "usage: %s [--threads N] [--isa auto|scalar|avx2|avx512bf16] [--quant-only]\n",
+                   "usage: %s [--threads N] [--isa auto|scalar|avx2|avx512bf16|amx] "
+                   "[--quant-only]\n",
                    argv[0]);
       return 2;
     }
@@ -385,12 +538,24 @@ int Main(int argc, char** argv) {
       "cold: weights cycled through >= 256 MiB of copies (read from DRAM each call); hot: one\n"
       "copy repeated (LLC-resident when it fits). Times per call; %%bw = achieved GB/s / measured\n"
       "read bandwidth. Bytes = weights (int8/int4: values + f16 scales) + x + y; bpw = weight\n"
-      "bits per weight.\n\n");
-  std::printf("%-17s %4s %5s %4s %6s %5s %8s %9s %7s %7s %6s | %9s %7s %6s | %9s %7s\n", "kernel",
-              "w", "bpw", "M", "N", "K", "MB", "median_us", "GB/s", "GFLOP/s", "bw", "min_us",
-              "GB/s", "bw", "hot_us", "GFLOP/s");
+      "bits per weight.\n");
+  const Peaks peaks = MeasurePeaks(*isa, pool);
+  if (peaks.fma_gflops > 0) {
+    std::printf("measured peak, %d threads: %s %.1f GFLOP/s", threads, peaks.fma_name,
+                peaks.fma_gflops);
+    if (peaks.bf16_gflops != peaks.fma_gflops) {
+      std::printf(", %s %.1f GFLOP/s", peaks.bf16_name, peaks.bf16_gflops);
+    }
+    std::printf(
+        "\n%%peak = hot GFLOP/s against the peak of the kernel's instruction (bf16 weights: "
+        "%s; f32, int8, int4: %s)\n",
+        peaks.bf16_name, peaks.fma_name);
+  }
+  std::printf("\n%-17s %4s %5s %4s %6s %5s %8s %9s %7s %7s %6s | %9s %7s %6s | %9s %7s %6s\n",
+              "kernel", "w", "bpw", "M", "N", "K", "MB", "median_us", "GB/s", "GFLOP/s", "bw",
+              "min_us", "GB/s", "bw", "hot_us", "GFLOP/s", "peak");
 
-  KernelBench bench(CpuContext{*isa, &pool}, bw.best_gbs);
+  KernelBench bench(CpuContext{*isa, &pool}, bw.best_gbs, peaks);
   const Shape shapes[] = {
       {"gemv q/o-proj", 1, 2048, 2048, DType::kBF16},
       {"gemv q/o-proj", 1, 2048, 2048, DType::kF32},
@@ -402,6 +567,8 @@ int Main(int argc, char** argv) {
       {"gemm", 8, 2048, 2048, DType::kBF16},
       {"gemm", 32, 2048, 2048, DType::kBF16},
       {"gemm", 128, 2048, 2048, DType::kBF16},
+      {"gemm", 512, 2048, 2048, DType::kBF16},
+      {"gemm expert up", 32, 1408, 2048, DType::kBF16},
       {"gemm", 8, 2048, 2048, DType::kF32},
       {"gemm", 32, 2048, 2048, DType::kF32},
       {"gemm", 128, 2048, 2048, DType::kF32},

@@ -42,6 +42,10 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
       auto experts,
       ExpertWeightSet::Load(e->config_, *e->checkpoint_,
                             ExpertWeightSet::AllLayers(e->config_, all), o.quantization));
+  // Resident before the first request, as an expert shard makes them:
+  // otherwise the first prefill pays a page fault per 4 KiB of expert
+  // weights.
+  experts->Prefault();
   if (verbose) std::cerr << "loaded " << experts->size() << " routed experts\n";
   e->shard_ = std::make_unique<ExpertCompute>(e->config_, std::move(experts), e->ctx_);
   ExpertCompute* shard = e->shard_.get();

@@ -90,7 +90,7 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
   req->threads = std::min(kernels::AvailableCpuCores(), 1024);
   flags.Int("threads", &req->threads, "worker threads").Range(1, 1024)
       .DefaultText("every core this process may run on (its CPU affinity)");
-  flags.String("cpu-isa", &req->cpu_isa, "scalar, avx2, avx512bf16 or auto")
+  flags.String("cpu-isa", &req->cpu_isa, "scalar, avx2, avx512bf16, amx or auto")
       .DefaultText("DSV2_CPU_ISA or best");
   flags.Int("prefill-chunk", &req->prefill_chunk,
             "prefill at most this many prompt tokens per step (0 = all)").Min(0);
