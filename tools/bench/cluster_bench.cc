@@ -208,6 +208,7 @@ int Main(int argc, char** argv) {
   int threads = 2, att_threads = 1, shards = 4, prompt_len = 16, new_tokens = 17, raw_iters = 300;
   int64_t pp_rows = 8;
   bool echo_server = false;
+  bool single_only = false;
   flags::FlagSet flags("cluster_bench", std::string(VersionString()));
   flags.String("model", &model, "checkpoint directory (required unless --echo-server)");
   flags.String("bin-dir", &bin_dir_flag, "build directory with the dsv2-expert binary")
@@ -223,6 +224,8 @@ int Main(int argc, char** argv) {
   flags.Int("raw-iters", &raw_iters, "round trips per raw UCX median").Min(4);
   flags.Int("pingpong-min-rows", &pp_rows,
             "section 3: min_rows_for_micro_batches when ping-pong is on").Min(0);
+  flags.Bool("single-only", &single_only,
+             "only the single-process decode figures (no shards; tools/bench/side_by_side.py)");
   flags.Bool("echo-server", &echo_server, "internal: run as the raw round-trip echo peer");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
   if (echo_server) return EchoServerMain(transports);
@@ -258,6 +261,15 @@ int Main(int argc, char** argv) {
   for (int b : batches) {
     single[b] = RunDecode(config, (*engine)->loop(), (*engine)->cache(), b, prompt_len, new_tokens,
                           nullptr);
+  }
+  if (single_only) {
+    std::printf(
+        "\nsingle process, %d threads, ISA %s: decode tokens/s (%d-token prompts, %d decode "
+        "steps)\n%6s %14s\n",
+        threads, std::string(kernels::CpuIsaName((*engine)->isa())).c_str(), prompt_len,
+        new_tokens - 1, "batch", "single");
+    for (int b : batches) std::printf("%6d %14.1f\n", b, single[b].tokens_per_s);
+    return 0;
   }
 
   // --- cluster: shard processes + this process as the attention side

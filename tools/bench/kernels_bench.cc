@@ -8,6 +8,7 @@
 // their values and their f16 scales as bytes read.
 //
 //   kernels_bench [--threads N] [--isa auto|scalar|avx2|avx512bf16|amx] [--quant-only]
+//                 [--bandwidth-only]
 //
 // bf16 weights run with bf16-exact x (XValues::kBf16Exact), the path of a
 // bf16 model's linear layers (VDPBF16PS on avx512bf16, AMX tiles on amx).
@@ -501,11 +502,14 @@ class KernelBench {
 int Main(int argc, char** argv) {
   int threads = 2;
   std::string isa_flag;
-  bool quant_only = false;  // only the int8/int4 cases
+  bool quant_only = false;      // only the int8/int4 cases
+  bool bandwidth_only = false;  // only the read bandwidth line
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quant-only") {
       quant_only = true;
+    } else if (arg == "--bandwidth-only") {
+      bandwidth_only = true;
     } else if (arg == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
     } else if (arg == "--isa" && i + 1 < argc) {
@@ -513,7 +517,7 @@ int Main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads N] [--isa auto|scalar|avx2|avx512bf16|amx] "
-                   "[--quant-only]\n",
+                   "[--quant-only] [--bandwidth-only]\n",
                    argv[0]);
       return 2;
     }
@@ -534,6 +538,7 @@ int Main(int argc, char** argv) {
       "GB/s, "
       "median %.2f GB/s; %%bw below is against the best\n",
       std::string(CpuIsaName(*isa)).c_str(), threads, bw.best_gbs, bw.median_gbs);
+  if (bandwidth_only) return 0;
   std::printf(
       "cold: weights cycled through >= 256 MiB of copies (read from DRAM each call); hot: one\n"
       "copy repeated (LLC-resident when it fits). Times per call; %%bw = achieved GB/s / measured\n"
