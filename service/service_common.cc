@@ -39,25 +39,14 @@ void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* c) {
 }
 
 void DefineWeightFlags(flags::FlagSet& flags, CommonFlags* c) {
-  flags.String("weights", &c->weights,
-               "quantize the linear weights at load: none, int8 or int4 (group-32, f16 scales; "
-               "docs/numerics.md)");
-  flags.Bool("experts-only", &c->experts_only,
-             "with --weights: quantize the shared and routed experts only");
-  flags.Bool("lm-head-bf16", &c->lm_head_bf16,
-             "with --weights: keep lm_head as stored (default: int8)");
+  dsv2::DefineWeightFlags(flags,
+                          "quantize the linear weights at load: none, int8 or int4 (group-32, f16 "
+                          "scales; docs/numerics.md)",
+                          "as stored", &c->weight_flags);
 }
 
 absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const CommonFlags& c) {
-  WeightQuantization q;
-  DSV2_ASSIGN_OR_RETURN(q.format, ParseWeightFormat(c.weights));
-  q.experts_only = c.experts_only;
-  q.lm_head_bf16 = c.lm_head_bf16;
-  if ((q.experts_only || q.lm_head_bf16) && q.format == WeightQuantization::Format::kNone) {
-    return absl::InvalidArgumentError(
-        "--experts-only and --lm-head-bf16 need --weights int8 or int4");
-  }
-  return q;
+  return dsv2::WeightQuantizationFromFlags(c.weight_flags);
 }
 
 void DefineCoordinatorFlags(flags::FlagSet& flags, ServeOptions* serve,

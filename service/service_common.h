@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "base/flags.h"
 #include "kernels/cpu.h"
+#include "model/weight_flags.h"
 #include "model/weights.h"
 #include "placement.pb.h"
 #include "router/plan.h"
@@ -43,9 +44,7 @@ struct CommonFlags {
   int64_t rendezvous_threshold = 64 << 10;
   // --weights, --experts-only, --lm-head-bf16 (dsv2-attention and
   // dsv2-expert only: DefineWeightFlags).
-  std::string weights = "none";
-  bool experts_only = false;
-  bool lm_head_bf16 = false;
+  WeightFlags weight_flags;
 };
 void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* common);
 // --weights none|int8|int4, --experts-only, --lm-head-bf16 (load-time

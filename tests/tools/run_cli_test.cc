@@ -191,6 +191,22 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   EXPECT_EQ(RunDsv2("run --model " + model_ + " --prompt-ids 1 --top-k 4294967297").exit_code, 2);
   EXPECT_EQ(RunDsv2("run --model /missing --prompt-ids 1 --cpu-isa bogus").exit_code, 2);
   EXPECT_EQ(RunDsv2("run --model /missing --prompt-ids 1,,2").exit_code, 2);
+  // The weight flags mean the same in every command (model/weight_flags.h):
+  // a modifier without a format is a usage error, never ignored.
+  const std::string out = ::testing::TempDir() + "/dsv2_cli_never_written";
+  for (const std::string cmd :
+       {"run --model " + model_ + " --prompt-ids 1 --experts-only",
+        "make-random-model --out " + out + " --preset v2-tiny --experts-only",
+        "make-random-model --out " + out + " --preset v2-tiny --weights int3",
+        "eval-kld --model " + model_ + " --random-tokens 8 --lm-head-bf16",
+        "quantize --model " + model_ + " --out " + out,
+        "quantize --model " + model_ + " --out " + out + " --weights none",
+        "up --model " + model_ + " --lm-head-bf16"}) {
+    const Result r = RunDsv2(cmd);
+    EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;
+    EXPECT_NE(r.err.find("--weights"), std::string::npos) << cmd << "\n" << r.err;
+  }
+  EXPECT_FALSE(std::filesystem::exists(out));
 }
 
 TEST_F(CliTest, OtherErrorsExitOneWithOneLine) {

@@ -14,6 +14,7 @@
 #include "kernels/cpu.h"
 #include "model/config.h"
 #include "model/tokenizer.h"
+#include "model/weight_flags.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
 #include "tools/dsv2/eval_kld.h"
@@ -46,7 +47,6 @@ absl::StatusOr<std::vector<int32_t>> StreamTokens(const std::string& model_dir,
 
 int EvalKldCommandMain(int argc, char** argv) {
   EvalKldOptions o;
-  std::string weights = "none";
   std::optional<std::string> text_file, quantized;
   int64_t random_tokens = 0;
   uint64_t seed = 0;
@@ -55,9 +55,8 @@ int EvalKldCommandMain(int argc, char** argv) {
   o.max_positions = 2048;
   flags::FlagSet flags("dsv2 eval-kld", std::string(VersionString()));
   flags.String("model", &o.model_dir, "the reference checkpoint, run as stored").Required();
-  flags.String("weights", &weights, "quantize --model at load: int8 or int4");
-  flags.Bool("experts-only", &o.quantization.experts_only, "with --weights: experts only");
-  flags.Bool("lm-head-bf16", &o.quantization.lm_head_bf16, "with --weights: lm_head as stored");
+  WeightFlags weight_flags;
+  DefineWeightFlags(flags, "quantize --model at load: int8 or int4", "as stored", &weight_flags);
   flags.String("quantized-model", &quantized,
                "instead of --weights: a checkpoint `dsv2 quantize` wrote from --model");
   flags.String("text", &text_file,
@@ -75,9 +74,9 @@ int EvalKldCommandMain(int argc, char** argv) {
       .DefaultText("the available cores");
   flags.Bool("json", &json, "print one JSON object on stdout");
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
-  absl::StatusOr<WeightQuantization::Format> f = ParseWeightFormat(weights);
-  if (!f.ok()) return flags.UsageError(absl::StrCat("--weights: ", f.status().message()));
-  o.quantization.format = *f;
+  absl::StatusOr<WeightQuantization> q = WeightQuantizationFromFlags(weight_flags);
+  if (!q.ok()) return flags.UsageError(std::string(q.status().message()));
+  o.quantization = *q;
   if ((o.quantization.format == WeightQuantization::Format::kNone) == !quantized.has_value()) {
     return flags.UsageError("give exactly one of --weights int8|int4 and --quantized-model");
   }
@@ -97,7 +96,7 @@ int EvalKldCommandMain(int argc, char** argv) {
     std::cerr << "dsv2 eval-kld: " << s.status().message() << "\n";
     return 1;
   }
-  const std::string what = quantized ? *quantized : weights;
+  const std::string what = quantized ? *quantized : weight_flags.weights;
   std::fprintf(stderr,
                "%s vs %s: %lld positions; KLD mean %.6f +- %.6f, median %.6f, p99 %.6f, max %.6f; "
                "same top-1 %.2f%%\n",

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/flags.h"
 #include "base/version.h"
+#include "model/weight_flags.h"
 #include "model/weights.h"
 #include "tools/dsv2/random_model.h"
 
@@ -27,20 +28,17 @@ int MakeRandomModelMain(int argc, char** argv) {
   flags.Enum("dtype", &dtype, {"bf16", "f32"}, "weight dtype");
   flags.String("tokenizer-dir", &tokenizer_dir, "tokenizer to copy")
       .DefaultText("the shipped one, in dsv2's data directory");
-  std::string weights = "none";
-  flags.String("weights", &weights,
-               "store the linear weights quantized, as `dsv2 quantize` would: none, int8 or int4");
-  flags.Bool("experts-only", &o.quantization.experts_only,
-             "with --weights: quantize the shared and routed experts only");
-  flags.Bool("lm-head-bf16", &o.quantization.lm_head_bf16,
-             "with --weights: keep lm_head in --dtype (default: int8)");
+  WeightFlags weight_flags;
+  DefineWeightFlags(
+      flags, "store the linear weights quantized, as `dsv2 quantize` would: none, int8 or int4",
+      "in --dtype", &weight_flags);
   double max_shard_gb = 4.0;
   flags.Double("max-shard-gb", &max_shard_gb, "tensor data per safetensors shard, in GB (1e9)")
       .Min(0.001);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
-  absl::StatusOr<WeightQuantization::Format> format = ParseWeightFormat(weights);
-  if (!format.ok()) return flags.UsageError(absl::StrCat("--weights: ", format.status().message()));
-  o.quantization.format = *format;
+  absl::StatusOr<WeightQuantization> q = WeightQuantizationFromFlags(weight_flags);
+  if (!q.ok()) return flags.UsageError(std::string(q.status().message()));
+  o.quantization = *q;
   o.max_shard_bytes = static_cast<uint64_t>(max_shard_gb * 1e9);
   o.dtype = dtype == "bf16" ? DType::kBF16 : DType::kF32;
   o.tokenizer_dir = tokenizer_dir.value_or("");  // "": the shipped one

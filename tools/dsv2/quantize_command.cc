@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/flags.h"
 #include "base/version.h"
+#include "model/weight_flags.h"
 #include "model/weights.h"
 #include "tools/dsv2/quantize.h"
 
@@ -18,25 +19,20 @@ namespace dsv2 {
 
 int QuantizeCommandMain(int argc, char** argv) {
   QuantizeOptions o;
-  std::string weights;
   double max_shard_gb = 4.0;
   flags::FlagSet flags("dsv2 quantize", std::string(VersionString()));
   flags.String("model", &o.model_dir, "float (bf16/f16/f32) checkpoint directory").Required();
   flags.String("out", &o.out_dir, "output directory (new or empty)").Required();
-  flags.String("weights", &weights, "int8 or int4 (group-32, f16 scales; docs/quantization.md)")
-      .Required();
-  flags.Bool("experts-only", &o.quantization.experts_only,
-             "quantize the shared and routed experts only (attention and lm_head as stored)");
-  flags.Bool("lm-head-bf16", &o.quantization.lm_head_bf16,
-             "keep lm_head as stored (default: int8)");
+  WeightFlags weight_flags;
+  DefineWeightFlags(flags, "int8 or int4 (group-32, f16 scales; docs/numerics.md); required",
+                    "as stored", &weight_flags);
   flags.Double("max-shard-gb", &max_shard_gb, "tensor data per safetensors shard, in GB (1e9)")
       .Min(0.001);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
-  absl::StatusOr<WeightQuantization::Format> f = ParseWeightFormat(weights);
-  if (!f.ok() || *f == WeightQuantization::Format::kNone) {
-    return flags.UsageError("--weights must be int8 or int4");
-  }
-  o.quantization.format = *f;
+  absl::StatusOr<WeightQuantization> q =
+      WeightQuantizationFromFlags(weight_flags, /*require_format=*/true);
+  if (!q.ok()) return flags.UsageError(std::string(q.status().message()));
+  o.quantization = *q;
   o.max_shard_bytes = static_cast<uint64_t>(max_shard_gb * 1e9);
 
   // One progress line on stderr: rewritten in place on a terminal, else a

@@ -20,6 +20,7 @@
 #include "model/chat_template.h"
 #include "model/sampling.h"
 #include "model/tokenizer.h"
+#include "model/weight_flags.h"
 #include "nlohmann/json.hpp"
 #include "tools/dsv2/default_model.h"
 #include "tools/dsv2/local_engine.h"
@@ -94,26 +95,19 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
       .DefaultText("DSV2_CPU_ISA or best");
   flags.Int("prefill-chunk", &req->prefill_chunk,
             "prefill at most this many prompt tokens per step (0 = all)").Min(0);
-  std::string weights = "none";
-  flags.String("weights", &weights,
-               "quantize the linear weights at load: none, int8 or int4 (group-32, f16 "
-               "scales; docs/numerics.md)");
-  flags.Bool("experts-only", &req->quantization.experts_only,
-             "with --weights: quantize the shared and routed experts only");
-  flags.Bool("lm-head-bf16", &req->quantization.lm_head_bf16,
-             "with --weights: keep lm_head as stored (default: int8)");
+  WeightFlags weight_flags;
+  DefineWeightFlags(flags,
+                    "quantize the linear weights at load: none, int8 or int4 (group-32, f16 "
+                    "scales; docs/numerics.md)",
+                    "as stored", &weight_flags);
   flags.Bool("json", &req->json, "print one JSON object on stdout; stream text to stderr");
   flags.ExclusiveGroup({"prompt", "prompt-ids"}, flags::GroupRule::kExactlyOne);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
   if (req->chat && !req->prompt) return flags.UsageError("--chat needs --prompt");
-  if (absl::StatusOr<WeightQuantization::Format> f = ParseWeightFormat(weights); f.ok()) {
-    req->quantization.format = *f;
+  if (absl::StatusOr<WeightQuantization> q = WeightQuantizationFromFlags(weight_flags); q.ok()) {
+    req->quantization = *q;
   } else {
-    return flags.UsageError(absl::StrCat("--weights: ", f.status().message()));
-  }
-  if ((req->quantization.experts_only || req->quantization.lm_head_bf16) &&
-      req->quantization.format == WeightQuantization::Format::kNone) {
-    return flags.UsageError("--experts-only and --lm-head-bf16 need --weights int8 or int4");
+    return flags.UsageError(std::string(q.status().message()));
   }
   if (absl::StatusOr<std::string> dir = ResolveModelDir(model); dir.ok()) {
     req->model = *dir;

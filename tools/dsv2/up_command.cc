@@ -28,6 +28,7 @@
 #include "base/version.h"
 #include "inference.grpc.pb.h"
 #include "kernels/cpu.h"
+#include "model/weight_flags.h"
 #include "model/weights.h"
 #include "tools/dsv2/default_model.h"
 #include "tools/dsv2/process_group.h"
@@ -66,9 +67,7 @@ struct UpOptions {
   int64_t cache_tokens = 16384;
   // --weights / --experts-only / --lm-head-bf16, passed to every attention
   // node and expert shard.
-  std::string weights = "none";
-  bool experts_only = false;
-  bool lm_head_bf16 = false;
+  WeightFlags weight_flags;
   std::optional<std::string> ready_file;
   std::optional<std::string> log_dir;
   absl::Duration ready_timeout = absl::Seconds(120);
@@ -88,13 +87,10 @@ void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
                    "shards), at least 1");
   flags.Int("cache-tokens", &o->cache_tokens, "latent-cache capacity of each attention node")
       .Min(1);
-  flags.String("weights", &o->weights,
-               "quantize the linear weights at load on every attention node and expert shard: "
-               "none, int8 or int4 (as dsv2 run --weights)");
-  flags.Bool("experts-only", &o->experts_only,
-             "with --weights: quantize the shared and routed experts only");
-  flags.Bool("lm-head-bf16", &o->lm_head_bf16,
-             "with --weights: keep lm_head as stored (default: int8)");
+  DefineWeightFlags(flags,
+                    "quantize the linear weights at load on every attention node and expert "
+                    "shard: none, int8 or int4 (as dsv2 run --weights)",
+                    "as stored", &o->weight_flags);
   flags.String("bin-dir", &o->bin_dir,
                "where dsv2-coordinator, dsv2-attention, dsv2-expert are")
       .DefaultText("next to dsv2, else the build tree, else PATH");
@@ -310,9 +306,9 @@ int RunCluster(const UpOptions& o) {
   const std::string endpoint = absl::StrCat("127.0.0.1:", port);
 
   // Load-time quantization flags, the same on every member.
-  std::vector<std::string> weight_flags = {"--weights", o.weights};
-  if (o.experts_only) weight_flags.push_back("--experts-only");
-  if (o.lm_head_bf16) weight_flags.push_back("--lm-head-bf16");
+  std::vector<std::string> weight_flags = {"--weights", o.weight_flags.weights};
+  if (o.weight_flags.experts_only) weight_flags.push_back("--experts-only");
+  if (o.weight_flags.lm_head_bf16) weight_flags.push_back("--lm-head-bf16");
   const auto with_weight_flags = [&](std::vector<std::string> argv) {
     argv.insert(argv.end(), weight_flags.begin(), weight_flags.end());
     return argv;
@@ -441,10 +437,8 @@ int UpCommandMain(int argc, char** argv) {
   flags::FlagSet flags("dsv2 up", std::string(VersionString()));
   DefineUpFlags(flags, &o);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return *exit_code;
-  if (absl::StatusOr<WeightQuantization::Format> f = ParseWeightFormat(o.weights); !f.ok()) {
-    return flags.UsageError(absl::StrCat("--weights: ", f.status().message()));
-  } else if ((o.experts_only || o.lm_head_bf16) && *f == WeightQuantization::Format::kNone) {
-    return flags.UsageError("--experts-only and --lm-head-bf16 need --weights int8 or int4");
+  if (absl::StatusOr<WeightQuantization> q = WeightQuantizationFromFlags(o.weight_flags); !q.ok()) {
+    return flags.UsageError(std::string(q.status().message()));
   }
 
   const fs::path exe_dir = ExecutableDir();

@@ -1,0 +1,40 @@
+#include "model/weight_flags.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "model/weights.h"
+
+namespace dsv2 {
+
+void DefineWeightFlags(flags::FlagSet& flags, std::string_view weights_help,
+                       std::string_view lm_head_help, WeightFlags* out) {
+  flags.String("weights", &out->weights, std::string(weights_help));
+  flags.Bool("experts-only", &out->experts_only,
+             "with --weights: quantize the shared and routed experts only");
+  flags.Bool("lm-head-bf16", &out->lm_head_bf16,
+             absl::StrCat("with --weights: keep lm_head ",
+                          absl::string_view(lm_head_help.data(), lm_head_help.size()),
+                          " (default: int8)"));
+}
+
+absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const WeightFlags& f,
+                                                               bool require_format) {
+  WeightQuantization q;
+  absl::StatusOr<WeightQuantization::Format> format = ParseWeightFormat(f.weights);
+  if (!format.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--weights: ", format.status().message()));
+  }
+  q.format = *format;
+  q.experts_only = f.experts_only;
+  q.lm_head_bf16 = f.lm_head_bf16;
+  if (q.format == WeightQuantization::Format::kNone) {
+    if (require_format) return absl::InvalidArgumentError("--weights must be int8 or int4");
+    if (q.experts_only || q.lm_head_bf16) {
+      return absl::InvalidArgumentError(
+          "--experts-only and --lm-head-bf16 need --weights int8 or int4");
+    }
+  }
+  return q;
+}
+
+}  // namespace dsv2
