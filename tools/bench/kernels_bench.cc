@@ -574,6 +574,8 @@ int Main(int argc, char** argv) {
       {"gemm", 128, 2048, 2048, DType::kBF16},
       {"gemm", 512, 2048, 2048, DType::kBF16},
       {"gemm expert up", 32, 1408, 2048, DType::kBF16},
+      {"gemm expert up", 2, 2816, 2048, DType::kBF16},
+      {"gemm lm_head", 8, 102400, 2048, DType::kBF16},
       {"gemm", 8, 2048, 2048, DType::kF32},
       {"gemm", 32, 2048, 2048, DType::kF32},
       {"gemm", 128, 2048, 2048, DType::kF32},

@@ -15,7 +15,8 @@ its converter DIR/convert_hf_to_gguf.py, run by --llama-python (a Python with th
 requirements: torch, numpy, transformers, sentencepiece). This script neither fetches nor builds
 llama.cpp; without --llama-cpp its columns are left out. Its GGUFs are made in --work: BF16 by the
 converter (from a copy of config.json with "q_lora_rank": 0 for null, which the converter needs),
-then Q8_0 (lm_head Q8_0), Q4_0 (lm_head Q6_K) and Q4_K_M by llama-quantize.
+then Q8_0 (lm_head Q8_0), Q4_0 (lm_head Q6_K) and Q4_K_M by llama-quantize. Quantized GGUFs run
+with llama.cpp's weight repacking off (see no_repack()).
 
 Figures: medians over --runs interleaved rounds (each round runs every case once, in the same
 order), with min-max. Decode batch 1: `dsv2 run` (16-token prompt, 64 new tokens) vs llama-bench
@@ -128,15 +129,25 @@ def dsv2_batch8(model, threads):
     return float(re.search(r"^\s+8\s+([\d.]+)\s*$", out, re.M).group(1))
 
 
+def no_repack(gguf, bench=False):
+    """llama.cpp's weight repacking (its AMX / AVX-512 layouts) aborts on quantized DeepSeek-V2
+    GGUFs in the build this was written against (GGML_ASSERT(*cur_backend_id != -1),
+    ggml-backend.cpp), so quantized runs turn it off; BF16 keeps it."""
+    if "BF16" in os.path.basename(gguf):
+        return []
+    return ["--repack", "0"] if bench else ["--no-repack"]
+
+
 def llama_bench(llama, gguf, threads, p, n):
     out, _ = run([os.path.join(llama, "build", "bin", "llama-bench"), "-m", gguf, "-t", str(threads),
-                  "-p", str(p), "-n", str(n), "-r", "1", "-o", "json"])
+                  "-p", str(p), "-n", str(n), "-r", "1", "-o", "json"] + no_repack(gguf, True))
     return float(json.loads(out)[0]["avg_ts"])
 
 
 def llama_batch8(llama, gguf, threads):
     out, _ = run([os.path.join(llama, "build", "bin", "llama-batched-bench"), "-m", gguf, "-t",
-                  str(threads), "-c", "2048", "-npp", "16", "-ntg", "32", "-npl", "8"])
+                  str(threads), "-c", "2048", "-npp", "16", "-ntg", "32", "-npl", "8"] +
+                 no_repack(gguf))
     # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
     for line in out.splitlines():
         cols = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -202,7 +213,7 @@ def llama_kld(llama, base_gguf, gguf, text, threads, base_file):
         run([ppl, "-m", base_gguf, "-f", text, "-c", "512", "-t", str(threads),
              "--kl-divergence-base", base_file])
     out, err = run([ppl, "-m", gguf, "-f", text, "-c", "512", "-t", str(threads),
-                    "--kl-divergence-base", base_file, "--kl-divergence"])
+                    "--kl-divergence-base", base_file, "--kl-divergence"] + no_repack(gguf))
     s = out + err
     kld = float(re.search(r"Mean\s+KLD:\s+([\d.]+)", s).group(1))
     top = float(re.search(r"Same top p:\s+([\d.]+)", s).group(1))
