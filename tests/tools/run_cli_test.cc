@@ -194,7 +194,7 @@ TEST_F(CliTest, UsageErrorsExitTwo) {
   // The weight flags mean the same in every command (model/weight_flags.h):
   // a modifier without a format is a usage error, never ignored.
   const std::string out = ::testing::TempDir() + "/dsv2_cli_never_written";
-  for (const std::string cmd :
+  for (const std::string& cmd :
        {"run --model " + model_ + " --prompt-ids 1 --experts-only",
         "make-random-model --out " + out + " --preset v2-tiny --experts-only",
         "make-random-model --out " + out + " --preset v2-tiny --weights int3",
