@@ -53,11 +53,7 @@ void CheckArgs(const char* fn, const float* x, size_t ldx, const void* w, DType 
 }
 
 internal::GemmBlockFn BlockFn(const char* fn, CpuIsa isa) {
-  if (!CpuSupports(isa)) {
-    std::fprintf(stderr, "%s: CPU ISA %.*s is not supported by this CPU (use ResolveCpuIsa)\n", fn,
-                 static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
-    std::abort();
-  }
+  internal::CheckIsaSupported(fn, isa);
   switch (isa) {
     case CpuIsa::kScalar:
       return internal::GemmBlockScalar;
@@ -74,6 +70,13 @@ internal::GemmBlockFn BlockFn(const char* fn, CpuIsa isa) {
 }  // namespace
 
 namespace internal {
+
+void CheckIsaSupported(const char* fn, CpuIsa isa) {
+  if (CpuSupports(isa)) return;
+  std::fprintf(stderr, "%s: CPU ISA %.*s is not supported by this CPU (use ResolveCpuIsa)\n", fn,
+               static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
+  std::abort();
+}
 
 void RunGemvSplit(ThreadPool* pool, size_t N, size_t row_bytes, RectFn block, const SplitTiles& t) {
   row_bytes = std::max<size_t>(row_bytes, 1);
@@ -131,20 +134,22 @@ void RunGemmSplit(ThreadPool* pool, size_t M, size_t N, size_t K, size_t row_byt
 
 namespace {
 
-// The AMX block works in 16 x 16 tiles (bf16 weights and bf16-exact x
-// only; its other operands go to the AVX-512 block and keep its split).
+// Whether the call runs on AMX tiles: kAmx with bf16 weights and bf16-exact
+// x (its other operands go to the AVX-512 block and keep its split).
+bool OnAmxTiles(const CpuContext& ctx, const internal::GemmOperands& op) {
+  return ctx.isa == CpuIsa::kAmx && op.w_dtype == DType::kBF16 && op.x_bf16_exact;
+}
+
+// The AMX block works in 16 x 16 tiles.
 internal::SplitTiles Tiles(const CpuContext& ctx, const internal::GemmOperands& op) {
-  if (ctx.isa == CpuIsa::kAmx && op.w_dtype == DType::kBF16 && op.x_bf16_exact) {
-    return internal::kAmxSplitTiles;
-  }
-  return {};
+  return OnAmxTiles(ctx, op) ? internal::kAmxSplitTiles : internal::SplitTiles{};
 }
 
 // The AMX block reads x packed (gemm_internal.h), once per call for all
 // column blocks: packed on the pool in m-tiles, into the calling thread's
 // buffer (one call at a time per thread). Returns op with x_packed set.
 internal::GemmOperands PackForAmx(const CpuContext& ctx, internal::GemmOperands op, size_t M) {
-  if (Tiles(ctx, op).gemm_cols != internal::kAmxSplitTiles.gemm_cols || op.K == 0) return op;
+  if (!OnAmxTiles(ctx, op) || op.K == 0) return op;
   thread_local std::vector<uint32_t> packed;
   const size_t words = internal::AmxPackedXWords(M, op.K);
   if (packed.size() < words) packed.resize(words);

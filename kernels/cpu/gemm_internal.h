@@ -54,6 +54,10 @@ size_t AmxPackedXWords(size_t M, size_t K);
 void PackXForAmx(const float* x, size_t ldx, size_t M, size_t K, size_t tile_begin, size_t tile_end,
                  uint32_t* packed);
 
+// Aborts, naming `fn` and the ISA, when this CPU lacks `isa`: the check
+// every kernel entry makes before dispatching (callers use ResolveCpuIsa).
+void CheckIsaSupported(const char* fn, CpuIsa isa);
+
 // Computes Y[m, n] for m in [m_begin, m_end), n in [n_begin, n_end).
 // Single-threaded; safe to call concurrently on disjoint rectangles.
 // REQUIRES: the ISA is supported by this CPU (callers check CpuSupports).

@@ -41,13 +41,7 @@ void CheckArgs(const float* x, size_t ldx, const QuantizedWeights& w, const floa
 }
 
 internal::QGemmBlockFn BlockFn(CpuIsa isa) {
-  if (!CpuSupports(isa)) {
-    std::fprintf(stderr,
-                 "QGemm: CPU ISA %.*s is not supported by this CPU (use "
-                 "ResolveCpuIsa)\n",
-                 static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
-    std::abort();
-  }
+  internal::CheckIsaSupported("QGemm", isa);
   switch (isa) {
     case CpuIsa::kScalar:
       return internal::QGemmBlockScalar;

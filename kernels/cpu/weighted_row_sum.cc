@@ -10,10 +10,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
 #include "kernels/cpu.h"
+#include "kernels/cpu/gemm_internal.h"
 #include "kernels/dtype.h"
 #include "kernels/ops.h"
 
@@ -157,11 +156,7 @@ void Dispatch(CpuIsa isa, const float* p, size_t ldp, const T* v, size_t ldv, fl
 void WeightedRowSumForIsa(CpuIsa isa, const float* p, size_t ldp, const void* v, DType v_dtype,
                           size_t ldv, float* acc, size_t ldacc, size_t rows, size_t n,
                           size_t width) {
-  if (!CpuSupports(isa)) {
-    std::fprintf(stderr, "WeightedRowSum: CPU ISA %.*s is not supported by this CPU\n",
-                 static_cast<int>(CpuIsaName(isa).size()), CpuIsaName(isa).data());
-    std::abort();
-  }
+  internal::CheckIsaSupported("WeightedRowSum", isa);
   if (v_dtype == DType::kF32) {
     Dispatch(isa, p, ldp, static_cast<const float*>(v), ldv, acc, ldacc, rows, n, width);
   } else {
