@@ -156,9 +156,35 @@ void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, s
 void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw, float* y,
                    size_t ldy, size_t M, size_t N, size_t K);
 
+// What QGemm does with the activations X.
+enum class QuantActivations : uint8_t {
+  // X stays f32: an f32 GEMM over the dequantized weights (contract below).
+  kF32,
+  // X is quantized on the fly, per row and group of 32 along K, to int8 with
+  // an f32 scale (like llama.cpp's Q8_0 activations, with an f32 scale), and
+  // each group's dot product is an exact integer sum: VNNI VPDPBUSD on
+  // AVX-512, VPMADDUBSW on AVX2. Every ISA gives the same bits. Arithmetic,
+  // per row of X and group g (elements [32 g, min(32 g + 32, K))):
+  //   a_g = max |x_k|; d_g = a_g / 127; r_g = 127 / a_g (0 when a_g = 0);
+  //   qx_k = round_half_even(x_k * r_g), in [-127, 127];
+  //   (all f32; a group with a non-finite x gets d_g = NaN, so y is NaN);
+  //   i_g = sum_k qw_k * qx_k, exact (int32);
+  //   c_g = scale_g * d_g (f32 product, scale_g the weights' f16 scale);
+  //   eight f32 lanes L_j = 0; for g ascending over ceil(G / 8) * 8 groups
+  //   (the ones past G are i = 0, c = 0): L_{g mod 8} = fma(f32(i_g), c_g,
+  //   L_{g mod 8}); y = ((L0 + L4) + (L2 + L6)) + ((L1 + L5) + (L3 + L7)).
+  // Error against the f32 product with the dequantized weights: each x_k is
+  // moved by at most d_g / 2, so |y - sum_k w_k x_k| <= sum_g (d_g / 2)
+  // sum_{k in g} |w_k| plus f32 rounding (~2^-23 relative per group).
+  // About 2-4x less compute than kF32 on quantized weights (decode is
+  // memory-bound only when the kernel keeps up with memory).
+  kInt8,
+};
+
 // Y[m, n] = sum_k X[m, k] * W[n, k] over quantized weights (quant.h).
-//   x: f32 [M, K], row stride ldx >= K (when M > 1). Any f32 values: the
-//     activations are not quantized.
+//   x: f32 [M, K], row stride ldx >= K (when M > 1). Any f32 values; with
+//     acts = kInt8 quantized as QuantActivations says (that contract
+//     replaces the numerics paragraph below; row invariance holds as well).
 //   w: [N, K] quantized; w.ldq >= QuantRowBytes(w.format, K) and
 //     w.lds >= QuantGroupsPerRow(K) (when N > 1).
 //   y: f32 [M, N], row stride ldy >= N (when M > 1). Must not alias x or w.
@@ -180,15 +206,17 @@ void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, siz
 // precondition (stride below its minimum, unknown format, null pointer, an
 // ISA this CPU lacks).
 void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWeights& w, float* y,
-           size_t ldy, size_t M, size_t N, size_t K);
+           size_t ldy, size_t M, size_t N, size_t K,
+           QuantActivations acts = QuantActivations::kF32);
 
 // Scalar reference for QGemm, single thread: per element,
 //   y = sum over groups g ascending of scale_g * (sum over k in g ascending
 //       of float(q_k) * x_k),
 // each sum sequential in f32, multiply then add (no FMA). Every ISA's QGemm
-// is tested against it with a tolerance.
+// is tested against it with a tolerance. With acts = kInt8: exactly the
+// arithmetic of QuantActivations::kInt8 (every ISA matches it bit for bit).
 void QGemmReference(const float* x, size_t ldx, const QuantizedWeights& w, float* y, size_t ldy,
-                    size_t M, size_t N, size_t K);
+                    size_t M, size_t N, size_t K, QuantActivations acts = QuantActivations::kF32);
 
 // WeightedRowSum (kernels/ops.h) on one ISA's code path; every path gives
 // the same bits (WeightedRowSum runs the best). For tests and benchmarks.

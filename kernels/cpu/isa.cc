@@ -24,7 +24,8 @@ struct CpuFeatures {
   bool avx2_fma;
   // AVX-512 F (f32 kernels), BW (16-bit masked loads of bf16 tails), VL
   // (the quantized kernels' 128/256-bit steps may use EVEX forms) and BF16
-  // (VDPBF16PS), on top of the AVX2 set: present together on Cooper Lake,
+  // (VDPBF16PS) and VNNI (VPDPBUSD, the quantized integer dot product),
+  // on top of the AVX2 set: present together on Cooper Lake,
   // Sapphire Rapids and later Intel, and on AMD Zen 4 and later.
   bool avx512_bf16;
   // AMX-TILE and AMX-BF16 on top of the AVX-512 set, and Linux granted this
@@ -49,7 +50,7 @@ const CpuFeatures& Features() {
                  __builtin_cpu_supports("f16c");
     f.avx512_bf16 = f.avx2_fma && __builtin_cpu_supports("avx512f") &&
                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bf16");
+                    __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
     f.amx_bf16 = f.avx512_bf16 && __builtin_cpu_supports("amx-tile") &&
                  __builtin_cpu_supports("amx-bf16") && RequestAmxPermission();
     return f;

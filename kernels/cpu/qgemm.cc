@@ -3,6 +3,8 @@
 // gemm_internal.h): threads split rows and columns, never K.
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <vector>
 
 #include "kernels/cpu.h"
 #include "kernels/cpu/gemm_internal.h"
@@ -54,15 +56,53 @@ internal::QGemmBlockFn BlockFn(CpuIsa isa) {
   std::abort();
 }
 
+internal::QGemmBlockFn DotBlockFn(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kScalar:
+      return internal::QGemmDotBlockScalar;
+    case CpuIsa::kAvx2:
+      return internal::QGemmDotBlockAvx2;
+    case CpuIsa::kAvx512Bf16:
+    case CpuIsa::kAmx:  // AMX-INT8 tiles are not used yet: the VNNI kernels run
+      return internal::QGemmDotBlockAvx512;
+  }
+  std::abort();
+}
+
+// X quantized for the integer dot product, owning its arrays.
+struct ActivationBuffers {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> sum8;
+  internal::QuantizedActivations view;
+
+  ActivationBuffers(const float* x, size_t ldx, size_t M, size_t K, QuantFormat format) {
+    const size_t padded = internal::GroupsPadded8(K);
+    q.resize(M * padded * kQuantGroupSize);
+    d.resize(M * padded);
+    sum8.resize(M * padded);
+    internal::QuantizeActivations(x, ldx, 0, M, K, format, q.data(), d.data(), sum8.data());
+    view = {q.data(), padded * kQuantGroupSize, d.data(), sum8.data(), padded};
+  }
+};
+
 }  // namespace
 
 void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWeights& w, float* y,
-           size_t ldy, size_t M, size_t N, size_t K) {
+           size_t ldy, size_t M, size_t N, size_t K, QuantActivations acts) {
   CheckArgs(x, ldx, w, y, ldy, M, N, K);
-  const internal::QGemmBlockFn block = BlockFn(ctx.isa);
+  internal::QGemmBlockFn block = BlockFn(ctx.isa);
+  if (acts == QuantActivations::kInt8) block = DotBlockFn(ctx.isa);
   if (M == 0 || N == 0) return;
-  const internal::QGemmOperands op{
+  internal::QGemmOperands op{
       x, ldx, w.format, static_cast<const uint8_t*>(w.q), w.ldq, w.scales, w.lds, y, ldy, K};
+  std::optional<ActivationBuffers> xq;
+  if (acts == QuantActivations::kInt8 && K > 0) {
+    xq.emplace(x, ldx, M, K, w.format);
+    op.xq = &xq->view;
+  } else if (acts == QuantActivations::kInt8) {
+    block = BlockFn(ctx.isa);  // K = 0: zeros, as kF32
+  }
   // What one weight row costs to stream: its values and its scales.
   const size_t row_bytes = QuantRowBytes(w.format, K) + 2 * QuantGroupsPerRow(K);
   const auto rect = [&](size_t m0, size_t m1, size_t n0, size_t n1) { block(op, m0, m1, n0, n1); };

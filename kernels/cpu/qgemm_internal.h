@@ -18,6 +18,35 @@
 
 namespace dsv2::kernels::internal {
 
+// X quantized for the integer dot product (QuantActivations::kInt8, cpu.h),
+// made once per QGemm call by QuantizeActivations; G8 = ceil(K / 32)
+// rounded up to a multiple of 8, every array zero past the row's groups.
+//   q: row m at q + m * ldq (ldq = 32 G8 bytes). For int8 weights, byte k is
+//      element k's integer (natural order). For int4 weights, blocks of 4
+//      groups of 128 bytes: in block b, bytes [16 j, 16 j + 16) hold
+//      elements 0-15 of group 4 b + j and bytes [64 + 16 j, 64 + 16 j + 16)
+//      its elements 16-31, matching the weights' low and high nibbles.
+//   d: row m at d + m * ldd (ldd = G8): each group's scale (f32).
+//   sum8: row m at sum8 + m * ldd: 8 times the sum of the group's integers
+//      (int4 weights are read as nibble = q + 8; this removes the 8).
+struct QuantizedActivations {
+  const int8_t* q;
+  size_t ldq;
+  const float* d;
+  const int32_t* sum8;
+  size_t ldd;
+};
+
+// G8 of the layout above.
+constexpr size_t GroupsPadded8(size_t K) { return (QuantGroupsPerRow(K) + 7) / 8 * 8; }
+
+// Quantizes rows [m_begin, m_end) of x ([M, K], row stride ldx) into the
+// layout above for weights of `format` (cpu.h gives the arithmetic). One
+// implementation for every ISA, so the integers and scales are the same
+// bits everywhere. out's arrays must hold the rows.
+void QuantizeActivations(const float* x, size_t ldx, size_t m_begin, size_t m_end, size_t K,
+                         QuantFormat format, int8_t* q, float* d, int32_t* sum8);
+
 // The operands of one QGemm call (see cpu.h and quant.h).
 struct QGemmOperands {
   const float* x;  // [M, K] f32, row stride ldx.
@@ -30,6 +59,9 @@ struct QGemmOperands {
   float* y;  // [M, N], row stride ldy.
   size_t ldy;
   size_t K;
+  // QuantActivations::kInt8 only (else null): x quantized; the Dot block
+  // functions below read it instead of x.
+  const QuantizedActivations* xq = nullptr;
 };
 
 // Computes Y[m, n] for m in [m_begin, m_end), n in [n_begin, n_end).
@@ -44,6 +76,16 @@ void QGemmBlockAvx2(const QGemmOperands& op, size_t m_begin, size_t m_end, size_
                     size_t n_end);
 void QGemmBlockAvx512(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
                       size_t n_end);
+
+// The integer dot product (QuantActivations::kInt8): every ISA computes the
+// same bits (cpu.h), the integer sums being exact; the ISA files differ in
+// how they form them (qgemm_dot_*.cc).
+void QGemmDotBlockScalar(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                         size_t n_end);
+void QGemmDotBlockAvx2(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                       size_t n_end);
+void QGemmDotBlockAvx512(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
+                         size_t n_end);
 
 }  // namespace dsv2::kernels::internal
 

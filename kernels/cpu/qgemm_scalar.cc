@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/cpu.h"
 #include "kernels/cpu/qgemm_internal.h"
@@ -69,11 +70,24 @@ void QGemmBlockScalar(const QGemmOperands& op, size_t m_begin, size_t m_end, siz
 }  // namespace internal
 
 void QGemmReference(const float* x, size_t ldx, const QuantizedWeights& w, float* y, size_t ldy,
-                    size_t M, size_t N, size_t K) {
+                    size_t M, size_t N, size_t K, QuantActivations acts) {
   if (w.format != QuantFormat::kInt8 && w.format != QuantFormat::kInt4) {
     std::fprintf(stderr, "QGemmReference: unknown quantized format %d\n",
                  static_cast<int>(w.format));
     std::abort();
+  }
+  if (acts == QuantActivations::kInt8 && K > 0 && M > 0 && N > 0) {
+    const size_t padded = internal::GroupsPadded8(K);
+    std::vector<int8_t> q(M * padded * kQuantGroupSize);
+    std::vector<float> d(M * padded);
+    std::vector<int32_t> sum8(M * padded);
+    internal::QuantizeActivations(x, ldx, 0, M, K, w.format, q.data(), d.data(), sum8.data());
+    const internal::QuantizedActivations xq{q.data(), padded * kQuantGroupSize, d.data(),
+                                            sum8.data(), padded};
+    internal::QGemmOperands op{
+        x, ldx, w.format, static_cast<const uint8_t*>(w.q), w.ldq, w.scales, w.lds, y, ldy, K, &xq};
+    internal::QGemmDotBlockScalar(op, 0, M, 0, N);
+    return;
   }
   const size_t groups = QuantGroupsPerRow(K);
   for (size_t m = 0; m < M; ++m) {

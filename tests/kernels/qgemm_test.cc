@@ -3,18 +3,20 @@
 // over dequantized weights, every CPU-supported ISA against the reference
 // on odd shapes and strides, bitwise row invariance (batch size, position
 // in a tile, column range, GEMV vs GEMM path, threads), and bad arguments.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu.h"
-#include "tests/kernels/cpu_isa_test_support.h"
 #include "kernels/dtype.h"
 #include "kernels/quant.h"
+#include "tests/kernels/cpu_isa_test_support.h"
 
 namespace dsv2::kernels {
 namespace {
@@ -181,21 +183,23 @@ TEST_P(QGemmIsaTest, ZeroKGivesZeros) {
 // bitwise the same inside batches of several sizes and offsets, with 1-3
 // threads, and over column sub-ranges.
 void CheckRowInvariance(CpuIsa isa, QuantFormat f, size_t N, size_t K, size_t max_m,
-                        const std::vector<size_t>& batch_sizes, uint32_t seed) {
+                        const std::vector<size_t>& batch_sizes, uint32_t seed,
+                        QuantActivations acts = QuantActivations::kF32) {
   const Problem p = MakeProblem(f, max_m, N, K, 3, seed);
   std::vector<float> alone(max_m * N);
   for (size_t m = 0; m < max_m; ++m) {
     QGemm(CpuContext{isa, nullptr}, p.x.data() + m * p.ldx, p.ldx, p.w, alone.data() + m * N, N, 1,
-          N, K);
+          N, K, acts);
   }
-  const std::string what =
-      std::string(QuantFormatName(f)) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+  const std::string what = std::string(acts == QuantActivations::kInt8 ? "int8 x " : "") +
+                           QuantFormatName(f) + " N=" + std::to_string(N) +
+                           " K=" + std::to_string(K);
   for (int threads : {1, 2, 3}) {
     ThreadPool pool(threads);
     const CpuContext ctx{isa, &pool};
     for (size_t m = 0; m < max_m; ++m) {
       std::vector<float> y(N);
-      QGemm(ctx, p.x.data() + m * p.ldx, p.ldx, p.w, y.data(), N, 1, N, K);
+      QGemm(ctx, p.x.data() + m * p.ldx, p.ldx, p.w, y.data(), N, 1, N, K, acts);
       ASSERT_EQ(std::memcmp(y.data(), alone.data() + m * N, N * sizeof(float)), 0)
           << "threaded GEMV differs at row " << m << " threads=" << threads << " " << what;
     }
@@ -203,7 +207,7 @@ void CheckRowInvariance(CpuIsa isa, QuantFormat f, size_t N, size_t K, size_t ma
       for (size_t m0 : {size_t{0}, size_t{1}, size_t{3}}) {
         if (m0 + M > max_m) continue;
         std::vector<float> y(M * N);
-        QGemm(ctx, p.x.data() + m0 * p.ldx, p.ldx, p.w, y.data(), N, M, N, K);
+        QGemm(ctx, p.x.data() + m0 * p.ldx, p.ldx, p.w, y.data(), N, M, N, K, acts);
         for (size_t m = 0; m < M; ++m) {
           ASSERT_EQ(std::memcmp(y.data() + m * N, alone.data() + (m0 + m) * N, N * sizeof(float)),
                     0)
@@ -216,7 +220,7 @@ void CheckRowInvariance(CpuIsa isa, QuantFormat f, size_t N, size_t K, size_t ma
       const size_t nc = N - n0 - N / 3;
       for (size_t M : {size_t{1}, max_m}) {
         std::vector<float> y(M * nc);
-        QGemm(ctx, p.x.data(), p.ldx, p.w_from(n0), y.data(), nc, M, nc, K);
+        QGemm(ctx, p.x.data(), p.ldx, p.w_from(n0), y.data(), nc, M, nc, K, acts);
         for (size_t m = 0; m < M; ++m) {
           ASSERT_EQ(std::memcmp(y.data() + m * nc, alone.data() + m * N + n0, nc * sizeof(float)),
                     0)
@@ -252,6 +256,152 @@ TEST_P(QGemmIsaTest, RowsAreBitwiseInvariantAcrossThreadSplits) {
     CheckRowInvariance(GetParam(), f, 4099, 257, 9, {3, 9}, seed++);
     if (HasFatalFailure()) return;
   }
+}
+
+// ------------------------------------- int8 activations (integer dot product)
+
+// y of one element by QuantActivations::kInt8's definition (cpu.h), with the
+// f32 steps in double: the exact integer sums times f32 c_g. Only f32
+// rounding of the fma chain and tree separate it from the kernels.
+double Int8ActivationsDot(const Problem& p, size_t m, size_t n, double* abs_sum) {
+  const float* x = p.x.data() + m * p.ldx;
+  double y = 0;
+  *abs_sum = 0;
+  for (size_t g = 0; g < QuantGroupsPerRow(p.K); ++g) {
+    const size_t k0 = g * kQuantGroupSize;
+    const size_t k1 = std::min(p.K, k0 + kQuantGroupSize);
+    float amax = 0;
+    for (size_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(x[k]));
+    const float d = amax / 127.0f;
+    const float r = amax == 0 ? 0.0f : 127.0f / amax;
+    int64_t isum = 0;
+    for (size_t k = k0; k < k1; ++k) {
+      const auto qx = static_cast<int64_t>(std::nearbyint(x[k] * r));
+      EXPECT_LE(std::abs(qx), 127);
+      isum += qx * QuantValueAt(p.format, p.q.data() + n * p.w.ldq, k);
+    }
+    const float c = F16ToF32(p.scales[n * p.w.lds + g]) * d;
+    y += static_cast<double>(isum) * c;
+    *abs_sum += std::fabs(static_cast<double>(isum) * c);
+  }
+  return y;
+}
+
+TEST(QGemmInt8ActivationsTest, ReferenceFollowsTheDefinitionAndStaysNearTheF32Product) {
+  uint32_t seed = 500;
+  for (QuantFormat f : kFormats) {
+    for (size_t K : {1, 7, 31, 32, 33, 100, 255, 256, 257, 577, 2048}) {
+      const Problem p = MakeProblem(f, 3, 9, K, 2, seed++);
+      std::vector<float> y(3 * 9);
+      QGemmReference(p.x.data(), p.ldx, p.w, y.data(), 9, 3, 9, K, QuantActivations::kInt8);
+      for (size_t m = 0; m < 3; ++m) {
+        for (size_t n = 0; n < 9; ++n) {
+          double abs_sum = 0;
+          const double def = Int8ActivationsDot(p, m, n, &abs_sum);
+          const size_t groups = QuantGroupsPerRow(K);
+          ASSERT_NEAR(y[m * 9 + n], def,
+                      static_cast<double>(groups + 8) * std::ldexp(1.0, -23) * abs_sum + 1e-30)
+              << QuantFormatName(f) << " K=" << K << " m=" << m << " n=" << n;
+          // Against the f32 product: each x moves by at most d_g / 2.
+          double exact = 0, bound = 0;
+          for (size_t g = 0; g < groups; ++g) {
+            float amax = 0, wabs = 0;
+            for (size_t k = g * 32; k < std::min(K, g * 32 + 32); ++k) {
+              amax = std::max(amax, std::fabs(p.x[m * p.ldx + k]));
+              wabs += std::fabs(p.deq[n * K + k]);
+            }
+            bound += (amax / 127.0) / 2 * wabs * 1.0001;
+          }
+          for (size_t k = 0; k < K; ++k) {
+            exact += static_cast<double>(p.x[m * p.ldx + k]) * p.deq[n * K + k];
+          }
+          ASSERT_NEAR(y[m * 9 + n], exact, bound + Tolerance(p, m, n))
+              << QuantFormatName(f) << " K=" << K << " m=" << m << " n=" << n;
+        }
+      }
+    }
+  }
+}
+
+// The integer sums are exact, so every ISA gives the reference's bits.
+void ExpectReferenceBits(const Problem& p, const std::vector<float>& y, size_t ldy,
+                         const std::string& what) {
+  std::vector<float> ref(p.M * p.N);
+  QGemmReference(p.x.data(), p.ldx, p.w, ref.data(), p.N, p.M, p.N, p.K, QuantActivations::kInt8);
+  for (size_t m = 0; m < p.M; ++m) {
+    ASSERT_EQ(std::memcmp(y.data() + m * ldy, ref.data() + m * p.N, p.N * sizeof(float)), 0)
+        << what << " " << QuantFormatName(p.format) << " m=" << m << " M=" << p.M << " N=" << p.N
+        << " K=" << p.K;
+  }
+}
+
+TEST_P(QGemmIsaTest, Int8ActivationsGiveTheReferenceBits) {
+  uint32_t seed = 600;
+  for (QuantFormat f : kFormats) {
+    for (size_t K : {1, 7, 31, 32, 33, 100, 255, 256, 257, 300, 577, 1024}) {
+      for (size_t N : {1, 2, 3, 5, 17}) {
+        for (size_t M : {1, 2, 3, 4, 5, 6, 9, 33}) {
+          for (size_t pad : {0, 5}) {
+            Problem p = MakeProblem(f, M, N, K, pad, seed++);
+            if (f == QuantFormat::kInt8 && K > 3) {
+              // -128 is outside what the quantizer writes but a valid byte:
+              // the kernels read it as -128 like the reference.
+              p.q[0 * p.w.ldq + 1] = 0x80;
+              p.q[(N - 1) * p.w.ldq + K - 1] = 0x80;
+            }
+            const size_t ldy = N + pad;
+            std::vector<float> y(M * ldy, -7.0f);
+            QGemm(Context(), p.x.data(), p.ldx, p.w, y.data(), ldy, M, N, K,
+                  QuantActivations::kInt8);
+            ExpectReferenceBits(p, y, ldy, "QGemm int8 x");
+            if (HasFatalFailure()) return;
+            for (size_t m = 0; m < M; ++m) {
+              for (size_t n = N; n < ldy; ++n) ASSERT_EQ(y[m * ldy + n], -7.0f);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(QGemmIsaTest, Int8ActivationsRowsAreBitwiseInvariant) {
+  uint32_t seed = 700;
+  for (QuantFormat f : kFormats) {
+    for (size_t K : {31, 100, 577}) {
+      CheckRowInvariance(GetParam(), f, 17, K, 70, {2, 3, 4, 5, 9, 64}, seed++,
+                         QuantActivations::kInt8);
+      if (HasFatalFailure()) return;
+    }
+    CheckRowInvariance(GetParam(), f, 1003, 577, 40, {3, 37}, seed++, QuantActivations::kInt8);
+    if (HasFatalFailure()) return;
+    CheckRowInvariance(GetParam(), f, 130, 2000, 40, {2, 33}, seed++, QuantActivations::kInt8);
+    if (HasFatalFailure()) return;
+  }
+}
+
+TEST_P(QGemmIsaTest, Int8ActivationsNonFiniteXGivesNanInItsRowOnly) {
+  for (QuantFormat f : kFormats) {
+    Problem p = MakeProblem(f, 3, 5, 70, 0, 800);
+    p.x[1 * p.ldx + 40] = std::numeric_limits<float>::infinity();
+    std::vector<float> y(3 * 5);
+    QGemm(Context(), p.x.data(), p.ldx, p.w, y.data(), 5, 3, 5, 70, QuantActivations::kInt8);
+    for (size_t n = 0; n < 5; ++n) {
+      EXPECT_TRUE(std::isfinite(y[n])) << n;
+      EXPECT_TRUE(std::isnan(y[5 + n])) << n;
+      EXPECT_TRUE(std::isfinite(y[10 + n])) << n;
+    }
+  }
+}
+
+TEST_P(QGemmIsaTest, Int8ActivationsZeroKGivesZeros) {
+  const float x = 1.0f;
+  const uint8_t q = 0;
+  const uint16_t s = 0;
+  std::vector<float> y(6, -1.0f);
+  QGemm(Context(), &x, 0, QuantizedWeights{QuantFormat::kInt8, &q, 0, &s, 0}, y.data(), 3, 2, 3, 0,
+        QuantActivations::kInt8);
+  for (float v : y) EXPECT_EQ(v, 0.0f);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllIsas, QGemmIsaTest, testing::ValuesIn(kAllIsas), IsaParamName);
