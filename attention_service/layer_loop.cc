@@ -382,7 +382,8 @@ void LayerLoop::Attention(int64_t l, std::span<StepSequence> batch, Rows& rows) 
   // Absorbed queries qcat [n, H, C+R]: q_lat_h = W_UK_h^T q_nope_h, then the
   // rotated q_pe_h.
   std::vector<float> qcat(n * H * L);
-  const kernels::CpuContext serial{ctx_.isa, nullptr};
+  kernels::CpuContext serial = ctx_;
+  serial.pool = nullptr;
   for (int64_t h = 0; h < H; ++h) {
     const WeightMatrix& uk = w.w_uk_t[h];
     kernels::Gemm(ctx_, &q[h * qk], H * qk, uk.data, uk.dtype, uk.row_stride, &qcat[h * L], H * L,

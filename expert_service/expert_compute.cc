@@ -94,7 +94,8 @@ absl::StatusOr<router::ExpertReply> ExpertCompute::Handle(
   // bits are the same: the kernels' results do not depend on the split.
   const int threads = ctx_.pool != nullptr ? ctx_.pool->num_threads() : 1;
   if (threads > 1 && groups.size() >= 2 * static_cast<size_t>(threads)) {
-    const kernels::CpuContext serial{ctx_.isa, nullptr};
+    kernels::CpuContext serial = ctx_;
+    serial.pool = nullptr;
     ctx_.pool->ParallelFor(groups.size(), 1, [&](size_t b, size_t e) {
       std::vector<float> x, out;
       for (size_t g = b; g < e; ++g) run_group(groups[g], serial, x, out);

@@ -127,35 +127,6 @@ class ThreadPool {
 // to the batch, so it never breaks row invariance.
 enum class XValues { kF32, kBf16Exact };
 
-// What a kernel call runs with. `pool` may be null (single-threaded).
-struct CpuContext {
-  CpuIsa isa = CpuIsa::kScalar;
-  ThreadPool* pool = nullptr;
-};
-
-// Y[m, n] = sum_k X[m, k] * W[n, k] for m < M, n < N, with fp32 accumulation.
-//   x: f32 [M, K], row stride ldx >= K.
-//   w: [N, K] in w_dtype (kF32 or kBF16), row stride ldw >= K.
-//   y: f32 [M, N], row stride ldy >= N. Must not alias x or w.
-// Any K (tails handled; K = 0 gives zeros), any strides, no alignment
-// needed. Runs on ctx.pool when the call is large enough. Aborts, naming the
-// offending values, on a broken precondition: a stride below its minimum,
-// an f16 weight dtype, or a ctx.isa this CPU lacks (use ResolveCpuIsa).
-void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DType w_dtype,
-          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K,
-          XValues x_values = XValues::kF32);
-
-// Gemm with M = 1, tuned for the memory-bound case. Bitwise the same result
-// as Gemm for that row.
-void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw, float* y,
-          size_t N, size_t K, XValues x_values = XValues::kF32);
-
-// Scalar reference: sequential fp32 (k ascending) dot products, single
-// thread. Every ISA's kernels are tested against it with a tolerance
-// (they sum in a different order).
-void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw, float* y,
-                   size_t ldy, size_t M, size_t N, size_t K);
-
 // What QGemm does with the activations X.
 enum class QuantActivations : uint8_t {
   // X stays f32: an f32 GEMM over the dequantized weights (contract below).
@@ -180,6 +151,38 @@ enum class QuantActivations : uint8_t {
   // memory-bound only when the kernel keeps up with memory).
   kInt8,
 };
+
+// What a kernel call runs with. `pool` may be null (single-threaded).
+struct CpuContext {
+  CpuIsa isa = CpuIsa::kScalar;
+  ThreadPool* pool = nullptr;
+  // What the model's linear layers (model/weights.h Linear) pass to QGemm
+  // for quantized weights.
+  QuantActivations quant_activations = QuantActivations::kInt8;
+};
+
+// Y[m, n] = sum_k X[m, k] * W[n, k] for m < M, n < N, with fp32 accumulation.
+//   x: f32 [M, K], row stride ldx >= K.
+//   w: [N, K] in w_dtype (kF32 or kBF16), row stride ldw >= K.
+//   y: f32 [M, N], row stride ldy >= N. Must not alias x or w.
+// Any K (tails handled; K = 0 gives zeros), any strides, no alignment
+// needed. Runs on ctx.pool when the call is large enough. Aborts, naming the
+// offending values, on a broken precondition: a stride below its minimum,
+// an f16 weight dtype, or a ctx.isa this CPU lacks (use ResolveCpuIsa).
+void Gemm(const CpuContext& ctx, const float* x, size_t ldx, const void* w, DType w_dtype,
+          size_t ldw, float* y, size_t ldy, size_t M, size_t N, size_t K,
+          XValues x_values = XValues::kF32);
+
+// Gemm with M = 1, tuned for the memory-bound case. Bitwise the same result
+// as Gemm for that row.
+void Gemv(const CpuContext& ctx, const float* x, const void* w, DType w_dtype, size_t ldw, float* y,
+          size_t N, size_t K, XValues x_values = XValues::kF32);
+
+// Scalar reference: sequential fp32 (k ascending) dot products, single
+// thread. Every ISA's kernels are tested against it with a tolerance
+// (they sum in a different order).
+void GemmReference(const float* x, size_t ldx, const void* w, DType w_dtype, size_t ldw, float* y,
+                   size_t ldy, size_t M, size_t N, size_t K);
 
 // Y[m, n] = sum_k X[m, k] * W[n, k] over quantized weights (quant.h).
 //   x: f32 [M, K], row stride ldx >= K (when M > 1). Any f32 values; with

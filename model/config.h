@@ -54,6 +54,11 @@ struct WeightQuantization {
   Format format = Format::kNone;
   bool experts_only = false;
   bool lm_head_bf16 = false;  // keep lm_head as stored
+  // How the quantized weights compute (a run-time choice, never stored):
+  // true = int8 activations, the integer dot product
+  // (kernels::QuantActivations::kInt8, the default: 2-4x less compute);
+  // false = f32 activations, an f32 GEMM over the dequantized weights.
+  bool int8_activations = true;
   bool operator==(const WeightQuantization&) const = default;
 };
 

@@ -17,6 +17,13 @@ void DefineWeightFlags(flags::FlagSet& flags, std::string_view weights_help,
                           " (default: int8)"));
 }
 
+void DefineQuantActivationsFlag(flags::FlagSet& flags, WeightFlags* out) {
+  flags.String("quant-activations", &out->quant_activations,
+               "how int8/int4 weights compute: int8 (activations quantized per group of 32, "
+               "integer dot product) or f32 (exact f32 products with the dequantized weights; "
+               "slower)");
+}
+
 absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const WeightFlags& f,
                                                                bool require_format) {
   WeightQuantization q;
@@ -27,6 +34,11 @@ absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const WeightFlags
   q.format = *format;
   q.experts_only = f.experts_only;
   q.lm_head_bf16 = f.lm_head_bf16;
+  if (f.quant_activations != "int8" && f.quant_activations != "f32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--quant-activations: \"", f.quant_activations, "\"; expected int8 or f32"));
+  }
+  q.int8_activations = f.quant_activations == "int8";
   if (q.format == WeightQuantization::Format::kNone) {
     if (require_format) return absl::InvalidArgumentError("--weights must be int8 or int4");
     if (q.experts_only || q.lm_head_bf16) {

@@ -21,6 +21,7 @@ struct WeightFlags {
   std::string weights = "none";
   bool experts_only = false;
   bool lm_head_bf16 = false;
+  std::string quant_activations = "int8";
 };
 
 // Defines the three flags on `flags`, writing into *out (which must outlive
@@ -29,8 +30,12 @@ struct WeightFlags {
 void DefineWeightFlags(flags::FlagSet& flags, std::string_view weights_help,
                        std::string_view lm_head_help, WeightFlags* out);
 
+// --quant-activations int8|f32 (how quantized weights compute; commands
+// that compute with them: run, up, eval-kld, the services) into *out.
+void DefineQuantActivationsFlag(flags::FlagSet& flags, WeightFlags* out);
+
 // The quantization the flags ask for. InvalidArgument, naming the flag, for
-// an unknown --weights, and for --experts-only or --lm-head-bf16 without
+// an unknown --weights or --quant-activations, and for --experts-only or --lm-head-bf16 without
 // --weights int8|int4 (they would mean nothing); with require_format, for
 // --weights none too (dsv2 quantize).
 absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const WeightFlags& f,

@@ -225,7 +225,8 @@ class Loader {
 absl::StatusOr<WeightQuantization> EffectiveQuantization(const ModelConfig& c,
                                                          const WeightQuantization& requested) {
   if (!c.stored_quantization) return requested;
-  const WeightQuantization& stored = *c.stored_quantization;
+  WeightQuantization stored = *c.stored_quantization;
+  stored.int8_activations = requested.int8_activations;  // a run-time choice
   bool same_plan = true;  // flags that quantize the same weights the same way
   for (LinearRole role : {LinearRole::kAttention, LinearRole::kDenseFfn, LinearRole::kSharedExpert,
                           LinearRole::kRoutedExpert, LinearRole::kLmHead}) {
@@ -316,7 +317,7 @@ void Linear(const kernels::CpuContext& ctx, const float* x, size_t ldx, const We
             float* y, size_t ldy, size_t M, kernels::XValues x_values) {
   const auto N = static_cast<size_t>(w.rows), K = static_cast<size_t>(w.cols);
   if (w.quant) {
-    kernels::QGemm(ctx, x, ldx, *w.quant, y, ldy, M, N, K);
+    kernels::QGemm(ctx, x, ldx, *w.quant, y, ldy, M, N, K, ctx.quant_activations);
   } else {
     kernels::Gemm(ctx, x, ldx, w.data, w.dtype, static_cast<size_t>(w.row_stride), y, ldy, M, N, K,
                   x_values);

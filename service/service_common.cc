@@ -43,6 +43,7 @@ void DefineWeightFlags(flags::FlagSet& flags, CommonFlags* c) {
                           "quantize the linear weights at load: none, int8 or int4 (group-32, f16 "
                           "scales; docs/numerics.md)",
                           "as stored", &c->weight_flags);
+  dsv2::DefineQuantActivationsFlag(flags, &c->weight_flags);
 }
 
 absl::StatusOr<WeightQuantization> WeightQuantizationFromFlags(const CommonFlags& c) {
@@ -77,6 +78,10 @@ absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags) {
   c.pool = std::make_unique<kernels::ThreadPool>(flags.threads);
   c.ctx.isa = isa;
   c.ctx.pool = c.pool.get();
+  DSV2_ASSIGN_OR_RETURN(const WeightQuantization q,
+                        dsv2::WeightQuantizationFromFlags(flags.weight_flags));
+  c.ctx.quant_activations =
+      q.int8_activations ? kernels::QuantActivations::kInt8 : kernels::QuantActivations::kF32;
   return c;
 }
 

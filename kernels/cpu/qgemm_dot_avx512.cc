@@ -53,7 +53,11 @@ DSV2_AVX512_VNNI inline __m512i UnpackHi64(__m512i a, __m512i b) {
   return _mm512_maskz_unpackhi_epi64(kAll8, a, b);
 }
 DSV2_AVX512_VNNI inline __m256i FirstEight(__m512i order, __m512i v) {
-  return _mm512_maskz_extracti64x4_epi64(0xf, _mm512_maskz_permutexvar_epi32(kAll16, order, v), 0);
+  // Through memory: GCC 12's 512->256-bit cast and extract intrinsics trip
+  // -Werror=uninitialized too (see simd_internal.h); the store forwards.
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, _mm512_maskz_permutexvar_epi32(kAll16, order, v));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
 }
 
 // The 8 group sums of four zmm whose halves (8 int32 lanes) each belong to

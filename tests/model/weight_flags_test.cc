@@ -16,6 +16,7 @@ absl::StatusOr<WeightQuantization> Parse(std::vector<std::string> args,
   flags::FlagSet flags("test", "v");
   WeightFlags f;
   DefineWeightFlags(flags, "what --weights does", "as stored", &f);
+  DefineQuantActivationsFlag(flags, &f);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   if (std::optional<int> exit_code =
@@ -31,6 +32,21 @@ TEST(WeightFlagsTest, DefaultIsUnquantized) {
   EXPECT_EQ(q->format, WeightQuantization::Format::kNone);
   EXPECT_FALSE(q->experts_only);
   EXPECT_FALSE(q->lm_head_bf16);
+  EXPECT_TRUE(q->int8_activations);
+}
+
+TEST(WeightFlagsTest, QuantActivations) {
+  absl::StatusOr<WeightQuantization> q =
+      Parse({"test", "--weights", "int8", "--quant-activations", "f32"});
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_FALSE(q->int8_activations);
+  // Meaningful without --weights too (a checkpoint stored quantized).
+  q = Parse({"test", "--quant-activations", "int8"});
+  ASSERT_TRUE(q.ok()) << q.status();
+  EXPECT_TRUE(q->int8_activations);
+  q = Parse({"test", "--quant-activations", "bf16"});
+  ASSERT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(q.status().message().find("--quant-activations"), std::string::npos) << q.status();
 }
 
 TEST(WeightFlagsTest, FormatAndModifiers) {

@@ -157,6 +157,38 @@ __attribute__((target("avx512f,avx512bf16"))) double PeakLoopDpbf16(size_t iters
   return 12.0 * 32 * 2 * iters;
 }
 
+// Integer multiply-adds (int8 activations): a u8 x s8 product-add counts 2.
+__attribute__((target("avx512f,avx512vnni"))) double PeakLoopVnni512(size_t iters, float* sink) {
+  __m512i acc[12];
+  for (auto& a : acc) a = _mm512_setzero_si512();
+  const __m512i x = _mm512_set1_epi8(1), w = _mm512_set1_epi8(1);
+  for (size_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, w);
+  }
+  for (int j = 1; j < 12; ++j) acc[0] = _mm512_add_epi32(acc[0], acc[j]);
+  sink[0] = static_cast<float>(_mm512_reduce_add_epi32(acc[0]));
+  return 12.0 * 64 * 2 * iters;
+}
+
+// VPMADDUBSW + VPMADDWD + VPADDD: AVX2's int8 dot product step (32 products).
+__attribute__((target("avx2"))) double PeakLoopMaddubs256(size_t iters, float* sink) {
+  __m256i acc[8];
+  for (auto& a : acc) a = _mm256_setzero_si256();
+  const __m256i x = _mm256_set1_epi8(1), w = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
+  for (size_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 8
+    for (auto& a : acc) {
+      a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones));
+    }
+  }
+  for (int j = 1; j < 8; ++j) acc[0] = _mm256_add_epi32(acc[0], acc[j]);
+  alignas(32) int32_t l[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(l), acc[0]);
+  sink[0] = static_cast<float>(l[0]);
+  return 8.0 * 32 * 2 * iters;
+}
+
 struct alignas(64) AmxTileConfig {
   uint8_t palette_id = 1;
   uint8_t start_row = 0;
@@ -223,6 +255,8 @@ struct Peaks {
   double bf16_gflops = 0;  // its bf16-weight x bf16-exact-x instruction
   const char* fma_name = "";
   const char* bf16_name = "";
+  double int8_gops = 0;  // its int8 dot product instruction (int8 activations)
+  const char* int8_name = "";
 };
 
 Peaks MeasurePeaks(CpuIsa isa, ThreadPool& pool) {
@@ -233,18 +267,24 @@ Peaks MeasurePeaks(CpuIsa isa, ThreadPool& pool) {
     case CpuIsa::kAvx2:
       p.fma_name = p.bf16_name = "FMA (256-bit)";
       p.fma_gflops = p.bf16_gflops = MeasurePeak(pool, PeakLoopFma256, size_t{4} << 20);
+      p.int8_name = "VPMADDUBSW";
+      p.int8_gops = MeasurePeak(pool, PeakLoopMaddubs256, size_t{4} << 20);
       break;
     case CpuIsa::kAvx512Bf16:
       p.fma_name = "FMA (512-bit)";
       p.fma_gflops = MeasurePeak(pool, PeakLoopFma512, size_t{4} << 20);
       p.bf16_name = "VDPBF16PS";
       p.bf16_gflops = MeasurePeak(pool, PeakLoopDpbf16, size_t{4} << 20);
+      p.int8_name = "VPDPBUSD";
+      p.int8_gops = MeasurePeak(pool, PeakLoopVnni512, size_t{4} << 20);
       break;
     case CpuIsa::kAmx:
       p.fma_name = "FMA (512-bit)";
       p.fma_gflops = MeasurePeak(pool, PeakLoopFma512, size_t{4} << 20);
       p.bf16_name = "AMX TDPBF16PS";
       p.bf16_gflops = MeasurePeak(pool, PeakLoopAmxBf16, size_t{1} << 18);
+      p.int8_name = "VPDPBUSD";
+      p.int8_gops = MeasurePeak(pool, PeakLoopVnni512, size_t{4} << 20);
       break;
   }
   return p;
@@ -296,6 +336,7 @@ struct QuantShape {
   const char* name;
   size_t M, N, K;
   QuantFormat format;
+  QuantActivations acts = QuantActivations::kF32;
 };
 
 // Seconds per call over many calls: the median is what to expect, the
@@ -384,9 +425,11 @@ class KernelBench {
     std::vector<float> x(s.M * s.K);
     for (float& v : x) v = rng.Next();
     std::vector<float> y(s.M * s.N), ref(s.M * s.N);
-    QGemm(ctx_, x.data(), s.K, view(0), y.data(), s.N, s.M, s.N, s.K);
-    QGemmReference(x.data(), s.K, view(0), ref.data(), s.N, s.M, s.N, s.K);
-    // Tolerance: two f32 sums of K products and `groups` scalings.
+    QGemm(ctx_, x.data(), s.K, view(0), y.data(), s.N, s.M, s.N, s.K, s.acts);
+    QGemmReference(x.data(), s.K, view(0), ref.data(), s.N, s.M, s.N, s.K, s.acts);
+    const bool int8_x = s.acts == QuantActivations::kInt8;
+    // int8 activations: the reference's bits. f32: a tolerance of: two f32 sums of K products and
+    // `groups` scalings.
     const QuantizedWeights w0 = view(0);
     std::vector<float> deq(s.K);
     const double unit = std::ldexp(1.0, -24);
@@ -395,7 +438,7 @@ class KernelBench {
       for (size_t m = 0; m < s.M; ++m) {
         double abs_sum = 0;
         for (size_t k = 0; k < s.K; ++k) abs_sum += std::fabs(double{x[m * s.K + k]} * deq[k]);
-        const double tol = 2.0 * (s.K + groups + 4) * unit * abs_sum + 1e-30;
+        const double tol = int8_x ? 0.0 : 2.0 * (s.K + groups + 4) * unit * abs_sum + 1e-30;
         const double err = std::fabs(double{y[m * s.N + n]} - ref[m * s.N + n]);
         if (!(err <= tol)) {
           std::printf("%-17s MISMATCH at m=%zu n=%zu: %.9g vs reference %.9g (tolerance %.3g)\n",
@@ -405,11 +448,13 @@ class KernelBench {
       }
     }
     const auto call = [&](size_t c) {
-      QGemm(ctx_, x.data(), s.K, view(c), y.data(), s.N, s.M, s.N, s.K);
+      QGemm(ctx_, x.data(), s.K, view(c), y.data(), s.N, s.M, s.N, s.K, s.acts);
     };
     const CallTimes cold = TimeQuantCalls(call, copies);
     const CallTimes hot = copies == 1 ? cold : TimeQuantCalls(call, 1);
-    Print(s.name, QuantFormatName(s.format), s.M, s.N, s.K, w_bytes, cold, hot, peaks_.fma_gflops);
+    const std::string w_name = std::string(QuantFormatName(s.format)) + (int8_x ? "x8" : "");
+    Print(s.name, w_name.c_str(), s.M, s.N, s.K, w_bytes, cold, hot,
+          int8_x ? peaks_.int8_gops : peaks_.fma_gflops);
     return true;
   }
 
@@ -485,7 +530,7 @@ class KernelBench {
     const double gbs = bytes / cold.median_s / 1e9;
     const double bits_per_weight = 8.0 * w_bytes / (static_cast<double>(N) * K);
     std::printf(
-        "%-17s %4s %5.2f %4zu %6zu %5zu %8.2f %9.1f %7.2f %7.1f %5.1f%% | %9.1f %7.2f %5.1f%% | "
+        "%-17s %6s %5.2f %4zu %6zu %5zu %8.2f %9.1f %7.2f %7.1f %5.1f%% | %9.1f %7.2f %5.1f%% | "
         "%9.1f %7.1f %5.1f%%\n",
         name, w_name, bits_per_weight, M, N, K, bytes / 1e6, cold.median_s * 1e6, gbs,
         flops / cold.median_s / 1e9, 100.0 * gbs / bw_, cold.min_s * 1e6, bytes / cold.min_s / 1e9,
@@ -551,12 +596,14 @@ int Main(int argc, char** argv) {
     if (peaks.bf16_gflops != peaks.fma_gflops) {
       std::printf(", %s %.1f GFLOP/s", peaks.bf16_name, peaks.bf16_gflops);
     }
+    std::printf(", %s %.1f GOP/s", peaks.int8_name, peaks.int8_gops);
     std::printf(
         "\n%%peak = hot GFLOP/s against the peak of the kernel's instruction (bf16 weights: "
-        "%s; f32, int8, int4: %s)\n",
-        peaks.bf16_name, peaks.fma_name);
+        "%s; int8/int4 weights with int8 activations (w int8x8, int4x8): %s; f32, int8, int4: "
+        "%s)\n",
+        peaks.bf16_name, peaks.int8_name, peaks.fma_name);
   }
-  std::printf("\n%-17s %4s %5s %4s %6s %5s %8s %9s %7s %7s %6s | %9s %7s %6s | %9s %7s %6s\n",
+  std::printf("\n%-17s %6s %5s %4s %6s %5s %8s %9s %7s %7s %6s | %9s %7s %6s | %9s %7s %6s\n",
               "kernel", "w", "bpw", "M", "N", "K", "MB", "median_us", "GB/s", "GFLOP/s", "bw",
               "min_us", "GB/s", "bw", "hot_us", "GFLOP/s", "peak");
 
@@ -600,7 +647,12 @@ int Main(int argc, char** argv) {
   if (!quant_only) {
     for (const Shape& s : shapes) ok = bench.Run(s) && ok;
   }
-  for (const QuantShape& s : quant_shapes) ok = bench.Run(s) && ok;
+  for (const QuantShape& s : quant_shapes) {
+    ok = bench.Run(s) && ok;
+    QuantShape x8 = s;  // the same shape with int8 activations (the quantized models' default)
+    x8.acts = QuantActivations::kInt8;
+    ok = bench.Run(x8) && ok;
+  }
   return ok ? 0 : 1;
 }
 

@@ -82,6 +82,7 @@ absl::StatusOr<KldStats> EvalKld(const EvalKldOptions& o) {
   LocalEngineOptions qo = ro;
   if (o.quantized_model_dir) {
     qo.model_dir = *o.quantized_model_dir;
+    qo.quantization.int8_activations = o.quantization.int8_activations;
   } else {
     qo.quantization = o.quantization;
   }

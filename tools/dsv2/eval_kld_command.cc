@@ -57,6 +57,7 @@ int EvalKldCommandMain(int argc, char** argv) {
   flags.String("model", &o.model_dir, "the reference checkpoint, run as stored").Required();
   WeightFlags weight_flags;
   DefineWeightFlags(flags, "quantize --model at load: int8 or int4", "as stored", &weight_flags);
+  DefineQuantActivationsFlag(flags, &weight_flags);
   flags.String("quantized-model", &quantized,
                "instead of --weights: a checkpoint `dsv2 quantize` wrote from --model");
   flags.String("text", &text_file,

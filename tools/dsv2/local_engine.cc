@@ -28,6 +28,8 @@ absl::StatusOr<std::unique_ptr<LocalEngine>> LocalEngine::Open(const LocalEngine
   DSV2_ASSIGN_OR_RETURN(e->ctx_.isa, kernels::ResolveCpuIsa(o.cpu_isa));
   e->pool_ = std::make_unique<kernels::ThreadPool>(o.threads);
   e->ctx_.pool = e->pool_.get();
+  e->ctx_.quant_activations = o.quantization.int8_activations ? kernels::QuantActivations::kInt8
+                                                              : kernels::QuantActivations::kF32;
   // Progress only for big checkpoints; small ones load in milliseconds.
   const bool verbose = o.verbose_load && e->checkpoint_->mapped_bytes() > (size_t{1} << 30);
   if (verbose) {

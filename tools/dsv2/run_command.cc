@@ -100,6 +100,7 @@ std::optional<int> ParseRunFlags(int argc, char** argv, RunRequest* req) {
                     "quantize the linear weights at load: none, int8 or int4 (group-32, f16 "
                     "scales; docs/numerics.md)",
                     "as stored", &weight_flags);
+  DefineQuantActivationsFlag(flags, &weight_flags);
   flags.Bool("json", &req->json, "print one JSON object on stdout; stream text to stderr");
   flags.ExclusiveGroup({"prompt", "prompt-ids"}, flags::GroupRule::kExactlyOne);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;

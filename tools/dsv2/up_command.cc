@@ -91,6 +91,7 @@ void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
                     "quantize the linear weights at load on every attention node and expert "
                     "shard: none, int8 or int4 (as dsv2 run --weights)",
                     "as stored", &o->weight_flags);
+  DefineQuantActivationsFlag(flags, &o->weight_flags);
   flags.String("bin-dir", &o->bin_dir,
                "where dsv2-coordinator, dsv2-attention, dsv2-expert are")
       .DefaultText("next to dsv2, else the build tree, else PATH");
@@ -309,6 +310,8 @@ int RunCluster(const UpOptions& o) {
   std::vector<std::string> weight_flags = {"--weights", o.weight_flags.weights};
   if (o.weight_flags.experts_only) weight_flags.push_back("--experts-only");
   if (o.weight_flags.lm_head_bf16) weight_flags.push_back("--lm-head-bf16");
+  weight_flags.insert(weight_flags.end(),
+                      {"--quant-activations", o.weight_flags.quant_activations});
   const auto with_weight_flags = [&](std::vector<std::string> argv) {
     argv.insert(argv.end(), weight_flags.begin(), weight_flags.end());
     return argv;
