@@ -14,7 +14,7 @@
 // group sums in group order, converted to f32 (exact: |sum| < 2^24) and
 // accumulated as fma(sum, scale * d, lane).
 //
-// Tiles: GEMV 1 row x 4 columns; GEMM 4 rows x 2 columns (weights' integer
+// Tiles: GEMV 1 row x 4 (int8) or 8 (int4) columns; GEMM 4 rows x 2 columns (weights' integer
 // work shared by the rows). A block that would read past a row's end
 // (the last one, when K is not a multiple of 256 / 128 elements) copies its
 // bytes and scales into zeroed scratch first.
@@ -88,6 +88,7 @@ DSV2_AVX512_VNNI inline __m256i SumQuarters(__m512i t0, __m512i t1) {
 // int8: a block is 256 bytes (8 groups of 32).
 struct Int8 {
   static constexpr size_t kBlockBytes = 8 * kGroup;
+  static constexpr int kGemvCols = 4;  // weight rows per GEMV tile (measured: 4 > 8 here)
   // Weight-side work shared by the rows of a tile.
   struct Prepared {
     __m512i w[4];
@@ -116,6 +117,7 @@ struct Int8 {
 // int4: a block is 128 bytes (8 groups of 16 bytes).
 struct Int4 {
   static constexpr size_t kBlockBytes = 8 * kGroup / 2;
+  static constexpr int kGemvCols = 8;  // more rows in flight: int4 reads half the bytes per row
   struct Prepared {
     __m512i lo[2], hi[2];  // nibbles as bytes: elements 0-15 / 16-31 of 4 groups each
   };
@@ -206,6 +208,12 @@ template <typename F, int R, int kCols>
 DSV2_AVX512_VNNI void RowTiles(const QGemmOperands& op, size_t m, size_t n_begin, size_t n_end) {
   size_t n = n_begin;
   for (; n + kCols <= n_end; n += kCols) Tile<F, R, kCols>(op, m, n);
+  if constexpr (kCols > 4) {
+    if (n + 4 <= n_end) {
+      Tile<F, R, 4>(op, m, n);
+      n += 4;
+    }
+  }
   if constexpr (kCols > 2) {
     if (n + 2 <= n_end) {
       Tile<F, R, 2>(op, m, n);
@@ -219,7 +227,7 @@ template <typename F>
 DSV2_AVX512_VNNI void Block(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
                             size_t n_end) {
   if (m_end - m_begin == 1) {
-    RowTiles<F, 1, 4>(op, m_begin, n_begin, n_end);
+    RowTiles<F, 1, F::kGemvCols>(op, m_begin, n_begin, n_end);
     return;
   }
   for (size_t n = n_begin; n < n_end; n += 8) {

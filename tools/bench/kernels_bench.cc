@@ -167,7 +167,9 @@ __attribute__((target("avx512f,avx512vnni"))) double PeakLoopVnni512(size_t iter
     for (auto& a : acc) a = _mm512_dpbusd_epi32(a, x, w);
   }
   for (int j = 1; j < 12; ++j) acc[0] = _mm512_add_epi32(acc[0], acc[j]);
-  sink[0] = static_cast<float>(_mm512_reduce_add_epi32(acc[0]));
+  alignas(64) int32_t l[16];  // not _mm512_reduce_add_epi32: GCC 12 PR105593 warnings
+  _mm512_store_si512(l, acc[0]);
+  sink[0] = static_cast<float>(l[0]);
   return 12.0 * 64 * 2 * iters;
 }
 
