@@ -85,6 +85,40 @@ OBJECTS = [
     "wagon", "rocket", "guitar", "necklace", "marble", "pillow", "jacket", "helmet", "paintbrush",
     "ring", "glove", "sailboat", "yoyo",
 ]
+# what each object is for ({x}: "it", "his kite" or "a kite"). Names, animals and places each
+# decide later words (pronouns; sounds and foods; sights and prepositions), which is what makes a
+# small model carry their identity through a story and copy them from a prompt; without these the
+# object decided nothing but itself, and the trained model never learned which one it was.
+OBJECT_USES = {
+    "ball": "bounce {x} high", "kite": "fly {x} in the wind", "hat": "wear {x} in the sun",
+    "book": "read {x} before bed", "drum": "bang on {x} with two sticks",
+    "boat": "float {x} on the water", "doll": "rock {x} to sleep",
+    "train": "push {x} along the tracks", "bike": "ride {x} down the hill",
+    "cup": "drink warm milk from {x}", "shoe": "wear {x} on long walks",
+    "box": "keep treasures in {x}", "key": "open the old door with {x}", "bell": "ring {x} loudly",
+    "blanket": "wrap up in {x} at night", "sock": "pull on {x} on cold days",
+    "scarf": "keep warm with {x} on windy days", "shell": "listen to the sea in {x}",
+    "flower": "smell {x} every morning", "stick": "draw lines in the sand with {x}",
+    "truck": "fill {x} with little stones", "robot": "make {x} walk and beep",
+    "bucket": "carry water in {x}", "map": "find new paths with {x}",
+    "balloon": "hold {x} by its string", "crayon": "draw pictures with {x}",
+    "puzzle": "put {x} together piece by piece", "basket": "carry apples in {x}",
+    "lamp": "read by the light of {x}", "whistle": "blow {x} very loud", "ribbon": "tie {x} in a bow",
+    "teddy": "hug {x} at bedtime", "wagon": "pull {x} around the yard",
+    "rocket": "launch {x} into the sky", "guitar": "strum {x} and sing",
+    "necklace": "wear {x} to parties", "marble": "roll {x} across the floor",
+    "pillow": "rest on {x} after lunch", "jacket": "zip up {x} on chilly days",
+    "helmet": "put on {x} before a ride", "paintbrush": "paint bright colors with {x}",
+    "ring": "wear {x} on one finger", "glove": "catch balls with {x}",
+    "sailboat": "sail {x} across the pond", "yoyo": "spin {x} up and down",
+}
+USE_LINES = [  # right after the object is introduced: which use follows depends on which object
+    "{He} liked to {use_it}.", "Every day, {N} would {use_his}.", "{N} loved to {use_it}.",
+    "{His} favorite game was to {use_his}.",
+]
+USE_ENDINGS = [
+    "The next day, {N} went out to {use_his} again.", "After that, {N} liked to {use_his} with {H}.",
+]
 # where the object can get stuck, and what can fix it when it breaks
 STUCK_SPOTS = ["high up in a tree", "on top of the roof", "deep in the mud", "under a big rock",
                "in a thick bush", "on a high shelf"]
@@ -473,6 +507,8 @@ FACT_QA = [  # simple instruction/answer pairs besides stories
     ("What do {A}s eat?", "Most {A}s like to eat {afood}."),
     ("Give me a name for {a_A}.", "How about {N}? {N} is a good name for {a_A}."),
     ("What can you see {atP}?", "{AtP}, you can see {sights}."),
+    ("What can you do with {a_O}?", "You can {use_a}."),
+    ("What is {a_O} for?", "With {a_O}, you can {use_it}."),
     ("What color is the sky?", "The sky is blue on a sunny day."),
     ("What color is the grass?", "The grass is green."),
     ("Say hello.", "Hello! I can tell you a story about animals and their friends."),
@@ -531,6 +567,12 @@ class Story:
             fix=rng.choice(FIXES), skill=skill, how=SKILLS[skill], sound=ANIMAL_SOUNDS[a],
             afood=ANIMAL_FOODS[a], a_food=None,
         )
+        use = OBJECT_USES[o]
+        his = pronouns(n)["his"]
+        self.v["use_it"] = use.replace("{x}", "it")
+        self.v["use_his"] = use.replace("{x}", his + " " + o)
+        self.v["use_a"] = use.replace("{x}", article(o))
+        self.v["a_O"] = article(o)
         self.v["a_col"] = article(self.v["col"])
         self.v["a_food"] = article(self.v["food"])
         self.v["a_col_O"] = article(self.v["col"] + " " + o)
@@ -557,6 +599,8 @@ class Story:
             out.append(self.fill(r.choice(DETAILS)))
         if self.plot not in ("share", "gift"):
             out.append(self.fill(r.choice(LIKES)))
+            if r.random() < 0.7:
+                out.append(self.fill(r.choice(USE_LINES)))
         if self.plot in ("lost", "stuck", "broken"):
             out.append(self.fill(r.choice(GO_TO_PLACE)))
             if r.random() < 0.6:
@@ -565,6 +609,8 @@ class Story:
             if beat is ENDINGS:
                 k = r.choice([1, 1, 2])
                 out.extend(self.fill(t) for t in r.sample(ENDINGS, k))
+                if r.random() < 0.3:
+                    out.insert(len(out) - k, self.fill(r.choice(USE_ENDINGS)))
             else:
                 out.append(self.fill(r.choice(beat)))
         # 'The end.' only as the very last sentence
