@@ -41,6 +41,7 @@ DSV2_AVX2 inline __m256i SumEight(const __m256i (&p)[8]) {
 
 struct Int8 {
   static constexpr size_t kBlockBytes = 8 * kGroup;
+  static constexpr size_t kPrefetchBytes = 512;
   struct Prepared {
     __m256i absw[8];
     __m256i w[8];
@@ -67,6 +68,7 @@ struct Int8 {
 
 struct Int4 {
   static constexpr size_t kBlockBytes = 8 * kGroup / 2;
+  static constexpr size_t kPrefetchBytes = 0;  // 0: the next tile's rows
   struct Prepared {
     __m256i lo[4], hi[4];  // 2 groups each
   };
@@ -130,6 +132,15 @@ DSV2_AVX2 void Tile(const QGemmOperands& op, size_t m, size_t n) {
       typename F::Prepared pw;
       __m256 scale;
       if (whole) {
+        if constexpr (R == 1) {
+          // GEMV: prefetch ahead as qgemm_dot_avx512.cc does (its per-format choice).
+          const uint8_t* ahead = F::kPrefetchBytes > 0 ? qrow + byte0 + F::kPrefetchBytes
+                                                        : qrow + C * op.ldq + byte0;
+#pragma GCC unroll 4
+          for (size_t b = 0; b < F::kBlockBytes; b += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
+          }
+        }
         F::Prepare(qrow + byte0, pw);
         scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + g0)));
       } else {
