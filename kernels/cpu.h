@@ -20,6 +20,7 @@
 #ifndef DSV2_KERNELS_CPU_H_
 #define DSV2_KERNELS_CPU_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -118,6 +119,11 @@ class ThreadPool {
   size_t chunks_done_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
+  // Lock-free copies for the spin before blocking (thread_pool.cc): the
+  // last published generation, the last finished one, and stop_.
+  std::atomic<uint64_t> published_{0};
+  std::atomic<uint64_t> finished_{0};
+  std::atomic<bool> stopping_{false};
 };
 
 // What the X operand's values are. kF32: any f32 values, never rounded by

@@ -52,6 +52,7 @@ TEST_P(AbsorbedMlaTest, AgreesWithReferenceForm) {
   o.model_dir = MakeModel(mc.preset, mc.dtype);
   o.cache_tokens = 256;
   o.quantization.format = mc.weights;
+  o.quantization.int8_activations = false;  // the reference's f32 products
   auto e = LocalEngine::Open(o);
   ASSERT_TRUE(e.ok()) << e.status();
   const ModelConfig& c = (*e)->config();

@@ -124,7 +124,8 @@ TEST_F(QuantizedRunTest, QuantizedForwardIsTheForwardOverDequantizedWeights) {
     SCOPED_TRACE(format);
     const std::string deq = DequantizedCopy(*kernels::ParseQuantFormat(format));
     const nlohmann::json plain = RunJson(deq, "--threads 1 --weights none");
-    const nlohmann::json quant = RunJson(deq, std::string("--threads 1 --weights ") + format);
+    const nlohmann::json quant = RunJson(
+        deq, std::string("--threads 1 --quant-activations f32 --weights ") + format);
     ASSERT_TRUE(plain.contains("first_logits_top10") && quant.contains("first_logits_top10"));
     EXPECT_EQ(quant["weights"], format);
     const auto& a = plain["first_logits_top10"];
