@@ -76,12 +76,21 @@ struct ActivationBuffers {
   std::vector<int32_t> sum8;
   internal::QuantizedActivations view;
 
-  ActivationBuffers(const float* x, size_t ldx, size_t M, size_t K, QuantFormat format) {
+  // Rows are quantized independently, so a prefill's rows go over the pool.
+  ActivationBuffers(const float* x, size_t ldx, size_t M, size_t K, QuantFormat format,
+                    ThreadPool* pool) {
     const size_t padded = internal::GroupsPadded8(K);
     q.resize(M * padded * kQuantGroupSize);
     d.resize(M * padded);
     sum8.resize(M * padded);
-    internal::QuantizeActivations(x, ldx, 0, M, K, format, q.data(), d.data(), sum8.data());
+    const auto rows = [&](size_t m0, size_t m1) {
+      internal::QuantizeActivations(x, ldx, m0, m1, K, format, q.data(), d.data(), sum8.data());
+    };
+    if (pool != nullptr && M >= 16) {
+      pool->ParallelFor(M, 4, rows);
+    } else {
+      rows(0, M);
+    }
     view = {q.data(), padded * kQuantGroupSize, d.data(), sum8.data(), padded};
   }
 };
@@ -98,7 +107,7 @@ void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWei
       x, ldx, w.format, static_cast<const uint8_t*>(w.q), w.ldq, w.scales, w.lds, y, ldy, K};
   std::optional<ActivationBuffers> xq;
   if (acts == QuantActivations::kInt8 && K > 0) {
-    xq.emplace(x, ldx, M, K, w.format);
+    xq.emplace(x, ldx, M, K, w.format, ctx.pool);
     op.xq = &xq->view;
   } else if (acts == QuantActivations::kInt8) {
     block = BlockFn(ctx.isa);  // K = 0: zeros, as kF32
