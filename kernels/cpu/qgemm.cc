@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
-#include <vector>
 
 #include "kernels/cpu.h"
 #include "kernels/cpu/gemm_internal.h"
@@ -69,32 +68,6 @@ internal::QGemmBlockFn DotBlockFn(CpuIsa isa) {
   std::abort();
 }
 
-// X quantized for the integer dot product, owning its arrays.
-struct ActivationBuffers {
-  std::vector<int8_t> q;
-  std::vector<float> d;
-  std::vector<int32_t> sum8;
-  internal::QuantizedActivations view;
-
-  // Rows are quantized independently, so a prefill's rows go over the pool.
-  ActivationBuffers(const float* x, size_t ldx, size_t M, size_t K, QuantFormat format,
-                    ThreadPool* pool) {
-    const size_t padded = internal::GroupsPadded8(K);
-    q.resize(M * padded * kQuantGroupSize);
-    d.resize(M * padded);
-    sum8.resize(M * padded);
-    const auto rows = [&](size_t m0, size_t m1) {
-      internal::QuantizeActivations(x, ldx, m0, m1, K, format, q.data(), d.data(), sum8.data());
-    };
-    if (pool != nullptr && M >= 16) {
-      pool->ParallelFor(M, 4, rows);
-    } else {
-      rows(0, M);
-    }
-    view = {q.data(), padded * kQuantGroupSize, d.data(), sum8.data(), padded};
-  }
-};
-
 }  // namespace
 
 void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWeights& w, float* y,
@@ -105,10 +78,10 @@ void QGemm(const CpuContext& ctx, const float* x, size_t ldx, const QuantizedWei
   if (M == 0 || N == 0) return;
   internal::QGemmOperands op{
       x, ldx, w.format, static_cast<const uint8_t*>(w.q), w.ldq, w.scales, w.lds, y, ldy, K};
-  std::optional<ActivationBuffers> xq;
+  std::optional<internal::QuantizedActivationBuffers> xq;
   if (acts == QuantActivations::kInt8 && K > 0) {
     xq.emplace(x, ldx, M, K, w.format, ctx.pool);
-    op.xq = &xq->view;
+    op.xq = &xq->view();
   } else if (acts == QuantActivations::kInt8) {
     block = BlockFn(ctx.isa);  // K = 0: zeros, as kF32
   }

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "kernels/cpu/qgemm_internal.h"
+#include "kernels/cpu/simd_internal.h"
 #include "kernels/quant.h"
 
 #define DSV2_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -102,13 +103,6 @@ struct Int4 {
   }
 };
 
-DSV2_AVX2 inline float LaneTree(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 template <typename F, int R, int C>
 DSV2_AVX2 void Tile(const QGemmOperands& op, size_t m, size_t n) {
   const QuantizedActivations& xq = *op.xq;
@@ -164,7 +158,7 @@ DSV2_AVX2 void Tile(const QGemmOperands& op, size_t m, size_t n) {
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) op.y[(m + r) * op.ldy + n + c] = LaneTree(acc[r][c]);
+    for (int c = 0; c < C; ++c) op.y[(m + r) * op.ldy + n + c] = HorizontalSum8(acc[r][c]);
   }
 }
 

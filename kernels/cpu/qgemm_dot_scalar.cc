@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/cpu.h"
 #include "kernels/cpu/qgemm_internal.h"
 #include "kernels/dtype.h"
 #include "kernels/quant.h"
@@ -49,10 +50,9 @@ inline size_t XByte(QuantFormat format, size_t g, size_t j) {
   return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
 }
 
-}  // namespace
-
-void QuantizeActivations(const float* x, size_t ldx, size_t m_begin, size_t m_end, size_t K,
-                         QuantFormat format, int8_t* q, float* d, int32_t* sum8) {
+// Rows [m_begin, m_end) of x into the arrays of the whole [M, K] layout.
+void QuantizeRowsOfX(const float* x, size_t ldx, size_t m_begin, size_t m_end, size_t K,
+                     QuantFormat format, int8_t* q, float* d, int32_t* sum8) {
   const size_t groups = QuantGroupsPerRow(K);
   const size_t padded = GroupsPadded8(K);
   const size_t ldq = padded * kGroup;
@@ -92,6 +92,26 @@ void QuantizeActivations(const float* x, size_t ldx, size_t m_begin, size_t m_en
       sr[g] = 8 * sum;
     }
   }
+}
+
+}  // namespace
+
+QuantizedActivationBuffers::QuantizedActivationBuffers(const float* x, size_t ldx, size_t M,
+                                                       size_t K, QuantFormat format,
+                                                       ThreadPool* pool) {
+  const size_t padded = GroupsPadded8(K);
+  q_.resize(M * padded * kGroup);
+  d_.resize(M * padded);
+  sum8_.resize(M * padded);
+  const auto rows = [&](size_t m0, size_t m1) {
+    QuantizeRowsOfX(x, ldx, m0, m1, K, format, q_.data(), d_.data(), sum8_.data());
+  };
+  if (pool != nullptr && M >= 16) {
+    pool->ParallelFor(M, 4, rows);
+  } else {
+    rows(0, M);
+  }
+  view_ = {q_.data(), padded * kGroup, d_.data(), sum8_.data(), padded};
 }
 
 void QGemmDotBlockScalar(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,

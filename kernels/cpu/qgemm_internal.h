@@ -13,13 +13,15 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "kernels/cpu.h"
 #include "kernels/quant.h"
 
 namespace dsv2::kernels::internal {
 
 // X quantized for the integer dot product (QuantActivations::kInt8, cpu.h),
-// made once per QGemm call by QuantizeActivations; G8 = ceil(K / 32)
+// made once per QGemm call by QuantizedActivationBuffers; G8 = ceil(K / 32)
 // rounded up to a multiple of 8, every array zero past the row's groups.
 //   q: row m at q + m * ldq (ldq = 32 G8 bytes). For int8 weights, byte k is
 //      element k's integer (natural order). For int4 weights, blocks of 4
@@ -40,12 +42,24 @@ struct QuantizedActivations {
 // G8 of the layout above.
 constexpr size_t GroupsPadded8(size_t K) { return (QuantGroupsPerRow(K) + 7) / 8 * 8; }
 
-// Quantizes rows [m_begin, m_end) of x ([M, K], row stride ldx) into the
-// layout above for weights of `format` (cpu.h gives the arithmetic). One
-// implementation for every ISA, so the integers and scales are the same
-// bits everywhere. out's arrays must hold the rows.
-void QuantizeActivations(const float* x, size_t ldx, size_t m_begin, size_t m_end, size_t K,
-                         QuantFormat format, int8_t* q, float* d, int32_t* sum8);
+// X ([M, K], row stride ldx, K > 0) quantized into the layout above for
+// weights of `format` (cpu.h gives the arithmetic), owning its arrays. One
+// implementation (qgemm_dot_scalar.cc) for every ISA and for QGemmReference,
+// so the integers and scales are the same bits everywhere. Rows are
+// quantized independently: with a pool and at least 16 rows (a prefill)
+// they go over it.
+class QuantizedActivationBuffers {
+ public:
+  QuantizedActivationBuffers(const float* x, size_t ldx, size_t M, size_t K, QuantFormat format,
+                             ThreadPool* pool);
+  const QuantizedActivations& view() const { return view_; }
+
+ private:
+  std::vector<int8_t> q_;
+  std::vector<float> d_;
+  std::vector<int32_t> sum8_;
+  QuantizedActivations view_;
+};
 
 // The operands of one QGemm call (see cpu.h and quant.h).
 struct QGemmOperands {

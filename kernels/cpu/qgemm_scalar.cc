@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <vector>
 
 #include "kernels/cpu.h"
 #include "kernels/cpu/qgemm_internal.h"
@@ -77,15 +76,10 @@ void QGemmReference(const float* x, size_t ldx, const QuantizedWeights& w, float
     std::abort();
   }
   if (acts == QuantActivations::kInt8 && K > 0 && M > 0 && N > 0) {
-    const size_t padded = internal::GroupsPadded8(K);
-    std::vector<int8_t> q(M * padded * kQuantGroupSize);
-    std::vector<float> d(M * padded);
-    std::vector<int32_t> sum8(M * padded);
-    internal::QuantizeActivations(x, ldx, 0, M, K, w.format, q.data(), d.data(), sum8.data());
-    const internal::QuantizedActivations xq{q.data(), padded * kQuantGroupSize, d.data(),
-                                            sum8.data(), padded};
-    internal::QGemmOperands op{
-        x, ldx, w.format, static_cast<const uint8_t*>(w.q), w.ldq, w.scales, w.lds, y, ldy, K, &xq};
+    const internal::QuantizedActivationBuffers xq(x, ldx, M, K, w.format, nullptr);
+    internal::QGemmOperands op{x,     ldx,      w.format,  static_cast<const uint8_t*>(w.q),
+                               w.ldq, w.scales, w.lds,     y,
+                               ldy,   K,        &xq.view()};
     internal::QGemmDotBlockScalar(op, 0, M, 0, N);
     return;
   }
