@@ -2,19 +2,19 @@
 """Train the demo model (model/data/demo-stories/): corpus -> tokenizer -> DeepseekV2ForCausalLM.
 
 Everything is made from seeds by this one command (run by hand; CI does not install torch).
-From the repository root, on 2 CPU cores (the shipped run: 67 minutes on a shared machine):
+From the repository root, on 2 CPU cores (about 60 minutes alone on the machine):
 
     python3 -m venv /tmp/train-venv
     /tmp/train-venv/bin/pip install "transformers==5.23.0" torch safetensors tokenizers
     /tmp/train-venv/bin/python tools/demo_model/train.py \
         --out model/data/demo-stories --work /tmp/demo-train   # defaults = the shipped model
 
-By default the command trains one stage, from a random init, on every token of every document.
---answer-steps N adds a second stage: the first is saved to WORK/stage1 and the second continues from
-it on the chat answers only (the same as `--init-from WORK/stage1 --loss-on answers --schedule
-const-decay --no-decay-embeddings --steps N --lr ANSWER_LR --warmup ANSWER_WARMUP`), writing --out.
-Tried for the shipped model (900 steps at 1e-3): it did not raise the held-out mention rates and it
-raised the held-out loss, so the shipped model is the one stage (model/data/demo-stories/SOURCE.md).
+By default the command trains two stages. The first, from a random init, on every token of every
+document (--steps), is saved to WORK/stage1; the second continues from it for --stage2-steps (the
+same as `--init-from WORK/stage1 --loss-on STAGE2_LOSS_ON --schedule const-decay
+--no-decay-embeddings --steps N --lr STAGE2_LR --warmup STAGE2_WARMUP`), writing --out. The second
+stage (a warm restart on the same loss) is what made the prompt's name reliably copied into the
+answer: model/data/demo-stories/SOURCE.md. --stage2-steps 0 trains the first stage only, into --out.
 
 Pipeline (each stage):
   1. corpus: tools/demo_model/story_corpus.py, training documents from --corpus-seed,
@@ -321,24 +321,25 @@ def main():
     ap.add_argument("--decay-frac", type=float, default=0.25)
     ap.add_argument("--no-decay-embeddings", action="store_true",
                     help="no weight decay on embed_tokens and lm_head")
-    ap.add_argument("--answer-steps", type=int, default=0,
+    ap.add_argument("--stage2-steps", type=int, default=600,
                     help="second stage (0: none; only without --init-from): after the first stage, saved to "
-                         "WORK/stage1, continue from it with --loss-on answers --schedule const-decay "
-                         "--no-decay-embeddings for this many steps at --answer-lr, --answer-warmup warm-up steps")
-    ap.add_argument("--answer-lr", type=float, default=1e-3)
-    ap.add_argument("--answer-warmup", type=int, default=30)
+                         "WORK/stage1, continue from it with --loss-on STAGE2_LOSS_ON --schedule const-decay "
+                         "--no-decay-embeddings for this many steps at --stage2-lr, --stage2-warmup warm-up steps")
+    ap.add_argument("--stage2-loss-on", choices=["all", "answers"], default="all")
+    ap.add_argument("--stage2-lr", type=float, default=1e-3)
+    ap.add_argument("--stage2-warmup", type=int, default=30)
     args = ap.parse_args()
-    if args.answer_steps and not args.init_from:
+    if args.stage2_steps and not args.init_from:
         stage1 = argparse.Namespace(**vars(args))
         stage1.out = os.path.join(args.work, "stage1")
-        stage1.answer_steps = 0
+        stage1.stage2_steps = 0
         train(stage1)
         stage2 = argparse.Namespace(**vars(args))
         stage2.work = os.path.join(args.work, "stage2")
         stage2.init_from = stage1.out
-        stage2.loss_on, stage2.schedule, stage2.no_decay_embeddings = "answers", "const-decay", True
-        stage2.steps, stage2.lr, stage2.warmup = args.answer_steps, args.answer_lr, args.answer_warmup
-        stage2.answer_steps = 0
+        stage2.loss_on, stage2.schedule, stage2.no_decay_embeddings = args.stage2_loss_on, "const-decay", True
+        stage2.steps, stage2.lr, stage2.warmup = args.stage2_steps, args.stage2_lr, args.stage2_warmup
+        stage2.stage2_steps = 0
         train(stage2)
     else:
         train(args)
