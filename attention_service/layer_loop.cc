@@ -308,22 +308,56 @@ absl::Status LayerLoop::FinishLayer(MicroBatch& mb, StepStats& stats) {
 void LayerLoop::Head(const MicroBatch& mb, StepOutput* out) {
   const ModelConfig& c = config_;
   const int64_t D = c.hidden_size, V = c.vocab_size;
-  // Final norm + lm_head on the rows whose logits are wanted.
-  int64_t r0 = 0;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  // Final norm + lm_head on the rows whose logits are wanted. The sequences
+  // that want one row (decode, and a prefill's last position) share one
+  // lm_head product, so a batch reads lm_head once, not once per sequence
+  // (it is the largest matrix of a decode step); the bits are the same
+  // (a row's result does not depend on the other rows, kernels/cpu.h).
+  // A sequence that wants all its rows (prompt logprobs) gets its own.
   std::vector<float> normed;
+  std::vector<size_t> single;  // sequences wanting their last row only
+  int64_t r0 = 0;
   for (size_t s = 0; s < mb.seqs.size(); ++s) {
     const int64_t len = static_cast<int64_t>(mb.seqs[s].tokens.size());
-    const int64_t first = mb.seqs[s].all_logits ? r0 : r0 + len - 1;
-    const int64_t count = r0 + len - first;
-    normed.resize(count * D);
-    for (int64_t i = 0; i < count; ++i) {
-      kernels::RmsNorm(&mb.rows.x[(first + i) * D], weights_.final_norm().data(), D,
-                       static_cast<float>(c.rms_norm_eps), act_, &normed[i * D]);
+    if (!mb.seqs[s].all_logits) {
+      single.push_back(s);
+      r0 += len;
+      continue;
+    }
+    normed.resize(len * D);
+    for (int64_t i = 0; i < len; ++i) {
+      kernels::RmsNorm(&mb.rows.x[(r0 + i) * D], weights_.final_norm().data(), D, eps, act_,
+                       &normed[i * D]);
     }
     std::vector<float>& logits = out->logits[mb.first + s];
-    logits.resize(count * V);
-    Linear(normed.data(), count, weights_.lm_head(), logits.data(), false);
+    logits.resize(len * V);
+    Linear(normed.data(), len, weights_.lm_head(), logits.data(), false);
     r0 += len;
+  }
+  if (single.empty()) return;
+  const int64_t count = static_cast<int64_t>(single.size());
+  normed.resize(count * D);
+  std::vector<int64_t> last_row(mb.seqs.size());
+  r0 = 0;
+  for (size_t s = 0; s < mb.seqs.size(); ++s) {
+    r0 += static_cast<int64_t>(mb.seqs[s].tokens.size());
+    last_row[s] = r0 - 1;
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    kernels::RmsNorm(&mb.rows.x[last_row[single[i]] * D], weights_.final_norm().data(), D, eps,
+                     act_, &normed[i * D]);
+  }
+  if (count == 1) {
+    std::vector<float>& logits = out->logits[mb.first + single[0]];
+    logits.resize(V);
+    Linear(normed.data(), 1, weights_.lm_head(), logits.data(), false);
+    return;
+  }
+  std::vector<float> all(count * V);
+  Linear(normed.data(), count, weights_.lm_head(), all.data(), false);
+  for (int64_t i = 0; i < count; ++i) {
+    out->logits[mb.first + single[i]].assign(all.begin() + i * V, all.begin() + (i + 1) * V);
   }
 }
 

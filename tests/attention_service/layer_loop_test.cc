@@ -180,6 +180,66 @@ TEST(LayerLoopTest, QuantizedBatchOfSequencesEqualsEachAlone) {
   }
 }
 
+// Head() gives the sequences that want their last row only one shared
+// lm_head product (a batch reads lm_head once); each sequence still gets
+// exactly its own logits, bit for bit, next to one that wants every row.
+TEST(LayerLoopTest, SharedLmHeadProductGivesEachSequenceItsOwnLogits) {
+  for (auto format : {WeightQuantization::Format::kNone, WeightQuantization::Format::kInt8}) {
+    LocalEngineOptions o;
+    o.model_dir = MakeModel("v2-tiny", DType::kBF16);
+    o.cache_tokens = 512;
+    o.threads = 2;
+    o.quantization.format = format;
+    auto e = LocalEngine::Open(o);
+    ASSERT_TRUE(e.ok()) << e.status();
+    const int64_t V = (*e)->config().vocab_size;
+    std::vector<std::vector<int32_t>> prompts(4);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      prompts[i].resize(5 + 9 * i);
+      for (size_t t = 0; t < prompts[i].size(); ++t) {
+        prompts[i][t] = static_cast<int32_t>(7 + 89 * i + 37 * t);
+      }
+    }
+    // Sequence 1 wants every row; the others their last row only.
+    const auto wants_all = [](size_t i) { return i == 1; };
+    static const int32_t kNext[1] = {99};
+    std::vector<std::array<std::vector<float>, 2>> alone(prompts.size());
+    StepOutput out;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      SequenceCache seq;
+      StepSequence s{&seq, prompts[i], wants_all(i)};
+      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&s, 1), &out).ok());
+      alone[i][0] = out.logits[0];
+      StepSequence d{&seq, kNext, false};
+      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&d, 1), &out).ok());
+      alone[i][1] = out.logits[0];
+      (*e)->cache().Release(seq);
+    }
+    std::vector<SequenceCache> seqs(prompts.size());
+    std::vector<StepSequence> batch;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      batch.push_back({&seqs[i], prompts[i], wants_all(i)});
+    }
+    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
+    ASSERT_EQ(out.logits.size(), prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const size_t rows = wants_all(i) ? prompts[i].size() : 1;
+      EXPECT_EQ(out.logits[i].size(), rows * V) << i;
+      EXPECT_TRUE(out.logits[i] == alone[i][0]) << WeightFormatName(format) << " prefill " << i;
+    }
+    // The sequences' logits differ from each other (so a mix-up would show).
+    EXPECT_FALSE(out.logits[0] == out.logits[2]);
+    batch.clear();
+    for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], kNext, false});
+    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(out.logits[i].size(), static_cast<size_t>(V)) << i;
+      EXPECT_TRUE(out.logits[i] == alone[i][1]) << WeightFormatName(format) << " decode " << i;
+      (*e)->cache().Release(seqs[i]);
+    }
+  }
+}
+
 TEST(LayerLoopTest, RejectsBadTokensAndPositionsWithoutChangingTheCache) {
   LocalEngineOptions o;
   o.model_dir = MakeModel("v2-tiny", DType::kF32);
