@@ -14,16 +14,14 @@
 // group sums in group order, converted to f32 (exact: |sum| < 2^24) and
 // accumulated as fma(sum, scale * d, lane).
 //
-// Tiles: GEMV 1 row x 4 (int8) or 8 (int4) columns; 2-3 rows: 2 x 2 and 1 x 2 tiles (weights'
-// integer work shared by the rows); 4 rows or more: the rows go across the lanes instead
-// (LaneBlock below: no per-group shuffle tree). A block that would read past a row's end
+// Tiles: GEMV 1 row x 4 (int8) or 8 (int4) columns; GEMM 4 rows x 2 columns (weights' integer
+// work shared by the rows). A block that would read past a row's end
 // (the last one, when K is not a multiple of 256 / 128 elements) copies its
 // bytes and scales into zeroed scratch first.
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "kernels/cpu/qgemm_internal.h"
 #include "kernels/cpu/simd_internal.h"
@@ -232,182 +230,6 @@ DSV2_AVX512_VNNI void RowTiles(const QGemmOperands& op, size_t m, size_t n_begin
   if (n < n_end) Tile<F, R, 1>(op, m, n);
 }
 
-// ---------------------------------------------------------------------------
-// GEMM with the rows of x in the lanes (blocks of at least kLaneMinRows
-// rows). The tiles above form a group's sum inside one row's vector and
-// then add its int32 lanes up with shuffles, for every (row, column): at 4
-// rows that tree costs more than the VPDPBUSDs. Here x's rows go across the
-// 16 int32 lanes instead: for group g and dword k (elements 4k..4k+3), lane
-// r holds row r's 4 bytes, and the weight dword is broadcast to every lane,
-// so 8 VPDPBUSDs leave each lane holding its row's whole group sum: no
-// horizontal work.
-//   int8: x is the unsigned operand (qx + 128) and w the signed one, so a
-//     lane holds sum(qx w) + 128 sum(w); lane 15 holds qx = 0 (bytes 128),
-//     i.e. exactly 128 sum(w), taken off every lane. 15 rows per pass; a
-//     last partial group's missing weights are zero-filled scratch.
-//   int4: the nibbles (q + 8, unsigned; byte b of a group holds elements b
-//     and b + 16) against qx (signed), then 8 sum(qx) of the row's group
-//     (QuantizedActivations::sum8) taken off. 16 rows per pass.
-// The f32 steps are the reference's per output element: c = scale * d,
-// lane accumulator L[g mod 8] (one zmm per g mod 8, lanes = rows) =
-// fma(sum, c, L), then ((L0 + L4) + (L2 + L6)) + ((L1 + L5) + (L3 + L7)).
-// Groups past the last (padding) are skipped: the reference's fma(0, 0, L)
-// there leaves L as it is (L is never -0).
-constexpr size_t kLaneMinRows = 4;  // below this the row tiles above are faster
-
-template <bool kInt4>
-constexpr size_t LaneRows() {
-  return kInt4 ? 16 : 15;
-}
-
-// x of rows [m, m + rows) packed for the lanes: xp[g][k] is a zmm (16
-// dwords, lane r = elements 4k..4k+3 of row m + r's group g; int8: XOR 0x80,
-// lanes >= rows 0x80808080; int4: as is, lanes >= rows 0), dp[g] the rows'
-// d, sp[g] (int4) their 8 sum(qx) (0 past rows).
-struct LanePack {
-  std::vector<uint32_t> xp;  // [groups][8][16]
-  std::vector<float> dp;     // [groups][16]
-  std::vector<int32_t> sp;   // [groups][16]
-};
-thread_local LanePack tls_lane_pack;
-
-template <bool kInt4>
-void PackLanes(const QuantizedActivations& xq, size_t m, size_t rows, size_t groups, LanePack& p) {
-  const uint32_t flip = kInt4 ? 0u : 0x80808080u;
-  p.xp.assign(groups * 8 * 16, flip);
-  p.dp.assign(groups * 16, 0.0f);
-  p.sp.assign(kInt4 ? groups * 16 : 0, 0);
-  for (size_t r = 0; r < rows; ++r) {
-    const uint8_t* q = reinterpret_cast<const uint8_t*>(xq.q + (m + r) * xq.ldq);
-    const float* d = xq.d + (m + r) * xq.ldd;
-    for (size_t g = 0; g < groups; ++g) {
-      for (size_t k = 0; k < 8; ++k) {
-        // Where elements 4k..4k+3 of group g are (qgemm_dot_scalar.cc's XByte).
-        const size_t at =
-            kInt4 ? g / 4 * 128 + (k < 4 ? 0 : 64) + g % 4 * 16 + 4 * (k % 4) : g * kGroup + 4 * k;
-        uint32_t v;
-        std::memcpy(&v, q + at, 4);
-        p.xp[(g * 8 + k) * 16 + r] = v ^ flip;
-      }
-      p.dp[g * 16 + r] = d[g];
-      if constexpr (kInt4) p.sp[g * 16 + r] = xq.sum8[(m + r) * xq.ldd + g];
-    }
-  }
-}
-
-// Columns [n, n + C) against the packed rows; writes y rows [m, m + rows).
-template <bool kInt4, int C>
-DSV2_AVX512_VNNI void LaneTile(const QGemmOperands& op, const LanePack& p, size_t m, size_t rows,
-                               size_t n) {
-  const size_t K = op.K;
-  const size_t groups = QuantGroupsPerRow(K);
-  const size_t full = K / kGroup;  // int8: groups with all 32 weight bytes in the row
-  const __m512i lane15 = _mm512_set1_epi32(15);
-  __m512 acc[C][8];
-#pragma GCC unroll 8
-  for (int c = 0; c < C; ++c) {
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; ++j) acc[c][j] = _mm512_setzero_ps();
-  }
-  // The group's weight bytes as VPDPBUSD reads them: int8 as stored (or
-  // zero-filled scratch), int4 as 32 nibble bytes (elements 0-15, 16-31).
-  alignas(32) uint8_t wbuf[C][kGroup];
-  for (size_t g0 = 0; g0 < groups; g0 += 8) {
-    const size_t jn = groups - g0 < 8 ? groups - g0 : 8;
-    // The 8 groups' scales of each column, as f32 (zero past the last group).
-    alignas(32) float s8[C][8];
-#pragma GCC unroll 4
-    for (int c = 0; c < C; ++c) {
-      alignas(16) uint16_t sbuf[8] = {};
-      std::memcpy(sbuf, op.scales + (n + c) * op.lds + g0, jn * sizeof(uint16_t));
-      _mm256_store_ps(s8[c],
-                      _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(sbuf))));
-    }
-#pragma GCC unroll 8
-    for (size_t j = 0; j < 8; ++j) {
-      if (j >= jn) break;
-      const size_t g = g0 + j;
-      const uint8_t* w[C];
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        if constexpr (kInt4) {
-          const __m128i v = _mm_loadu_si128(
-              reinterpret_cast<const __m128i*>(op.q + (n + c) * op.ldq + g * (kGroup / 2)));
-          const __m128i mask = _mm_set1_epi8(0x0f);
-          _mm_store_si128(reinterpret_cast<__m128i*>(wbuf[c]), _mm_and_si128(v, mask));
-          _mm_store_si128(reinterpret_cast<__m128i*>(wbuf[c] + 16),
-                          _mm_and_si128(_mm_srli_epi16(v, 4), mask));
-          w[c] = wbuf[c];
-        } else {
-          w[c] = op.q + (n + c) * op.ldq + g * kGroup;
-          if (g >= full) {  // the last, partial group: its bytes, zero-filled
-            std::memset(wbuf[c], 0, kGroup);
-            std::memcpy(wbuf[c], w[c], K - g * kGroup);
-            w[c] = wbuf[c];
-          }
-        }
-      }
-      // Four independent VPDPBUSD chains per column (dwords k and k + 4),
-      // so their latency overlaps; integer sums are exact in any order.
-      __m512i part[C][4];
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; ++i) part[c][i] = _mm512_setzero_si512();
-      }
-      const uint32_t* xg = p.xp.data() + g * 8 * 16;
-#pragma GCC unroll 8
-      for (int k = 0; k < 8; ++k) {
-        const __m512i xk = _mm512_loadu_si512(xg + k * 16);
-#pragma GCC unroll 4
-        for (int c = 0; c < C; ++c) {
-          int32_t wd;
-          std::memcpy(&wd, w[c] + 4 * k, 4);
-          part[c][k % 4] = kInt4 ? _mm512_dpbusd_epi32(part[c][k % 4], _mm512_set1_epi32(wd), xk)
-                                 : _mm512_dpbusd_epi32(part[c][k % 4], xk, _mm512_set1_epi32(wd));
-        }
-      }
-      const __m512 d = _mm512_loadu_ps(p.dp.data() + g * 16);
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(part[c][0], part[c][1]),
-                                             _mm512_add_epi32(part[c][2], part[c][3]));
-        const __m512i off = kInt4 ? _mm512_loadu_si512(p.sp.data() + g * 16)
-                                  : _mm512_maskz_permutexvar_epi32(0xffff, lane15, sum);
-        const __m512i exact = _mm512_sub_epi32(sum, off);
-        const __m512 cg = _mm512_mul_ps(_mm512_set1_ps(s8[c][j]), d);
-        acc[c][j] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xffff, exact), cg, acc[c][j]);
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int c = 0; c < C; ++c) {
-    const __m512 a0 = _mm512_add_ps(acc[c][0], acc[c][4]);
-    const __m512 a1 = _mm512_add_ps(acc[c][1], acc[c][5]);
-    const __m512 a2 = _mm512_add_ps(acc[c][2], acc[c][6]);
-    const __m512 a3 = _mm512_add_ps(acc[c][3], acc[c][7]);
-    const __m512 total = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, total);
-    for (size_t r = 0; r < rows; ++r) op.y[(m + r) * op.ldy + n + c] = lanes[r];
-  }
-}
-
-template <bool kInt4>
-DSV2_AVX512_VNNI void LaneBlock(const QGemmOperands& op, size_t m_begin, size_t m_end,
-                                size_t n_begin, size_t n_end) {
-  const size_t groups = QuantGroupsPerRow(op.K);
-  LanePack& p = tls_lane_pack;
-  for (size_t m = m_begin; m < m_end; m += LaneRows<kInt4>()) {
-    const size_t rows = m_end - m < LaneRows<kInt4>() ? m_end - m : LaneRows<kInt4>();
-    PackLanes<kInt4>(*op.xq, m, rows, groups, p);
-    size_t n = n_begin;
-    for (; n + 2 <= n_end; n += 2) LaneTile<kInt4, 2>(op, p, m, rows, n);
-    if (n < n_end) LaneTile<kInt4, 1>(op, p, m, rows, n);
-  }
-}
-
-// Fewer than kLaneMinRows rows (LaneBlock takes the rest).
 template <typename F>
 DSV2_AVX512_VNNI void Block(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
                             size_t n_end) {
@@ -418,6 +240,7 @@ DSV2_AVX512_VNNI void Block(const QGemmOperands& op, size_t m_begin, size_t m_en
   for (size_t n = n_begin; n < n_end; n += 8) {
     const size_t n1 = n + 8 < n_end ? n + 8 : n_end;
     size_t m = m_begin;
+    for (; m + 4 <= m_end; m += 4) RowTiles<F, 4, 2>(op, m, n, n1);
     if (m + 2 <= m_end) {
       RowTiles<F, 2, 2>(op, m, n, n1);
       m += 2;
@@ -430,15 +253,8 @@ DSV2_AVX512_VNNI void Block(const QGemmOperands& op, size_t m_begin, size_t m_en
 
 void QGemmDotBlockAvx512(const QGemmOperands& op, size_t m_begin, size_t m_end, size_t n_begin,
                          size_t n_end) {
-  const bool lanes = m_end - m_begin >= kLaneMinRows;
   if (op.format == QuantFormat::kInt4) {
-    if (lanes) {
-      LaneBlock<true>(op, m_begin, m_end, n_begin, n_end);
-    } else {
-      Block<Int4>(op, m_begin, m_end, n_begin, n_end);
-    }
-  } else if (lanes) {
-    LaneBlock<false>(op, m_begin, m_end, n_begin, n_end);
+    Block<Int4>(op, m_begin, m_end, n_begin, n_end);
   } else {
     Block<Int8>(op, m_begin, m_end, n_begin, n_end);
   }
