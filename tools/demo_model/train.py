@@ -35,8 +35,10 @@ assistant's answer tokens and the closing EOS (a parallel mask over the packed r
 prompt, BOS and "Assistant:" carry no loss); --schedule const-decay keeps the learning rate constant
 after warm-up and decays it linearly over the last --decay-frac of the steps; --no-decay-embeddings
 leaves embed_tokens and lm_head out of weight decay; --save-every N --save-dir D saves D/step-N.
-CPU float arithmetic is not bitwise reproducible across CPUs
-(or thread counts), so a rerun reaches the same losses within noise, not the same bits.
+CPU float arithmetic is not bitwise reproducible, not even between runs on one machine (torch's
+threaded reductions): a rerun differs from step ~100 on, and because the copies of the prompt's
+name and object appear as sudden drops at a step that varies, a rerun does not yet always reach the
+shipped model's held-out rates (model/data/demo-stories/SOURCE.md, "Reproducibility").
 """
 
 import argparse
