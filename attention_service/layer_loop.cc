@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -316,12 +317,12 @@ void LayerLoop::Head(const MicroBatch& mb, StepOutput* out) {
   // (a row's result does not depend on the other rows, kernels/cpu.h).
   // A sequence that wants all its rows (prompt logprobs) gets its own.
   std::vector<float> normed;
-  std::vector<size_t> single;  // sequences wanting their last row only
+  std::vector<std::pair<size_t, int64_t>> single;  // (sequence, its last row): last row only
   int64_t r0 = 0;
   for (size_t s = 0; s < mb.seqs.size(); ++s) {
     const int64_t len = static_cast<int64_t>(mb.seqs[s].tokens.size());
     if (!mb.seqs[s].all_logits) {
-      single.push_back(s);
+      single.emplace_back(s, r0 + len - 1);
       r0 += len;
       continue;
     }
@@ -338,18 +339,12 @@ void LayerLoop::Head(const MicroBatch& mb, StepOutput* out) {
   if (single.empty()) return;
   const int64_t count = static_cast<int64_t>(single.size());
   normed.resize(count * D);
-  std::vector<int64_t> last_row(mb.seqs.size());
-  r0 = 0;
-  for (size_t s = 0; s < mb.seqs.size(); ++s) {
-    r0 += static_cast<int64_t>(mb.seqs[s].tokens.size());
-    last_row[s] = r0 - 1;
-  }
   for (int64_t i = 0; i < count; ++i) {
-    kernels::RmsNorm(&mb.rows.x[last_row[single[i]] * D], weights_.final_norm().data(), D, eps,
-                     act_, &normed[i * D]);
+    kernels::RmsNorm(&mb.rows.x[single[i].second * D], weights_.final_norm().data(), D, eps, act_,
+                     &normed[i * D]);
   }
   if (count == 1) {
-    std::vector<float>& logits = out->logits[mb.first + single[0]];
+    std::vector<float>& logits = out->logits[mb.first + single[0].first];
     logits.resize(V);
     Linear(normed.data(), 1, weights_.lm_head(), logits.data(), false);
     return;
@@ -357,7 +352,7 @@ void LayerLoop::Head(const MicroBatch& mb, StepOutput* out) {
   std::vector<float> all(count * V);
   Linear(normed.data(), count, weights_.lm_head(), all.data(), false);
   for (int64_t i = 0; i < count; ++i) {
-    out->logits[mb.first + single[i]].assign(all.begin() + i * V, all.begin() + (i + 1) * V);
+    out->logits[mb.first + single[i].first].assign(all.begin() + i * V, all.begin() + (i + 1) * V);
   }
 }
 

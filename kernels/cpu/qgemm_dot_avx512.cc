@@ -173,15 +173,8 @@ DSV2_AVX512_VNNI void Tile(const QGemmOperands& op, size_t m, size_t n) {
       typename F::Prepared pw;
       __m256 scale;
       if (whole) {
-        if constexpr (R == 1) {
-          // GEMV: the rows stream from DRAM; ask for them ahead (past a row's
-          // end a prefetch reads the next row or nothing: it never faults).
-          const uint8_t* ahead = F::kPrefetchBytes > 0 ? qrow + byte0 + F::kPrefetchBytes
-                                                        : qrow + C * op.ldq + byte0;
-#pragma GCC unroll 4
-          for (size_t b = 0; b < F::kBlockBytes; b += 64) {
-            _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
-          }
+        if constexpr (R == 1) {  // GEMV: the rows stream from DRAM
+          PrefetchGemvBlock(qrow, byte0, F::kBlockBytes, F::kPrefetchBytes, C, op.ldq);
         }
         F::Prepare(qrow + byte0, pw);
         scale = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + g0)));

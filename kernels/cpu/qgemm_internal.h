@@ -42,6 +42,20 @@ struct QuantizedActivations {
 // G8 of the layout above.
 constexpr size_t GroupsPadded8(size_t K) { return (QuantGroupsPerRow(K) + 7) / 8 * 8; }
 
+// GEMV weight prefetch, shared by the integer-dot kernels of every ISA: for
+// the block of `block_bytes` at byte0 of a tile's first weight row qrow,
+// asks for the same row `ahead_bytes` further on, or (ahead_bytes = 0) the
+// next tile's rows (tile_cols rows of stride ldq further) at the same
+// place. Past a row's end it reads the next row or nothing: a prefetch
+// never faults.
+inline void PrefetchGemvBlock(const uint8_t* qrow, size_t byte0, size_t block_bytes,
+                              size_t ahead_bytes, size_t tile_cols, size_t ldq) {
+  const uint8_t* ahead =
+      ahead_bytes > 0 ? qrow + byte0 + ahead_bytes : qrow + tile_cols * ldq + byte0;
+#pragma GCC unroll 4
+  for (size_t b = 0; b < block_bytes; b += 64) __builtin_prefetch(ahead + b, 0, 3);
+}
+
 // X ([M, K], row stride ldx, K > 0) quantized into the layout above for
 // weights of `format` (cpu.h gives the arithmetic), owning its arrays. One
 // implementation (qgemm_dot_scalar.cc) for every ISA and for QGemmReference,

@@ -3,10 +3,12 @@
 #include <array>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <optional>
 #include <random>
+#include <string>
 #include <tuple>
 
 #include "attention_service/expert_backend.h"
@@ -128,6 +130,70 @@ TEST(LayerLoopTest, ChunkBoundariesAcrossKeyBlocksChangeNoBit) {
   }
 }
 
+// `count` prompts, prompt i of len0 + len_step * i tokens
+// t0 + seq_step * i + tok_step * t.
+std::vector<std::vector<int32_t>> MakePrompts(size_t count, size_t len0, size_t len_step,
+                                              int32_t t0, int32_t seq_step, int32_t tok_step) {
+  std::vector<std::vector<int32_t>> prompts(count);
+  for (size_t i = 0; i < count; ++i) {
+    prompts[i].resize(len0 + len_step * i);
+    for (size_t t = 0; t < prompts[i].size(); ++t) {
+      prompts[i][t] = static_cast<int32_t>(t0 + seq_step * static_cast<int32_t>(i) +
+                                           tok_step * static_cast<int32_t>(t));
+    }
+  }
+  return prompts;
+}
+
+// Steps every prompt alone (prefill, then the one token `next`), then all of
+// them in one batch (prefill, then `next` each), and expects each
+// sequence's logits of the batch to be bitwise those it had alone, with the
+// right number of rows. Sequence i's prefill wants every row when
+// prefill_all(i); its decode when decode_all.
+void ExpectBatchEqualsEachAlone(LocalEngine& e, const std::vector<std::vector<int32_t>>& prompts,
+                                const std::function<bool(size_t)>& prefill_all, bool decode_all,
+                                int32_t next, const std::string& label) {
+  const size_t V = static_cast<size_t>(e.config().vocab_size);
+  const int32_t next_token[1] = {next};
+  // [sequence][0 prefill, 1 decode] -> logits
+  std::vector<std::array<std::vector<float>, 2>> alone(prompts.size());
+  StepOutput out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SequenceCache seq;
+    StepSequence s{&seq, prompts[i], prefill_all(i)};
+    ASSERT_TRUE(e.loop().Step(std::span<StepSequence>(&s, 1), &out).ok());
+    alone[i][0] = out.logits[0];
+    StepSequence d{&seq, next_token, decode_all};
+    ASSERT_TRUE(e.loop().Step(std::span<StepSequence>(&d, 1), &out).ok());
+    alone[i][1] = out.logits[0];
+    e.cache().Release(seq);
+  }
+  std::vector<SequenceCache> seqs(prompts.size());
+  std::vector<StepSequence> batch;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    batch.push_back({&seqs[i], prompts[i], prefill_all(i)});
+  }
+  ASSERT_TRUE(e.loop().Step(std::span<StepSequence>(batch), &out).ok());
+  ASSERT_EQ(out.logits.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const size_t rows = prefill_all(i) ? prompts[i].size() : 1;
+    EXPECT_EQ(out.logits[i].size(), rows * V) << label << " prefill " << i;
+    EXPECT_TRUE(out.logits[i] == alone[i][0]) << label << " prefill " << i;
+    // The sequences' logits differ from each other (so a mix-up would show).
+    if (i > 0) {
+      EXPECT_FALSE(out.logits[i] == out.logits[0]) << label << " prefill " << i;
+    }
+  }
+  batch.clear();
+  for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], next_token, decode_all});
+  ASSERT_TRUE(e.loop().Step(std::span<StepSequence>(batch), &out).ok());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(out.logits[i].size(), V) << label << " decode " << i;  // one new token
+    EXPECT_TRUE(out.logits[i] == alone[i][1]) << label << " decode " << i;
+    e.cache().Release(seqs[i]);
+  }
+}
+
 // Load-time quantization (issue 13) keeps row invariance: with int8 and
 // int4 weights, every logit of a step over three sequences (prefill, then
 // one decode token each) is bitwise the logit of that sequence stepped
@@ -142,41 +208,9 @@ TEST(LayerLoopTest, QuantizedBatchOfSequencesEqualsEachAlone) {
     auto e = LocalEngine::Open(o);
     ASSERT_TRUE(e.ok()) << e.status();
     ASSERT_TRUE((*e)->weights().layer(0).attn.o_proj.quant.has_value());
-    std::vector<std::vector<int32_t>> prompts(3);
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      prompts[i].resize(7 + 13 * i);
-      for (size_t t = 0; t < prompts[i].size(); ++t) {
-        prompts[i][t] = static_cast<int32_t>(11 + 97 * i + 31 * t);
-      }
-    }
-    static const int32_t kNext[1] = {42};
-    // [sequence][0 prefill, 1 decode] -> logits
-    std::vector<std::array<std::vector<float>, 2>> alone(prompts.size());
-    StepOutput out;
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      SequenceCache seq;
-      StepSequence s{&seq, prompts[i], true};
-      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&s, 1), &out).ok());
-      alone[i][0] = out.logits[0];
-      StepSequence d{&seq, kNext, true};
-      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&d, 1), &out).ok());
-      alone[i][1] = out.logits[0];
-      (*e)->cache().Release(seq);
-    }
-    std::vector<SequenceCache> seqs(prompts.size());
-    std::vector<StepSequence> batch;
-    for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], prompts[i], true});
-    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      EXPECT_TRUE(out.logits[i] == alone[i][0]) << WeightFormatName(format) << " prefill " << i;
-    }
-    batch.clear();
-    for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], kNext, true});
-    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      EXPECT_TRUE(out.logits[i] == alone[i][1]) << WeightFormatName(format) << " decode " << i;
-      (*e)->cache().Release(seqs[i]);
-    }
+    ExpectBatchEqualsEachAlone(
+        **e, MakePrompts(3, 7, 13, 11, 97, 31), [](size_t) { return true; }, true, 42,
+        WeightFormatName(format));
   }
 }
 
@@ -192,51 +226,10 @@ TEST(LayerLoopTest, SharedLmHeadProductGivesEachSequenceItsOwnLogits) {
     o.quantization.format = format;
     auto e = LocalEngine::Open(o);
     ASSERT_TRUE(e.ok()) << e.status();
-    const int64_t V = (*e)->config().vocab_size;
-    std::vector<std::vector<int32_t>> prompts(4);
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      prompts[i].resize(5 + 9 * i);
-      for (size_t t = 0; t < prompts[i].size(); ++t) {
-        prompts[i][t] = static_cast<int32_t>(7 + 89 * i + 37 * t);
-      }
-    }
     // Sequence 1 wants every row; the others their last row only.
-    const auto wants_all = [](size_t i) { return i == 1; };
-    static const int32_t kNext[1] = {99};
-    std::vector<std::array<std::vector<float>, 2>> alone(prompts.size());
-    StepOutput out;
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      SequenceCache seq;
-      StepSequence s{&seq, prompts[i], wants_all(i)};
-      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&s, 1), &out).ok());
-      alone[i][0] = out.logits[0];
-      StepSequence d{&seq, kNext, false};
-      ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(&d, 1), &out).ok());
-      alone[i][1] = out.logits[0];
-      (*e)->cache().Release(seq);
-    }
-    std::vector<SequenceCache> seqs(prompts.size());
-    std::vector<StepSequence> batch;
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      batch.push_back({&seqs[i], prompts[i], wants_all(i)});
-    }
-    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
-    ASSERT_EQ(out.logits.size(), prompts.size());
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      const size_t rows = wants_all(i) ? prompts[i].size() : 1;
-      EXPECT_EQ(out.logits[i].size(), rows * V) << i;
-      EXPECT_TRUE(out.logits[i] == alone[i][0]) << WeightFormatName(format) << " prefill " << i;
-    }
-    // The sequences' logits differ from each other (so a mix-up would show).
-    EXPECT_FALSE(out.logits[0] == out.logits[2]);
-    batch.clear();
-    for (size_t i = 0; i < prompts.size(); ++i) batch.push_back({&seqs[i], kNext, false});
-    ASSERT_TRUE((*e)->loop().Step(std::span<StepSequence>(batch), &out).ok());
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      EXPECT_EQ(out.logits[i].size(), static_cast<size_t>(V)) << i;
-      EXPECT_TRUE(out.logits[i] == alone[i][1]) << WeightFormatName(format) << " decode " << i;
-      (*e)->cache().Release(seqs[i]);
-    }
+    ExpectBatchEqualsEachAlone(
+        **e, MakePrompts(4, 5, 9, 7, 89, 37), [](size_t i) { return i == 1; }, false, 99,
+        WeightFormatName(format));
   }
 }
 
