@@ -31,8 +31,20 @@ struct DataPlaneExpertBackend::Pending {
   std::vector<uint64_t> tickets;       // per plan.shards entry; 0 = done
   std::vector<uint64_t> request_ids;   // per plan.shards entry
   std::vector<std::byte> outputs;      // assignments x hidden x dtype size
+  // Per dispatch assignment: its output row arrived. A re-send plans only
+  // the others (the rows of the shards that failed, went silent or were on
+  // another placement version).
+  std::vector<uint8_t> answered;
   int attempts = 0;
 };
+
+namespace {
+
+// A silent shard's reply is waited for in slices this long; between slices
+// the backend looks for a newer placement without that shard.
+constexpr absl::Duration kSilenceSlice = absl::Milliseconds(20);
+
+}  // namespace
 
 DataPlaneExpertBackend::DataPlaneExpertBackend(transport::DataPlaneClient& client,
                                                RemoteExpertsOptions options)
@@ -55,6 +67,11 @@ absl::Status DataPlaneExpertBackend::SetPlacement(const router::Placement& place
   }
   {
     absl::MutexLock lock(&mu_);
+    if (absl::Status st = router::CheckPlacementVersionJump(
+            placement_ != nullptr ? placement_->placement.version : 0, placement.version);
+        !st.ok()) {
+      return st;
+    }
     if (placement_ != nullptr && placement.version < placement_->placement.version) {
       return absl::FailedPreconditionError(
           absl::StrCat("placement version ", placement.version, " is older than the current ",
@@ -98,9 +115,20 @@ DataPlaneExpertBackend::placement() const {
   return placement_;
 }
 
-uint32_t DataPlaneExpertBackend::placement_version() const {
+uint64_t DataPlaneExpertBackend::placement_version() const {
   absl::MutexLock lock(&mu_);
   return placement_ ? placement_->placement.version : 0;
+}
+
+bool DataPlaneExpertBackend::NewerPlacementWithout(uint64_t planned, int32_t shard) const {
+  absl::MutexLock lock(&mu_);
+  if (placement_ == nullptr || placement_->placement.version <= planned) return false;
+  const router::Placement& pl = placement_->placement;
+  if (shard >= pl.num_shards) return true;
+  for (const std::vector<int32_t>& replicas : pl.replicas) {
+    if (std::find(replicas.begin(), replicas.end(), shard) != replicas.end()) return false;
+  }
+  return true;
 }
 
 bool DataPlaneExpertBackend::ready() const {
@@ -122,8 +150,26 @@ absl::Status DataPlaneExpertBackend::SendParts(Pending& p) {
     return absl::UnavailableError("no expert placement yet");
   }
   const router::ExpertDispatch& d = p.dispatch;
-  DSV2_ASSIGN_OR_RETURN(p.plan, router::Plan(d.assignments, d.num_rows, p.state->placement,
-                                             p.context.replica_key));
+  if (p.answered.empty()) {
+    p.answered.assign(d.assignments.size(), 0);
+    DSV2_ASSIGN_OR_RETURN(
+        p.plan, router::Plan(d.assignments, d.num_rows, p.state->placement, p.context.replica_key));
+  } else {
+    // A re-send: only what is still unanswered, mapped back to the
+    // dispatch's assignment indices.
+    std::vector<router::Assignment> todo;
+    std::vector<int32_t> index;
+    for (size_t i = 0; i < d.assignments.size(); ++i) {
+      if (p.answered[i]) continue;
+      todo.push_back(d.assignments[i]);
+      index.push_back(static_cast<int32_t>(i));
+    }
+    DSV2_ASSIGN_OR_RETURN(
+        p.plan, router::Plan(todo, d.num_rows, p.state->placement, p.context.replica_key));
+    for (router::ShardDispatch& part : p.plan.shards) {
+      for (int32_t& s : part.source) s = index[s];
+    }
+  }
   p.tickets.assign(p.plan.shards.size(), 0);
   p.request_ids.assign(p.plan.shards.size(), 0);
   ++p.attempts;
@@ -162,6 +208,9 @@ absl::Status DataPlaneExpertBackend::SendParts(Pending& p) {
   absl::MutexLock lock(&mu_);
   stats_.shard_requests += static_cast<int64_t>(p.plan.shards.size());
   stats_.request_bytes += bytes;
+  for (const router::ShardDispatch& part : p.plan.shards) {
+    stats_.resent_assignments += p.attempts > 1 ? static_cast<int64_t>(part.source.size()) : 0;
+  }
   return absl::OkStatus();
 }
 
@@ -227,7 +276,20 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
         continue;
       }
       if (p->tickets[i] == 0) continue;  // done
-      absl::StatusOr<std::vector<std::byte>> bytes = client_.Wait(p->tickets[i], p->deadline);
+      // Waited in slices: a newer placement without this shard (the
+      // coordinator removed it: dead, hung or partitioned) is used at once
+      // instead of waiting out the deadline.
+      absl::StatusOr<std::vector<std::byte>> bytes;
+      while (true) {
+        bytes = client_.Poll(p->tickets[i], std::min(p->deadline, absl::Now() + kSilenceSlice));
+        if (bytes.ok() || !absl::IsDeadlineExceeded(bytes.status())) break;
+        if (absl::Now() >= p->deadline ||
+            NewerPlacementWithout(p->plan.placement_version, p->plan.shards[i].shard)) {
+          client_.Forget(p->tickets[i]);
+          bytes = absl::UnavailableError("silent");
+          break;
+        }
+      }
       p->tickets[i] = 0;
       if (!bytes.ok()) {
         p->request_ids[i] = 0;
@@ -266,13 +328,14 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
       for (size_t a = 0; a < part.source.size(); ++a) {
         std::memcpy(p->outputs.data() + static_cast<size_t>(part.source[a]) * row_bytes,
                     reply->outputs.data() + a * row_bytes, row_bytes);
+        p->answered[part.source[a]] = 1;
       }
     }
     if (failed_shards.empty() && !stale) break;
 
     // Re-plan: wait for a newer placement (a dead shard) or back off (a
     // stale version on one side), within the dispatch's deadline.
-    const uint32_t planned = p->plan.placement_version;
+    const uint64_t planned = p->plan.placement_version;
     bool newer = false;
     {
       absl::MutexLock lock(&mu_);
@@ -299,7 +362,7 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
       absl::MutexLock lock(&mu_);
       ++stats_.resends;
     }
-    // Everything is re-sent: a newer plan may move any assignment.
+    // Only the unanswered assignments are re-planned and re-sent.
     if (absl::Status st = SendParts(*p); !st.ok()) return fail(st);
   }
   router::ExpertReply out;

@@ -50,6 +50,9 @@ struct RemoteExpertsStats {
   int64_t dispatches = 0;       // Send calls
   int64_t shard_requests = 0;   // wire requests sent (re-sends included)
   int64_t resends = 0;          // dispatches re-planned and re-sent
+  // Assignments carried by re-sends: only those not yet answered (the rows
+  // of failed, silent or stale shards) are re-sent.
+  int64_t resent_assignments = 0;
   int64_t failures = 0;         // Waits that returned an error
   int64_t request_bytes = 0;    // wire bytes sent
   int64_t reply_bytes = 0;      // wire bytes received
@@ -73,7 +76,7 @@ class DataPlaneExpertBackend : public ExpertBackend {
   absl::Status SetPlacement(const router::Placement& placement,
                             const std::vector<std::string>& shard_addresses);
   // 0 before the first placement.
-  uint32_t placement_version() const;
+  uint64_t placement_version() const;
   // Whether a complete placement is set (requests can be served).
   bool ready() const;
 
@@ -93,6 +96,9 @@ class DataPlaneExpertBackend : public ExpertBackend {
   // Plans `p` over the current placement and sends every part.
   absl::Status SendParts(Pending& p);
   std::shared_ptr<const PlacementState> placement() const;
+  // Whether a placement newer than `planned` is set and holds nothing on
+  // `shard` (the coordinator removed it).
+  bool NewerPlacementWithout(uint64_t planned, int32_t shard) const;
 
   transport::DataPlaneClient& client_;
   const RemoteExpertsOptions options_;

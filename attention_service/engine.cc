@@ -27,7 +27,7 @@ struct AttentionEngine::Command {
   GenerationRequest request;  // kAdd
   uint64_t id = 0;            // kCancel
   std::shared_ptr<RequestStream> stream;
-  absl::Status result;
+  absl::Status result;  // kAdd: the admission result; kFailAll: the error to end with
   bool found = false;
   absl::Notification done;
 };
@@ -82,8 +82,20 @@ bool AttentionEngine::Drain(absl::Duration timeout) {
   }
   auto cmd = std::make_shared<Command>();
   cmd->kind = Command::Kind::kFailAll;
+  cmd->result = absl::UnavailableError("attention node is shutting down");
   inbox_.push_back(std::move(cmd));
   return false;
+}
+
+void AttentionEngine::HandOff() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  stats_.draining = true;
+  auto cmd = std::make_shared<Command>();
+  cmd->kind = Command::Kind::kFailAll;
+  cmd->result = absl::AbortedError(
+      "attention node is leaving: the request is handed back to be resumed on another node");
+  inbox_.push_back(std::move(cmd));
 }
 
 void AttentionEngine::Shutdown() {
@@ -162,7 +174,7 @@ void AttentionEngine::Run() {
           break;
         }
         case Command::Kind::kFailAll:
-          scheduler_.FailAll(absl::UnavailableError("attention node is shutting down"), &events);
+          scheduler_.FailAll(c->result, &events);
           break;
       }
       c->done.Notify();

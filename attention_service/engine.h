@@ -71,6 +71,10 @@ class AttentionEngine {
   // request finished or `timeout` passed; then fails what is left with
   // Unavailable. Returns whether everything finished.
   bool Drain(absl::Duration timeout);
+  // Stops admitting and ends every live request at once with Aborted: the
+  // node is leaving and its coordinator resumes them on other nodes
+  // (DESIGN.md section 9, rolling updates).
+  void HandOff();
   // Drains with zero timeout and joins the engine thread. Idempotent.
   void Shutdown();
 

@@ -54,6 +54,7 @@ int Main(int argc, char** argv) {
     if (node.expert_shards.empty()) return flags.UsageError("--expert-shards lists no address");
   }
   service::ApplyCommonFlags(node.common, &serve);
+  node.hand_off_on_drain = serve.coordinator.has_value();
 
   absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> process = AttentionNodeProcess::Create(node);
   if (!process.ok()) return service::StartupFailure(serve.binary, process.status().message());

@@ -39,6 +39,7 @@ struct AttentionNodeProcess::Parts {
   std::unique_ptr<AttentionEngine> engine;
   std::unique_ptr<AttentionNodeServer> server;
   int threads = 1;
+  bool hand_off_on_drain = false;
 };
 
 namespace {
@@ -83,6 +84,7 @@ void ExportEngineStats(const AttentionEngine& engine, const DataPlaneExpertBacke
 absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Create(
     const AttentionNodeOptions& options) {
   auto p = std::make_unique<Parts>();
+  p->hand_off_on_drain = options.hand_off_on_drain;
   p->threads = options.common.threads;
   DSV2_ASSIGN_OR_RETURN(p->config, LoadModelConfig(options.model_dir + "/config.json"));
   const router::GateParams gate = router::GateParams::FromConfig(p->config);
@@ -170,7 +172,10 @@ void AttentionNodeProcess::FillHeartbeat(internal::HeartbeatRequest* hb) const {
   hb->set_waiting(static_cast<int32_t>(st.scheduler.waiting));
 }
 
-bool AttentionNodeProcess::Drain(absl::Duration timeout) { return parts_->engine->Drain(timeout); }
+bool AttentionNodeProcess::Drain(absl::Duration timeout) {
+  if (parts_->hand_off_on_drain) parts_->engine->HandOff();
+  return parts_->engine->Drain(timeout);
+}
 
 void AttentionNodeProcess::Shutdown() {
   if (parts_->engine) parts_->engine->Shutdown();

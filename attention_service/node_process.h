@@ -38,6 +38,10 @@ struct AttentionNodeOptions {
   absl::Duration dispatch_timeout = absl::Seconds(10);  // one dispatch, re-sends included
   int64_t micro_batch_min_rows = 32;      // two ping-pong micro-batches from here; 0 = never
   service::CommonFlags common;            // threads, ISA, host, metrics port, UCX
+  // On SIGTERM, hand live requests back (Aborted) for the coordinator to
+  // resume on other nodes, instead of finishing them here (set when the
+  // node has a coordinator).
+  bool hand_off_on_drain = false;
 };
 
 class AttentionNodeProcess final : public service::ServedProcess {

@@ -113,6 +113,7 @@ grpc::Status AttentionNodeServer::Submit(grpc::ServerContext* ctx,
   r.sampling.top_p = req->sampling().top_p() == 0.0f ? 1.0f : req->sampling().top_p();
   r.sampling.seed = req->sampling().seed();
   r.max_tokens = req->max_tokens();
+  r.output_offset = req->output_offset();
   r.ignore_eos = req->ignore_eos();
   r.stop_token_ids.assign(req->stop_token_ids().begin(), req->stop_token_ids().end());
   if (req->has_logprobs()) {

@@ -99,6 +99,11 @@ absl::Status Scheduler::Add(GenerationRequest request) {
                                                    " must be in [0, ", kMaxTopLogprobs,
                                                    "] (or -1 for none)"));
   }
+  if (request.output_offset < 0 || request.output_offset >= num_prompt) {
+    return absl::InvalidArgumentError(absl::StrCat("output_offset = ", request.output_offset,
+                                                   " must be in [0, prompt length ", num_prompt,
+                                                   ")"));
+  }
   if (live_ids_.contains(request.id)) {
     return absl::AlreadyExistsError(absl::StrCat("request ", request.id, " is already live"));
   }
@@ -223,7 +228,8 @@ void Scheduler::PreemptYoungest() {
 bool Scheduler::SampleAndEmit(Sequence& seq, const std::vector<float>& logits,
                               std::vector<SequenceEvent>* events) {
   const int64_t position = seq.num_generated();
-  const int32_t token = SampleToken(logits, seq.request.sampling, static_cast<uint64_t>(position));
+  const int32_t token = SampleToken(logits, seq.request.sampling,
+                                    static_cast<uint64_t>(seq.request.output_offset + position));
   seq.tokens.push_back(token);
   SequenceEvent e;
   e.id = seq.request.id;

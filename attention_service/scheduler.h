@@ -58,6 +58,12 @@ struct GenerationRequest {
   // -1: no log-probabilities; 0..kMaxTopLogprobs: each event carries the
   // sampled token's logprob and this many most likely alternatives.
   int32_t logprobs = -1;
+  // Output position of the first token this request samples, >= 0 and
+  // < the prompt length: non-zero for a request resumed on another node
+  // (the prompt then ends with the output_offset tokens already streamed).
+  // The sampler is keyed by (seed, output_offset + i), so a resumed request
+  // samples what the undisturbed one would have.
+  int64_t output_offset = 0;
 };
 
 enum class FinishReason { kNone, kLength, kEos, kStop };

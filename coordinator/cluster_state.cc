@@ -3,14 +3,43 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "model/sampling.h"
+#include "re2/re2.h"
+#include "router/plan.h"
 
 namespace dsv2::coordinator {
 
-ClusterState::ClusterState(AdmissionOptions options) : options_(options) {}
+uint32_t RandomIncarnation() {
+  return static_cast<uint32_t>(RandomSeed() % ((uint64_t{1} << 31) - 1)) + 1;
+}
+
+absl::Status ValidateMemberAddress(absl::string_view address, absl::string_view field) {
+  static const RE2* const kHostPort =
+      new RE2(R"(^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})$)");
+  const auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
+  };
+  if (address.empty()) return bad("empty");
+  if (address.size() > 255)
+    return bad(absl::StrCat("longer than 255 bytes (", address.size(), ")"));
+  std::string host;
+  int port = 0;
+  if (!RE2::FullMatch(re2::StringPiece(address.data(), address.size()), *kHostPort, &host, &port)) {
+    return bad(absl::StrCat("\"", absl::CHexEscape(address), "\" is not host:port"));
+  }
+  if (port < 1 || port > 65535) return bad(absl::StrCat("port ", port, " is outside [1, 65535]"));
+  return absl::OkStatus();
+}
+
+ClusterState::ClusterState(AdmissionOptions options, uint32_t incarnation)
+    : options_(options),
+      incarnation_(incarnation),
+      next_node_id_((static_cast<uint64_t>(incarnation) << 32) | 1) {}
 
 uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t capacity_tokens,
-                                             uint32_t placement_version, absl::Time now) {
+                                             uint64_t placement_version, absl::Time now) {
   absl::MutexLock lock(&mu_);
   // A node that restarted on the same address replaces its old entry.
   for (auto it = attention_.begin(); it != attention_.end();) {
@@ -30,7 +59,7 @@ uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t
 
 absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std::string& address,
                                                      const std::string& ucx_address,
-                                                     uint32_t placement_version, absl::Time now) {
+                                                     uint64_t placement_version, absl::Time now) {
   if (shard_id < 0 || shard_id >= kMaxShardId) {
     return absl::InvalidArgumentError(
         absl::StrCat("shard_id ", shard_id, " is outside [0, ", kMaxShardId, ")"));
@@ -50,13 +79,14 @@ absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std
   return e.node_id;
 }
 
-absl::Status ClusterState::Heartbeat(uint64_t node_id, uint32_t placement_version,
+absl::Status ClusterState::Heartbeat(uint64_t node_id, uint64_t placement_version,
                                      int64_t resident_bytes, absl::Time now) {
   absl::MutexLock lock(&mu_);
   max_reported_version_ = std::max(max_reported_version_, placement_version);
   if (auto it = attention_.find(node_id); it != attention_.end()) {
     it->second.last_heartbeat = now;
     it->second.placement_version = placement_version;
+    if (it->second.heartbeats_until_trusted > 0) --it->second.heartbeats_until_trusted;
     return absl::OkStatus();
   }
   for (auto& [id, s] : shards_) {
@@ -70,10 +100,21 @@ absl::Status ClusterState::Heartbeat(uint64_t node_id, uint32_t placement_versio
   return absl::NotFoundError(absl::StrCat("node ", node_id, " is not registered"));
 }
 
+void ClusterState::Suspect(uint64_t node_id) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = attention_.find(node_id); it != attention_.end()) {
+    it->second.heartbeats_until_trusted = 2;
+  }
+}
+
 bool ClusterState::Remove(uint64_t node_id, bool dead) {
   absl::MutexLock lock(&mu_);
   if (auto it = attention_.find(node_id); it != attention_.end()) {
-    if (dead) dead_attention_.insert(it->second.address);
+    if (dead) {
+      dead_attention_.insert(it->second.address);
+    } else {
+      left_attention_.insert(node_id);
+    }
     attention_.erase(it);
     return true;
   }
@@ -86,6 +127,17 @@ bool ClusterState::Remove(uint64_t node_id, bool dead) {
     }
   }
   return false;
+}
+
+absl::Status ClusterState::CheckReportedVersion(uint64_t version) const {
+  absl::MutexLock lock(&mu_);
+  return router::CheckPlacementVersionJump(std::max(published_.version, max_reported_version_),
+                                           version);
+}
+
+bool ClusterState::AttentionNodeLeft(uint64_t node_id) const {
+  absl::MutexLock lock(&mu_);
+  return left_attention_.contains(node_id);
 }
 
 ClusterState::DeadCounts ClusterState::dead_counts() const {
@@ -138,7 +190,7 @@ std::vector<AttentionNodeEntry> ClusterState::attention_nodes() const {
   return out;
 }
 
-void ClusterState::SetShardLoaded(uint64_t node_id, uint32_t version, int32_t experts) {
+void ClusterState::SetShardLoaded(uint64_t node_id, uint64_t version, int32_t experts) {
   absl::MutexLock lock(&mu_);
   for (auto& [id, s] : shards_) {
     if (s.node_id == node_id) {
@@ -148,14 +200,14 @@ void ClusterState::SetShardLoaded(uint64_t node_id, uint32_t version, int32_t ex
   }
 }
 
-void ClusterState::SetAttentionVersion(uint64_t node_id, uint32_t version) {
+void ClusterState::SetAttentionVersion(uint64_t node_id, uint64_t version) {
   absl::MutexLock lock(&mu_);
   if (auto it = attention_.find(node_id); it != attention_.end()) {
     it->second.placement_version = version;
   }
 }
 
-uint32_t ClusterState::max_reported_version() const {
+uint64_t ClusterState::max_reported_version() const {
   absl::MutexLock lock(&mu_);
   return max_reported_version_;
 }
@@ -181,7 +233,7 @@ bool ClusterState::placement_complete() const {
   return true;
 }
 
-absl::StatusOr<int64_t> ClusterState::SmallestCapacity() const {
+absl::StatusOr<int64_t> ClusterState::LargestCapacity() const {
   const bool complete = placement_complete();
   absl::MutexLock lock(&mu_);
   if (attention_.empty()) return absl::UnavailableError("no attention node is registered");
@@ -190,13 +242,18 @@ absl::StatusOr<int64_t> ClusterState::SmallestCapacity() const {
         shards_.empty() ? "no expert shard is registered: the expert placement is incomplete"
                         : "the expert placement is incomplete");
   }
-  int64_t smallest = attention_.begin()->second.capacity_tokens;
-  for (const auto& [id, n] : attention_) smallest = std::min(smallest, n.capacity_tokens);
-  return smallest;
+  int64_t largest = 0;
+  for (const auto& [id, n] : attention_) largest = std::max(largest, n.capacity_tokens);
+  return largest;
 }
 
-absl::StatusOr<uint64_t> ClusterState::Enqueue(int64_t need_tokens) {
+absl::StatusOr<uint64_t> ClusterState::Enqueue(int64_t need_tokens, bool resumed) {
   absl::MutexLock lock(&mu_);
+  if (resumed) {
+    const uint64_t id = next_ticket_++;
+    queue_.push_front(Ticket{id, need_tokens});
+    return id;
+  }
   // A request a node can take at once never counts against the bound.
   const bool runs_now = queue_.empty() && PickNode(need_tokens) != nullptr;
   if (!runs_now && static_cast<int64_t>(queue_.size()) >= options_.max_queued) {
@@ -219,6 +276,7 @@ AttentionNodeEntry* ClusterState::PickNode(int64_t need) {
   }
   for (auto& [id, n] : attention_) {
     if (n.placement_version != published_.version) continue;
+    if (n.heartbeats_until_trusted > 0) continue;
     if (n.reserved_tokens + need > n.capacity_tokens) continue;
     // Least load first: reserved / capacity, compared exactly by cross
     // multiplication (ties keep the lower id: map order).

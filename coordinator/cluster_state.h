@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
@@ -31,8 +32,12 @@ struct AttentionNodeEntry {
   int64_t capacity_tokens = 0;    // latent cache capacity
   int64_t reserved_tokens = 0;    // prompt + max_tokens of live requests placed here
   int32_t live_requests = 0;
-  uint32_t placement_version = 0;  // last version the node acknowledged
+  uint64_t placement_version = 0;  // last version the node acknowledged
   absl::Time last_heartbeat;
+  // > 0: a request's stream on this node broke (Suspect); no new work goes
+  // here until this many more heartbeats came (a dead node sends none; one
+  // may already be in flight when it dies, hence 2).
+  int32_t heartbeats_until_trusted = 0;
 };
 
 struct ShardEntry {
@@ -41,14 +46,14 @@ struct ShardEntry {
   std::string address;   // gRPC "host:port"
   std::string ucx_address;
   int64_t resident_bytes = 0;
-  uint32_t placement_version = 0;  // last version the shard reported or loaded
+  uint64_t placement_version = 0;  // last version the shard reported or loaded
   int32_t experts = 0;             // routed experts it loaded for that version
   absl::Time last_heartbeat;
 };
 
 // A published placement: its version and the shard ids it uses (ascending).
 struct PublishedPlacement {
-  uint32_t version = 0;
+  uint64_t version = 0;
   std::vector<int32_t> shard_ids;
 };
 
@@ -62,26 +67,47 @@ struct AdmissionOptions {
   int64_t max_queued = 256;  // requests waiting for a node; beyond: ResourceExhausted
 };
 
+// Node ids are (incarnation << 32) | n, n = 1, 2, ...: a coordinator that
+// restarts draws a new incarnation, so a heartbeat carrying an id of the
+// previous one is NotFound (the node registers again) and never lands in
+// another node's slot. In [1, 2^31).
+uint32_t RandomIncarnation();
+
+// A member's gRPC address as the coordinator will dial it: "host:port" with
+// a DNS name or IPv4 address ([A-Za-z0-9._-]) or a bracketed IPv6 address,
+// and a port in [1, 65535]; at most 255 bytes. InvalidArgument naming
+// `field` otherwise (an address from the network is checked before use).
+absl::Status ValidateMemberAddress(absl::string_view address, absl::string_view field);
+
 class ClusterState {
  public:
   static constexpr int32_t kMaxShardId = 4096;
 
-  explicit ClusterState(AdmissionOptions options);
+  explicit ClusterState(AdmissionOptions options, uint32_t incarnation = RandomIncarnation());
+  uint32_t incarnation() const { return incarnation_; }
 
   // Membership. Register* return the new node id. A shard registering with
   // the shard id of a live shard replaces it (a restarted process).
   uint64_t RegisterAttentionNode(const std::string& address, int64_t capacity_tokens,
-                                 uint32_t placement_version, absl::Time now);
+                                 uint64_t placement_version, absl::Time now);
   absl::StatusOr<uint64_t> RegisterShard(int32_t shard_id, const std::string& address,
-                                         const std::string& ucx_address,
-                                         uint32_t placement_version, absl::Time now);
+                                         const std::string& ucx_address, uint64_t placement_version,
+                                         absl::Time now);
   // NotFound for an unknown id (the node registers again).
-  absl::Status Heartbeat(uint64_t node_id, uint32_t placement_version, int64_t resident_bytes,
+  absl::Status Heartbeat(uint64_t node_id, uint64_t placement_version, int64_t resident_bytes,
                          absl::Time now);
+  // A request's stream on attention node `node_id` broke: it takes no new
+  // work until it has heartbeated twice more (a dead node never does and is
+  // removed by ExpireDead; a live one is back within two intervals). No-op
+  // for an unknown id.
+  void Suspect(uint64_t node_id);
   // Removes a node; false if unknown. `dead`: it failed (counted in
   // dead_counts until a node with its identity registers again) rather
   // than left.
   bool Remove(uint64_t node_id, bool dead = false);
+  // Whether attention node `node_id` left (Remove without `dead`): its
+  // requests were handed back, not lost with a failed node.
+  bool AttentionNodeLeft(uint64_t node_id) const;
   // Removes every node whose last heartbeat is older than now - timeout;
   // returns the removed ids.
   std::vector<uint64_t> ExpireDead(absl::Time now, absl::Duration timeout);
@@ -98,11 +124,15 @@ class ClusterState {
   uint64_t shard_generation() const;
   std::vector<ShardEntry> shards() const;                    // ascending shard id
   std::vector<AttentionNodeEntry> attention_nodes() const;   // ascending node id
-  void SetShardLoaded(uint64_t node_id, uint32_t version, int32_t experts);
-  void SetAttentionVersion(uint64_t node_id, uint32_t version);
+  void SetShardLoaded(uint64_t node_id, uint64_t version, int32_t experts);
+  void SetAttentionVersion(uint64_t node_id, uint64_t version);
+  // InvalidArgument when a member reports a placement version more than
+  // router::kMaxPlacementVersionJump above the largest one known here
+  // (published or reported): it is refused, never adopted.
+  absl::Status CheckReportedVersion(uint64_t version) const;
   // Largest placement version any node has reported (for numbering after a
   // coordinator restart).
-  uint32_t max_reported_version() const;
+  uint64_t max_reported_version() const;
 
   // The placement attention nodes use; complete = every routed expert is
   // held by a live shard (set by the placement controller).
@@ -111,8 +141,10 @@ class ClusterState {
   bool placement_complete() const;
 
   // Serving: Unavailable when no attention node is live or the placement is
-  // not complete; else the smallest live node capacity (tokens).
-  absl::StatusOr<int64_t> SmallestCapacity() const;
+  // not complete; else the largest live node capacity (tokens): a request
+  // is admitted against the nodes that can hold it (one node's small cache
+  // does not cap every request; admission picks a node with room).
+  absl::StatusOr<int64_t> LargestCapacity() const;
 
   // Admission. Enqueue takes a place in the FIFO queue (ResourceExhausted
   // at once when max_queued requests already wait); WaitForNode blocks until
@@ -122,7 +154,10 @@ class ClusterState {
   // again) and Unavailable when no node could ever take it (none live, or
   // none large enough any more).
   // Abandon drops a queued ticket; Release returns a reservation.
-  absl::StatusOr<uint64_t> Enqueue(int64_t need_tokens);
+  // `resumed`: a request resumed after its node failed or left; it goes to
+  // the front of the queue and never counts against max_queued (its client
+  // is already streaming).
+  absl::StatusOr<uint64_t> Enqueue(int64_t need_tokens, bool resumed = false);
   absl::StatusOr<std::optional<NodeAssignment>> WaitForNode(uint64_t ticket,
                                                             absl::Duration timeout);
   void Abandon(uint64_t ticket);
@@ -144,11 +179,12 @@ class ClusterState {
   AttentionNodeEntry* PickNode(int64_t need) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AdmissionOptions options_;
+  const uint32_t incarnation_;
   mutable absl::Mutex mu_;
-  uint64_t next_node_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_node_id_ ABSL_GUARDED_BY(mu_);
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t shard_generation_ ABSL_GUARDED_BY(mu_) = 0;
-  uint32_t max_reported_version_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t max_reported_version_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<uint64_t, AttentionNodeEntry> attention_ ABSL_GUARDED_BY(mu_);
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);  // by shard id
   PublishedPlacement published_ ABSL_GUARDED_BY(mu_);
@@ -157,6 +193,7 @@ class ClusterState {
   int32_t blocked_waiters_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_set<std::string> dead_attention_ ABSL_GUARDED_BY(mu_);  // addresses
   absl::flat_hash_set<int32_t> dead_shards_ ABSL_GUARDED_BY(mu_);         // shard ids
+  absl::flat_hash_set<uint64_t> left_attention_ ABSL_GUARDED_BY(mu_);     // node ids
 };
 
 }  // namespace dsv2::coordinator

@@ -60,15 +60,16 @@ inline v1::FinishReason ToPublic(internal::FinishReason r) {
   }
 }
 
-// One Generate in flight on an attention node (the cancellation thread
-// reads it; the handler owns it).
+// One Generate past admission checks (the cancellation thread reads it; the
+// handler owns it). node_ctx and node_address change under live_mu when the
+// request is resumed on another node; node_ctx is null while it waits for one.
 struct LiveRequest {
   uint64_t id = 0;
   grpc::ServerContext* server_ctx = nullptr;
   grpc::ClientContext* node_ctx = nullptr;
   std::string node_address;
-  // Tokens generated so far, recorded before they are streamed (the
-  // failover of a later issue re-prefills prompt + these).
+  // Tokens generated so far, recorded before they are streamed (a failover
+  // re-prefills prompt + these on the next node).
   std::vector<int32_t> prompt_ids;
   std::vector<int32_t> generated;
   // The detokenizer state (text returned so far, held-back text, stop

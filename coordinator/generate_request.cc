@@ -123,15 +123,15 @@ absl::StatusOr<PreparedGenerate> PrepareGenerate(const v1::GenerateRequest& requ
   return p;
 }
 
-absl::Status ApplyLimits(const ServedModel& model, int64_t smallest_capacity_tokens,
+absl::Status ApplyLimits(const ServedModel& model, int64_t largest_capacity_tokens,
                          PreparedGenerate& p) {
   const int64_t prompt = static_cast<int64_t>(p.prompt_ids.size());
-  const int64_t limit = std::min(model.context_tokens, smallest_capacity_tokens);
-  const bool context_binds = model.context_tokens <= smallest_capacity_tokens;
+  const int64_t limit = std::min(model.context_tokens, largest_capacity_tokens);
+  const bool context_binds = model.context_tokens <= largest_capacity_tokens;
   const std::string what =
       context_binds ? absl::StrCat("the model's context of ", model.context_tokens, " tokens")
-                    : absl::StrCat("the smallest attention node's cache capacity of ",
-                                   smallest_capacity_tokens, " tokens");
+                    : absl::StrCat("the largest attention node's cache capacity of ",
+                                   largest_capacity_tokens, " tokens");
   if (p.max_tokens) {
     if (prompt + *p.max_tokens > limit) {
       return absl::InvalidArgumentError(absl::StrCat("max_tokens: prompt of ", prompt,

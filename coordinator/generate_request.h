@@ -3,7 +3,7 @@
 //
 // Order of checks (first failure wins): the input (exactly one of prompt,
 // messages, prompt_ids), each field's range (InvalidArgument naming the
-// field), tokenization; then, with the cluster's smallest attention-node
+// field), tokenization; then, with the cluster's largest attention-node
 // capacity, the length limits (InvalidArgument with both numbers).
 #ifndef DSV2_COORDINATOR_GENERATE_REQUEST_H_
 #define DSV2_COORDINATOR_GENERATE_REQUEST_H_
@@ -51,10 +51,10 @@ struct PreparedGenerate {
 absl::StatusOr<PreparedGenerate> PrepareGenerate(const v1::GenerateRequest& request,
                                                  const ServedModel& model);
 
-// Resolves max_tokens against the context and the smallest attention node's
+// Resolves max_tokens against the context and the largest attention node's
 // cache capacity (tokens): unset -> min(256, what fits); set -> prompt +
 // max_tokens must fit both, else InvalidArgument with both numbers.
-absl::Status ApplyLimits(const ServedModel& model, int64_t smallest_capacity_tokens,
+absl::Status ApplyLimits(const ServedModel& model, int64_t largest_capacity_tokens,
                          PreparedGenerate& prepared);
 
 }  // namespace dsv2::coordinator

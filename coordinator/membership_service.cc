@@ -10,8 +10,8 @@ class MembershipService final : public internal::Coordinator::Service {
 
   grpc::Status Register(grpc::ServerContext*, const internal::RegisterRequest* req,
                         internal::RegisterResponse* out) override {
-    if (req->grpc_address().empty()) {
-      return grpc::Status(grpc::INVALID_ARGUMENT, "grpc_address: empty");
+    if (absl::Status st = ValidateMemberAddress(req->grpc_address(), "grpc_address"); !st.ok()) {
+      return service::ToGrpcStatus(st);
     }
     const ModelConfig& cfg = c_.config;
     if (req->vocab_size() != cfg.vocab_size || req->num_layers() != cfg.num_hidden_layers ||
@@ -23,12 +23,19 @@ class MembershipService final : public internal::Coordinator::Service {
                        " routed experts; the coordinator's model has ", cfg.vocab_size, ", ",
                        cfg.num_hidden_layers, ", ", cfg.n_routed_experts));
     }
+    if (absl::Status st = c_.state.CheckReportedVersion(req->placement_version()); !st.ok()) {
+      return service::ToGrpcStatus(st);
+    }
     const absl::Time now = absl::Now();
     uint64_t id = 0;
     switch (req->role()) {
       case internal::NODE_ROLE_ATTENTION:
-        if (req->cache_capacity_tokens() < 1) {
-          return grpc::Status(grpc::INVALID_ARGUMENT, "cache_capacity_tokens: must be >= 1");
+        // 2^40 tokens of latent cache would be petabytes: a larger number
+        // is corrupt, not a machine.
+        if (req->cache_capacity_tokens() < 1 || req->cache_capacity_tokens() > (int64_t{1} << 40)) {
+          return grpc::Status(grpc::INVALID_ARGUMENT,
+                              absl::StrCat("cache_capacity_tokens: ", req->cache_capacity_tokens(),
+                                           " is outside [1, 2^40]"));
         }
         id = c_.state.RegisterAttentionNode(req->grpc_address(), req->cache_capacity_tokens(),
                                             req->placement_version(), now);
@@ -60,8 +67,11 @@ class MembershipService final : public internal::Coordinator::Service {
 
   grpc::Status Heartbeat(grpc::ServerContext*, const internal::HeartbeatRequest* req,
                          internal::HeartbeatResponse* out) override {
-    absl::Status st = c_.state.Heartbeat(req->node_id(), req->placement_version(),
-                                         req->resident_bytes(), absl::Now());
+    absl::Status st = c_.state.CheckReportedVersion(req->placement_version());
+    if (st.ok()) {
+      st = c_.state.Heartbeat(req->node_id(), req->placement_version(), req->resident_bytes(),
+                              absl::Now());
+    }
     if (!st.ok()) return service::ToGrpcStatus(st);
     out->set_placement_version(c_.state.published().version);
     return grpc::Status::OK;

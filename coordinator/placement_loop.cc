@@ -12,8 +12,7 @@ bool CoordinatorCore::Republish() {
     published_generation = generation;
     return true;
   }
-  const uint32_t version =
-      std::max(state.published().version, state.max_reported_version()) + 1;
+  const uint64_t version = std::max(state.published().version, state.max_reported_version()) + 1;
   PublishedPlacement published;
   published.version = version;
   // ClusterState::shards() is in ascending id order, as the placement needs.
@@ -86,7 +85,7 @@ void CoordinatorCore::PushToAttentionNodes() {
 }
 
 void CoordinatorCore::UpdateServing() {
-  const bool now_serving = state.SmallestCapacity().ok();
+  const bool now_serving = state.LargestCapacity().ok();
   std::function<void(bool)> cb;
   {
     absl::MutexLock lock(&loop_mu);

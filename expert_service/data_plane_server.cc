@@ -58,6 +58,7 @@ absl::Status ExpertDataPlaneServer::LoadExperts(const router::Placement& placeme
   std::vector<int32_t> wanted = placement.ExpertsOf(shard_id_);
   {
     absl::MutexLock lock(&mu_);
+    DSV2_RETURN_IF_ERROR(router::CheckPlacementVersionJump(version_, placement.version));
     if (placement.version < version_) {
       return absl::FailedPreconditionError(absl::StrCat(
           "placement version ", placement.version, " is older than the current ", version_));
@@ -82,7 +83,7 @@ absl::Status ExpertDataPlaneServer::LoadExperts(const router::Placement& placeme
   return absl::OkStatus();
 }
 
-uint32_t ExpertDataPlaneServer::placement_version() const {
+uint64_t ExpertDataPlaneServer::placement_version() const {
   absl::MutexLock lock(&mu_);
   return version_;
 }
@@ -126,7 +127,7 @@ std::vector<std::byte> ExpertDataPlaneServer::HandleMessage(std::span<const std:
   if (!dtype.ok()) return malformed(dtype.status());
 
   std::shared_ptr<const ExpertCompute> shard;
-  uint32_t version;
+  uint64_t version;
   {
     absl::MutexLock lock(&mu_);
     shard = shard_;
@@ -136,6 +137,9 @@ std::vector<std::byte> ExpertDataPlaneServer::HandleMessage(std::span<const std:
     return Error(message, static_cast<int32_t>(WireStatus::kPlacementMismatch),
                  "placement_version", why);
   };
+  if (absl::Status st = router::CheckPlacementVersionJump(version, h.placement_version); !st.ok()) {
+    return malformed(st);
+  }
   if (h.placement_version < version) {
     return mismatch(absl::StrCat("dispatch planned with placement version ",
                                  h.placement_version, "; shard ", shard_id_, " serves version ",

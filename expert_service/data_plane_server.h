@@ -70,7 +70,7 @@ class ExpertDataPlaneServer {
   std::vector<std::byte> HandleMessage(std::span<const std::byte> message);
 
   int32_t shard_id() const { return shard_id_; }
-  uint32_t placement_version() const;
+  uint64_t placement_version() const;
   std::vector<int32_t> experts() const;
   // Bytes of the held experts' weights (mapped or converted).
   int64_t expert_weight_bytes() const;
@@ -92,7 +92,7 @@ class ExpertDataPlaneServer {
   mutable absl::Mutex mu_;
   std::shared_ptr<const ExpertCompute> shard_ ABSL_GUARDED_BY(mu_);
   std::vector<int32_t> experts_ ABSL_GUARDED_BY(mu_);
-  uint32_t version_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   // Serialises LoadExperts calls (loading happens outside mu_).
   absl::Mutex load_mu_;
 

@@ -103,6 +103,11 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                          .Name("dsv2_request_errors_total")
                          .Help("Generate requests that ended with an error, by gRPC status code")
                          .Register(r)),
+      failovers(BuildCounter()
+                    .Name("dsv2_failovers_total")
+                    .Help("Generate requests resumed on another attention node, by reason "
+                          "(node_failed: its stream broke; handed_off: the node was leaving)")
+                    .Register(r)),
       time_to_first_token(Histogram(r, "dsv2_time_to_first_token_seconds",
                                     "Seconds from receiving a Generate request to its first "
                                     "generated token (queueing included)",

@@ -60,6 +60,7 @@ struct CoordinatorMetrics {
   explicit CoordinatorMetrics(prometheus::Registry& registry);
   prometheus::Family<prometheus::Counter>& requests;        // {finish_reason}
   prometheus::Family<prometheus::Counter>& request_errors;  // {code}
+  prometheus::Family<prometheus::Counter>& failovers;       // {reason = node_failed|handed_off}
   prometheus::Histogram& time_to_first_token;
   prometheus::Histogram& inter_token_latency;
   prometheus::Histogram& request_duration;

@@ -24,7 +24,7 @@ std::vector<int32_t> Placement::ExpertsOf(int32_t shard) const {
 }
 
 absl::StatusOr<Placement> DefaultPlacement(const GateParams& gate, int32_t num_shards,
-                                           uint32_t version) {
+                                           uint64_t version) {
   if (num_shards < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("placement: num_shards = ", num_shards, " must be at least 1"));
@@ -76,7 +76,7 @@ absl::StatusOr<Placement> DefaultPlacement(const GateParams& gate, int32_t num_s
 
 absl::StatusOr<Placement> DefaultPlacementOverShards(const GateParams& gate,
                                                      std::span<const int32_t> shard_ids,
-                                                     uint32_t version) {
+                                                     uint64_t version) {
   if (shard_ids.empty()) {
     return absl::InvalidArgumentError("placement: no shard ids");
   }
@@ -236,6 +236,15 @@ absl::StatusOr<DispatchPlan> Plan(std::span<const Assignment> assignments, int32
     d.source.push_back(static_cast<int32_t>(i));
   }
   return plan;
+}
+
+absl::Status CheckPlacementVersionJump(uint64_t current, uint64_t incoming) {
+  if (incoming > current && incoming - current > kMaxPlacementVersionJump) {
+    return absl::InvalidArgumentError(absl::StrCat("placement version ", incoming, " is more than ",
+                                                   kMaxPlacementVersionJump,
+                                                   " above the current version ", current));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace dsv2::router

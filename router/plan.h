@@ -31,7 +31,7 @@
 namespace dsv2::router {
 
 struct Placement {
-  uint32_t version = 0;
+  uint64_t version = 0;
   int32_t num_shards = 0;
   // replicas[e]: the shards holding routed expert e, ascending, no
   // duplicates, each in [0, num_shards).
@@ -47,7 +47,7 @@ struct Placement {
 // num_shards < 1 or gate parameters whose experts do not divide into
 // n_group groups.
 absl::StatusOr<Placement> DefaultPlacement(const GateParams& gate, int32_t num_shards,
-                                           uint32_t version);
+                                           uint64_t version);
 
 // The default placement over shards with stable, possibly sparse ids: the
 // i-th id of `shard_ids` (ascending, unique, >= 0) takes the role of dense
@@ -56,12 +56,20 @@ absl::StatusOr<Placement> DefaultPlacement(const GateParams& gate, int32_t num_s
 // negative id list, or what DefaultPlacement refuses.
 absl::StatusOr<Placement> DefaultPlacementOverShards(const GateParams& gate,
                                                      std::span<const int32_t> shard_ids,
-                                                     uint32_t version);
+                                                     uint64_t version);
 
 // Checks a placement against a model: one entry per expert, shard ids in
 // range, ascending without duplicates. InvalidArgument naming the expert
 // otherwise; FailedPrecondition when an expert has no replica.
 absl::Status ValidatePlacement(const Placement& placement, int32_t num_experts);
+
+// Placement versions are 64-bit and grow by 1 per published table; one that
+// arrives more than kMaxPlacementVersionJump above the receiver's current
+// version (a table, a heartbeat, a dispatch) is refused, so a corrupt or
+// hostile number can neither wrap nor fence the cluster off for good.
+inline constexpr uint64_t kMaxPlacementVersionJump = uint64_t{1} << 20;
+// InvalidArgument naming both numbers when incoming > current + the jump.
+absl::Status CheckPlacementVersionJump(uint64_t current, uint64_t incoming);
 
 // The part of one dispatch that goes to one shard.
 struct ShardDispatch {
@@ -77,7 +85,7 @@ struct ShardDispatch {
 };
 
 struct DispatchPlan {
-  uint32_t placement_version = 0;
+  uint64_t placement_version = 0;
   std::vector<ShardDispatch> shards;  // ascending shard id, none empty
 };
 

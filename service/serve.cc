@@ -29,14 +29,18 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(const ServeOptions& op
   grpc::EnableDefaultHealthCheckService(true);
   if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second process on a port in use
+  // would then start "ready" and take half of the connections. Off, the
+  // bind fails and the process exits 1 saying so.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   *port = 0;
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
                            grpc::InsecureServerCredentials(), port);
   for (grpc::Service* service : process.services()) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || *port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options.host, ":", options.port));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
+                                               " (address in use or not local)"));
   }
   return server;
 }

@@ -164,7 +164,7 @@ internal::PlacementTable PlacementToProto(const router::Placement& placement) {
 
 absl::StatusOr<internal::PlacementTable> DefaultPlacementTable(const router::GateParams& gate,
                                                                int32_t num_shards,
-                                                               uint32_t version) {
+                                                               uint64_t version) {
   DSV2_ASSIGN_OR_RETURN(router::Placement p, router::DefaultPlacement(gate, num_shards, version));
   return PlacementToProto(p);
 }

@@ -98,7 +98,7 @@ absl::StatusOr<internal::PlacementTable> ReadPlacementFile(const std::string& pa
 // without addresses).
 absl::StatusOr<internal::PlacementTable> DefaultPlacementTable(const router::GateParams& gate,
                                                                int32_t num_shards,
-                                                               uint32_t version);
+                                                               uint64_t version);
 
 // Hex <-> bytes (UCX worker addresses in flags, ready lines and logs).
 std::string HexEncode(const std::string& bytes);

@@ -52,6 +52,10 @@ class DataPlaneClient {
   // peer failed (the endpoint reported an error or was disconnected).
   // NotFound for an unknown ticket.
   virtual absl::StatusOr<std::vector<std::byte>> Wait(uint64_t ticket, absl::Time deadline) = 0;
+  // Like Wait, except that when `until` passes first it returns
+  // DeadlineExceeded and keeps the ticket (Poll or Wait on it again, or
+  // Forget it): the caller waits in slices and looks for news in between.
+  virtual absl::StatusOr<std::vector<std::byte>> Poll(uint64_t ticket, absl::Time until) = 0;
   // Abandons a ticket that will not be waited on (a late reply is dropped).
   virtual void Forget(uint64_t ticket) = 0;
 };

@@ -276,6 +276,20 @@ class InProcessClient final : public DataPlaneClient {
   }
 
   absl::StatusOr<std::vector<std::byte>> Wait(uint64_t ticket, absl::Time deadline) override {
+    return WaitFor(ticket, deadline, /*keep_on_timeout=*/false);
+  }
+  absl::StatusOr<std::vector<std::byte>> Poll(uint64_t ticket, absl::Time until) override {
+    return WaitFor(ticket, until, /*keep_on_timeout=*/true);
+  }
+
+  void Forget(uint64_t ticket) override {
+    absl::MutexLock lock(&core_->mu_);
+    core_->pending_.erase(ticket);
+  }
+
+ private:
+  absl::StatusOr<std::vector<std::byte>> WaitFor(uint64_t ticket, absl::Time deadline,
+                                                 bool keep_on_timeout) {
     const absl::Time start = absl::Now();
     absl::MutexLock lock(&core_->mu_);
     auto it = core_->pending_.find(ticket);
@@ -285,6 +299,9 @@ class InProcessClient final : public DataPlaneClient {
     // Stays valid while we wait: only this waiter erases the entry.
     ClientCore::Pending* pending = it->second.get();
     if (!core_->mu_.AwaitWithDeadline(absl::Condition(&pending->done), deadline)) {
+      if (keep_on_timeout) {
+        return absl::DeadlineExceededError(absl::StrCat("no reply to ticket ", ticket, " yet"));
+      }
       core_->pending_.erase(ticket);
       return absl::UnavailableError(absl::StrCat("no reply to ticket ", ticket, " within ",
                                                  absl::FormatDuration(absl::Now() - start)));
@@ -296,12 +313,6 @@ class InProcessClient final : public DataPlaneClient {
     return reply;
   }
 
-  void Forget(uint64_t ticket) override {
-    absl::MutexLock lock(&core_->mu_);
-    core_->pending_.erase(ticket);
-  }
-
- private:
   struct Peer {
     std::string address;
     std::shared_ptr<ServerCore> server;

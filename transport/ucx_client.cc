@@ -38,10 +38,17 @@ class UcxClient final : public DataPlaneClient {
   absl::StatusOr<PeerId> Connect(const std::string& address) override;
   void Disconnect(PeerId peer) override;
   absl::StatusOr<uint64_t> Send(PeerId peer, std::vector<std::byte> message) override;
-  absl::StatusOr<std::vector<std::byte>> Wait(uint64_t ticket, absl::Time deadline) override;
+  absl::StatusOr<std::vector<std::byte>> Wait(uint64_t ticket, absl::Time deadline) override {
+    return WaitFor(ticket, deadline, /*keep_on_timeout=*/false);
+  }
+  absl::StatusOr<std::vector<std::byte>> Poll(uint64_t ticket, absl::Time until) override {
+    return WaitFor(ticket, until, /*keep_on_timeout=*/true);
+  }
   void Forget(uint64_t ticket) override;
 
  private:
+  absl::StatusOr<std::vector<std::byte>> WaitFor(uint64_t ticket, absl::Time deadline,
+                                                 bool keep_on_timeout);
   struct Peer {
     enum class State { kConnecting, kConnected, kFailed };
     // Constant after construction.
@@ -244,7 +251,8 @@ absl::StatusOr<uint64_t> UcxClient::Send(PeerId id, std::vector<std::byte> messa
   return ticket;
 }
 
-absl::StatusOr<std::vector<std::byte>> UcxClient::Wait(uint64_t ticket, absl::Time deadline) {
+absl::StatusOr<std::vector<std::byte>> UcxClient::WaitFor(uint64_t ticket, absl::Time deadline,
+                                                          bool keep_on_timeout) {
   const absl::Time start = absl::Now();
   absl::MutexLock lock(&mu_);
   auto it = pending_.find(ticket);
@@ -254,6 +262,9 @@ absl::StatusOr<std::vector<std::byte>> UcxClient::Wait(uint64_t ticket, absl::Ti
   // meanwhile).
   Pending* pending = it->second.get();
   if (!mu_.AwaitWithDeadline(absl::Condition(&pending->done), deadline)) {
+    if (keep_on_timeout) {
+      return absl::DeadlineExceededError(absl::StrCat("no reply to ticket ", ticket, " yet"));
+    }
     const PeerId peer = pending->peer;
     pending_.erase(ticket);
     return absl::UnavailableError(absl::StrCat("no reply to ticket ", ticket, " from UCX peer ",

@@ -1,7 +1,7 @@
 // Encoding and validation of the data-plane wire format (transport/wire.h).
 //
 // Sizes are computed in uint64_t: the limits bound a request to
-// 48 + 8 * 2^28 + 2^20 * 2^16 * 4 bytes (< 2^39), so no sum overflows.
+// 56 + 8 * 2^28 + 2^20 * 2^16 * 4 bytes (< 2^39), so no sum overflows.
 #include "transport/wire.h"
 
 #include <algorithm>
@@ -54,6 +54,9 @@ absl::Status CheckCommon(const WireHeader& header, WireKind want_kind) {
   if (header.version != kWireVersion) {
     return Invalid(
         absl::StrCat("wire version is ", header.version, "; this build speaks ", kWireVersion));
+  }
+  if (header.reserved != 0) {
+    return Invalid(absl::StrCat("wire reserved field is ", header.reserved, "; must be 0"));
   }
   if (header.kind != static_cast<uint16_t>(want_kind)) {
     return Invalid(absl::StrCat("wire kind is ", header.kind, "; expected ",
@@ -186,7 +189,7 @@ absl::StatusOr<RequestView> ParseRequest(std::span<const std::byte> message) {
     return s;
   }
   // The assignments span aliases the message, so it must be aligned for
-  // WireAssignment (the header is at offset 0 and 48 % 4 == 0).
+  // WireAssignment (the header is at offset 0 and 56 % 4 == 0).
   if (reinterpret_cast<uintptr_t>(message.data()) % alignof(WireAssignment) != 0) {
     return Invalid(absl::StrCat("wire message at address 0x",
                                 absl::Hex(reinterpret_cast<uintptr_t>(message.data())), " is not ",

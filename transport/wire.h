@@ -31,7 +31,9 @@ namespace dsv2::transport {
 static_assert(std::endian::native == std::endian::little, "the wire format is little-endian");
 
 inline constexpr uint32_t kWireMagic = 0x32565344;  // "DSV2" read as little-endian bytes
-inline constexpr uint16_t kWireVersion = 1;
+// 2: placement_version is 64-bit (was 32 at offset 36; the header grew to
+// 56 bytes). A peer speaking another version is refused as malformed.
+inline constexpr uint16_t kWireVersion = 2;
 
 // Limits every receiver enforces (a message over them is malformed).
 inline constexpr uint32_t kMaxWireRows = 1u << 20;
@@ -62,17 +64,19 @@ struct WireHeader {
   uint32_t num_rows = 0;           // activation rows in the request
   uint32_t hidden = 0;             // values per row
   uint32_t num_assignments = 0;    // (row, expert) pairs; reply rows
-  uint32_t placement_version = 0;  // placement the sender planned with
   int32_t status = 0;              // WireStatus (replies; 0 in requests)
+  uint64_t placement_version = 0;  // placement the sender planned with
   uint32_t error_bytes = 0;        // replies with status != kOk
+  uint32_t reserved = 0;           // must be 0
 };
-static_assert(sizeof(WireHeader) == 48);
+static_assert(sizeof(WireHeader) == 56);
 static_assert(offsetof(WireHeader, request_id) == 8);
 static_assert(offsetof(WireHeader, layer) == 16);
 static_assert(offsetof(WireHeader, dtype) == 22);
 static_assert(offsetof(WireHeader, num_assignments) == 32);
-static_assert(offsetof(WireHeader, placement_version) == 36);
-static_assert(offsetof(WireHeader, error_bytes) == 44);
+static_assert(offsetof(WireHeader, status) == 36);
+static_assert(offsetof(WireHeader, placement_version) == 40);
+static_assert(offsetof(WireHeader, error_bytes) == 48);
 
 struct WireAssignment {
   int32_t row = 0;     // in [0, num_rows)

@@ -4,10 +4,12 @@
 // UNAVAILABLE (leaving it re-runnable) when a shard goes away.
 #include "attention_service/data_plane_expert_backend.h"
 
+#include <atomic>
 #include <numeric>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
 #include "attention_service/layer_loop.h"
 #include "expert_service/data_plane_server.h"
 #include "expert_service/expert_compute.h"
@@ -180,6 +182,61 @@ TEST_F(DataPlaneExpertBackendTest, DeadShardFailsTheStepWithUnavailableThenRecov
   ASSERT_TRUE(backend.SetPlacement(v2, addresses_).ok());
   ASSERT_TRUE(RunStep(backend, &logits).ok());
   EXPECT_EQ(logits, expected);
+}
+
+// A shard that hangs (accepts the dispatch, never replies) is waited for in
+// slices: a newer placement without it is used at once, not after the
+// dispatch deadline (an hour here: without the slices this test would hang
+// until ctest's timeout), and only the rows it held are re-sent.
+TEST_F(DataPlaneExpertBackendTest, HungShardIsBypassedByANewerPlacementResendingOnlyItsRows) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 2, 1);
+  ASSERT_TRUE(v1.ok());
+  std::atomic<int> hung{0};
+  absl::Notification release;
+  for (int32_t s = 0; s < 2; ++s) {
+    servers_.push_back(std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx_, s));
+    ASSERT_TRUE(servers_.back()->LoadExperts(*v1).ok());
+    ExpertDataPlaneServer* srv = servers_.back().get();
+    planes_.push_back(
+        transport::CreateInProcessServer([srv, s, &hung, &release](std::span<const std::byte> m) {
+          if (s == 1) {
+            ++hung;
+            release.WaitForNotification();
+          }
+          return srv->HandleMessage(m);
+        }));
+    addresses_.push_back(planes_.back()->address());
+  }
+  auto client = transport::CreateInProcessClient();
+  RemoteExpertsOptions o;
+  o.dispatch_timeout = absl::Hours(1);
+  DataPlaneExpertBackend backend(*client, o);
+  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  // Once shard 1 holds a dispatch, the coordinator's new placement (all on
+  // shard 0) arrives.
+  std::thread coordinator([&] {
+    EXPECT_TRUE(WaitFor([&] { return hung.load() > 0; }, absl::Minutes(2)));
+    router::Placement v2 = *v1;
+    v2.version = 2;
+    for (auto& r : v2.replicas) r = {0};
+    EXPECT_TRUE(servers_[0]->LoadExperts(v2).ok());
+    EXPECT_TRUE(backend.SetPlacement(v2, addresses_).ok());
+  });
+  std::vector<std::vector<float>> logits;
+  const absl::Status st = RunStep(backend, &logits);
+  coordinator.join();
+  EXPECT_EQ(hung.load(), 1);  // still silent: the step did not wait for it
+  release.Notify();
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(logits, expected);
+  const RemoteExpertsStats stats = backend.stats();
+  EXPECT_EQ(stats.failures, 0);
+  EXPECT_EQ(stats.resends, 1);
+  // Only the hung shard's share of that dispatch went again.
+  const int64_t tokens = 6 + 1 + 11;  // Prompts()
+  EXPECT_GT(stats.resent_assignments, 0);
+  EXPECT_LT(stats.resent_assignments, tokens * config_.num_experts_per_tok);
 }
 
 TEST_F(DataPlaneExpertBackendTest, SparseShardIdsServeWithoutAddressesForAbsentShards) {

@@ -296,6 +296,34 @@ TEST_P(SchedulerDTypeTest, FullCachePreemptsTheYoungestAndRecomputesTheSameToken
   ExpectSameResults(References(*e, arrivals, {}), results, "small cache");
 }
 
+// A request resumed on another node (coordinator failover): prompt + the k
+// tokens already streamed, output_offset k, max_tokens n - k. It continues
+// with exactly the undisturbed run's tokens k..n-1 (the sampler is keyed by
+// seed and output position; the re-prefill gives the decode's logits).
+TEST_P(SchedulerDTypeTest, ResumedRequestContinuesTheUndisturbedRun) {
+  auto e = Engine::Open(GetParam(), 4096);
+  ASSERT_NE(e, nullptr);
+  for (float temperature : {0.f, 1.1f}) {
+    const GenerationRequest whole = MakeRequest(300, 37, 12, temperature);
+    const Result ref = Reference(*e, whole, {});
+    ASSERT_EQ(ref.tokens.size(), 12u);
+    for (int64_t k : {1, 5, 11}) {
+      GenerationRequest resumed = whole;
+      resumed.id = 301 + k;
+      resumed.prompt.insert(resumed.prompt.end(), ref.tokens.begin(), ref.tokens.begin() + k);
+      resumed.max_tokens = whole.max_tokens - k;
+      resumed.output_offset = k;
+      Scheduler sched(e->config(), e->loop(), e->cache(), SchedulerOptions{});
+      const auto results = RunAll(sched, {{0, resumed}});
+      const Result& got = results.at(resumed.id);
+      EXPECT_TRUE(got.error.ok()) << got.error;
+      EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.tokens.begin() + k, ref.tokens.end()))
+          << "temperature " << temperature << ", resumed after " << k;
+      EXPECT_EQ(got.finish, FinishReason::kLength);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Scheduler, SchedulerDTypeTest,
                          ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
@@ -329,6 +357,14 @@ TEST(SchedulerTest, AddRejectsBadRequestsNamingTheNumbers) {
   GenerationRequest bad_sampling = MakeRequest(7, 3, 1);
   bad_sampling.sampling.top_p = 0.f;
   EXPECT_EQ(sched.Add(bad_sampling).code(), absl::StatusCode::kInvalidArgument);
+  // output_offset counts streamed tokens at the end of the prompt: [0, prompt length).
+  for (int64_t offset : {int64_t{-1}, int64_t{3}, int64_t{1} << 40}) {
+    GenerationRequest bad_offset = MakeRequest(8, 3, 1);
+    bad_offset.output_offset = offset;
+    st = sched.Add(bad_offset);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << offset;
+    EXPECT_NE(st.message().find("output_offset"), absl::string_view::npos) << st;
+  }
   EXPECT_EQ(sched.stats().waiting, 1);
 }
 

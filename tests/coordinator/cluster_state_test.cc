@@ -35,18 +35,18 @@ NodeAssignment Admit(ClusterState& s, int64_t need) {
 
 TEST(ClusterState, UnavailableWithoutNodesOrPlacement) {
   ClusterState s(AdmissionOptions{});
-  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.LargestCapacity().status().code(), absl::StatusCode::kUnavailable);
   const uint64_t a = s.RegisterAttentionNode("a", 100, 0, kT0);
-  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.LargestCapacity().status().code(), absl::StatusCode::kUnavailable);
   ASSERT_TRUE(s.RegisterShard(3, "s", "ucx", 0, kT0).ok());
-  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.LargestCapacity().status().code(), absl::StatusCode::kUnavailable);
   s.Publish(PublishedPlacement{1, {3}}, true);
   s.SetAttentionVersion(a, 1);
-  ASSERT_TRUE(s.SmallestCapacity().ok());
-  EXPECT_EQ(*s.SmallestCapacity(), 100);
+  ASSERT_TRUE(s.LargestCapacity().ok());
+  EXPECT_EQ(*s.LargestCapacity(), 100);
   // The only shard dies: the placement is no longer complete.
   EXPECT_EQ(s.ExpireDead(kT0 + absl::Seconds(10), absl::Seconds(3)).size(), 2u);
-  EXPECT_EQ(s.SmallestCapacity().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.LargestCapacity().status().code(), absl::StatusCode::kUnavailable);
 }
 
 TEST(ClusterState, LeastCacheLoadGetsTheRequest) {
@@ -100,6 +100,118 @@ TEST(ClusterState, QueueIsFifoBoundedAndWaitsForRoom) {
   EXPECT_EQ(got->node_id, ids[0]);
   EXPECT_TRUE(s.WaitForNode(*t2, absl::ZeroDuration())->has_value());
   EXPECT_EQ(s.queued(), 0);
+}
+
+TEST(ClusterState, SuspectNodeGetsNoWorkUntilTwoMoreHeartbeats) {
+  ClusterState s(AdmissionOptions{});
+  const std::vector<uint64_t> ids = Serve(s, {1000, 1000});
+  s.Suspect(ids[0]);
+  EXPECT_EQ(Admit(s, 10).node_id, ids[1]);
+  EXPECT_EQ(Admit(s, 10).node_id, ids[1]);  // ids[0] is less loaded, but suspect
+  ASSERT_TRUE(s.Heartbeat(ids[0], 1, 0, kT0 + absl::Seconds(1)).ok());
+  EXPECT_EQ(Admit(s, 10).node_id, ids[1]);  // one heartbeat may have been in flight
+  ASSERT_TRUE(s.Heartbeat(ids[0], 1, 0, kT0 + absl::Seconds(2)).ok());
+  EXPECT_EQ(Admit(s, 10).node_id, ids[0]);
+  s.Suspect(12345);  // unknown: no-op
+  // The only node suspect: a request waits (it is not refused).
+  ClusterState one(AdmissionOptions{});
+  const uint64_t only = Serve(one, {1000})[0];
+  one.Suspect(only);
+  absl::StatusOr<uint64_t> t = one.Enqueue(10);
+  ASSERT_TRUE(t.ok());
+  absl::StatusOr<std::optional<NodeAssignment>> a = one.WaitForNode(*t, absl::Milliseconds(5));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_FALSE(a->has_value());
+  // ... until the heartbeat timeout removes it: then Unavailable.
+  one.ExpireDead(kT0 + absl::Seconds(10), absl::Seconds(3));
+  EXPECT_EQ(one.WaitForNode(*t, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(ClusterState, ResumedRequestGoesFirstAndIgnoresTheQueueBound) {
+  AdmissionOptions o;
+  o.max_queued = 1;
+  ClusterState s(o);
+  const std::vector<uint64_t> ids = Serve(s, {100});
+  const NodeAssignment first = Admit(s, 100);
+  absl::StatusOr<uint64_t> waiting = s.Enqueue(50);
+  ASSERT_TRUE(waiting.ok());
+  EXPECT_EQ(s.Enqueue(50).status().code(), absl::StatusCode::kResourceExhausted);
+  absl::StatusOr<uint64_t> resumed = s.Enqueue(50, /*resumed=*/true);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(s.queued(), 2);
+  s.Release(first.node_id, 100);
+  EXPECT_FALSE(s.WaitForNode(*waiting, absl::ZeroDuration())->has_value());
+  ASSERT_TRUE(s.WaitForNode(*resumed, absl::ZeroDuration())->has_value());
+  EXPECT_TRUE(s.WaitForNode(*waiting, absl::ZeroDuration())->has_value());
+}
+
+TEST(ClusterState, NodeIdsCarryTheIncarnationSoARestartNeverAliasesThem) {
+  ClusterState before(AdmissionOptions{}, 5);
+  ClusterState after(AdmissionOptions{}, 6);  // the coordinator restarted
+  const uint64_t old_a = before.RegisterAttentionNode("a", 100, 0, kT0);
+  const uint64_t old_s = *before.RegisterShard(0, "s", "ucx", 0, kT0);
+  EXPECT_EQ(old_a >> 32, 5u);
+  EXPECT_EQ(old_s >> 32, 5u);
+  EXPECT_NE(old_a, old_s);
+  // The same registrations in the same order on the new incarnation.
+  const uint64_t new_b = after.RegisterAttentionNode("b", 100, 0, kT0);
+  const uint64_t new_s = *after.RegisterShard(0, "s", "ucx", 0, kT0);
+  EXPECT_EQ(new_b >> 32, 6u);
+  EXPECT_NE(new_b, old_a);
+  EXPECT_NE(new_s, old_s);
+  // A survivor's heartbeat with its old id is NotFound (it registers again);
+  // it never refreshes the new node that took the same slot number.
+  EXPECT_EQ(after.Heartbeat(old_a, 0, 0, kT0 + absl::Seconds(5)).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(after.ExpireDead(kT0 + absl::Seconds(5), absl::Seconds(3)).size(), 2u);
+  for (int i = 0; i < 1000; ++i) {
+    const uint32_t inc = RandomIncarnation();
+    ASSERT_GE(inc, 1u);
+    ASSERT_LT(inc, uint32_t{1} << 31);
+  }
+}
+
+TEST(ClusterState, ReportedVersionsFarAboveTheKnownOnesAreRefused) {
+  ClusterState s(AdmissionOptions{});
+  // A fresh coordinator: members report what they served before it restarted.
+  EXPECT_TRUE(s.CheckReportedVersion(1000).ok());
+  const uint64_t a = s.RegisterAttentionNode("a", 100, 1000, kT0);
+  EXPECT_EQ(s.max_reported_version(), 1000u);
+  EXPECT_TRUE(s.CheckReportedVersion(1000 + (uint64_t{1} << 20)).ok());
+  EXPECT_EQ(s.CheckReportedVersion(1001 + (uint64_t{1} << 20)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.CheckReportedVersion(uint64_t{1} << 32).code(), absl::StatusCode::kInvalidArgument);
+  // Versions above 2^32 are kept whole (64-bit), never wrapped.
+  s.Publish(PublishedPlacement{(uint64_t{1} << 32) + 5, {}}, false);
+  EXPECT_TRUE(s.CheckReportedVersion((uint64_t{1} << 32) + 6).ok());
+  ASSERT_TRUE(s.Heartbeat(a, (uint64_t{1} << 32) + 5, 0, kT0).ok());
+  EXPECT_EQ(s.max_reported_version(), (uint64_t{1} << 32) + 5);
+}
+
+TEST(ClusterState, MemberAddressesAreHostPortOrRefused) {
+  for (const char* good :
+       {"10.0.0.7:50100", "dsv2-attention-0.dsv2.svc:1", "[::1]:65535", "localhost:443"}) {
+    EXPECT_TRUE(ValidateMemberAddress(good, "grpc_address").ok()) << good;
+  }
+  for (const char* bad :
+       {"", "host", "host:", ":80", "host:0", "host:65536", "host:123456", "ho st:80", "host:80\n",
+        "unix:/tmp/sock", "a:b:80", "[::1:80", "host:-1"}) {
+    const absl::Status st = ValidateMemberAddress(bad, "grpc_address");
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(st.message().find("grpc_address"), absl::string_view::npos) << st;
+  }
+  EXPECT_FALSE(ValidateMemberAddress(std::string(250, 'a') + ":80000", "x").ok());
+  EXPECT_FALSE(ValidateMemberAddress(std::string(260, 'a') + ":80", "x").ok());
+}
+
+TEST(ClusterState, ASmallNodeDoesNotCapRequestsThatALargerOneCanHold) {
+  ClusterState s(AdmissionOptions{});
+  const std::vector<uint64_t> ids = Serve(s, {100, 2000});
+  ASSERT_TRUE(s.LargestCapacity().ok());
+  EXPECT_EQ(*s.LargestCapacity(), 2000);
+  EXPECT_EQ(Admit(s, 1500).node_id, ids[1]);  // only the large node can hold it
+  EXPECT_EQ(Admit(s, 50).node_id, ids[0]);
 }
 
 TEST(ClusterState, ZeroQueueStillAdmitsWhatRunsAtOnce) {

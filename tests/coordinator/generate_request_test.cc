@@ -151,7 +151,7 @@ TEST_F(GenerateRequestTest, LimitsNameBothNumbers) {
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(st.message()).find("1000"), std::string::npos) << st;
   EXPECT_NE(std::string(st.message()).find("1005"), std::string::npos) << st;
-  // Over the smallest node's cache.
+  // Over the largest node's cache.
   r.set_max_tokens(300);
   p = PrepareGenerate(r, m);
   st = ApplyLimits(m, 256, *p);

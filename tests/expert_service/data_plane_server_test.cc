@@ -31,7 +31,7 @@ class ExpertDataPlaneServerTest : public testing_util::ConformanceCheckpointTest
   }
 
   // A request for `experts` (one row each) at `version`.
-  std::vector<std::byte> Request(const std::vector<int32_t>& experts, uint32_t version,
+  std::vector<std::byte> Request(const std::vector<int32_t>& experts, uint64_t version,
                                  uint32_t layer = 1) {
     transport::WireHeader h;
     h.request_id = 42;
@@ -133,6 +133,24 @@ TEST_F(ExpertDataPlaneServerTest, LoadExpertsRefusesOlderVersions) {
   for (auto& r : all.replicas) r = {1};
   ASSERT_TRUE(server_->LoadExperts(all).ok());
   EXPECT_EQ(server_->experts().size(), static_cast<size_t>(config_.n_routed_experts));
+}
+
+// A table or dispatch more than 2^20 versions ahead is refused (a corrupt or
+// hostile number), never adopted: the shard keeps serving its version.
+TEST_F(ExpertDataPlaneServerTest, VersionsFarAheadAreRefused) {
+  const std::vector<int32_t> held = server_->experts();
+  const uint64_t current = placement_.version;
+  EXPECT_EQ(StatusOf(server_->HandleMessage(Request({held[0]}, current + (1u << 20) + 1))),
+            WireStatus::kMalformed);
+  EXPECT_EQ(StatusOf(server_->HandleMessage(Request({held[0]}, current))), WireStatus::kOk);
+  router::Placement far = placement_;
+  far.version = current + (uint64_t{1} << 32);
+  EXPECT_EQ(server_->LoadExperts(far).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(server_->placement_version(), current);
+  router::Placement next = placement_;
+  next.version = current + (1u << 20);  // exactly the largest jump
+  EXPECT_TRUE(server_->LoadExperts(next).ok());
+  EXPECT_EQ(server_->placement_version(), current + (1u << 20));
 }
 
 TEST_F(ExpertDataPlaneServerTest, SparseShardIdsHoldOnlyWhatTheTableGives) {

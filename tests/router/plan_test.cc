@@ -114,6 +114,20 @@ void ExpectPlanReassembles(std::span<const Assignment> assignments, int32_t num_
 
 // ---------------------------------------------------------------- placement
 
+TEST(PlacementTest, VersionsAre64BitAndAJumpOverTwoToTheTwentyIsRefused) {
+  EXPECT_TRUE(CheckPlacementVersionJump(0, 1).ok());
+  EXPECT_TRUE(CheckPlacementVersionJump(7, 3).ok());  // older: the caller's rule, not this one
+  EXPECT_TRUE(CheckPlacementVersionJump(5, 5 + kMaxPlacementVersionJump).ok());
+  const absl::Status st = CheckPlacementVersionJump(5, 6 + kMaxPlacementVersionJump);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find(std::to_string(6 + kMaxPlacementVersionJump)), std::string::npos)
+      << st;
+  // Past 2^32 nothing wraps: (2^32 - 1) -> 2^32 is one step.
+  EXPECT_TRUE(CheckPlacementVersionJump(0xFFFFFFFFull, 0x100000000ull).ok());
+  EXPECT_FALSE(CheckPlacementVersionJump(0, ~uint64_t{0}).ok());
+  EXPECT_TRUE(CheckPlacementVersionJump(~uint64_t{0} - 1, ~uint64_t{0}).ok());
+}
+
 TEST(PlacementTest, GroupedPlacesEveryExpertAndNeverSplitsAGroup) {
   const GateParams gate = V2();
   const int32_t per_group = gate.num_experts / gate.n_group;

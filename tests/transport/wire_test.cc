@@ -20,7 +20,7 @@ WireHeader RequestHeader(uint32_t num_rows, uint32_t hidden, WireDType dtype) {
   h.dtype = static_cast<uint16_t>(dtype);
   h.num_rows = num_rows;
   h.hidden = hidden;
-  h.placement_version = 42;
+  h.placement_version = (uint64_t{1} << 40) + 42;  // 64-bit: above 2^32
   return h;
 }
 
@@ -88,7 +88,7 @@ TEST(WireTest, RequestRoundTripKeepsEveryField) {
   EXPECT_EQ(v->header.num_rows, 3u);
   EXPECT_EQ(v->header.hidden, 8u);
   EXPECT_EQ(v->header.num_assignments, 3u);
-  EXPECT_EQ(v->header.placement_version, 42u);
+  EXPECT_EQ(v->header.placement_version, (uint64_t{1} << 40) + 42);
   ASSERT_EQ(v->assignments.size(), 3u);
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(v->assignments[i].row, a[i].row);
@@ -126,7 +126,7 @@ TEST(WireTest, ReplyRoundTrip) {
   EXPECT_EQ(v->header.status, 0);
   EXPECT_EQ(v->header.request_id, 0x1122334455667788ull);
   EXPECT_EQ(v->header.layer, 7u);
-  EXPECT_EQ(v->header.placement_version, 42u);
+  EXPECT_EQ(v->header.placement_version, (uint64_t{1} << 40) + 42);
   const std::vector<std::byte> outputs = Pattern(4 * 4 * 4, 2);
   ASSERT_EQ(v->outputs.size(), outputs.size());
   EXPECT_EQ(std::memcmp(v->outputs.data(), outputs.data(), outputs.size()), 0);
@@ -223,7 +223,10 @@ std::vector<MalformedCase> MalformedRequests() {
       {"Empty", [] { return std::vector<std::byte>(); }, "bytes"},
       {"ShorterThanHeader", [] { return std::vector<std::byte>(47); }, "bytes"},
       {"BadMagic", edit([](WireHeader& h) { h.magic = 0x12345678; }), "magic"},
-      {"BadVersion", edit([](WireHeader& h) { h.version = 2; }), "version"},
+      {"BadVersion", edit([](WireHeader& h) { h.version = 3; }), "version"},
+      // Version 1 (32-bit placement versions) is not spoken any more.
+      {"OldVersion", edit([](WireHeader& h) { h.version = 1; }), "version"},
+      {"ReservedSet", edit([](WireHeader& h) { h.reserved = 1; }), "reserved"},
       {"ReplyKind", edit([](WireHeader& h) { h.kind = 2; }), "kind"},
       {"UnknownKind", edit([](WireHeader& h) { h.kind = 7; }), "kind"},
       {"DTypeZero", edit([](WireHeader& h) { h.dtype = 0; }), "dtype"},
