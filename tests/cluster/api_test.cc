@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -70,23 +71,41 @@ struct Options {
 class Cluster {
  public:
   explicit Cluster(const std::string& model, Options o) : model_(model), o_(std::move(o)) {
+    StartCoordinator("0");
+    for (int i = 0; i < o_.shards; ++i) AddShard(i);
+    for (int i = 0; i < o_.attention_nodes; ++i) AddAttentionNode();
+  }
+
+  // SIGKILL of the coordinator and a new one on the same port (the nodes
+  // keep running and register with it again).
+  void RestartCoordinator() {
+    (void)coordinator_->Stop(SIGKILL, absl::Seconds(10));
+    StartCoordinator(endpoint_.substr(endpoint_.rfind(':') + 1));
+  }
+
+  void StartCoordinator(const std::string& port) {
     const std::string heartbeat_timeout_ms =
         absl::StrCat(absl::ToInt64Milliseconds(o_.heartbeat_timeout));
-    std::vector<std::string> argv = {BinDir() + "/coordinator/dsv2-coordinator", "--model", model_,
-                                     "--port", "0", "--threads", "1",
-                                     "--heartbeat-interval-ms", "200",
-                                     "--heartbeat-timeout-ms", heartbeat_timeout_ms};
+    std::vector<std::string> argv = {BinDir() + "/coordinator/dsv2-coordinator",
+                                     "--model",
+                                     model_,
+                                     "--port",
+                                     port,
+                                     "--threads",
+                                     "1",
+                                     "--heartbeat-interval-ms",
+                                     "200",
+                                     "--heartbeat-timeout-ms",
+                                     heartbeat_timeout_ms};
     argv.insert(argv.end(), o_.coordinator_flags.begin(), o_.coordinator_flags.end());
     auto c = StartChild(argv);
-    EXPECT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE(c.ok()) << c.status();
     coordinator_ = *std::move(c);
     auto line = coordinator_->ReadLine(absl::Seconds(30));
-    EXPECT_TRUE(line.ok()) << line.status();
+    ASSERT_TRUE(line.ok()) << line.status();
     endpoint_ = absl::StrCat("127.0.0.1:", ParseReadyLine(*line)["port"]);
     channel_ = grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials());
     stub_ = v1::Inference::NewStub(channel_);
-    for (int i = 0; i < o_.shards; ++i) AddShard(i);
-    for (int i = 0; i < o_.attention_nodes; ++i) AddAttentionNode();
   }
 
   void AddShard(int shard_id) {
@@ -835,6 +854,49 @@ TEST(ApiFailover, HungShardIsReplacedWhileStreamsGoOn) {
   ASSERT_EQ(info.expert_shards_size(), 1);
   EXPECT_EQ(info.expert_shards(0).shard_id(), 1);
   c.FreezeShard(0, false);
+}
+
+// SIGKILL of the coordinator and a new one on the same port: streams in
+// flight end UNAVAILABLE (documented: clients retry); the nodes register
+// again under the new incarnation (no id of the old one is reused), the new
+// placement is numbered above what they served, and requests run again
+// with the same tokens.
+TEST(ApiFailover, CoordinatorRestartOnTheSamePort) {
+  Options o;
+  o.shards = 2;
+  o.attention_nodes = 2;
+  Cluster c(TinyModel(), o);
+  const uint64_t before = c.WaitServing(2, 2);
+  std::set<uint64_t> old_ids;
+  const v1::ModelInfo first = c.Info();
+  for (const auto& n : first.attention_nodes()) old_ids.insert(n.node_id());
+  GenerateRequest req = PromptIds({100000, 31, 32, 33}, kLongest);
+  req.set_ignore_eos(true);
+  Cluster::Result in_flight;
+  std::atomic<bool> streaming{false};
+  std::thread t([&] {
+    in_flight = c.Generate(req, absl::Seconds(120), [&](const GenerateResponse&) {
+      streaming = true;
+      return true;
+    });
+  });
+  EXPECT_TRUE(WaitFor([&] { return streaming.load(); }, absl::Minutes(1)));
+  c.RestartCoordinator();
+  t.join();
+  EXPECT_EQ(in_flight.status.error_code(), grpc::UNAVAILABLE) << in_flight.status.error_message();
+  const uint64_t after = c.WaitServing(2, 2, before);
+  EXPECT_GT(after, before);
+  const v1::ModelInfo info = c.Info();
+  for (const auto& n : info.attention_nodes()) {
+    EXPECT_FALSE(old_ids.contains(n.node_id())) << n.node_id();
+    EXPECT_NE(n.node_id() >> 32, *old_ids.begin() >> 32) << "same incarnation";
+  }
+  absl::StatusOr<std::vector<int32_t>> ref = ReferenceOutput(TinyModel(), {100000, 31, 32, 33}, 16);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  GenerateRequest short_req = PromptIds({100000, 31, 32, 33}, 16);
+  Cluster::Result r = c.Generate(short_req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, *ref);
 }
 
 // A port in use is an error (exit 1, no ready line), never shared through
