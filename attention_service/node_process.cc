@@ -71,7 +71,10 @@ void ExportEngineStats(const AttentionEngine& engine, const DataPlaneExpertBacke
   m.latent_cache_usage_ratio.Set(
       total > 0 ? static_cast<double>(total - free_blocks) / static_cast<double>(total) : 0.0);
   metrics::SetCounterTotal(m.preemptions, static_cast<double>(st.scheduler.preemptions_total));
-  const std::vector<int64_t> load = backend.stats().expert_assignments;
+  const RemoteExpertsStats bs = backend.stats();
+  metrics::SetCounterTotal(m.expert_resends, static_cast<double>(bs.resends));
+  metrics::SetCounterTotal(m.expert_resent_assignments, static_cast<double>(bs.resent_assignments));
+  const std::vector<int64_t>& load = bs.expert_assignments;
   for (size_t e = 0; e < load.size(); ++e) {
     if (load[e] == 0) continue;
     metrics::SetCounterTotal(m.expert_assignments.Add({{"expert", std::to_string(e)}}),

@@ -11,20 +11,22 @@ class MembershipService final : public internal::Coordinator::Service {
   grpc::Status Register(grpc::ServerContext*, const internal::RegisterRequest* req,
                         internal::RegisterResponse* out) override {
     if (absl::Status st = ValidateMemberAddress(req->grpc_address(), "grpc_address"); !st.ok()) {
-      return service::ToGrpcStatus(st);
+      return Refused("register", service::ToGrpcStatus(st));
     }
     const ModelConfig& cfg = c_.config;
     if (req->vocab_size() != cfg.vocab_size || req->num_layers() != cfg.num_hidden_layers ||
         req->n_routed_experts() != cfg.n_routed_experts) {
-      return grpc::Status(
-          grpc::INVALID_ARGUMENT,
-          absl::StrCat("model mismatch: the node serves vocab_size ", req->vocab_size(), ", ",
-                       req->num_layers(), " layers, ", req->n_routed_experts(),
-                       " routed experts; the coordinator's model has ", cfg.vocab_size, ", ",
-                       cfg.num_hidden_layers, ", ", cfg.n_routed_experts));
+      return Refused(
+          "register",
+          grpc::Status(
+              grpc::INVALID_ARGUMENT,
+              absl::StrCat("model mismatch: the node serves vocab_size ", req->vocab_size(), ", ",
+                           req->num_layers(), " layers, ", req->n_routed_experts(),
+                           " routed experts; the coordinator's model has ", cfg.vocab_size, ", ",
+                           cfg.num_hidden_layers, ", ", cfg.n_routed_experts)));
     }
     if (absl::Status st = c_.state.CheckReportedVersion(req->placement_version()); !st.ok()) {
-      return service::ToGrpcStatus(st);
+      return Refused("register", service::ToGrpcStatus(st));
     }
     const absl::Time now = absl::Now();
     uint64_t id = 0;
@@ -33,9 +35,11 @@ class MembershipService final : public internal::Coordinator::Service {
         // 2^40 tokens of latent cache would be petabytes: a larger number
         // is corrupt, not a machine.
         if (req->cache_capacity_tokens() < 1 || req->cache_capacity_tokens() > (int64_t{1} << 40)) {
-          return grpc::Status(grpc::INVALID_ARGUMENT,
-                              absl::StrCat("cache_capacity_tokens: ", req->cache_capacity_tokens(),
-                                           " is outside [1, 2^40]"));
+          return Refused(
+              "register",
+              grpc::Status(grpc::INVALID_ARGUMENT,
+                           absl::StrCat("cache_capacity_tokens: ", req->cache_capacity_tokens(),
+                                        " is outside [1, 2^40]")));
         }
         id = c_.state.RegisterAttentionNode(req->grpc_address(), req->cache_capacity_tokens(),
                                             req->placement_version(), now);
@@ -44,20 +48,21 @@ class MembershipService final : public internal::Coordinator::Service {
         break;
       case internal::NODE_ROLE_EXPERT_SHARD: {
         if (req->ucx_address().empty() || req->ucx_address().size() > (64u << 10)) {
-          return grpc::Status(grpc::INVALID_ARGUMENT,
-                              "ucx_address: must hold 1 to 65536 bytes");
+          return Refused("register", grpc::Status(grpc::INVALID_ARGUMENT,
+                                                  "ucx_address: must hold 1 to 65536 bytes"));
         }
         absl::StatusOr<uint64_t> r = c_.state.RegisterShard(
             req->shard_id(), req->grpc_address(), req->ucx_address(), req->placement_version(),
             now);
-        if (!r.ok()) return service::ToGrpcStatus(r.status());
+        if (!r.ok()) return Refused("register", service::ToGrpcStatus(r.status()));
         id = *r;
         spdlog::info("expert shard {} registered at {} (node {})", req->shard_id(),
                      req->grpc_address(), id);
         break;
       }
       default:
-        return grpc::Status(grpc::INVALID_ARGUMENT, "role: must be attention or expert shard");
+        return Refused("register", grpc::Status(grpc::INVALID_ARGUMENT,
+                                                "role: must be attention or expert shard"));
     }
     out->set_node_id(id);
     out->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(c_.options.heartbeat_interval));
@@ -68,11 +73,10 @@ class MembershipService final : public internal::Coordinator::Service {
   grpc::Status Heartbeat(grpc::ServerContext*, const internal::HeartbeatRequest* req,
                          internal::HeartbeatResponse* out) override {
     absl::Status st = c_.state.CheckReportedVersion(req->placement_version());
-    if (st.ok()) {
-      st = c_.state.Heartbeat(req->node_id(), req->placement_version(), req->resident_bytes(),
-                              absl::Now());
-    }
-    if (!st.ok()) return service::ToGrpcStatus(st);
+    if (!st.ok()) return Refused("heartbeat", service::ToGrpcStatus(st));
+    st = c_.state.Heartbeat(req->node_id(), req->placement_version(), req->resident_bytes(),
+                            absl::Now());
+    if (!st.ok()) return service::ToGrpcStatus(st);  // NotFound: register again
     out->set_placement_version(c_.state.published().version);
     return grpc::Status::OK;
   }
@@ -87,6 +91,15 @@ class MembershipService final : public internal::Coordinator::Service {
   }
 
  private:
+  // Counts a refused (invalid) membership call and passes its status on.
+  grpc::Status Refused(const char* rpc, grpc::Status status) {
+    if (metrics::CoordinatorMetrics* m = c_.options.metrics) {
+      m->refused_members.Add({{"rpc", rpc}}).Increment();
+    }
+    spdlog::warn("{} refused: {}", rpc, status.error_message());
+    return status;
+  }
+
   CoordinatorCore& c_;
 };
 

@@ -108,6 +108,11 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                     .Help("Generate requests resumed on another attention node, by reason "
                           "(node_failed: its stream broke; handed_off: the node was leaving)")
                     .Register(r)),
+      refused_members(BuildCounter()
+                          .Name("dsv2_membership_refusals_total")
+                          .Help("Register and Heartbeat calls refused as invalid (bad address, "
+                                "capacity, shard id, role, model or placement version), by rpc")
+                          .Register(r)),
       time_to_first_token(Histogram(r, "dsv2_time_to_first_token_seconds",
                                     "Seconds from receiving a Generate request to its first "
                                     "generated token (queueing included)",
@@ -136,8 +141,7 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                                "1 when every routed expert is held by a live shard, else 0")) {}
 
 AttentionMetrics::AttentionMetrics(prometheus::Registry& r)
-    : batch_size(Histogram(r, "dsv2_batch_size", "Sequences in one forward step",
-                           kBatchBuckets)),
+    : batch_size(Histogram(r, "dsv2_batch_size", "Sequences in one forward step", kBatchBuckets)),
       latent_cache_blocks(BuildGauge()
                               .Name("dsv2_latent_cache_blocks")
                               .Help("Latent-cache blocks (64 tokens each) by state (used, free)")
@@ -158,7 +162,14 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& r)
                              .Name("dsv2_expert_assignments_total")
                              .Help("Token-to-expert assignments dispatched, by routed expert id "
                                    "(the per-expert load for rebalancing)")
-                             .Register(r)) {}
+                             .Register(r)),
+      expert_resends(
+          Counter(r, "dsv2_expert_resends_total",
+                  "Expert dispatches re-planned and re-sent (a shard failed, went "
+                  "silent past a newer placement, or was on another placement version)")),
+      expert_resent_assignments(Counter(r, "dsv2_expert_resent_assignments_total",
+                                        "Token->expert assignments carried by re-sends (only those "
+                                        "not yet answered are re-sent)")) {}
 
 ExpertShardMetrics::ExpertShardMetrics(prometheus::Registry& r)
     : expert_rows(BuildCounter()

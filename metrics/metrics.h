@@ -61,6 +61,7 @@ struct CoordinatorMetrics {
   prometheus::Family<prometheus::Counter>& requests;        // {finish_reason}
   prometheus::Family<prometheus::Counter>& request_errors;  // {code}
   prometheus::Family<prometheus::Counter>& failovers;       // {reason = node_failed|handed_off}
+  prometheus::Family<prometheus::Counter>& refused_members;  // {rpc = register|heartbeat}
   prometheus::Histogram& time_to_first_token;
   prometheus::Histogram& inter_token_latency;
   prometheus::Histogram& request_duration;
@@ -82,6 +83,8 @@ struct AttentionMetrics {
   prometheus::Histogram& step_seconds;
   prometheus::Histogram& expert_dispatch_seconds;
   prometheus::Family<prometheus::Counter>& expert_assignments;  // {expert}
+  prometheus::Counter& expert_resends;                          // dispatches re-planned and re-sent
+  prometheus::Counter& expert_resent_assignments;  // assignments those re-sends carried
 };
 
 // dsv2-expert.

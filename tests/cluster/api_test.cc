@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -21,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "attention_node.grpc.pb.h"
+#include "coordinator.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "inference.grpc.pb.h"
@@ -897,6 +899,75 @@ TEST(ApiFailover, CoordinatorRestartOnTheSamePort) {
   Cluster::Result r = c.Generate(short_req);
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.ids, *ref);
+}
+
+// Every membership input is validated: a bad registration or heartbeat is
+// INVALID_ARGUMENT naming the field and changes nothing.
+TEST(ApiMembership, BadRegistrationsAreRefusedAndChangeNothing) {
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  Cluster c(TinyModel(), o);
+  const uint64_t version = c.WaitServing(1, 1);
+  const v1::ModelInfo info = c.Info();
+  auto stub = internal::Coordinator::NewStub(c.channel());
+  const auto good = [&] {
+    internal::RegisterRequest r;
+    r.set_role(internal::NODE_ROLE_ATTENTION);
+    r.set_grpc_address("127.0.0.1:1");
+    r.set_cache_capacity_tokens(4096);
+    r.set_vocab_size(info.vocab_size());
+    r.set_num_layers(info.num_layers());
+    r.set_n_routed_experts(info.n_routed_experts());
+    return r;
+  };
+  struct Case {
+    const char* field;
+    std::function<void(internal::RegisterRequest&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"grpc_address", [](auto& r) { r.set_grpc_address(""); }},
+      {"grpc_address", [](auto& r) { r.set_grpc_address("host"); }},
+      {"grpc_address", [](auto& r) { r.set_grpc_address("127.0.0.1:70000"); }},
+      {"grpc_address", [](auto& r) { r.set_grpc_address("a b:80"); }},
+      {"cache_capacity_tokens", [](auto& r) { r.set_cache_capacity_tokens(0); }},
+      {"cache_capacity_tokens", [](auto& r) { r.set_cache_capacity_tokens(int64_t{1} << 50); }},
+      {"model mismatch", [](auto& r) { r.set_vocab_size(r.vocab_size() + 1); }},
+      {"placement version", [](auto& r) { r.set_placement_version(uint64_t{1} << 40); }},
+      {"role", [](auto& r) { r.set_role(internal::NODE_ROLE_UNSPECIFIED); }},
+      {"ucx_address", [](auto& r) { r.set_role(internal::NODE_ROLE_EXPERT_SHARD); }},
+      {"shard",
+       [](auto& r) {
+         r.set_role(internal::NODE_ROLE_EXPERT_SHARD);
+         r.set_ucx_address("x");
+         r.set_shard_id(5000);
+       }},
+  };
+  for (const Case& k : cases) {
+    internal::RegisterRequest r = good();
+    k.edit(r);
+    grpc::ClientContext ctx;
+    internal::RegisterResponse resp;
+    const grpc::Status st = stub->Register(&ctx, r, &resp);
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << k.field << ": " << st.error_message();
+    EXPECT_NE(st.error_message().find(k.field), std::string::npos) << st.error_message();
+  }
+  // A heartbeat that reports a version far above the cluster's.
+  internal::HeartbeatRequest hb;
+  hb.set_node_id(info.attention_nodes(0).node_id());
+  hb.set_placement_version(version + (uint64_t{1} << 21));
+  grpc::ClientContext hctx;
+  internal::HeartbeatResponse hresp;
+  const grpc::Status hst = stub->Heartbeat(&hctx, hb, &hresp);
+  EXPECT_EQ(hst.error_code(), grpc::INVALID_ARGUMENT) << hst.error_message();
+  // Nothing changed: the same members, the same placement, still serving.
+  const v1::ModelInfo after = c.Info();
+  ASSERT_EQ(after.attention_nodes_size(), 1);
+  EXPECT_EQ(after.attention_nodes(0).node_id(), info.attention_nodes(0).node_id());
+  EXPECT_EQ(after.attention_nodes(0).placement_version(), version);
+  EXPECT_EQ(after.expert_shards_size(), 1);
+  EXPECT_EQ(after.placement_version(), version);
+  EXPECT_TRUE(after.placement_complete());
 }
 
 // A port in use is an error (exit 1, no ready line), never shared through
