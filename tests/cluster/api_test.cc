@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <set>
 #include <string>
@@ -21,6 +22,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "attention_node.grpc.pb.h"
 #include "coordinator.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -706,6 +708,35 @@ TEST(ApiMembership, UnavailableUntilShardsJoinThenNewVersionsOnJoinAndDeath) {
   EXPECT_EQ(r.ids, *ref);
 }
 
+// The longest pause a client saw between two chunks of its stream: the
+// time a fault took to recover from, as the client feels it (printed, not
+// asserted: tests never assert timings).
+class StallMeter {
+ public:
+  void Chunk() {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (last_ != absl::InfinitePast()) longest_ = std::max(longest_, now - last_);
+    last_ = now;
+  }
+  absl::Duration longest() const {
+    absl::MutexLock lock(&mu_);
+    return longest_;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::Time last_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Duration longest_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
+};
+
+void PrintRecovery(const std::string& fault, const StallMeter* meters, int n) {
+  absl::Duration longest = absl::ZeroDuration();
+  for (int i = 0; i < n; ++i) longest = std::max(longest, meters[i].longest());
+  std::cout << "recovery: " << fault << ": longest pause in a client stream "
+            << absl::FormatDuration(longest) << "\n";
+}
+
 // Streams running on an attention node that dies (SIGKILL), hangs (SIGSTOP)
 // or leaves (SIGTERM: a rolling update) are resumed on the other node: every stream
 // completes with exactly `dsv2 run`'s tokens, greedy and seeded (nothing
@@ -740,11 +771,13 @@ void ExpectStreamsSurviveLosingAnAttentionNode(int signal) {
   }
   std::array<Cluster::Result, kStreams> results;
   std::array<std::atomic<int>, kStreams> chunks{};
+  std::array<StallMeter, kStreams> stalls;
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
     threads.emplace_back([&, i] {
       results[i] = c.Generate(reqs[i], absl::Seconds(300), [&, i](const GenerateResponse&) {
         ++chunks[i];
+        stalls[i].Chunk();
         return true;
       });
     });
@@ -771,6 +804,10 @@ void ExpectStreamsSurviveLosingAnAttentionNode(int signal) {
     EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << "wait status " << *status;
   }
   for (std::thread& t : threads) t.join();
+  PrintRecovery(signal == SIGKILL   ? "SIGKILL of an attention node"
+                : signal == SIGSTOP ? "SIGSTOP of an attention node"
+                                    : "SIGTERM of an attention node",
+                stalls.data(), kStreams);
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
     EXPECT_EQ(results[i].ids, refs[i]) << "stream " << i;
@@ -834,11 +871,13 @@ TEST(ApiFailover, HungShardIsReplacedWhileStreamsGoOn) {
   }
   std::array<Cluster::Result, kStreams> results;
   std::array<std::atomic<int>, kStreams> chunks{};
+  std::array<StallMeter, kStreams> stalls;
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
     threads.emplace_back([&, i] {
       results[i] = c.Generate(reqs[i], absl::Seconds(300), [&, i](const GenerateResponse&) {
         ++chunks[i];
+        stalls[i].Chunk();
         return true;
       });
     });
@@ -847,6 +886,7 @@ TEST(ApiFailover, HungShardIsReplacedWhileStreamsGoOn) {
       WaitFor([&] { return chunks[0].load() > 0 && chunks[1].load() > 0; }, absl::Minutes(1)));
   c.FreezeShard(0, true);
   for (std::thread& t : threads) t.join();
+  PrintRecovery("SIGSTOP of an expert shard", stalls.data(), kStreams);
   for (int i = 0; i < kStreams; ++i) {
     ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
     EXPECT_EQ(results[i].ids, refs[i]) << "stream " << i;
