@@ -47,9 +47,10 @@ class MembershipService final : public internal::Coordinator::Service {
                      req->grpc_address(), req->cache_capacity_tokens());
         break;
       case internal::NODE_ROLE_EXPERT_SHARD: {
-        if (req->ucx_address().empty() || req->ucx_address().size() > (64u << 10)) {
-          return Refused("register", grpc::Status(grpc::INVALID_ARGUMENT,
-                                                  "ucx_address: must hold 1 to 65536 bytes"));
+        // The shard's data-plane listener, host:port (never UCX worker
+        // bytes: attention nodes connect to it by address).
+        if (absl::Status st = ValidateMemberAddress(req->ucx_address(), "ucx_address"); !st.ok()) {
+          return Refused("register", service::ToGrpcStatus(st));
         }
         absl::StatusOr<uint64_t> r = c_.state.RegisterShard(
             req->shard_id(), req->grpc_address(), req->ucx_address(), req->placement_version(),

@@ -48,6 +48,7 @@ int Main(int argc, char** argv) {
                                          " must be in [0, --num-shards=", shard.num_shards, ")"));
   }
   service::ApplyCommonFlags(shard.common, &serve);
+  shard.common.advertise_host = serve.advertise_host;
 
   absl::StatusOr<std::unique_ptr<ExpertShardProcess>> process = ExpertShardProcess::Create(shard);
   if (!process.ok()) return service::StartupFailure(serve.binary, process.status().message());

@@ -111,9 +111,9 @@ std::vector<grpc::Service*> ExpertShardProcess::services() { return {parts_->con
 std::string ExpertShardProcess::ReadyFields() const {
   const ExpertDataPlaneServer& s = *parts_->server;
   return absl::StrCat("metrics_port=", parts_->metrics_server->port(), " shard_id=", s.shard_id(),
-                      " placement_version=", s.placement_version(),
-                      " experts=", s.experts().size(), " resident_bytes=", ResidentBytes(),
-                      " ucx_address=", service::HexEncode(parts_->data_plane->address()));
+                      " placement_version=", s.placement_version(), " experts=", s.experts().size(),
+                      " resident_bytes=", ResidentBytes(),
+                      " ucx_address=", parts_->data_plane->address());
 }
 
 std::string ExpertShardProcess::ServingLogLine(int port) const {

@@ -54,9 +54,10 @@ void DefineCoordinatorFlags(flags::FlagSet& flags, ServeOptions* serve,
                             std::string_view coordinator_help) {
   flags.String("coordinator", &serve->coordinator,
                absl::StrCat("HOST:PORT of dsv2-coordinator: ", std::string(coordinator_help)));
-  flags.String("advertise-host", &serve->advertise_host,
-               "host the coordinator (and attention nodes, for a shard) use to reach this "
-               "process's gRPC port")
+  flags
+      .String("advertise-host", &serve->advertise_host,
+              "host the coordinator (and attention nodes, for a shard) use to reach this "
+              "process's gRPC port (and a shard's data-plane listener)")
       .DefaultText("--host");
 }
 
@@ -89,6 +90,8 @@ transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags) {
   transport::UcxOptions ucx;
   ucx.transports = flags.ucx_transports;
   ucx.rendezvous_threshold = static_cast<size_t>(flags.rendezvous_threshold);
+  ucx.listen_host = flags.host;
+  ucx.advertise_host = flags.advertise_host;
   return ucx;
 }
 
@@ -193,34 +196,6 @@ absl::StatusOr<internal::PlacementTable> ReadPlacementFile(const std::string& pa
   }
   DSV2_RETURN_IF_ERROR(PlacementFromProto(table, gate.num_experts).status());
   return table;
-}
-
-std::string HexEncode(const std::string& bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (unsigned char c : bytes) {
-    out.push_back(kDigits[c >> 4]);
-    out.push_back(kDigits[c & 15]);
-  }
-  return out;
-}
-
-absl::StatusOr<std::string> HexDecode(const std::string& hex) {
-  if (hex.size() % 2 != 0) return absl::InvalidArgumentError("hex string has odd length");
-  const auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  std::string out(hex.size() / 2, '\0');
-  for (size_t i = 0; i < out.size(); ++i) {
-    const int hi = nibble(hex[2 * i]), lo = nibble(hex[2 * i + 1]);
-    if (hi < 0 || lo < 0) return absl::InvalidArgumentError("not a hex string");
-    out[i] = static_cast<char>(hi * 16 + lo);
-  }
-  return out;
 }
 
 namespace {

@@ -42,6 +42,9 @@ struct CommonFlags {
   int metrics_port = 0;  // /metrics HTTP port; 0 = OS-chosen
   std::string ucx_transports;
   int64_t rendezvous_threshold = 64 << 10;
+  // Host the data-plane address advertises (a shard's UCX listener binds
+  // --host); copied from --advertise-host by the binaries that have it.
+  std::string advertise_host;
   // --weights, --experts-only, --lm-head-bf16 (dsv2-attention and
   // dsv2-expert only: DefineWeightFlags).
   WeightFlags weight_flags;
@@ -99,10 +102,6 @@ absl::StatusOr<internal::PlacementTable> ReadPlacementFile(const std::string& pa
 absl::StatusOr<internal::PlacementTable> DefaultPlacementTable(const router::GateParams& gate,
                                                                int32_t num_shards,
                                                                uint64_t version);
-
-// Hex <-> bytes (UCX worker addresses in flags, ready lines and logs).
-std::string HexEncode(const std::string& bytes);
-absl::StatusOr<std::string> HexDecode(const std::string& hex);
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it
 // starts afterwards; call first in main. WaitForTerminationSignal then

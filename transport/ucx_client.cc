@@ -54,8 +54,8 @@ class UcxClient final : public DataPlaneClient {
     // Constant after construction.
     UcxClient* client = nullptr;
     PeerId id = 0;
-    std::string address;  // address() string, tag included (the cache key)
-    std::string raw;      // the worker address inside it
+    std::string address;   // the server's address(), "host:port" (the cache key)
+    SocketAddress server;  // `address` resolved
     // Guarded by the client's mu_.
     State state = State::kConnecting;
     absl::Status failure;    // when kFailed
@@ -108,7 +108,6 @@ class UcxClient final : public DataPlaneClient {
   // Constant after Create.
   const UcxOptions options_;
   std::unique_ptr<UcxWorker> worker_;
-  std::string own_address_;  // our raw worker address, sent in hellos
 
   absl::Mutex mu_;
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
@@ -137,9 +136,6 @@ absl::StatusOr<std::unique_ptr<DataPlaneClient>> UcxClient::Create(const UcxOpti
       return s;
     }
   }
-  absl::StatusOr<std::string> address = client->worker_->WorkerAddress();
-  if (!address.ok()) return address.status();
-  client->own_address_ = std::move(*address);
   client->worker_->Start();
   return std::unique_ptr<DataPlaneClient>(std::move(client));
 }
@@ -179,12 +175,10 @@ UcxClient::~UcxClient() {
 }
 
 absl::StatusOr<PeerId> UcxClient::Connect(const std::string& address) {
-  if (address.size() <= kAddressTagBytes ||
-      address.compare(0, kAddressTagBytes, kAddressTag) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("UCX address of ", address.size(), " bytes does not start with the tag \"",
-                     kAddressTag, "\" that DataPlaneServer::address() writes"));
-  }
+  // Parsed and resolved before anything reaches UCX (and outside mu_: a
+  // name lookup may block).
+  absl::StatusOr<SocketAddress> server = ParseHostPort(address);
+  if (!server.ok()) return server.status();
   absl::MutexLock lock(&mu_);
   if (shut_down_) return absl::FailedPreconditionError("the UCX client was shut down");
   std::shared_ptr<Peer> peer;
@@ -195,7 +189,7 @@ absl::StatusOr<PeerId> UcxClient::Connect(const std::string& address) {
     peer->client = this;
     peer->id = next_peer_id_++;
     peer->address = address;
-    peer->raw = address.substr(kAddressTagBytes);
+    peer->server = *server;
     peers_.emplace(peer->id, peer);
     by_address_.emplace(address, peer);
     worker_->Post([this, peer] { StartConnect(peer); });
@@ -324,7 +318,8 @@ void UcxClient::StartConnect(const std::shared_ptr<Peer>& peer) {
     absl::MutexLock lock(&mu_);
     if (peer->state != Peer::State::kConnecting) return;  // timed out or disconnected already
   }
-  absl::StatusOr<ucp_ep_h> ep = worker_->CreateEp(peer->raw, &UcxClient::OnEpError, peer.get());
+  absl::StatusOr<ucp_ep_h> ep =
+      worker_->CreateEp(&peer->server, nullptr, &UcxClient::OnEpError, peer.get());
   if (!ep.ok()) {
     absl::MutexLock lock(&mu_);
     FailPeerLocked(peer, ep.status());
@@ -332,15 +327,16 @@ void UcxClient::StartConnect(const std::shared_ptr<Peer>& peer) {
   }
   peer->ep = *ep;
   open_peers_.emplace(peer.get(), peer);
-  std::vector<std::byte> hello = CopyBytes(own_address_.data(), own_address_.size());
   UcxAmHeader header;
   header.ticket = peer->id;  // the connect token the ack echoes
-  worker_->SendAm(peer->ep, kAmHello, header, std::move(hello), /*control=*/true,
-                  [this, peer](ucs_status_t s) {
-                    if (s == UCS_OK) return;
-                    absl::MutexLock lock(&mu_);
-                    FailPeerLocked(peer, UcsError(absl::StrCat("UCX hello to peer ", peer->id), s));
-                  });
+  worker_->SendAm(
+      peer->ep, kAmHello, header, {}, /*control=*/true,
+      [this, peer](ucs_status_t s) {
+        if (s == UCS_OK) return;
+        absl::MutexLock lock(&mu_);
+        FailPeerLocked(peer, UcsError(absl::StrCat("UCX hello to peer ", peer->id), s));
+      },
+      /*with_reply_ep=*/true);
 }
 
 void UcxClient::StartSend(const std::shared_ptr<Peer>& peer, uint64_t ticket, uint64_t client_id,

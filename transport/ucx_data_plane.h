@@ -8,16 +8,17 @@
 // ucp_am_recv_data_nbx into its own buffer. Any number of clients can use
 // one server (M-to-N).
 //
-// Replies do not use the endpoint UCX hands the AM callback
-// (UCP_AM_SEND_FLAG_REPLY): in UCX 1.13 that endpoint is destroyed without
-// notice when its peer fails, so a reply sent after a client died would use
-// freed memory. Instead Connect introduces the client to the server (a
-// hello carrying the client's worker address, answered by an ack); the
-// server opens its own endpoint to each client and replies on it. Connect
-// therefore returns only once both directions work, and fails with
-// Unavailable (after `connect_timeout` at most) when the server is
-// unreachable. A server that shuts down tells its clients (requests it
-// drops are refused, then a goodbye), so their tickets fail at once.
+// Connections use UCX's client-server mode: a server listens on
+// `listen_host`:`listen_port` (ucp_listener_create) and its address() is
+// "host:port"; Connect resolves such an address and connects through UCX's
+// connection manager; the server accepts with its own endpoint (with an
+// error handler) and replies on it; a hello, answered by an ack, names the
+// connection. No UCX worker address ever crosses the network. Connect
+// returns only once both directions work, and fails with Unavailable
+// (after `connect_timeout` at most) when the server is unreachable,
+// InvalidArgument for an address that is not host:port. A server that
+// shuts down tells its clients (requests it drops are refused, then a
+// goodbye), so their tickets fail at once.
 //
 // Threads: each client and each server owns one UCX context + worker and
 // one progress thread, the only thread that touches the worker. It sleeps in
@@ -27,7 +28,9 @@
 // that UCX keepalive runs. A server also owns a handler thread that runs the
 // RequestHandler. Transports are UCX's choice, narrowed by `transports`
 // (UCX_TLS syntax: "tcp", "sm", "rc,sm", ...; "" = UCX_TLS from the
-// environment or UCX's default).
+// environment or UCX's default); a list without tcp gets it added, because
+// client-server connections are wired up over tcp (the active messages then
+// use shared memory where both ends share a host).
 //
 // Endpoints use UCP_ERR_HANDLING_MODE_PEER, so a failed peer fails its
 // tickets with Unavailable. What that takes with UCX 1.13 (Debian libucx0),
@@ -72,6 +75,12 @@ struct UcxOptions {
   // How long Connect waits for the server's answer to the connection
   // handshake before it returns Unavailable.
   absl::Duration connect_timeout = absl::Seconds(5);
+  // Servers: the data-plane listener binds listen_host:listen_port (port 0 =
+  // any free port) and address() advertises advertise_host (default
+  // listen_host; set it when listen_host is a wildcard such as 0.0.0.0).
+  std::string listen_host = "127.0.0.1";
+  int listen_port = 0;
+  std::string advertise_host;
   // Servers refuse requests larger than this (the client's Wait gets
   // Unavailable) instead of allocating whatever a peer announces; a real
   // dispatch is rows x hidden x 2-4 bytes, far below it.

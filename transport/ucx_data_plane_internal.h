@@ -7,7 +7,7 @@
 // channel's message, opaque here):
 //
 //   kAmHello     client -> server  {ticket = connect token, client_id = 0}
-//                                  data: the client's UCX worker address
+//                                  no data; sent with UCP_AM_SEND_FLAG_REPLY
 //   kAmHelloAck  server -> client  {ticket = connect token, client_id}
 //                                  no data
 //   kAmRequest   client -> server  {ticket, client_id}  data: request message
@@ -27,18 +27,17 @@
 // one. The bye likewise lets a server release its endpoint to a client that
 // is gone from a live process.
 //
-// Why a hello and a server-side endpoint instead of the reply endpoint UCX
-// hands the AM callback (UCP_AM_SEND_FLAG_REPLY): in UCX 1.13 that endpoint
-// is internal to the server's worker (not "used" by the application), and
-// when its peer fails UCX destroys it without telling the application
-// (ucp_ep_set_failed -> ucp_ep_disconnected; UCX PR #6722 was never merged).
-// A server that held it across the handler call would send a late reply on
-// freed memory whenever an attention node died mid-request. So each client
-// introduces itself once per server (Connect): the server creates its own
-// endpoint to the client's worker address, with an error handler, and
-// replies on it; the client id in every request names that endpoint. The
-// handshake also makes Connect fail fast (Unavailable) for an unreachable
-// server, which a bare ucp_ep_create to a worker address would not.
+// Connections (UCX client-server mode): a server listens on host:port
+// (ucp_listener_create; address() is "host:port"); a client's Connect
+// resolves that and creates its endpoint with the socket address; the
+// server accepts the connection request with its own endpoint (an error
+// handler on it, so a dead client is noticed), then the client's hello,
+// sent with UCP_AM_SEND_FLAG_REPLY, arrives with that endpoint as reply_ep,
+// which names the connection: the ack carries the client id every request
+// names, and replies go out on the server's endpoint. No UCX worker address
+// ever crosses the network (UCX aborts on a malformed one), and the
+// listener binds only the address it is given. The handshake also makes
+// Connect fail fast (Unavailable) for an unreachable server.
 //
 // Threads and ownership (see UcxWorker): every ucp_* call on a worker is made
 // by its progress thread, except set-up before the thread starts and
@@ -50,6 +49,7 @@
 #ifndef DSV2_TRANSPORT_UCX_DATA_PLANE_INTERNAL_H_
 #define DSV2_TRANSPORT_UCX_DATA_PLANE_INTERNAL_H_
 
+#include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
 #include <atomic>
@@ -89,11 +89,20 @@ static_assert(sizeof(UcxAmHeader) == 16);
 static_assert(offsetof(UcxAmHeader, ticket) == 0);
 static_assert(offsetof(UcxAmHeader, client_id) == 8);
 
-// address() = kAddressTag + ucp_worker_get_address bytes. The tag lets
-// Connect reject strings that did not come from address(): UCX parses a
-// worker address without knowing its length, so garbage must not reach it.
-inline constexpr char kAddressTag[] = "dsv2ucx1";
-inline constexpr size_t kAddressTagBytes = sizeof(kAddressTag) - 1;
+// A resolved "host:port" (IPv4, IPv6 in brackets, or a name).
+struct SocketAddress {
+  sockaddr_storage storage;
+  socklen_t length = 0;
+};
+// InvalidArgument unless `address` is host:port with a port in [1, 65535];
+// Unavailable when the host does not resolve. A data-plane address from the
+// network is only ever parsed here: no UCX worker address crosses it (UCX
+// aborts the process on a malformed one).
+absl::StatusOr<SocketAddress> ParseHostPort(const std::string& address);
+
+// The network interface that holds IP address `host` ("lo" for 127.0.0.1);
+// "" for a wildcard (0.0.0.0, ::), a name, or an address no interface has.
+std::string InterfaceOf(const std::string& host);
 
 // Unavailable with `what` and UCX's text for `status`.
 absl::Status UcsError(const std::string& what, ucs_status_t status);
@@ -107,7 +116,7 @@ std::vector<std::byte> CopyBytes(const void* data, size_t length);
 // One UCX context + worker and the progress thread that owns them.
 //
 // Thread-safety: Post, Start and Stop may be called from any thread (Start
-// and Stop once each, by the owner). SetAmHandler and WorkerAddress only
+// and Stop once each, by the owner). SetAmHandler and Listen only
 // before Start. SendAm, RecvAmData, CreateEp and CloseEp only on the progress
 // thread (from a posted command or a UCX callback).
 class UcxWorker {
@@ -122,7 +131,13 @@ class UcxWorker {
   ~UcxWorker();
 
   absl::Status SetAmHandler(unsigned id, ucp_am_recv_callback_t callback, void* arg);
-  absl::StatusOr<std::string> WorkerAddress();
+  // Servers, before Start: listens on host:port (0 = any free port) with
+  // ucp_listener_create; `on_connection` runs on the progress thread for
+  // each client. Returns the bound port.
+  absl::StatusOr<int> Listen(const std::string& host, int port,
+                             ucp_listener_conn_callback_t on_connection, void* arg);
+  // Refuses a connection request (server shutting down).
+  void Reject(ucp_conn_request_h request);
   void Start();
   // Queues `command` for the progress thread (FIFO). Commands posted after
   // Stop's are discarded.
@@ -136,12 +151,20 @@ class UcxWorker {
 
   // Requests and replies go eagerly below options.rendezvous_threshold and
   // by rendezvous from it on; control messages (`control`) always eagerly.
+  // `with_reply_ep`: the receiver's callback gets its own endpoint to us
+  // (UCP_AM_SEND_FLAG_REPLY): how a server matches a hello to the
+  // connection it accepted.
   void SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector<std::byte> data,
-              bool control, SendDone done);
+              bool control, SendDone done, bool with_reply_ep = false);
   void RecvAmData(void* desc, size_t length, RecvDone done);
-  absl::StatusOr<ucp_ep_h> CreateEp(const std::string& raw_address, ucp_err_handler_cb_t on_error,
-                                    void* arg);
-  void CloseEp(ucp_ep_h ep);
+  // A client endpoint to `server` (client-server mode through UCX's
+  // connection manager), or, with server == nullptr, a server endpoint for
+  // an accepted connection `request`. Errors go to `on_error` with `arg`.
+  absl::StatusOr<ucp_ep_h> CreateEp(const SocketAddress* server, ucp_conn_request_h request,
+                                    ucp_err_handler_cb_t on_error, void* arg);
+  // `flush`: deliver what was sent on it first (a graceful shutdown; the
+  // Stop phase bounds the wait); else close at once (a peer that may be dead).
+  void CloseEp(ucp_ep_h ep, bool flush = false);
 
  private:
   // A UCX operation in flight; owned by ops_ until its callback runs.
@@ -166,6 +189,7 @@ class UcxWorker {
   const UcxOptions options_;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
+  ucp_listener_h listener_ = nullptr;  // servers
   int worker_fd_ = -1;  // ucp_worker_get_efd; owned by UCX
   int event_fd_ = -1;   // signalled by Post
   int epoll_fd_ = -1;   // {worker_fd_, event_fd_}

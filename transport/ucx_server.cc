@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <string>
@@ -43,12 +44,11 @@ class UcxServer final : public DataPlaneServer {
   void Shutdown() override;
 
  private:
-  // A client that said hello: the server's own endpoint to it.
+  // An accepted connection: the server's own endpoint to that client.
   struct ClientConn {
     UcxServer* server = nullptr;
     uint64_t id = 0;
-    std::string raw;     // the client's worker address
-    uint64_t token = 0;  // the client's latest connect token (its PeerId for us)
+    uint64_t token = 0;  // the client's connect token from its hello (its PeerId for us)
     ucp_ep_h ep = nullptr;
     bool failed = false;
   };
@@ -61,6 +61,7 @@ class UcxServer final : public DataPlaneServer {
   UcxServer(const UcxOptions& options, RequestHandler handler)
       : options_(options), handler_(std::move(handler)) {}
 
+  static void OnConnection(ucp_conn_request_h request, void* arg);
   static ucs_status_t OnHello(void* arg, const void* header, size_t header_length, void* data,
                               size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnRequest(void* arg, const void* header, size_t header_length, void* data,
@@ -70,12 +71,13 @@ class UcxServer final : public DataPlaneServer {
   static void OnEpError(void* arg, ucp_ep_h ep, ucs_status_t status);
 
   // Progress thread.
-  void HandleHello(uint64_t token, std::string raw);
+  void Accept(ucp_conn_request_h request);
+  void HandleHello(uint64_t token, ucp_ep_h ep);
   void SendReply(uint64_t client_id, uint64_t ticket, std::vector<std::byte> reply);
   // Tells the client that its request `ticket` will not be answered.
   void SendRefusal(uint64_t client_id, uint64_t ticket);
   void SendGoodbyes();
-  void CloseConn(uint64_t client_id);
+  void CloseConn(uint64_t client_id, bool flush = false);
 
   void Enqueue(Inbound inbound) ABSL_LOCKS_EXCLUDED(queue_mu_);
   void HandlerLoop();
@@ -104,13 +106,23 @@ class UcxServer final : public DataPlaneServer {
   // Progress thread only.
   uint64_t next_client_id_ = 1;
   std::unordered_map<uint64_t, std::shared_ptr<ClientConn>> conns_;
-  std::unordered_map<std::string, uint64_t> conn_by_address_;  // live conns only
+  std::unordered_map<ucp_ep_h, uint64_t> conn_by_ep_;
 };
 
 absl::StatusOr<std::unique_ptr<DataPlaneServer>> UcxServer::Create(const UcxOptions& options,
                                                                    RequestHandler handler) {
   std::unique_ptr<UcxServer> server(new UcxServer(options, std::move(handler)));
-  absl::StatusOr<std::unique_ptr<UcxWorker>> worker = UcxWorker::Create(options);
+  // UCX's tcp transport listens on every network device it uses: keep it
+  // to the one that holds listen_host, so that --host 127.0.0.1 stays on
+  // loopback (UCX_NET_DEVICES in the environment or options.config wins).
+  UcxOptions worker_options = options;
+  bool devices_set = std::getenv("UCX_NET_DEVICES") != nullptr;
+  for (const auto& [name, value] : options.config) devices_set |= name == "NET_DEVICES";
+  if (const std::string device = InterfaceOf(options.listen_host);
+      !devices_set && !device.empty()) {
+    worker_options.config.emplace_back("NET_DEVICES", device);
+  }
+  absl::StatusOr<std::unique_ptr<UcxWorker>> worker = UcxWorker::Create(worker_options);
   if (!worker.ok()) return worker.status();
   server->worker_ = std::move(*worker);
   for (auto [id, callback] :
@@ -120,9 +132,13 @@ absl::StatusOr<std::unique_ptr<DataPlaneServer>> UcxServer::Create(const UcxOpti
       return s;
     }
   }
-  absl::StatusOr<std::string> address = server->worker_->WorkerAddress();
-  if (!address.ok()) return address.status();
-  server->address_ = absl::StrCat(kAddressTag, *address);
+  absl::StatusOr<int> port = server->worker_->Listen(options.listen_host, options.listen_port,
+                                                     &UcxServer::OnConnection, server.get());
+  if (!port.ok()) return port.status();
+  std::string host = options.advertise_host.empty() ? options.listen_host : options.advertise_host;
+  if (host.find(':') != std::string::npos && host.front() != '[')
+    host = absl::StrCat("[", host, "]");
+  server->address_ = absl::StrCat(host, ":", *port);
   server->handler_thread_ = std::thread([s = server.get()] { s->HandlerLoop(); });
   server->worker_->Start();
   return std::unique_ptr<DataPlaneServer>(std::move(server));
@@ -162,7 +178,7 @@ void UcxServer::Shutdown() {
   // complete, say goodbye, and close every endpoint.
   worker_->Stop({[] {}, [this] { SendGoodbyes(); },
                  [this] {
-                   while (!conns_.empty()) CloseConn(conns_.begin()->first);
+                   while (!conns_.empty()) CloseConn(conns_.begin()->first, /*flush=*/true);
                  }});
   worker_.reset();
 }
@@ -193,19 +209,41 @@ void UcxServer::HandlerLoop() {
   }
 }
 
-ucs_status_t UcxServer::OnHello(void* arg, const void* header, size_t header_length, void* data,
-                                size_t length, const ucp_am_recv_param_t* param) {
+void UcxServer::OnConnection(ucp_conn_request_h request, void* arg) {
+  auto* self = static_cast<UcxServer*>(arg);
+  // Endpoint creation is deferred out of the UCX callback.
+  self->worker_->Post([self, request] { self->Accept(request); });
+}
+
+void UcxServer::Accept(ucp_conn_request_h request) {
+  if (stopping_.load()) {
+    worker_->Reject(request);
+    return;
+  }
+  auto conn = std::make_shared<ClientConn>();
+  conn->server = this;
+  conn->id = next_client_id_++;
+  absl::StatusOr<ucp_ep_h> ep =
+      worker_->CreateEp(nullptr, request, &UcxServer::OnEpError, conn.get());
+  // Without an endpoint there is no way to answer; the client's Connect
+  // fails or times out.
+  if (!ep.ok()) return;
+  conn->ep = *ep;
+  conns_.emplace(conn->id, conn);
+  conn_by_ep_.emplace(conn->ep, conn->id);
+}
+
+ucs_status_t UcxServer::OnHello(void* arg, const void* header, size_t header_length, void* /*data*/,
+                                size_t /*length*/, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxServer*>(arg);
   UcxAmHeader h;
   if (self->stopping_.load() || !ReadAmHeader(header, header_length, &h) ||
-      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || length == 0) {
-    return UCS_OK;  // a hello is always small and eager; drop anything else
+      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
+      !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)) {
+    return UCS_OK;  // a hello is always eager and names its connection; drop anything else
   }
-  // Endpoint creation is deferred out of the UCX callback.
-  self->worker_->Post([self, token = h.ticket,
-                       raw = std::string(static_cast<const char*>(data), length)]() mutable {
-    self->HandleHello(token, std::move(raw));
-  });
+  self->worker_->Post(
+      [self, token = h.ticket, ep = param->reply_ep] { self->HandleHello(token, ep); });
   return UCS_OK;
 }
 
@@ -252,33 +290,13 @@ ucs_status_t UcxServer::OnBye(void* arg, const void* header, size_t header_lengt
   return UCS_OK;
 }
 
-void UcxServer::HandleHello(uint64_t token, std::string raw) {
+void UcxServer::HandleHello(uint64_t token, ucp_ep_h ep) {
   if (stopping_.load()) return;
-  std::shared_ptr<ClientConn> conn;
-  if (auto it = conn_by_address_.find(raw); it != conn_by_address_.end()) {
-    conn = conns_.at(it->second);
-    if (conn->failed) {
-      // Its close is posted already; a fresh endpoint serves the reconnect.
-      CloseConn(conn->id);
-      conn = nullptr;
-    } else {
-      conn->token = token;
-    }
-  }
-  if (conn == nullptr) {
-    conn = std::make_shared<ClientConn>();
-    conn->server = this;
-    conn->id = next_client_id_++;
-    conn->raw = raw;
-    conn->token = token;
-    absl::StatusOr<ucp_ep_h> ep = worker_->CreateEp(raw, &UcxServer::OnEpError, conn.get());
-    // Without an endpoint there is no way to answer; the client's Connect
-    // times out.
-    if (!ep.ok()) return;
-    conn->ep = *ep;
-    conns_.emplace(conn->id, conn);
-    conn_by_address_.emplace(std::move(raw), conn->id);
-  }
+  auto it = conn_by_ep_.find(ep);
+  if (it == conn_by_ep_.end()) return;  // not a connection we accepted (or closed since)
+  const std::shared_ptr<ClientConn>& conn = conns_.at(it->second);
+  if (conn->failed) return;
+  conn->token = token;
   UcxAmHeader ack;
   ack.ticket = token;
   ack.client_id = conn->id;
@@ -318,16 +336,13 @@ void UcxServer::SendGoodbyes() {
   }
 }
 
-void UcxServer::CloseConn(uint64_t client_id) {
+void UcxServer::CloseConn(uint64_t client_id, bool flush) {
   auto it = conns_.find(client_id);
   if (it == conns_.end()) return;
   std::shared_ptr<ClientConn> conn = it->second;
-  worker_->CloseEp(conn->ep);
+  worker_->CloseEp(conn->ep, flush && !conn->failed);
   conns_.erase(it);
-  if (auto a = conn_by_address_.find(conn->raw);
-      a != conn_by_address_.end() && a->second == conn->id) {
-    conn_by_address_.erase(a);
-  }
+  conn_by_ep_.erase(conn->ep);
 }
 
 void UcxServer::OnEpError(void* arg, ucp_ep_h /*ep*/, ucs_status_t /*status*/) {

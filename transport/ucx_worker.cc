@@ -1,5 +1,9 @@
 // UcxWorker (transport/ucx_data_plane_internal.h): one UCX context + worker
 // and the progress thread that owns them, shared by the UCX client and server.
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <ucp/api/ucp.h>
@@ -22,14 +26,12 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "transport/ucx_data_plane_internal.h"
 
 namespace dsv2::transport::ucx_internal {
 namespace {
 
-// Zero bytes appended to a copied worker address before UCX unpacks it, so a
-// truncated address reads zeros (an empty list) rather than past the buffer.
-constexpr size_t kAddressPadBytes = 4096;
 // The progress thread wakes at least this often even when idle: UCX runs its
 // keepalive (dead-peer detection on shared memory) from ucp_worker_progress.
 constexpr int kIdleWakeMs = 100;
@@ -61,14 +63,89 @@ bool MayUseSharedMemory(const UcxOptions& options) {
   return false;
 }
 
-// A worker address copied with kAddressPadBytes zeros after it.
-std::vector<uint8_t> PaddedAddress(const std::string& raw) {
-  std::vector<uint8_t> out(raw.size() + kAddressPadBytes, 0);
-  std::memcpy(out.data(), raw.data(), raw.size());
-  return out;
+// The transports for client-server connections: UCX connects them through
+// a socket (its connection manager) and wires the data lanes up over tcp,
+// so a list that names shared memory only ("sm") gets tcp added; the active
+// messages still go over shared memory when both ends share a host.
+std::string WithWireupTransport(const std::string& tls) {
+  if (tls.empty() || tls[0] == '^') return tls;
+  for (size_t pos = 0; (pos = tls.find("tcp", pos)) != std::string::npos; ++pos) {
+    const bool starts = pos == 0 || tls[pos - 1] == ',';
+    const bool ends = pos + 3 == tls.size() || tls[pos + 3] == ',';
+    if (starts && ends) return tls;
+  }
+  return tls + ",tcp";
 }
 
 }  // namespace
+
+std::string InterfaceOf(const std::string& host) {
+  in_addr v4;
+  in6_addr v6;
+  const bool is_v4 = inet_pton(AF_INET, host.c_str(), &v4) == 1;
+  const bool is_v6 = !is_v4 && inet_pton(AF_INET6, host.c_str(), &v6) == 1;
+  if (!is_v4 && !is_v6) return "";
+  if (is_v4 && v4.s_addr == htonl(INADDR_ANY)) return "";
+  if (is_v6 && IN6_IS_ADDR_UNSPECIFIED(&v6)) return "";
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string name;
+  for (ifaddrs* a = list; a != nullptr && name.empty(); a = a->ifa_next) {
+    if (a->ifa_addr == nullptr) continue;
+    if (is_v4 && a->ifa_addr->sa_family == AF_INET &&
+        reinterpret_cast<const sockaddr_in*>(a->ifa_addr)->sin_addr.s_addr == v4.s_addr) {
+      name = a->ifa_name;
+    } else if (is_v6 && a->ifa_addr->sa_family == AF_INET6 &&
+               std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a->ifa_addr)->sin6_addr, &v6,
+                           sizeof(v6)) == 0) {
+      name = a->ifa_name;
+    }
+  }
+  freeifaddrs(list);
+  return name;
+}
+
+absl::StatusOr<SocketAddress> ParseHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data-plane address \"", address, "\" is not host:port"));
+  }
+  std::string host = address.substr(0, colon);
+  const std::string port_text = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  int port = 0;
+  for (char c : port_text) {
+    if (c < '0' || c > '9' || port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data-plane address \"", address, "\": bad port"));
+    }
+    port = port * 10 + (c - '0');
+  }
+  if (port < 1 || port > 65535 || host.empty() ||
+      host.find_first_of(" \t\r\n/") != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data-plane address \"", address, "\" is not host:port"));
+  }
+  addrinfo hints;
+  std::memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const int rc = getaddrinfo(host.c_str(), port_text.c_str(), &hints, &found);
+  if (rc != 0 || found == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot resolve data-plane host \"", host, "\": ", gai_strerror(rc)));
+  }
+  SocketAddress out;
+  std::memcpy(&out.storage, found->ai_addr, found->ai_addrlen);
+  out.length = found->ai_addrlen;
+  freeaddrinfo(found);
+  return out;
+}
 
 absl::Status UcsError(const std::string& what, ucs_status_t status) {
   return absl::UnavailableError(absl::StrCat(what, ": ", ucs_status_string(status)));
@@ -110,8 +187,9 @@ absl::StatusOr<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& o
   if (std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
     ucp_config_modify(config, "KEEPALIVE_INTERVAL", kDefaultKeepalive);
   }
-  if (!options.transports.empty()) {
-    s = ucp_config_modify(config, "TLS", options.transports.c_str());
+  const std::string transports = WithWireupTransport(options.transports);
+  if (!transports.empty()) {
+    s = ucp_config_modify(config, "TLS", transports.c_str());
     if (s != UCS_OK) {
       config_status = absl::InvalidArgumentError(absl::StrCat(
           "UCX transports \"", options.transports, "\" rejected: ", ucs_status_string(s)));
@@ -175,6 +253,8 @@ UcxWorker::~UcxWorker() {
 }
 
 void UcxWorker::DestroyUcx() {
+  if (listener_ != nullptr) ucp_listener_destroy(listener_);
+  listener_ = nullptr;
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   worker_ = nullptr;
   // Operations whose callbacks never ran (a peer that stopped responding
@@ -200,14 +280,46 @@ absl::Status UcxWorker::SetAmHandler(unsigned id, ucp_am_recv_callback_t callbac
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> UcxWorker::WorkerAddress() {
-  ucp_address_t* address = nullptr;
-  size_t length = 0;
-  ucs_status_t s = ucp_worker_get_address(worker_, &address, &length);
-  if (s != UCS_OK) return UcsError("ucp_worker_get_address", s);
-  std::string out(reinterpret_cast<const char*>(address), length);
-  ucp_worker_release_address(worker_, address);
-  return out;
+absl::StatusOr<int> UcxWorker::Listen(const std::string& host, int port,
+                                      ucp_listener_conn_callback_t on_connection, void* arg) {
+  DSV2_ASSIGN_OR_RETURN(
+      SocketAddress bind,
+      ParseHostPort(absl::StrCat(host.find(':') != std::string::npos && host.front() != '['
+                                     ? absl::StrCat("[", host, "]")
+                                     : host,
+                                 ":", port == 0 ? 1 : port)));
+  // Port 0 asks for any free port; ParseHostPort wants 1-65535.
+  if (port == 0) {
+    if (bind.storage.ss_family == AF_INET) {
+      reinterpret_cast<sockaddr_in*>(&bind.storage)->sin_port = 0;
+    } else {
+      reinterpret_cast<sockaddr_in6*>(&bind.storage)->sin6_port = 0;
+    }
+  }
+  ucp_listener_params_t params;
+  std::memset(&params, 0, sizeof(params));
+  params.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;
+  params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&bind.storage);
+  params.sockaddr.addrlen = bind.length;
+  params.conn_handler.cb = on_connection;
+  params.conn_handler.arg = arg;
+  ucs_status_t s = ucp_listener_create(worker_, &params, &listener_);
+  if (s != UCS_OK) {
+    listener_ = nullptr;
+    return UcsError(absl::StrCat("ucp_listener_create on ", host, ":", port), s);
+  }
+  ucp_listener_attr_t attr;
+  std::memset(&attr, 0, sizeof(attr));
+  attr.field_mask = UCP_LISTENER_ATTR_FIELD_SOCKADDR;
+  s = ucp_listener_query(listener_, &attr);
+  if (s != UCS_OK) return UcsError("ucp_listener_query", s);
+  return attr.sockaddr.ss_family == AF_INET
+             ? ntohs(reinterpret_cast<const sockaddr_in*>(&attr.sockaddr)->sin_port)
+             : ntohs(reinterpret_cast<const sockaddr_in6*>(&attr.sockaddr)->sin6_port);
+}
+
+void UcxWorker::Reject(ucp_conn_request_h request) {
+  if (listener_ != nullptr) ucp_listener_reject(listener_, request);
 }
 
 void UcxWorker::Start() {
@@ -312,7 +424,7 @@ void UcxWorker::OnRecvDone(void* request, ucs_status_t status, size_t length, vo
 }
 
 void UcxWorker::SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector<std::byte> data,
-                       bool control, SendDone done) {
+                       bool control, SendDone done, bool with_reply_ep) {
   auto op = std::make_unique<Op>();
   op->worker = this;
   op->header = header;
@@ -324,6 +436,7 @@ void UcxWorker::SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = control || op->data.size() < options_.rendezvous_threshold ? UCP_AM_SEND_FLAG_EAGER
                                                                            : UCP_AM_SEND_FLAG_RNDV;
+  if (with_reply_ep) param.flags |= UCP_AM_SEND_FLAG_REPLY;
   param.cb.send = &UcxWorker::OnSendDone;
   param.user_data = op.get();
   ucs_status_ptr_t request = ucp_am_send_nbx(ep, id, &op->header, sizeof(UcxAmHeader),
@@ -356,14 +469,21 @@ void UcxWorker::RecvAmData(void* desc, size_t length, RecvDone done) {
   op->recv_done(UCS_PTR_STATUS(request), std::move(op->data));
 }
 
-absl::StatusOr<ucp_ep_h> UcxWorker::CreateEp(const std::string& raw_address,
+absl::StatusOr<ucp_ep_h> UcxWorker::CreateEp(const SocketAddress* server,
+                                             ucp_conn_request_h request,
                                              ucp_err_handler_cb_t on_error, void* arg) {
-  std::vector<uint8_t> address = PaddedAddress(raw_address);
   ucp_ep_params_t params;
   std::memset(&params, 0, sizeof(params));
-  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  params.address = reinterpret_cast<const ucp_address_t*>(address.data());
+  params.field_mask = UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE | UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  if (server != nullptr) {
+    params.field_mask |= UCP_EP_PARAM_FIELD_SOCK_ADDR | UCP_EP_PARAM_FIELD_FLAGS;
+    params.flags = UCP_EP_PARAMS_FLAGS_CLIENT_SERVER;
+    params.sockaddr.addr = reinterpret_cast<const sockaddr*>(&server->storage);
+    params.sockaddr.addrlen = server->length;
+  } else {
+    params.field_mask |= UCP_EP_PARAM_FIELD_CONN_REQUEST;
+    params.conn_request = request;
+  }
   // PEER: UCX reports a failed peer through on_error (and keepalive detects
   // dead peers) instead of hanging or aborting.
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
@@ -375,7 +495,7 @@ absl::StatusOr<ucp_ep_h> UcxWorker::CreateEp(const std::string& raw_address,
   return ep;
 }
 
-void UcxWorker::CloseEp(ucp_ep_h ep) {
+void UcxWorker::CloseEp(ucp_ep_h ep, bool flush) {
   auto op = std::make_unique<Op>();
   op->worker = this;
   ucp_request_param_t param;
@@ -384,7 +504,10 @@ void UcxWorker::CloseEp(ucp_ep_h ep) {
       UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   // FORCE: release at once without waiting for the peer, which may be dead;
   // outstanding sends on the endpoint complete with UCS_ERR_CANCELED.
-  param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  // With client-server endpoints a close also disconnects through UCX's
+  // connection manager, which can overtake data still on the way: a
+  // graceful close flushes first.
+  param.flags = flush ? 0 : UCP_EP_CLOSE_FLAG_FORCE;
   param.cb.send = &UcxWorker::OnSendDone;
   param.user_data = op.get();
   ucs_status_ptr_t request = ucp_ep_close_nbx(ep, &param);

@@ -213,10 +213,14 @@ TEST_F(DataPlaneExpertBackendTest, HungShardIsBypassedByANewerPlacementResending
   o.dispatch_timeout = absl::Hours(1);
   DataPlaneExpertBackend backend(*client, o);
   ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
-  // Once shard 1 holds a dispatch, the coordinator's new placement (all on
-  // shard 0) arrives.
+  // Once shard 1 holds a dispatch and shard 0 has answered its share, the
+  // coordinator's new placement (all on shard 0) arrives. (Had shard 0
+  // moved to version 2 first, it would refuse its version-1 share as stale
+  // and that share would rightly go again.)
   std::thread coordinator([&] {
-    EXPECT_TRUE(WaitFor([&] { return hung.load() > 0; }, absl::Minutes(2)));
+    EXPECT_TRUE(
+        WaitFor([&] { return hung.load() > 0 && servers_[0]->counters().dispatches_total > 0; },
+                absl::Minutes(2)));
     router::Placement v2 = *v1;
     v2.version = 2;
     for (auto& r : v2.replicas) r = {0};

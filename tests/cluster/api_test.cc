@@ -976,10 +976,17 @@ TEST(ApiMembership, BadRegistrationsAreRefusedAndChangeNothing) {
       {"placement version", [](auto& r) { r.set_placement_version(uint64_t{1} << 40); }},
       {"role", [](auto& r) { r.set_role(internal::NODE_ROLE_UNSPECIFIED); }},
       {"ucx_address", [](auto& r) { r.set_role(internal::NODE_ROLE_EXPERT_SHARD); }},
+      // Not host:port: e.g. the packed UCX worker address of old (never
+      // handed to UCX).
+      {"ucx_address",
+       [](auto& r) {
+         r.set_role(internal::NODE_ROLE_EXPERT_SHARD);
+         r.set_ucx_address(std::string("\x05\x00\xff\x10garbage", 11));
+       }},
       {"shard",
        [](auto& r) {
          r.set_role(internal::NODE_ROLE_EXPERT_SHARD);
-         r.set_ucx_address("x");
+         r.set_ucx_address("127.0.0.1:2");
          r.set_shard_id(5000);
        }},
   };

@@ -452,6 +452,34 @@ TEST_P(UcxTest, OversizedRequestIsRefusedAndTheServerCarriesOn) {
   EXPECT_EQ(*r, Transform(ok));
 }
 
+// The data plane is reached by host:port through UCX's listener: the
+// listener binds the host it is given, and bytes that are not host:port
+// (an old packed worker address, garbage) never reach UCX.
+TEST_P(UcxTest, ListenerBindsItsHostAndOnlyHostPortIsAccepted) {
+  UcxOptions options = TestUcxOptions(GetParam());
+  options.listen_host = "127.0.0.1";
+  TestHandler h;
+  absl::StatusOr<std::unique_ptr<DataPlaneServer>> server = CreateUcxServer(options, h.handler());
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE((*server)->address().rfind("127.0.0.1:", 0) == 0) << (*server)->address();
+  absl::StatusOr<std::unique_ptr<DataPlaneClient>> client = CreateUcxClient(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::string blob = "dsv2ucx1";
+  for (int i = 0; i < 300; ++i) blob.push_back(static_cast<char>((i * 37) & 0xFF));
+  for (const std::string& bad :
+       {blob, std::string("127.0.0.1:0"), std::string("127.0.0.1:70000"), std::string(":80"),
+        std::string("127.0.0.1:"), std::string("a b:80")}) {
+    absl::StatusOr<PeerId> peer = (*client)->Connect(bad);
+    ASSERT_FALSE(peer.ok());
+    EXPECT_EQ(peer.status().code(), absl::StatusCode::kInvalidArgument) << peer.status();
+  }
+  absl::StatusOr<PeerId> peer = (*client)->Connect((*server)->address());
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  absl::StatusOr<uint64_t> t = (*client)->Send(*peer, {std::byte{7}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE((*client)->Wait(*t, absl::Now() + absl::Seconds(30)).ok());
+}
+
 TEST_P(UcxTest, RejectedConfigValueIsInvalidArgument) {
   UcxOptions options = TestUcxOptions(GetParam());
   options.config.push_back({"KEEPALIVE_INTERVAL", "not a duration"});

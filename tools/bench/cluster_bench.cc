@@ -170,7 +170,7 @@ int EchoServerMain(const std::string& transports) {
     return std::vector<std::byte>(std::max<uint64_t>(n, 1));
   });
   if (!server.ok()) Die(server.status().ToString());
-  std::cout << "echo ready ucx_address=" << service::HexEncode((*server)->address()) << std::endl;
+  std::cout << "echo ready ucx_address=" << (*server)->address() << std::endl;
   service::BlockTerminationSignals();
   service::WaitForTerminationSignal();
   return 0;
@@ -283,15 +283,14 @@ int Main(int argc, char** argv) {
   int64_t shard_rss = 0;
   for (auto& c : children) {
     auto f = Fields(ReadyLine(*c, absl::Seconds(600)));
-    auto addr = service::HexDecode(f["ucx_address"]);
-    if (!addr.ok()) Die("bad ready line");
-    addresses.push_back(*addr);
+    if (f["ucx_address"].empty()) Die("bad ready line");
+    addresses.push_back(f["ucx_address"]);
     int64_t rss = 0;
     if (absl::SimpleAtoi(f["resident_bytes"], &rss)) shard_rss = std::max(shard_rss, rss);
   }
   auto echo = Spawn({self, "--echo-server", "--ucx-transports", transports});
-  auto echo_addr = service::HexDecode(Fields(ReadyLine(*echo, absl::Seconds(60)))["ucx_address"]);
-  if (!echo_addr.ok()) Die("bad echo ready line");
+  const std::string echo_address = Fields(ReadyLine(*echo, absl::Seconds(60)))["ucx_address"];
+  if (echo_address.empty()) Die("bad echo ready line");
 
   transport::UcxOptions uo;
   uo.transports = transports;
@@ -347,7 +346,7 @@ int Main(int argc, char** argv) {
       raw_iters);
   std::printf("%6s %7s %11s %11s %10s %10s %10s %10s %10s\n", "batch", "shards", "req B/shard",
               "rep B/shard", "seam us", "raw 1 us", "raw all us", "raw tot us", "seam/all");
-  auto echo_peer = (*client)->Connect(*echo_addr);
+  auto echo_peer = (*client)->Connect(echo_address);
   if (!echo_peer.ok()) Die(echo_peer.status().ToString());
   RawRoundTrip(**client, *echo_peer, 1, 1024, 1024, raw_iters);  // warm-up
   std::map<int, double> seam_share;
