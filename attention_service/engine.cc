@@ -70,6 +70,21 @@ bool AttentionEngine::Cancel(uint64_t id) {
   return c->found;
 }
 
+namespace {
+
+absl::Status ShuttingDown() { return absl::UnavailableError("attention node is shutting down"); }
+
+}  // namespace
+
+void AttentionEngine::StopAdmittingAndFailAllLocked(absl::Status error) {
+  draining_ = true;
+  stats_.draining = true;
+  auto cmd = std::make_shared<Command>();
+  cmd->kind = Command::Kind::kFailAll;
+  cmd->result = std::move(error);
+  inbox_.push_back(std::move(cmd));
+}
+
 bool AttentionEngine::Drain(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   draining_ = true;
@@ -80,22 +95,14 @@ bool AttentionEngine::Drain(absl::Duration timeout) {
   if (mu_.AwaitWithTimeout(absl::Condition(&idle, &decltype(idle)::operator()), timeout)) {
     return true;
   }
-  auto cmd = std::make_shared<Command>();
-  cmd->kind = Command::Kind::kFailAll;
-  cmd->result = absl::UnavailableError("attention node is shutting down");
-  inbox_.push_back(std::move(cmd));
+  StopAdmittingAndFailAllLocked(ShuttingDown());
   return false;
 }
 
 void AttentionEngine::HandOff() {
   absl::MutexLock lock(&mu_);
-  draining_ = true;
-  stats_.draining = true;
-  auto cmd = std::make_shared<Command>();
-  cmd->kind = Command::Kind::kFailAll;
-  cmd->result = absl::AbortedError(
-      "attention node is leaving: the request is handed back to be resumed on another node");
-  inbox_.push_back(std::move(cmd));
+  StopAdmittingAndFailAllLocked(absl::AbortedError(
+      "attention node is leaving: the request is handed back to be resumed on another node"));
 }
 
 void AttentionEngine::Shutdown() {
@@ -181,7 +188,7 @@ void AttentionEngine::Run() {
     }
     commands.clear();
     if (stop) {
-      scheduler_.FailAll(absl::UnavailableError("attention node is shutting down"), &events);
+      scheduler_.FailAll(ShuttingDown(), &events);
       Deliver(events);
       break;
     }

@@ -83,6 +83,9 @@ class AttentionEngine {
  private:
   struct Command;
   void Run();
+  // Stops admitting and queues a command that ends every live request with
+  // `error` (Drain past its timeout, HandOff).
+  void StopAdmittingAndFailAllLocked(absl::Status error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Deliver(std::vector<SequenceEvent>& events);
 
   Scheduler& scheduler_;

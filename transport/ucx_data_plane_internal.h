@@ -99,6 +99,9 @@ struct SocketAddress {
 // network is only ever parsed here: no UCX worker address crosses it (UCX
 // aborts the process on a malformed one).
 absl::StatusOr<SocketAddress> ParseHostPort(const std::string& address);
+// `host` (a name or an IP address, no brackets) and `port` (0 = any, for a
+// listener) as a socket address; Unavailable when the host does not resolve.
+absl::StatusOr<SocketAddress> Resolve(const std::string& host, int port);
 
 // The network interface that holds IP address `host` ("lo" for 127.0.0.1);
 // "" for a wildcard (0.0.0.0, ::), a name, or an address no interface has.

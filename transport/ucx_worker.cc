@@ -129,6 +129,11 @@ absl::StatusOr<SocketAddress> ParseHostPort(const std::string& address) {
     return absl::InvalidArgumentError(
         absl::StrCat("data-plane address \"", address, "\" is not host:port"));
   }
+  return Resolve(host, port);
+}
+
+absl::StatusOr<SocketAddress> Resolve(const std::string& host, int port) {
+  const std::string port_text = absl::StrCat(port);
   addrinfo hints;
   std::memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
@@ -282,20 +287,7 @@ absl::Status UcxWorker::SetAmHandler(unsigned id, ucp_am_recv_callback_t callbac
 
 absl::StatusOr<int> UcxWorker::Listen(const std::string& host, int port,
                                       ucp_listener_conn_callback_t on_connection, void* arg) {
-  DSV2_ASSIGN_OR_RETURN(
-      SocketAddress bind,
-      ParseHostPort(absl::StrCat(host.find(':') != std::string::npos && host.front() != '['
-                                     ? absl::StrCat("[", host, "]")
-                                     : host,
-                                 ":", port == 0 ? 1 : port)));
-  // Port 0 asks for any free port; ParseHostPort wants 1-65535.
-  if (port == 0) {
-    if (bind.storage.ss_family == AF_INET) {
-      reinterpret_cast<sockaddr_in*>(&bind.storage)->sin_port = 0;
-    } else {
-      reinterpret_cast<sockaddr_in6*>(&bind.storage)->sin6_port = 0;
-    }
-  }
+  DSV2_ASSIGN_OR_RETURN(SocketAddress bind, Resolve(host, port));
   ucp_listener_params_t params;
   std::memset(&params, 0, sizeof(params));
   params.field_mask = UCP_LISTENER_PARAM_FIELD_SOCK_ADDR | UCP_LISTENER_PARAM_FIELD_CONN_HANDLER;

@@ -708,34 +708,110 @@ TEST(ApiMembership, UnavailableUntilShardsJoinThenNewVersionsOnJoinAndDeath) {
   EXPECT_EQ(r.ids, *ref);
 }
 
-// The longest pause a client saw between two chunks of its stream: the
-// time a fault took to recover from, as the client feels it (printed, not
-// asserted: tests never assert timings).
-class StallMeter {
+// Streams driven through a fault, each with its `dsv2 run` reference
+// (ignore_eos). Start runs each on its own thread, counting chunks and the
+// longest pause between two chunks: the time the fault took to recover
+// from, as the client feels it (printed, never asserted: tests do not
+// assert timings).
+class FaultStreams {
  public:
-  void Chunk() {
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = absl::Now();
-    if (last_ != absl::InfinitePast()) longest_ = std::max(longest_, now - last_);
-    last_ = now;
+  ~FaultStreams() {
+    for (auto& s : streams_) {
+      if (s->thread.joinable()) s->thread.join();
+    }
   }
-  absl::Duration longest() const {
-    absl::MutexLock lock(&mu_);
-    return longest_;
+
+  // A greedy stream, or (temperature > 0) a seeded one; top_k 0 = none.
+  void Add(const std::vector<int32_t>& prompt, int max_tokens, float temperature = 0.f,
+           int top_k = 0, uint64_t seed = 0) {
+    auto s = std::make_unique<Stream>();
+    s->request = PromptIds(prompt, max_tokens);
+    s->request.set_ignore_eos(true);
+    std::vector<std::string> flags = {"--ignore-eos"};
+    if (temperature > 0) {
+      s->request.set_temperature(temperature);
+      s->request.set_seed(seed);
+      flags.insert(flags.end(),
+                   {"--temperature", absl::StrCat(temperature), "--seed", absl::StrCat(seed)});
+      if (top_k > 0) {
+        s->request.set_top_k(top_k);
+        flags.insert(flags.end(), {"--top-k", absl::StrCat(top_k)});
+      }
+    }
+    absl::StatusOr<std::vector<int32_t>> ref =
+        ReferenceOutput(TinyModel(), prompt, max_tokens, flags);
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    s->reference = *std::move(ref);
+    streams_.push_back(std::move(s));
   }
+
+  void Start(Cluster& c) {
+    for (auto& stream : streams_) {
+      Stream* s = stream.get();
+      s->thread = std::thread([&c, s] {
+        s->result = c.Generate(s->request, absl::Seconds(300), [s](const GenerateResponse&) {
+          s->Chunk();
+          return true;
+        });
+      });
+    }
+  }
+
+  // Every stream has received a chunk.
+  bool AllStreaming() const {
+    for (const auto& s : streams_) {
+      if (s->chunks.load() == 0) return false;
+    }
+    return true;
+  }
+
+  // Waits for every stream to end and prints the longest pause.
+  void Join(const std::string& fault) {
+    absl::Duration longest = absl::ZeroDuration();
+    for (auto& s : streams_) {
+      if (s->thread.joinable()) s->thread.join();
+      absl::MutexLock lock(&s->mu);
+      longest = std::max(longest, s->longest);
+    }
+    std::cout << "recovery: " << fault << ": longest pause in a client stream "
+              << absl::FormatDuration(longest) << "\n";
+  }
+
+  // After Join: every stream ended OK with exactly its reference's tokens.
+  void ExpectAllEqualTheirReferences() const {
+    for (size_t i = 0; i < streams_.size(); ++i) {
+      const Stream& s = *streams_[i];
+      ASSERT_TRUE(s.result.status.ok()) << i << ": " << s.result.status.error_message();
+      EXPECT_EQ(s.result.ids, s.reference) << "stream " << i;
+    }
+  }
+
+  size_t size() const { return streams_.size(); }
+  const GenerateRequest& request(size_t i) const { return streams_[i]->request; }
+  const std::vector<int32_t>& reference(size_t i) const { return streams_[i]->reference; }
+  const Cluster::Result& result(size_t i) const { return streams_[i]->result; }
 
  private:
-  mutable absl::Mutex mu_;
-  absl::Time last_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-  absl::Duration longest_ ABSL_GUARDED_BY(mu_) = absl::ZeroDuration();
-};
+  struct Stream {
+    GenerateRequest request;
+    std::vector<int32_t> reference;
+    Cluster::Result result;  // written by `thread`, read after Join
+    std::thread thread;
+    std::atomic<int> chunks{0};
+    absl::Mutex mu;
+    absl::Time last ABSL_GUARDED_BY(mu) = absl::InfinitePast();
+    absl::Duration longest ABSL_GUARDED_BY(mu) = absl::ZeroDuration();
 
-void PrintRecovery(const std::string& fault, const StallMeter* meters, int n) {
-  absl::Duration longest = absl::ZeroDuration();
-  for (int i = 0; i < n; ++i) longest = std::max(longest, meters[i].longest());
-  std::cout << "recovery: " << fault << ": longest pause in a client stream "
-            << absl::FormatDuration(longest) << "\n";
-}
+    void Chunk() {
+      ++chunks;
+      absl::MutexLock lock(&mu);
+      const absl::Time now = absl::Now();
+      if (last != absl::InfinitePast()) longest = std::max(longest, now - last);
+      last = now;
+    }
+  };
+  std::vector<std::unique_ptr<Stream>> streams_;
+};
 
 // Streams running on an attention node that dies (SIGKILL), hangs (SIGSTOP)
 // or leaves (SIGTERM: a rolling update) are resumed on the other node: every stream
@@ -747,49 +823,18 @@ void ExpectStreamsSurviveLosingAnAttentionNode(int signal) {
   o.attention_nodes = 2;
   Cluster c(TinyModel(), o);
   c.WaitServing(2, 1);
-  constexpr int kStreams = 4;
   constexpr int kLong = 600;
-  std::vector<GenerateRequest> reqs;
-  std::vector<std::vector<int32_t>> refs;
-  for (int i = 0; i < kStreams; ++i) {
+  FaultStreams streams;
+  for (int i = 0; i < 4; ++i) {
     const std::vector<int32_t> prompt = {100000, 7 + i, 8, 9 + 3 * i};
-    GenerateRequest req = PromptIds(prompt, kLong - 50 * i);
-    req.set_ignore_eos(true);
-    std::vector<std::string> flags = {"--ignore-eos"};
     if (i % 2 == 1) {  // seeded sampling: keyed by output position
-      req.set_temperature(0.9f);
-      req.set_top_k(40);
-      req.set_seed(1000 + i);
-      flags.insert(flags.end(),
-                   {"--temperature", "0.9", "--top-k", "40", "--seed", absl::StrCat(1000 + i)});
+      ASSERT_NO_FATAL_FAILURE(streams.Add(prompt, kLong - 50 * i, 0.9f, 40, 1000 + i));
+    } else {
+      ASSERT_NO_FATAL_FAILURE(streams.Add(prompt, kLong - 50 * i));
     }
-    absl::StatusOr<std::vector<int32_t>> ref =
-        ReferenceOutput(TinyModel(), prompt, req.max_tokens(), flags);
-    ASSERT_TRUE(ref.ok()) << ref.status();
-    reqs.push_back(req);
-    refs.push_back(*ref);
   }
-  std::array<Cluster::Result, kStreams> results;
-  std::array<std::atomic<int>, kStreams> chunks{};
-  std::array<StallMeter, kStreams> stalls;
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = c.Generate(reqs[i], absl::Seconds(300), [&, i](const GenerateResponse&) {
-        ++chunks[i];
-        stalls[i].Chunk();
-        return true;
-      });
-    });
-  }
-  EXPECT_TRUE(WaitFor(
-      [&] {
-        for (auto& n : chunks) {
-          if (n.load() == 0) return false;
-        }
-        return true;
-      },
-      absl::Minutes(1)));
+  streams.Start(c);
+  EXPECT_TRUE(WaitFor([&] { return streams.AllStreaming(); }, absl::Minutes(1)));
   // Least cache load spreads the streams: node 0 has some mid-stream.
   EXPECT_GE(c.NodeStatus(c.AttentionAddress(0)).running(), 1);
   if (signal == SIGKILL) {
@@ -803,26 +848,24 @@ void ExpectStreamsSurviveLosingAnAttentionNode(int signal) {
     ASSERT_TRUE(status.ok()) << status.status();
     EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << "wait status " << *status;
   }
-  for (std::thread& t : threads) t.join();
-  PrintRecovery(signal == SIGKILL   ? "SIGKILL of an attention node"
-                : signal == SIGSTOP ? "SIGSTOP of an attention node"
-                                    : "SIGTERM of an attention node",
-                stalls.data(), kStreams);
-  for (int i = 0; i < kStreams; ++i) {
-    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
-    EXPECT_EQ(results[i].ids, refs[i]) << "stream " << i;
-    const GenerateResponse* last = results[i].final_chunk();
+  streams.Join(signal == SIGKILL   ? "SIGKILL of an attention node"
+               : signal == SIGSTOP ? "SIGSTOP of an attention node"
+                                   : "SIGTERM of an attention node");
+  ASSERT_NO_FATAL_FAILURE(streams.ExpectAllEqualTheirReferences());
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const GenerateResponse* last = streams.result(i).final_chunk();
     ASSERT_NE(last, nullptr);
     EXPECT_EQ(last->finish_reason(), v1::FINISH_REASON_LENGTH);
-    EXPECT_EQ(last->usage().completion_tokens(), static_cast<int32_t>(refs[i].size()));
+    EXPECT_EQ(last->usage().completion_tokens(), static_cast<int32_t>(streams.reference(i).size()));
   }
   // A new request right away: the survivor takes it (the lost node takes
   // no new work, without waiting for the heartbeat timeout).
-  GenerateRequest short_req = reqs[0];
+  GenerateRequest short_req = streams.request(0);
   short_req.set_max_tokens(8);
   Cluster::Result after = c.Generate(short_req);
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
-  EXPECT_EQ(after.ids, std::vector<int32_t>(refs[0].begin(), refs[0].begin() + 8));
+  EXPECT_EQ(after.ids,
+            std::vector<int32_t>(streams.reference(0).begin(), streams.reference(0).begin() + 8));
   EXPECT_TRUE(WaitFor([&] { return c.Info().attention_nodes_size() == 1; }, absl::Minutes(1)));
 }
 
@@ -850,47 +893,14 @@ TEST(ApiFailover, HungShardIsReplacedWhileStreamsGoOn) {
   o.attention_flags = {"--dispatch-timeout", "10m"};
   Cluster c(TinyModel(), o);
   const uint64_t before = c.WaitServing(1, 2);
-  constexpr int kStreams = 2;
-  std::vector<GenerateRequest> reqs;
-  std::vector<std::vector<int32_t>> refs;
-  for (int i = 0; i < kStreams; ++i) {
-    const std::vector<int32_t> prompt = {100000, 21 + i, 22, 23};
-    GenerateRequest req = PromptIds(prompt, 500);
-    req.set_ignore_eos(true);
-    std::vector<std::string> flags = {"--ignore-eos"};
-    if (i == 1) {
-      req.set_temperature(0.8f);
-      req.set_seed(77);
-      flags.insert(flags.end(), {"--temperature", "0.8", "--seed", "77"});
-    }
-    absl::StatusOr<std::vector<int32_t>> ref =
-        ReferenceOutput(TinyModel(), prompt, req.max_tokens(), flags);
-    ASSERT_TRUE(ref.ok()) << ref.status();
-    reqs.push_back(req);
-    refs.push_back(*ref);
-  }
-  std::array<Cluster::Result, kStreams> results;
-  std::array<std::atomic<int>, kStreams> chunks{};
-  std::array<StallMeter, kStreams> stalls;
-  std::vector<std::thread> threads;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      results[i] = c.Generate(reqs[i], absl::Seconds(300), [&, i](const GenerateResponse&) {
-        ++chunks[i];
-        stalls[i].Chunk();
-        return true;
-      });
-    });
-  }
-  EXPECT_TRUE(
-      WaitFor([&] { return chunks[0].load() > 0 && chunks[1].load() > 0; }, absl::Minutes(1)));
+  FaultStreams streams;
+  ASSERT_NO_FATAL_FAILURE(streams.Add({100000, 21, 22, 23}, 500));
+  ASSERT_NO_FATAL_FAILURE(streams.Add({100000, 22, 22, 23}, 500, 0.8f, 0, 77));
+  streams.Start(c);
+  EXPECT_TRUE(WaitFor([&] { return streams.AllStreaming(); }, absl::Minutes(1)));
   c.FreezeShard(0, true);
-  for (std::thread& t : threads) t.join();
-  PrintRecovery("SIGSTOP of an expert shard", stalls.data(), kStreams);
-  for (int i = 0; i < kStreams; ++i) {
-    ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
-    EXPECT_EQ(results[i].ids, refs[i]) << "stream " << i;
-  }
+  streams.Join("SIGSTOP of an expert shard");
+  ASSERT_NO_FATAL_FAILURE(streams.ExpectAllEqualTheirReferences());
   const v1::ModelInfo info = c.Info();
   EXPECT_GT(info.placement_version(), before);
   ASSERT_EQ(info.expert_shards_size(), 1);

@@ -132,7 +132,7 @@ TEST(ClusterState, ResumedRequestGoesFirstAndIgnoresTheQueueBound) {
   AdmissionOptions o;
   o.max_queued = 1;
   ClusterState s(o);
-  const std::vector<uint64_t> ids = Serve(s, {100});
+  Serve(s, {100});
   const NodeAssignment first = Admit(s, 100);
   absl::StatusOr<uint64_t> waiting = s.Enqueue(50);
   ASSERT_TRUE(waiting.ok());
