@@ -27,6 +27,7 @@ namespace dsv2 {
 struct AttentionNodeProcess::Parts {
   ModelConfig config;
   std::unique_ptr<Checkpoint> checkpoint;
+  std::string weights_fingerprint;  // of `checkpoint`, taken at open
   service::ComputeContext compute;
   std::unique_ptr<NonExpertWeights> weights;
   std::unique_ptr<LatentCache> cache;
@@ -94,6 +95,7 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
   DSV2_ASSIGN_OR_RETURN(std::optional<internal::PlacementTable> table,
                         StaticPlacement(options, gate));
   DSV2_ASSIGN_OR_RETURN(p->checkpoint, Checkpoint::OpenDir(options.model_dir));
+  p->weights_fingerprint = p->checkpoint->Fingerprint();
   DSV2_ASSIGN_OR_RETURN(p->compute, service::MakeComputeContext(options.common));
   DSV2_ASSIGN_OR_RETURN(const WeightQuantization quantization,
                         service::WeightQuantizationFromFlags(options.common));
@@ -165,6 +167,8 @@ void AttentionNodeProcess::FillRegistration(internal::RegisterRequest* reg) cons
   reg->set_vocab_size(parts_->config.vocab_size);
   reg->set_num_layers(parts_->config.num_hidden_layers);
   reg->set_n_routed_experts(parts_->config.n_routed_experts);
+  reg->set_config_fingerprint(parts_->config.fingerprint);
+  reg->set_weights_fingerprint(parts_->weights_fingerprint);
 }
 
 void AttentionNodeProcess::FillHeartbeat(internal::HeartbeatRequest* hb) const {

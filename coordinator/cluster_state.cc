@@ -79,6 +79,25 @@ absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std
   return e.node_id;
 }
 
+absl::Status ClusterState::AdmitWeightsFingerprint(const std::string& fingerprint) {
+  absl::MutexLock lock(&mu_);
+  if (attention_.empty() && shards_.empty()) {
+    weights_fingerprint_ = fingerprint;
+    return absl::OkStatus();
+  }
+  if (fingerprint != weights_fingerprint_) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model mismatch: weights_fingerprint ", fingerprint, " differs from the live members' ",
+        weights_fingerprint_, " (one cluster serves one checkpoint)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string ClusterState::weights_fingerprint() const {
+  absl::MutexLock lock(&mu_);
+  return attention_.empty() && shards_.empty() ? std::string() : weights_fingerprint_;
+}
+
 absl::Status ClusterState::Heartbeat(uint64_t node_id, uint64_t placement_version,
                                      int64_t resident_bytes, absl::Time now) {
   absl::MutexLock lock(&mu_);

@@ -93,6 +93,14 @@ class ClusterState {
   absl::StatusOr<uint64_t> RegisterShard(int32_t shard_id, const std::string& address,
                                          const std::string& ucx_address, uint64_t placement_version,
                                          absl::Time now);
+  // The checkpoint every live member serves (RegisterRequest's
+  // weights_fingerprint): with no live member, `fingerprint` becomes it;
+  // otherwise it must equal it (InvalidArgument "model mismatch: ..."). Call
+  // it and then Register* under one lock of the caller's, so that two first
+  // members cannot both set it.
+  absl::Status AdmitWeightsFingerprint(const std::string& fingerprint);
+  // That fingerprint; empty while no member is live.
+  std::string weights_fingerprint() const;
   // NotFound for an unknown id (the node registers again).
   absl::Status Heartbeat(uint64_t node_id, uint64_t placement_version, int64_t resident_bytes,
                          absl::Time now);
@@ -185,6 +193,7 @@ class ClusterState {
   uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t shard_generation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t max_reported_version_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string weights_fingerprint_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, AttentionNodeEntry> attention_ ABSL_GUARDED_BY(mu_);
   std::map<int32_t, ShardEntry> shards_ ABSL_GUARDED_BY(mu_);  // by shard id
   PublishedPlacement published_ ABSL_GUARDED_BY(mu_);

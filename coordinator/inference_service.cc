@@ -80,6 +80,7 @@ class InferenceService final : public v1::Inference::Service {
     out->set_placement_complete(c_.state.placement_complete());
     out->set_queued_requests(c_.state.queued());
     out->set_max_queued_requests(static_cast<int32_t>(c_.state.max_queued()));
+    out->set_weights_fingerprint(c_.state.weights_fingerprint());
     return grpc::Status::OK;
   }
 

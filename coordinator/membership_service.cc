@@ -1,3 +1,4 @@
+#include "base/fingerprint.h"
 #include "coordinator/coordinator_core_internal.h"
 
 namespace dsv2::coordinator {
@@ -26,6 +27,30 @@ class MembershipService final : public internal::Coordinator::Service {
                            cfg.num_hidden_layers, ", ", cfg.n_routed_experts)));
     }
     if (absl::Status st = c_.state.CheckReportedVersion(req->placement_version()); !st.ok()) {
+      return Refused("register", service::ToGrpcStatus(st));
+    }
+    for (const auto& [field, value] :
+         {std::pair{"config_fingerprint", &req->config_fingerprint()},
+          std::pair{"weights_fingerprint", &req->weights_fingerprint()}}) {
+      if (!IsFingerprint(*value)) {
+        return Refused("register", grpc::Status(grpc::INVALID_ARGUMENT,
+                                                absl::StrCat(field,
+                                                             ": not 16 lowercase hex digits "
+                                                             "(a member of another version?)")));
+      }
+    }
+    if (req->config_fingerprint() != cfg.fingerprint) {
+      return Refused(
+          "register",
+          grpc::Status(grpc::INVALID_ARGUMENT,
+                       absl::StrCat("model mismatch: the node's config.json (fingerprint ",
+                                    req->config_fingerprint(), ") differs from the coordinator's (",
+                                    cfg.fingerprint, ")")));
+    }
+    // The weights check and the registration as one step (see
+    // ClusterState::AdmitWeightsFingerprint).
+    absl::MutexLock registering(&registration_mu_);
+    if (absl::Status st = c_.state.AdmitWeightsFingerprint(req->weights_fingerprint()); !st.ok()) {
       return Refused("register", service::ToGrpcStatus(st));
     }
     const absl::Time now = absl::Now();
@@ -92,6 +117,7 @@ class MembershipService final : public internal::Coordinator::Service {
   }
 
  private:
+  absl::Mutex registration_mu_;
   // Counts a refused (invalid) membership call and passes its status on.
   grpc::Status Refused(const char* rpc, grpc::Status status) {
     if (metrics::CoordinatorMetrics* m = c_.options.metrics) {

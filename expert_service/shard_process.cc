@@ -22,6 +22,7 @@ namespace dsv2 {
 struct ExpertShardProcess::Parts {
   ModelConfig config;
   std::unique_ptr<Checkpoint> checkpoint;
+  std::string weights_fingerprint;  // of `checkpoint`, taken at open
   service::ComputeContext compute;
   std::unique_ptr<ExpertDataPlaneServer> server;
   std::unique_ptr<metrics::MetricsServer> metrics_server;
@@ -69,6 +70,7 @@ absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
   auto p = std::make_unique<Parts>();
   DSV2_ASSIGN_OR_RETURN(p->config, LoadModelConfig(options.model_dir + "/config.json"));
   DSV2_ASSIGN_OR_RETURN(p->checkpoint, Checkpoint::OpenDir(options.model_dir));
+  p->weights_fingerprint = p->checkpoint->Fingerprint();
   DSV2_ASSIGN_OR_RETURN(p->compute, service::MakeComputeContext(options.common));
   DSV2_ASSIGN_OR_RETURN(const WeightQuantization quantization,
                         service::WeightQuantizationFromFlags(options.common));
@@ -130,6 +132,8 @@ void ExpertShardProcess::FillRegistration(internal::RegisterRequest* reg) const 
   reg->set_vocab_size(parts_->config.vocab_size);
   reg->set_num_layers(parts_->config.num_hidden_layers);
   reg->set_n_routed_experts(parts_->config.n_routed_experts);
+  reg->set_config_fingerprint(parts_->config.fingerprint);
+  reg->set_weights_fingerprint(parts_->weights_fingerprint);
 }
 
 void ExpertShardProcess::FillHeartbeat(internal::HeartbeatRequest* hb) const {

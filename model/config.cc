@@ -5,8 +5,9 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/ops.h"
+#include "base/fingerprint.h"
 #include "base/status_macros.h"
+#include "kernels/ops.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
@@ -317,6 +318,19 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   DSV2_ASSIGN_OR_RETURN(c.rope, ParseRope(r));
   if (r.Has(j, "quantization_config")) {
     DSV2_ASSIGN_OR_RETURN(c.stored_quantization, ParseStoredQuantization(r));
+  }
+  {
+    json canonical = j;
+    for (auto it = canonical.begin(); it != canonical.end();) {
+      const std::string& key = it.key();
+      const bool bookkeeping = key.starts_with("_") || key == "transformers_version" ||
+                               key == "torch_dtype" || key == "dtype" || key == "architectures" ||
+                               key == "auto_map" || key == "use_cache";
+      it = bookkeeping ? canonical.erase(it) : std::next(it);
+    }
+    Fnv1a64 h;
+    h.Add(canonical.dump());
+    c.fingerprint = h.Hex();
   }
   return c;
 }

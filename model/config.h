@@ -104,6 +104,13 @@ struct ModelConfig {
   int64_t experts_per_group() const { return n_routed_experts / n_group; }
   // softmax_scale of MODEL_SPEC section 4 (qk_head_dim^-0.5 x mscale^2).
   double softmax_scale() const;
+
+  // 16 hex digits identifying the model's configuration (base/fingerprint.h):
+  // config.json's content as parsed (keys sorted, numbers as parsed: layout
+  // and spelling do not count) less bookkeeping keys that do not change the
+  // model (names starting with '_', transformers_version, torch_dtype,
+  // dtype, architectures, auto_map, use_cache). Cluster members compare it.
+  std::string fingerprint;
 };
 
 // Parses and validates config.json text. `source` names the file in errors.

@@ -38,6 +38,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/fingerprint.h"
 #include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -582,6 +583,26 @@ size_t Checkpoint::mapped_bytes() const {
   size_t total = 0;
   for (const auto& m : mappings_) total += m->size;
   return total;
+}
+
+std::string Checkpoint::Fingerprint() const {
+  Fnv1a64 h;
+  for (const std::string& name : Names()) {
+    const TensorView& t = tensors_.at(name);
+    h.Add(name);
+    h.Add(static_cast<uint64_t>(t.dtype));
+    h.Add(static_cast<uint64_t>(t.shape.size()));
+    for (int64_t d : t.shape) h.Add(static_cast<uint64_t>(d));
+    const size_t n = std::min<size_t>(t.num_bytes, 16);
+    h.Add(std::string_view(reinterpret_cast<const char*>(t.data), n));
+    if (n > 0) {
+      // Drop the page just read (the loaders fault in what they use).
+      const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+      const auto begin = reinterpret_cast<uintptr_t>(t.data) / page * page;
+      ::madvise(reinterpret_cast<void*>(begin), page, MADV_DONTNEED);
+    }
+  }
+  return h.Hex();
 }
 
 void ReleaseMappedPages(const void* p, size_t bytes) {

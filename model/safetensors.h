@@ -78,6 +78,15 @@ class Checkpoint {
   std::vector<std::string> Names() const;
   // Total bytes of all mapped files.
   size_t mapped_bytes() const;
+  // 16 lowercase hex digits identifying the checkpoint: a stable 64-bit
+  // FNV-1a hash of every tensor's name, dtype, shape and first 16 bytes of
+  // data, in name order (the pages read for those bytes are released
+  // again). Copies of one checkpoint, in any sharding, agree; checkpoints
+  // differing in a tensor's name, dtype, shape or leading values (a
+  // fine-tune, another conversion) differ with overwhelming probability. Not
+  // a checksum of every byte, which would take minutes at real sizes; not a
+  // security measure.
+  std::string Fingerprint() const;
 
  private:
   struct Mapping;

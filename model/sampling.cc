@@ -49,19 +49,95 @@ std::vector<std::pair<int32_t, float>> TopLogits(std::span<const float> logits, 
   return out;
 }
 
+namespace {
+
+int32_t Greedy(std::span<const float> logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i) {
+    if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
+  }
+  return best;
+}
+
+// The candidates' order: logit descending, then id ascending.
+struct Precedes {
+  std::span<const float> logits;
+  bool operator()(int32_t a, int32_t b) const {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  }
+};
+
+// `ids` taken in the candidates' order with masses w[id]: the position of
+// the first at which the running sum reaches `threshold` (>= when
+// `inclusive`, > otherwise; the last one if rounding never lets it).
+// Quickselect, expected O(n) instead of a sort: halves around a median
+// (std::nth_element), keeps the half the threshold falls in, sorts the
+// last few. Reorders `ids` so that ids[0..pos] are the first pos + 1
+// candidates (as a set).
+size_t FirstReaching(std::span<int32_t> ids, const std::vector<double>& w, double threshold,
+                     bool inclusive, const Precedes& precedes) {
+  const auto reaches = [&](double cum) { return inclusive ? cum >= threshold : cum > threshold; };
+  size_t lo = 0, hi = ids.size();
+  double acc = 0.0;
+  while (hi - lo > 32) {
+    const size_t mid = lo + (hi - lo) / 2;
+    std::nth_element(ids.begin() + lo, ids.begin() + mid, ids.begin() + hi, precedes);
+    double mass = 0.0;
+    for (size_t i = lo; i <= mid; ++i) mass += w[ids[i]];
+    if (reaches(acc + mass)) {
+      hi = mid + 1;
+    } else {
+      acc += mass;
+      lo = mid + 1;
+    }
+  }
+  std::sort(ids.begin() + lo, ids.begin() + hi, precedes);
+  for (size_t i = lo; i < hi; ++i) {
+    acc += w[ids[i]];
+    if (reaches(acc)) return i;
+  }
+  return hi - 1;
+}
+
+}  // namespace
+
 int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t position) {
   const size_t V = logits.size();
-  if (p.temperature == 0.0f || p.top_k == 1) {
-    int32_t best = 0;
-    for (size_t i = 1; i < V; ++i) {
-      if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-    }
-    return best;
+  if (p.temperature == 0.0f || p.top_k == 1) return Greedy(logits);
+  const Precedes precedes{logits};
+  std::vector<int32_t> ids(V);
+  std::iota(ids.begin(), ids.end(), 0);
+  // Top-k: the k first candidates as a set (their order does not matter
+  // to the selections below).
+  const size_t k = p.top_k > 0 ? std::min<size_t>(p.top_k, V) : V;
+  if (k < V) std::nth_element(ids.begin(), ids.begin() + (k - 1), ids.end(), precedes);
+  std::span<int32_t> kept(ids.data(), k);
+  // Unnormalised softmax(logit / T) in double from logit - max (see the
+  // header); indexed by id.
+  const double lmax = logits[Greedy(logits)];
+  std::vector<double> w(V, 0.0);
+  double sum = 0.0;
+  for (int32_t id : kept) {
+    w[id] = std::exp((static_cast<double>(logits[id]) - lmax) / p.temperature);
+    sum += w[id];
   }
+  if (p.top_p < 1.0f) {
+    kept = kept.first(FirstReaching(kept, w, static_cast<double>(p.top_p) * sum,
+                                    /*inclusive=*/true, precedes) +
+                      1);
+    sum = 0.0;
+    for (int32_t id : kept) sum += w[id];
+  }
+  const double target = CounterUniform(p.seed, position) * sum;
+  return kept[FirstReaching(kept, w, target, /*inclusive=*/false, precedes)];
+}
+
+int32_t SampleTokenBySorting(std::span<const float> logits, const SamplingParams& p,
+                             uint64_t position) {
+  const size_t V = logits.size();
+  if (p.temperature == 0.0f || p.top_k == 1) return Greedy(logits);
   const size_t k = p.top_k > 0 ? std::min<size_t>(p.top_k, V) : V;
   const std::vector<int32_t> idx = kernels::TopKIndices(logits, k);
-  // (logit - max) / T in double: never NaN, even when 1/T overflows f32
-  // (a tiny temperature then degenerates to greedy, as it should).
   std::vector<double> prob(k);
   const double lmax = logits[idx[0]];
   double sum = 0.0;
@@ -69,14 +145,13 @@ int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint
     prob[i] = std::exp((static_cast<double>(logits[idx[i]]) - lmax) / p.temperature);
     sum += prob[i];
   }
-  for (double& x : prob) x /= sum;
   size_t kept = k;
   if (p.top_p < 1.0f) {
     double cum = 0.0;
     kept = 0;
     while (kept < k) {
       cum += prob[kept++];
-      if (cum >= p.top_p) break;
+      if (cum >= static_cast<double>(p.top_p) * sum) break;
     }
   }
   double total = 0.0;

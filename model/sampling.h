@@ -40,7 +40,15 @@ double CounterUniform(uint64_t seed, uint64_t position);
 // keeps the shortest prefix whose cumulative probability reaches top_p (at
 // least one token); sampling inverts the cumulative sum of the kept
 // (renormalised) probabilities at CounterUniform(seed, position).
+// Expected O(V) (selections, no sort of the vocabulary): the same token as
+// SampleTokenBySorting but where float rounding of the sums, accumulated
+// in another order, puts a threshold within an ulp of a boundary.
 int32_t SampleToken(std::span<const float> logits, const SamplingParams& p, uint64_t position);
+
+// The definition above executed literally (every candidate sorted,
+// O(V log V)): the reference SampleToken is tested against.
+int32_t SampleTokenBySorting(std::span<const float> logits, const SamplingParams& p,
+                             uint64_t position);
 
 // The n largest logits as (id, logit), by logit descending then id ascending.
 std::vector<std::pair<int32_t, float>> TopLogits(std::span<const float> logits, size_t n);

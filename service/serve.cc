@@ -33,6 +33,12 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(const ServeOptions& op
   // would then start "ready" and take half of the connections. Off, the
   // bind fails and the process exits 1 saying so.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // Members ping their coordinator link every few seconds, calls or not
+  // (CoordinatorLink: a partition leaves no reset to notice); accept that
+  // rather than answer with GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   *port = 0;
   builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
                            grpc::InsecureServerCredentials(), port);

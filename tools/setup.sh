@@ -20,7 +20,8 @@ PKGS=(cmake ninja-build g++ ccache pkg-config
       libucx-dev libspdlog-dev prometheus-cpp-dev)
 if [ "$MODE" = all ]; then
   PKGS+=(libgtest-dev
-         prometheus)  # prometheus + promtool: the metrics and monitoring tests
+         prometheus  # prometheus + promtool: the metrics and monitoring tests
+         iproute2)   # ip: the network-namespace partition tests
   # kubectl (for `kubectl kustomize` in the deploy tests): Debian's
   # kubernetes-client unless a kubectl is already installed.
   command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)

@@ -33,6 +33,31 @@ NodeAssignment Admit(ClusterState& s, int64_t need) {
   return a.ok() && a->has_value() ? **a : NodeAssignment{};
 }
 
+// The first member of an empty cluster sets the weights fingerprint;
+// later ones must match it; once every member is gone, a new one may set
+// another (a whole cluster moved to new weights).
+TEST(ClusterState, WeightsFingerprintIsTheLiveMembers) {
+  ClusterState s(AdmissionOptions{});
+  EXPECT_EQ(s.weights_fingerprint(), "");
+  ASSERT_TRUE(s.AdmitWeightsFingerprint("00000000000000aa").ok());
+  const uint64_t a = s.RegisterAttentionNode("a", 100, 0, kT0);
+  EXPECT_EQ(s.weights_fingerprint(), "00000000000000aa");
+  const absl::Status other = s.AdmitWeightsFingerprint("00000000000000bb");
+  EXPECT_EQ(other.code(), absl::StatusCode::kInvalidArgument) << other;
+  EXPECT_NE(other.message().find("model mismatch"), std::string::npos) << other;
+  EXPECT_EQ(s.weights_fingerprint(), "00000000000000aa");  // unchanged
+  ASSERT_TRUE(s.AdmitWeightsFingerprint("00000000000000aa").ok());
+  absl::StatusOr<uint64_t> shard = s.RegisterShard(0, "s", "ucx", 0, kT0);
+  ASSERT_TRUE(shard.ok());
+  ASSERT_TRUE(s.Remove(a));
+  EXPECT_FALSE(s.AdmitWeightsFingerprint("00000000000000bb").ok());  // the shard is live
+  ASSERT_TRUE(s.Remove(*shard, /*dead=*/true));
+  EXPECT_EQ(s.weights_fingerprint(), "");
+  EXPECT_TRUE(s.AdmitWeightsFingerprint("00000000000000bb").ok());
+  s.RegisterAttentionNode("b", 100, 0, kT0);
+  EXPECT_EQ(s.weights_fingerprint(), "00000000000000bb");
+}
+
 TEST(ClusterState, UnavailableWithoutNodesOrPlacement) {
   ClusterState s(AdmissionOptions{});
   EXPECT_EQ(s.LargestCapacity().status().code(), absl::StatusCode::kUnavailable);

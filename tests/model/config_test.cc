@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "absl/strings/str_replace.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -43,6 +44,37 @@ TEST(ConfigTest, ParsesReleasedDeepSeekV2) {
   EXPECT_NEAR(c->softmax_scale(), std::pow(192.0, -0.5) * m * m, 1e-12);
   EXPECT_FALSE(c->is_moe_layer(0));
   EXPECT_TRUE(c->is_moe_layer(1));
+}
+
+// The config fingerprint: layout, key order, number spelling and
+// bookkeeping keys do not count; any model field does.
+TEST(ConfigTest, FingerprintIgnoresLayoutAndBookkeepingButNotTheModel) {
+  auto base = Parse(ReleasedV2());
+  ASSERT_TRUE(base.ok()) << base.status();
+  EXPECT_EQ(base->fingerprint.size(), 16u);
+  // The same content, written differently, with bookkeeping keys.
+  json same = ReleasedV2();
+  same["transformers_version"] = "4.99.0";
+  same["_name_or_path"] = "/somewhere/else";
+  same["architectures"] = {"DeepseekV2ForCausalLM"};
+  same["torch_dtype"] = "bfloat16";
+  same["use_cache"] = true;
+  auto respaced = ParseModelConfig(same.dump(2));
+  ASSERT_TRUE(respaced.ok()) << respaced.status();
+  EXPECT_EQ(respaced->fingerprint, base->fingerprint);
+  auto spelled = ParseModelConfig(absl::StrReplaceAll(
+      ReleasedV2().dump(), {{"\"rms_norm_eps\":1e-06", "\"rms_norm_eps\":0.000001"}}));
+  ASSERT_TRUE(spelled.ok()) << spelled.status();
+  EXPECT_EQ(spelled->fingerprint, base->fingerprint);
+  // A model field changed, even one dsv2 does not read.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, json>>{
+           {"routed_scaling_factor", 15.0}, {"rope_theta", 20000}, {"pretraining_tp", 2}}) {
+    json other = ReleasedV2();
+    other[key] = value;
+    auto c = Parse(other);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_NE(c->fingerprint, base->fingerprint) << key;
+  }
 }
 
 TEST(ConfigTest, ParsesTransformersSpellingWithRopeParameters) {

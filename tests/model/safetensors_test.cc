@@ -125,6 +125,33 @@ void ExpectError(const absl::StatusOr<std::unique_ptr<Checkpoint>>& c, absl::Sta
 // ---------------------------------------------------------------------------
 // Round trips.
 
+// The weights fingerprint: the same tensors agree, one file or sharded;
+// a changed leading value, shape, dtype or name changes it.
+TEST_F(SafetensorsTest, FingerprintNamesTheCheckpointNotItsSharding) {
+  WriteTwoShards();
+  auto sharded = Checkpoint::OpenDir(dir_);
+  ASSERT_TRUE(sharded.ok()) << sharded.status();
+  const std::string fp = (*sharded)->Fingerprint();
+  EXPECT_EQ(fp.size(), 16u);
+  EXPECT_EQ((*sharded)->Fingerprint(), fp);  // stable (and the released pages read back)
+  const auto one_file = [&](std::vector<TensorToWrite> tensors) {
+    std::filesystem::remove(Path("one.safetensors"));
+    EXPECT_TRUE(WriteSafetensors(Path("one.safetensors"), tensors).ok());
+    auto c = Checkpoint::OpenFile(Path("one.safetensors"));
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? (*c)->Fingerprint() : std::string();
+  };
+  const std::vector<TensorToWrite> same = {F32("x", {2}, {1.5f, -2.0f}),
+                                           Bf16("y", {1, 2}, {3.0f, 0.25f}),
+                                           F16Bits("z", {3}, {0x3c00, 0xc000, 0x0001})};
+  EXPECT_EQ(one_file(same), fp);
+  EXPECT_NE(one_file({F32("x", {2}, {1.5f, -2.5f}), same[1], same[2]}), fp);     // a value
+  EXPECT_NE(one_file({F32("x", {1, 2}, {1.5f, -2.0f}), same[1], same[2]}), fp);  // a shape
+  EXPECT_NE(one_file({F32("x", {2}, {1.5f, -2.0f}), F32("y", {1, 2}, {3.0f, 0.25f}), same[2]}),
+            fp);                                                              // a dtype
+  EXPECT_NE(one_file({F32("w", {2}, {1.5f, -2.0f}), same[1], same[2]}), fp);  // a name
+}
+
 TEST_F(SafetensorsTest, SingleFileRoundTripIsExact) {
   const std::vector<float> f32 = {1.0f, -0.0f, 3.14159274f, 1e-40f, -65504.0f, 7.0f};
   const std::vector<float> bf16 = {1.0f, -2.5f, 0.0078125f, 0x1.fep127f};

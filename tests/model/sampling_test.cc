@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <random>
 
 #include "gtest/gtest.h"
 
@@ -19,6 +20,38 @@ TEST(SamplingTest, TopKOneIsGreedy) {
   const std::vector<float> logits = {1.0f, 2.0f, 5.0f};
   SamplingParams p{.temperature = 1.0f, .top_k = 1, .top_p = 1.0f, .seed = 7};
   for (uint64_t i = 0; i < 20; ++i) EXPECT_EQ(SampleToken(logits, p, i), 2);
+}
+
+// The selection-based sampler against the definition executed literally:
+// vocabularies from 2 to DeepSeek's 102,400, logits with many ties (ties
+// go to the lower id), flat and peaked, every top-k / top-p combination.
+TEST(SamplingTest, SelectionEqualsSortingReference) {
+  std::mt19937 rng(5);
+  int compared = 0;
+  for (size_t V : {size_t{2}, size_t{33}, size_t{1000}, size_t{102400}}) {
+    for (int shape = 0; shape < 3; ++shape) {
+      std::vector<float> logits(V);
+      std::normal_distribution<float> normal(0.0f, shape == 2 ? 6.0f : 1.0f);
+      for (float& x : logits) {
+        x = normal(rng);
+        if (shape == 1) x = std::round(x * 4.0f) / 4.0f;  // ties
+      }
+      for (float t : {0.3f, 1.0f, 1.7f}) {
+        for (int top_k : {0, 2, 40, 5000}) {
+          for (float top_p : {1.0f, 0.9f, 0.3f}) {
+            const SamplingParams p{.temperature = t, .top_k = top_k, .top_p = top_p, .seed = 9};
+            for (uint64_t pos = 0; pos < (V > 1000 ? 4u : 40u); ++pos) {
+              ASSERT_EQ(SampleToken(logits, p, pos), SampleTokenBySorting(logits, p, pos))
+                  << "V " << V << " shape " << shape << " T " << t << " top_k " << top_k
+                  << " top_p " << top_p << " position " << pos;
+              ++compared;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(compared, 1000);
 }
 
 TEST(SamplingTest, SameSeedAndPositionSameToken) {
