@@ -2,8 +2,12 @@
 // dsv2-coordinator, dsv2-attention and dsv2-expert processes on loopback
 // (real UCX, real gRPC), driven by a C++ gRPC client; outputs compared with
 // single-process `dsv2 run`. Every process runs with --threads 1.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -165,6 +169,103 @@ class NetnsLab {
   std::vector<Member> members_;
 };
 
+// A TCP proxy owned by the test, for partitions without privileges: it
+// listens on 127.0.0.1 and relays every connection to 127.0.0.1:upstream.
+// Blackhole(true) relays nothing either way: bytes wait in the proxy's and
+// the kernel's buffers, no connection is reset, as when a network drops
+// every packet; Blackhole(false) relays again. One thread (joined by the
+// destructor) owns every socket.
+class TcpProxy {
+ public:
+  explicit TcpProxy(int upstream_port) : upstream_port_(upstream_port) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (listen_fd_ < 0 || bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+        listen(listen_fd_, 64) != 0 ||
+        getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ADD_FAILURE() << "cannot listen for the proxy";
+      return;
+    }
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~TcpProxy() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    for (const auto& [a, b] : pairs_) {
+      close(a);
+      close(b);
+    }
+    if (listen_fd_ >= 0) close(listen_fd_);
+  }
+  int port() const { return port_; }
+  void Blackhole(bool on) { blackhole_ = on; }
+
+ private:
+  void Loop() {
+    std::vector<char> buf(1 << 16);
+    while (!stop_) {
+      const bool relay = !blackhole_;
+      std::vector<pollfd> fds = {{listen_fd_, POLLIN, 0}};
+      if (relay) {
+        for (const auto& [a, b] : pairs_) {
+          fds.push_back({a, POLLIN, 0});
+          fds.push_back({b, POLLIN, 0});
+        }
+      }
+      if (poll(fds.data(), fds.size(), 20) <= 0) continue;
+      if (relay && (fds[0].revents & POLLIN)) Accept();
+      std::vector<size_t> closed;
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (fds[i].revents == 0) continue;
+        const size_t pair = (i - 1) / 2;
+        const int from = fds[i].fd;
+        const int to = (i - 1) % 2 == 0 ? pairs_[pair].second : pairs_[pair].first;
+        const ssize_t n = read(from, buf.data(), buf.size());
+        bool ok = n > 0;
+        for (ssize_t off = 0; ok && off < n;) {
+          const ssize_t w = write(to, buf.data() + off, static_cast<size_t>(n - off));
+          ok = w > 0;
+          off += w > 0 ? w : 0;
+        }
+        if (!ok && (closed.empty() || closed.back() != pair)) closed.push_back(pair);
+      }
+      for (auto it = closed.rbegin(); it != closed.rend(); ++it) {
+        close(pairs_[*it].first);
+        close(pairs_[*it].second);
+        pairs_.erase(pairs_.begin() + static_cast<std::ptrdiff_t>(*it));
+      }
+    }
+  }
+
+  void Accept() {
+    const int client = accept(listen_fd_, nullptr, nullptr);
+    if (client < 0) return;
+    const int upstream = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(upstream_port_));
+    if (upstream < 0 || connect(upstream, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      close(client);
+      if (upstream >= 0) close(upstream);
+      return;
+    }
+    pairs_.emplace_back(client, upstream);
+  }
+
+  const int upstream_port_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> blackhole_{false};
+  std::vector<std::pair<int, int>> pairs_;  // (client, upstream); the thread's
+  std::thread thread_;
+};
+
 struct Options {
   int shards = 4;
   int attention_nodes = 2;
@@ -178,6 +279,12 @@ struct Options {
   // tests) on its address there, and the data plane goes by UCX's tcp
   // transport (shared memory would pass any network partition).
   NetnsLab* lab = nullptr;
+  // When set (and no lab), each shard and attention node reaches the
+  // coordinator through a TcpProxy of its own: a partition cuts it off from
+  // the coordinator (registration, heartbeats), while the coordinator's
+  // calls to it and the data plane go direct (UCX's tcp transport cannot be
+  // proxied: it connects to the address its peer reports during wire-up).
+  bool proxy_links = false;
 };
 
 // A running cluster; processes die with the test.
@@ -233,10 +340,10 @@ class Cluster {
       ASSERT_TRUE(m.ok()) << m.status();
       member = *m;
     }
-    auto p =
-        StartChild(InNamespace(member, {BinDir() + "/expert_service/dsv2-expert", "--model", model_,
-                                        "--shard-id", absl::StrCat(shard_id), "--coordinator",
-                                        endpoint_, "--port", "0", "--threads", "1"}));
+    auto p = StartChild(InNamespace(
+        member, {BinDir() + "/expert_service/dsv2-expert", "--model", model_, "--shard-id",
+                 absl::StrCat(shard_id), "--coordinator", CoordinatorFor(&shard_proxies_[shard_id]),
+                 "--port", "0", "--threads", "1"}));
     ASSERT_TRUE(p.ok()) << p.status();
     shard_members_[shard_id] = member;
     ASSERT_TRUE((*p)->ReadLine(absl::Seconds(60)).ok());
@@ -244,11 +351,12 @@ class Cluster {
   }
 
   void AddAttentionNode() {
+    attention_proxies_.emplace_back();
     std::vector<std::string> argv = {BinDir() + "/attention_service/dsv2-attention",
                                      "--model",
                                      model_,
                                      "--coordinator",
-                                     endpoint_,
+                                     CoordinatorFor(&attention_proxies_.back()),
                                      "--port",
                                      "0",
                                      "--threads",
@@ -273,8 +381,21 @@ class Cluster {
 
   // Options.lab: drops every packet to and from a member (cut) or lets
   // them through again; the process itself runs on.
-  void PartitionShard(int shard_id, bool cut) { o_.lab->Partition(shard_members_[shard_id], cut); }
-  void PartitionAttentionNode(size_t i, bool cut) { o_.lab->Partition(attention_members_[i], cut); }
+  // Options.proxy_links: the same for the member's link to the coordinator.
+  void PartitionShard(int shard_id, bool cut) {
+    if (o_.lab == nullptr) {
+      shard_proxies_[shard_id]->Blackhole(cut);
+    } else {
+      o_.lab->Partition(shard_members_[shard_id], cut);
+    }
+  }
+  void PartitionAttentionNode(size_t i, bool cut) {
+    if (o_.lab == nullptr) {
+      attention_proxies_[i]->Blackhole(cut);
+    } else {
+      o_.lab->Partition(attention_members_[i], cut);
+    }
+  }
 
   // The gRPC address of the i-th attention node started.
   const std::string& AttentionAddress(size_t i) const { return attention_addresses_[i]; }
@@ -372,6 +493,14 @@ class Cluster {
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
 
  private:
+  // The coordinator address a member is given: through a new proxy of its
+  // own (Options.proxy_links, kept in *proxy) or direct.
+  std::string CoordinatorFor(std::unique_ptr<TcpProxy>* proxy) {
+    if (!o_.proxy_links) return endpoint_;
+    *proxy = std::make_unique<TcpProxy>(std::stoi(endpoint_.substr(endpoint_.rfind(':') + 1)));
+    return absl::StrCat("127.0.0.1:", (*proxy)->port());
+  }
+
   // A member's address (loopback without a lab).
   static std::string Host(const NetnsLab::Member& m) { return m.ns.empty() ? "127.0.0.1" : m.ip; }
 
@@ -396,6 +525,9 @@ class Cluster {
   NetnsLab::Member coordinator_member_;
   std::map<int, NetnsLab::Member> shard_members_;
   std::vector<NetnsLab::Member> attention_members_;
+  // Options.proxy_links: each member's link to the coordinator.
+  std::map<int, std::unique_ptr<TcpProxy>> shard_proxies_;
+  std::vector<std::unique_ptr<TcpProxy>> attention_proxies_;
   std::string endpoint_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
@@ -1030,9 +1162,9 @@ std::string FaultName(Member member, Fault fault) {
 // Every stream completes with exactly `dsv2 run`'s tokens: nothing lost,
 // nothing repeated, nothing wrong. A hung or partitioned member that comes
 // back re-registers and serves again; new requests work throughout.
-void ExpectStreamsSurvive(Member member, Fault fault) {
+void ExpectStreamsSurvive(Member member, Fault fault, bool through_proxy = false) {
   std::unique_ptr<NetnsLab> lab;
-  if (fault == Fault::kPartition) {
+  if (fault == Fault::kPartition && !through_proxy) {
     absl::StatusOr<std::unique_ptr<NetnsLab>> made = NetnsLab::Create();
     if (!made.ok()) GTEST_SKIP() << "no network namespaces here: " << made.status();
     lab = *std::move(made);
@@ -1043,6 +1175,7 @@ void ExpectStreamsSurvive(Member member, Fault fault) {
   o.cache_tokens = 20480;  // all 32 streams fit on one node
   if (member == Member::kShard) o.attention_flags = {"--dispatch-timeout", "10m"};
   o.lab = lab.get();
+  o.proxy_links = through_proxy;
   Cluster c(TinyModel(), o);
   const uint64_t before = c.WaitServing(2, 2);
   FaultStreams streams;
@@ -1083,7 +1216,9 @@ void ExpectStreamsSurvive(Member member, Fault fault) {
       break;
     }
   }
-  streams.Join(FaultName(member, fault));
+  const std::string what =
+      FaultName(member, fault) + (through_proxy ? " from the coordinator (TCP proxy)" : "");
+  streams.Join(what);
   ASSERT_NO_FATAL_FAILURE(streams.ExpectAllEqualTheirReferences());
   for (size_t i = 0; i < streams.size(); ++i) {
     const GenerateResponse* last = streams.result(i).final_chunk();
@@ -1130,13 +1265,25 @@ void ExpectStreamsSurvive(Member member, Fault fault) {
     EXPECT_TRUE(WaitFor([&] { return c.Info().attention_nodes_size() == 2; }, absl::Minutes(2)));
     c.WaitServing(2, 2, 0, absl::Minutes(1));
   }
-  std::cout << "recovery: " << FaultName(member, fault) << ": serving again "
+  std::cout << "recovery: " << what << ": serving again "
             << absl::FormatDuration(absl::Now() - back) << " after it came back\n";
   FaultStreams again;
   ASSERT_NO_FATAL_FAILURE(AddMixedStreams(again, 4));
   again.Start(c);
   again.Join("after the member came back");
   ASSERT_NO_FATAL_FAILURE(again.ExpectAllEqualTheirReferences());
+}
+
+// Without privileges: the member's link to the coordinator goes through a
+// TCP proxy of the test's, which drops everything on command (the data
+// plane and the coordinator's calls to the member stay up: a partition of
+// the control plane only).
+TEST(ApiFailover, ShardCutOffFromTheCoordinatorByAProxyIsReplacedAndRejoins) {
+  ExpectStreamsSurvive(Member::kShard, Fault::kPartition, /*through_proxy=*/true);
+}
+
+TEST(ApiFailover, AttentionNodeCutOffFromTheCoordinatorByAProxyIsDeclaredDeadAndResumed) {
+  ExpectStreamsSurvive(Member::kAttentionNode, Fault::kPartition, /*through_proxy=*/true);
 }
 
 TEST(ApiFailover, ShardKilledMidStream) { ExpectStreamsSurvive(Member::kShard, Fault::kKill); }
