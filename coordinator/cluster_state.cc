@@ -133,6 +133,11 @@ bool ClusterState::Remove(uint64_t node_id, bool dead) {
       dead_attention_.insert(it->second.address);
     } else {
       left_attention_.insert(node_id);
+      left_order_.push_back(node_id);
+      if (left_order_.size() > kRememberedLeaves) {
+        left_attention_.erase(left_order_.front());
+        left_order_.pop_front();
+      }
     }
     attention_.erase(it);
     return true;

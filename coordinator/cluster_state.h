@@ -114,8 +114,11 @@ class ClusterState {
   // than left.
   bool Remove(uint64_t node_id, bool dead = false);
   // Whether attention node `node_id` left (Remove without `dead`): its
-  // requests were handed back, not lost with a failed node.
+  // requests were handed back, not lost with a failed node. The last
+  // kRememberedLeaves leaves are remembered (a node's requests learn of its
+  // leaving within seconds; the memory stays bounded over a long life).
   bool AttentionNodeLeft(uint64_t node_id) const;
+  static constexpr size_t kRememberedLeaves = 1024;
   // Removes every node whose last heartbeat is older than now - timeout;
   // returns the removed ids.
   std::vector<uint64_t> ExpireDead(absl::Time now, absl::Duration timeout);
@@ -203,6 +206,7 @@ class ClusterState {
   absl::flat_hash_set<std::string> dead_attention_ ABSL_GUARDED_BY(mu_);  // addresses
   absl::flat_hash_set<int32_t> dead_shards_ ABSL_GUARDED_BY(mu_);         // shard ids
   absl::flat_hash_set<uint64_t> left_attention_ ABSL_GUARDED_BY(mu_);     // node ids
+  std::deque<uint64_t> left_order_ ABSL_GUARDED_BY(mu_);  // left_attention_, oldest first
 };
 
 }  // namespace dsv2::coordinator

@@ -58,6 +58,23 @@ TEST(ClusterState, WeightsFingerprintIsTheLiveMembers) {
   EXPECT_EQ(s.weights_fingerprint(), "00000000000000bb");
 }
 
+// Leaves are remembered (a hand-off, not a failure) for the last
+// kRememberedLeaves nodes only: bounded over a coordinator's life.
+TEST(ClusterState, RemembersTheLastLeavesOnly) {
+  ClusterState s(AdmissionOptions{});
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i <= ClusterState::kRememberedLeaves; ++i) {
+    ids.push_back(s.RegisterAttentionNode("n" + std::to_string(i), 100, 0, kT0));
+    ASSERT_TRUE(s.Remove(ids.back()));
+  }
+  EXPECT_FALSE(s.AttentionNodeLeft(ids.front()));
+  EXPECT_TRUE(s.AttentionNodeLeft(ids[1]));
+  EXPECT_TRUE(s.AttentionNodeLeft(ids.back()));
+  const uint64_t dead = s.RegisterAttentionNode("d", 100, 0, kT0);
+  ASSERT_TRUE(s.Remove(dead, /*dead=*/true));
+  EXPECT_FALSE(s.AttentionNodeLeft(dead));
+}
+
 TEST(ClusterState, UnavailableWithoutNodesOrPlacement) {
   ClusterState s(AdmissionOptions{});
   EXPECT_EQ(s.LargestCapacity().status().code(), absl::StatusCode::kUnavailable);
