@@ -90,20 +90,11 @@ struct CoordinatorCore {
     absl::MutexLock lock(&channels_mu);
     auto& ch = channels[address];
     if (ch == nullptr) {
-      // Keepalive: a connection to a member whose host vanished or was
-      // partitioned away is closed in ~4 s (no reset arrives to say so),
-      // and a new one is tried every second, so that a member that comes
-      // back is reached as soon as it re-registers (the members' servers
-      // accept these pings: service/serve.cc).
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-      args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-      args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 1000);
-      args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
-      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-      ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+      // A member whose host vanished or was partitioned away is noticed in
+      // ~4 s, and one that comes back is reached within a second of its
+      // re-registration.
+      ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+                                     service::MemberLinkChannelArguments(absl::Seconds(1)));
     }
     return ch;
   }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "coordinator.grpc.pb.h"
+#include "service/service_common.h"
 
 namespace dsv2::service {
 
@@ -18,24 +19,10 @@ struct CoordinatorLink::Rpc {
 namespace {
 
 std::shared_ptr<grpc::Channel> MakeChannel(const CoordinatorLinkOptions& options) {
-  // gRPC's default reconnect backoff grows to 120 s; a node must find a
-  // restarted coordinator within its heartbeat timeout, so cap it.
-  const int backoff_ms = static_cast<int>(std::clamp<int64_t>(
-      absl::ToInt64Milliseconds(options.retry_interval), int64_t{100}, int64_t{5000}));
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_ms);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_ms);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_ms);
-  // A partition drops packets without a reset: the TCP connection would
-  // look alive for minutes of retransmissions and the member would come
-  // back long after the network did. Pings every 2 s, unanswered for 2 s,
-  // close it; the next call connects afresh (every retry interval).
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 2000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  // A node must find a restarted coordinator within its heartbeat timeout:
+  // reconnect every retry interval.
   return grpc::CreateCustomChannel(options.coordinator_address, grpc::InsecureChannelCredentials(),
-                                   args);
+                                   MemberLinkChannelArguments(options.retry_interval));
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "base/flags.h"
 #include "kernels/cpu.h"
 #include "model/weight_flags.h"
@@ -78,6 +79,15 @@ transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags);
 
 // The absl code as the gRPC code, with the message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// Channel arguments for the links between the coordinator and its members,
+// both ways. A partition drops packets without a reset, so a TCP connection
+// would look alive for minutes of retransmissions and a member would come
+// back long after the network did: ping every 2 s, calls or not, and close
+// a link unanswered for 2 s (every server accepts such pings: serve.cc).
+// Reconnect attempts every `reconnect`, clamped to [100 ms, 5 s] (gRPC's
+// default backoff grows to 120 s).
+grpc::ChannelArguments MemberLinkChannelArguments(absl::Duration reconnect);
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 // Placement tables. FromProto validates against the number of experts. Shard

@@ -139,9 +139,8 @@ class NetnsLab {
   // Drops every packet to and from `m` (cut) or lets them through again.
   void Partition(const Member& m, bool cut) {
     // Bridge port state 0 = disabled (nothing forwarded), 3 = forwarding.
-    const std::string cmd =
-        absl::StrCat(bridge_, " link set dev ", m.veth, " state ", cut ? "0" : "3");
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << (cut ? "cannot cut " : "cannot heal ") << m.ns;
+    ASSERT_TRUE(Run(bridge_, {"link", "set", "dev", m.veth, "state", cut ? "0" : "3"}))
+        << (cut ? "cannot cut " : "cannot heal ") << m.ns;
   }
 
   // argv run inside m's namespace, with UCX's tcp transport on its one
@@ -155,11 +154,13 @@ class NetnsLab {
  private:
   NetnsLab(std::string ip, std::string bridge) : ip_(std::move(ip)), bridge_(std::move(bridge)) {}
 
-  bool Ip(const std::vector<std::string>& args) const {
-    std::string cmd = ip_;
+  // Runs an iproute2 command (`ip` or `bridge`); whether it succeeded.
+  static bool Run(const std::string& command, const std::vector<std::string>& args) {
+    std::string cmd = command;
     for (const std::string& a : args) absl::StrAppend(&cmd, " ", a);
     return std::system(cmd.c_str()) == 0;
   }
+  bool Ip(const std::vector<std::string>& args) const { return Run(ip_, args); }
 
   const std::string ip_;  // iproute2's commands
   const std::string bridge_;
@@ -1132,6 +1133,25 @@ void AddMixedStreams(FaultStreams& streams, int count = 32) {
   }
 }
 
+// Starts the 32 mixed streams and waits until each has streamed and none
+// has ended: the moment a fault must hit.
+void StartMixedStreamsUntilAllRun(Cluster& c, FaultStreams& streams) {
+  ASSERT_NO_FATAL_FAILURE(AddMixedStreams(streams));
+  streams.Start(c);
+  EXPECT_TRUE(WaitFor([&] { return streams.AllStreaming(); }, absl::Minutes(1)));
+  EXPECT_EQ(streams.Ended(), 0) << "streams ended before the fault";
+}
+
+// After a fault: the first four mixed streams, run alone, give exactly
+// their `dsv2 run` tokens.
+void ExpectFourStreamsExact(Cluster& c, const std::string& when) {
+  FaultStreams again;
+  ASSERT_NO_FATAL_FAILURE(AddMixedStreams(again, 4));
+  again.Start(c);
+  again.Join(when);
+  ASSERT_NO_FATAL_FAILURE(again.ExpectAllEqualTheirReferences());
+}
+
 enum class Fault { kKill, kHang, kTerm, kPartition };
 enum class Member { kShard, kAttentionNode };
 
@@ -1180,14 +1200,20 @@ void ExpectStreamsSurvive(Member member, Fault fault, bool through_proxy = false
   Cluster c(TinyModel(), o);
   const uint64_t before = c.WaitServing(2, 2);
   FaultStreams streams;
-  ASSERT_NO_FATAL_FAILURE(AddMixedStreams(streams));
-  streams.Start(c);
-  EXPECT_TRUE(WaitFor([&] { return streams.AllStreaming(); }, absl::Minutes(1)));
-  EXPECT_EQ(streams.Ended(), 0) << "streams ended before the fault";
+  ASSERT_NO_FATAL_FAILURE(StartMixedStreamsUntilAllRun(c, streams));
   // Least cache load spreads the streams: node 0 has some mid-stream.
   if (member == Member::kAttentionNode) {
     EXPECT_GE(c.NodeStatus(c.AttentionAddress(0)).running(), 1);
   }
+  // Hangs (SIGSTOP) or partitions member 0 (on), or lets it back (off).
+  const auto hold = [&](bool on) {
+    const bool shard = member == Member::kShard;
+    if (fault == Fault::kHang) {
+      shard ? c.FreezeShard(0, on) : c.FreezeAttentionNode(0, on);
+    } else {
+      shard ? c.PartitionShard(0, on) : c.PartitionAttentionNode(0, on);
+    }
+  };
   switch (fault) {
     case Fault::kKill:
       if (member == Member::kShard) {
@@ -1197,18 +1223,8 @@ void ExpectStreamsSurvive(Member member, Fault fault, bool through_proxy = false
       }
       break;
     case Fault::kHang:
-      if (member == Member::kShard) {
-        c.FreezeShard(0, true);
-      } else {
-        c.FreezeAttentionNode(0, true);
-      }
-      break;
     case Fault::kPartition:
-      if (member == Member::kShard) {
-        c.PartitionShard(0, true);
-      } else {
-        c.PartitionAttentionNode(0, true);
-      }
+      hold(true);
       break;
     case Fault::kTerm: {
       absl::StatusOr<int> status = c.StopAttentionNode(0, SIGTERM);
@@ -1250,29 +1266,16 @@ void ExpectStreamsSurvive(Member member, Fault fault, bool through_proxy = false
   // It comes back (SIGCONT, the partition healed): told it is unknown, it
   // registers again and serves; the cluster gives the same tokens.
   const absl::Time back = absl::Now();
+  hold(false);
   if (member == Member::kShard) {
-    if (fault == Fault::kHang) {
-      c.FreezeShard(0, false);
-    } else {
-      c.PartitionShard(0, false);
-    }
     c.WaitServing(2, 2, without, absl::Minutes(2));
   } else {
-    if (fault == Fault::kHang) {
-      c.FreezeAttentionNode(0, false);
-    } else {
-      c.PartitionAttentionNode(0, false);
-    }
     EXPECT_TRUE(WaitFor([&] { return c.Info().attention_nodes_size() == 2; }, absl::Minutes(2)));
     c.WaitServing(2, 2, 0, absl::Minutes(1));
   }
   std::cout << "recovery: " << what << ": serving again "
             << absl::FormatDuration(absl::Now() - back) << " after it came back\n";
-  FaultStreams again;
-  ASSERT_NO_FATAL_FAILURE(AddMixedStreams(again, 4));
-  again.Start(c);
-  again.Join("after the member came back");
-  ASSERT_NO_FATAL_FAILURE(again.ExpectAllEqualTheirReferences());
+  ExpectFourStreamsExact(c, "after the member came back");
 }
 
 // Without privileges: the member's link to the coordinator goes through a
@@ -1331,10 +1334,7 @@ TEST(ApiFailover, CoordinatorRestartOnTheSamePort) {
   // The 32 mixed streams: each ends UNAVAILABLE (the documented exception:
   // the client retries), with a prefix of its `dsv2 run` tokens before.
   FaultStreams streams;
-  ASSERT_NO_FATAL_FAILURE(AddMixedStreams(streams));
-  streams.Start(c);
-  EXPECT_TRUE(WaitFor([&] { return streams.AllStreaming(); }, absl::Minutes(1)));
-  EXPECT_EQ(streams.Ended(), 0) << "streams ended before the fault";
+  ASSERT_NO_FATAL_FAILURE(StartMixedStreamsUntilAllRun(c, streams));
   c.RestartCoordinator();
   streams.Join("SIGKILL of the coordinator (streams end UNAVAILABLE)");
   for (size_t i = 0; i < streams.size(); ++i) {
@@ -1352,11 +1352,7 @@ TEST(ApiFailover, CoordinatorRestartOnTheSamePort) {
     EXPECT_NE(n.node_id() >> 32, *old_ids.begin() >> 32) << "same incarnation";
   }
   // Requests run again, with the same tokens.
-  FaultStreams again;
-  ASSERT_NO_FATAL_FAILURE(AddMixedStreams(again, 4));
-  again.Start(c);
-  again.Join("after the coordinator restarted");
-  ASSERT_NO_FATAL_FAILURE(again.ExpectAllEqualTheirReferences());
+  ExpectFourStreamsExact(c, "after the coordinator restarted");
 }
 
 // Every membership input is validated: a bad registration or heartbeat is
