@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -58,11 +59,43 @@ DataPlaneExpertBackend::~DataPlaneExpertBackend() {
   }
 }
 
+absl::StatusOr<transport::PeerId> DataPlaneExpertBackend::ConnectTo(const ShardTarget& target) {
+  absl::MutexLock connecting(&connect_mu_);
+  std::optional<Connection> had;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = connections_.find(target.address); it != connections_.end()) had = it->second;
+  }
+  if (had.has_value() && had->node_id != target.node_id) {
+    // Another membership at this address: whatever the old connection
+    // carries is lost (its tickets fail now and are re-sent).
+    client_.Disconnect(had->peer);
+    absl::MutexLock lock(&mu_);
+    connections_.erase(target.address);
+  }
+  // The same peer while the client's connection to the address is alive; a
+  // new one after it failed.
+  absl::StatusOr<transport::PeerId> peer = client_.Connect(target.address);
+  if (!peer.ok()) return peer.status();
+  const bool replaced = had.has_value() && had->peer != *peer;
+  if (replaced && had->node_id == target.node_id) client_.Disconnect(had->peer);  // the failed one
+  absl::MutexLock lock(&mu_);
+  connections_[target.address] = Connection{target.node_id, *peer};
+  if (replaced) ++stats_.reconnects;
+  return *peer;
+}
+
+transport::PeerId DataPlaneExpertBackend::PeerAt(const std::string& address) const {
+  absl::MutexLock lock(&mu_);
+  auto it = connections_.find(address);
+  return it == connections_.end() ? 0 : it->second.peer;
+}
+
 absl::Status DataPlaneExpertBackend::SetPlacement(const router::Placement& placement,
-                                                  const std::vector<std::string>& addresses) {
-  if (addresses.size() < static_cast<size_t>(placement.num_shards)) {
+                                                  const std::vector<ShardTarget>& shards) {
+  if (shards.size() < static_cast<size_t>(placement.num_shards)) {
     return absl::InvalidArgumentError(absl::StrCat("placement has ", placement.num_shards,
-                                                   " shards but ", addresses.size(),
+                                                   " shards but ", shards.size(),
                                                    " data-plane addresses"));
   }
   {
@@ -83,21 +116,19 @@ absl::Status DataPlaneExpertBackend::SetPlacement(const router::Placement& place
   }
   auto state = std::make_shared<PlacementState>();
   state->placement = placement;
-  state->peers.resize(placement.num_shards);
+  state->shards.resize(placement.num_shards);
   for (int32_t s = 0; s < placement.num_shards; ++s) {
     if (placement.ExpertsOf(s).empty()) continue;  // not used by this table
-    const std::string& addr = addresses[s];
-    if (addr.empty()) {
+    if (shards[s].address.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("shard ", s, " has no data-plane address"));
     }
-    // Connect is idempotent per address; connecting outside mu_ keeps
-    // accessors responsive.
-    absl::StatusOr<transport::PeerId> peer = client_.Connect(addr);
+    // Outside mu_: accessors stay responsive while connecting.
+    absl::StatusOr<transport::PeerId> peer = ConnectTo(shards[s]);
     if (!peer.ok()) {
       return absl::UnavailableError(
           absl::StrCat("cannot reach expert shard ", s, ": ", peer.status().message()));
     }
-    state->peers[s] = *peer;
+    state->shards[s] = shards[s];
   }
   absl::MutexLock lock(&mu_);
   if (placement_ != nullptr && placement.version <= placement_->placement.version) {
@@ -200,7 +231,11 @@ absl::Status DataPlaneExpertBackend::SendParts(Pending& p) {
     std::vector<std::byte> message = transport::EncodeRequest(h, wa, rows);
     bytes += static_cast<int64_t>(message.size());
     p.request_ids[i] = h.request_id;
-    absl::StatusOr<uint64_t> t = client_.Send(p.state->peers[part.shard], std::move(message));
+    // Looked up at each send: a reconnect (ConnectTo) replaces the peer of
+    // an address for every placement version.
+    const transport::PeerId peer = PeerAt(p.state->shards[part.shard].address);
+    absl::StatusOr<uint64_t> t = peer != 0 ? client_.Send(peer, std::move(message))
+                                           : absl::UnavailableError("not connected");
     // A peer already known dead: leave the part unsent; Wait re-plans.
     p.tickets[i] = t.ok() ? *t : 0;
     if (!t.ok()) p.request_ids[i] = 0;
@@ -333,14 +368,17 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
     }
     if (failed_shards.empty() && !stale) break;
 
-    // Re-plan: wait for a newer placement (a dead shard) or back off (a
-    // stale version on one side), within the dispatch's deadline.
+    // Re-plan: wait for a newer placement (a dead shard: the coordinator
+    // removes it) or back off (a stale version on one side), within the
+    // dispatch's deadline. A failed shard that no newer placement removes
+    // within kReconnectAfter is alive to the coordinator: its connection
+    // is made again and the rows go to it.
     const uint64_t planned = p->plan.placement_version;
     bool newer = false;
     {
       absl::MutexLock lock(&mu_);
       const absl::Time until =
-          failed_shards.empty() ? std::min(p->deadline, absl::Now() + backoff) : p->deadline;
+          std::min(p->deadline, absl::Now() + (failed_shards.empty() ? backoff : kReconnectAfter));
       const auto has_newer = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return placement_ != nullptr && placement_->placement.version > planned;
       };
@@ -356,6 +394,15 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
           failed_shards.empty() ? std::string(" (placement version mismatch)")
                                 : absl::StrCat(" (shards ", absl::StrJoin(names, ","),
                                                " failed or silent)"))));
+    }
+    if (!newer) {
+      std::sort(failed_shards.begin(), failed_shards.end());
+      failed_shards.erase(std::unique(failed_shards.begin(), failed_shards.end()),
+                          failed_shards.end());
+      for (int32_t s : failed_shards) {
+        // An error here leaves the shard failed: the next round waits again.
+        (void)ConnectTo(p->state->shards[s]);
+      }
     }
     backoff = std::min(backoff * 2, absl::Milliseconds(100));
     {

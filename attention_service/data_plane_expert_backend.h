@@ -12,7 +12,17 @@
 // whole dispatch once a newer placement is set (SetPlacement), or re-send
 // after a short back-off on a version mismatch; if the dispatch's deadline
 // (dispatch_timeout after Send) passes first, Wait returns UNAVAILABLE
-// naming the shards. Expert work is stateless, so re-sending is safe and
+// naming the shards.
+//
+// Connections: one data-plane peer per shard address, owned by the shard's
+// membership (ShardTarget::node_id). A placement naming a new node id at an
+// address (the shard process was removed and registered again) drops the
+// old connection at once (its tickets fail and are re-sent over the new
+// one: after a partition the old one may look alive and carry nothing).
+// A connection that fails while the current placement still names its
+// shard under the same node id is reconnected after kReconnectAfter without
+// a newer placement, and again every kReconnectAfter until the dispatch's
+// deadline. Expert work is stateless, so re-sending is safe and
 // gives the same numbers. Malformed or not-found replies are INTERNAL (a
 // bug, not a failure to wait out).
 //
@@ -46,6 +56,12 @@ struct RemoteExpertsOptions {
   std::function<void(double seconds)> on_dispatch_done;
 };
 
+// A shard's data plane as a placement names it.
+struct ShardTarget {
+  std::string address;   // "host:port" of its UCX listener (DataPlaneServer::address())
+  uint64_t node_id = 0;  // its membership (registration) at the coordinator; 0 = none
+};
+
 struct RemoteExpertsStats {
   int64_t dispatches = 0;       // Send calls
   int64_t shard_requests = 0;   // wire requests sent (re-sends included)
@@ -54,6 +70,9 @@ struct RemoteExpertsStats {
   // of failed, silent or stale shards) are re-sent.
   int64_t resent_assignments = 0;
   int64_t failures = 0;         // Waits that returned an error
+  // Connections replaced: to a shard's new membership at the same address,
+  // or after the old one failed while its shard was still placed.
+  int64_t reconnects = 0;
   int64_t request_bytes = 0;    // wire bytes sent
   int64_t reply_bytes = 0;      // wire bytes received
   // Token->expert assignments sent, by routed expert id (the per-expert
@@ -67,14 +86,14 @@ class DataPlaneExpertBackend : public ExpertBackend {
   DataPlaneExpertBackend(transport::DataPlaneClient& client, RemoteExpertsOptions options);
   ~DataPlaneExpertBackend() override;
 
-  // Adopts `placement` with each shard's data-plane address
-  // (shard_addresses[s] for shard s), connecting to shards it has not seen.
-  // FailedPrecondition for a version older than the current one (the same
-  // version is a no-op); InvalidArgument when an address is missing;
-  // Unavailable when a shard cannot be reached (the placement is then not
-  // adopted).
+  // Adopts `placement` with each shard's data plane (shards[s] for shard
+  // s), connecting to shards (addresses, or node ids at an address) it has
+  // not seen. FailedPrecondition for a version older than the current one
+  // (the same version is a no-op); InvalidArgument when an address is
+  // missing; Unavailable when a shard cannot be reached (the placement is
+  // then not adopted).
   absl::Status SetPlacement(const router::Placement& placement,
-                            const std::vector<std::string>& shard_addresses);
+                            const std::vector<ShardTarget>& shards);
   // 0 before the first placement.
   uint64_t placement_version() const;
   // Whether a complete placement is set (requests can be served).
@@ -91,8 +110,23 @@ class DataPlaneExpertBackend : public ExpertBackend {
   struct Pending;
   struct PlacementState {
     router::Placement placement;
-    std::vector<transport::PeerId> peers;  // by shard id
+    std::vector<ShardTarget> shards;  // by shard id; empty address = not used
   };
+  struct Connection {
+    uint64_t node_id = 0;
+    transport::PeerId peer = 0;
+  };
+  // Without a newer placement, a failed connection to a placed shard is
+  // re-made this long after the failure was seen.
+  static constexpr absl::Duration kReconnectAfter = absl::Seconds(1);
+
+  // The connection to `target`: the recorded one when it is alive and of
+  // the same node id; else a new one (the old one dropped). Blocks up to
+  // the client's connect timeout.
+  absl::StatusOr<transport::PeerId> ConnectTo(const ShardTarget& target)
+      ABSL_LOCKS_EXCLUDED(connect_mu_, mu_);
+  // The recorded peer for `address`; 0 when none.
+  transport::PeerId PeerAt(const std::string& address) const ABSL_LOCKS_EXCLUDED(mu_);
   // Plans `p` over the current placement and sends every part.
   absl::Status SendParts(Pending& p);
   std::shared_ptr<const PlacementState> placement() const;
@@ -103,9 +137,13 @@ class DataPlaneExpertBackend : public ExpertBackend {
   transport::DataPlaneClient& client_;
   const RemoteExpertsOptions options_;
 
+  // Serializes ConnectTo (SetPlacement's threads, the engine thread).
+  // Taken before mu_, never while holding it.
+  absl::Mutex connect_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const PlacementState> placement_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, transport::PeerId> peers_ ABSL_GUARDED_BY(mu_);
+  // By shard address.
+  absl::flat_hash_map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);
   RemoteExpertsStats stats_ ABSL_GUARDED_BY(mu_);
 
   // Engine-thread state.

@@ -75,6 +75,7 @@ void ExportEngineStats(const AttentionEngine& engine, const DataPlaneExpertBacke
   const RemoteExpertsStats bs = backend.stats();
   metrics::SetCounterTotal(m.expert_resends, static_cast<double>(bs.resends));
   metrics::SetCounterTotal(m.expert_resent_assignments, static_cast<double>(bs.resent_assignments));
+  metrics::SetCounterTotal(m.expert_reconnects, static_cast<double>(bs.reconnects));
   const std::vector<int64_t>& load = bs.expert_assignments;
   for (size_t e = 0; e < load.size(); ++e) {
     if (load[e] == 0) continue;

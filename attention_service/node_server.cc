@@ -60,9 +60,11 @@ absl::Status ApplyPlacement(internal::PlacementTable table, int32_t num_experts,
                             absl::Time deadline, DataPlaneExpertBackend& backend) {
   DSV2_RETURN_IF_ERROR(ResolveShardAddresses(table, deadline));
   DSV2_ASSIGN_OR_RETURN(router::Placement p, service::PlacementFromProto(table, num_experts));
-  std::vector<std::string> addresses(p.num_shards);
-  for (const internal::ShardEndpoint& s : table.shards()) addresses[s.shard_id()] = s.ucx_address();
-  DSV2_RETURN_IF_ERROR(backend.SetPlacement(p, addresses));
+  std::vector<ShardTarget> shards(p.num_shards);
+  for (const internal::ShardEndpoint& s : table.shards()) {
+    shards[s.shard_id()] = ShardTarget{s.ucx_address(), s.node_id()};
+  }
+  DSV2_RETURN_IF_ERROR(backend.SetPlacement(p, shards));
   spdlog::info("placement version {} over {} shards", p.version, p.num_shards);
   return absl::OkStatus();
 }

@@ -29,6 +29,7 @@ bool CoordinatorCore::Republish() {
     ep.set_shard_id(s.shard_id);
     ep.set_grpc_address(s.address);
     ep.set_ucx_address(s.ucx_address);
+    ep.set_node_id(s.node_id);
   }
   internal::PlacementTable t = service::PlacementToProto(*placement, endpoints);
   // Every shard loads what it gains before any attention node sees the

@@ -169,7 +169,11 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& r)
                   "silent past a newer placement, or was on another placement version)")),
       expert_resent_assignments(Counter(r, "dsv2_expert_resent_assignments_total",
                                         "Token->expert assignments carried by re-sends (only those "
-                                        "not yet answered are re-sent)")) {}
+                                        "not yet answered are re-sent)")),
+      expert_reconnects(Counter(r, "dsv2_expert_reconnects_total",
+                                "Data-plane connections to expert shards made again: to a "
+                                "shard's new membership at the same address, or after a "
+                                "connection failed while its shard stayed in the placement")) {}
 
 ExpertShardMetrics::ExpertShardMetrics(prometheus::Registry& r)
     : expert_rows(BuildCounter()

@@ -85,6 +85,7 @@ struct AttentionMetrics {
   prometheus::Family<prometheus::Counter>& expert_assignments;  // {expert}
   prometheus::Counter& expert_resends;                          // dispatches re-planned and re-sent
   prometheus::Counter& expert_resent_assignments;  // assignments those re-sends carried
+  prometheus::Counter& expert_reconnects;          // shard connections made again
 };
 
 // dsv2-expert.

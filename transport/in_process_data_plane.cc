@@ -160,9 +160,11 @@ class Registry {
     absl::MutexLock lock(&mu_);
     servers_[core->address()] = core;
   }
-  void Unregister(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_) {
+  // Only while `core` is the one registered at its address.
+  void Unregister(const std::shared_ptr<ServerCore>& core) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    servers_.erase(address);
+    auto it = servers_.find(core->address());
+    if (it != servers_.end() && it->second.lock() == core) servers_.erase(it);
   }
   std::shared_ptr<ServerCore> Find(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
@@ -178,8 +180,8 @@ class Registry {
 
 class InProcessServer final : public DataPlaneServer {
  public:
-  explicit InProcessServer(RequestHandler handler)
-      : core_(std::make_shared<ServerCore>(Registry::Get().NextAddress(), std::move(handler))) {
+  InProcessServer(std::string address, RequestHandler handler)
+      : core_(std::make_shared<ServerCore>(std::move(address), std::move(handler))) {
     Registry::Get().Register(core_);
   }
   ~InProcessServer() override { Shutdown(); }
@@ -187,7 +189,7 @@ class InProcessServer final : public DataPlaneServer {
   std::string address() const override { return core_->address(); }
   DataPlaneServerStats stats() const override { return core_->stats(); }
   void Shutdown() override {
-    Registry::Get().Unregister(core_->address());
+    Registry::Get().Unregister(core_);
     core_->Shutdown();
   }
 
@@ -333,7 +335,12 @@ std::unique_ptr<DataPlaneClient> CreateInProcessClient() {
 }
 
 std::unique_ptr<DataPlaneServer> CreateInProcessServer(RequestHandler handler) {
-  return std::make_unique<InProcessServer>(std::move(handler));
+  return std::make_unique<InProcessServer>(Registry::Get().NextAddress(), std::move(handler));
+}
+
+std::unique_ptr<DataPlaneServer> CreateInProcessServerAt(const std::string& address,
+                                                         RequestHandler handler) {
+  return std::make_unique<InProcessServer>(address, std::move(handler));
 }
 
 }  // namespace dsv2::transport

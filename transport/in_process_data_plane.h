@@ -13,6 +13,12 @@ namespace dsv2::transport {
 
 std::unique_ptr<DataPlaneClient> CreateInProcessClient();
 std::unique_ptr<DataPlaneServer> CreateInProcessServer(RequestHandler handler);
+// A server that takes over `address` (another server's address(): a process
+// restarted at the same host:port). Clients connected to the server it
+// replaces keep their peers, which reach that server while it runs; a new
+// Connect reaches this one.
+std::unique_ptr<DataPlaneServer> CreateInProcessServerAt(const std::string& address,
+                                                         RequestHandler handler);
 
 }  // namespace dsv2::transport
 

@@ -85,6 +85,14 @@ class DataPlaneExpertBackendTest : public testing_util::ConformanceCheckpointTes
     return logits;
   }
 
+  // Every address as a shard of membership `node_id` (0: a static table).
+  static std::vector<ShardTarget> Targets(const std::vector<std::string>& addresses,
+                                          uint64_t node_id = 0) {
+    std::vector<ShardTarget> targets;
+    for (const std::string& a : addresses) targets.push_back(ShardTarget{a, node_id});
+    return targets;
+  }
+
   // Error replies "placement_version" of every shard so far.
   int64_t VersionMismatches() const {
     int64_t n = 0;
@@ -114,7 +122,7 @@ TEST_F(DataPlaneExpertBackendTest, LogitsEqualSingleProcessForAnyShardCount) {
     StartShards(*placement);
     auto client = transport::CreateInProcessClient();
     DataPlaneExpertBackend backend(*client, {});
-    ASSERT_TRUE(backend.SetPlacement(*placement, addresses_).ok());
+    ASSERT_TRUE(backend.SetPlacement(*placement, Targets(addresses_)).ok());
     for (int64_t mb : {0, 1}) {
       std::vector<std::vector<float>> logits;
       ASSERT_TRUE(RunStep(backend, &logits, mb).ok());
@@ -134,7 +142,7 @@ TEST_F(DataPlaneExpertBackendTest, StaleVersionIsReplannedAfterNewPlacement) {
   RemoteExpertsOptions o;
   o.dispatch_timeout = absl::Minutes(5);
   DataPlaneExpertBackend backend(*client, o);
-  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_)).ok());
   // The shards move to version 2 (groups swapped between them) first.
   router::Placement v2 = *v1;
   v2.version = 2;
@@ -145,7 +153,7 @@ TEST_F(DataPlaneExpertBackendTest, StaleVersionIsReplannedAfterNewPlacement) {
   // the new placement re-plans it.
   std::thread late([&] {
     EXPECT_TRUE(WaitFor([&] { return VersionMismatches() > 0; }, absl::Minutes(2)));
-    EXPECT_TRUE(backend.SetPlacement(v2, addresses_).ok());
+    EXPECT_TRUE(backend.SetPlacement(v2, Targets(addresses_)).ok());
   });
   std::vector<std::vector<float>> logits;
   ASSERT_TRUE(RunStep(backend, &logits).ok());
@@ -164,7 +172,7 @@ TEST_F(DataPlaneExpertBackendTest, DeadShardFailsTheStepWithUnavailableThenRecov
   RemoteExpertsOptions o;
   o.dispatch_timeout = absl::Milliseconds(300);
   DataPlaneExpertBackend backend(*client, o);
-  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_)).ok());
   planes_[1]->Shutdown();
   std::vector<std::vector<float>> logits;
   // The step ends (no hang) with UNAVAILABLE from the dispatch deadline,
@@ -179,7 +187,7 @@ TEST_F(DataPlaneExpertBackendTest, DeadShardFailsTheStepWithUnavailableThenRecov
   v2.version = 2;
   for (auto& r : v2.replicas) r = {0};
   ASSERT_TRUE(servers_[0]->LoadExperts(v2).ok());
-  ASSERT_TRUE(backend.SetPlacement(v2, addresses_).ok());
+  ASSERT_TRUE(backend.SetPlacement(v2, Targets(addresses_)).ok());
   ASSERT_TRUE(RunStep(backend, &logits).ok());
   EXPECT_EQ(logits, expected);
 }
@@ -212,7 +220,7 @@ TEST_F(DataPlaneExpertBackendTest, HungShardIsBypassedByANewerPlacementResending
   RemoteExpertsOptions o;
   o.dispatch_timeout = absl::Hours(1);
   DataPlaneExpertBackend backend(*client, o);
-  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_)).ok());
   // Once shard 1 holds a dispatch and shard 0 has answered its share, the
   // coordinator's new placement (all on shard 0) arrives. (Had shard 0
   // moved to version 2 first, it would refuse its version-1 share as stale
@@ -225,13 +233,15 @@ TEST_F(DataPlaneExpertBackendTest, HungShardIsBypassedByANewerPlacementResending
     v2.version = 2;
     for (auto& r : v2.replicas) r = {0};
     EXPECT_TRUE(servers_[0]->LoadExperts(v2).ok());
-    EXPECT_TRUE(backend.SetPlacement(v2, addresses_).ok());
+    EXPECT_TRUE(backend.SetPlacement(v2, Targets(addresses_)).ok());
   });
   std::vector<std::vector<float>> logits;
   const absl::Status st = RunStep(backend, &logits);
   coordinator.join();
   EXPECT_EQ(hung.load(), 1);  // still silent: the step did not wait for it
   release.Notify();
+  // The handlers use `release`: joined before it goes.
+  for (auto& plane : planes_) plane->Shutdown();
   ASSERT_TRUE(st.ok()) << st;
   EXPECT_EQ(logits, expected);
   const RemoteExpertsStats stats = backend.stats();
@@ -243,6 +253,89 @@ TEST_F(DataPlaneExpertBackendTest, HungShardIsBypassedByANewerPlacementResending
   EXPECT_LT(stats.resent_assignments, tokens * config_.num_experts_per_tok);
 }
 
+// A shard whose connection failed but that no newer placement removes (it
+// is alive to the coordinator: here a process restarted at the same
+// address) gets a new connection after kReconnectAfter, and its rows go
+// there; the step does not wait out its deadline.
+TEST_F(DataPlaneExpertBackendTest, FailedConnectionToAPlacedShardIsMadeAgain) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 2, 1);
+  ASSERT_TRUE(v1.ok());
+  StartShards(*v1);
+  auto client = transport::CreateInProcessClient();
+  RemoteExpertsOptions o;
+  o.dispatch_timeout = absl::Hours(1);
+  DataPlaneExpertBackend backend(*client, o);
+  ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_, 7)).ok());
+  // Shard 1's process goes away and a new one listens at its address; the
+  // placement (node 7) does not change.
+  planes_[1]->Shutdown();
+  ExpertDataPlaneServer* srv = servers_[1].get();
+  planes_[1] = transport::CreateInProcessServerAt(
+      addresses_[1], [srv](std::span<const std::byte> m) { return srv->HandleMessage(m); });
+  std::vector<std::vector<float>> logits;
+  const absl::Status st = RunStep(backend, &logits);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(logits, expected);
+  const RemoteExpertsStats stats = backend.stats();
+  EXPECT_EQ(stats.failures, 0);
+  EXPECT_EQ(stats.reconnects, 1);
+  EXPECT_GT(planes_[1]->stats().replies_sent, 0);
+}
+
+// A placement that names a new membership (node id) at a shard's address
+// drops the old connection at once: what it carried is re-sent over a new
+// one. Here the old connection swallowed a request (the handler holds it,
+// as a half-open TCP connection after a partition would): without the drop
+// the step would wait for it until its deadline (an hour).
+TEST_F(DataPlaneExpertBackendTest, NewMembershipAtAShardAddressGetsANewConnection) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 2, 1);
+  ASSERT_TRUE(v1.ok());
+  std::atomic<int> held{0};
+  absl::Notification release;
+  for (int32_t s = 0; s < 2; ++s) {
+    servers_.push_back(std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx_, s));
+    ASSERT_TRUE(servers_.back()->LoadExperts(*v1).ok());
+    ExpertDataPlaneServer* srv = servers_.back().get();
+    planes_.push_back(
+        transport::CreateInProcessServer([srv, s, &held, &release](std::span<const std::byte> m) {
+          if (s == 1 && held.fetch_add(1) == 0) release.WaitForNotification();
+          return srv->HandleMessage(m);
+        }));
+    addresses_.push_back(planes_.back()->address());
+  }
+  auto client = transport::CreateInProcessClient();
+  RemoteExpertsOptions o;
+  o.dispatch_timeout = absl::Hours(1);
+  DataPlaneExpertBackend backend(*client, o);
+  ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_, 1)).ok());
+  std::thread coordinator([&] {
+    // Shard 1 holds the first request; it re-registers (node 2, same
+    // address) and the coordinator publishes version 2.
+    EXPECT_TRUE(WaitFor([&] { return held.load() > 0; }, absl::Minutes(2)));
+    router::Placement v2 = *v1;
+    v2.version = 2;
+    for (auto& s : servers_) EXPECT_TRUE(s->LoadExperts(v2).ok());
+    std::vector<ShardTarget> targets = Targets(addresses_, 1);
+    targets[1].node_id = 2;
+    EXPECT_TRUE(backend.SetPlacement(v2, targets).ok());
+    // The held request's rows went again, queued behind it: let it go.
+    EXPECT_TRUE(WaitFor([&] { return backend.stats().resends > 0; }, absl::Minutes(2)));
+    release.Notify();
+  });
+  std::vector<std::vector<float>> logits;
+  const absl::Status st = RunStep(backend, &logits);
+  coordinator.join();
+  // The handlers use `release`: joined before it goes.
+  for (auto& plane : planes_) plane->Shutdown();
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(logits, expected);
+  const RemoteExpertsStats stats = backend.stats();
+  EXPECT_EQ(stats.failures, 0);
+  EXPECT_EQ(stats.reconnects, 1);
+}
+
 TEST_F(DataPlaneExpertBackendTest, SparseShardIdsServeWithoutAddressesForAbsentShards) {
   // Shards 0..3; shard 1 dies and the next table (the coordinator keeps shard
   // ids stable) holds shards {0, 2, 3}: shard 1 needs no address.
@@ -252,7 +345,7 @@ TEST_F(DataPlaneExpertBackendTest, SparseShardIdsServeWithoutAddressesForAbsentS
   StartShards(*v1);
   auto client = transport::CreateInProcessClient();
   DataPlaneExpertBackend backend(*client, {});
-  ASSERT_TRUE(backend.SetPlacement(*v1, addresses_).ok());
+  ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_)).ok());
   planes_[1]->Shutdown();
   router::Placement v2 = *v1;
   v2.version = 2;
@@ -263,7 +356,7 @@ TEST_F(DataPlaneExpertBackendTest, SparseShardIdsServeWithoutAddressesForAbsentS
   for (int s : {0, 2, 3}) ASSERT_TRUE(servers_[s]->LoadExperts(v2).ok());
   std::vector<std::string> addresses = addresses_;
   addresses[1].clear();
-  ASSERT_TRUE(backend.SetPlacement(v2, addresses).ok());
+  ASSERT_TRUE(backend.SetPlacement(v2, Targets(addresses)).ok());
   std::vector<std::vector<float>> logits;
   ASSERT_TRUE(RunStep(backend, &logits).ok());
   EXPECT_EQ(logits, expected);
@@ -272,7 +365,8 @@ TEST_F(DataPlaneExpertBackendTest, SparseShardIdsServeWithoutAddressesForAbsentS
   router::Placement v3 = v2;
   v3.version = 3;
   addresses[3].clear();
-  EXPECT_EQ(backend.SetPlacement(v3, addresses).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(backend.SetPlacement(v3, Targets(addresses)).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(DataPlaneExpertBackendTest, OlderPlacementIsRefused) {
@@ -282,11 +376,12 @@ TEST_F(DataPlaneExpertBackendTest, OlderPlacementIsRefused) {
   auto client = transport::CreateInProcessClient();
   DataPlaneExpertBackend backend(*client, {});
   EXPECT_FALSE(backend.ready());
-  ASSERT_TRUE(backend.SetPlacement(*v2, addresses_).ok());
+  ASSERT_TRUE(backend.SetPlacement(*v2, Targets(addresses_)).ok());
   EXPECT_TRUE(backend.ready());
   router::Placement v1 = *v2;
   v1.version = 1;
-  EXPECT_EQ(backend.SetPlacement(v1, addresses_).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(backend.SetPlacement(v1, Targets(addresses_)).code(),
+            absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(backend.SetPlacement(*v2, {}).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(backend.placement_version(), 2u);
 }

@@ -274,7 +274,7 @@ int Main(int argc, char** argv) {
 
   // --- cluster: shard processes + this process as the attention side
   std::vector<std::unique_ptr<process::ChildProcess>> children;
-  std::vector<std::string> addresses;
+  std::vector<ShardTarget> addresses;
   for (int s = 0; s < shards; ++s) {
     children.push_back(Spawn({bin_dir + "/expert_service/dsv2-expert", "--model", model,
                               "--shard-id", absl::StrCat(s), "--num-shards", absl::StrCat(shards),
@@ -284,7 +284,7 @@ int Main(int argc, char** argv) {
   for (auto& c : children) {
     auto f = Fields(ReadyLine(*c, absl::Seconds(600)));
     if (f["ucx_address"].empty()) Die("bad ready line");
-    addresses.push_back(f["ucx_address"]);
+    addresses.push_back(ShardTarget{f["ucx_address"], 0});
     int64_t rss = 0;
     if (absl::SimpleAtoi(f["resident_bytes"], &rss)) shard_rss = std::max(shard_rss, rss);
   }
