@@ -43,6 +43,10 @@ namespace dsv2::metrics {
 struct CoordinatorMetrics;
 }  // namespace dsv2::metrics
 
+namespace dsv2::service {
+class ApiKeys;
+}  // namespace dsv2::service
+
 namespace dsv2::coordinator {
 
 struct CoordinatorOptions {
@@ -58,6 +62,10 @@ struct CoordinatorOptions {
   // Request metrics (finish reasons, errors, TTFT, inter-token latency,
   // durations, tokens); null = none. Must outlive the coordinator.
   metrics::CoordinatorMetrics* metrics = nullptr;
+  // The public service's API keys (dsv2.v1.Inference: every call needs
+  // "authorization: Bearer KEY"); null = no key needed. Health, reflection
+  // and the membership service are not behind it.
+  std::shared_ptr<service::ApiKeys> api_keys;
   // Informational, for GetModelInfo.
   std::string model_name;
   std::string model_type;

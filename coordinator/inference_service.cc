@@ -1,4 +1,5 @@
 #include "coordinator/coordinator_core_internal.h"
+#include "service/api_keys.h"
 
 namespace dsv2::coordinator {
 
@@ -12,8 +13,9 @@ class InferenceService final : public v1::Inference::Service {
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override;
 
-  grpc::Status Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const v1::TokenizeRequest* req,
                         v1::TokenizeResponse* out) override {
+    if (grpc::Status st = Authenticate(*ctx); !st.ok()) return st;
     if (c_.model.tokenizer == nullptr) {
       return grpc::Status(grpc::FAILED_PRECONDITION, "the model has no tokenizer.json");
     }
@@ -22,8 +24,9 @@ class InferenceService final : public v1::Inference::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Detokenize(grpc::ServerContext*, const v1::DetokenizeRequest* req,
+  grpc::Status Detokenize(grpc::ServerContext* ctx, const v1::DetokenizeRequest* req,
                           v1::DetokenizeResponse* out) override {
+    if (grpc::Status st = Authenticate(*ctx); !st.ok()) return st;
     if (c_.model.tokenizer == nullptr) {
       return grpc::Status(grpc::FAILED_PRECONDITION, "the model has no tokenizer.json");
     }
@@ -39,8 +42,9 @@ class InferenceService final : public v1::Inference::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest*,
                             v1::ModelInfo* out) override {
+    if (grpc::Status st = Authenticate(*ctx); !st.ok()) return st;
     const ModelConfig& cfg = c_.config;
     out->set_model_name(c_.options.model_name);
     out->set_model_type(c_.options.model_type);
@@ -85,6 +89,24 @@ class InferenceService final : public v1::Inference::Service {
   }
 
  private:
+  // OK without --api-key-file; else the call's "authorization" metadata
+  // must carry a key of the file (UNAUTHENTICATED, counted by reason).
+  grpc::Status Authenticate(const grpc::ServerContext& ctx) {
+    if (c_.options.api_keys == nullptr) return grpc::Status::OK;
+    absl::string_view authorization;
+    const auto& metadata = ctx.client_metadata();
+    if (auto it = metadata.find("authorization"); it != metadata.end()) {
+      authorization = absl::string_view(it->second.data(), it->second.size());
+    }
+    service::AuthFailure why = service::AuthFailure::kNone;
+    const absl::Status st = c_.options.api_keys->Check(authorization, &why);
+    if (st.ok()) return grpc::Status::OK;
+    if (metrics::CoordinatorMetrics* m = c_.options.metrics) {
+      m->auth_failures.Add({{"reason", service::AuthFailureName(why)}}).Increment();
+    }
+    return service::ToGrpcStatus(st);
+  }
+
   // The whole Generate; *finish is set on success.
   grpc::Status GenerateStream(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                               grpc::ServerWriter<v1::GenerateResponse>* writer, absl::Time t_start,
@@ -97,6 +119,8 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
                                         const v1::GenerateRequest* req,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const absl::Time t_start = absl::Now();
+  // Refused calls are counted in dsv2_auth_failures_total only.
+  if (grpc::Status st = Authenticate(*ctx); !st.ok()) return st;
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
   const grpc::Status st = GenerateStream(ctx, req, writer, t_start, &finish);
   if (metrics::CoordinatorMetrics* m = c_.options.metrics) {

@@ -3,11 +3,14 @@
 // server reflection). Ready line on stdout:
 //   dsv2-coordinator ready port=PORT metrics_port=PORT
 // Flags: --help (each also from DSV2_<FLAG>; docs/flags.md).
+#include <spdlog/spdlog.h>
+
 #include <optional>
 
 #include "base/flags.h"
 #include "base/version.h"
 #include "coordinator/coordinator_process.h"
+#include "service/api_keys.h"
 #include "service/serve.h"
 #include "service/service_common.h"
 
@@ -23,6 +26,7 @@ int Main(int argc, char** argv) {
   serve.binary = "dsv2-coordinator";
   serve.reflection = true;
   service::CommonFlags common;
+  std::string api_key_file;
   flags::FlagSet flags("dsv2-coordinator", std::string(VersionString()));
   flags.String("model", &process_options.model_dir,
                "checkpoint directory: config.json (+ tokenizer.json, tokenizer_config.json)")
@@ -38,6 +42,9 @@ int Main(int argc, char** argv) {
   flags.Duration("load-experts-timeout", &co.load_experts_timeout,
                  "deadline of one shard's LoadExperts when the placement changes")
       .Min(absl::Seconds(1)).LegacyAlias("load-experts-timeout-s", absl::Seconds(1));
+  flags.String("api-key-file", &api_key_file,
+               "API keys of the public API, one per line (re-read when the file changes); "
+               "calls must send \"authorization: Bearer KEY\"; empty = no key needed");
   service::DefineDrainFlag(flags, &serve);
   service::DefineCommonFlags(flags, &common);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv)) return *exit_code;
@@ -45,6 +52,12 @@ int Main(int argc, char** argv) {
     return flags.UsageError("--heartbeat-timeout must be larger than --heartbeat-interval");
   }
   service::ApplyCommonFlags(common, &serve);
+  if (!api_key_file.empty()) {
+    absl::StatusOr<std::unique_ptr<service::ApiKeys>> keys = service::ApiKeys::Load(api_key_file);
+    if (!keys.ok()) return service::StartupFailure(serve.binary, keys.status().message());
+    spdlog::info("API keys: {} from {}", (*keys)->key_count(), api_key_file);
+    co.api_keys = *std::move(keys);
+  }
   process_options.host = common.host;
   process_options.metrics_port = common.metrics_port;
 

@@ -113,6 +113,12 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                           .Help("Register and Heartbeat calls refused as invalid (bad address, "
                                 "capacity, shard id, role, model or placement version), by rpc")
                           .Register(r)),
+      auth_failures(BuildCounter()
+                        .Name("dsv2_auth_failures_total")
+                        .Help("Public API calls refused UNAUTHENTICATED, by reason (missing_key: "
+                              "no \"authorization: Bearer KEY\"; wrong_key: a key not in "
+                              "--api-key-file)")
+                        .Register(r)),
       time_to_first_token(Histogram(r, "dsv2_time_to_first_token_seconds",
                                     "Seconds from receiving a Generate request to its first "
                                     "generated token (queueing included)",

@@ -62,6 +62,7 @@ struct CoordinatorMetrics {
   prometheus::Family<prometheus::Counter>& request_errors;  // {code}
   prometheus::Family<prometheus::Counter>& failovers;       // {reason = node_failed|handed_off}
   prometheus::Family<prometheus::Counter>& refused_members;  // {rpc = register|heartbeat}
+  prometheus::Family<prometheus::Counter>& auth_failures;    // {reason = missing_key|wrong_key}
   prometheus::Histogram& time_to_first_token;
   prometheus::Histogram& inter_token_latency;
   prometheus::Histogram& request_duration;

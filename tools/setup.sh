@@ -17,7 +17,7 @@ esac
 PKGS=(cmake ninja-build g++ ccache pkg-config
       libabsl-dev libre2-dev nlohmann-json3-dev
       libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-      libucx-dev libspdlog-dev prometheus-cpp-dev)
+      libucx-dev libspdlog-dev prometheus-cpp-dev libssl-dev)
 if [ "$MODE" = all ]; then
   PKGS+=(libgtest-dev
          prometheus  # prometheus + promtool: the metrics and monitoring tests

@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -287,6 +289,9 @@ struct Options {
   // calls to it and the data plane go direct (UCX's tcp transport cannot be
   // proxied: it connects to the address its peer reports during wire-up).
   bool proxy_links = false;
+  // Sent as "authorization: Bearer KEY" by Info and Generate (give the
+  // coordinator --api-key-file with it).
+  std::string api_key;
 };
 
 // A running cluster; processes die with the test.
@@ -424,6 +429,7 @@ class Cluster {
 
   v1::ModelInfo Info() {
     grpc::ClientContext ctx;
+    Authorize(ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     v1::ModelInfo info;
     grpc::Status st = stub_->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
@@ -468,6 +474,7 @@ class Cluster {
                   std::function<bool(const GenerateResponse&)> on_chunk = nullptr) {
     Result r;
     grpc::ClientContext ctx;
+    Authorize(ctx);
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
     auto reader = stub_->Generate(&ctx, req);
     GenerateResponse resp;
@@ -488,6 +495,10 @@ class Cluster {
     internal::NodeStatus st;
     EXPECT_TRUE(stub->GetStatus(&ctx, internal::NodeStatusRequest(), &st).ok());
     return st;
+  }
+
+  void Authorize(grpc::ClientContext& ctx) const {
+    if (!o_.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + o_.api_key);
   }
 
   const std::string& endpoint() const { return endpoint_; }
@@ -905,6 +916,69 @@ TEST_F(ApiTest, TokenizeDetokenizeModelInfoHealth) {
     ASSERT_TRUE(health->Check(&hc, hreq, &hresp).ok()) << service;
     EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING) << service;
   }
+}
+
+// --api-key-file: every public call needs a listed key (UNAUTHENTICATED
+// otherwise, nothing runs), health needs none, and a key file replaced
+// while the cluster serves takes effect without a restart.
+TEST(ApiSecurity, ApiKeysGuardThePublicApiAndRotateWithoutARestart) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/api_keys_", getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string path = dir + "/keys";
+  const auto write = [&](const std::string& text) {
+    std::ofstream(path + ".tmp") << text;
+    ASSERT_EQ(std::rename((path + ".tmp").c_str(), path.c_str()), 0);
+  };
+  const std::string key_a = "key-a-0123456789abcdef", key_b = "key-b-fedcba9876543210";
+  write("# test clients\n" + key_a + "\n");
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  o.coordinator_flags = {"--api-key-file", path};
+  o.api_key = key_a;
+  Cluster c(TinyModel(), o);
+  c.WaitServing(1, 1);
+  GenerateRequest req;
+  req.set_prompt("Hello");
+  req.set_max_tokens(4);
+  // Bearer `key` (none when empty) on a Generate and a Tokenize.
+  const auto codes = [&](const std::string& key) {
+    grpc::ClientContext g, t;
+    if (!key.empty()) {
+      g.AddMetadata("authorization", "Bearer " + key);
+      t.AddMetadata("authorization", "Bearer " + key);
+    }
+    g.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    auto reader = c.stub().Generate(&g, req);
+    GenerateResponse resp;
+    int tokens = 0;
+    while (reader->Read(&resp)) tokens += resp.token_ids_size();
+    const grpc::Status gs = reader->Finish();
+    EXPECT_EQ(tokens, gs.ok() ? 4 : 0) << key;
+    v1::TokenizeRequest tr;
+    tr.set_text("Hello");
+    v1::TokenizeResponse tresp;
+    return std::pair{gs.error_code(), c.stub().Tokenize(&t, tr, &tresp).error_code()};
+  };
+  const auto refused = std::pair{grpc::UNAUTHENTICATED, grpc::UNAUTHENTICATED};
+  EXPECT_EQ(codes(""), refused);
+  EXPECT_EQ(codes("not-a-key-of-the-file"), refused);
+  EXPECT_EQ(codes(key_a), std::pair(grpc::OK, grpc::OK));
+  // Health (the Kubernetes probes) needs no key.
+  auto health = grpc::health::v1::Health::NewStub(c.channel());
+  grpc::ClientContext hc;
+  grpc::health::v1::HealthCheckRequest hreq;
+  hreq.set_service("dsv2.v1.Inference");
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(health->Check(&hc, hreq, &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+  // Rotation: B replaces A; the coordinator looks at the file every second.
+  write(key_b + "\n");
+  EXPECT_TRUE(
+      WaitFor([&] { return codes(key_b) == std::pair(grpc::OK, grpc::OK); }, absl::Seconds(30)));
+  EXPECT_EQ(codes(key_a), refused);
+  std::filesystem::remove_all(dir);
 }
 
 // Separate clusters for membership changes and admission limits.

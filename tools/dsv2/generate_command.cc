@@ -116,6 +116,7 @@ class CancelOnSignal {
 // The command's flags: the request to send plus how to show it.
 struct GenerateCommand {
   std::string endpoint;
+  std::string api_key;  // sent as "authorization: Bearer KEY" when not empty
   dsv2::v1::GenerateRequest request;
   bool json = false;
   std::optional<absl::Duration> timeout;
@@ -162,6 +163,9 @@ std::optional<int> ParseGenerateFlags(int argc, char** argv, GenerateCommand* cm
       .Above(absl::ZeroDuration()).DefaultText("none")
       .LegacyAlias("timeout-s", absl::Seconds(1));
   flags.Bool("json", &cmd->json, "print one JSON object on stdout; stream text to stderr");
+  flags.String("api-key", &cmd->api_key,
+               "the coordinator's API key (its --api-key-file); give it as DSV2_API_KEY rather "
+               "than on the command line, where other users of the machine can read it");
   flags.ExclusiveGroup({"prompt", "prompt-ids", "chat"}, flags::GroupRule::kExactlyOne);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
   if (cmd->endpoint.empty()) return flags.UsageError("--endpoint HOST:PORT is required");
@@ -212,6 +216,7 @@ int GenerateCommandMain(int argc, char** argv) {
   dsv2::v1::GenerateRequest& req = cmd.request;
 
   grpc::ClientContext ctx;
+  if (!cmd.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + cmd.api_key);
   if (cmd.timeout) ctx.set_deadline(absl::ToChronoTime(absl::Now() + *cmd.timeout));
   // Before the channel: gRPC's threads inherit the blocked signals.
   CancelOnSignal cancel(&ctx);
