@@ -399,9 +399,13 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
       std::sort(failed_shards.begin(), failed_shards.end());
       failed_shards.erase(std::unique(failed_shards.begin(), failed_shards.end()),
                           failed_shards.end());
+      // Only under the placement planned with: a newer one that came
+      // meanwhile may name another membership at the address.
+      const std::shared_ptr<const PlacementState> now = placement();
       for (int32_t s : failed_shards) {
+        if (now != p->state) break;
         // An error here leaves the shard failed: the next round waits again.
-        (void)ConnectTo(p->state->shards[s]);
+        (void)ConnectTo(now->shards[s]);
       }
     }
     backoff = std::min(backoff * 2, absl::Milliseconds(100));
