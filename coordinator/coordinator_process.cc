@@ -109,7 +109,11 @@ CoordinatorProcess::CoordinatorProcess(std::unique_ptr<Parts> parts) : parts_(st
 CoordinatorProcess::~CoordinatorProcess() { Shutdown(); }
 
 std::vector<grpc::Service*> CoordinatorProcess::services() {
-  return {parts_->coordinator->inference_service(), parts_->coordinator->membership_service()};
+  return {parts_->coordinator->inference_service()};
+}
+
+std::vector<grpc::Service*> CoordinatorProcess::internal_services() {
+  return {parts_->coordinator->membership_service()};
 }
 
 void CoordinatorProcess::OnListening(grpc::Server& server) {

@@ -39,7 +39,9 @@ class CoordinatorProcess final : public service::ServedProcess {
       CoordinatorProcessOptions options);
   ~CoordinatorProcess() override;
 
+  // The public API; the membership service is internal (--internal-port).
   std::vector<grpc::Service*> services() override;
+  std::vector<grpc::Service*> internal_services() override;
   void OnListening(grpc::Server& server) override;
   std::string ReadyFields() const override;
   std::string ServingLogLine(int port) const override;

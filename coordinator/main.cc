@@ -1,7 +1,7 @@
 // dsv2-coordinator: the public endpoint of a dsv2 cluster (DESIGN.md
 // section 2; the process is CoordinatorProcess, its life service::Serve with
 // server reflection). Ready line on stdout:
-//   dsv2-coordinator ready port=PORT metrics_port=PORT
+//   dsv2-coordinator ready port=PORT [internal_port=PORT] metrics_port=PORT
 // Flags: --help (each also from DSV2_<FLAG>; docs/flags.md).
 #include <spdlog/spdlog.h>
 
@@ -42,6 +42,13 @@ int Main(int argc, char** argv) {
   flags.Duration("load-experts-timeout", &co.load_experts_timeout,
                  "deadline of one shard's LoadExperts when the placement changes")
       .Min(absl::Seconds(1)).LegacyAlias("load-experts-timeout-s", absl::Seconds(1));
+  flags
+      .Int("internal-port", &serve.internal_port,
+           "serve the membership service (Register, Heartbeat, Leave) on this port instead "
+           "of --port (0 = OS-chosen, in the ready line as internal_port=); members' "
+           "--coordinator names it; reflection on --port then lists only the public API")
+      .Range(0, 65535)
+      .DefaultText("none: on --port");
   flags.String("api-key-file", &api_key_file,
                "API keys of the public API, one per line (re-read when the file changes); "
                "calls must send \"authorization: Bearer KEY\"; empty = no key needed");

@@ -24,10 +24,10 @@ std::chrono::system_clock::time_point FromNow(absl::Duration d) {
   return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(d);
 }
 
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(const ServeOptions& options,
-                                                          ServedProcess& process, int* port) {
-  grpc::EnableDefaultHealthCheckService(true);
-  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+// One gRPC server on host:port with `services` (and health; reflection
+// when the plugin was initialized before the call); *bound is the port.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
+    const std::string& host, int port, const std::vector<grpc::Service*>& services, int* bound) {
   grpc::ServerBuilder builder;
   // gRPC sets SO_REUSEPORT by default: a second process on a port in use
   // would then start "ready" and take half of the connections. Off, the
@@ -39,16 +39,53 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(const ServeOptions& op
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
-  *port = 0;
-  builder.AddListeningPort(absl::StrCat(options.host, ":", options.port),
-                           grpc::InsecureServerCredentials(), port);
-  for (grpc::Service* service : process.services()) builder.RegisterService(service);
+  *bound = 0;
+  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), bound);
+  for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || *port == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.host, ":", options.port,
-                                               " (address in use or not local)"));
+  if (server == nullptr || *bound == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", host, ":", port, " (address in use or not local)"));
   }
   return server;
+}
+
+// The process's servers: the main one, and the internal one when
+// options.internal_port is set.
+struct Servers {
+  std::unique_ptr<grpc::Server> main, internal;
+  int port = 0, internal_port = 0;
+  void Shutdown(absl::Duration grace) {
+    for (grpc::Server* s : {main.get(), internal.get()}) {
+      if (s != nullptr) s->Shutdown(FromNow(grace));
+    }
+  }
+};
+
+absl::StatusOr<Servers> StartServers(const ServeOptions& options, ServedProcess& process) {
+  grpc::EnableDefaultHealthCheckService(true);
+  Servers servers;
+  std::vector<grpc::Service*> services = process.services();
+  const std::vector<grpc::Service*> internal = process.internal_services();
+  if (options.internal_port) {
+    // Before the reflection plugin exists: gRPC adds it to every server
+    // built after its initialization.
+    absl::StatusOr<std::unique_ptr<grpc::Server>> s =
+        StartServer(options.host, *options.internal_port, internal, &servers.internal_port);
+    if (!s.ok()) return s.status();
+    servers.internal = *std::move(s);
+  } else {
+    services.insert(services.end(), internal.begin(), internal.end());
+  }
+  if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  absl::StatusOr<std::unique_ptr<grpc::Server>> s =
+      StartServer(options.host, options.port, services, &servers.port);
+  if (!s.ok()) {
+    servers.Shutdown(absl::ZeroDuration());
+    return s.status();
+  }
+  servers.main = *std::move(s);
+  return servers;
 }
 
 std::unique_ptr<CoordinatorLink> MakeLink(const ServeOptions& options,
@@ -73,13 +110,13 @@ int StartupFailure(const std::string& binary, absl::string_view message) {
 }
 
 int Serve(const ServeOptions& options, ServedProcess& process) {
-  int port = 0;
-  absl::StatusOr<std::unique_ptr<grpc::Server>> server = StartServer(options, process, &port);
-  if (!server.ok()) {
+  absl::StatusOr<Servers> servers = StartServers(options, process);
+  if (!servers.ok()) {
     process.Shutdown();
-    return StartupFailure(options.binary, server.status().message());
+    return StartupFailure(options.binary, servers.status().message());
   }
-  process.OnListening(**server);
+  const int port = servers->port;
+  process.OnListening(*servers->main);
 
   std::unique_ptr<CoordinatorLink> link;
   if (options.coordinator) {
@@ -88,12 +125,15 @@ int Serve(const ServeOptions& options, ServedProcess& process) {
     if (absl::Status st = link->WaitRegistered(options.registration_wait);
         absl::IsInvalidArgument(st)) {
       link->Stop();
-      (*server)->Shutdown(FromNow(options.server_shutdown_grace));
+      servers->Shutdown(options.server_shutdown_grace);
       process.Shutdown();
       return StartupFailure(options.binary, st.message());
     }
   }
-  PrintReadyLine(absl::StrCat(options.binary, " ready port=", port, " ", process.ReadyFields()));
+  PrintReadyLine(
+      absl::StrCat(options.binary, " ready port=", port,
+                   servers->internal ? absl::StrCat(" internal_port=", servers->internal_port) : "",
+                   " ", process.ReadyFields()));
   spdlog::info("{}", process.ServingLogLine(port));
 
   const int sig = WaitForTerminationSignal();
@@ -104,7 +144,7 @@ int Serve(const ServeOptions& options, ServedProcess& process) {
     spdlog::warn("drain timed out after {}; cancelling what is left",
                  absl::FormatDuration(options.drain_timeout));
   }
-  (*server)->Shutdown(FromNow(options.server_shutdown_grace));
+  servers->Shutdown(options.server_shutdown_grace);
   process.Shutdown();
   spdlog::info("stopped");
   if (link && !link->fatal().ok()) return StartupFailure(options.binary, link->fatal().message());

@@ -7,8 +7,11 @@
 //              process's services, grpc.health.v1 (and server reflection
 //              when asked), then registers with the coordinator when
 //              --coordinator is given (CoordinatorLink: register, heartbeat,
-//              re-register, Leave);
-//   ready      prints "<binary> ready port=P <fields>" on stdout;
+//              re-register, Leave); with an internal port, the process's
+//              internal services are served there instead, with
+//              grpc.health.v1 and without reflection;
+//   ready      prints "<binary> ready port=P [internal_port=Q] <fields>" on
+//              stdout;
 //   draining   on SIGTERM/SIGINT: leave the coordinator first (it sends
 //              nothing new), let the process finish live work (Drain, up to
 //              the drain timeout), stop the gRPC server (cancelling what is
@@ -53,6 +56,10 @@ class ServedProcess {
 
   // The gRPC services to register; they outlive Serve.
   virtual std::vector<grpc::Service*> services() = 0;
+  // Services for the cluster's members only (the coordinator's membership
+  // service): on the internal port when ServeOptions has one, else beside
+  // services().
+  virtual std::vector<grpc::Service*> internal_services() { return {}; }
   // The server listens (port bound, not yet in the ready line); e.g. the
   // coordinator hooks its serving state to the health service here.
   virtual void OnListening(grpc::Server& /*server*/) {}
@@ -81,6 +88,9 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 0;                 // 0 = OS-chosen; the bound port is in the ready line
   bool reflection = false;      // gRPC server reflection (the public endpoint)
+  // A second port, on `host`, for internal_services() (0 = OS-chosen); none
+  // = they share `port`. Reflection is never served there.
+  std::optional<int> internal_port;
   // HOST:PORT of dsv2-coordinator; none = do not register.
   std::optional<std::string> coordinator;
   // Host the coordinator uses to reach this process; empty = `host`.

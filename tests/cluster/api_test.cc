@@ -335,7 +335,13 @@ class Cluster {
     coordinator_ = *std::move(c);
     auto line = coordinator_->ReadLine(absl::Seconds(30));
     ASSERT_TRUE(line.ok()) << line.status();
-    endpoint_ = absl::StrCat(Host(coordinator_member_), ":", ParseReadyLine(*line)["port"]);
+    auto fields = ParseReadyLine(*line);
+    endpoint_ = absl::StrCat(Host(coordinator_member_), ":", fields["port"]);
+    // Members register on the internal port when the coordinator has one.
+    membership_endpoint_ =
+        fields.contains("internal_port")
+            ? absl::StrCat(Host(coordinator_member_), ":", fields["internal_port"])
+            : endpoint_;
     channel_ = grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials());
     stub_ = v1::Inference::NewStub(channel_);
   }
@@ -502,6 +508,7 @@ class Cluster {
   }
 
   const std::string& endpoint() const { return endpoint_; }
+  const std::string& membership_endpoint() const { return membership_endpoint_; }
   v1::Inference::Stub& stub() { return *stub_; }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
 
@@ -509,8 +516,9 @@ class Cluster {
   // The coordinator address a member is given: through a new proxy of its
   // own (Options.proxy_links, kept in *proxy) or direct.
   std::string CoordinatorFor(std::unique_ptr<TcpProxy>* proxy) {
-    if (!o_.proxy_links) return endpoint_;
-    *proxy = std::make_unique<TcpProxy>(std::stoi(endpoint_.substr(endpoint_.rfind(':') + 1)));
+    if (!o_.proxy_links) return membership_endpoint_;
+    *proxy = std::make_unique<TcpProxy>(
+        std::stoi(membership_endpoint_.substr(membership_endpoint_.rfind(':') + 1)));
     return absl::StrCat("127.0.0.1:", (*proxy)->port());
   }
 
@@ -542,6 +550,7 @@ class Cluster {
   std::map<int, std::unique_ptr<TcpProxy>> shard_proxies_;
   std::vector<std::unique_ptr<TcpProxy>> attention_proxies_;
   std::string endpoint_;
+  std::string membership_endpoint_;  // the coordinator's internal port, or endpoint_
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
@@ -979,6 +988,47 @@ TEST(ApiSecurity, ApiKeysGuardThePublicApiAndRotateWithoutARestart) {
       WaitFor([&] { return codes(key_b) == std::pair(grpc::OK, grpc::OK); }, absl::Seconds(30)));
   EXPECT_EQ(codes(key_a), refused);
   std::filesystem::remove_all(dir);
+}
+
+// --internal-port: the members register there; the public port has only
+// the public API (Register is UNIMPLEMENTED there, reflection does not list
+// the internal service: tests/python/api_client_test.py through `dsv2 up`)
+// and the internal port has no public API.
+TEST(ApiSecurity, MembershipIsServedOnTheInternalPortOnly) {
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  o.coordinator_flags = {"--internal-port", "0"};
+  Cluster c(TinyModel(), o);
+  ASSERT_NE(c.membership_endpoint(), c.endpoint());
+  c.WaitServing(1, 1);
+  GenerateRequest req;
+  req.set_prompt("Hello");
+  req.set_max_tokens(4);
+  Cluster::Result r = c.Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids.size(), 4u);
+  {
+    auto membership = internal::Coordinator::NewStub(c.channel());
+    grpc::ClientContext ctx;
+    internal::RegisterRequest reg;
+    internal::RegisterResponse resp;
+    EXPECT_EQ(membership->Register(&ctx, reg, &resp).error_code(), grpc::UNIMPLEMENTED);
+  }
+  auto internal_channel =
+      grpc::CreateChannel(c.membership_endpoint(), grpc::InsecureChannelCredentials());
+  {
+    auto inference = v1::Inference::NewStub(internal_channel);
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_EQ(inference->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).error_code(),
+              grpc::UNIMPLEMENTED);
+  }
+  auto health = grpc::health::v1::Health::NewStub(internal_channel);
+  grpc::ClientContext hc;
+  grpc::health::v1::HealthCheckResponse hresp;
+  ASSERT_TRUE(health->Check(&hc, grpc::health::v1::HealthCheckRequest(), &hresp).ok());
+  EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 // Separate clusters for membership changes and admission limits.

@@ -153,6 +153,8 @@ class ApiClientTest(unittest.TestCase):
         services = [s.name for r in responses for s in r.list_services_response.service]
         self.assertIn("dsv2.v1.Inference", services)
         self.assertIn("grpc.health.v1.Health", services)
+        # `dsv2 up` serves membership on the coordinator's internal port.
+        self.assertNotIn("dsv2.internal.Coordinator", services)
 
 
 if __name__ == "__main__":

@@ -272,10 +272,11 @@ int RunCluster(const UpOptions& o) {
   const std::string threads = absl::StrCat(o.threads.value_or(std::max<int64_t>(
       1, kernels::AvailableCpuCores() / (o.attention_nodes + o.expert_shards))));
 
-  // 1. The coordinator, for its port.
-  auto coordinator =
-      start("coordinator", {o.coordinator_bin, "--model", o.model_dir, "--host", "127.0.0.1", "--port",
-                            absl::StrCat(o.port), "--threads", threads});
+  // 1. The coordinator, for its ports: the public one, and the internal one
+  // (membership) that the members are given.
+  auto coordinator = start(
+      "coordinator", {o.coordinator_bin, "--model", o.model_dir, "--host", "127.0.0.1", "--port",
+                      absl::StrCat(o.port), "--internal-port", "0", "--threads", threads});
   if (!coordinator.ok()) return fail(std::string(coordinator.status().message()));
   while (!(*coordinator)->ready_line) {
     const ProcessGroup::Events ev = group.Poll(deadline);
@@ -296,15 +297,19 @@ int RunCluster(const UpOptions& o) {
   if (std::string bad = CheckReadyLine(**coordinator, kCoordinatorBinary); !bad.empty()) {
     return fail(bad);
   }
-  int port = 0;
+  int port = 0, internal_port = 0;
   for (absl::string_view f : absl::StrSplit(*(*coordinator)->ready_line, ' ')) {
     if (absl::ConsumePrefix(&f, "port=") && !absl::SimpleAtoi(f, &port)) port = 0;
+    if (absl::ConsumePrefix(&f, "internal_port=") && !absl::SimpleAtoi(f, &internal_port)) {
+      internal_port = 0;
+    }
   }
-  if (port <= 0) {
-    return fail(absl::StrCat("no port in the coordinator's ready line '",
+  if (port <= 0 || internal_port <= 0) {
+    return fail(absl::StrCat("no port or internal_port in the coordinator's ready line '",
                              *(*coordinator)->ready_line, "'"));
   }
   const std::string endpoint = absl::StrCat("127.0.0.1:", port);
+  const std::string membership = absl::StrCat("127.0.0.1:", internal_port);
 
   // Load-time quantization flags, the same on every member.
   std::vector<std::string> weight_flags = {"--weights", o.weight_flags.weights};
@@ -321,18 +326,19 @@ int RunCluster(const UpOptions& o) {
   std::vector<std::pair<Child*, std::string>> members;  // child, binary name
   for (int64_t i = 0; i < o.expert_shards; ++i) {
     const std::string name = absl::StrCat("expert-", i);
-    auto c = start(name, with_weight_flags({o.expert_bin, "--model", o.model_dir, "--shard-id",
-                                            absl::StrCat(i), "--coordinator", endpoint, "--threads",
-                                            threads, "--host", "127.0.0.1", "--port", "0"}));
+    auto c =
+        start(name, with_weight_flags({o.expert_bin, "--model", o.model_dir, "--shard-id",
+                                       absl::StrCat(i), "--coordinator", membership, "--threads",
+                                       threads, "--host", "127.0.0.1", "--port", "0"}));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kExpertBinary);
   }
   for (int64_t i = 0; i < o.attention_nodes; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    auto c = start(
-        name, with_weight_flags({o.attention_bin, "--model", o.model_dir, "--coordinator", endpoint,
-                                 "--cache-tokens", absl::StrCat(o.cache_tokens), "--threads",
-                                 threads, "--host", "127.0.0.1", "--port", "0"}));
+    auto c = start(name,
+                   with_weight_flags({o.attention_bin, "--model", o.model_dir, "--coordinator",
+                                      membership, "--cache-tokens", absl::StrCat(o.cache_tokens),
+                                      "--threads", threads, "--host", "127.0.0.1", "--port", "0"}));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kAttentionBinary);
   }
