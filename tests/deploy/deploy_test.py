@@ -211,11 +211,18 @@ class ContainerFlagsTest(unittest.TestCase):
                 self.assertEqual(len(coord_dep), 1)
                 cc = coord_dep[0]["spec"]["template"]["spec"]["containers"][0]
                 self.assertEqual(container_argv(cc)[0], "dsv2-coordinator")
-                # The Service port leads to the coordinator's gRPC port.
+                # The Service port leads to the coordinator's membership port:
+                # --internal-port when it has one, else its gRPC port.
                 sp = next(p for p in svc["spec"]["ports"] if p["port"] == int(cport))
                 target = sp.get("targetPort", sp["port"])
                 cports = {p.get("name"): p["containerPort"] for p in cc["ports"]}
-                self.assertEqual(cports.get(target, target), cports["grpc"])
+                _, ctokens, _ = container_argv(cc)
+                internal = self.flag_value(r, coord_dep[0]["spec"]["template"]["spec"], cc,
+                                           "dsv2-coordinator", ctokens, "internal-port")
+                membership = int(internal) if internal is not None else cports["grpc"]
+                self.assertEqual(cports.get(target, target), membership)
+                if internal is not None:
+                    self.assertIn(membership, cports.values(), "--internal-port is no containerPort")
                 # The advertised host: the pod IP (downward API) or a DNS name.
                 adv = [e for e in c.get("env") or [] if e["name"] == FLAGS[binary]["advertise-host"]["env"]]
                 adv_cli = cli_value(tokens, "advertise-host", FLAGS[binary])
@@ -325,7 +332,11 @@ class PodSpecTest(unittest.TestCase):
                             self.assertIn(t, cports, f"targetPort {t} is no named containerPort")
                         else:
                             self.assertIn(t, cports.values())
-                    self.assertEqual({p["name"] for p in svc["spec"]["ports"]}, {"grpc", "metrics"})
+                    # The coordinator's also has the membership port.
+                    expected = {"grpc", "metrics"}
+                    if svc["metadata"]["name"] == "dsv2-coordinator":
+                        expected.add("internal")
+                    self.assertEqual({p["name"] for p in svc["spec"]["ports"]}, expected)
 
     def test_workload_selectors_match_their_templates(self):
         for r in RENDERED:
