@@ -5,6 +5,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
@@ -49,14 +50,71 @@ constexpr absl::Duration kSilenceSlice = absl::Milliseconds(20);
 
 DataPlaneExpertBackend::DataPlaneExpertBackend(transport::DataPlaneClient& client,
                                                RemoteExpertsOptions options)
-    : client_(client), options_(options) {}
+    : client_(client), options_(options) {
+  reconnect_thread_ = std::thread([this] { ReconnectLoop(); });
+}
 
 DataPlaneExpertBackend::~DataPlaneExpertBackend() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  reconnect_thread_.join();
   for (auto& [ticket, p] : pending_) {
     for (uint64_t t : p->tickets) {
       if (t != 0) client_.Forget(t);
     }
   }
+}
+
+void DataPlaneExpertBackend::ReconnectLoop() {
+  while (true) {
+    ReconnectRequest request;
+    {
+      absl::MutexLock lock(&mu_);
+      const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stopping_ || !reconnects_.empty();
+      };
+      mu_.Await(absl::Condition(&ready, &decltype(ready)::operator()));
+      if (stopping_) return;
+      request = std::move(reconnects_.front());
+      reconnects_.pop_front();
+    }
+    Reconnect(request);
+  }
+}
+
+void DataPlaneExpertBackend::Reconnect(const ReconnectRequest& request) {
+  const std::string& address = request.target.address;
+  const auto still_failed = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = connections_.find(address);
+    return it != connections_.end() && it->second.peer == request.failed &&
+           it->second.node_id == request.target.node_id;
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    if (!still_failed()) return;  // replaced meanwhile
+  }
+  // Outside every lock: may block up to the client's connect timeout. The
+  // same peer while the client still holds the connection alive.
+  absl::StatusOr<transport::PeerId> peer = client_.Connect(address);
+  if (!peer.ok() || *peer == request.failed) return;  // asked again if still needed
+  absl::MutexLock connecting(&connect_mu_);
+  bool swapped = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (still_failed()) {
+      connections_[address].peer = *peer;
+      ++connections_changed_;
+      ++stats_.reconnects;
+      swapped = true;
+    } else if (auto it = connections_.find(address);
+               it != connections_.end() && it->second.peer == *peer) {
+      return;  // a placement connected the same peer meanwhile
+    }
+  }
+  // The failed peer once swapped; else ours, which nothing records.
+  client_.Disconnect(swapped ? request.failed : *peer);
 }
 
 absl::StatusOr<transport::PeerId> DataPlaneExpertBackend::ConnectTo(const ShardTarget& target) {
@@ -81,7 +139,10 @@ absl::StatusOr<transport::PeerId> DataPlaneExpertBackend::ConnectTo(const ShardT
   if (replaced && had->node_id == target.node_id) client_.Disconnect(had->peer);  // the failed one
   absl::MutexLock lock(&mu_);
   connections_[target.address] = Connection{target.node_id, *peer};
-  if (replaced) ++stats_.reconnects;
+  if (replaced) {
+    ++stats_.reconnects;
+    ++connections_changed_;
+  }
   return *peer;
 }
 
@@ -130,13 +191,32 @@ absl::Status DataPlaneExpertBackend::SetPlacement(const router::Placement& place
     }
     state->shards[s] = shards[s];
   }
-  absl::MutexLock lock(&mu_);
-  if (placement_ != nullptr && placement.version <= placement_->placement.version) {
-    return placement.version == placement_->placement.version
-               ? absl::OkStatus()
-               : absl::FailedPreconditionError("a newer placement arrived meanwhile");
+  // Connections to addresses this placement does not name are dropped
+  // (a dispatch still planned over an older one re-plans over this one).
+  std::vector<transport::PeerId> dropped;
+  {
+    absl::MutexLock connecting(&connect_mu_);
+    absl::MutexLock lock(&mu_);
+    if (placement_ != nullptr && placement.version <= placement_->placement.version) {
+      return placement.version == placement_->placement.version
+                 ? absl::OkStatus()
+                 : absl::FailedPreconditionError("a newer placement arrived meanwhile");
+    }
+    absl::flat_hash_set<std::string> named;
+    for (const ShardTarget& t : state->shards) {
+      if (!t.address.empty()) named.insert(t.address);
+    }
+    for (auto it = connections_.begin(); it != connections_.end();) {
+      if (named.contains(it->first)) {
+        ++it;
+        continue;
+      }
+      dropped.push_back(it->second.peer);
+      connections_.erase(it++);
+    }
+    placement_ = std::move(state);
   }
-  placement_ = std::move(state);
+  for (transport::PeerId peer : dropped) client_.Disconnect(peer);
   return absl::OkStatus();
 }
 
@@ -374,18 +454,23 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
     // within kReconnectAfter is alive to the coordinator: its connection
     // is made again and the rows go to it.
     const uint64_t planned = p->plan.placement_version;
-    bool newer = false;
+    bool newer = false, reconnected = false;
     {
       absl::MutexLock lock(&mu_);
+      const uint64_t changes = connections_changed_;
       const absl::Time until =
           std::min(p->deadline, absl::Now() + (failed_shards.empty() ? backoff : kReconnectAfter));
       const auto has_newer = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
         return placement_ != nullptr && placement_->placement.version > planned;
       };
-      mu_.AwaitWithDeadline(absl::Condition(&has_newer, &decltype(has_newer)::operator()), until);
+      const auto woken = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+        return has_newer() || (!failed_shards.empty() && connections_changed_ != changes);
+      };
+      mu_.AwaitWithDeadline(absl::Condition(&woken, &decltype(woken)::operator()), until);
       newer = has_newer();
+      reconnected = connections_changed_ != changes;
     }
-    if (!newer && absl::Now() >= p->deadline) {
+    if (!newer && !reconnected && absl::Now() >= p->deadline) {
       std::vector<std::string> names;
       for (int32_t s : failed_shards) names.push_back(absl::StrCat(s));
       return fail(absl::UnavailableError(absl::StrCat(
@@ -395,17 +480,22 @@ absl::StatusOr<router::ExpertReply> DataPlaneExpertBackend::Wait(uint64_t ticket
                                 : absl::StrCat(" (shards ", absl::StrJoin(names, ","),
                                                " failed or silent)"))));
     }
-    if (!newer) {
+    if (!newer && !reconnected && !failed_shards.empty()) {
+      // Alive to the coordinator (no placement removed it): the reconnect
+      // thread makes its connection again, if it is still the one that
+      // failed under the same node id; the next round is woken by it.
       std::sort(failed_shards.begin(), failed_shards.end());
       failed_shards.erase(std::unique(failed_shards.begin(), failed_shards.end()),
                           failed_shards.end());
-      // Only under the placement planned with: a newer one that came
-      // meanwhile may name another membership at the address.
-      const std::shared_ptr<const PlacementState> now = placement();
+      absl::MutexLock lock(&mu_);
       for (int32_t s : failed_shards) {
-        if (now != p->state) break;
-        // An error here leaves the shard failed: the next round waits again.
-        (void)ConnectTo(now->shards[s]);
+        const ShardTarget& target = p->state->shards[s];
+        auto it = connections_.find(target.address);
+        if (it == connections_.end() || it->second.node_id != target.node_id) continue;
+        const bool queued = std::any_of(
+            reconnects_.begin(), reconnects_.end(),
+            [&](const ReconnectRequest& r) { return r.target.address == target.address; });
+        if (!queued) reconnects_.push_back(ReconnectRequest{target, it->second.peer});
       }
     }
     backoff = std::min(backoff * 2, absl::Milliseconds(100));

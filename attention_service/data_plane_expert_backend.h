@@ -20,21 +20,28 @@
 // old connection at once (its tickets fail and are re-sent over the new
 // one: after a partition the old one may look alive and carry nothing).
 // A connection that fails while the current placement still names its
-// shard under the same node id is reconnected after kReconnectAfter without
-// a newer placement, and again every kReconnectAfter until the dispatch's
-// deadline. Expert work is stateless, so re-sending is safe and
+// shard under the same node id (and no newer placement came within
+// kReconnectAfter) is made again by the backend's reconnect thread, asked
+// again every kReconnectAfter until the dispatch's deadline; the engine
+// thread never blocks in a connect, and a newer placement is used the
+// moment it is set. Connections to addresses a new placement no longer
+// names are dropped. Expert work is stateless, so re-sending is safe and
 // gives the same numbers. Malformed or not-found replies are INTERNAL (a
 // bug, not a failure to wait out).
 //
 // Thread-safety: Send/Wait/Forget from the engine thread; SetPlacement and
-// the accessors from any thread (gRPC).
+// the accessors from any thread (gRPC). The backend owns one reconnect
+// thread (joined by the destructor, which may wait up to the client's
+// connect timeout for a connect in progress).
 #ifndef DSV2_ATTENTION_SERVICE_DATA_PLANE_EXPERT_BACKEND_H_
 #define DSV2_ATTENTION_SERVICE_DATA_PLANE_EXPERT_BACKEND_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -120,11 +127,22 @@ class DataPlaneExpertBackend : public ExpertBackend {
   // re-made this long after the failure was seen.
   static constexpr absl::Duration kReconnectAfter = absl::Seconds(1);
 
+  // A reconnect the engine asked for: `target`'s connection was `failed`.
+  struct ReconnectRequest {
+    ShardTarget target;
+    transport::PeerId failed = 0;
+  };
+
   // The connection to `target`: the recorded one when it is alive and of
   // the same node id; else a new one (the old one dropped). Blocks up to
-  // the client's connect timeout.
+  // the client's connect timeout (SetPlacement's threads).
   absl::StatusOr<transport::PeerId> ConnectTo(const ShardTarget& target)
       ABSL_LOCKS_EXCLUDED(connect_mu_, mu_);
+  // The reconnect thread: connects outside every lock, then replaces the
+  // recorded connection only if it is still request.failed under the same
+  // node id (a placement that came meanwhile wins).
+  void ReconnectLoop() ABSL_LOCKS_EXCLUDED(connect_mu_, mu_);
+  void Reconnect(const ReconnectRequest& request) ABSL_LOCKS_EXCLUDED(connect_mu_, mu_);
   // The recorded peer for `address`; 0 when none.
   transport::PeerId PeerAt(const std::string& address) const ABSL_LOCKS_EXCLUDED(mu_);
   // Plans `p` over the current placement and sends every part.
@@ -137,14 +155,19 @@ class DataPlaneExpertBackend : public ExpertBackend {
   transport::DataPlaneClient& client_;
   const RemoteExpertsOptions options_;
 
-  // Serializes ConnectTo (SetPlacement's threads, the engine thread).
+  // Serializes changes of connections_ (ConnectTo, Reconnect's swap).
   // Taken before mu_, never while holding it.
   absl::Mutex connect_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   mutable absl::Mutex mu_;
   std::shared_ptr<const PlacementState> placement_ ABSL_GUARDED_BY(mu_);
   // By shard address.
   absl::flat_hash_map<std::string, Connection> connections_ ABSL_GUARDED_BY(mu_);
+  // Bumped whenever a connection is replaced: a waiting dispatch re-sends.
+  uint64_t connections_changed_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<ReconnectRequest> reconnects_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   RemoteExpertsStats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread reconnect_thread_;
 
   // Engine-thread state.
   uint64_t next_ticket_ = 1;

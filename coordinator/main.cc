@@ -63,6 +63,11 @@ int Main(int argc, char** argv) {
     absl::StatusOr<std::unique_ptr<service::ApiKeys>> keys = service::ApiKeys::Load(api_key_file);
     if (!keys.ok()) return service::StartupFailure(serve.binary, keys.status().message());
     spdlog::info("API keys: {} from {}", (*keys)->key_count(), api_key_file);
+    if (!serve.internal_port) {
+      spdlog::warn(
+          "--api-key-file guards the public API only: without --internal-port the membership "
+          "service (Register, Heartbeat, Leave) shares the public port unauthenticated");
+    }
     co.api_keys = *std::move(keys);
   }
   process_options.host = common.host;

@@ -1,12 +1,12 @@
 #include "service/api_keys.h"
 
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -43,26 +43,47 @@ const char* AuthFailureName(AuthFailure failure) {
   return "unknown";
 }
 
+namespace {
+
+ApiKeys::FileId IdOf(const struct stat& st) {
+  return ApiKeys::FileId{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
+                         static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<ApiKeys::Digest>> ApiKeys::ReadKeys(const std::string& path,
                                                                FileId* id) {
-  struct stat st {};
-  if (stat(path.c_str(), &st) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("API key file ", path, ": cannot stat it"));
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("API key file ", path, ": cannot open it"));
   }
-  *id = FileId{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
-               static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) > kMaxFileBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("API key file ", path, ": not a regular file of at most 1 MiB"));
+  struct stat before {
+  }, after{};
+  std::string text;
+  bool read_ok = fstat(fd, &before) == 0 && S_ISREG(before.st_mode) &&
+                 static_cast<uint64_t>(before.st_size) <= kMaxFileBytes;
+  if (read_ok) {
+    text.resize(static_cast<size_t>(before.st_size));
+    size_t got = 0;
+    while (got < text.size()) {
+      const ssize_t n = read(fd, text.data() + got, text.size() - got);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    // Rewritten in place while we read: refused now, read again at the next
+    // look (its identity has changed). Writers should rename a new file in.
+    read_ok = got == text.size() && fstat(fd, &after) == 0 && IdOf(after) == IdOf(before);
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return absl::InvalidArgumentError(absl::StrCat("API key file ", path, ": cannot read it"));
-  std::stringstream text;
-  text << in.rdbuf();
+  close(fd);
+  if (!read_ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "API key file ", path, ": not a regular file of at most 1 MiB, or changed while read"));
+  }
+  *id = IdOf(before);
   std::vector<Digest> digests;
   int line_number = 0;
-  for (absl::string_view line : absl::StrSplit(text.str(), '\n')) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
     ++line_number;
     line = absl::StripAsciiWhitespace(line);
     if (line.empty() || absl::StartsWith(line, "#")) continue;
@@ -96,23 +117,28 @@ absl::StatusOr<std::unique_ptr<ApiKeys>> ApiKeys::Load(std::string path,
 }
 
 void ApiKeys::MaybeReload() {
-  const absl::Time now = absl::Now();
-  if (now < next_look_) return;
-  next_look_ = now + reload_interval_;
-  struct stat st {};
-  if (stat(path_.c_str(), &st) != 0) {
-    const FileId unstattable{0, 0, -1};
-    if (refused_ == unstattable) return;
-    refused_ = unstattable;
-    spdlog::warn("API key file {}: cannot stat it; keeping the {} keys in use", path_,
-                 digests_.size());
-    return;
+  FileId in_use, refused;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = absl::Now();
+    if (now < next_look_) return;
+    next_look_ = now + reload_interval_;  // one caller per interval looks
+    in_use = file_;
+    refused = refused_;
   }
-  const FileId seen{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
-                    static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-  if (seen == file_ || seen == refused_) return;
+  // The file is looked at and read outside mu_: a slow filesystem delays
+  // this one call, not every caller.
+  struct stat st {};
+  const FileId unstattable{0, 0, -1};
+  FileId seen = unstattable;
+  if (stat(path_.c_str(), &st) == 0) seen = IdOf(st);
+  if (seen == in_use || seen == refused) return;
   FileId id;
-  absl::StatusOr<std::vector<Digest>> digests = ReadKeys(path_, &id);
+  absl::StatusOr<std::vector<Digest>> digests =
+      seen == unstattable
+          ? absl::InvalidArgumentError(absl::StrCat("API key file ", path_, ": cannot stat it"))
+          : ReadKeys(path_, &id);
+  absl::MutexLock lock(&mu_);
   if (!digests.ok()) {
     refused_ = seen;
     spdlog::warn("{}; keeping the {} keys in use", std::string(digests.status().message()),
@@ -139,10 +165,10 @@ absl::Status ApiKeys::Check(absl::string_view authorization, AuthFailure* failur
     key = absl::StripLeadingAsciiWhitespace(key.substr(kScheme.size()));
     Digest presented;
     SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), presented.data());
+    MaybeReload();
     bool match = false;
     {
       absl::MutexLock lock(&mu_);
-      MaybeReload();
       // Every digest is compared: no early exit.
       for (const Digest& d : digests_) {
         match |= CRYPTO_memcmp(d.data(), presented.data(), d.size()) == 0;

@@ -61,18 +61,22 @@ class ApiKeys {
   // Keys in use now.
   int key_count() const ABSL_LOCKS_EXCLUDED(mu_);
 
- private:
-  using Digest = std::array<uint8_t, 32>;
+ public:
+  // What identifies a version of the file (internal; public for helpers).
   struct FileId {
     uint64_t inode = 0, size = 0;
     int64_t mtime_ns = 0;
     bool operator==(const FileId&) const = default;
   };
+
+ private:
+  using Digest = std::array<uint8_t, 32>;
   ApiKeys(std::string path, absl::Duration reload_interval)
       : path_(std::move(path)), reload_interval_(reload_interval) {}
   // Reads and parses the file; InvalidArgument as Load says.
   static absl::StatusOr<std::vector<Digest>> ReadKeys(const std::string& path, FileId* id);
-  void MaybeReload() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Looks at the file when the interval passed; re-reads it when changed.
+  void MaybeReload() ABSL_LOCKS_EXCLUDED(mu_);
 
   const std::string path_;
   const absl::Duration reload_interval_;

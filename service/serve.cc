@@ -55,9 +55,11 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
 struct Servers {
   std::unique_ptr<grpc::Server> main, internal;
   int port = 0, internal_port = 0;
+  // One deadline for both: the grace is not paid twice.
   void Shutdown(absl::Duration grace) {
+    const auto deadline = FromNow(grace);
     for (grpc::Server* s : {main.get(), internal.get()}) {
-      if (s != nullptr) s->Shutdown(FromNow(grace));
+      if (s != nullptr) s->Shutdown(deadline);
     }
   }
 };

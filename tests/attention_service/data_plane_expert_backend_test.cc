@@ -264,7 +264,7 @@ TEST_F(DataPlaneExpertBackendTest, FailedConnectionToAPlacedShardIsMadeAgain) {
   StartShards(*v1);
   auto client = transport::CreateInProcessClient();
   RemoteExpertsOptions o;
-  o.dispatch_timeout = absl::Hours(1);
+  o.dispatch_timeout = absl::Minutes(2);  // without the reconnect: UNAVAILABLE after it
   DataPlaneExpertBackend backend(*client, o);
   ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_, 7)).ok());
   // Shard 1's process goes away and a new one listens at its address; the
@@ -283,11 +283,83 @@ TEST_F(DataPlaneExpertBackendTest, FailedConnectionToAPlacedShardIsMadeAgain) {
   EXPECT_GT(planes_[1]->stats().replies_sent, 0);
 }
 
+// A client whose Connect to one address blocks until released (a host that
+// does not answer: UCX waits out its connect timeout).
+class BlockingConnectClient final : public transport::DataPlaneClient {
+ public:
+  BlockingConnectClient(transport::DataPlaneClient& inner, std::string blocked)
+      : inner_(inner), blocked_(std::move(blocked)) {}
+  absl::StatusOr<transport::PeerId> Connect(const std::string& address) override {
+    if (address == blocked_ && armed_.load()) {
+      ++blocked_connects_;
+      release_.WaitForNotification();
+      return absl::UnavailableError("no answer");
+    }
+    return inner_.Connect(address);
+  }
+  void Disconnect(transport::PeerId peer) override { inner_.Disconnect(peer); }
+  absl::StatusOr<uint64_t> Send(transport::PeerId peer, std::vector<std::byte> m) override {
+    return inner_.Send(peer, std::move(m));
+  }
+  absl::StatusOr<std::vector<std::byte>> Wait(uint64_t t, absl::Time d) override {
+    return inner_.Wait(t, d);
+  }
+  absl::StatusOr<std::vector<std::byte>> Poll(uint64_t t, absl::Time u) override {
+    return inner_.Poll(t, u);
+  }
+  void Forget(uint64_t t) override { inner_.Forget(t); }
+
+  std::atomic<bool> armed_{false};
+  std::atomic<int> blocked_connects_{0};
+  absl::Notification release_;
+
+ private:
+  transport::DataPlaneClient& inner_;
+  const std::string blocked_;
+};
+
+// A shard that died while its reconnect hangs (its host does not answer):
+// the newer placement without it is used the moment it is set; the engine
+// thread never waits for the connect.
+TEST_F(DataPlaneExpertBackendTest, AHangingReconnectDoesNotDelayANewerPlacement) {
+  const std::vector<std::vector<float>> expected = LocalLogits();
+  auto v1 = router::DefaultPlacement(gate_, 2, 1);
+  ASSERT_TRUE(v1.ok());
+  StartShards(*v1);
+  auto inner = transport::CreateInProcessClient();
+  BlockingConnectClient client(*inner, addresses_[1]);
+  RemoteExpertsOptions o;
+  o.dispatch_timeout = absl::Minutes(2);
+  auto backend = std::make_unique<DataPlaneExpertBackend>(client, o);
+  ASSERT_TRUE(backend->SetPlacement(*v1, Targets(addresses_, 3)).ok());
+  client.armed_ = true;
+  planes_[1]->Shutdown();
+  std::thread coordinator([&] {
+    // Once the reconnect hangs, the coordinator removes shard 1.
+    EXPECT_TRUE(WaitFor([&] { return client.blocked_connects_.load() > 0; }, absl::Minutes(1)));
+    router::Placement v2 = *v1;
+    v2.version = 2;
+    for (auto& r : v2.replicas) r = {0};
+    EXPECT_TRUE(servers_[0]->LoadExperts(v2).ok());
+    EXPECT_TRUE(backend->SetPlacement(v2, Targets(addresses_, 3)).ok());
+  });
+  std::vector<std::vector<float>> logits;
+  const absl::Status st = RunStep(*backend, &logits);
+  coordinator.join();
+  // The step ended while the connect still hangs.
+  EXPECT_FALSE(client.release_.HasBeenNotified());
+  client.release_.Notify();
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(logits, expected);
+  EXPECT_EQ(backend->stats().failures, 0);
+  backend.reset();  // joins the reconnect thread
+}
+
 // A placement that names a new membership (node id) at a shard's address
 // drops the old connection at once: what it carried is re-sent over a new
 // one. Here the old connection swallowed a request (the handler holds it,
 // as a half-open TCP connection after a partition would): without the drop
-// the step would wait for it until its deadline (an hour).
+// the step would wait for it until its deadline and fail.
 TEST_F(DataPlaneExpertBackendTest, NewMembershipAtAShardAddressGetsANewConnection) {
   const std::vector<std::vector<float>> expected = LocalLogits();
   auto v1 = router::DefaultPlacement(gate_, 2, 1);
@@ -307,7 +379,7 @@ TEST_F(DataPlaneExpertBackendTest, NewMembershipAtAShardAddressGetsANewConnectio
   }
   auto client = transport::CreateInProcessClient();
   RemoteExpertsOptions o;
-  o.dispatch_timeout = absl::Hours(1);
+  o.dispatch_timeout = absl::Minutes(2);  // without the drop: UNAVAILABLE after it
   DataPlaneExpertBackend backend(*client, o);
   ASSERT_TRUE(backend.SetPlacement(*v1, Targets(addresses_, 1)).ok());
   std::thread coordinator([&] {
