@@ -5,6 +5,7 @@
 #include "attention_service/data_plane_expert_backend.h"
 
 #include <atomic>
+#include <functional>
 #include <numeric>
 #include <thread>
 
@@ -33,14 +34,20 @@ class DataPlaneExpertBackendTest : public testing_util::ConformanceCheckpointTes
     gate_ = router::GateParams::FromConfig(config_);
   }
 
-  // Starts `n` shard servers holding `placement`'s experts.
-  void StartShards(const router::Placement& placement) {
+  // Starts one shard server per shard of `placement`, holding its experts.
+  // Shard 1's handler first calls `shard1_hook` when given (which may block
+  // to hold the request; join the servers before what it uses goes).
+  void StartShards(const router::Placement& placement,
+                   std::function<void()> shard1_hook = nullptr) {
     for (int32_t s = 0; s < placement.num_shards; ++s) {
       servers_.push_back(std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx_, s));
       ASSERT_TRUE(servers_.back()->LoadExperts(placement).ok());
       ExpertDataPlaneServer* srv = servers_.back().get();
-      planes_.push_back(transport::CreateInProcessServer(
-          [srv](std::span<const std::byte> m) { return srv->HandleMessage(m); }));
+      std::function<void()> hook = s == 1 ? shard1_hook : nullptr;
+      planes_.push_back(transport::CreateInProcessServer([srv, hook](std::span<const std::byte> m) {
+        if (hook) hook();
+        return srv->HandleMessage(m);
+      }));
       addresses_.push_back(planes_.back()->address());
     }
   }
@@ -202,20 +209,10 @@ TEST_F(DataPlaneExpertBackendTest, HungShardIsBypassedByANewerPlacementResending
   ASSERT_TRUE(v1.ok());
   std::atomic<int> hung{0};
   absl::Notification release;
-  for (int32_t s = 0; s < 2; ++s) {
-    servers_.push_back(std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx_, s));
-    ASSERT_TRUE(servers_.back()->LoadExperts(*v1).ok());
-    ExpertDataPlaneServer* srv = servers_.back().get();
-    planes_.push_back(
-        transport::CreateInProcessServer([srv, s, &hung, &release](std::span<const std::byte> m) {
-          if (s == 1) {
-            ++hung;
-            release.WaitForNotification();
-          }
-          return srv->HandleMessage(m);
-        }));
-    addresses_.push_back(planes_.back()->address());
-  }
+  StartShards(*v1, [&] {
+    ++hung;
+    release.WaitForNotification();
+  });
   auto client = transport::CreateInProcessClient();
   RemoteExpertsOptions o;
   o.dispatch_timeout = absl::Hours(1);
@@ -366,17 +363,9 @@ TEST_F(DataPlaneExpertBackendTest, NewMembershipAtAShardAddressGetsANewConnectio
   ASSERT_TRUE(v1.ok());
   std::atomic<int> held{0};
   absl::Notification release;
-  for (int32_t s = 0; s < 2; ++s) {
-    servers_.push_back(std::make_unique<ExpertDataPlaneServer>(config_, *ckpt_, ctx_, s));
-    ASSERT_TRUE(servers_.back()->LoadExperts(*v1).ok());
-    ExpertDataPlaneServer* srv = servers_.back().get();
-    planes_.push_back(
-        transport::CreateInProcessServer([srv, s, &held, &release](std::span<const std::byte> m) {
-          if (s == 1 && held.fetch_add(1) == 0) release.WaitForNotification();
-          return srv->HandleMessage(m);
-        }));
-    addresses_.push_back(planes_.back()->address());
-  }
+  StartShards(*v1, [&] {
+    if (held.fetch_add(1) == 0) release.WaitForNotification();
+  });
   auto client = transport::CreateInProcessClient();
   RemoteExpertsOptions o;
   o.dispatch_timeout = absl::Minutes(2);  // without the drop: UNAVAILABLE after it
