@@ -338,6 +338,31 @@ class PodSpecTest(unittest.TestCase):
                         expected.add("internal")
                     self.assertEqual({p["name"] for p in svc["spec"]["ports"]}, expected)
 
+    def test_network_policies_admit_internal_ports_only_from_dsv2_pods(self):
+        for r in RENDERED:
+            policies = r.of_kind("NetworkPolicy")
+            for w, spec, c in r.containers():
+                labels = w["spec"]["template"]["metadata"].get("labels", {})
+                selecting = [p for p in policies if labels_match(p["spec"]["podSelector"], labels)]
+                for cp in c.get("ports") or []:
+                    name, number = cp.get("name"), cp["containerPort"]
+                    with self.subTest(target=r.label, workload=w["metadata"]["name"], port=name):
+                        rules = [rule for p in selecting for rule in p["spec"].get("ingress") or []
+                                 if not rule.get("ports")
+                                 or any(rp.get("port") in (name, number) for rp in rule["ports"])]
+                        self.assertTrue(rules, "no NetworkPolicy admits this port")
+                        public = name == "metrics" or (
+                            name == "grpc" and labels.get("app.kubernetes.io/component") == "coordinator")
+                        open_to_all = any(not rule.get("from") for rule in rules)
+                        self.assertEqual(open_to_all, public,
+                                         "only the public API and metrics are open to every source")
+                        for rule in rules:
+                            for peer in rule.get("from") or []:
+                                # dsv2's own pods only: no namespace or IP block.
+                                self.assertEqual(set(peer), {"podSelector"})
+                                self.assertEqual(peer["podSelector"]["matchLabels"].get(
+                                    "app.kubernetes.io/name"), "dsv2")
+
     def test_workload_selectors_match_their_templates(self):
         for r in RENDERED:
             for w in r.workloads():
