@@ -165,11 +165,7 @@ std::string AttentionNodeProcess::ServingLogLine(int port) const {
 void AttentionNodeProcess::FillRegistration(internal::RegisterRequest* reg) const {
   reg->set_role(internal::NODE_ROLE_ATTENTION);
   reg->set_cache_capacity_tokens(parts_->cache->capacity_tokens());
-  reg->set_vocab_size(parts_->config.vocab_size);
-  reg->set_num_layers(parts_->config.num_hidden_layers);
-  reg->set_n_routed_experts(parts_->config.n_routed_experts);
-  reg->set_config_fingerprint(parts_->config.fingerprint);
-  reg->set_weights_fingerprint(parts_->weights_fingerprint);
+  service::FillModelIdentity(parts_->config, parts_->weights_fingerprint, reg);
 }
 
 void AttentionNodeProcess::FillHeartbeat(internal::HeartbeatRequest* hb) const {

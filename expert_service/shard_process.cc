@@ -129,11 +129,7 @@ void ExpertShardProcess::FillRegistration(internal::RegisterRequest* reg) const 
   reg->set_role(internal::NODE_ROLE_EXPERT_SHARD);
   reg->set_ucx_address(parts_->data_plane->address());
   reg->set_shard_id(parts_->server->shard_id());
-  reg->set_vocab_size(parts_->config.vocab_size);
-  reg->set_num_layers(parts_->config.num_hidden_layers);
-  reg->set_n_routed_experts(parts_->config.n_routed_experts);
-  reg->set_config_fingerprint(parts_->config.fingerprint);
-  reg->set_weights_fingerprint(parts_->weights_fingerprint);
+  service::FillModelIdentity(parts_->config, parts_->weights_fingerprint, reg);
 }
 
 void ExpertShardProcess::FillHeartbeat(internal::HeartbeatRequest* hb) const {

@@ -598,8 +598,8 @@ std::string Checkpoint::Fingerprint() const {
     if (n > 0) {
       // Drop the page just read (the loaders fault in what they use).
       const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-      const auto begin = reinterpret_cast<uintptr_t>(t.data) / page * page;
-      ::madvise(reinterpret_cast<void*>(begin), page, MADV_DONTNEED);
+      ReleaseMappedPages(
+          reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(t.data) / page * page), page);
     }
   }
   return h.Hex();

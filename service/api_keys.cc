@@ -31,6 +31,17 @@ bool ValidKey(absl::string_view key) {
 
 }  // namespace
 
+ApiKeys::Digest ApiKeys::DigestOf(absl::string_view key) {
+  Digest d;
+  SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), d.data());
+  return d;
+}
+
+ApiKeys::FileId ApiKeys::IdOf(const struct stat& st) {
+  return FileId{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
+                static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
 const char* AuthFailureName(AuthFailure failure) {
   switch (failure) {
     case AuthFailure::kNone:
@@ -42,15 +53,6 @@ const char* AuthFailureName(AuthFailure failure) {
   }
   return "unknown";
 }
-
-namespace {
-
-ApiKeys::FileId IdOf(const struct stat& st) {
-  return ApiKeys::FileId{static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_size),
-                         static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
-}
-
-}  // namespace
 
 absl::StatusOr<std::vector<ApiKeys::Digest>> ApiKeys::ReadKeys(const std::string& path,
                                                                FileId* id) {
@@ -93,9 +95,7 @@ absl::StatusOr<std::vector<ApiKeys::Digest>> ApiKeys::ReadKeys(const std::string
           absl::StrCat("API key file ", path, " line ", line_number, ": a key is ", kMinKeyLength,
                        " to ", kMaxKeyLength, " printable ASCII characters without spaces"));
     }
-    Digest d;
-    SHA256(reinterpret_cast<const unsigned char*>(line.data()), line.size(), d.data());
-    digests.push_back(d);
+    digests.push_back(DigestOf(line));
   }
   if (digests.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("API key file ", path, " holds no key"));
@@ -163,8 +163,7 @@ absl::Status ApiKeys::Check(absl::string_view authorization, AuthFailure* failur
         "an API key is required: metadata \"authorization: Bearer KEY\"");
   } else {
     key = absl::StripLeadingAsciiWhitespace(key.substr(kScheme.size()));
-    Digest presented;
-    SHA256(reinterpret_cast<const unsigned char*>(key.data()), key.size(), presented.data());
+    const Digest presented = DigestOf(key);
     MaybeReload();
     bool match = false;
     {

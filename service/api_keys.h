@@ -35,6 +35,8 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
+struct stat;  // <sys/stat.h>
+
 namespace dsv2::service {
 
 // Why a request was refused; the label of dsv2_auth_failures_total.
@@ -61,16 +63,16 @@ class ApiKeys {
   // Keys in use now.
   int key_count() const ABSL_LOCKS_EXCLUDED(mu_);
 
- public:
-  // What identifies a version of the file (internal; public for helpers).
+ private:
+  using Digest = std::array<uint8_t, 32>;
+  // What identifies a version of the file.
   struct FileId {
     uint64_t inode = 0, size = 0;
     int64_t mtime_ns = 0;
     bool operator==(const FileId&) const = default;
   };
-
- private:
-  using Digest = std::array<uint8_t, 32>;
+  static Digest DigestOf(absl::string_view key);  // SHA-256
+  static FileId IdOf(const struct stat& st);
   ApiKeys(std::string path, absl::Duration reload_interval)
       : path_(std::move(path)), reload_interval_(reload_interval) {}
   // Reads and parses the file; InvalidArgument as Load says.

@@ -1,14 +1,12 @@
 #include "service/service_common.h"
 
-
-#include <algorithm>
-
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <pthread.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -16,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "coordinator.pb.h"
 
 namespace dsv2::service {
 
@@ -93,6 +92,15 @@ transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags) {
   ucx.listen_host = flags.host;
   ucx.advertise_host = flags.advertise_host;
   return ucx;
+}
+
+void FillModelIdentity(const ModelConfig& config, const std::string& weights_fingerprint,
+                       internal::RegisterRequest* registration) {
+  registration->set_vocab_size(config.vocab_size);
+  registration->set_num_layers(config.num_hidden_layers);
+  registration->set_n_routed_experts(config.n_routed_experts);
+  registration->set_config_fingerprint(config.fingerprint);
+  registration->set_weights_fingerprint(weights_fingerprint);
 }
 
 grpc::ChannelArguments MemberLinkChannelArguments(absl::Duration reconnect) {

@@ -79,6 +79,7 @@ transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags);
 
 // The absl code as the gRPC code, with the message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status);
 
 // Channel arguments for the links between the coordinator and its members,
 // both ways. A partition drops packets without a reset, so a TCP connection
@@ -88,7 +89,12 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 // Reconnect attempts every `reconnect`, clamped to [100 ms, 5 s] (gRPC's
 // default backoff grows to 120 s).
 grpc::ChannelArguments MemberLinkChannelArguments(absl::Duration reconnect);
-absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// The model a member serves, as its registration states it (the coordinator
+// refuses a member of another model): sizes and the config and weights
+// fingerprints.
+void FillModelIdentity(const ModelConfig& config, const std::string& weights_fingerprint,
+                       internal::RegisterRequest* registration);
 
 // Placement tables. FromProto validates against the number of experts. Shard
 // ids are unique, in [0, kMaxShardId), possibly sparse (num_shards = the
