@@ -53,7 +53,9 @@ int Main(int argc, char** argv) {
     node.expert_shards = absl::StrSplit(expert_shards, ',', absl::SkipEmpty());
     if (node.expert_shards.empty()) return flags.UsageError("--expert-shards lists no address");
   }
-  service::ApplyCommonFlags(node.common, &serve);
+  if (absl::Status st = service::ApplyCommonFlags(node.common, &serve); !st.ok()) {
+    return service::StartupFailure(serve.binary, st.message());
+  }
   node.hand_off_on_drain = serve.coordinator.has_value();
 
   absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> process = AttentionNodeProcess::Create(node);

@@ -35,6 +35,7 @@ struct AttentionNodeProcess::Parts {
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   std::unique_ptr<metrics::AttentionMetrics> metrics;
   std::unique_ptr<DataPlaneExpertBackend> backend;
+  std::shared_ptr<const service::TlsContext> tls;
   std::unique_ptr<LayerLoop> loop;
   std::unique_ptr<Scheduler> scheduler;
   std::unique_ptr<AttentionEngine> engine;
@@ -118,9 +119,11 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
   };
   ro.dispatch_timeout = options.dispatch_timeout;
   p->backend = std::make_unique<DataPlaneExpertBackend>(*p->data_plane, ro);
+  DSV2_ASSIGN_OR_RETURN(p->tls, service::TlsContext::Create(options.common.tls));
+  service::ExportCertificateExpiry(p->tls, *p->metrics_server);
   if (table) {
     DSV2_RETURN_IF_ERROR(ApplyPlacement(*table, static_cast<int32_t>(p->config.n_routed_experts),
-                                        absl::Now() + absl::Seconds(30), *p->backend));
+                                        absl::Now() + absl::Seconds(30), *p->backend, *p->tls));
   }
   LayerLoopOptions lo;
   lo.min_rows_for_micro_batches = options.micro_batch_min_rows;
@@ -139,7 +142,7 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
   p->metrics_server->OnScrape([parts = p.get()] {
     ExportEngineStats(*parts->engine, *parts->backend, *parts->metrics);
   });
-  p->server = std::make_unique<AttentionNodeServer>(p->config, *p->engine, *p->backend);
+  p->server = std::make_unique<AttentionNodeServer>(p->config, *p->engine, *p->backend, p->tls);
   return std::unique_ptr<AttentionNodeProcess>(new AttentionNodeProcess(std::move(p)));
 }
 

@@ -9,10 +9,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "expert_shard.grpc.pb.h"
 #include "inference.pb.h"
-#include "base/status_macros.h"
 #include "service/service_common.h"
+#include "service/tls.h"
 
 namespace dsv2 {
 
@@ -20,15 +21,16 @@ namespace {
 
 // Fills in missing UCX addresses by asking each shard (GetStatus), retrying
 // until `deadline` while shards start up.
-absl::Status ResolveShardAddresses(internal::PlacementTable& table, absl::Time deadline) {
+absl::Status ResolveShardAddresses(internal::PlacementTable& table, absl::Time deadline,
+                                   const service::TlsContext& tls) {
   for (internal::ShardEndpoint& s : *table.mutable_shards()) {
     if (!s.ucx_address().empty()) continue;
     if (s.grpc_address().empty()) {
       return absl::InvalidArgumentError(
           absl::StrCat("shard ", s.shard_id(), " has neither a gRPC nor a UCX address"));
     }
-    auto stub = internal::ExpertShardService::NewStub(
-        grpc::CreateChannel(s.grpc_address(), grpc::InsecureChannelCredentials()));
+    auto stub = internal::ExpertShardService::NewStub(grpc::CreateChannel(
+        s.grpc_address(), tls.MemberChannelCredentials({service::MemberRole::kExpert})));
     absl::Status last;
     while (true) {
       grpc::ClientContext ctx;
@@ -57,8 +59,9 @@ absl::Status ResolveShardAddresses(internal::PlacementTable& table, absl::Time d
 }  // namespace
 
 absl::Status ApplyPlacement(internal::PlacementTable table, int32_t num_experts,
-                            absl::Time deadline, DataPlaneExpertBackend& backend) {
-  DSV2_RETURN_IF_ERROR(ResolveShardAddresses(table, deadline));
+                            absl::Time deadline, DataPlaneExpertBackend& backend,
+                            const service::TlsContext& tls) {
+  DSV2_RETURN_IF_ERROR(ResolveShardAddresses(table, deadline, tls));
   DSV2_ASSIGN_OR_RETURN(router::Placement p, service::PlacementFromProto(table, num_experts));
   std::vector<ShardTarget> shards(p.num_shards);
   for (const internal::ShardEndpoint& s : table.shards()) {
@@ -98,12 +101,18 @@ void ToProto(const TokenLogprobs& lp, v1::TokenLogprob* out) {
 }  // namespace
 
 AttentionNodeServer::AttentionNodeServer(const ModelConfig& config, AttentionEngine& engine,
-                                         DataPlaneExpertBackend& backend)
-    : config_(config), engine_(engine), backend_(backend) {}
+                                         DataPlaneExpertBackend& backend,
+                                         std::shared_ptr<const service::TlsContext> tls)
+    : config_(config),
+      engine_(engine),
+      backend_(backend),
+      tls_(tls != nullptr ? std::move(tls) : service::TlsContext::Insecure()) {}
 
 grpc::Status AttentionNodeServer::Submit(grpc::ServerContext* ctx,
                                          const internal::SubmitRequest* req,
                                          grpc::ServerWriter<internal::SubmitResponse>* writer) {
+  if (absl::Status st = service::CoordinatorOnly(*ctx, "Submit"); !st.ok())
+    return service::ToGrpcStatus(st);
   if (config_.first_k_dense_replace < config_.num_hidden_layers && !backend_.ready()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "no complete expert placement yet");
   }
@@ -153,8 +162,11 @@ grpc::Status AttentionNodeServer::Submit(grpc::ServerContext* ctx,
   }
 }
 
-grpc::Status AttentionNodeServer::Cancel(grpc::ServerContext*, const internal::CancelRequest* req,
+grpc::Status AttentionNodeServer::Cancel(grpc::ServerContext* ctx,
+                                         const internal::CancelRequest* req,
                                          internal::CancelResponse* out) {
+  if (absl::Status st = service::CoordinatorOnly(*ctx, "Cancel"); !st.ok())
+    return service::ToGrpcStatus(st);
   out->set_found(engine_.Cancel(req->request_id()));
   return grpc::Status::OK;
 }
@@ -177,11 +189,14 @@ grpc::Status AttentionNodeServer::GetStatus(grpc::ServerContext*,
   return grpc::Status::OK;
 }
 
-grpc::Status AttentionNodeServer::SetPlacement(grpc::ServerContext*,
+grpc::Status AttentionNodeServer::SetPlacement(grpc::ServerContext* ctx,
                                                const internal::PlacementTable* table,
                                                internal::SetPlacementResponse* out) {
+  if (absl::Status st = service::CoordinatorOnly(*ctx, "SetPlacement"); !st.ok()) {
+    return service::ToGrpcStatus(st);
+  }
   absl::Status st = ApplyPlacement(*table, static_cast<int32_t>(config_.n_routed_experts),
-                                   absl::Now() + absl::Seconds(10), backend_);
+                                   absl::Now() + absl::Seconds(10), backend_, *tls_);
   if (!st.ok()) return service::ToGrpcStatus(st);
   out->set_placement_version(backend_.placement_version());
   return grpc::Status::OK;

@@ -21,18 +21,25 @@
 #include "model/config.h"
 
 namespace dsv2 {
+namespace service {
+class TlsContext;
+}  // namespace service
 
 // Resolves the table's missing UCX addresses (asking each shard's
 // GetStatus, retrying until `deadline` while shards start) and adopts it in
 // `backend`. InvalidArgument for a table that does not fit the model,
-// Unavailable when a shard cannot be reached.
+// Unavailable when a shard cannot be reached. `tls`: the credentials of
+// those GetStatus calls (service/tls.h).
 absl::Status ApplyPlacement(internal::PlacementTable table, int32_t num_experts,
-                            absl::Time deadline, DataPlaneExpertBackend& backend);
+                            absl::Time deadline, DataPlaneExpertBackend& backend,
+                            const service::TlsContext& tls);
 
 class AttentionNodeServer final : public internal::AttentionNode::Service {
  public:
+  // `tls` null: plaintext.
   AttentionNodeServer(const ModelConfig& config, AttentionEngine& engine,
-                      DataPlaneExpertBackend& backend);
+                      DataPlaneExpertBackend& backend,
+                      std::shared_ptr<const service::TlsContext> tls = nullptr);
 
   grpc::Status Submit(grpc::ServerContext* ctx, const internal::SubmitRequest* req,
                       grpc::ServerWriter<internal::SubmitResponse>* writer) override;
@@ -47,6 +54,7 @@ class AttentionNodeServer final : public internal::AttentionNode::Service {
   const ModelConfig& config_;
   AttentionEngine& engine_;
   DataPlaneExpertBackend& backend_;
+  const std::shared_ptr<const service::TlsContext> tls_;
   // Ids for requests that come without one (high bit set, so they never
   // collide with caller-chosen small ids).
   std::atomic<uint64_t> next_id_{1};

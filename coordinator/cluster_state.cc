@@ -39,7 +39,8 @@ ClusterState::ClusterState(AdmissionOptions options, uint32_t incarnation)
       next_node_id_((static_cast<uint64_t>(incarnation) << 32) | 1) {}
 
 uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t capacity_tokens,
-                                             uint64_t placement_version, absl::Time now) {
+                                             uint64_t placement_version, absl::Time now,
+                                             const std::string& owner) {
   absl::MutexLock lock(&mu_);
   // A node that restarted on the same address replaces its old entry.
   for (auto it = attention_.begin(); it != attention_.end();) {
@@ -50,6 +51,7 @@ uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t
   e.node_id = next_node_id_++;
   e.address = address;
   e.capacity_tokens = capacity_tokens;
+  e.owner = owner;
   e.placement_version = placement_version;
   e.last_heartbeat = now;
   max_reported_version_ = std::max(max_reported_version_, placement_version);
@@ -59,7 +61,8 @@ uint64_t ClusterState::RegisterAttentionNode(const std::string& address, int64_t
 
 absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std::string& address,
                                                      const std::string& ucx_address,
-                                                     uint64_t placement_version, absl::Time now) {
+                                                     uint64_t placement_version, absl::Time now,
+                                                     const std::string& owner) {
   if (shard_id < 0 || shard_id >= kMaxShardId) {
     return absl::InvalidArgumentError(
         absl::StrCat("shard_id ", shard_id, " is outside [0, ", kMaxShardId, ")"));
@@ -70,6 +73,7 @@ absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std
   e.shard_id = shard_id;
   e.address = address;
   e.ucx_address = ucx_address;
+  e.owner = owner;
   e.placement_version = placement_version;
   e.last_heartbeat = now;
   max_reported_version_ = std::max(max_reported_version_, placement_version);
@@ -77,6 +81,36 @@ absl::StatusOr<uint64_t> ClusterState::RegisterShard(int32_t shard_id, const std
   dead_shards_.erase(shard_id);
   ++shard_generation_;
   return e.node_id;
+}
+
+absl::Status ClusterState::CheckOwner(uint64_t node_id, const std::string& owner) const {
+  absl::MutexLock lock(&mu_);
+  const std::string* registered = nullptr;
+  if (auto it = attention_.find(node_id); it != attention_.end()) registered = &it->second.owner;
+  for (const auto& [id, s] : shards_) {
+    if (s.node_id == node_id) registered = &s.owner;
+  }
+  if (registered == nullptr) {
+    return absl::NotFoundError(absl::StrCat("node ", node_id, " is not registered"));
+  }
+  if (*registered != owner) {
+    return absl::PermissionDeniedError(
+        absl::StrCat(owner, " may not act as node ", node_id, ": ", *registered, " registered it"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ClusterState::CheckAttentionAddressOwner(const std::string& address,
+                                                      const std::string& owner) const {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [id, e] : attention_) {
+    if (e.address == address && e.owner != owner) {
+      return absl::PermissionDeniedError(absl::StrCat(owner, " may not replace attention node ", id,
+                                                      " at ", address, ": ", e.owner,
+                                                      " registered it"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ClusterState::AdmitWeightsFingerprint(const std::string& fingerprint) {

@@ -30,6 +30,9 @@ struct AttentionNodeEntry {
   uint64_t node_id = 0;
   std::string address;            // gRPC "host:port"
   int64_t capacity_tokens = 0;    // latent cache capacity
+  // The member identity URI that registered it (service/tls.h; "" on a
+  // plaintext port): only it may heartbeat or leave as this node.
+  std::string owner;
   int64_t reserved_tokens = 0;    // prompt + max_tokens of live requests placed here
   int32_t live_requests = 0;
   uint64_t placement_version = 0;  // last version the node acknowledged
@@ -45,6 +48,7 @@ struct ShardEntry {
   int32_t shard_id = 0;  // stable identity, [0, kMaxShardId)
   std::string address;   // gRPC "host:port"
   std::string ucx_address;
+  std::string owner;  // as AttentionNodeEntry::owner
   int64_t resident_bytes = 0;
   uint64_t placement_version = 0;  // last version the shard reported or loaded
   int32_t experts = 0;             // routed experts it loaded for that version
@@ -89,10 +93,19 @@ class ClusterState {
   // Membership. Register* return the new node id. A shard registering with
   // the shard id of a live shard replaces it (a restarted process).
   uint64_t RegisterAttentionNode(const std::string& address, int64_t capacity_tokens,
-                                 uint64_t placement_version, absl::Time now);
+                                 uint64_t placement_version, absl::Time now,
+                                 const std::string& owner = "");
   absl::StatusOr<uint64_t> RegisterShard(int32_t shard_id, const std::string& address,
                                          const std::string& ucx_address, uint64_t placement_version,
-                                         absl::Time now);
+                                         absl::Time now, const std::string& owner = "");
+  // Membership authorization (mutual TLS). OK when `owner` registered node
+  // `node_id`; NotFound when no such node is registered; PermissionDenied
+  // when another identity did.
+  absl::Status CheckOwner(uint64_t node_id, const std::string& owner) const;
+  // OK when an attention node registering at `address` as `owner` would
+  // replace no node another identity registered there; else PermissionDenied.
+  absl::Status CheckAttentionAddressOwner(const std::string& address,
+                                          const std::string& owner) const;
   // The checkpoint every live member serves (RegisterRequest's
   // weights_fingerprint): with no live member, `fingerprint` becomes it;
   // otherwise it must equal it (InvalidArgument "model mismatch: ..."). Call

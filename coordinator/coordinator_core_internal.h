@@ -10,14 +10,12 @@
 #ifndef DSV2_COORDINATOR_COORDINATOR_CORE_INTERNAL_H_
 #define DSV2_COORDINATOR_COORDINATOR_CORE_INTERNAL_H_
 
-#include "coordinator/coordinator_server.h"
-
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <optional>
 #include <thread>
@@ -32,14 +30,16 @@
 #include "absl/synchronization/mutex.h"
 #include "attention_node.grpc.pb.h"
 #include "coordinator.grpc.pb.h"
+#include "coordinator/coordinator_server.h"
 #include "coordinator/text_stream.h"
 #include "expert_shard.grpc.pb.h"
 #include "inference.grpc.pb.h"
 #include "metrics/metrics.h"
-#include "router/gate.h"
 #include "model/sampling.h"
+#include "router/gate.h"
 #include "router/plan.h"
 #include "service/service_common.h"
+#include "service/tls.h"
 
 namespace dsv2::coordinator {
 
@@ -93,7 +93,11 @@ struct CoordinatorCore {
       // A member whose host vanished or was partitioned away is noticed in
       // ~4 s, and one that comes back is reached within a second of its
       // re-registration.
-      ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(),
+      const std::shared_ptr<const service::TlsContext> tls =
+          options.tls != nullptr ? options.tls : service::TlsContext::Insecure();
+      ch = grpc::CreateCustomChannel(address,
+                                     tls->MemberChannelCredentials({service::MemberRole::kAttention,
+                                                                    service::MemberRole::kExpert}),
                                      service::MemberLinkChannelArguments(absl::Seconds(1)));
     }
     return ch;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -16,6 +17,7 @@
 #include "model/config.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "service/tls.h"
 
 namespace dsv2::coordinator {
 namespace {
@@ -64,7 +66,9 @@ struct CoordinatorProcess::Parts {
   std::unique_ptr<metrics::CoordinatorMetrics> metrics;
   std::unique_ptr<Coordinator> coordinator;
   std::string model_name;
-  grpc::HealthCheckServiceInterface* health = nullptr;  // owned by the gRPC server
+  // The health services of the main server and of the health port (owned
+  // by their gRPC servers); set on the main thread before serving.
+  std::vector<grpc::HealthCheckServiceInterface*> health;
 };
 
 absl::StatusOr<std::unique_ptr<CoordinatorProcess>> CoordinatorProcess::Create(
@@ -101,6 +105,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorProcess>> CoordinatorProcess::Create(
   p->coordinator = std::make_unique<Coordinator>(p->config, model, co);
   p->metrics_server->OnScrape(
       [parts = p.get()] { ExportClusterState(parts->coordinator->state(), *parts->metrics); });
+  service::ExportCertificateExpiry(co.tls, *p->metrics_server);
   return std::unique_ptr<CoordinatorProcess>(new CoordinatorProcess(std::move(p)));
 }
 
@@ -118,10 +123,14 @@ std::vector<grpc::Service*> CoordinatorProcess::internal_services() {
 
 void CoordinatorProcess::OnListening(grpc::Server& server) {
   grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
-  parts_->health = health;
+  parts_->health.push_back(health);
   health->SetServingStatus(kInferenceService, false);
-  parts_->coordinator->SetServingCallback(
-      [health](bool serving) { health->SetServingStatus(kInferenceService, serving); });
+  // The callback holds its own copy: the placement thread may run the
+  // previous one while this replaces it.
+  parts_->coordinator->SetServingCallback([all = parts_->health](bool serving) {
+    for (grpc::HealthCheckServiceInterface* h : all)
+      h->SetServingStatus(kInferenceService, serving);
+  });
 }
 
 std::string CoordinatorProcess::ReadyFields() const {
@@ -133,7 +142,9 @@ std::string CoordinatorProcess::ServingLogLine(int port) const {
 }
 
 bool CoordinatorProcess::Drain(absl::Duration timeout) {
-  if (parts_->health) parts_->health->SetServingStatus(kInferenceService, false);
+  for (grpc::HealthCheckServiceInterface* h : parts_->health) {
+    h->SetServingStatus(kInferenceService, false);
+  }
   return parts_->coordinator->Drain(timeout);
 }
 

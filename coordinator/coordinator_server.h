@@ -45,6 +45,7 @@ struct CoordinatorMetrics;
 
 namespace dsv2::service {
 class ApiKeys;
+class TlsContext;
 }  // namespace dsv2::service
 
 namespace dsv2::coordinator {
@@ -66,6 +67,9 @@ struct CoordinatorOptions {
   // "authorization: Bearer KEY"); null = no key needed. Health, reflection
   // and the membership service are not behind it.
   std::shared_ptr<service::ApiKeys> api_keys;
+  // Credentials of the coordinator's channels to members (mutual TLS,
+  // service/tls.h); null = plaintext.
+  std::shared_ptr<const service::TlsContext> tls;
   // Informational, for GetModelInfo.
   std::string model_name;
   std::string model_type;

@@ -25,6 +25,7 @@ int Main(int argc, char** argv) {
   service::ServeOptions serve;
   serve.binary = "dsv2-coordinator";
   serve.reflection = true;
+  serve.public_port = true;
   service::CommonFlags common;
   std::string api_key_file;
   flags::FlagSet flags("dsv2-coordinator", std::string(VersionString()));
@@ -58,7 +59,9 @@ int Main(int argc, char** argv) {
   if (co.heartbeat_timeout <= co.heartbeat_interval) {
     return flags.UsageError("--heartbeat-timeout must be larger than --heartbeat-interval");
   }
-  service::ApplyCommonFlags(common, &serve);
+  if (absl::Status st = service::ApplyCommonFlags(common, &serve); !st.ok()) {
+    return service::StartupFailure(serve.binary, st.message());
+  }
   if (!api_key_file.empty()) {
     absl::StatusOr<std::unique_ptr<service::ApiKeys>> keys = service::ApiKeys::Load(api_key_file);
     if (!keys.ok()) return service::StartupFailure(serve.binary, keys.status().message());
@@ -70,6 +73,7 @@ int Main(int argc, char** argv) {
     }
     co.api_keys = *std::move(keys);
   }
+  co.tls = serve.tls;
   process_options.host = common.host;
   process_options.metrics_port = common.metrics_port;
 

@@ -1,5 +1,6 @@
 #include "base/fingerprint.h"
 #include "coordinator/coordinator_core_internal.h"
+#include "service/tls.h"
 
 namespace dsv2::coordinator {
 
@@ -9,8 +10,33 @@ class MembershipService final : public internal::Coordinator::Service {
  public:
   explicit MembershipService(CoordinatorCore& c) : c_(c) {}
 
-  grpc::Status Register(grpc::ServerContext*, const internal::RegisterRequest* req,
+  grpc::Status Register(grpc::ServerContext* context, const internal::RegisterRequest* req,
                         internal::RegisterResponse* out) override {
+    // Who is registering (mutual TLS): a member registers only in its
+    // certificate's role, an expert certificate with an id only as that
+    // shard; the identity is kept with the registration.
+    absl::StatusOr<std::optional<service::MemberIdentity>> caller =
+        service::CallerIdentity(*context);
+    if (!caller.ok()) return Refused("register", service::ToGrpcStatus(caller.status()));
+    std::string owner;
+    if (caller->has_value()) {
+      const service::MemberIdentity& who = **caller;
+      owner = service::MemberIdentityUri(who);
+      const bool role_ok = (req->role() == internal::NODE_ROLE_ATTENTION &&
+                            who.role == service::MemberRole::kAttention) ||
+                           (req->role() == internal::NODE_ROLE_EXPERT_SHARD &&
+                            who.role == service::MemberRole::kExpert &&
+                            (who.id.empty() || who.id == absl::StrCat(req->shard_id())));
+      if (!role_ok) {
+        return Refused(
+            "register",
+            grpc::Status(grpc::PERMISSION_DENIED,
+                         absl::StrCat(owner, " may not register as ",
+                                      req->role() == internal::NODE_ROLE_EXPERT_SHARD
+                                          ? absl::StrCat("expert shard ", req->shard_id())
+                                          : std::string("an attention node"))));
+      }
+    }
     if (absl::Status st = ValidateMemberAddress(req->grpc_address(), "grpc_address"); !st.ok()) {
       return Refused("register", service::ToGrpcStatus(st));
     }
@@ -66,8 +92,12 @@ class MembershipService final : public internal::Coordinator::Service {
                            absl::StrCat("cache_capacity_tokens: ", req->cache_capacity_tokens(),
                                         " is outside [1, 2^40]")));
         }
+        if (absl::Status st = c_.state.CheckAttentionAddressOwner(req->grpc_address(), owner);
+            !st.ok()) {
+          return Refused("register", service::ToGrpcStatus(st));
+        }
         id = c_.state.RegisterAttentionNode(req->grpc_address(), req->cache_capacity_tokens(),
-                                            req->placement_version(), now);
+                                            req->placement_version(), now, owner);
         spdlog::info("attention node {} registered at {} ({} cache tokens)", id,
                      req->grpc_address(), req->cache_capacity_tokens());
         break;
@@ -77,9 +107,9 @@ class MembershipService final : public internal::Coordinator::Service {
         if (absl::Status st = ValidateMemberAddress(req->ucx_address(), "ucx_address"); !st.ok()) {
           return Refused("register", service::ToGrpcStatus(st));
         }
-        absl::StatusOr<uint64_t> r = c_.state.RegisterShard(
-            req->shard_id(), req->grpc_address(), req->ucx_address(), req->placement_version(),
-            now);
+        absl::StatusOr<uint64_t> r =
+            c_.state.RegisterShard(req->shard_id(), req->grpc_address(), req->ucx_address(),
+                                   req->placement_version(), now, owner);
         if (!r.ok()) return Refused("register", service::ToGrpcStatus(r.status()));
         id = *r;
         spdlog::info("expert shard {} registered at {} (node {})", req->shard_id(),
@@ -96,8 +126,9 @@ class MembershipService final : public internal::Coordinator::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Heartbeat(grpc::ServerContext*, const internal::HeartbeatRequest* req,
+  grpc::Status Heartbeat(grpc::ServerContext* context, const internal::HeartbeatRequest* req,
                          internal::HeartbeatResponse* out) override {
+    if (grpc::Status st = CheckActsAs(*context, req->node_id(), "heartbeat"); !st.ok()) return st;
     absl::Status st = c_.state.CheckReportedVersion(req->placement_version());
     if (!st.ok()) return Refused("heartbeat", service::ToGrpcStatus(st));
     st = c_.state.Heartbeat(req->node_id(), req->placement_version(), req->resident_bytes(),
@@ -107,8 +138,12 @@ class MembershipService final : public internal::Coordinator::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Leave(grpc::ServerContext*, const internal::LeaveRequest* req,
+  grpc::Status Leave(grpc::ServerContext* context, const internal::LeaveRequest* req,
                      internal::LeaveResponse*) override {
+    if (grpc::Status st = CheckActsAs(*context, req->node_id(), "leave"); !st.ok()) {
+      // Leaving a node that is gone already is done.
+      return st.error_code() == grpc::NOT_FOUND ? grpc::Status::OK : st;
+    }
     if (c_.state.Remove(req->node_id())) {
       spdlog::info("node {} left", req->node_id());
       c_.Wake();
@@ -117,6 +152,19 @@ class MembershipService final : public internal::Coordinator::Service {
   }
 
  private:
+  // OK when the caller registered `node_id` (always on a plaintext port);
+  // NOT_FOUND when the node is not registered; PERMISSION_DENIED (counted)
+  // when another identity did.
+  grpc::Status CheckActsAs(const grpc::ServerContext& context, uint64_t node_id, const char* rpc) {
+    absl::StatusOr<std::optional<service::MemberIdentity>> caller =
+        service::CallerIdentity(context);
+    if (!caller.ok()) return Refused(rpc, service::ToGrpcStatus(caller.status()));
+    const std::string owner = caller->has_value() ? service::MemberIdentityUri(**caller) : "";
+    absl::Status st = c_.state.CheckOwner(node_id, owner);
+    if (absl::IsPermissionDenied(st)) return Refused(rpc, service::ToGrpcStatus(st));
+    return service::ToGrpcStatus(st);
+  }
+
   absl::Mutex registration_mu_;
   // Counts a refused (invalid) membership call and passes its status on.
   grpc::Status Refused(const char* rpc, grpc::Status status) {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "service/service_common.h"
+#include "service/tls.h"
 
 namespace dsv2 {
 
@@ -28,9 +29,12 @@ grpc::Status ExpertControlServer::GetStatus(grpc::ServerContext*, const internal
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertControlServer::LoadExperts(grpc::ServerContext*,
-                                            const internal::LoadExpertsRequest* req,
-                                            internal::LoadExpertsResponse* out) {
+grpc::Status ExpertControlServer::LoadExperts(grpc::ServerContext* ctx,
+                                              const internal::LoadExpertsRequest* req,
+                                              internal::LoadExpertsResponse* out) {
+  if (absl::Status st = service::CoordinatorOnly(*ctx, "LoadExperts"); !st.ok()) {
+    return service::ToGrpcStatus(st);
+  }
   if (req->shard_id() != server_.shard_id()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         absl::StrCat("request is for shard ", req->shard_id(), "; this is shard ",

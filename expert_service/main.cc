@@ -47,7 +47,9 @@ int Main(int argc, char** argv) {
     return flags.UsageError(absl::StrCat("--shard-id=", shard.shard_id,
                                          " must be in [0, --num-shards=", shard.num_shards, ")"));
   }
-  service::ApplyCommonFlags(shard.common, &serve);
+  if (absl::Status st = service::ApplyCommonFlags(shard.common, &serve); !st.ok()) {
+    return service::StartupFailure(serve.binary, st.message());
+  }
   shard.common.advertise_host = serve.advertise_host;
 
   absl::StatusOr<std::unique_ptr<ExpertShardProcess>> process = ExpertShardProcess::Create(shard);

@@ -13,6 +13,7 @@
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "router/gate.h"
+#include "service/tls.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2 {
@@ -93,6 +94,9 @@ absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
   });
   p->metrics_server->OnScrape(
       [parts = p.get()] { ExportShardCounters(*parts->server, *parts->metrics); });
+  DSV2_ASSIGN_OR_RETURN(std::shared_ptr<const service::TlsContext> tls,
+                        service::TlsContext::Create(options.common.tls));
+  service::ExportCertificateExpiry(std::move(tls), *p->metrics_server);
   DSV2_ASSIGN_OR_RETURN(
       p->data_plane,
       transport::CreateUcxServer(service::UcxOptionsFromFlags(options.common),

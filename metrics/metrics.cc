@@ -195,4 +195,11 @@ ExpertShardMetrics::ExpertShardMetrics(prometheus::Registry& r)
                           .Register(r)),
       resident_bytes(Gauge(r, "dsv2_resident_bytes", "Resident set size of the process, bytes")) {}
 
+TlsMetrics::TlsMetrics(prometheus::Registry& r)
+    : certificate_expiry(BuildGauge()
+                             .Name("dsv2_tls_certificate_expiry_timestamp_seconds")
+                             .Help("Unix time the TLS certificate in use expires, by file (cert: "
+                                   "--tls-cert, ca: --tls-ca), read at each scrape")
+                             .Register(r)) {}
+
 }  // namespace dsv2::metrics

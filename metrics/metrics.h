@@ -98,6 +98,15 @@ struct ExpertShardMetrics {
   prometheus::Gauge& resident_bytes;
 };
 
+// Every service binary running with --tls-* (refreshed at each scrape from
+// the files, so a rotation shows at once).
+struct TlsMetrics {
+  explicit TlsMetrics(prometheus::Registry& registry);
+  // Unix time the certificate expires, {file = cert|ca}: --tls-cert's first
+  // certificate and --tls-ca's.
+  prometheus::Family<prometheus::Gauge>& certificate_expiry;
+};
+
 }  // namespace dsv2::metrics
 
 #endif  // DSV2_METRICS_METRICS_H_

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator.grpc.pb.h"
 #include "service/service_common.h"
+#include "service/tls.h"
 
 namespace dsv2::service {
 
@@ -21,7 +22,10 @@ namespace {
 std::shared_ptr<grpc::Channel> MakeChannel(const CoordinatorLinkOptions& options) {
   // A node must find a restarted coordinator within its heartbeat timeout:
   // reconnect every retry interval.
-  return grpc::CreateCustomChannel(options.coordinator_address, grpc::InsecureChannelCredentials(),
+  const std::shared_ptr<const TlsContext> tls =
+      options.tls != nullptr ? options.tls : TlsContext::Insecure();
+  return grpc::CreateCustomChannel(options.coordinator_address,
+                                   tls->MemberChannelCredentials({MemberRole::kCoordinator}),
                                    MemberLinkChannelArguments(options.retry_interval));
 }
 
@@ -108,10 +112,13 @@ void CoordinatorLink::Run() {
                        : options_.retry_interval;
         spdlog::info("registered with the coordinator at {} as node {}",
                      options_.coordinator_address, resp.node_id());
-      } else if (st.error_code() == grpc::INVALID_ARGUMENT) {
-        fatal_ = absl::InvalidArgumentError(
-            absl::StrCat("the coordinator at ", options_.coordinator_address,
-                         " refused the registration: ", st.error_message()));
+      } else if (st.error_code() == grpc::INVALID_ARGUMENT ||
+                 st.error_code() == grpc::PERMISSION_DENIED) {
+        // Another model, bad fields, or a certificate that may not register
+        // as this member: retrying cannot help.
+        fatal_ = absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                              absl::StrCat("the coordinator at ", options_.coordinator_address,
+                                           " refused the registration: ", st.error_message()));
       } else {
         interval = options_.retry_interval;
       }

@@ -32,8 +32,13 @@ class ClientContext;
 
 namespace dsv2::service {
 
+class TlsContext;
+
 struct CoordinatorLinkOptions {
   std::string coordinator_address;  // "host:port"
+  // Mutual TLS to the coordinator's internal port (service/tls.h); null =
+  // plaintext.
+  std::shared_ptr<const TlsContext> tls;
   // Sent with every Register; its placement_version is replaced by the one
   // `load` reports (the version this node serves now).
   internal::RegisterRequest registration;
@@ -41,7 +46,7 @@ struct CoordinatorLinkOptions {
   // re-registration); may be empty.
   std::function<void(internal::HeartbeatRequest*)> load;
   // Called once, on the link's thread, when the coordinator refuses the
-  // registration (INVALID_ARGUMENT); the link has ended. May be empty. A
+  // registration (INVALID_ARGUMENT, PERMISSION_DENIED); the link has ended. May be empty. A
   // service binary raises SIGTERM here and exits 1 with fatal().
   std::function<void(const absl::Status&)> on_fatal;
   // Deadline of each Register/Heartbeat call (Leave: at most 500 ms).
@@ -64,7 +69,8 @@ class CoordinatorLink {
   void Start();
   // Waits up to `timeout` for the first registration. OK once registered;
   // the coordinator's refusal (INVALID_ARGUMENT: a different model, bad
-  // fields) is returned as is and ends the link; FailedPrecondition after
+  // fields; PERMISSION_DENIED: the certificate's identity may not register
+  // so) is returned as is and ends the link; FailedPrecondition after
   // Stop; DeadlineExceeded otherwise.
   absl::Status WaitRegistered(absl::Duration timeout);
   // Fatal refusal so far (OK if none): the node should exit.

@@ -16,6 +16,7 @@
 #include "coordinator.pb.h"
 #include "service/coordinator_link.h"
 #include "service/service_common.h"
+#include "service/tls.h"
 
 namespace dsv2::service {
 namespace {
@@ -27,7 +28,8 @@ std::chrono::system_clock::time_point FromNow(absl::Duration d) {
 // One gRPC server on host:port with `services` (and health; reflection
 // when the plugin was initialized before the call); *bound is the port.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
-    const std::string& host, int port, const std::vector<grpc::Service*>& services, int* bound) {
+    const std::string& host, int port, const std::vector<grpc::Service*>& services,
+    std::shared_ptr<grpc::ServerCredentials> credentials, int* bound) {
   grpc::ServerBuilder builder;
   // gRPC sets SO_REUSEPORT by default: a second process on a port in use
   // would then start "ready" and take half of the connections. Off, the
@@ -40,7 +42,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   *bound = 0;
-  builder.AddListeningPort(absl::StrCat(host, ":", port), grpc::InsecureServerCredentials(), bound);
+  builder.AddListeningPort(absl::StrCat(host, ":", port), std::move(credentials), bound);
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || *bound == 0) {
@@ -50,15 +52,16 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartServer(
   return server;
 }
 
-// The process's servers: the main one, and the internal one when
-// options.internal_port is set.
+// The process's servers: the main one, the internal one when
+// options.internal_port is set, the plaintext health-only one when
+// options.health_port is.
 struct Servers {
-  std::unique_ptr<grpc::Server> main, internal;
-  int port = 0, internal_port = 0;
-  // One deadline for both: the grace is not paid twice.
+  std::unique_ptr<grpc::Server> main, internal, health;
+  int port = 0, internal_port = 0, health_port = 0;
+  // One deadline for all: the grace is not paid twice.
   void Shutdown(absl::Duration grace) {
     const auto deadline = FromNow(grace);
-    for (grpc::Server* s : {main.get(), internal.get()}) {
+    for (grpc::Server* s : {main.get(), internal.get(), health.get()}) {
       if (s != nullptr) s->Shutdown(deadline);
     }
   }
@@ -66,22 +69,41 @@ struct Servers {
 
 absl::StatusOr<Servers> StartServers(const ServeOptions& options, ServedProcess& process) {
   grpc::EnableDefaultHealthCheckService(true);
+  const std::shared_ptr<const TlsContext> tls =
+      options.tls != nullptr ? options.tls : TlsContext::Insecure();
+  if (tls->enabled() && options.public_port && !options.internal_port &&
+      !process.internal_services().empty()) {
+    return absl::InvalidArgumentError(
+        "with TLS the membership service needs its own mutual-TLS port: give --internal-port");
+  }
   Servers servers;
   std::vector<grpc::Service*> services = process.services();
   const std::vector<grpc::Service*> internal = process.internal_services();
+  // The internal and health servers come before the reflection plugin
+  // exists: gRPC adds it to every server built after its initialization.
   if (options.internal_port) {
-    // Before the reflection plugin exists: gRPC adds it to every server
-    // built after its initialization.
-    absl::StatusOr<std::unique_ptr<grpc::Server>> s =
-        StartServer(options.host, *options.internal_port, internal, &servers.internal_port);
+    absl::StatusOr<std::unique_ptr<grpc::Server>> s = StartServer(
+        options.host, *options.internal_port, internal,
+        tls->ServerCredentials(/*require_client_certificate=*/true), &servers.internal_port);
     if (!s.ok()) return s.status();
     servers.internal = *std::move(s);
   } else {
     services.insert(services.end(), internal.begin(), internal.end());
   }
+  if (options.health_port) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> s =
+        StartServer(options.host, *options.health_port, {}, grpc::InsecureServerCredentials(),
+                    &servers.health_port);
+    if (!s.ok()) {
+      servers.Shutdown(absl::ZeroDuration());
+      return s.status();
+    }
+    servers.health = *std::move(s);
+  }
   if (options.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  absl::StatusOr<std::unique_ptr<grpc::Server>> s =
-      StartServer(options.host, options.port, services, &servers.port);
+  absl::StatusOr<std::unique_ptr<grpc::Server>> s = StartServer(
+      options.host, options.port, services,
+      tls->ServerCredentials(/*require_client_certificate=*/!options.public_port), &servers.port);
   if (!s.ok()) {
     servers.Shutdown(absl::ZeroDuration());
     return s.status();
@@ -94,6 +116,7 @@ std::unique_ptr<CoordinatorLink> MakeLink(const ServeOptions& options,
                                           const ServedProcess& process, int port) {
   CoordinatorLinkOptions lo;
   lo.coordinator_address = *options.coordinator;
+  lo.tls = options.tls;
   process.FillRegistration(&lo.registration);
   lo.registration.set_grpc_address(absl::StrCat(
       options.advertise_host.empty() ? options.host : options.advertise_host, ":", port));
@@ -119,13 +142,14 @@ int Serve(const ServeOptions& options, ServedProcess& process) {
   }
   const int port = servers->port;
   process.OnListening(*servers->main);
+  if (servers->health) process.OnListening(*servers->health);
 
   std::unique_ptr<CoordinatorLink> link;
   if (options.coordinator) {
     link = MakeLink(options, process, port);
     link->Start();
     if (absl::Status st = link->WaitRegistered(options.registration_wait);
-        absl::IsInvalidArgument(st)) {
+        absl::IsInvalidArgument(st) || absl::IsPermissionDenied(st)) {
       link->Stop();
       servers->Shutdown(options.server_shutdown_grace);
       process.Shutdown();
@@ -135,7 +159,8 @@ int Serve(const ServeOptions& options, ServedProcess& process) {
   PrintReadyLine(
       absl::StrCat(options.binary, " ready port=", port,
                    servers->internal ? absl::StrCat(" internal_port=", servers->internal_port) : "",
-                   " ", process.ReadyFields()));
+                   servers->health ? absl::StrCat(" health_port=", servers->health_port) : "", " ",
+                   process.ReadyFields()));
   spdlog::info("{}", process.ServingLogLine(port));
 
   const int sig = WaitForTerminationSignal();

@@ -29,6 +29,7 @@
 #ifndef DSV2_SERVICE_SERVE_H_
 #define DSV2_SERVICE_SERVE_H_
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -48,6 +49,8 @@ class HeartbeatRequest;
 
 namespace dsv2::service {
 
+class TlsContext;
+
 // What one service binary runs behind its gRPC port. Serve calls every
 // method on the main thread except FillHeartbeat (the link's thread).
 class ServedProcess {
@@ -60,8 +63,9 @@ class ServedProcess {
   // service): on the internal port when ServeOptions has one, else beside
   // services().
   virtual std::vector<grpc::Service*> internal_services() { return {}; }
-  // The server listens (port bound, not yet in the ready line); e.g. the
-  // coordinator hooks its serving state to the health service here.
+  // A server listens (port bound, not yet in the ready line): called for
+  // the main server and for the health port's; e.g. the coordinator hooks
+  // its serving state to each one's health service here.
   virtual void OnListening(grpc::Server& /*server*/) {}
   // What follows "port=P" in the ready line, e.g. "metrics_port=9401
   // cache_tokens=16384 placement_version=0".
@@ -88,6 +92,15 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   int port = 0;                 // 0 = OS-chosen; the bound port is in the ready line
   bool reflection = false;      // gRPC server reflection (the public endpoint)
+  // Transport security (service/tls.h); null = plaintext. `port` then
+  // serves TLS: with the server certificate only when it is the public
+  // port (the coordinator's), mutual TLS otherwise; the internal port
+  // always mutual TLS.
+  std::shared_ptr<const TlsContext> tls;
+  bool public_port = false;
+  // A plaintext port on `host` serving grpc.health.v1 only (0 = OS-chosen,
+  // in the ready line as health_port=); none = no such port.
+  std::optional<int> health_port;
   // A second port, on `host`, for internal_services() (0 = OS-chosen); none
   // = they share `port`. Reflection is never served there.
   std::optional<int> internal_port;

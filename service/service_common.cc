@@ -35,6 +35,22 @@ void DefineCommonFlags(flags::FlagSet& flags, CommonFlags* c) {
   flags.Int("rendezvous-threshold", &c->rendezvous_threshold,
             "data-plane messages of at least this many bytes go by UCX rendezvous")
       .Min(0);
+  flags
+      .String("tls-cert", &c->tls.cert,
+              "this process's certificate chain (PEM); with --tls-key and --tls-ca: TLS on "
+              "every gRPC port and channel, mutual TLS between members (re-read when the "
+              "files change)")
+      .DefaultText("none: plaintext");
+  flags.String("tls-key", &c->tls.key, "the private key of --tls-cert (PEM)");
+  flags.String("tls-ca", &c->tls.ca,
+               "the cluster's certificate authority (PEM): members' certificates must be "
+               "signed by it");
+  flags
+      .Int("health-port", &c->health_port,
+           "also serve grpc.health.v1 alone, in plaintext, on this port (for probes that "
+           "cannot speak TLS; 0 = OS-chosen, in the ready line as health_port=)")
+      .Range(0, 65535)
+      .DefaultText("none");
 }
 
 void DefineWeightFlags(flags::FlagSet& flags, CommonFlags* c) {
@@ -67,9 +83,14 @@ void DefineDrainFlag(flags::FlagSet& flags, ServeOptions* serve) {
       .LegacyAlias("drain-timeout-s", absl::Seconds(1));
 }
 
-void ApplyCommonFlags(const CommonFlags& common, ServeOptions* serve) {
+absl::Status ApplyCommonFlags(const CommonFlags& common, ServeOptions* serve) {
   serve->host = common.host;
   serve->port = common.port;
+  serve->health_port = common.health_port;
+  absl::StatusOr<std::shared_ptr<const TlsContext>> tls = TlsContext::Create(common.tls);
+  if (!tls.ok()) return tls.status();
+  serve->tls = *std::move(tls);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags) {

@@ -28,13 +28,15 @@
 #include "placement.pb.h"
 #include "router/plan.h"
 #include "service/serve.h"
+#include "service/tls.h"
 #include "transport/ucx_data_plane.h"
 
 namespace dsv2::service {
 
 // Flags every service binary takes (DESIGN.md section 8; each also from
 // DSV2_<NAME>): --threads, --cpu-isa, --host, --port, --metrics-port,
-// --ucx-transports, --rendezvous-threshold.
+// --ucx-transports, --rendezvous-threshold, --tls-cert, --tls-key, --tls-ca,
+// --health-port.
 struct CommonFlags {
   int threads = 1;
   std::string cpu_isa;  // empty: DSV2_CPU_ISA or the best available
@@ -46,6 +48,10 @@ struct CommonFlags {
   // Host the data-plane address advertises (a shard's UCX listener binds
   // --host); copied from --advertise-host by the binaries that have it.
   std::string advertise_host;
+  // Transport security (service/tls.h): none given = plaintext.
+  TlsFiles tls;
+  // A plaintext port serving only grpc.health.v1 (probes cannot speak TLS).
+  std::optional<int> health_port;
   // --weights, --experts-only, --lm-head-bf16 (dsv2-attention and
   // dsv2-expert only: DefineWeightFlags).
   WeightFlags weight_flags;
@@ -63,8 +69,10 @@ void DefineCoordinatorFlags(flags::FlagSet& flags, ServeOptions* serve,
                             std::string_view coordinator_help);
 // --drain-timeout (legacy --drain-timeout-s), into `serve`.
 void DefineDrainFlag(flags::FlagSet& flags, ServeOptions* serve);
-// Copies --host and --port into `serve`.
-void ApplyCommonFlags(const CommonFlags& common, ServeOptions* serve);
+// Copies --host, --port and --health-port into `serve` and makes its
+// TlsContext from --tls-*; InvalidArgument naming the flag when the TLS
+// files are incomplete or unreadable.
+absl::Status ApplyCommonFlags(const CommonFlags& common, ServeOptions* serve);
 
 // The compute context of --threads and --cpu-isa (the pool it points at is
 // owned here).

@@ -27,7 +27,10 @@ for _ in $(seq 1 600); do
 done
 [ -s "$READY" ] || { echo "run.sh: the cluster did not become ready" >&2; exit 1; }
 ENDPOINT="$(sed -n 's/^dsv2 ready endpoint=\([^ ]*\).*/\1/p' "$READY")"
+# Security is on by default: the public port speaks TLS with a throw-away
+# authority, named in the ready line.
+TLS_CA="$(sed -n 's/.* tls_ca=\([^ ]*\).*/\1/p' "$READY")"
 REQUEST="${1:-Tell me a story about a dog named Max who lost his ball.}"
 echo "run.sh: cluster ready at $ENDPOINT" >&2
 echo "User: $REQUEST" >&2
-build/tools/dsv2 generate --endpoint "$ENDPOINT" --chat "$REQUEST" --max-tokens 512 --temperature 0
+build/tools/dsv2 generate --endpoint "$ENDPOINT" ${TLS_CA:+--tls-ca "$TLS_CA"} --chat "$REQUEST" --max-tokens 512 --temperature 0

@@ -30,13 +30,17 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "attention_node.grpc.pb.h"
 #include "coordinator.grpc.pb.h"
+#include "expert_shard.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "inference.grpc.pb.h"
 #include "model/config.h"
 #include "nlohmann/json.hpp"
+#include "service/certificates.h"
+#include "service/tls.h"
 #include "tests/cluster/cluster_harness.h"
 #include "tests/common/wait_for.h"
 
@@ -292,7 +296,58 @@ struct Options {
   // Sent as "authorization: Bearer KEY" by Info and Generate (give the
   // coordinator --api-key-file with it).
   std::string api_key;
+  // When set (TestCertificates wrote it): every process gets its
+  // certificate from this directory (coordinator, expert-<id>,
+  // attention-<i>, ca.crt), the coordinator an internal port (mutual TLS
+  // there and on every member's port), and the test's clients speak TLS.
+  std::string tls_dir;
 };
+
+// A throw-away authority and the certificates of a test cluster in `dir`
+// (as `dsv2 up` makes them): ca.crt, and NAME.crt/NAME.key for the
+// coordinator, expert-0..shards-1 and attention-0..attention_nodes-1, each
+// naming its identity and valid for localhost / 127.0.0.1.
+service::CertificateAuthority TestCertificates(const std::string& dir, int shards,
+                                               int attention_nodes) {
+  std::filesystem::create_directories(dir);
+  absl::StatusOr<service::CertificateAuthority> ca =
+      service::CertificateAuthority::Create("test authority");
+  EXPECT_TRUE(ca.ok()) << ca.status();
+  std::ofstream(dir + "/ca.crt") << ca->pem().cert;
+  std::vector<std::pair<std::string, service::MemberIdentity>> who = {
+      {"coordinator", {service::MemberRole::kCoordinator, ""}}};
+  for (int i = 0; i < shards; ++i) {
+    who.push_back({absl::StrCat("expert-", i), {service::MemberRole::kExpert, absl::StrCat(i)}});
+  }
+  for (int i = 0; i < attention_nodes; ++i) {
+    who.push_back({absl::StrCat("attention-", i),
+                   {service::MemberRole::kAttention, absl::StrCat("attention-", i)}});
+  }
+  for (const auto& [name, identity] : who) {
+    service::CertificateRequest req;
+    req.common_name = name;
+    req.identity_uri = service::MemberIdentityUri(identity);
+    req.dns_names = {"localhost"};
+    req.ip_addresses = {"127.0.0.1"};
+    absl::StatusOr<service::PemCertificate> pem = ca->Issue(req);
+    EXPECT_TRUE(pem.ok()) << pem.status();
+    EXPECT_TRUE(service::WriteCertificateFiles(dir, name, *pem).ok());
+  }
+  return *std::move(ca);
+}
+
+// Credentials of a test client of the public port: TLS against the
+// authority in `ca_file`, the host name checked as "localhost" (the
+// certificates' name) whatever address the channel dials.
+std::shared_ptr<grpc::Channel> PublicTlsChannel(const std::string& endpoint,
+                                                const std::string& ca_file) {
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+      service::PublicChannelCredentials(ca_file);
+  EXPECT_TRUE(creds.ok()) << creds.status();
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride("localhost");
+  return grpc::CreateCustomChannel(endpoint, *creds, args);
+}
 
 // A running cluster; processes die with the test.
 class Cluster {
@@ -325,6 +380,13 @@ class Cluster {
                                      "--heartbeat-timeout-ms",
                                      heartbeat_timeout_ms};
     argv.insert(argv.end(), o_.coordinator_flags.begin(), o_.coordinator_flags.end());
+    if (!o_.tls_dir.empty()) {
+      const std::vector<std::string> tls = TlsFlags("coordinator");
+      argv.insert(argv.end(), tls.begin(), tls.end());
+      if (std::find(argv.begin(), argv.end(), "--internal-port") == argv.end()) {
+        argv.insert(argv.end(), {"--internal-port", "0"});
+      }
+    }
     if (o_.lab != nullptr && coordinator_member_.ns.empty()) {
       absl::StatusOr<NetnsLab::Member> m = o_.lab->AddMember();
       ASSERT_TRUE(m.ok()) << m.status();
@@ -342,7 +404,9 @@ class Cluster {
         fields.contains("internal_port")
             ? absl::StrCat(Host(coordinator_member_), ":", fields["internal_port"])
             : endpoint_;
-    channel_ = grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials());
+    channel_ = o_.tls_dir.empty()
+                   ? grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials())
+                   : PublicTlsChannel(endpoint_, o_.tls_dir + "/ca.crt");
     stub_ = v1::Inference::NewStub(channel_);
   }
 
@@ -353,10 +417,20 @@ class Cluster {
       ASSERT_TRUE(m.ok()) << m.status();
       member = *m;
     }
-    auto p = StartChild(InNamespace(
-        member, {BinDir() + "/expert_service/dsv2-expert", "--model", model_, "--shard-id",
-                 absl::StrCat(shard_id), "--coordinator", CoordinatorFor(&shard_proxies_[shard_id]),
-                 "--port", "0", "--threads", "1"}));
+    std::vector<std::string> argv = {BinDir() + "/expert_service/dsv2-expert",
+                                     "--model",
+                                     model_,
+                                     "--shard-id",
+                                     absl::StrCat(shard_id),
+                                     "--coordinator",
+                                     CoordinatorFor(&shard_proxies_[shard_id]),
+                                     "--port",
+                                     "0",
+                                     "--threads",
+                                     "1"};
+    const std::vector<std::string> tls = TlsFlags(absl::StrCat("expert-", shard_id));
+    argv.insert(argv.end(), tls.begin(), tls.end());
+    auto p = StartChild(InNamespace(member, argv));
     ASSERT_TRUE(p.ok()) << p.status();
     shard_members_[shard_id] = member;
     ASSERT_TRUE((*p)->ReadLine(absl::Seconds(60)).ok());
@@ -377,6 +451,9 @@ class Cluster {
                                      "--cache-tokens",
                                      absl::StrCat(o_.cache_tokens)};
     argv.insert(argv.end(), o_.attention_flags.begin(), o_.attention_flags.end());
+    const std::vector<std::string> tls =
+        TlsFlags(absl::StrCat("attention-", attention_proxies_.size() - 1));
+    argv.insert(argv.end(), tls.begin(), tls.end());
     NetnsLab::Member member;
     if (o_.lab != nullptr) {
       absl::StatusOr<NetnsLab::Member> m = o_.lab->AddMember();
@@ -495,8 +572,9 @@ class Cluster {
   }
 
   internal::NodeStatus NodeStatus(const std::string& address) {
-    auto stub = internal::AttentionNode::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    auto stub = internal::AttentionNode::NewStub(grpc::CreateChannel(
+        address,
+        MemberContext("coordinator")->MemberChannelCredentials({service::MemberRole::kAttention})));
     grpc::ClientContext ctx;
     internal::NodeStatus st;
     EXPECT_TRUE(stub->GetStatus(&ctx, internal::NodeStatusRequest(), &st).ok());
@@ -505,6 +583,25 @@ class Cluster {
 
   void Authorize(grpc::ClientContext& ctx) const {
     if (!o_.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + o_.api_key);
+  }
+
+  // --tls-cert/--tls-key/--tls-ca of `name`'s certificate (none without
+  // Options.tls_dir).
+  std::vector<std::string> TlsFlags(const std::string& name) const {
+    if (o_.tls_dir.empty()) return {};
+    return {"--tls-cert", absl::StrCat(o_.tls_dir, "/", name, ".crt"),
+            "--tls-key",  absl::StrCat(o_.tls_dir, "/", name, ".key"),
+            "--tls-ca",   absl::StrCat(o_.tls_dir, "/ca.crt")};
+  }
+  // The TLS context of a process holding `name`'s certificate (insecure
+  // without Options.tls_dir): the test acting as that member.
+  std::shared_ptr<const service::TlsContext> MemberContext(const std::string& name) const {
+    if (o_.tls_dir.empty()) return service::TlsContext::Insecure();
+    absl::StatusOr<std::shared_ptr<const service::TlsContext>> t = service::TlsContext::Create(
+        {absl::StrCat(o_.tls_dir, "/", name, ".crt"), absl::StrCat(o_.tls_dir, "/", name, ".key"),
+         absl::StrCat(o_.tls_dir, "/ca.crt")});
+    EXPECT_TRUE(t.ok()) << t.status();
+    return t.ok() ? *t : service::TlsContext::Insecure();
   }
 
   const std::string& endpoint() const { return endpoint_; }
@@ -1029,6 +1126,297 @@ TEST(ApiSecurity, MembershipIsServedOnTheInternalPortOnly) {
   grpc::health::v1::HealthCheckResponse hresp;
   ASSERT_TRUE(health->Check(&hc, grpc::health::v1::HealthCheckRequest(), &hresp).ok());
   EXPECT_EQ(hresp.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+// Mutual TLS (issue 15): the public port speaks TLS only; the internal
+// port and every member's port admit only certificates of the cluster's
+// authority, not expired; a member acts only as itself and only the
+// coordinator places or submits. Every refusal changes nothing.
+TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/mtls_", getpid());
+  service::CertificateAuthority ca = TestCertificates(dir, 1, 1);
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  o.tls_dir = dir;
+  Cluster c(TinyModel(), o);
+  ASSERT_NE(c.membership_endpoint(), c.endpoint());
+  c.WaitServing(1, 1);
+  absl::StatusOr<std::vector<int32_t>> ref = ReferenceOutput(TinyModel(), {100000, 10, 20, 30}, 8);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  Cluster::Result r = c.Generate(PromptIds({100000, 10, 20, 30}, 8));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, *ref);
+
+  const auto deadline = [](grpc::ClientContext& ctx) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  };
+  // A plaintext client of the public port.
+  {
+    auto stub = v1::Inference::NewStub(
+        grpc::CreateChannel(c.endpoint(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    v1::ModelInfo info;
+    EXPECT_EQ(stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).error_code(),
+              grpc::UNAVAILABLE);
+  }
+
+  // More certificates: members that are not in the cluster, one expired,
+  // one of another authority.
+  const auto issue = [&](service::CertificateAuthority& authority, const std::string& name,
+                         const std::string& uri, absl::Duration valid_from,
+                         absl::Duration valid_to) {
+    service::CertificateRequest req;
+    req.common_name = name;
+    req.identity_uri = uri;
+    req.dns_names = {"localhost"};
+    req.ip_addresses = {"127.0.0.1"};
+    req.not_before = absl::Now() + valid_from;
+    req.not_after = absl::Now() + valid_to;
+    absl::StatusOr<service::PemCertificate> pem = authority.Issue(req);
+    ASSERT_TRUE(pem.ok()) << pem.status();
+    ASSERT_TRUE(service::WriteCertificateFiles(dir, name, *pem).ok());
+  };
+  const absl::Duration day = absl::Hours(24);
+  issue(ca, "victim", "spiffe://dsv2/attention/victim", -day, day);
+  issue(ca, "intruder", "spiffe://dsv2/attention/intruder", -day, day);
+  issue(ca, "expert-5", "spiffe://dsv2/expert/5", -day, day);
+  issue(ca, "expired", "spiffe://dsv2/expert/0", -2 * day, -day);
+  absl::StatusOr<service::CertificateAuthority> other =
+      service::CertificateAuthority::Create("another authority");
+  ASSERT_TRUE(other.ok()) << other.status();
+  issue(*other, "foreign", "spiffe://dsv2/expert/0", -day, day);
+  const auto membership_as = [&](const std::string& name) {
+    return internal::Coordinator::NewStub(grpc::CreateChannel(
+        c.membership_endpoint(),
+        c.MemberContext(name)->MemberChannelCredentials({service::MemberRole::kCoordinator})));
+  };
+
+  const v1::ModelInfo info = c.Info();
+  absl::StatusOr<ModelConfig> config = LoadModelConfig(TinyModel() + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const auto registration = [&](internal::NodeRole role, int32_t shard_id) {
+    internal::RegisterRequest r;
+    r.set_role(role);
+    r.set_grpc_address("127.0.0.1:1");
+    r.set_cache_capacity_tokens(4096);
+    r.set_shard_id(shard_id);
+    r.set_ucx_address("127.0.0.1:2");
+    r.set_vocab_size(info.vocab_size());
+    r.set_num_layers(info.num_layers());
+    r.set_n_routed_experts(info.n_routed_experts());
+    r.set_config_fingerprint(config->fingerprint);
+    r.set_weights_fingerprint(info.weights_fingerprint());
+    return r;
+  };
+  const auto register_as = [&](const std::string& name, const internal::RegisterRequest& req,
+                               uint64_t* node_id = nullptr) {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::RegisterResponse resp;
+    const grpc::Status st = membership_as(name)->Register(&ctx, req, &resp);
+    if (node_id != nullptr) *node_id = resp.node_id();
+    return st;
+  };
+
+  // Refused at the handshake (the client sees UNAVAILABLE): no client
+  // certificate, another authority's, an expired one.
+  {
+    auto stub = internal::Coordinator::NewStub(grpc::CreateChannel(
+        c.membership_endpoint(), *service::PublicChannelCredentials(dir + "/ca.crt")));
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::RegisterResponse resp;
+    EXPECT_EQ(
+        stub->Register(&ctx, registration(internal::NODE_ROLE_EXPERT_SHARD, 0), &resp).error_code(),
+        grpc::UNAVAILABLE);
+  }
+  for (const char* name : {"foreign", "expired"}) {
+    EXPECT_EQ(register_as(name, registration(internal::NODE_ROLE_EXPERT_SHARD, 0)).error_code(),
+              grpc::UNAVAILABLE)
+        << name;
+  }
+  // Valid certificates acting as someone else: PERMISSION_DENIED.
+  EXPECT_EQ(register_as("expert-5", registration(internal::NODE_ROLE_EXPERT_SHARD, 0)).error_code(),
+            grpc::PERMISSION_DENIED);
+  EXPECT_EQ(register_as("expert-5", registration(internal::NODE_ROLE_ATTENTION, 0)).error_code(),
+            grpc::PERMISSION_DENIED);
+  EXPECT_EQ(register_as("intruder", registration(internal::NODE_ROLE_EXPERT_SHARD, 0)).error_code(),
+            grpc::PERMISSION_DENIED);
+  uint64_t victim = 0;
+  ASSERT_TRUE(register_as("victim", registration(internal::NODE_ROLE_ATTENTION, 0), &victim).ok());
+  // The intruder cannot take the victim's address either.
+  EXPECT_EQ(register_as("intruder", registration(internal::NODE_ROLE_ATTENTION, 0)).error_code(),
+            grpc::PERMISSION_DENIED);
+  const auto heartbeat_as = [&](const std::string& name) {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::HeartbeatRequest hb;
+    hb.set_node_id(victim);
+    internal::HeartbeatResponse resp;
+    return membership_as(name)->Heartbeat(&ctx, hb, &resp);
+  };
+  const auto leave_as = [&](const std::string& name) {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::LeaveRequest leave;
+    leave.set_node_id(victim);
+    internal::LeaveResponse resp;
+    return membership_as(name)->Leave(&ctx, leave, &resp);
+  };
+  EXPECT_EQ(heartbeat_as("intruder").error_code(), grpc::PERMISSION_DENIED);
+  EXPECT_EQ(leave_as("intruder").error_code(), grpc::PERMISSION_DENIED);
+  EXPECT_TRUE(heartbeat_as("victim").ok()) << "the refused Leave removed the victim";
+  ASSERT_TRUE(leave_as("victim").ok());
+  EXPECT_EQ(heartbeat_as("victim").error_code(), grpc::NOT_FOUND);
+
+  // The members' control APIs: only the coordinator places and submits;
+  // any member may read a status.
+  auto node = internal::AttentionNode::NewStub(grpc::CreateChannel(
+      c.AttentionAddress(0),
+      c.MemberContext("intruder")->MemberChannelCredentials({service::MemberRole::kAttention})));
+  {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::PlacementTable table;
+    table.set_version(1000);
+    internal::SetPlacementResponse resp;
+    EXPECT_EQ(node->SetPlacement(&ctx, table, &resp).error_code(), grpc::PERMISSION_DENIED);
+  }
+  {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::SubmitRequest submit;
+    submit.add_prompt_ids(100000);
+    submit.set_max_tokens(2);
+    auto reader = node->Submit(&ctx, submit);
+    internal::SubmitResponse resp;
+    EXPECT_FALSE(reader->Read(&resp));
+    EXPECT_EQ(reader->Finish().error_code(), grpc::PERMISSION_DENIED);
+  }
+  {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::CancelRequest cancel;
+    internal::CancelResponse resp;
+    EXPECT_EQ(node->Cancel(&ctx, cancel, &resp).error_code(), grpc::PERMISSION_DENIED);
+  }
+  {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::NodeStatus status;
+    EXPECT_TRUE(node->GetStatus(&ctx, internal::NodeStatusRequest(), &status).ok());
+  }
+  ASSERT_EQ(info.expert_shards_size(), 1);
+  auto shard = internal::ExpertShardService::NewStub(grpc::CreateChannel(
+      info.expert_shards(0).address(),
+      c.MemberContext("intruder")->MemberChannelCredentials({service::MemberRole::kExpert})));
+  {
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::LoadExpertsRequest load;
+    load.set_shard_id(0);
+    internal::LoadExpertsResponse resp;
+    EXPECT_EQ(shard->LoadExperts(&ctx, load, &resp).error_code(), grpc::PERMISSION_DENIED);
+  }
+  // A client that is not a member at all cannot reach a member's port.
+  {
+    auto plain = internal::AttentionNode::NewStub(
+        grpc::CreateChannel(c.AttentionAddress(0), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::NodeStatus status;
+    EXPECT_EQ(plain->GetStatus(&ctx, internal::NodeStatusRequest(), &status).error_code(),
+              grpc::UNAVAILABLE);
+  }
+  // Nothing changed: the same placement, the same answer.
+  EXPECT_EQ(c.Info().placement_version(), info.placement_version());
+  r = c.Generate(PromptIds({100000, 10, 20, 30}, 8));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, *ref);
+  std::filesystem::remove_all(dir);
+}
+
+// Certificates rotate by replacing the files (what cert-manager does): the
+// coordinator's certificate moves to a new authority while a stream runs;
+// new connections get the new certificate, the stream finishes.
+TEST(ApiSecurity, CertificatesRotateByReplacingTheFilesWhileStreamsContinue) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/rotate_", getpid());
+  service::CertificateAuthority ca = TestCertificates(dir, 1, 1);
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  o.tls_dir = dir;
+  Cluster c(TinyModel(), o);
+  c.WaitServing(1, 1);
+  absl::StatusOr<service::CertificateAuthority> next =
+      service::CertificateAuthority::Create("next authority");
+  ASSERT_TRUE(next.ok()) << next.status();
+  const std::string next_ca = dir + "/next-ca.crt";
+  const std::string first_ca = dir + "/first-ca.crt";
+  std::ofstream(next_ca) << next->pem().cert;
+  std::ofstream(first_ca) << ca.pem().cert;
+  const auto model_info = [&](const std::string& ca_file) {
+    auto stub = v1::Inference::NewStub(PublicTlsChannel(c.endpoint(), ca_file));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::ModelInfo info;
+    return stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
+  };
+  ASSERT_TRUE(model_info(first_ca).ok());
+  EXPECT_EQ(model_info(next_ca).error_code(), grpc::UNAVAILABLE);
+
+  // A long stream, started before the rotation.
+  GenerateRequest req = PromptIds({100000, 10, 20, 30}, 300);
+  req.set_ignore_eos(true);
+  // It holds its first chunk until the rotation is seen, so the stream is
+  // open across it (its connection predates the new certificate).
+  std::atomic<int> chunks{0};
+  absl::Notification rotation_seen;
+  Cluster::Result streamed;
+  std::thread stream([&] {
+    streamed = c.Generate(req, absl::Seconds(300), [&](const GenerateResponse&) {
+      if (++chunks == 1) rotation_seen.WaitForNotificationWithTimeout(absl::Seconds(60));
+      return true;
+    });
+  });
+  ASSERT_TRUE(WaitFor([&] { return chunks.load() > 0; }, absl::Seconds(60)));
+
+  // Every process trusts both authorities first (one bundle), then the
+  // coordinator's certificate is replaced by one of the next authority.
+  {
+    const std::string tmp = dir + "/ca.crt.new";
+    std::ofstream(tmp) << ca.pem().cert << next->pem().cert;
+    std::filesystem::rename(tmp, dir + "/ca.crt");
+  }
+  service::CertificateRequest coordinator;
+  coordinator.common_name = "coordinator";
+  coordinator.identity_uri = "spiffe://dsv2/coordinator";
+  coordinator.dns_names = {"localhost"};
+  coordinator.ip_addresses = {"127.0.0.1"};
+  absl::StatusOr<service::PemCertificate> rotated = next->Issue(coordinator);
+  ASSERT_TRUE(rotated.ok()) << rotated.status();
+  ASSERT_TRUE(service::WriteCertificateFiles(dir, "coordinator", *rotated).ok());
+  // New connections see the new certificate within a few refreshes.
+  EXPECT_TRUE(WaitFor([&] { return model_info(next_ca).ok(); }, absl::Seconds(30)));
+  EXPECT_EQ(model_info(first_ca).error_code(), grpc::UNAVAILABLE);
+  EXPECT_EQ(chunks.load(), 1) << "the stream went on before the rotation";
+  rotation_seen.Notify();
+  stream.join();
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+  EXPECT_EQ(streamed.ids.size(), 300u);
+  // And the cluster serves through the rotated certificate.
+  auto stub = v1::Inference::NewStub(PublicTlsChannel(c.endpoint(), next_ca));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  auto reader = stub->Generate(&ctx, PromptIds({100000, 10, 20, 30}, 4));
+  GenerateResponse resp;
+  size_t tokens = 0;
+  while (reader->Read(&resp)) tokens += resp.token_ids_size();
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 4u);
+  std::filesystem::remove_all(dir);
 }
 
 // Separate clusters for membership changes and admission limits.

@@ -39,6 +39,10 @@ PORTABLE_KUSTOMIZATION_KEYS = {
 }
 CRD_GROUP = "monitoring.coreos.com/v1"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+# cert-manager's objects (overlays/cert-manager); kubernetes-validate has no
+# schema for them, so CertManagerTest checks their fields itself.
+CERT_MANAGER_GROUP = "cert-manager.io/v1"
+CERT_MANAGER_KINDS = {"Issuer", "Certificate"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 

@@ -72,7 +72,7 @@ class SchemaTest(unittest.TestCase):
         import kubernetes_validate
         for r in RENDERED:
             for o in r.objects:
-                if o.get("apiVersion") == CRD_GROUP:
+                if o.get("apiVersion") in (CRD_GROUP, CERT_MANAGER_GROUP):
                     continue
                 with self.subTest(target=r.label, kind=o["kind"], name=o["metadata"]["name"]):
                     kubernetes_validate.validate(o, K8S_VERSION, strict=True)
@@ -97,6 +97,11 @@ class SchemaTest(unittest.TestCase):
                     with self.subTest(target=r.label, kind=o["kind"]):
                         self.assertEqual(o["apiVersion"], CRD_GROUP)
                         self.assertIn(o["kind"], CRD_KINDS)
+                        self.assertIsInstance(o.get("spec"), dict)
+                elif "cert-manager.io" in o.get("apiVersion", "") or o["kind"] in CERT_MANAGER_KINDS:
+                    with self.subTest(target=r.label, kind=o["kind"]):
+                        self.assertEqual(o["apiVersion"], CERT_MANAGER_GROUP)
+                        self.assertIn(o["kind"], CERT_MANAGER_KINDS)
                         self.assertIsInstance(o.get("spec"), dict)
 
 
@@ -167,10 +172,17 @@ class ContainerFlagsTest(unittest.TestCase):
                 # Probes and Services reach the pod IP: bind all addresses.
                 self.assertEqual(self.flag_value(r, spec, c, binary, tokens, "host"), "0.0.0.0")
 
+                # Probes cannot speak TLS: they use the plaintext health port.
+                health = self.flag_value(r, spec, c, binary, tokens, "health-port")
+                self.assertIsNotNone(health, "no --health-port / DSV2_HEALTH_PORT")
+                health = int(health)
+                self.assertEqual(len({port, metrics, health}), 3, "ports must differ")
+
                 declared = {p["containerPort"]: p.get("name") for p in c.get("ports") or []}
                 names = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
                 self.assertEqual(names.get("grpc"), port, "containerPort grpc != --port")
                 self.assertEqual(names.get("metrics"), metrics, "containerPort metrics != --metrics-port")
+                self.assertEqual(names.get("health"), health, "containerPort health != --health-port")
                 self.assertEqual(len(declared), len(c.get("ports") or []), "duplicate containerPort")
 
                 for probe in ("livenessProbe", "readinessProbe"):
@@ -180,7 +192,7 @@ class ContainerFlagsTest(unittest.TestCase):
                         continue
                     p = c[probe]
                     self.assertIn("grpc", p, f"{probe} is not a native gRPC probe")
-                    self.assertEqual(p["grpc"]["port"], port, f"{probe} port != --port")
+                    self.assertEqual(p["grpc"]["port"], health, f"{probe} port != --health-port")
                     self.assertIn(p["grpc"]["port"], declared, f"{probe} port is no containerPort")
                     # "" = the process serves; the only service the binaries set.
                     self.assertEqual(p["grpc"].get("service", ""), "", f"{probe} service")
@@ -351,11 +363,11 @@ class PodSpecTest(unittest.TestCase):
                                  if not rule.get("ports")
                                  or any(rp.get("port") in (name, number) for rp in rule["ports"])]
                         self.assertTrue(rules, "no NetworkPolicy admits this port")
-                        public = name == "metrics" or (
+                        public = name in ("metrics", "health") or (
                             name == "grpc" and labels.get("app.kubernetes.io/component") == "coordinator")
                         open_to_all = any(not rule.get("from") for rule in rules)
                         self.assertEqual(open_to_all, public,
-                                         "only the public API and metrics are open to every source")
+                                         "only the public API, metrics and health are open to every source")
                         for rule in rules:
                             for peer in rule.get("from") or []:
                                 # dsv2's own pods only: no namespace or IP block.
@@ -401,6 +413,146 @@ class PodSpecTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------- Prometheus operator
+
+# ---------------------------------------------------------------- TLS
+
+TLS_FILES = {"tls-cert": "tls.crt", "tls-key": "tls.key", "tls-ca": "ca.crt"}
+ROLES = {"coordinator", "attention", "expert"}
+
+
+def tls_secrets(r):
+    """{Secret name: component} of the TLS Secrets the workloads mount."""
+    out = {}
+    for w, spec, c in r.containers():
+        component = w["metadata"]["labels"].get("app.kubernetes.io/component")
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        for m in c.get("volumeMounts") or []:
+            secret = (volumes.get(m["name"]) or {}).get("secret")
+            if secret is not None and m["mountPath"] == "/etc/dsv2/tls":
+                out[secret["secretName"]] = component
+    return out
+
+
+def member_identity(uri):
+    """(role, id or None) of a spiffe://dsv2/ identity; None if it is none."""
+    m = re.fullmatch(r"spiffe://dsv2/([a-z]+)(?:/([A-Za-z0-9._-]{1,64}))?", uri)
+    if m is None or m.group(1) not in ROLES:
+        return None
+    return m.group(1), m.group(2)
+
+
+def hours(duration):
+    m = re.fullmatch(r"(\d+)h", duration or "")
+    return int(m.group(1)) if m else None
+
+
+def cert_manager_problems(r):
+    """What is wrong with the cert-manager objects of a render: every TLS
+    Secret a workload mounts comes from one Certificate naming that
+    workload's role, for server and client auth, issued by the cluster's CA
+    Issuer, whose key pair is an isCA Certificate of a self-signed Issuer,
+    renewed before the expiry alert (7 days) fires."""
+    problems = []
+    certs = {c["spec"].get("secretName"): c for c in r.of_kind("Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in r.of_kind("Issuer")}
+
+    def issuer_of(cert):
+        ref = cert["spec"].get("issuerRef") or {}
+        if ref.get("kind", "Issuer") != "Issuer" or ref.get("name") not in issuers:
+            problems.append(f"{cert['metadata']['name']}: issuerRef {ref} names no Issuer")
+            return None
+        return issuers[ref["name"]]
+
+    for secret, component in tls_secrets(r).items():
+        cert = certs.get(secret)
+        if cert is None:
+            problems.append(f"no Certificate makes Secret {secret}")
+            continue
+        spec, name = cert["spec"], cert["metadata"]["name"]
+        ids = [member_identity(u) for u in spec.get("uris") or []]
+        if len(ids) != 1 or ids[0] is None or ids[0][0] != component:
+            problems.append(f"{name}: uris {spec.get('uris')} must name one {component} identity")
+        if component == "coordinator" and "dsv2-coordinator" not in (spec.get("dnsNames") or []):
+            problems.append(f"{name}: dnsNames lack the Service name dsv2-coordinator")
+        if not {"server auth", "client auth"} <= set(spec.get("usages") or []):
+            problems.append(f"{name}: usages must include server auth and client auth")
+        if spec.get("isCA"):
+            problems.append(f"{name}: a member certificate must not be a CA")
+        d, rb = hours(spec.get("duration")), hours(spec.get("renewBefore"))
+        if d is None or rb is None or not 7 * 24 < rb < d:
+            problems.append(f"{name}: renewBefore {spec.get('renewBefore')} must exceed 7 days "
+                            f"(the expiry alert) and be below duration {spec.get('duration')}")
+        issuer = issuer_of(cert)
+        if issuer is None:
+            continue
+        ca_secret = (issuer["spec"].get("ca") or {}).get("secretName")
+        ca = certs.get(ca_secret)
+        if ca is None or not ca["spec"].get("isCA"):
+            problems.append(f"{name}: its Issuer {issuer['metadata']['name']} is not a CA Issuer "
+                            "backed by an isCA Certificate")
+            continue
+        root = issuer_of(ca)
+        if root is not None and "selfSigned" not in root["spec"]:
+            problems.append(f"{ca['metadata']['name']}: not issued by a selfSigned Issuer")
+    for i in issuers.values():
+        if len(set(i["spec"]) & {"selfSigned", "ca", "acme", "vault", "venafi"}) != 1:
+            problems.append(f"Issuer {i['metadata']['name']}: needs exactly one issuer type")
+    return problems
+
+
+class TlsTest(unittest.TestCase):
+
+    def test_every_service_container_takes_its_certificate_from_a_secret(self):
+        for r in RENDERED:
+            for w, spec, c in r.containers():
+                binary, tokens, script = container_argv(c)
+                with self.subTest(target=r.label, workload=w["metadata"]["name"]):
+                    env, _ = effective_env(r, spec, c)
+                    flags = FLAGS[binary]
+                    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+                    mounts = {m["mountPath"]: m for m in c.get("volumeMounts") or []}
+                    component = w["metadata"]["labels"]["app.kubernetes.io/component"]
+                    for flag, file in TLS_FILES.items():
+                        value = env.get(flags[flag]["env"], (None,))[0]
+                        self.assertEqual(value, "/etc/dsv2/tls/" + file, f"--{flag}")
+                    m = mounts.get("/etc/dsv2/tls")
+                    self.assertIsNotNone(m, "no volume at /etc/dsv2/tls")
+                    self.assertTrue(m.get("readOnly"))
+                    secret = volumes[m["name"]].get("secret")
+                    self.assertIsNotNone(secret, "/etc/dsv2/tls is not a Secret volume")
+                    self.assertEqual(secret["secretName"], f"dsv2-{component}-tls")
+                    # The key is readable by the container's group only.
+                    self.assertEqual(secret.get("defaultMode"), 0o440)
+                    self.assertEqual(spec["securityContext"].get("fsGroup"),
+                                     spec["securityContext"].get("runAsGroup"))
+                    if "internal-port" in flags:  # mutual TLS needs the internal port
+                        self.assertIsNotNone(env.get(flags["internal-port"]["env"]))
+
+    def test_cert_manager_overlay_issues_every_secret(self):
+        r = next((r for r in RENDERED if r.label == "overlays/cert-manager"), None)
+        self.assertIsNotNone(r, "overlays/cert-manager not rendered")
+        self.assertEqual(set(tls_secrets(r).values()), ROLES)
+        self.assertEqual(cert_manager_problems(r), [])
+        # The check finds what a broken overlay gets wrong.
+        mutations = {
+            "role": lambda o: o["spec"].__setitem__("uris", ["spiffe://dsv2/expert"])
+            if o["spec"].get("secretName") == "dsv2-coordinator-tls" else None,
+            "usages": lambda o: o["spec"].__setitem__("usages", ["server auth"])
+            if o["spec"].get("secretName") == "dsv2-expert-tls" else None,
+            "secret": lambda o: o["spec"].__setitem__("secretName", "other")
+            if o["spec"].get("secretName") == "dsv2-attention-tls" else None,
+            "renewal": lambda o: o["spec"].__setitem__("renewBefore", "24h")
+            if o["spec"].get("secretName") == "dsv2-attention-tls" else None,
+            "authority": lambda o: o["spec"].__setitem__("isCA", False)
+            if o["spec"].get("secretName") == "dsv2-ca" else None,
+        }
+        for what, mutate in mutations.items():
+            with self.subTest(mutation=what):
+                broken = copy.deepcopy(r)
+                for o in broken.of_kind("Certificate"):
+                    mutate(o)
+                self.assertNotEqual(cert_manager_problems(broken), [], what)
+
 
 class MonitoringTest(unittest.TestCase):
 

@@ -180,7 +180,7 @@ class InstallTest(unittest.TestCase):
                 self.check_children(fields, moved)
                 model = os.path.join(moved, "share", "dsv2", "demo-stories")
                 self.check_default_model(cache, log)
-                self.check_generate(dsv2, fields["endpoint"], model, work, env)
+                self.check_generate(dsv2, fields["endpoint"], fields["tls_ca"], model, work, env)
             finally:
                 up.send_signal(signal.SIGTERM)
                 try:
@@ -206,14 +206,14 @@ class InstallTest(unittest.TestCase):
         log.seek(0)
         self.assertNotIn("making the default model", log.read())
 
-    def check_generate(self, dsv2, endpoint, model, work, env):
+    def check_generate(self, dsv2, endpoint, tls_ca, model, work, env):
         def run_json(args):
             proc = subprocess.run([dsv2] + args + ["--json"], cwd=work, env=env,
                                   capture_output=True, text=True, timeout=300)
             self.assertEqual(proc.returncode, 0, f"dsv2 {args[0]}: {proc.stderr}")
             return json.loads(proc.stdout.strip().splitlines()[-1])
 
-        got = run_json(["generate", "--endpoint", endpoint, "--prompt", PROMPT,
+        got = run_json(["generate", "--endpoint", endpoint, "--tls-ca", tls_ca, "--prompt", PROMPT,
                         "--max-tokens", "8", "--temperature", "0", "--timeout-s", "120"])
         want = run_json(["run", "--model", model, "--prompt", PROMPT, "--max-tokens", "8",
                          "--threads", "1"])

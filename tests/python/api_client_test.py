@@ -62,7 +62,7 @@ class ApiClientTest(unittest.TestCase):
         cls.endpoint = fields["endpoint"]
         with open(ready_file) as f:
             assert f.read().strip() == line.strip(), "ready file differs from the ready line"
-        cls.channel = grpc.insecure_channel(cls.endpoint)
+        cls.channel = dsv2_stubs.channel_from_ready_fields(fields)
         cls.stub = pb_grpc.InferenceStub(cls.channel)
 
     @classmethod

@@ -62,7 +62,7 @@ class DemoModelTest(unittest.TestCase):
             cls.up.kill()
             raise RuntimeError(f"dsv2 up did not become ready: {line!r}")
         fields = dict(f.split("=", 1) for f in line.split()[2:])
-        cls.channel = grpc.insecure_channel(fields["endpoint"])
+        cls.channel = dsv2_stubs.channel_from_ready_fields(fields)
         cls.stub = pb_grpc.InferenceStub(cls.channel)
 
     @classmethod

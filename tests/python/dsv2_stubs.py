@@ -17,3 +17,16 @@ def generate(out_dir):
     if rc != 0:
         raise RuntimeError(f"grpc_tools.protoc failed with {rc}")
     sys.path.insert(0, out_dir)
+
+
+def channel_from_ready_fields(fields):
+    """A channel to the endpoint of `dsv2 up`'s ready line: TLS verified
+    against the throw-away authority it names (tls_ca=; security is on by
+    default), plaintext when it names none (--insecure)."""
+    import grpc
+    ca = fields.get("tls_ca")
+    if ca is None:
+        return grpc.insecure_channel(fields["endpoint"])
+    with open(ca, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(fields["endpoint"], credentials)

@@ -93,7 +93,7 @@ class MetricsScrapeTest(unittest.TestCase):
              f"--storage.tsdb.path={os.path.join(WORK, 'tsdb')}",
              f"--web.listen-address=127.0.0.1:{cls.prom_port}"],
             stdout=subprocess.DEVNULL, stderr=cls.prom_log)
-        cls.channel = grpc.insecure_channel(cls.endpoint)
+        cls.channel = dsv2_stubs.channel_from_ready_fields(fields)
         cls.stub = pb_grpc.InferenceStub(cls.channel)
         deadline = time.time() + 60
         while True:

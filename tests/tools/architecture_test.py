@@ -331,18 +331,18 @@ class SyntheticTreeTest(unittest.TestCase):
                           '#include "expert_service/expert_compute.h"')
         expected.add(("attention_service/layer_loop.cc", line, "attention_service",
                       "expert_service"))
-        # transport on something of ours other than base; service/ on metrics
+        # transport on something of ours other than base; service/ on docs/
         # (neither allowed nor forbidden: "not allowed").
         line = self.plant("transport/data_plane.cc", None, '#include "model/config.h"')
         expected.add(("transport/data_plane.cc", line, "transport", "model"))
-        line = self.plant("service/service_common.cc", None, '#include "metrics/metrics.h"')
-        expected.add(("service/service_common.cc", line, "service", "metrics"))
+        line = self.plant("service/service_common.cc", None, '#include "docs/example.h"')
+        expected.add(("service/service_common.cc", line, "service", "docs"))
 
         result, output = self.check()
         self.assertEqual(result.returncode, 1, output)
         self.assertEqual(violations(output), expected, output)
         self.assertIn("model/tokenizer_internal.h is private to model", output)
-        self.assertIn("service -> metrics is not allowed", output)
+        self.assertIn("service -> docs is not allowed", output)
 
     def test_a_file_outside_every_part_fails(self):
         self.write("stray/main.cc", "int main() {}\n")

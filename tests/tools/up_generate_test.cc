@@ -20,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "service/certificates.h"
 #include "tests/cluster/cluster_harness.h"
 #include "tests/common/wait_for.h"
 
@@ -78,7 +79,7 @@ bool ProcessGone(pid_t pid) {
 std::vector<pid_t> ChildPids(const std::map<std::string, std::string>& fields) {
   std::vector<pid_t> pids;
   for (const auto& [k, v] : fields) {
-    if (k == "endpoint" || absl::StrContains(k, ".")) continue;
+    if (k == "endpoint" || k == "tls_ca" || absl::StrContains(k, ".")) continue;
     pid_t pid = 0;
     EXPECT_TRUE(absl::SimpleAtoi(v, &pid)) << k << "=" << v;
     pids.push_back(pid);
@@ -256,7 +257,8 @@ TEST_F(UpClusterTest, ReadyLineNamesEveryProcessAndEqualsTheReadyFile) {
   ASSERT_NE(cluster_, nullptr);
   EXPECT_TRUE(absl::StartsWith(cluster_->ready_line, "dsv2 ready endpoint=127.0.0.1:"))
       << cluster_->ready_line;
-  for (const char* key : {"endpoint", "coordinator", "attention-0", "expert-0", "expert-1"}) {
+  for (const char* key :
+       {"endpoint", "tls_ca", "coordinator", "attention-0", "expert-0", "expert-1"}) {
     EXPECT_TRUE(cluster_->fields.contains(key)) << key << " missing: " << cluster_->ready_line;
   }
   for (pid_t pid : ChildPids(cluster_->fields)) EXPECT_FALSE(ProcessGone(pid)) << pid;
@@ -269,8 +271,9 @@ TEST_F(UpClusterTest, ReadyLineNamesEveryProcessAndEqualsTheReadyFile) {
 TEST_F(UpClusterTest, GreedyGenerateMatchesSingleProcessRun) {
   ASSERT_NE(cluster_, nullptr);
   const std::string prompt = "The capital of France is";
-  auto got = RunDsv2Json({"generate", "--endpoint", cluster_->fields["endpoint"], "--temperature",
-                          "0", "--prompt", prompt, "--max-tokens", "8"});
+  auto got = RunDsv2Json({"generate", "--endpoint", cluster_->fields["endpoint"], "--tls-ca",
+                          cluster_->fields["tls_ca"], "--temperature", "0", "--prompt", prompt,
+                          "--max-tokens", "8"});
   auto want = RunDsv2Json(
       {"run", "--model", *model_, "--prompt", prompt, "--max-tokens", "8", "--threads", "1"});
   ASSERT_TRUE(got.ok()) << got.status();
@@ -293,8 +296,9 @@ TEST_F(UpClusterTest, GreedyPromptIdsMatchSingleProcessRun) {
   const std::vector<int32_t> prompt = {5, 17, 99, 4, 250, 31};
   auto want = ReferenceOutput(*model_, prompt, 16);
   ASSERT_TRUE(want.ok()) << want.status();
-  auto got = RunDsv2Json({"generate", "--endpoint", cluster_->fields["endpoint"], "--temperature",
-                          "0", "--prompt-ids", absl::StrJoin(prompt, ","), "--max-tokens", "16"});
+  auto got = RunDsv2Json({"generate", "--endpoint", cluster_->fields["endpoint"], "--tls-ca",
+                          cluster_->fields["tls_ca"], "--temperature", "0", "--prompt-ids",
+                          absl::StrJoin(prompt, ","), "--max-tokens", "16"});
   ASSERT_TRUE(got.ok()) << got.status();
   const nlohmann::json g = nlohmann::json::parse(*got);
   EXPECT_EQ(g["output_ids"].get<std::vector<int32_t>>(), *want) << *got;
@@ -303,9 +307,10 @@ TEST_F(UpClusterTest, GreedyPromptIdsMatchSingleProcessRun) {
 
 TEST_F(UpClusterTest, LogprobsAndStopStringsReachTheServer) {
   ASSERT_NE(cluster_, nullptr);
-  auto got = RunDsv2Json({"generate", "--endpoint", cluster_->fields["endpoint"], "--prompt-ids",
-                          "1,2,3", "--temperature", "0", "--max-tokens", "4", "--logprobs", "2",
-                          "--stop", "\x01\x02never", "--stop", "\x03also never", "--seed", "7"});
+  auto got = RunDsv2Json({"generate", "--endpoint", cluster_->fields["endpoint"], "--tls-ca",
+                          cluster_->fields["tls_ca"], "--prompt-ids", "1,2,3", "--temperature", "0",
+                          "--max-tokens", "4", "--logprobs", "2", "--stop", "\x01\x02never",
+                          "--stop", "\x03also never", "--seed", "7"});
   ASSERT_TRUE(got.ok()) << got.status();
   const nlohmann::json g = nlohmann::json::parse(*got);
   EXPECT_EQ(g["prompt_ids"], nlohmann::json::array({1, 2, 3}));
@@ -315,10 +320,44 @@ TEST_F(UpClusterTest, LogprobsAndStopStringsReachTheServer) {
   for (const auto& lp : g["logprobs"]) EXPECT_EQ(lp["top"].size(), 2u);
 }
 
+// Security is on by default: the public port speaks TLS only, with the
+// certificate of the authority the ready line names.
+TEST_F(UpClusterTest, PublicPortSpeaksTlsWithTheAuthorityOfTheReadyLine) {
+  ASSERT_NE(cluster_, nullptr);
+  const Result plain =
+      RunCapture({Dsv2(), "generate", "--endpoint", cluster_->fields["endpoint"], "--prompt-ids",
+                  "1,2", "--max-tokens", "2", "--timeout-s", "20"});
+  EXPECT_EQ(plain.exit_code, 1) << plain.output;
+  EXPECT_TRUE(absl::StrContains(plain.output, "dsv2 generate: UNAVAILABLE: ")) << plain.output;
+  // Another authority's certificate file: the coordinator's is not trusted.
+  const std::string other = *dir_ + "/other-ca.crt";
+  {
+    auto ca = service::CertificateAuthority::Create("another authority");
+    ASSERT_TRUE(ca.ok()) << ca.status();
+    std::ofstream(other) << ca->pem().cert;
+  }
+  const Result wrong =
+      RunCapture({Dsv2(), "generate", "--endpoint", cluster_->fields["endpoint"], "--tls-ca", other,
+                  "--prompt-ids", "1,2", "--max-tokens", "2", "--timeout-s", "20"});
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.output;
+  EXPECT_TRUE(absl::StrContains(wrong.output, "dsv2 generate: UNAVAILABLE: ")) << wrong.output;
+  const Result missing =
+      RunCapture({Dsv2(), "generate", "--endpoint", cluster_->fields["endpoint"], "--tls-ca",
+                  *dir_ + "/no-such.crt", "--prompt-ids", "1,2", "--max-tokens", "2"});
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
+  EXPECT_TRUE(absl::StrContains(missing.output, "no-such.crt")) << missing.output;
+  // The certificates live in a private directory: keys readable by the owner only.
+  const fs::path tls_dir = fs::path(cluster_->fields["tls_ca"]).parent_path();
+  EXPECT_EQ(fs::status(tls_dir / "coordinator.key").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_FALSE(fs::exists(tls_dir / "ca.key")) << "the authority's key must not be written";
+}
+
 TEST_F(UpClusterTest, InvalidArgumentExitsOneWithTheCodeName) {
   ASSERT_NE(cluster_, nullptr);
   const Result r = RunCapture({Dsv2(), "generate", "--endpoint", cluster_->fields["endpoint"],
-                               "--prompt", "hi", "--temperature", "-1", "--timeout-s", "60"});
+                               "--tls-ca", cluster_->fields["tls_ca"], "--prompt", "hi",
+                               "--temperature", "-1", "--timeout-s", "60"});
   EXPECT_EQ(r.exit_code, 1) << r.output;
   EXPECT_TRUE(absl::StrContains(r.output, "dsv2 generate: INVALID_ARGUMENT: ")) << r.output;
 }
@@ -331,7 +370,8 @@ TEST(UpQuantizedTest, GreedyOutputEqualsSingleProcessRunWithTheSameWeights) {
   EXPECT_EQ(RunCapture({Dsv2(), "up", "--lm-head-bf16"}).exit_code, 2);
   const std::string dir = TempDir("quantized");
   const std::string model = MakeModel(dir);
-  auto c = StartCluster(model, dir + "/ready", {"--weights", "int8"});
+  // Also the main flow of an insecure cluster (--insecure: plaintext).
+  auto c = StartCluster(model, dir + "/ready", {"--weights", "int8", "--insecure"});
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string prompt = "5,17,99,4,250,31";
   auto got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--temperature", "0",
@@ -367,8 +407,9 @@ TEST(UpQuantizedTest, StoredQuantizedCheckpointServesLikeLoadTimeQuantization) {
   auto c = StartCluster(quantized, dir + "/ready", {});
   ASSERT_TRUE(c.ok()) << c.status();
   const std::string prompt = "5,17,99,4,250,31";
-  auto got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--temperature", "0",
-                          "--prompt-ids", prompt, "--max-tokens", "12"});
+  auto got =
+      RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--tls-ca", c->fields["tls_ca"],
+                   "--temperature", "0", "--prompt-ids", prompt, "--max-tokens", "12"});
   auto want = RunDsv2Json({"run", "--model", model, "--prompt-ids", prompt, "--max-tokens", "12",
                            "--threads", "1", "--weights", "int4"});
   (void)c->up->Stop(SIGTERM, absl::Seconds(60));
@@ -402,8 +443,9 @@ TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {
   absl::StatusOr<std::string> got;
   EXPECT_TRUE(testing_util::WaitFor(
       [&] {
-        got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--prompt-ids", "1,2,3",
-                           "--temperature", "0", "--max-tokens", "4", "--timeout-s", "30"});
+        got = RunDsv2Json({"generate", "--endpoint", c->fields["endpoint"], "--tls-ca",
+                           c->fields["tls_ca"], "--prompt-ids", "1,2,3", "--temperature", "0",
+                           "--max-tokens", "4", "--timeout-s", "30"});
         return got.ok();
       },
       absl::Minutes(2)))
@@ -413,6 +455,8 @@ TEST(UpShutdownTest, ShardDeathIsSurvivedAndSigtermStopsEveryChild) {
   EXPECT_TRUE(WIFEXITED(*status)) << *status;
   EXPECT_EQ(WEXITSTATUS(*status), 0);
   for (pid_t pid : pids) EXPECT_TRUE(ProcessGone(pid)) << pid;
+  // The throw-away certificates went with it.
+  EXPECT_FALSE(fs::exists(fs::path(c->fields["tls_ca"]).parent_path())) << c->fields["tls_ca"];
   fs::remove_all(dir);
 }
 
@@ -444,9 +488,9 @@ TEST(UpShutdownTest, DefaultModelIsTheShippedDemoModel) {
   ASSERT_TRUE(line.ok()) << line.status();
   EXPECT_FALSE(fs::exists(dir + "/default-model"));  // nothing is made any more
   auto fields = ParseReadyLine(*line);
-  auto got = RunDsv2Json({"generate", "--endpoint", fields["endpoint"], "--prompt",
-                          "Once upon a time", "--max-tokens", "8", "--temperature", "0",
-                          "--ignore-eos", "--timeout-s", "60"});
+  auto got = RunDsv2Json({"generate", "--endpoint", fields["endpoint"], "--tls-ca",
+                          fields["tls_ca"], "--prompt", "Once upon a time", "--max-tokens", "8",
+                          "--temperature", "0", "--ignore-eos", "--timeout-s", "60"});
   ASSERT_TRUE(got.ok()) << got.status();
   const nlohmann::json g = nlohmann::json::parse(*got);
   EXPECT_EQ(g["output_ids"].size(), g["usage"]["completion_tokens"]);

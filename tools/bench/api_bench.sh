@@ -16,7 +16,9 @@ fi
 ninja -C "$BUILD_DIR" -j "${DSV2_BUILD_JOBS:-$(nproc)}" api_bench dsv2 dsv2-coordinator \
   dsv2-attention dsv2-expert >/dev/null
 READY="$(mktemp -u /tmp/dsv2-bench-ready.XXXXXX)"
-UP=("$BUILD_DIR/tools/dsv2" up --ready-file "$READY" --port 0 \
+# --insecure: api_bench speaks plaintext gRPC (the serving path is measured,
+# not TLS).
+UP=("$BUILD_DIR/tools/dsv2" up --insecure --ready-file "$READY" --port 0 \
     --attention-nodes "${ATTENTION_NODES:-1}" --expert-shards "${EXPERT_SHARDS:-2}")
 [ -n "${MODEL:-}" ] && UP+=(--model "$MODEL")
 "${UP[@]}" >/dev/null 2>/tmp/dsv2-bench-up.log &

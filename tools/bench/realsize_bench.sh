@@ -103,14 +103,15 @@ ready=$(date +%s.%N)
 line="$(cat "$WORK/ready")"
 field() { sed -E "s/.*[ ]$1=([^ ]*).*/\\1/" <<< "$line"; }
 ENDPOINT="$(field endpoint)"
+TLS_CA="$(field tls_ca)"
 : > "$WORK/pids"
 for name in coordinator attention-0 expert-0 expert-1; do field "$name" >> "$WORK/pids"; done
 sample & sampler=$!
 t0=$(date +%s.%N)
-"$DSV2" generate --endpoint "$ENDPOINT" --prompt-ids "$PROMPT" --max-tokens 1 --temperature 0 \
+"$DSV2" generate --endpoint "$ENDPOINT" --tls-ca "$TLS_CA" --prompt-ids "$PROMPT" --max-tokens 1 --temperature 0 \
   > /dev/null
 t1=$(date +%s.%N)
-"$DSV2" generate --endpoint "$ENDPOINT" --prompt-ids "$PROMPT" --max-tokens "$NEW_TOKENS" \
+"$DSV2" generate --endpoint "$ENDPOINT" --tls-ca "$TLS_CA" --prompt-ids "$PROMPT" --max-tokens "$NEW_TOKENS" \
   --temperature 0 --ignore-eos > /dev/null
 t2=$(date +%s.%N)
 touch "$WORK/stop"; wait "$sampler"

@@ -24,10 +24,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "inference.grpc.pb.h"
-#include "nlohmann/json.hpp"
 #include "base/flags.h"
 #include "base/version.h"
+#include "inference.grpc.pb.h"
+#include "nlohmann/json.hpp"
+#include "service/tls.h"
 
 namespace dsv2 {
 namespace {
@@ -117,6 +118,7 @@ class CancelOnSignal {
 struct GenerateCommand {
   std::string endpoint;
   std::string api_key;  // sent as "authorization: Bearer KEY" when not empty
+  std::string tls_ca;   // PEM authority of the coordinator's certificate; empty = plaintext
   dsv2::v1::GenerateRequest request;
   bool json = false;
   std::optional<absl::Duration> timeout;
@@ -166,6 +168,11 @@ std::optional<int> ParseGenerateFlags(int argc, char** argv, GenerateCommand* cm
   flags.String("api-key", &cmd->api_key,
                "the coordinator's API key (its --api-key-file); give it as DSV2_API_KEY rather "
                "than on the command line, where other users of the machine can read it");
+  flags
+      .String("tls-ca", &cmd->tls_ca,
+              "connect with TLS, verifying the coordinator's certificate against this PEM "
+              "authority (`dsv2 up` prints its throw-away one in its ready line as tls_ca=)")
+      .DefaultText("none: plaintext");
   flags.ExclusiveGroup({"prompt", "prompt-ids", "chat"}, flags::GroupRule::kExactlyOne);
   if (std::optional<int> exit_code = flags.ParseCommandLine(argc, argv, 2)) return exit_code;
   if (cmd->endpoint.empty()) return flags.UsageError("--endpoint HOST:PORT is required");
@@ -215,13 +222,18 @@ int GenerateCommandMain(int argc, char** argv) {
   const bool json_out = cmd.json;
   dsv2::v1::GenerateRequest& req = cmd.request;
 
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      service::PublicChannelCredentials(cmd.tls_ca);
+  if (!credentials.ok()) {
+    std::cerr << "dsv2 generate: " << credentials.status().message() << "\n";
+    return 2;
+  }
   grpc::ClientContext ctx;
   if (!cmd.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + cmd.api_key);
   if (cmd.timeout) ctx.set_deadline(absl::ToChronoTime(absl::Now() + *cmd.timeout));
   // Before the channel: gRPC's threads inherit the blocked signals.
   CancelOnSignal cancel(&ctx);
-  auto stub = dsv2::v1::Inference::NewStub(
-      grpc::CreateChannel(*endpoint, grpc::InsecureChannelCredentials()));
+  auto stub = dsv2::v1::Inference::NewStub(grpc::CreateChannel(*endpoint, *std::move(credentials)));
 
   std::ostream& stream = json_out ? std::cerr : std::cout;
   std::vector<int32_t> output_ids;

@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -30,6 +31,8 @@
 #include "kernels/cpu.h"
 #include "model/weight_flags.h"
 #include "model/weights.h"
+#include "service/certificates.h"
+#include "service/tls.h"
 #include "tools/dsv2/default_model.h"
 #include "tools/dsv2/process_group.h"
 
@@ -71,6 +74,12 @@ struct UpOptions {
   std::optional<std::string> ready_file;
   std::optional<std::string> log_dir;
   absl::Duration ready_timeout = absl::Seconds(120);
+  // Security (docs/security.md): by default a throw-away authority and a
+  // certificate per process in `tls_dir` (a temporary directory unless
+  // --tls-dir), mutual TLS between the processes, TLS on the public port.
+  bool insecure = false;
+  std::optional<std::string> tls_dir_flag;
+  std::string tls_dir;  // resolved; empty when insecure
   std::string coordinator_bin, attention_bin, expert_bin;
 };
 
@@ -101,9 +110,92 @@ void DefineUpFlags(flags::FlagSet& flags, UpOptions* o) {
                  "stop everything and exit 1 if not ready by then")
       .Above(absl::ZeroDuration())
       .LegacyAlias("ready-timeout-s", absl::Seconds(1));
+  flags.Bool("insecure", &o->insecure,
+             "plaintext everywhere, no certificates (default: a throw-away certificate "
+             "authority and a certificate per process, mutual TLS between the processes, TLS "
+             "on the public port; the ready line names the authority as tls_ca=)");
+  flags
+      .String("tls-dir", &o->tls_dir_flag,
+              "write the throw-away authority's certificate (ca.crt) and each process's "
+              "certificate and key here, and keep them")
+      .DefaultText("a temporary directory, removed at exit");
+}
+
+// The cluster's throw-away certificates in `dir`: ca.crt (the authority's
+// key is never written: nothing else can be issued), and NAME.crt/NAME.key
+// for the coordinator and every member, each naming its identity
+// (service/tls.h) and valid for localhost/127.0.0.1 for 30 days.
+absl::Status MakeClusterCertificates(const UpOptions& o) {
+  absl::StatusOr<service::CertificateAuthority> ca =
+      service::CertificateAuthority::Create("dsv2 up throw-away authority");
+  if (!ca.ok()) return ca.status();
+  {
+    std::ofstream f(fs::path(o.tls_dir) / "ca.crt", std::ios::trunc);
+    f << ca->pem().cert;
+    if (!f) return absl::InternalError(absl::StrCat("cannot write ", o.tls_dir, "/ca.crt"));
+  }
+  std::vector<std::pair<std::string, service::MemberIdentity>> who = {
+      {"coordinator", {service::MemberRole::kCoordinator, ""}}};
+  for (int64_t i = 0; i < o.expert_shards; ++i) {
+    who.push_back({absl::StrCat("expert-", i), {service::MemberRole::kExpert, absl::StrCat(i)}});
+  }
+  for (int64_t i = 0; i < o.attention_nodes; ++i) {
+    const std::string name = absl::StrCat("attention-", i);
+    who.push_back({name, {service::MemberRole::kAttention, name}});
+  }
+  for (const auto& [name, identity] : who) {
+    service::CertificateRequest req;
+    req.common_name = name;
+    req.identity_uri = service::MemberIdentityUri(identity);
+    req.dns_names = {"localhost"};
+    req.ip_addresses = {"127.0.0.1"};
+    absl::StatusOr<service::PemCertificate> pem = ca->Issue(req);
+    if (!pem.ok()) return pem.status();
+    if (absl::Status st = service::WriteCertificateFiles(o.tls_dir, name, *pem); !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// --tls-cert/--tls-key/--tls-ca of process `name` (none when insecure).
+std::vector<std::string> TlsFlags(const UpOptions& o, const std::string& name) {
+  if (o.tls_dir.empty()) return {};
+  const fs::path dir(o.tls_dir);
+  return {"--tls-cert", (dir / (name + ".crt")).string(),
+          "--tls-key",  (dir / (name + ".key")).string(),
+          "--tls-ca",   (dir / "ca.crt").string()};
 }
 
 void Log(const std::string& msg) { std::cerr << "dsv2 up: " << msg << std::endl; }
+
+// A directory made with mkdtemp (mode 0700) and removed with its contents
+// when this is destroyed.
+class TemporaryDirectory {
+ public:
+  static absl::StatusOr<TemporaryDirectory> Create(const std::string& prefix) {
+    std::error_code ec;
+    fs::path base = fs::temp_directory_path(ec);
+    if (ec) base = "/tmp";
+    std::string templ = (base / (prefix + "-XXXXXX")).string();
+    if (mkdtemp(templ.data()) == nullptr) {
+      return absl::InternalError(absl::StrCat("cannot make a directory ", templ));
+    }
+    return TemporaryDirectory(std::move(templ));
+  }
+  TemporaryDirectory(TemporaryDirectory&& o) noexcept : path_(std::exchange(o.path_, "")) {}
+  TemporaryDirectory& operator=(TemporaryDirectory&&) = delete;
+  ~TemporaryDirectory() {
+    if (path_.empty()) return;
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit TemporaryDirectory(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
 
 // The directory of the running dsv2 executable ("" if unknown).
 fs::path ExecutableDir() {
@@ -148,7 +240,7 @@ absl::StatusOr<std::string> FindBinary(const std::string& name, const std::strin
 }
 
 // This process's environment minus the DSV2_<FLAG> variables of `dsv2 up`'s
-// own flags: a child reading e.g. DSV2_EXPERT_SHARDS (dsv2-attention's
+// own flags and DSV2_TLS_*: a child reading e.g. DSV2_EXPERT_SHARDS (dsv2-attention's
 // static shard list) would misread a value meant for `dsv2 up`.
 std::vector<std::string> ChildEnvironment() {
   UpOptions unused;
@@ -156,6 +248,9 @@ std::vector<std::string> ChildEnvironment() {
   DefineUpFlags(up_flags, &unused);
   std::vector<std::string> drop;
   for (const std::string& var : up_flags.EnvironmentVariables()) drop.push_back(var + "=");
+  // `dsv2 up` decides the children's TLS: a DSV2_TLS_* of the caller's
+  // environment would turn it on behind --insecure's back.
+  for (const char* var : {"DSV2_TLS_CERT=", "DSV2_TLS_KEY=", "DSV2_TLS_CA="}) drop.push_back(var);
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     const std::string var = *e;
@@ -274,9 +369,15 @@ int RunCluster(const UpOptions& o) {
 
   // 1. The coordinator, for its ports: the public one, and the internal one
   // (membership) that the members are given.
+  const auto with_tls = [&](const std::string& name, std::vector<std::string> argv) {
+    const std::vector<std::string> tls = TlsFlags(o, name);
+    argv.insert(argv.end(), tls.begin(), tls.end());
+    return argv;
+  };
   auto coordinator = start(
-      "coordinator", {o.coordinator_bin, "--model", o.model_dir, "--host", "127.0.0.1", "--port",
-                      absl::StrCat(o.port), "--internal-port", "0", "--threads", threads});
+      "coordinator", with_tls("coordinator", {o.coordinator_bin, "--model", o.model_dir, "--host",
+                                              "127.0.0.1", "--port", absl::StrCat(o.port),
+                                              "--internal-port", "0", "--threads", threads}));
   if (!coordinator.ok()) return fail(std::string(coordinator.status().message()));
   while (!(*coordinator)->ready_line) {
     const ProcessGroup::Events ev = group.Poll(deadline);
@@ -326,19 +427,21 @@ int RunCluster(const UpOptions& o) {
   std::vector<std::pair<Child*, std::string>> members;  // child, binary name
   for (int64_t i = 0; i < o.expert_shards; ++i) {
     const std::string name = absl::StrCat("expert-", i);
-    auto c =
-        start(name, with_weight_flags({o.expert_bin, "--model", o.model_dir, "--shard-id",
-                                       absl::StrCat(i), "--coordinator", membership, "--threads",
-                                       threads, "--host", "127.0.0.1", "--port", "0"}));
+    auto c = start(
+        name,
+        with_tls(name, with_weight_flags({o.expert_bin, "--model", o.model_dir, "--shard-id",
+                                          absl::StrCat(i), "--coordinator", membership, "--threads",
+                                          threads, "--host", "127.0.0.1", "--port", "0"})));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kExpertBinary);
   }
   for (int64_t i = 0; i < o.attention_nodes; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    auto c = start(name,
-                   with_weight_flags({o.attention_bin, "--model", o.model_dir, "--coordinator",
-                                      membership, "--cache-tokens", absl::StrCat(o.cache_tokens),
-                                      "--threads", threads, "--host", "127.0.0.1", "--port", "0"}));
+    auto c = start(
+        name, with_tls(name, with_weight_flags({o.attention_bin, "--model", o.model_dir,
+                                                "--coordinator", membership, "--cache-tokens",
+                                                absl::StrCat(o.cache_tokens), "--threads", threads,
+                                                "--host", "127.0.0.1", "--port", "0"})));
     if (!c.ok()) return fail(std::string(c.status().message()));
     members.emplace_back(*c, kAttentionBinary);
   }
@@ -346,7 +449,12 @@ int RunCluster(const UpOptions& o) {
   // 3. Every ready line, then the coordinator's view: all registered, the
   // placement complete and served by every node. The channel (and gRPC's
   // threads) exist only after the last fork.
-  auto channel = grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
+  const std::string ca_file =
+      o.tls_dir.empty() ? std::string() : (fs::path(o.tls_dir) / "ca.crt").string();
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      service::PublicChannelCredentials(ca_file);
+  if (!credentials.ok()) return fail(std::string(credentials.status().message()));
+  auto channel = grpc::CreateChannel(endpoint, *credentials);
   auto stub = dsv2::v1::Inference::NewStub(channel);
   std::string waiting_for = "the ready lines";
   absl::Time next_info = absl::InfinitePast();
@@ -402,6 +510,7 @@ int RunCluster(const UpOptions& o) {
     }
   };
   std::string line = absl::StrCat("dsv2 ready endpoint=", endpoint);
+  if (!ca_file.empty()) absl::StrAppend(&line, " tls_ca=", ca_file);
   append(line, "coordinator", (*coordinator)->pid, *(*coordinator)->ready_line);
   for (const absl::string_view role : {"attention-", "expert-"}) {
     for (const auto& [c, binary] : members) {
@@ -486,6 +595,32 @@ int UpCommandMain(int argc, char** argv) {
     // A stale line from an earlier run must not look like this run's.
     std::error_code ec;
     fs::remove(*o.ready_file, ec);
+  }
+  // The throw-away certificates; a temporary directory goes when we do.
+  std::optional<TemporaryDirectory> tmp;
+  if (!o.insecure) {
+    if (o.tls_dir_flag) {
+      std::error_code ec;
+      fs::create_directories(*o.tls_dir_flag, ec);
+      if (ec) {
+        std::cerr << "dsv2 up: cannot create --tls-dir " << *o.tls_dir_flag << ": " << ec.message()
+                  << "\n";
+        return 1;
+      }
+      o.tls_dir = *o.tls_dir_flag;
+    } else {
+      absl::StatusOr<TemporaryDirectory> t = TemporaryDirectory::Create("dsv2-up-tls");
+      if (!t.ok()) {
+        std::cerr << "dsv2 up: " << t.status().message() << "\n";
+        return 1;
+      }
+      tmp.emplace(*std::move(t));
+      o.tls_dir = tmp->path();
+    }
+    if (absl::Status st = MakeClusterCertificates(o); !st.ok()) {
+      std::cerr << "dsv2 up: cannot make the cluster's certificates: " << st.message() << "\n";
+      return 1;
+    }
   }
   return RunCluster(o);
 }

@@ -1,0 +1,320 @@
+#include "service/tls.h"
+
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/credentials.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <grpcpp/server_context.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "metrics/metrics.h"
+#include "service/certificates.h"
+
+namespace dsv2::service {
+namespace {
+
+constexpr absl::string_view kTrustDomain = "spiffe://dsv2/";
+
+bool ValidId(absl::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_view flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": cannot be read"));
+  std::ostringstream s;
+  s << in.rdbuf();
+  std::string contents = s.str();
+  // Certificates and keys are a few KB; a chain of 1 MB is not one.
+  if (contents.size() > (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": larger than 1 MiB"));
+  }
+  return contents;
+}
+
+template <typename T, void (*Free)(T*)>
+struct Deleter {
+  void operator()(T* p) const { Free(p); }
+};
+using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
+using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
+using EvpKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
+
+X509Ptr FirstCertificate(absl::string_view pem) {
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  X509Ptr cert(bio != nullptr ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+  ERR_clear_error();
+  return cert;
+}
+
+// Checks the identity URIs a verified peer presented: OK when one names a
+// member of `roles`.
+absl::Status CheckPeerRoles(const std::vector<std::string>& uris,
+                            const std::vector<MemberRole>& roles) {
+  for (const std::string& uri : uris) {
+    absl::StatusOr<MemberIdentity> id = ParseMemberIdentityUri(uri);
+    if (!id.ok()) continue;
+    for (MemberRole r : roles) {
+      if (id->role == r) return absl::OkStatus();
+    }
+  }
+  std::vector<std::string> names;
+  for (MemberRole r : roles) names.push_back(MemberRoleName(r));
+  return absl::PermissionDeniedError(
+      absl::StrCat("peer certificate names no ", absl::StrJoin(names, " or "), " identity (",
+                   uris.empty() ? "no URI" : absl::StrJoin(uris, ", "), ")"));
+}
+
+// Post-handshake check of a channel's peer (the chain was verified against
+// the authority before): its identity has one of the expected roles.
+class RoleVerifier final : public grpc::experimental::ExternalCertificateVerifier {
+ public:
+  explicit RoleVerifier(std::vector<MemberRole> roles) : roles_(std::move(roles)) {}
+
+  bool Verify(grpc::experimental::TlsCustomVerificationCheckRequest* request,
+              std::function<void(grpc::Status)> /*callback*/, grpc::Status* sync_status) override {
+    std::vector<std::string> uris;
+    for (const grpc::string_ref& u : request->uri_names()) uris.emplace_back(u.data(), u.size());
+    const absl::Status st = CheckPeerRoles(uris, roles_);
+    *sync_status = st.ok()
+                       ? grpc::Status::OK
+                       : grpc::Status(grpc::StatusCode::UNAUTHENTICATED, std::string(st.message()));
+    return true;  // decided synchronously
+  }
+  void Cancel(grpc::experimental::TlsCustomVerificationCheckRequest*) override {}
+
+ private:
+  const std::vector<MemberRole> roles_;
+};
+
+}  // namespace
+
+const char* MemberRoleName(MemberRole role) {
+  switch (role) {
+    case MemberRole::kCoordinator:
+      return "coordinator";
+    case MemberRole::kAttention:
+      return "attention";
+    case MemberRole::kExpert:
+      return "expert";
+  }
+  return "?";
+}
+
+std::string MemberIdentityUri(const MemberIdentity& identity) {
+  return absl::StrCat(kTrustDomain, MemberRoleName(identity.role), identity.id.empty() ? "" : "/",
+                      identity.id);
+}
+
+absl::StatusOr<MemberIdentity> ParseMemberIdentityUri(absl::string_view uri) {
+  if (!absl::StartsWith(uri, kTrustDomain)) {
+    return absl::InvalidArgumentError("not a dsv2 member identity (spiffe://dsv2/...)");
+  }
+  std::vector<absl::string_view> parts = absl::StrSplit(uri.substr(kTrustDomain.size()), '/');
+  if (parts.size() > 2) return absl::InvalidArgumentError("member identity has too many parts");
+  MemberIdentity out;
+  if (parts[0] == "coordinator") {
+    out.role = MemberRole::kCoordinator;
+  } else if (parts[0] == "attention") {
+    out.role = MemberRole::kAttention;
+  } else if (parts[0] == "expert") {
+    out.role = MemberRole::kExpert;
+  } else {
+    return absl::InvalidArgumentError("member identity names an unknown role");
+  }
+  if (parts.size() == 2) {
+    if (!ValidId(parts[1])) {
+      return absl::InvalidArgumentError("member identity's id must be 1-64 of [A-Za-z0-9._-]");
+    }
+    out.id = std::string(parts[1]);
+  }
+  return out;
+}
+
+absl::Status ValidateTlsFiles(const TlsFiles& files) {
+  const int given = !files.cert.empty() + !files.key.empty() + !files.ca.empty();
+  if (given == 0) return absl::OkStatus();
+  if (given != 3) {
+    return absl::InvalidArgumentError("--tls-cert, --tls-key and --tls-ca go together");
+  }
+  absl::StatusOr<std::string> cert = ReadSmallFile(files.cert, "--tls-cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> key = ReadSmallFile(files.key, "--tls-key");
+  if (!key.ok()) return key.status();
+  absl::StatusOr<std::string> ca = ReadSmallFile(files.ca, "--tls-ca");
+  if (!ca.ok()) return ca.status();
+  X509Ptr leaf = FirstCertificate(*cert);
+  if (leaf == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-cert ", files.cert, ": no PEM certificate"));
+  }
+  BioPtr bio(BIO_new_mem_buf(key->data(), static_cast<int>(key->size())));
+  EvpKey pkey(bio != nullptr ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr)
+                             : nullptr);
+  ERR_clear_error();
+  if (pkey == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key ", files.key, ": no PEM private key"));
+  }
+  if (X509_check_private_key(leaf.get(), pkey.get()) != 1) {
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-key ", files.key, " is not the key of --tls-cert ", files.cert));
+  }
+  if (FirstCertificate(*ca) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls-ca ", files.ca, ": no PEM certificate"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CertificateExpiry> ReadCertificateExpiry(const TlsFiles& files) {
+  CertificateExpiry out;
+  absl::StatusOr<std::string> cert = ReadSmallFile(files.cert, "--tls-cert");
+  if (!cert.ok()) return cert.status();
+  absl::StatusOr<std::string> ca = ReadSmallFile(files.ca, "--tls-ca");
+  if (!ca.ok()) return ca.status();
+  absl::StatusOr<absl::Time> c = CertificateNotAfter(*cert);
+  if (!c.ok()) return c.status();
+  absl::StatusOr<absl::Time> a = CertificateNotAfter(*ca);
+  if (!a.ok()) return a.status();
+  out.cert = *c;
+  out.ca = *a;
+  return out;
+}
+
+TlsContext::TlsContext(TlsFiles files,
+                       std::shared_ptr<grpc::experimental::FileWatcherCertificateProvider> provider)
+    : files_(std::move(files)), provider_(std::move(provider)) {}
+
+TlsContext::~TlsContext() = default;
+
+std::shared_ptr<const TlsContext> TlsContext::Insecure() {
+  return std::shared_ptr<const TlsContext>(new TlsContext(TlsFiles{}, nullptr));
+}
+
+absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(const TlsFiles& files) {
+  if (absl::Status st = ValidateTlsFiles(files); !st.ok()) return st;
+  if (!files.enabled()) return Insecure();
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      files.key, files.cert, files.ca,
+      static_cast<unsigned>(absl::ToInt64Seconds(kTlsRefreshInterval)));
+  return std::shared_ptr<const TlsContext>(new TlsContext(files, std::move(provider)));
+}
+
+std::shared_ptr<grpc::ServerCredentials> TlsContext::ServerCredentials(
+    bool require_client_certificate) const {
+  if (!enabled()) return grpc::InsecureServerCredentials();
+  grpc::experimental::TlsServerCredentialsOptions options(provider_);
+  options.watch_identity_key_cert_pairs();
+  if (require_client_certificate) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+std::shared_ptr<grpc::ChannelCredentials> TlsContext::MemberChannelCredentials(
+    const std::vector<MemberRole>& roles) const {
+  if (!enabled()) return grpc::InsecureChannelCredentials();
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(provider_);
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_verify_server_certs(true);
+  // The role check replaces the host-name check (see the file comment).
+  options.set_certificate_verifier(
+      grpc::experimental::ExternalCertificateVerifier::Create<RoleVerifier>(roles));
+  options.set_check_call_host(false);
+  return grpc::experimental::TlsCredentials(options);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> PublicChannelCredentials(
+    const std::string& ca_file) {
+  if (ca_file.empty()) return grpc::InsecureChannelCredentials();
+  absl::StatusOr<std::string> ca = ReadSmallFile(ca_file, "--tls-ca");
+  if (!ca.ok()) return ca.status();
+  if (FirstCertificate(*ca) == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls-ca ", ca_file, ": no PEM certificate"));
+  }
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = *std::move(ca);
+  return grpc::SslCredentials(options);
+}
+
+absl::StatusOr<std::optional<MemberIdentity>> CallerIdentity(const grpc::ServerContext& context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return std::optional<MemberIdentity>();
+  std::vector<std::string> uris;
+  for (const char* property : {GRPC_PEER_URI_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
+    for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
+      std::string s(v.data(), v.size());
+      absl::StatusOr<MemberIdentity> id = ParseMemberIdentityUri(s);
+      if (id.ok()) return std::optional<MemberIdentity>(*id);
+      uris.push_back(std::move(s));
+    }
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("the caller's certificate names no dsv2 member identity (",
+                   uris.empty() ? "no subjectAltName" : absl::StrJoin(uris, ", "), ")"));
+}
+
+absl::Status CheckCallerRole(const grpc::ServerContext& context,
+                             const std::vector<MemberRole>& roles, absl::string_view rpc) {
+  absl::StatusOr<std::optional<MemberIdentity>> caller = CallerIdentity(context);
+  if (!caller.ok()) return caller.status();
+  if (!caller->has_value()) return absl::OkStatus();  // plaintext: an insecure cluster
+  for (MemberRole r : roles) {
+    if ((*caller)->role == r) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat(MemberIdentityUri(**caller), " may not call ", rpc));
+}
+
+void ExportCertificateExpiry(std::shared_ptr<const TlsContext> tls,
+                             metrics::MetricsServer& server) {
+  if (tls == nullptr || !tls->enabled()) return;
+  auto m = std::make_shared<metrics::TlsMetrics>(server.registry());
+  prometheus::Gauge& cert = m->certificate_expiry.Add({{"file", "cert"}});
+  prometheus::Gauge& ca = m->certificate_expiry.Add({{"file", "ca"}});
+  server.OnScrape([tls = std::move(tls), m, &cert, &ca] {
+    absl::StatusOr<CertificateExpiry> e = ReadCertificateExpiry(tls->files());
+    if (!e.ok()) {
+      spdlog::warn("certificate expiry not refreshed: {}", std::string(e.status().message()));
+      return;
+    }
+    cert.Set(absl::ToDoubleSeconds(e->cert - absl::UnixEpoch()));
+    ca.Set(absl::ToDoubleSeconds(e->ca - absl::UnixEpoch()));
+  });
+}
+
+absl::Status CoordinatorOnly(const grpc::ServerContext& context, absl::string_view rpc) {
+  absl::Status st = CheckCallerRole(context, {MemberRole::kCoordinator}, rpc);
+  if (!st.ok()) spdlog::warn("{} refused: {}", std::string(rpc), std::string(st.message()));
+  return st;
+}
+
+}  // namespace dsv2::service
