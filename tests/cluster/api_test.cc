@@ -20,6 +20,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -398,6 +399,7 @@ class Cluster {
     auto line = coordinator_->ReadLine(absl::Seconds(30));
     ASSERT_TRUE(line.ok()) << line.status();
     auto fields = ParseReadyLine(*line);
+    coordinator_fields_ = fields;
     endpoint_ = absl::StrCat(Host(coordinator_member_), ":", fields["port"]);
     // Members register on the internal port when the coordinator has one.
     membership_endpoint_ =
@@ -606,6 +608,11 @@ class Cluster {
 
   const std::string& endpoint() const { return endpoint_; }
   const std::string& membership_endpoint() const { return membership_endpoint_; }
+  // A field of the coordinator's ready line ("" when absent).
+  std::string coordinator_field(const std::string& name) const {
+    auto it = coordinator_fields_.find(name);
+    return it == coordinator_fields_.end() ? "" : it->second;
+  }
   v1::Inference::Stub& stub() { return *stub_; }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
 
@@ -647,6 +654,7 @@ class Cluster {
   std::map<int, std::unique_ptr<TcpProxy>> shard_proxies_;
   std::vector<std::unique_ptr<TcpProxy>> attention_proxies_;
   std::string endpoint_;
+  std::map<std::string, std::string> coordinator_fields_;
   std::string membership_endpoint_;  // the coordinator's internal port, or endpoint_
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Inference::Stub> stub_;
@@ -1139,9 +1147,38 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
   o.shards = 1;
   o.attention_nodes = 1;
   o.tls_dir = dir;
+  o.coordinator_flags = {"--health-port", "0"};
   Cluster c(TinyModel(), o);
   ASSERT_NE(c.membership_endpoint(), c.endpoint());
   c.WaitServing(1, 1);
+  // Probes: health in plaintext on its own port, the public API's state too.
+  ASSERT_NE(c.coordinator_field("health_port"), "");
+  {
+    auto health = grpc::health::v1::Health::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", c.coordinator_field("health_port")),
+                            grpc::InsecureChannelCredentials()));
+    for (const char* service : {"", "dsv2.v1.Inference"}) {
+      grpc::health::v1::HealthCheckResponse hr;
+      grpc::health::v1::HealthCheckRequest hq;
+      hq.set_service(service);
+      ASSERT_TRUE(WaitFor(
+          [&] {
+            grpc::ClientContext hc;
+            return health->Check(&hc, hq, &hr).ok() &&
+                   hr.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+          },
+          absl::Seconds(30)))
+          << service;
+    }
+    // It serves nothing else.
+    auto inference = v1::Inference::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", c.coordinator_field("health_port")),
+                            grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    v1::ModelInfo info;
+    EXPECT_EQ(inference->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).error_code(),
+              grpc::UNIMPLEMENTED);
+  }
   absl::StatusOr<std::vector<int32_t>> ref = ReferenceOutput(TinyModel(), {100000, 10, 20, 30}, 8);
   ASSERT_TRUE(ref.ok()) << ref.status();
   Cluster::Result r = c.Generate(PromptIds({100000, 10, 20, 30}, 8));

@@ -60,6 +60,34 @@ TEST(ClusterState, WeightsFingerprintIsTheLiveMembers) {
 
 // Leaves are remembered (a hand-off, not a failure) for the last
 // kRememberedLeaves nodes only: bounded over a coordinator's life.
+// Membership authorization (mutual TLS): the identity that registered a
+// node is the only one that may act as it; a node restarting at its address
+// is replaced only by the same identity.
+TEST(ClusterState, OnlyTheRegisteringIdentityActsAsItsNode) {
+  ClusterState s(AdmissionOptions{});
+  const std::string a = "spiffe://dsv2/attention/a", b = "spiffe://dsv2/attention/b";
+  const uint64_t node = s.RegisterAttentionNode("10.0.0.1:1", 64, 0, kT0, a);
+  absl::StatusOr<uint64_t> shard =
+      s.RegisterShard(3, "10.0.0.2:1", "10.0.0.2:2", 0, kT0, "spiffe://dsv2/expert/3");
+  ASSERT_TRUE(shard.ok());
+  EXPECT_TRUE(s.CheckOwner(node, a).ok());
+  EXPECT_TRUE(s.CheckOwner(*shard, "spiffe://dsv2/expert/3").ok());
+  EXPECT_TRUE(absl::IsPermissionDenied(s.CheckOwner(node, b)));
+  EXPECT_TRUE(absl::IsPermissionDenied(s.CheckOwner(node, "")));
+  EXPECT_TRUE(absl::IsPermissionDenied(s.CheckOwner(*shard, a)));
+  EXPECT_TRUE(absl::IsNotFound(s.CheckOwner(node + 1000, a)));
+  EXPECT_TRUE(s.CheckAttentionAddressOwner("10.0.0.1:1", a).ok());
+  EXPECT_TRUE(absl::IsPermissionDenied(s.CheckAttentionAddressOwner("10.0.0.1:1", b)));
+  EXPECT_TRUE(s.CheckAttentionAddressOwner("10.0.0.9:1", b).ok());
+  // Plaintext clusters register with no identity: all the same one.
+  const uint64_t plain = s.RegisterAttentionNode("10.0.0.3:1", 64, 0, kT0);
+  EXPECT_TRUE(s.CheckOwner(plain, "").ok());
+  // Gone: NotFound, whoever asks.
+  ASSERT_TRUE(s.Remove(node));
+  EXPECT_TRUE(absl::IsNotFound(s.CheckOwner(node, a)));
+  EXPECT_TRUE(s.CheckAttentionAddressOwner("10.0.0.1:1", b).ok());
+}
+
 TEST(ClusterState, RemembersTheLastLeavesOnly) {
   ClusterState s(AdmissionOptions{});
   std::vector<uint64_t> ids;

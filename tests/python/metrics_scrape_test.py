@@ -8,6 +8,7 @@ Run: .venv/bin/python tests/python/metrics_scrape_test.py (CTest does).
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,6 +187,19 @@ class MetricsScrapeTest(unittest.TestCase):
         self.assertEqual(self.scalar("sum(dsv2_expert_assignments_total)"),
                          self.scalar("sum(dsv2_expert_rows_total)"))
         self.assertGreater(self.scalar("sum(dsv2_batch_size_count)"), 0)
+
+    def test_03_every_process_reports_when_its_certificates_expire(self):
+        # `dsv2 up` runs TLS by default: its certificates live 30 days, its
+        # authority a year (service/certificates.h defaults).
+        now = time.time()
+        for name, port in self.metrics.items():
+            text = http_get(f"http://127.0.0.1:{port}/metrics")
+            values = dict(re.findall(
+                r'^dsv2_tls_certificate_expiry_timestamp_seconds\{file="(cert|ca)"\} (\S+)$',
+                text, re.M))
+            self.assertEqual(set(values), {"cert", "ca"}, f"{name}: {text}")
+            self.assertAlmostEqual(float(values["cert"]) - now, 30 * 86400, delta=3600, msg=name)
+            self.assertAlmostEqual(float(values["ca"]) - now, 365 * 86400, delta=3600, msg=name)
 
 
 if __name__ == "__main__":
