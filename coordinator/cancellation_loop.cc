@@ -3,7 +3,7 @@
 namespace dsv2::coordinator {
 
 void CoordinatorCore::CancelOnNode(const std::string& address, uint64_t request_id) {
-  internal::AttentionNode::Stub stub(Channel(address));
+  internal::AttentionNode::Stub stub(AttentionChannel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(absl::Seconds(2)));
   internal::CancelRequest req;

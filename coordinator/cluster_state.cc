@@ -105,9 +105,9 @@ absl::Status ClusterState::CheckAttentionAddressOwner(const std::string& address
   absl::MutexLock lock(&mu_);
   for (const auto& [id, e] : attention_) {
     if (e.address == address && e.owner != owner) {
-      return absl::PermissionDeniedError(absl::StrCat(owner, " may not replace attention node ", id,
-                                                      " at ", address, ": ", e.owner,
-                                                      " registered it"));
+      return absl::AlreadyExistsError(absl::StrCat(owner, " may not replace attention node ", id,
+                                                   " at ", address, ": ", e.owner,
+                                                   " registered it (retry once it is gone)"));
     }
   }
   return absl::OkStatus();

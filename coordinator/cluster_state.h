@@ -103,7 +103,9 @@ class ClusterState {
   // when another identity did.
   absl::Status CheckOwner(uint64_t node_id, const std::string& owner) const;
   // OK when an attention node registering at `address` as `owner` would
-  // replace no node another identity registered there; else PermissionDenied.
+  // replace no node another identity registered there; else AlreadyExists
+  // (not fatal to the registering member: it retries, and succeeds once the
+  // other registration is gone).
   absl::Status CheckAttentionAddressOwner(const std::string& address,
                                           const std::string& owner) const;
   // The checkpoint every live member serves (RegisterRequest's

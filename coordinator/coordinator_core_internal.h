@@ -86,21 +86,28 @@ struct CoordinatorCore {
         gate(router::GateParams::FromConfig(config)) {}
 
   // ---- channels -----------------------------------------------------------
-  std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
+  // The channel to the member at `address` in `role`: with TLS, the peer
+  // must present a certificate of that role (a shard's address never gets
+  // an attention node's prompts, nor the reverse).
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address, service::MemberRole role) {
     absl::MutexLock lock(&channels_mu);
-    auto& ch = channels[address];
+    auto& ch = channels[{address, role}];
     if (ch == nullptr) {
       // A member whose host vanished or was partitioned away is noticed in
       // ~4 s, and one that comes back is reached within a second of its
       // re-registration.
       const std::shared_ptr<const service::TlsContext> tls =
           options.tls != nullptr ? options.tls : service::TlsContext::Insecure();
-      ch = grpc::CreateCustomChannel(address,
-                                     tls->MemberChannelCredentials({service::MemberRole::kAttention,
-                                                                    service::MemberRole::kExpert}),
+      ch = grpc::CreateCustomChannel(address, tls->MemberChannelCredentials({role}),
                                      service::MemberLinkChannelArguments(absl::Seconds(1)));
     }
     return ch;
+  }
+  std::shared_ptr<grpc::Channel> AttentionChannel(const std::string& address) {
+    return Channel(address, service::MemberRole::kAttention);
+  }
+  std::shared_ptr<grpc::Channel> ShardChannel(const std::string& address) {
+    return Channel(address, service::MemberRole::kExpert);
   }
 
   // ---- placement thread ---------------------------------------------------
@@ -126,7 +133,8 @@ struct CoordinatorCore {
   const router::GateParams gate;
 
   absl::Mutex channels_mu;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels ABSL_GUARDED_BY(channels_mu);
+  std::map<std::pair<std::string, service::MemberRole>, std::shared_ptr<grpc::Channel>> channels
+      ABSL_GUARDED_BY(channels_mu);
 
   // Placement thread state (only that thread touches table/last_generation).
   internal::PlacementTable table;

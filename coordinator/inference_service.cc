@@ -322,7 +322,7 @@ grpc::Status InferenceService::GenerateStream(grpc::ServerContext* ctx,
                   request_id, prepared->prompt_ids.size(), streamed, remaining, node.node_id,
                   attempt + 1);
 
-    internal::AttentionNode::Stub stub(c_.Channel(node.address));
+    internal::AttentionNode::Stub stub(c_.AttentionChannel(node.address));
     std::unique_ptr<grpc::ClientReader<internal::SubmitResponse>> reader =
         stub.Submit(&node_ctx, sreq);
     internal::SubmitResponse resp;

@@ -35,7 +35,7 @@ bool CoordinatorCore::Republish() {
   // Every shard loads what it gains before any attention node sees the
   // version (DESIGN.md section 5).
   for (const ShardEntry& s : shards) {
-    internal::ExpertShardService::Stub stub(Channel(s.address));
+    internal::ExpertShardService::Stub stub(ShardChannel(s.address));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(options.load_experts_timeout));
     internal::LoadExpertsRequest req;
@@ -71,7 +71,7 @@ void CoordinatorCore::PushToAttentionNodes() {
   if (p.version == 0 || table.version() != p.version) return;
   for (const AttentionNodeEntry& n : state.attention_nodes()) {
     if (n.placement_version == p.version) continue;
-    internal::AttentionNode::Stub stub(Channel(n.address));
+    internal::AttentionNode::Stub stub(AttentionChannel(n.address));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(options.control_timeout));
     internal::SetPlacementResponse resp;

@@ -40,6 +40,7 @@
 #include "absl/strings/str_join.h"
 #include "base/fingerprint.h"
 #include "base/status_macros.h"
+#include "model/safetensors_internal.h"
 #include "nlohmann/json.hpp"
 
 namespace dsv2 {
@@ -294,8 +295,10 @@ absl::Status CheckMetadata(absl::string_view file, const Json& v) {
   return absl::OkStatus();
 }
 
-// Parses and validates the whole file image [base, base + size). On success
-// every returned TensorView points inside the image. `file` is the basename.
+}  // namespace
+
+namespace safetensors_internal {
+
 absl::StatusOr<std::vector<TensorView>> ParseImage(const std::string& file, const std::byte* base,
                                                    size_t size) {
   if (size < 8) {
@@ -371,6 +374,10 @@ absl::StatusOr<std::vector<TensorView>> ParseImage(const std::string& file, cons
   }
   return views;
 }
+
+}  // namespace safetensors_internal
+
+namespace {
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t max_bytes) {
   errno = 0;
@@ -455,8 +462,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint::Mapping>> Checkpoint::Mapping::Open(
 absl::Status Checkpoint::Mapping::AddFile(Checkpoint& ckpt, const std::string& path) {
   absl::StatusOr<std::unique_ptr<Mapping>> m = Open(path);
   if (!m.ok()) return m.status();
-  absl::StatusOr<std::vector<TensorView>> views =
-      ParseImage((*m)->file, static_cast<const std::byte*>((*m)->addr), (*m)->size);
+  absl::StatusOr<std::vector<TensorView>> views = safetensors_internal::ParseImage(
+      (*m)->file, static_cast<const std::byte*>((*m)->addr), (*m)->size);
   if (!views.ok()) return views.status();
   for (const TensorView& v : *views) {
     if (auto it = ckpt.tensors_.find(v.name); it != ckpt.tensors_.end()) {

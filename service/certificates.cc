@@ -183,9 +183,9 @@ absl::StatusOr<PemCertificate> CertificateAuthority::Issue(
   X509* c = cert->get();
   std::vector<std::string> names;
   // The config syntax separates with commas: a value holding one would
-  // smuggle in another name.
+  // smuggle in another name (and a NUL would cut it short).
   auto bad = [](const std::string& s) {
-    return s.empty() || s.find_first_of(",\n\r") != std::string::npos;
+    return s.empty() || s.find_first_of(std::string_view(",\n\r\0", 4)) != std::string::npos;
   };
   if (!request.identity_uri.empty()) {
     if (bad(request.identity_uri)) return absl::InvalidArgumentError("bad identity URI");
@@ -222,9 +222,17 @@ absl::StatusOr<PemCertificate> CertificateAuthority::Issue(
 namespace {
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents, mode_t mode) {
-  const std::string tmp = absl::StrCat(path, ".tmp", getpid());
-  const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  // A fresh file of our own (mkstemp: O_EXCL, never a planted file or
+  // symlink), given `mode` before a byte is written.
+  std::string tmp = absl::StrCat(path, ".tmp.XXXXXX");
+  const int fd = mkostemp(tmp.data(), O_CLOEXEC);
   if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", strerror(errno)));
+  if (fchmod(fd, mode) != 0) {
+    const int e = errno;
+    close(fd);
+    unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot chmod ", tmp, ": ", strerror(e)));
+  }
   size_t done = 0;
   while (done < contents.size()) {
     const ssize_t n = write(fd, contents.data() + done, contents.size() - done);

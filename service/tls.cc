@@ -14,6 +14,7 @@
 #include <openssl/x509.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -62,29 +63,89 @@ using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
 using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
 using EvpKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
 
-X509Ptr FirstCertificate(absl::string_view pem) {
+// Every certificate of a PEM text, in order.
+std::vector<X509Ptr> Certificates(absl::string_view pem) {
+  std::vector<X509Ptr> out;
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  X509Ptr cert(bio != nullptr ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+  while (bio != nullptr) {
+    X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (cert == nullptr) break;
+    out.push_back(std::move(cert));
+  }
   ERR_clear_error();
-  return cert;
+  return out;
 }
 
-// Checks the identity URIs a verified peer presented: OK when one names a
-// member of `roles`.
+X509Ptr FirstCertificate(absl::string_view pem) {
+  std::vector<X509Ptr> all = Certificates(pem);
+  return all.empty() ? nullptr : std::move(all.front());
+}
+
+// OK when the chain in `cert_pem` verifies against the authorities in
+// `ca_pem` now (signatures, validity dates, CA constraints).
+absl::Status VerifyChain(absl::string_view cert_pem, absl::string_view ca_pem) {
+  std::vector<X509Ptr> chain = Certificates(cert_pem);
+  std::vector<X509Ptr> roots = Certificates(ca_pem);
+  if (chain.empty() || roots.empty()) return absl::InvalidArgumentError("no certificate");
+  std::unique_ptr<X509_STORE, Deleter<X509_STORE, X509_STORE_free>> store(X509_STORE_new());
+  struct StackFree {  // sk_X509_free is a macro
+    void operator()(STACK_OF(X509) * st) const { sk_X509_free(st); }
+  };
+  std::unique_ptr<STACK_OF(X509), StackFree> untrusted(sk_X509_new_null());
+  std::unique_ptr<X509_STORE_CTX, Deleter<X509_STORE_CTX, X509_STORE_CTX_free>> ctx(
+      X509_STORE_CTX_new());
+  if (store == nullptr || untrusted == nullptr || ctx == nullptr) {
+    return absl::InternalError("out of memory");
+  }
+  for (X509Ptr& r : roots) X509_STORE_add_cert(store.get(), r.get());
+  for (size_t i = 1; i < chain.size(); ++i) sk_X509_push(untrusted.get(), chain[i].get());
+  if (X509_STORE_CTX_init(ctx.get(), store.get(), chain[0].get(), untrusted.get()) != 1) {
+    ERR_clear_error();
+    return absl::InternalError("cannot verify");
+  }
+  const int ok = X509_verify_cert(ctx.get());
+  const int err = X509_STORE_CTX_get_error(ctx.get());
+  ERR_clear_error();
+  if (ok == 1) return absl::OkStatus();
+  return absl::InvalidArgumentError(X509_verify_cert_error_string(err));
+}
+
+// The member identity of a verified certificate's URI subjectAltNames:
+// exactly one of them must be a dsv2 identity (other URIs are ignored; DNS,
+// IP and e-mail names never count). PermissionDenied otherwise.
+absl::StatusOr<MemberIdentity> IdentityOfUris(const std::vector<std::string>& uris) {
+  std::optional<MemberIdentity> found;
+  for (const std::string& uri : uris) {
+    if (!absl::StartsWith(uri, kTrustDomain)) continue;
+    absl::StatusOr<MemberIdentity> id = ParseMemberIdentityUri(uri);
+    if (!id.ok() || found.has_value()) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("the peer's certificate must name exactly one valid dsv2 member identity (",
+                       absl::StrJoin(uris, ", "), ")"));
+    }
+    found = *id;
+  }
+  if (!found) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("the peer's certificate names no dsv2 member identity (",
+                     uris.empty() ? "no URI" : absl::StrJoin(uris, ", "), ")"));
+  }
+  return *found;
+}
+
+// Checks the identity a verified peer presented: OK when it is a member of
+// one of `roles`.
 absl::Status CheckPeerRoles(const std::vector<std::string>& uris,
                             const std::vector<MemberRole>& roles) {
-  for (const std::string& uri : uris) {
-    absl::StatusOr<MemberIdentity> id = ParseMemberIdentityUri(uri);
-    if (!id.ok()) continue;
-    for (MemberRole r : roles) {
-      if (id->role == r) return absl::OkStatus();
-    }
+  absl::StatusOr<MemberIdentity> id = IdentityOfUris(uris);
+  if (!id.ok()) return id.status();
+  for (MemberRole r : roles) {
+    if (id->role == r) return absl::OkStatus();
   }
   std::vector<std::string> names;
   for (MemberRole r : roles) names.push_back(MemberRoleName(r));
   return absl::PermissionDeniedError(
-      absl::StrCat("peer certificate names no ", absl::StrJoin(names, " or "), " identity (",
-                   uris.empty() ? "no URI" : absl::StrJoin(uris, ", "), ")"));
+      absl::StrCat(MemberIdentityUri(*id), " is not a ", absl::StrJoin(names, " or ")));
 }
 
 // Post-handshake check of a channel's peer (the chain was verified against
@@ -186,6 +247,13 @@ absl::Status ValidateTlsFiles(const TlsFiles& files) {
   if (FirstCertificate(*ca) == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("--tls-ca ", files.ca, ": no PEM certificate"));
   }
+  // A certificate the cluster would refuse (another authority, expired)
+  // stops the process now rather than failing every handshake later.
+  if (absl::Status st = VerifyChain(*cert, *ca); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls-cert ", files.cert,
+                                                   " does not verify against --tls-ca ", files.ca,
+                                                   ": ", st.message()));
+  }
   return absl::OkStatus();
 }
 
@@ -197,10 +265,20 @@ absl::StatusOr<CertificateExpiry> ReadCertificateExpiry(const TlsFiles& files) {
   if (!ca.ok()) return ca.status();
   absl::StatusOr<absl::Time> c = CertificateNotAfter(*cert);
   if (!c.ok()) return c.status();
-  absl::StatusOr<absl::Time> a = CertificateNotAfter(*ca);
-  if (!a.ok()) return a.status();
+  // The first of the authorities to expire (a bundle during a rotation).
   out.cert = *c;
-  out.ca = *a;
+  out.ca = absl::InfiniteFuture();
+  for (const X509Ptr& cert : Certificates(*ca)) {
+    struct tm t;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &t) != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tls-ca ", files.ca, ": unreadable notAfter"));
+    }
+    out.ca = std::min(out.ca, absl::FromTimeT(timegm(&t)));
+  }
+  if (out.ca == absl::InfiniteFuture()) {
+    return absl::InvalidArgumentError(absl::StrCat("--tls-ca ", files.ca, ": no PEM certificate"));
+  }
   return out;
 }
 
@@ -267,19 +345,22 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> PublicChannelCredentia
 
 absl::StatusOr<std::optional<MemberIdentity>> CallerIdentity(const grpc::ServerContext& context) {
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  if (auth == nullptr || !auth->IsPeerAuthenticated()) return std::optional<MemberIdentity>();
-  std::vector<std::string> uris;
-  for (const char* property : {GRPC_PEER_URI_PROPERTY_NAME, GRPC_X509_SAN_PROPERTY_NAME}) {
-    for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
-      std::string s(v.data(), v.size());
-      absl::StatusOr<MemberIdentity> id = ParseMemberIdentityUri(s);
-      if (id.ok()) return std::optional<MemberIdentity>(*id);
-      uris.push_back(std::move(s));
-    }
+  if (auth == nullptr) return std::optional<MemberIdentity>();
+  std::string transport;
+  for (const grpc::string_ref& v :
+       auth->FindPropertyValues(GRPC_TRANSPORT_SECURITY_TYPE_PROPERTY_NAME)) {
+    transport.assign(v.data(), v.size());
   }
-  return absl::PermissionDeniedError(
-      absl::StrCat("the caller's certificate names no dsv2 member identity (",
-                   uris.empty() ? "no subjectAltName" : absl::StrJoin(uris, ", "), ")"));
+  // Plaintext: an insecure cluster, no identity to check. Anything else
+  // (TLS, with or without a client certificate) must name a member.
+  if (transport.empty() || transport == "insecure") return std::optional<MemberIdentity>();
+  std::vector<std::string> uris;
+  for (const grpc::string_ref& v : auth->FindPropertyValues(GRPC_PEER_URI_PROPERTY_NAME)) {
+    uris.emplace_back(v.data(), v.size());
+  }
+  absl::StatusOr<MemberIdentity> id = IdentityOfUris(uris);
+  if (!id.ok()) return id.status();
+  return std::optional<MemberIdentity>(*id);
 }
 
 absl::Status CheckCallerRole(const grpc::ServerContext& context,

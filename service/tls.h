@@ -82,12 +82,14 @@ struct TlsFiles {
 };
 
 // OK when no file is given, or all three are readable PEM: the certificate
-// chain's first certificate matches the key, and the authority file holds at
-// least one certificate. InvalidArgument naming the flag otherwise.
+// chain's first certificate matches the key, and the chain verifies against
+// the authority file (signed by one of its authorities, valid now).
+// InvalidArgument naming the flag otherwise.
 absl::Status ValidateTlsFiles(const TlsFiles& files);
 
 // The times the certificate (--tls-cert, its first) and the authority
-// (--tls-ca, its first) expire, read from the files now.
+// (--tls-ca: the first of its certificates to expire) expire, read from the
+// files now.
 struct CertificateExpiry {
   absl::Time cert = absl::InfinitePast();
   absl::Time ca = absl::InfinitePast();
@@ -132,13 +134,14 @@ class TlsContext {
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> PublicChannelCredentials(
     const std::string& ca_file);
 
-// The identity of the caller of an RPC on a mutual-TLS port: nullopt when
-// the connection is not authenticated (a plaintext port); PermissionDenied
-// when the certificate names no dsv2 member identity.
+// The identity of the caller of an RPC: nullopt on a plaintext connection
+// (an insecure cluster); on a TLS connection the one dsv2 member identity
+// among the client certificate's URI subjectAltNames, PermissionDenied when
+// there is no client certificate or it names none or several.
 absl::StatusOr<std::optional<MemberIdentity>> CallerIdentity(const grpc::ServerContext& context);
 
 // OK when the caller may call an RPC reserved to `roles`: its certificate
-// names one of them, or the port is plaintext (an insecure cluster);
+// names one of them, or the connection is plaintext (an insecure cluster);
 // PermissionDenied naming the caller and the RPC otherwise.
 absl::Status CheckCallerRole(const grpc::ServerContext& context,
                              const std::vector<MemberRole>& roles, absl::string_view rpc);

@@ -21,7 +21,8 @@ PKGS=(cmake ninja-build g++ ccache pkg-config
 if [ "$MODE" = all ]; then
   PKGS+=(libgtest-dev
          prometheus  # prometheus + promtool: the metrics and monitoring tests
-         iproute2)   # ip: the network-namespace partition tests
+         iproute2    # ip: the network-namespace partition tests
+         clang-14 libclang-rt-14-dev)  # ASan/UBSan build + libFuzzer (tools/sanitize.sh)
   # kubectl (for `kubectl kustomize` in the deploy tests): Debian's
   # kubernetes-client unless a kubectl is already installed.
   command -v kubectl >/dev/null 2>&1 || PKGS+=(kubernetes-client)

@@ -1,11 +1,15 @@
 // Run-time CPU feature detection and ISA naming (kernels/cpu.h).
 //
-// __builtin_cpu_supports (libgcc / compiler-rt cpuinfo) reads CPUID and also
-// checks with XGETBV that the OS saves the AVX / AVX-512 register state, so
-// a feature it reports is usable.
+// Features are read from CPUID and checked with XGETBV against the register
+// state the OS saves (AVX: XMM+YMM; AVX-512: opmask+ZMM; AMX: tile config +
+// tile data), so a feature reported here is usable. (Read directly rather
+// than through __builtin_cpu_supports: GCC's and clang's know different
+// feature names, and clang 14 none for F16C or AMX.)
+#include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 
 #include "absl/status/status.h"
@@ -42,17 +46,45 @@ bool RequestAmxPermission() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
+// CPUID leaf `leaf`, subleaf `sub`: {eax, ebx, ecx, edx}; zeros when the
+// leaf is beyond the CPU's maximum.
+struct CpuidRegs {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+};
+CpuidRegs Cpuid(unsigned leaf, unsigned sub) {
+  CpuidRegs r;
+  if (__get_cpuid_max(leaf & 0x80000000u, nullptr) < leaf) return r;
+  __cpuid_count(leaf, sub, r.eax, r.ebx, r.ecx, r.edx);
+  return r;
+}
+
+// XCR0: the register state components the OS enabled (needs OSXSAVE).
+uint64_t Xcr0() {
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t{hi} << 32) | lo;
+}
+
+bool Bit(unsigned reg, int bit) { return (reg >> bit) & 1u; }
+
 const CpuFeatures& Features() {
   static const CpuFeatures features = [] {
-    __builtin_cpu_init();
-    CpuFeatures f;
-    f.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                 __builtin_cpu_supports("f16c");
-    f.avx512_bf16 = f.avx2_fma && __builtin_cpu_supports("avx512f") &&
-                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
-    f.amx_bf16 = f.avx512_bf16 && __builtin_cpu_supports("amx-tile") &&
-                 __builtin_cpu_supports("amx-bf16") && RequestAmxPermission();
+    CpuFeatures f{};
+    const CpuidRegs l1 = Cpuid(1, 0);
+    const CpuidRegs l7 = Cpuid(7, 0);
+    const CpuidRegs l7s1 = Cpuid(7, 1);
+    const bool osxsave = Bit(l1.ecx, 27);
+    const uint64_t xcr0 = osxsave ? Xcr0() : 0;
+    const bool os_avx = (xcr0 & 0x6) == 0x6;                 // XMM, YMM
+    const bool os_avx512 = os_avx && (xcr0 & 0xe0) == 0xe0;  // opmask, ZMM_Hi256, Hi16_ZMM
+    const bool os_amx = (xcr0 & 0x60000) == 0x60000;         // XTILECFG, XTILEDATA
+    f.avx2_fma = os_avx && Bit(l1.ecx, 28) /*AVX*/ && Bit(l7.ebx, 5) /*AVX2*/ &&
+                 Bit(l1.ecx, 12) /*FMA*/ && Bit(l1.ecx, 29) /*F16C*/;
+    f.avx512_bf16 = f.avx2_fma && os_avx512 && Bit(l7.ebx, 16) /*AVX512F*/ &&
+                    Bit(l7.ebx, 30) /*AVX512BW*/ && Bit(l7.ebx, 31) /*AVX512VL*/ &&
+                    Bit(l7s1.eax, 5) /*AVX512_BF16*/ && Bit(l7.ecx, 11) /*AVX512_VNNI*/;
+    f.amx_bf16 = f.avx512_bf16 && os_amx && Bit(l7.edx, 24) /*AMX-TILE*/ &&
+                 Bit(l7.edx, 22) /*AMX-BF16*/ && RequestAmxPermission();
     return f;
   }();
   return features;

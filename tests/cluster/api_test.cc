@@ -43,6 +43,7 @@
 #include "service/certificates.h"
 #include "service/tls.h"
 #include "tests/cluster/cluster_harness.h"
+#include "tests/common/raw_tls_credentials.h"
 #include "tests/common/wait_for.h"
 
 namespace dsv2::testing {
@@ -1269,9 +1270,19 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
         stub->Register(&ctx, registration(internal::NODE_ROLE_EXPERT_SHARD, 0), &resp).error_code(),
         grpc::UNAVAILABLE);
   }
+  // (Presented as they are: the processes' own start-up check would refuse
+  // these files before any handshake.)
   for (const char* name : {"foreign", "expired"}) {
-    EXPECT_EQ(register_as(name, registration(internal::NODE_ROLE_EXPERT_SHARD, 0)).error_code(),
-              grpc::UNAVAILABLE)
+    auto stub = internal::Coordinator::NewStub(grpc::CreateChannel(
+        c.membership_endpoint(),
+        testing_util::RawTlsCredentials(absl::StrCat(dir, "/", name, ".crt"),
+                                        absl::StrCat(dir, "/", name, ".key"), dir + "/ca.crt")));
+    grpc::ClientContext ctx;
+    deadline(ctx);
+    internal::RegisterResponse resp;
+    EXPECT_EQ(
+        stub->Register(&ctx, registration(internal::NODE_ROLE_EXPERT_SHARD, 0), &resp).error_code(),
+        grpc::UNAVAILABLE)
         << name;
   }
   // Valid certificates acting as someone else: PERMISSION_DENIED.
@@ -1283,9 +1294,10 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
             grpc::PERMISSION_DENIED);
   uint64_t victim = 0;
   ASSERT_TRUE(register_as("victim", registration(internal::NODE_ROLE_ATTENTION, 0), &victim).ok());
-  // The intruder cannot take the victim's address either.
+  // The intruder cannot take the victim's address either (refused, but not
+  // fatally: a member meeting this retries).
   EXPECT_EQ(register_as("intruder", registration(internal::NODE_ROLE_ATTENTION, 0)).error_code(),
-            grpc::PERMISSION_DENIED);
+            grpc::ALREADY_EXISTS);
   const auto heartbeat_as = [&](const std::string& name) {
     grpc::ClientContext ctx;
     deadline(ctx);

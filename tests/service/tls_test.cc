@@ -20,6 +20,7 @@
 #include "gtest/gtest.h"
 #include "service/certificates.h"
 #include "service/service_common.h"
+#include "tests/common/raw_tls_credentials.h"
 
 namespace dsv2::service {
 namespace {
@@ -110,6 +111,16 @@ TEST_F(TlsFilesTest, ValidationNamesTheFlagOfWhatIsWrong) {
   // Another certificate's key.
   const TlsFiles other = Issue("other", "spiffe://dsv2/expert/2");
   expect_names({good.cert, other.key, good.ca}, "is not the key of");
+  // A certificate the cluster would refuse: expired, or of another authority.
+  const TlsFiles expired = Issue("expired", "spiffe://dsv2/expert/2", absl::Now() - absl::Hours(1));
+  expect_names(expired, "certificate has expired");
+  absl::StatusOr<CertificateAuthority> another = CertificateAuthority::Create("another");
+  ASSERT_TRUE(another.ok());
+  std::ofstream(dir_ + "/another-ca.crt") << another->pem().cert;
+  expect_names({good.cert, good.key, dir_ + "/another-ca.crt"}, "does not verify against --tls-ca");
+  // A bundle holding the right authority is fine.
+  std::ofstream(dir_ + "/bundle.crt") << another->pem().cert << ca_->pem().cert;
+  EXPECT_TRUE(ValidateTlsFiles({good.cert, good.key, dir_ + "/bundle.crt"}).ok());
   // Keys are written for the owner only.
   struct stat st;
   ASSERT_EQ(stat(good.key.c_str(), &st), 0);
@@ -229,8 +240,9 @@ TEST_F(HandshakeTest, MutualTlsAdmitsOnlyTheAuthoritysUnexpiredCertificates) {
       absl::IsUnavailable(Call(address, *PublicChannelCredentials(dir_ + "/ca.crt")).status()));
   EXPECT_TRUE(absl::IsUnavailable(Call(address, grpc::InsecureChannelCredentials()).status()));
   const TlsFiles expired = Issue("old", "spiffe://dsv2/expert/4", absl::Now() - absl::Hours(1));
-  EXPECT_TRUE(
-      absl::IsUnavailable(Call(address, Member(expired, {MemberRole::kCoordinator})).status()));
+  EXPECT_TRUE(absl::IsUnavailable(
+      Call(address, testing_util::RawTlsCredentials(expired.cert, expired.key, expired.ca))
+          .status()));
   absl::StatusOr<CertificateAuthority> other = CertificateAuthority::Create("other authority");
   ASSERT_TRUE(other.ok());
   CertificateRequest req;
@@ -240,8 +252,8 @@ TEST_F(HandshakeTest, MutualTlsAdmitsOnlyTheAuthoritysUnexpiredCertificates) {
   ASSERT_TRUE(foreign.ok());
   ASSERT_TRUE(WriteCertificateFiles(dir_, "foreign", *foreign).ok());
   EXPECT_TRUE(absl::IsUnavailable(
-      Call(address, Member({dir_ + "/foreign.crt", dir_ + "/foreign.key", dir_ + "/ca.crt"},
-                           {MemberRole::kCoordinator}))
+      Call(address, testing_util::RawTlsCredentials(dir_ + "/foreign.crt", dir_ + "/foreign.key",
+                                                    dir_ + "/ca.crt"))
           .status()));
   // The client checks the server's role: a coordinator is not an expert.
   EXPECT_TRUE(absl::IsUnavailable(
@@ -265,14 +277,24 @@ TEST_F(HandshakeTest, OnlyTheCoordinatorRoleMayCallCoordinatorOnlyRpcs) {
   EXPECT_EQ(leave(Issue("a", "spiffe://dsv2/attention/x")).error_code(), grpc::PERMISSION_DENIED);
   // A certificate of the authority without a dsv2 identity: refused too.
   EXPECT_EQ(leave(Issue("nobody", "")).error_code(), grpc::PERMISSION_DENIED);
+  // An identity counts only as a URI subjectAltName, never as a DNS name.
+  CertificateRequest req;
+  req.common_name = "dns";
+  req.dns_names = {"spiffe://dsv2/coordinator", "localhost"};
+  absl::StatusOr<PemCertificate> pem = ca_->Issue(req);
+  ASSERT_TRUE(pem.ok()) << pem.status();
+  ASSERT_TRUE(WriteCertificateFiles(dir_, "dns", *pem).ok());
+  EXPECT_EQ(leave({dir_ + "/dns.crt", dir_ + "/dns.key", dir_ + "/ca.crt"}).error_code(),
+            grpc::PERMISSION_DENIED);
 }
 
 TEST_F(HandshakeTest, PublicPortIsTlsWithoutClientCertificatesAndChecksTheHostName) {
   const std::string address = Serve(Issue("coordinator", "spiffe://dsv2/coordinator"),
                                     /*require_client_certificate=*/false);
+  // A TLS caller without a client certificate is no member: the member-only
+  // checks refuse it (they never fail open on a TLS port).
   absl::StatusOr<uint64_t> r = Call(address, *PublicChannelCredentials(dir_ + "/ca.crt"));
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(*r, 0u);  // no client certificate: no identity
+  EXPECT_TRUE(absl::IsPermissionDenied(r.status())) << r.status();
   // Another name than the certificate's: refused.
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("somewhere-else.example");

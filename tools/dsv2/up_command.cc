@@ -1,6 +1,7 @@
 #include "tools/dsv2/up_command.h"
 
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -601,7 +602,10 @@ int UpCommandMain(int argc, char** argv) {
   if (!o.insecure) {
     if (o.tls_dir_flag) {
       std::error_code ec;
-      fs::create_directories(*o.tls_dir_flag, ec);
+      // A new directory is private (0700); keys are 0600 in any case.
+      if (!fs::exists(*o.tls_dir_flag, ec) && mkdir(o.tls_dir_flag->c_str(), 0700) != 0) {
+        ec = std::error_code(errno, std::generic_category());
+      }
       if (ec) {
         std::cerr << "dsv2 up: cannot create --tls-dir " << *o.tls_dir_flag << ": " << ec.message()
                   << "\n";

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The unit tests under AddressSanitizer + UndefinedBehaviorSanitizer, and
+# every libFuzzer target for DSV2_FUZZ_SECONDS (20) each: clang builds them
+# into build-sanitize (-O1, every target instrumented: -DDSV2_SANITIZE,
+# -DDSV2_FUZZ) and runs them. Any finding fails (the sanitizers abort the
+# process; -fno-sanitize-recover). Part of the suite (tools/test.sh).
+#
+#   tools/sanitize.sh [--no-fuzz]
+#
+# Debian's Abseil, gRPC, protobuf and UCX are not instrumented: ASan still
+# checks every access our code makes, their internals are not checked.
+# UCX's own memory hooks are turned off (UCX_MEM_*): they patch malloc and
+# mmap, which ASan owns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZ=1
+[ "${1:-}" = "--no-fuzz" ] && FUZZ=0
+BUILD=build-sanitize
+JOBS="${DSV2_BUILD_JOBS:-$(nproc)}"
+# The unit tests: fast, in-process (the cluster tests start processes and
+# run under scripts/by hand: docs/testing.md).
+UNIT=(base_test kernels_test model_test metrics_test router_test transport_test
+      coordinator_test service_edge_test service_test conformance_test)
+FUZZ_TARGETS=(safetensors_fuzz model_config_fuzz tokenizer_fuzz chat_template_fuzz wire_fuzz
+              handshake_fuzz generate_request_fuzz)
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+  -DDSV2_SANITIZE=address,undefined -DDSV2_FUZZ=ON >/dev/null
+targets=("${UNIT[@]}")
+[ "$FUZZ" -eq 1 ] && targets+=("${FUZZ_TARGETS[@]}")
+ninja -C "$BUILD" -j "$JOBS" "${targets[@]}"
+export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export UCX_MEM_MALLOC_HOOKS=n UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_EVENTS=n
+t0=$(date +%s)
+regex="^($(IFS='|'; echo "${UNIT[*]}"))\$"
+ctest --test-dir "$BUILD" --output-on-failure --timeout 1200 -R "$regex"
+t1=$(date +%s)
+if [ "$FUZZ" -eq 1 ]; then
+  tools/fuzz.sh --build-dir "$BUILD" --seconds "${DSV2_FUZZ_SECONDS:-20}" "${FUZZ_TARGETS[@]}"
+fi
+t2=$(date +%s)
+echo "sanitize: unit tests $((t1 - t0))s, fuzzing $((t2 - t1))s"
