@@ -298,10 +298,14 @@ struct Options {
   // Sent as "authorization: Bearer KEY" by Info and Generate (give the
   // coordinator --api-key-file with it).
   std::string api_key;
-  // When set (TestCertificates wrote it): every process gets its
-  // certificate from this directory (coordinator, expert-<id>,
-  // attention-<i>, ca.crt), the coordinator an internal port (mutual TLS
-  // there and on every member's port), and the test's clients speak TLS.
+  // Security as `dsv2 up` runs it (on by default): every process gets its
+  // certificate from `tls_dir` (coordinator, expert-<id>, attention-<i>,
+  // ca.crt), the coordinator an internal port (mutual TLS there and on
+  // every member's port), and the test's clients speak TLS. Without a
+  // tls_dir the cluster makes a throw-away authority and issues each
+  // process's certificate as it starts; with one (TestCertificates wrote
+  // it) the files are used as they are. tls = false: plaintext.
+  bool tls = true;
   std::string tls_dir;
 };
 
@@ -355,6 +359,18 @@ std::shared_ptr<grpc::Channel> PublicTlsChannel(const std::string& endpoint,
 class Cluster {
  public:
   explicit Cluster(const std::string& model, Options o) : model_(model), o_(std::move(o)) {
+    if (o_.tls && o_.tls_dir.empty()) {
+      static std::atomic<int> clusters{0};
+      tls_dir_ = absl::StrCat(::testing::TempDir(), "/cluster_tls_", getpid(), "_", clusters++);
+      std::filesystem::create_directories(tls_dir_);
+      absl::StatusOr<service::CertificateAuthority> ca =
+          service::CertificateAuthority::Create("test cluster authority");
+      EXPECT_TRUE(ca.ok()) << ca.status();
+      ca_ = std::make_unique<service::CertificateAuthority>(*std::move(ca));
+      std::ofstream(tls_dir_ + "/ca.crt") << ca_->pem().cert;
+    } else if (o_.tls) {
+      tls_dir_ = o_.tls_dir;
+    }
     StartCoordinator("0");
     for (int i = 0; i < o_.shards; ++i) AddShard(i);
     for (int i = 0; i < o_.attention_nodes; ++i) AddAttentionNode();
@@ -362,12 +378,15 @@ class Cluster {
 
   // SIGKILL of the coordinator and a new one on the same port (the nodes
   // keep running and register with it again).
+  // (Its internal port too: the members know that one.)
   void RestartCoordinator() {
     (void)coordinator_->Stop(SIGKILL, absl::Seconds(10));
-    StartCoordinator(endpoint_.substr(endpoint_.rfind(':') + 1));
+    StartCoordinator(endpoint_.substr(endpoint_.rfind(':') + 1),
+                     coordinator_field("internal_port"));
   }
 
-  void StartCoordinator(const std::string& port) {
+  // `internal_port` "": OS-chosen when the coordinator needs one (TLS).
+  void StartCoordinator(const std::string& port, const std::string& internal_port = "") {
     const std::string heartbeat_timeout_ms =
         absl::StrCat(absl::ToInt64Milliseconds(o_.heartbeat_timeout));
     std::vector<std::string> argv = {BinDir() + "/coordinator/dsv2-coordinator",
@@ -382,11 +401,11 @@ class Cluster {
                                      "--heartbeat-timeout-ms",
                                      heartbeat_timeout_ms};
     argv.insert(argv.end(), o_.coordinator_flags.begin(), o_.coordinator_flags.end());
-    if (!o_.tls_dir.empty()) {
+    if (!tls_dir_.empty()) {
       const std::vector<std::string> tls = TlsFlags("coordinator");
       argv.insert(argv.end(), tls.begin(), tls.end());
       if (std::find(argv.begin(), argv.end(), "--internal-port") == argv.end()) {
-        argv.insert(argv.end(), {"--internal-port", "0"});
+        argv.insert(argv.end(), {"--internal-port", internal_port.empty() ? "0" : internal_port});
       }
     }
     if (o_.lab != nullptr && coordinator_member_.ns.empty()) {
@@ -407,9 +426,8 @@ class Cluster {
         fields.contains("internal_port")
             ? absl::StrCat(Host(coordinator_member_), ":", fields["internal_port"])
             : endpoint_;
-    channel_ = o_.tls_dir.empty()
-                   ? grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials())
-                   : PublicTlsChannel(endpoint_, o_.tls_dir + "/ca.crt");
+    channel_ = tls_dir_.empty() ? grpc::CreateChannel(endpoint_, grpc::InsecureChannelCredentials())
+                                : PublicTlsChannel(endpoint_, tls_dir_ + "/ca.crt");
     stub_ = v1::Inference::NewStub(channel_);
   }
 
@@ -588,21 +606,39 @@ class Cluster {
     if (!o_.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + o_.api_key);
   }
 
-  // --tls-cert/--tls-key/--tls-ca of `name`'s certificate (none without
-  // Options.tls_dir).
+  ~Cluster() {
+    if (ca_ != nullptr) std::filesystem::remove_all(tls_dir_);
+  }
+
+  // --tls-cert/--tls-key/--tls-ca of `name`'s certificate (none when
+  // plaintext); the cluster's own authority issues it the first time
+  // ("coordinator", "expert-<id>", "attention-<i>": their identities).
   std::vector<std::string> TlsFlags(const std::string& name) const {
-    if (o_.tls_dir.empty()) return {};
-    return {"--tls-cert", absl::StrCat(o_.tls_dir, "/", name, ".crt"),
-            "--tls-key",  absl::StrCat(o_.tls_dir, "/", name, ".key"),
-            "--tls-ca",   absl::StrCat(o_.tls_dir, "/ca.crt")};
+    if (tls_dir_.empty()) return {};
+    if (ca_ != nullptr && !std::filesystem::exists(absl::StrCat(tls_dir_, "/", name, ".crt"))) {
+      service::CertificateRequest req;
+      req.common_name = name;
+      req.identity_uri = name == "coordinator" ? "spiffe://dsv2/coordinator"
+                         : absl::StartsWith(name, "expert-")
+                             ? absl::StrCat("spiffe://dsv2/expert/", name.substr(7))
+                             : absl::StrCat("spiffe://dsv2/attention/", name);
+      req.dns_names = {"localhost"};
+      req.ip_addresses = {"127.0.0.1"};
+      absl::StatusOr<service::PemCertificate> pem = ca_->Issue(req);
+      EXPECT_TRUE(pem.ok()) << pem.status();
+      EXPECT_TRUE(service::WriteCertificateFiles(tls_dir_, name, *pem).ok());
+    }
+    return {"--tls-cert", absl::StrCat(tls_dir_, "/", name, ".crt"),
+            "--tls-key",  absl::StrCat(tls_dir_, "/", name, ".key"),
+            "--tls-ca",   absl::StrCat(tls_dir_, "/ca.crt")};
   }
   // The TLS context of a process holding `name`'s certificate (insecure
   // without Options.tls_dir): the test acting as that member.
   std::shared_ptr<const service::TlsContext> MemberContext(const std::string& name) const {
-    if (o_.tls_dir.empty()) return service::TlsContext::Insecure();
+    if (tls_dir_.empty()) return service::TlsContext::Insecure();
     absl::StatusOr<std::shared_ptr<const service::TlsContext>> t = service::TlsContext::Create(
-        {absl::StrCat(o_.tls_dir, "/", name, ".crt"), absl::StrCat(o_.tls_dir, "/", name, ".key"),
-         absl::StrCat(o_.tls_dir, "/ca.crt")});
+        {absl::StrCat(tls_dir_, "/", name, ".crt"), absl::StrCat(tls_dir_, "/", name, ".key"),
+         absl::StrCat(tls_dir_, "/ca.crt")});
     EXPECT_TRUE(t.ok()) << t.status();
     return t.ok() ? *t : service::TlsContext::Insecure();
   }
@@ -649,6 +685,10 @@ class Cluster {
   std::vector<std::string> attention_addresses_;
   // Namespaces (Options.lab; empty without one).
   NetnsLab::Member coordinator_member_;
+  // Where the processes' certificates are ("" when plaintext), and the
+  // throw-away authority when the cluster made its own.
+  std::string tls_dir_;
+  std::unique_ptr<service::CertificateAuthority> ca_;
   std::map<int, NetnsLab::Member> shard_members_;
   std::vector<NetnsLab::Member> attention_members_;
   // Options.proxy_links: each member's link to the coordinator.
@@ -1102,6 +1142,7 @@ TEST(ApiSecurity, ApiKeysGuardThePublicApiAndRotateWithoutARestart) {
 // and the internal port has no public API.
 TEST(ApiSecurity, MembershipIsServedOnTheInternalPortOnly) {
   Options o;
+  o.tls = false;  // the internal port's services, reached in plaintext
   o.shards = 1;
   o.attention_nodes = 1;
   o.coordinator_flags = {"--internal-port", "0"};
@@ -1927,6 +1968,7 @@ TEST(ApiFailover, CoordinatorRestartOnTheSamePort) {
 // INVALID_ARGUMENT naming the field and changes nothing.
 TEST(ApiMembership, BadRegistrationsAreRefusedAndChangeNothing) {
   Options o;
+  o.tls = false;  // registers on the public port (no --internal-port)
   o.shards = 1;
   o.attention_nodes = 1;
   Cluster c(TinyModel(), o);
