@@ -17,8 +17,11 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "service/tls.h"
 
 namespace dsv2::service {
 namespace {
@@ -262,6 +265,33 @@ absl::Status WriteCertificateFiles(const std::string& dir, absl::string_view nam
     return st;
   }
   return WriteFileAtomically(absl::StrCat(dir, "/", name, ".crt"), pem.cert, 0644);
+}
+
+absl::Status WriteLoopbackMemberCertificate(const CertificateAuthority& ca, const std::string& dir,
+                                            absl::string_view name) {
+  MemberIdentity identity;
+  absl::string_view rest = name;
+  if (name == "coordinator") {
+    identity.role = MemberRole::kCoordinator;
+  } else if (absl::ConsumePrefix(&rest, "expert-") && !rest.empty()) {
+    identity = {MemberRole::kExpert, std::string(rest)};
+  } else if (absl::StartsWith(name, "attention-")) {
+    identity = {MemberRole::kAttention, std::string(name)};
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", name, "' is no process of a loopback cluster"));
+  }
+  CertificateRequest req;
+  req.common_name = std::string(name);
+  req.identity_uri = MemberIdentityUri(identity);
+  if (absl::Status st = ParseMemberIdentityUri(req.identity_uri).status(); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", name, "': ", st.message()));
+  }
+  req.dns_names = {"localhost"};
+  req.ip_addresses = {"127.0.0.1"};
+  absl::StatusOr<PemCertificate> pem = ca.Issue(req);
+  if (!pem.ok()) return pem.status();
+  return WriteCertificateFiles(dir, name, *pem);
 }
 
 absl::StatusOr<absl::Time> CertificateNotAfter(absl::string_view pem) {

@@ -76,6 +76,15 @@ class CertificateAuthority {
 absl::Status WriteCertificateFiles(const std::string& dir, absl::string_view name,
                                    const PemCertificate& pem);
 
+// The certificate of process `name` of a cluster on loopback, as `dsv2 up`
+// and the tests make them: "coordinator", "expert-<shard id>" or
+// "attention-<name>", issued by `ca` for that process's member identity
+// (service/tls.h: spiffe://dsv2/coordinator, .../expert/<shard id>,
+// .../attention/attention-<name>), valid for localhost and 127.0.0.1, and
+// written as DIR/NAME.crt and DIR/NAME.key. InvalidArgument for another name.
+absl::Status WriteLoopbackMemberCertificate(const CertificateAuthority& ca, const std::string& dir,
+                                            absl::string_view name);
+
 // The notAfter time of the first certificate in `pem`; InvalidArgument when
 // `pem` holds none.
 absl::StatusOr<absl::Time> CertificateNotAfter(absl::string_view pem);

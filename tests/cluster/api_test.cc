@@ -320,24 +320,11 @@ service::CertificateAuthority TestCertificates(const std::string& dir, int shard
       service::CertificateAuthority::Create("test authority");
   EXPECT_TRUE(ca.ok()) << ca.status();
   std::ofstream(dir + "/ca.crt") << ca->pem().cert;
-  std::vector<std::pair<std::string, service::MemberIdentity>> who = {
-      {"coordinator", {service::MemberRole::kCoordinator, ""}}};
-  for (int i = 0; i < shards; ++i) {
-    who.push_back({absl::StrCat("expert-", i), {service::MemberRole::kExpert, absl::StrCat(i)}});
-  }
-  for (int i = 0; i < attention_nodes; ++i) {
-    who.push_back({absl::StrCat("attention-", i),
-                   {service::MemberRole::kAttention, absl::StrCat("attention-", i)}});
-  }
-  for (const auto& [name, identity] : who) {
-    service::CertificateRequest req;
-    req.common_name = name;
-    req.identity_uri = service::MemberIdentityUri(identity);
-    req.dns_names = {"localhost"};
-    req.ip_addresses = {"127.0.0.1"};
-    absl::StatusOr<service::PemCertificate> pem = ca->Issue(req);
-    EXPECT_TRUE(pem.ok()) << pem.status();
-    EXPECT_TRUE(service::WriteCertificateFiles(dir, name, *pem).ok());
+  std::vector<std::string> names = {"coordinator"};
+  for (int i = 0; i < shards; ++i) names.push_back(absl::StrCat("expert-", i));
+  for (int i = 0; i < attention_nodes; ++i) names.push_back(absl::StrCat("attention-", i));
+  for (const std::string& name : names) {
+    EXPECT_TRUE(service::WriteLoopbackMemberCertificate(*ca, dir, name).ok()) << name;
   }
   return *std::move(ca);
 }
@@ -616,17 +603,7 @@ class Cluster {
   std::vector<std::string> TlsFlags(const std::string& name) const {
     if (tls_dir_.empty()) return {};
     if (ca_ != nullptr && !std::filesystem::exists(absl::StrCat(tls_dir_, "/", name, ".crt"))) {
-      service::CertificateRequest req;
-      req.common_name = name;
-      req.identity_uri = name == "coordinator" ? "spiffe://dsv2/coordinator"
-                         : absl::StartsWith(name, "expert-")
-                             ? absl::StrCat("spiffe://dsv2/expert/", name.substr(7))
-                             : absl::StrCat("spiffe://dsv2/attention/", name);
-      req.dns_names = {"localhost"};
-      req.ip_addresses = {"127.0.0.1"};
-      absl::StatusOr<service::PemCertificate> pem = ca_->Issue(req);
-      EXPECT_TRUE(pem.ok()) << pem.status();
-      EXPECT_TRUE(service::WriteCertificateFiles(tls_dir_, name, *pem).ok());
+      EXPECT_TRUE(service::WriteLoopbackMemberCertificate(*ca_, tls_dir_, name).ok()) << name;
     }
     return {"--tls-cert", absl::StrCat(tls_dir_, "/", name, ".crt"),
             "--tls-key",  absl::StrCat(tls_dir_, "/", name, ".key"),

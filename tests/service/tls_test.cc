@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -135,6 +136,27 @@ TEST_F(TlsFilesTest, ExpiryIsReadFromTheFiles) {
   EXPECT_EQ(e->cert, not_after);
   EXPECT_GT(e->ca, not_after);  // the authority: a year
   EXPECT_FALSE(CertificateNotAfter("no certificate").ok());
+}
+
+// The loopback cluster's certificates (dsv2 up, the cluster tests): each
+// process named by its identity, usable as a member's files.
+TEST_F(TlsFilesTest, LoopbackMemberCertificatesNameTheProcesssIdentity) {
+  for (const auto& [name, uri] :
+       {std::pair<std::string, std::string>{"coordinator", "spiffe://dsv2/coordinator"},
+        {"expert-7", "spiffe://dsv2/expert/7"},
+        {"attention-0", "spiffe://dsv2/attention/attention-0"}}) {
+    ASSERT_TRUE(WriteLoopbackMemberCertificate(*ca_, dir_, name).ok()) << name;
+    const TlsFiles f{absl::StrCat(dir_, "/", name, ".crt"), absl::StrCat(dir_, "/", name, ".key"),
+                     dir_ + "/ca.crt"};
+    EXPECT_TRUE(ValidateTlsFiles(f).ok()) << name;
+    std::ifstream in(f.cert);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    EXPECT_TRUE(pem.str().find("BEGIN CERTIFICATE") != std::string::npos);
+  }
+  for (const char* bad : {"shard-1", "expert-", "expert-a b", "coordinator-2", ""}) {
+    EXPECT_TRUE(absl::IsInvalidArgument(WriteLoopbackMemberCertificate(*ca_, dir_, bad))) << bad;
+  }
 }
 
 TEST_F(TlsFilesTest, IssueRefusesNamesThatWouldSmuggleAnotherName) {

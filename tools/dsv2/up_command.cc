@@ -135,24 +135,11 @@ absl::Status MakeClusterCertificates(const UpOptions& o) {
     f << ca->pem().cert;
     if (!f) return absl::InternalError(absl::StrCat("cannot write ", o.tls_dir, "/ca.crt"));
   }
-  std::vector<std::pair<std::string, service::MemberIdentity>> who = {
-      {"coordinator", {service::MemberRole::kCoordinator, ""}}};
-  for (int64_t i = 0; i < o.expert_shards; ++i) {
-    who.push_back({absl::StrCat("expert-", i), {service::MemberRole::kExpert, absl::StrCat(i)}});
-  }
-  for (int64_t i = 0; i < o.attention_nodes; ++i) {
-    const std::string name = absl::StrCat("attention-", i);
-    who.push_back({name, {service::MemberRole::kAttention, name}});
-  }
-  for (const auto& [name, identity] : who) {
-    service::CertificateRequest req;
-    req.common_name = name;
-    req.identity_uri = service::MemberIdentityUri(identity);
-    req.dns_names = {"localhost"};
-    req.ip_addresses = {"127.0.0.1"};
-    absl::StatusOr<service::PemCertificate> pem = ca->Issue(req);
-    if (!pem.ok()) return pem.status();
-    if (absl::Status st = service::WriteCertificateFiles(o.tls_dir, name, *pem); !st.ok()) {
+  std::vector<std::string> names = {"coordinator"};
+  for (int64_t i = 0; i < o.expert_shards; ++i) names.push_back(absl::StrCat("expert-", i));
+  for (int64_t i = 0; i < o.attention_nodes; ++i) names.push_back(absl::StrCat("attention-", i));
+  for (const std::string& name : names) {
+    if (absl::Status st = service::WriteLoopbackMemberCertificate(*ca, o.tls_dir, name); !st.ok()) {
       return st;
     }
   }
