@@ -6,6 +6,10 @@
 # process; -fno-sanitize-recover). Part of the suite (tools/test.sh).
 #
 #   tools/sanitize.sh [--no-fuzz]
+#   tools/sanitize.sh --cluster     by hand, not in the suite: also the
+#                                   service binaries, and the cluster tests
+#                                   (cluster_test, api_test, up_test: real
+#                                   processes, all instrumented) run on them
 #
 # Debian's Abseil, gRPC, protobuf and UCX are not instrumented: ASan still
 # checks every access our code makes, their internals are not checked.
@@ -14,7 +18,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ=1
-[ "${1:-}" = "--no-fuzz" ] && FUZZ=0
+CLUSTER=0
+case "${1:-}" in
+  "") ;;
+  --no-fuzz) FUZZ=0 ;;
+  --cluster) FUZZ=0; CLUSTER=1 ;;
+  *) echo "usage: tools/sanitize.sh [--no-fuzz | --cluster]" >&2; exit 2 ;;
+esac
 BUILD=build-sanitize
 JOBS="${DSV2_BUILD_JOBS:-$(nproc)}"
 # The unit tests: fast, in-process (the cluster tests start processes and
@@ -26,18 +36,22 @@ FUZZ_TARGETS=(safetensors_fuzz model_config_fuzz tokenizer_fuzz chat_template_fu
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
   -DDSV2_SANITIZE=address,undefined -DDSV2_FUZZ=ON >/dev/null
+CLUSTER_TESTS=(cluster_test api_test up_test)
 targets=("${UNIT[@]}")
 [ "$FUZZ" -eq 1 ] && targets+=("${FUZZ_TARGETS[@]}")
+[ "$CLUSTER" -eq 1 ] && targets+=(dsv2 dsv2-coordinator dsv2-attention dsv2-expert "${CLUSTER_TESTS[@]}")
 ninja -C "$BUILD" -j "$JOBS" "${targets[@]}"
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export UCX_MEM_MALLOC_HOOKS=n UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_EVENTS=n
 t0=$(date +%s)
-regex="^($(IFS='|'; echo "${UNIT[*]}"))\$"
+tests=("${UNIT[@]}")
+[ "$CLUSTER" -eq 1 ] && tests=("${CLUSTER_TESTS[@]}")
+regex="^($(IFS='|'; echo "${tests[*]}"))\$"
 ctest --test-dir "$BUILD" --output-on-failure --timeout 1200 -R "$regex"
 t1=$(date +%s)
 if [ "$FUZZ" -eq 1 ]; then
   tools/fuzz.sh --build-dir "$BUILD" --seconds "${DSV2_FUZZ_SECONDS:-20}" "${FUZZ_TARGETS[@]}"
 fi
 t2=$(date +%s)
-echo "sanitize: unit tests $((t1 - t0))s, fuzzing $((t2 - t1))s"
+echo "sanitize: tests $((t1 - t0))s, fuzzing $((t2 - t1))s"
