@@ -56,6 +56,7 @@ int Main(int argc, char** argv) {
   if (absl::Status st = service::ApplyCommonFlags(node.common, &serve); !st.ok()) {
     return service::StartupFailure(serve.binary, st.message());
   }
+  node.tls = serve.tls;
   node.hand_off_on_drain = serve.coordinator.has_value();
 
   absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> process = AttentionNodeProcess::Create(node);

@@ -119,7 +119,7 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
   };
   ro.dispatch_timeout = options.dispatch_timeout;
   p->backend = std::make_unique<DataPlaneExpertBackend>(*p->data_plane, ro);
-  DSV2_ASSIGN_OR_RETURN(p->tls, service::TlsContext::Create(options.common.tls));
+  p->tls = options.tls != nullptr ? options.tls : service::TlsContext::Insecure();
   service::ExportCertificateExpiry(p->tls, *p->metrics_server);
   if (table) {
     DSV2_RETURN_IF_ERROR(ApplyPlacement(*table, static_cast<int32_t>(p->config.n_routed_experts),

@@ -38,6 +38,9 @@ struct AttentionNodeOptions {
   absl::Duration dispatch_timeout = absl::Seconds(10);  // one dispatch, re-sends included
   int64_t micro_batch_min_rows = 32;      // two ping-pong micro-batches from here; 0 = never
   service::CommonFlags common;            // threads, ISA, host, metrics port, UCX
+  // The process's TLS: the one Serve's ports use (ServeOptions::tls, made
+  // from common.tls), shared so the files are watched once; null = plaintext.
+  std::shared_ptr<const service::TlsContext> tls;
   // On SIGTERM, hand live requests back (Aborted) for the coordinator to
   // resume on other nodes, instead of finishing them here (set when the
   // node has a coordinator).

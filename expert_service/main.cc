@@ -51,6 +51,7 @@ int Main(int argc, char** argv) {
     return service::StartupFailure(serve.binary, st.message());
   }
   shard.common.advertise_host = serve.advertise_host;
+  shard.tls = serve.tls;
 
   absl::StatusOr<std::unique_ptr<ExpertShardProcess>> process = ExpertShardProcess::Create(shard);
   if (!process.ok()) return service::StartupFailure(serve.binary, process.status().message());

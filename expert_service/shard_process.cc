@@ -94,9 +94,7 @@ absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
   });
   p->metrics_server->OnScrape(
       [parts = p.get()] { ExportShardCounters(*parts->server, *parts->metrics); });
-  DSV2_ASSIGN_OR_RETURN(std::shared_ptr<const service::TlsContext> tls,
-                        service::TlsContext::Create(options.common.tls));
-  service::ExportCertificateExpiry(std::move(tls), *p->metrics_server);
+  service::ExportCertificateExpiry(options.tls, *p->metrics_server);
   DSV2_ASSIGN_OR_RETURN(
       p->data_plane,
       transport::CreateUcxServer(service::UcxOptionsFromFlags(options.common),

@@ -34,6 +34,8 @@ struct ExpertShardOptions {
   int64_t num_shards = 1;
   std::optional<std::string> placement_file;  // JSON PlacementTable
   service::CommonFlags common;                 // threads, ISA, host, metrics port, UCX
+  // As AttentionNodeOptions::tls: Serve's TlsContext; null = plaintext.
+  std::shared_ptr<const service::TlsContext> tls;
 };
 
 class ExpertShardProcess final : public service::ServedProcess {
