@@ -21,18 +21,39 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "service/openssl_internal.h"
 #include "service/tls.h"
 
 namespace dsv2::service {
+
+namespace openssl_internal {
+
+std::vector<X509Ptr> PemCertificates(absl::string_view pem) {
+  std::vector<X509Ptr> out;
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  while (bio != nullptr) {
+    X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+    if (cert == nullptr) break;
+    out.push_back(std::move(cert));
+  }
+  ERR_clear_error();  // the read that ended the loop failed on purpose
+  return out;
+}
+
+std::optional<absl::Time> NotAfter(const X509* cert) {
+  struct tm t;
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &t) != 1) return std::nullopt;
+  return absl::FromTimeT(timegm(&t));
+}
+
+}  // namespace openssl_internal
+
 namespace {
 
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-using EvpKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
-using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
-using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
+using openssl_internal::BioPtr;
+using openssl_internal::Deleter;
+using openssl_internal::EvpKey;
+using openssl_internal::X509Ptr;
 using ExtPtr = std::unique_ptr<X509_EXTENSION, Deleter<X509_EXTENSION, X509_EXTENSION_free>>;
 
 // The last OpenSSL error as text ("" when none), clearing the queue.
@@ -295,17 +316,11 @@ absl::Status WriteLoopbackMemberCertificate(const CertificateAuthority& ca, cons
 }
 
 absl::StatusOr<absl::Time> CertificateNotAfter(absl::string_view pem) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  X509Ptr cert(bio != nullptr ? PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-  if (cert == nullptr) {
-    OpenSslError();
-    return absl::InvalidArgumentError("no PEM certificate");
-  }
-  struct tm t;
-  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &t) != 1) {
-    return absl::InvalidArgumentError("unreadable notAfter");
-  }
-  return absl::FromTimeT(timegm(&t));
+  std::vector<X509Ptr> certs = openssl_internal::PemCertificates(pem);
+  if (certs.empty()) return absl::InvalidArgumentError("no PEM certificate");
+  std::optional<absl::Time> t = openssl_internal::NotAfter(certs.front().get());
+  if (!t) return absl::InvalidArgumentError("unreadable notAfter");
+  return *t;
 }
 
 }  // namespace dsv2::service

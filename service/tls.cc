@@ -26,6 +26,7 @@
 #include "absl/strings/str_split.h"
 #include "metrics/metrics.h"
 #include "service/certificates.h"
+#include "service/openssl_internal.h"
 
 namespace dsv2::service {
 namespace {
@@ -55,37 +56,22 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, absl::string_
   return contents;
 }
 
-template <typename T, void (*Free)(T*)>
-struct Deleter {
-  void operator()(T* p) const { Free(p); }
-};
-using BioPtr = std::unique_ptr<BIO, Deleter<BIO, BIO_free_all>>;
-using X509Ptr = std::unique_ptr<X509, Deleter<X509, X509_free>>;
-using EvpKey = std::unique_ptr<EVP_PKEY, Deleter<EVP_PKEY, EVP_PKEY_free>>;
-
-// Every certificate of a PEM text, in order.
-std::vector<X509Ptr> Certificates(absl::string_view pem) {
-  std::vector<X509Ptr> out;
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  while (bio != nullptr) {
-    X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-    if (cert == nullptr) break;
-    out.push_back(std::move(cert));
-  }
-  ERR_clear_error();
-  return out;
-}
+using openssl_internal::BioPtr;
+using openssl_internal::Deleter;
+using openssl_internal::EvpKey;
+using openssl_internal::PemCertificates;
+using openssl_internal::X509Ptr;
 
 X509Ptr FirstCertificate(absl::string_view pem) {
-  std::vector<X509Ptr> all = Certificates(pem);
+  std::vector<X509Ptr> all = PemCertificates(pem);
   return all.empty() ? nullptr : std::move(all.front());
 }
 
 // OK when the chain in `cert_pem` verifies against the authorities in
 // `ca_pem` now (signatures, validity dates, CA constraints).
 absl::Status VerifyChain(absl::string_view cert_pem, absl::string_view ca_pem) {
-  std::vector<X509Ptr> chain = Certificates(cert_pem);
-  std::vector<X509Ptr> roots = Certificates(ca_pem);
+  std::vector<X509Ptr> chain = PemCertificates(cert_pem);
+  std::vector<X509Ptr> roots = PemCertificates(ca_pem);
   if (chain.empty() || roots.empty()) return absl::InvalidArgumentError("no certificate");
   std::unique_ptr<X509_STORE, Deleter<X509_STORE, X509_STORE_free>> store(X509_STORE_new());
   struct StackFree {  // sk_X509_free is a macro
@@ -268,13 +254,13 @@ absl::StatusOr<CertificateExpiry> ReadCertificateExpiry(const TlsFiles& files) {
   // The first of the authorities to expire (a bundle during a rotation).
   out.cert = *c;
   out.ca = absl::InfiniteFuture();
-  for (const X509Ptr& cert : Certificates(*ca)) {
-    struct tm t;
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &t) != 1) {
+  for (const X509Ptr& cert : PemCertificates(*ca)) {
+    std::optional<absl::Time> t = openssl_internal::NotAfter(cert.get());
+    if (!t) {
       return absl::InvalidArgumentError(
           absl::StrCat("--tls-ca ", files.ca, ": unreadable notAfter"));
     }
-    out.ca = std::min(out.ca, absl::FromTimeT(timegm(&t)));
+    out.ca = std::min(out.ca, *t);
   }
   if (out.ca == absl::InfiniteFuture()) {
     return absl::InvalidArgumentError(absl::StrCat("--tls-ca ", files.ca, ": no PEM certificate"));
