@@ -57,6 +57,7 @@ int Main(int argc, char** argv) {
     return service::StartupFailure(serve.binary, st.message());
   }
   node.tls = serve.tls;
+  if (serve.coordinator) node.data_plane_keys = std::make_shared<transport::DataPlaneKeyring>();
   node.hand_off_on_drain = serve.coordinator.has_value();
 
   absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> process = AttentionNodeProcess::Create(node);

@@ -31,6 +31,7 @@ struct AttentionNodeProcess::Parts {
   service::ComputeContext compute;
   std::unique_ptr<NonExpertWeights> weights;
   std::unique_ptr<LatentCache> cache;
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys;  // null without a coordinator
   std::unique_ptr<transport::DataPlaneClient> data_plane;
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   std::unique_ptr<metrics::AttentionMetrics> metrics;
@@ -90,6 +91,7 @@ void ExportEngineStats(const AttentionEngine& engine, const DataPlaneExpertBacke
 absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Create(
     const AttentionNodeOptions& options) {
   auto p = std::make_unique<Parts>();
+  p->data_plane_keys = options.data_plane_keys;
   p->hand_off_on_drain = options.hand_off_on_drain;
   p->threads = options.common.threads;
   DSV2_ASSIGN_OR_RETURN(p->config, LoadModelConfig(options.model_dir + "/config.json"));
@@ -107,8 +109,8 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
       p->cache, LatentCache::Create(p->config.num_hidden_layers, p->config.latent_dim(),
                                     p->weights->activation_dtype(),
                                     LatentCache::BlocksForTokens(options.cache_tokens)));
-  DSV2_ASSIGN_OR_RETURN(p->data_plane,
-                        transport::CreateUcxClient(service::UcxOptionsFromFlags(options.common)));
+  DSV2_ASSIGN_OR_RETURN(p->data_plane, transport::CreateUcxClient(service::UcxOptionsFromFlags(
+                                           options.common, options.data_plane_keys)));
   DSV2_ASSIGN_OR_RETURN(p->metrics_server, metrics::MetricsServer::Start(
                                                options.common.host, options.common.metrics_port));
   p->metrics = std::make_unique<metrics::AttentionMetrics>(p->metrics_server->registry());
@@ -152,6 +154,10 @@ AttentionNodeProcess::AttentionNodeProcess(std::unique_ptr<Parts> parts)
 AttentionNodeProcess::~AttentionNodeProcess() { Shutdown(); }
 
 std::vector<grpc::Service*> AttentionNodeProcess::services() { return {parts_->server.get()}; }
+
+std::shared_ptr<transport::DataPlaneKeyring> AttentionNodeProcess::data_plane_keys() const {
+  return parts_->data_plane_keys;
+}
 
 std::string AttentionNodeProcess::ReadyFields() const {
   return absl::StrCat("metrics_port=", parts_->metrics_server->port(),

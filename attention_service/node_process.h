@@ -45,6 +45,11 @@ struct AttentionNodeOptions {
   // resume on other nodes, instead of finishing them here (set when the
   // node has a coordinator).
   bool hand_off_on_drain = false;
+  // With a coordinator: the keyring the data plane proves membership with
+  // (transport/handshake.h), filled from each registration's response;
+  // null = no coordinator, no proof (then only unauthenticated shards
+  // accept this node).
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys;
 };
 
 class AttentionNodeProcess final : public service::ServedProcess {
@@ -58,6 +63,7 @@ class AttentionNodeProcess final : public service::ServedProcess {
 
   std::vector<grpc::Service*> services() override;
   std::string ReadyFields() const override;
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys() const override;
   std::string ServingLogLine(int port) const override;
   void FillRegistration(internal::RegisterRequest* registration) const override;
   void FillHeartbeat(internal::HeartbeatRequest* heartbeat) const override;

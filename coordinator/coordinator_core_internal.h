@@ -83,7 +83,14 @@ struct CoordinatorCore {
         model(std::move(model)),
         options(std::move(options)),
         state(this->options.admission),
-        gate(router::GateParams::FromConfig(config)) {}
+        gate(router::GateParams::FromConfig(config)),
+        data_plane_key(service::NewDataPlaneKeyGrant()) {
+    if (!data_plane_key.ok()) {
+      // Members then get no key, and their data planes say "no data-plane key yet".
+      spdlog::error("no data-plane key for this incarnation: {}",
+                    std::string(data_plane_key.status().message()));
+    }
+  }
 
   // ---- channels -----------------------------------------------------------
   // The channel to the member at `address` in `role`: with TLS, the peer
@@ -131,6 +138,9 @@ struct CoordinatorCore {
   const CoordinatorOptions options;
   ClusterState state;
   const router::GateParams gate;
+  // This incarnation's data-plane key, handed to every member that
+  // registers (transport/handshake.h); an error when the CSPRNG failed.
+  const absl::StatusOr<service::DataPlaneKeyGrant> data_plane_key;
 
   absl::Mutex channels_mu;
   std::map<std::pair<std::string, service::MemberRole>, std::shared_ptr<grpc::Channel>> channels

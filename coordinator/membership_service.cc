@@ -122,6 +122,10 @@ class MembershipService final : public internal::Coordinator::Service {
     }
     out->set_node_id(id);
     out->set_heartbeat_interval_ms(absl::ToInt64Milliseconds(c_.options.heartbeat_interval));
+    if (c_.data_plane_key.ok()) {
+      out->set_data_plane_key_id(c_.data_plane_key->id);
+      out->set_data_plane_key(c_.data_plane_key->secret);
+    }
     c_.Wake();
     return grpc::Status::OK;
   }

@@ -52,6 +52,7 @@ int Main(int argc, char** argv) {
   }
   shard.common.advertise_host = serve.advertise_host;
   shard.tls = serve.tls;
+  if (serve.coordinator) shard.data_plane_keys = std::make_shared<transport::DataPlaneKeyring>();
 
   absl::StatusOr<std::unique_ptr<ExpertShardProcess>> process = ExpertShardProcess::Create(shard);
   if (!process.ok()) return service::StartupFailure(serve.binary, process.status().message());

@@ -26,6 +26,7 @@ struct ExpertShardProcess::Parts {
   std::string weights_fingerprint;  // of `checkpoint`, taken at open
   service::ComputeContext compute;
   std::unique_ptr<ExpertDataPlaneServer> server;
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys;  // null without a coordinator
   std::unique_ptr<metrics::MetricsServer> metrics_server;
   std::unique_ptr<metrics::ExpertShardMetrics> metrics;
   std::unique_ptr<transport::DataPlaneServer> data_plane;
@@ -64,11 +65,25 @@ void ExportShardCounters(const ExpertDataPlaneServer& server, metrics::ExpertSha
   m.resident_bytes.Set(static_cast<double>(ResidentBytes()));
 }
 
+void ExportHandshakeCounters(const transport::DataPlaneServerStats& s,
+                             metrics::ExpertShardMetrics& m) {
+  metrics::SetCounterTotal(m.data_plane_handshakes, static_cast<double>(s.handshakes_accepted));
+  for (const auto& [reason, count] :
+       {std::pair{"malformed", s.refused_malformed},
+        std::pair{"unknown_key", s.refused_unknown_key}, std::pair{"no_key", s.refused_no_key},
+        std::pair{"bad_mac", s.refused_bad_mac},
+        std::pair{"unauthenticated", s.refused_unauthenticated}}) {
+    metrics::SetCounterTotal(m.data_plane_refusals.Add({{"reason", reason}}),
+                             static_cast<double>(count));
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
     const ExpertShardOptions& options) {
   auto p = std::make_unique<Parts>();
+  p->data_plane_keys = options.data_plane_keys;
   DSV2_ASSIGN_OR_RETURN(p->config, LoadModelConfig(options.model_dir + "/config.json"));
   DSV2_ASSIGN_OR_RETURN(p->checkpoint, Checkpoint::OpenDir(options.model_dir));
   p->weights_fingerprint = p->checkpoint->Fingerprint();
@@ -92,15 +107,18 @@ absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
   p->server->SetDispatchObserver([m = p->metrics.get()](int64_t rows) {
     m->expert_batch_rows.Observe(static_cast<double>(rows));
   });
-  p->metrics_server->OnScrape(
-      [parts = p.get()] { ExportShardCounters(*parts->server, *parts->metrics); });
   service::ExportCertificateExpiry(options.tls, *p->metrics_server);
-  DSV2_ASSIGN_OR_RETURN(
-      p->data_plane,
-      transport::CreateUcxServer(service::UcxOptionsFromFlags(options.common),
-                                 [server = p->server.get()](std::span<const std::byte> request) {
-                                   return server->HandleMessage(request);
-                                 }));
+  DSV2_ASSIGN_OR_RETURN(p->data_plane,
+                        transport::CreateUcxServer(
+                            service::UcxOptionsFromFlags(options.common, options.data_plane_keys),
+                            [server = p->server.get()](std::span<const std::byte> request) {
+                              return server->HandleMessage(request);
+                            }));
+  // After the data plane exists: scrapes run on the metrics server's thread.
+  p->metrics_server->OnScrape([parts = p.get()] {
+    ExportShardCounters(*parts->server, *parts->metrics);
+    ExportHandshakeCounters(parts->data_plane->stats(), *parts->metrics);
+  });
   p->control = std::make_unique<ExpertControlServer>(
       *p->server, p->data_plane->address(), static_cast<int32_t>(p->config.n_routed_experts));
   return std::unique_ptr<ExpertShardProcess>(new ExpertShardProcess(std::move(p)));
@@ -111,6 +129,10 @@ ExpertShardProcess::ExpertShardProcess(std::unique_ptr<Parts> parts) : parts_(st
 ExpertShardProcess::~ExpertShardProcess() { Shutdown(); }
 
 std::vector<grpc::Service*> ExpertShardProcess::services() { return {parts_->control.get()}; }
+
+std::shared_ptr<transport::DataPlaneKeyring> ExpertShardProcess::data_plane_keys() const {
+  return parts_->data_plane_keys;
+}
 
 std::string ExpertShardProcess::ReadyFields() const {
   const ExpertDataPlaneServer& s = *parts_->server;

@@ -36,6 +36,8 @@ struct ExpertShardOptions {
   service::CommonFlags common;                 // threads, ISA, host, metrics port, UCX
   // As AttentionNodeOptions::tls: Serve's TlsContext; null = plaintext.
   std::shared_ptr<const service::TlsContext> tls;
+  // As AttentionNodeOptions::data_plane_keys.
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys;
 };
 
 class ExpertShardProcess final : public service::ServedProcess {
@@ -48,6 +50,7 @@ class ExpertShardProcess final : public service::ServedProcess {
 
   std::vector<grpc::Service*> services() override;
   std::string ReadyFields() const override;
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys() const override;
   std::string ServingLogLine(int port) const override;
   void FillRegistration(internal::RegisterRequest* registration) const override;
   void FillHeartbeat(internal::HeartbeatRequest* heartbeat) const override;

@@ -193,7 +193,18 @@ ExpertShardMetrics::ExpertShardMetrics(prometheus::Registry& r)
                           .Help("Dispatches answered with an error, by reason (malformed, "
                                 "placement_version, not_found, internal)")
                           .Register(r)),
-      resident_bytes(Gauge(r, "dsv2_resident_bytes", "Resident set size of the process, bytes")) {}
+      resident_bytes(Gauge(r, "dsv2_resident_bytes", "Resident set size of the process, bytes")),
+      data_plane_handshakes(BuildCounter()
+                                .Name("dsv2_data_plane_handshakes_total")
+                                .Help("Data-plane connections whose membership handshake succeeded")
+                                .Register(r)
+                                .Add({})),
+      data_plane_refusals(
+          BuildCounter()
+              .Name("dsv2_data_plane_refusals_total")
+              .Help("Data-plane connections refused, by reason (malformed, unknown_key, no_key, "
+                    "bad_mac: not a member, unauthenticated: a request before the handshake)")
+              .Register(r)) {}
 
 TlsMetrics::TlsMetrics(prometheus::Registry& r)
     : certificate_expiry(BuildGauge()

@@ -96,6 +96,10 @@ struct ExpertShardMetrics {
   prometheus::Histogram& expert_batch_rows;
   prometheus::Family<prometheus::Counter>& dispatch_errors;  // {reason}
   prometheus::Gauge& resident_bytes;
+  // Data-plane connection handshakes (transport/handshake.h): accepted, and
+  // refused {reason = malformed|unknown_key|no_key|bad_mac|unauthenticated}.
+  prometheus::Counter& data_plane_handshakes;
+  prometheus::Family<prometheus::Counter>& data_plane_refusals;
 };
 
 // Every service binary running with --tls-* (refreshed at each scrape from

@@ -10,6 +10,7 @@
 #include "coordinator.grpc.pb.h"
 #include "service/service_common.h"
 #include "service/tls.h"
+#include "transport/handshake.h"
 
 namespace dsv2::service {
 
@@ -112,6 +113,18 @@ void CoordinatorLink::Run() {
                        : options_.retry_interval;
         spdlog::info("registered with the coordinator at {} as node {}",
                      options_.coordinator_address, resp.node_id());
+        if (options_.data_plane_keys != nullptr) {
+          absl::StatusOr<transport::DataPlaneKey> key =
+              transport::DataPlaneKeyFrom(resp.data_plane_key_id(), resp.data_plane_key());
+          if (key.ok()) {
+            options_.data_plane_keys->Install(*key);
+          } else {
+            spdlog::error(
+                "the coordinator at {} sent no valid data-plane key ({}): data-plane "
+                "connections cannot be made",
+                options_.coordinator_address, std::string(key.status().message()));
+          }
+        }
       } else if (st.error_code() == grpc::INVALID_ARGUMENT ||
                  st.error_code() == grpc::PERMISSION_DENIED) {
         // Another model, bad fields, or a certificate that may not register

@@ -30,6 +30,10 @@ namespace grpc {
 class ClientContext;
 }  // namespace grpc
 
+namespace dsv2::transport {
+class DataPlaneKeyring;
+}  // namespace dsv2::transport
+
 namespace dsv2::service {
 
 class TlsContext;
@@ -49,6 +53,10 @@ struct CoordinatorLinkOptions {
   // registration (INVALID_ARGUMENT, PERMISSION_DENIED); the link has ended. May be empty. A
   // service binary raises SIGTERM here and exits 1 with fatal().
   std::function<void(const absl::Status&)> on_fatal;
+  // Receives the data-plane key of each registration's response
+  // (transport/handshake.h); a response without a valid key is logged and
+  // changes nothing. Null = the key is not used.
+  std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys;
   // Deadline of each Register/Heartbeat call (Leave: at most 500 ms).
   absl::Duration call_timeout = absl::Seconds(2);
   // Wait between registration attempts while the coordinator is

@@ -117,6 +117,7 @@ std::unique_ptr<CoordinatorLink> MakeLink(const ServeOptions& options,
   CoordinatorLinkOptions lo;
   lo.coordinator_address = *options.coordinator;
   lo.tls = options.tls;
+  lo.data_plane_keys = process.data_plane_keys();
   process.FillRegistration(&lo.registration);
   lo.registration.set_grpc_address(absl::StrCat(
       options.advertise_host.empty() ? options.host : options.advertise_host, ":", port));

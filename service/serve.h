@@ -47,6 +47,10 @@ class RegisterRequest;
 class HeartbeatRequest;
 }  // namespace dsv2::internal
 
+namespace dsv2::transport {
+class DataPlaneKeyring;
+}  // namespace dsv2::transport
+
 namespace dsv2::service {
 
 class TlsContext;
@@ -77,6 +81,10 @@ class ServedProcess {
   // address, shard id; Serve sets grpc_address) and each heartbeat's load.
   virtual void FillRegistration(internal::RegisterRequest* /*registration*/) const {}
   virtual void FillHeartbeat(internal::HeartbeatRequest* /*heartbeat*/) const {}
+  // Only with --coordinator: where the data-plane key of each registration
+  // goes (the keyring the process's UCX client or server proves membership
+  // with); null = none.
+  virtual std::shared_ptr<transport::DataPlaneKeyring> data_plane_keys() const { return nullptr; }
 
   // After the signal, the coordinator left and before the gRPC server stops:
   // stop admitting and finish live work within `timeout`; false when it

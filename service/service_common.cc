@@ -106,8 +106,16 @@ absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags) {
   return c;
 }
 
-transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags) {
+absl::StatusOr<DataPlaneKeyGrant> NewDataPlaneKeyGrant() {
+  absl::StatusOr<transport::DataPlaneKey> key = transport::MakeDataPlaneKey();
+  if (!key.ok()) return key.status();
+  return DataPlaneKeyGrant{key->id, std::string(key->secret.begin(), key->secret.end())};
+}
+
+transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags,
+                                          std::shared_ptr<const transport::DataPlaneKeyring> keys) {
   transport::UcxOptions ucx;
+  ucx.keys = std::move(keys);
   ucx.transports = flags.ucx_transports;
   ucx.rendezvous_threshold = static_cast<size_t>(flags.rendezvous_threshold);
   ucx.listen_host = flags.host;

@@ -82,8 +82,19 @@ struct ComputeContext {
 };
 absl::StatusOr<ComputeContext> MakeComputeContext(const CommonFlags& flags);
 
-// The data-plane settings of --ucx-transports and --rendezvous-threshold.
-transport::UcxOptions UcxOptionsFromFlags(const CommonFlags& flags);
+// A coordinator incarnation's data-plane key as RegisterResponse carries it
+// (transport::MakeDataPlaneKey: 32 random bytes and a random non-zero id);
+// the coordinator hands it out but has no data plane of its own.
+struct DataPlaneKeyGrant {
+  uint64_t id = 0;
+  std::string secret;
+};
+absl::StatusOr<DataPlaneKeyGrant> NewDataPlaneKeyGrant();
+
+// The data-plane settings of --ucx-transports and --rendezvous-threshold,
+// proving membership with `keys` (UcxOptions::keys; null = no proof).
+transport::UcxOptions UcxOptionsFromFlags(
+    const CommonFlags& flags, std::shared_ptr<const transport::DataPlaneKeyring> keys = nullptr);
 
 // The absl code as the gRPC code, with the message.
 grpc::Status ToGrpcStatus(const absl::Status& status);

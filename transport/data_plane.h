@@ -69,6 +69,14 @@ struct DataPlaneServerStats {
   int64_t requests_rendezvous = 0;  // requests fetched by rendezvous
   int64_t replies_sent = 0;
   int64_t reply_send_errors = 0;    // replies that could not be delivered
+  // Connection handshakes (transport/handshake.h; the UCX server only).
+  int64_t handshakes_accepted = 0;
+  // Refused, by reason; each also closes the connection and is logged.
+  int64_t refused_malformed = 0;        // a hello or proof that does not parse, or out of turn
+  int64_t refused_unknown_key = 0;      // key id neither current nor previous
+  int64_t refused_no_key = 0;           // the server has no key yet (not registered)
+  int64_t refused_bad_mac = 0;          // a hello or proof whose MAC is wrong: not a member
+  int64_t refused_unauthenticated = 0;  // a request before the handshake completed
 };
 
 class DataPlaneServer {

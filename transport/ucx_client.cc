@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "transport/handshake.h"
 #include "transport/ucx_data_plane.h"
 #include "transport/ucx_data_plane_internal.h"
 
@@ -28,7 +30,7 @@ namespace {
 //
 // Thread-safety: the DataPlaneClient methods may be called from any thread;
 // they touch UCX only by posting commands to the progress thread. Connect
-// waits for the server's hello ack; Wait waits for a reply; both wait on mu_
+// waits for the server's welcome; Wait waits for a reply; both wait on mu_
 // conditions, never on the progress thread directly.
 class UcxClient final : public DataPlaneClient {
  public:
@@ -59,12 +61,14 @@ class UcxClient final : public DataPlaneClient {
     // Guarded by the client's mu_.
     State state = State::kConnecting;
     absl::Status failure;    // when kFailed
-    uint64_t client_id = 0;  // the server's id for us, from the hello ack
+    uint64_t client_id = 0;  // the server's id for us, from its challenge
     // Progress thread only.
     ucp_ep_h ep = nullptr;
     bool ep_closed = false;
-    uint64_t acked_client_id = 0;  // client_id once the hello ack arrived
+    uint64_t acked_client_id = 0;  // client_id once the challenge arrived
     bool bye_sent = false;
+    std::optional<DataPlaneKey> key;  // what the hello was made with (options_.keys)
+    HandshakeNonce client_nonce{};
   };
   struct Pending {
     PeerId peer = 0;
@@ -76,8 +80,10 @@ class UcxClient final : public DataPlaneClient {
 
   explicit UcxClient(const UcxOptions& options) : options_(options) {}
 
-  static ucs_status_t OnHelloAck(void* arg, const void* header, size_t header_length, void* data,
-                                 size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnChallenge(void* arg, const void* header, size_t header_length, void* data,
+                                  size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnWelcome(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnReply(void* arg, const void* header, size_t header_length, void* data,
                               size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnRefused(void* arg, const void* header, size_t header_length, void* data,
@@ -88,6 +94,13 @@ class UcxClient final : public DataPlaneClient {
 
   // Progress thread.
   void StartConnect(const std::shared_ptr<Peer>& peer);
+  // The handshake peer named by connect token `token` that `ep` belongs to
+  // and that is still connecting; null otherwise.
+  std::shared_ptr<Peer> ConnectingPeerLocked(uint64_t token, ucp_ep_h ep)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether `ep` is the endpoint of peer `id` (a message that names the
+  // peer came from it, not from anyone else).
+  bool CameFromLocked(PeerId id, ucp_ep_h ep) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StartSend(const std::shared_ptr<Peer>& peer, uint64_t ticket, uint64_t client_id,
                  std::vector<std::byte> message);
   void ClosePeerEp(const std::shared_ptr<Peer>& peer);
@@ -129,7 +142,8 @@ absl::StatusOr<std::unique_ptr<DataPlaneClient>> UcxClient::Create(const UcxOpti
   if (!worker.ok()) return worker.status();
   client->worker_ = std::move(*worker);
   for (auto [id, callback] :
-       {std::pair{kAmHelloAck, &UcxClient::OnHelloAck}, std::pair{kAmReply, &UcxClient::OnReply},
+       {std::pair{kAmChallenge, &UcxClient::OnChallenge},
+        std::pair{kAmWelcome, &UcxClient::OnWelcome}, std::pair{kAmReply, &UcxClient::OnReply},
         std::pair{kAmRefused, &UcxClient::OnRefused},
         std::pair{kAmGoodbye, &UcxClient::OnGoodbye}}) {
     if (absl::Status s = client->worker_->SetAmHandler(id, callback, client.get()); !s.ok()) {
@@ -318,6 +332,20 @@ void UcxClient::StartConnect(const std::shared_ptr<Peer>& peer) {
     absl::MutexLock lock(&mu_);
     if (peer->state != Peer::State::kConnecting) return;  // timed out or disconnected already
   }
+  HandshakeHello hello;
+  hello.client_nonce = peer->client_nonce = RandomNonce();
+  if (options_.keys != nullptr) {
+    peer->key = options_.keys->current();
+    if (!peer->key.has_value()) {
+      absl::MutexLock lock(&mu_);
+      FailPeerLocked(peer, absl::UnavailableError(
+                               "no data-plane key yet (this member has not registered with the "
+                               "coordinator)"));
+      return;
+    }
+    hello.key_id = peer->key->id;
+    hello.mac = HelloMac(*peer->key, hello.client_nonce);
+  }
   absl::StatusOr<ucp_ep_h> ep =
       worker_->CreateEp(&peer->server, nullptr, &UcxClient::OnEpError, peer.get());
   if (!ep.ok()) {
@@ -328,15 +356,27 @@ void UcxClient::StartConnect(const std::shared_ptr<Peer>& peer) {
   peer->ep = *ep;
   open_peers_.emplace(peer.get(), peer);
   UcxAmHeader header;
-  header.ticket = peer->id;  // the connect token the ack echoes
-  worker_->SendAm(
-      peer->ep, kAmHello, header, {}, /*control=*/true,
-      [this, peer](ucs_status_t s) {
-        if (s == UCS_OK) return;
-        absl::MutexLock lock(&mu_);
-        FailPeerLocked(peer, UcsError(absl::StrCat("UCX hello to peer ", peer->id), s));
-      },
-      /*with_reply_ep=*/true);
+  header.ticket = peer->id;  // the connect token every handshake message echoes
+  worker_->SendAm(peer->ep, kAmHello, header, EncodeHello(hello), /*control=*/true,
+                  [this, peer](ucs_status_t s) {
+                    if (s == UCS_OK) return;
+                    absl::MutexLock lock(&mu_);
+                    FailPeerLocked(peer, UcsError(absl::StrCat("UCX hello to peer ", peer->id), s));
+                  });
+}
+
+std::shared_ptr<UcxClient::Peer> UcxClient::ConnectingPeerLocked(uint64_t token, ucp_ep_h ep) {
+  auto it = peers_.find(token);
+  if (it == peers_.end() || it->second->state != Peer::State::kConnecting || ep == nullptr ||
+      it->second->ep != ep) {
+    return nullptr;
+  }
+  return it->second;
+}
+
+bool UcxClient::CameFromLocked(PeerId id, ucp_ep_h ep) const {
+  auto it = peers_.find(id);
+  return ep != nullptr && it != peers_.end() && it->second->ep == ep;
 }
 
 void UcxClient::StartSend(const std::shared_ptr<Peer>& peer, uint64_t ticket, uint64_t client_id,
@@ -382,18 +422,90 @@ void UcxClient::ClosePeerEp(const std::shared_ptr<Peer>& peer) {
   open_peers_.erase(peer.get());
 }
 
-ucs_status_t UcxClient::OnHelloAck(void* arg, const void* header, size_t header_length,
-                                   void* /*data*/, size_t /*length*/,
-                                   const ucp_am_recv_param_t* /*param*/) {
+ucs_status_t UcxClient::OnChallenge(void* arg, const void* header, size_t header_length, void* data,
+                                    size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxClient*>(arg);
   UcxAmHeader h;
-  if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
+  if (!ReadAmHeader(header, header_length, &h) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+    return UCS_OK;
+  }
   absl::MutexLock lock(&self->mu_);
-  auto it = self->peers_.find(h.ticket);
-  if (it != self->peers_.end() && it->second->state == Peer::State::kConnecting) {
-    it->second->client_id = h.client_id;
-    it->second->acked_client_id = h.client_id;
-    it->second->state = Peer::State::kConnected;
+  std::shared_ptr<Peer> peer = self->ConnectingPeerLocked(h.ticket, ReplyEp(param));
+  if (peer == nullptr || peer->acked_client_id != 0) return UCS_OK;
+  absl::StatusOr<HandshakeChallenge> challenge =
+      ParseChallenge(std::span(static_cast<const std::byte*>(data), length));
+  if (!challenge.ok()) {
+    self->FailPeerLocked(peer, absl::UnavailableError(absl::StrCat("UCX peer ", peer->address, ": ",
+                                                                   challenge.status().message())));
+    return UCS_OK;
+  }
+  switch (challenge->status) {
+    case HandshakeStatus::kOk:
+      break;
+    case HandshakeStatus::kBadMac:
+      self->FailPeerLocked(peer, absl::PermissionDeniedError(absl::StrCat(
+                                     "the data-plane server at ", peer->address,
+                                     " refused our hello: our key is not the cluster's")));
+      return UCS_OK;
+    default:
+      // It has no key yet or another incarnation's: it registers again soon.
+      self->FailPeerLocked(
+          peer, absl::UnavailableError(absl::StrCat(
+                    "the data-plane server at ", peer->address, " refused our hello (",
+                    HandshakeStatusName(challenge->status), "; key id ",
+                    peer->key.has_value() ? peer->key->id : 0, "): retry after it registers")));
+      return UCS_OK;
+  }
+  HandshakeProof proof;
+  if (peer->key.has_value()) {
+    if (!MacEquals(challenge->mac, ChallengeMac(*peer->key, peer->client_nonce,
+                                                challenge->server_nonce, h.client_id))) {
+      self->FailPeerLocked(peer, absl::PermissionDeniedError(absl::StrCat(
+                                     "the data-plane server at ", peer->address,
+                                     " did not prove that it is a member of this cluster")));
+      return UCS_OK;
+    }
+    proof.mac = ProofMac(*peer->key, peer->client_nonce, challenge->server_nonce, h.client_id);
+  }
+  peer->client_id = h.client_id;
+  peer->acked_client_id = h.client_id;
+  // Sent from a command, not from inside UCX's callback.
+  self->worker_->Post([self, peer, h, bytes = EncodeProof(proof)]() mutable {
+    if (peer->ep == nullptr || peer->ep_closed) return;
+    self->worker_->SendAm(
+        peer->ep, kAmProof, h, std::move(bytes), /*control=*/true, [self, peer](ucs_status_t s) {
+          if (s == UCS_OK) return;
+          absl::MutexLock lock(&self->mu_);
+          self->FailPeerLocked(peer, UcsError(absl::StrCat("UCX proof to peer ", peer->id), s));
+        });
+  });
+  return UCS_OK;
+}
+
+ucs_status_t UcxClient::OnWelcome(void* arg, const void* header, size_t header_length, void* data,
+                                  size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxClient*>(arg);
+  UcxAmHeader h;
+  if (!ReadAmHeader(header, header_length, &h) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+    return UCS_OK;
+  }
+  absl::MutexLock lock(&self->mu_);
+  std::shared_ptr<Peer> peer = self->ConnectingPeerLocked(h.ticket, ReplyEp(param));
+  if (peer == nullptr || peer->acked_client_id == 0 || h.client_id != peer->acked_client_id) {
+    return UCS_OK;
+  }
+  absl::StatusOr<HandshakeWelcome> welcome =
+      ParseWelcome(std::span(static_cast<const std::byte*>(data), length));
+  if (!welcome.ok()) {
+    self->FailPeerLocked(peer, absl::UnavailableError(absl::StrCat("UCX peer ", peer->address, ": ",
+                                                                   welcome.status().message())));
+  } else if (welcome->status != HandshakeStatus::kOk) {
+    self->FailPeerLocked(
+        peer, absl::PermissionDeniedError(absl::StrCat("the data-plane server at ", peer->address,
+                                                       " refused our proof (",
+                                                       HandshakeStatusName(welcome->status), ")")));
+  } else {
+    peer->state = Peer::State::kConnected;
   }
   return UCS_OK;
 }
@@ -404,14 +516,18 @@ ucs_status_t UcxClient::OnReply(void* arg, const void* header, size_t header_len
   UcxAmHeader h;
   if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
   const uint64_t ticket = h.ticket;
-  if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
-    {
-      absl::MutexLock lock(&self->mu_);
-      auto it = self->pending_.find(ticket);
-      // Returning UCS_OK without receiving drops the data (the sender's
-      // send completes normally).
-      if (it == self->pending_.end() || it->second->done) return UCS_OK;
+  {
+    absl::MutexLock lock(&self->mu_);
+    auto it = self->pending_.find(ticket);
+    // Returning UCS_OK without receiving drops the data (the sender's send
+    // completes normally). A reply counts only from the peer the ticket
+    // was sent to.
+    if (it == self->pending_.end() || it->second->done ||
+        !self->CameFromLocked(it->second->peer, ReplyEp(param))) {
+      return UCS_OK;
     }
+  }
+  if (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) {
     self->worker_->RecvAmData(
         data, length, [self, ticket](ucs_status_t s, std::vector<std::byte> bytes) {
           if (s == UCS_OK) {
@@ -430,27 +546,33 @@ ucs_status_t UcxClient::OnReply(void* arg, const void* header, size_t header_len
 
 ucs_status_t UcxClient::OnRefused(void* arg, const void* header, size_t header_length,
                                   void* /*data*/, size_t /*length*/,
-                                  const ucp_am_recv_param_t* /*param*/) {
+                                  const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxClient*>(arg);
   UcxAmHeader h;
   if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
-  self->Complete(h.ticket,
-                 absl::UnavailableError(
-                     absl::StrCat("UCX server dropped ticket ", h.ticket,
-                                  ": it is shutting down or the request is over its size limit")),
-                 {});
+  absl::MutexLock lock(&self->mu_);
+  auto it = self->pending_.find(h.ticket);
+  if (it == self->pending_.end() || !self->CameFromLocked(it->second->peer, ReplyEp(param))) {
+    return UCS_OK;
+  }
+  self->CompleteLocked(h.ticket,
+                       absl::UnavailableError(absl::StrCat(
+                           "UCX server dropped ticket ", h.ticket,
+                           ": it is shutting down or the request is over its size limit")),
+                       {});
   return UCS_OK;
 }
 
 ucs_status_t UcxClient::OnGoodbye(void* arg, const void* header, size_t header_length,
                                   void* /*data*/, size_t /*length*/,
-                                  const ucp_am_recv_param_t* /*param*/) {
+                                  const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxClient*>(arg);
   UcxAmHeader h;
   if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
   absl::MutexLock lock(&self->mu_);
   auto it = self->peers_.find(h.ticket);
-  if (it != self->peers_.end() && it->second->client_id == h.client_id) {
+  if (it != self->peers_.end() && it->second->client_id == h.client_id &&
+      self->CameFromLocked(h.ticket, ReplyEp(param))) {
     self->FailPeerLocked(it->second,
                          absl::UnavailableError(absl::StrCat("UCX peer ", h.ticket, " shut down")));
   }

@@ -12,11 +12,16 @@
 // `listen_host`:`listen_port` (ucp_listener_create) and its address() is
 // "host:port"; Connect resolves such an address and connects through UCX's
 // connection manager; the server accepts with its own endpoint (with an
-// error handler) and replies on it; a hello, answered by an ack, names the
-// connection. No UCX worker address ever crosses the network. Connect
-// returns only once both directions work, and fails with Unavailable
-// (after `connect_timeout` at most) when the server is unreachable,
-// InvalidArgument for an address that is not host:port. A server that
+// error handler) and replies on it; the handshake of transport/handshake.h
+// (hello, challenge, proof, welcome) names the connection and, with `keys`,
+// proves that both ends are members. No UCX worker address ever crosses the
+// network. Connect returns only once both directions work, and fails with
+// Unavailable (after `connect_timeout` at most) when the server is
+// unreachable, has no key yet or does not know ours (a coordinator
+// restarted: retry), PermissionDenied when the server or we fail the other's
+// MAC check (not a member), InvalidArgument for an address that is not
+// host:port. A server counts every refused handshake and every request on a
+// connection that has not completed one (DataPlaneServerStats). A server that
 // shuts down tells its clients (requests it drops are refused, then a
 // goodbye), so their tickets fail at once.
 //
@@ -59,6 +64,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "transport/data_plane.h"
+#include "transport/handshake.h"
 
 namespace dsv2::transport {
 
@@ -85,6 +91,13 @@ struct UcxOptions {
   // Unavailable) instead of allocating whatever a peer announces; a real
   // dispatch is rows x hidden x 2-4 bytes, far below it.
   size_t max_request_bytes = size_t{1} << 30;
+  // Membership proof in the connection handshake (transport/handshake.h).
+  // Null: none (key id 0, zero MACs), and a server accepts such hellos: for
+  // tests, benchmarks and processes without a coordinator. Set: a client
+  // proves itself with the keyring's current key and checks the server's
+  // proof; a server accepts only hellos under its current or previous key.
+  // The keyring may be filled later (when the member registers).
+  std::shared_ptr<const DataPlaneKeyring> keys;
 };
 
 // Unavailable when UCX cannot be initialised with the given transports.

@@ -7,9 +7,14 @@
 // channel's message, opaque here):
 //
 //   kAmHello     client -> server  {ticket = connect token, client_id = 0}
-//                                  no data; sent with UCP_AM_SEND_FLAG_REPLY
-//   kAmHelloAck  server -> client  {ticket = connect token, client_id}
-//                                  no data
+//                                  data: HandshakeHello (transport/handshake.h)
+//   kAmChallenge server -> client  {ticket = connect token, client_id}
+//                                  data: HandshakeChallenge
+//   kAmProof     client -> server  {ticket = connect token, client_id}
+//                                  data: HandshakeProof
+//   kAmWelcome   server -> client  {ticket = connect token, client_id}
+//                                  data: HandshakeWelcome; the client sends
+//                                  requests only after an OK welcome
 //   kAmRequest   client -> server  {ticket, client_id}  data: request message
 //   kAmReply     server -> client  {ticket, client_id}  data: reply message
 //   kAmRefused   server -> client  {ticket, client_id}  no data: the server
@@ -20,6 +25,15 @@
 //                                  no data: the client disconnects (or is
 //                                  destroyed); the server closes its
 //                                  endpoint to it
+//
+// Every message is sent with UCP_AM_SEND_FLAG_REPLY, so the receiver learns
+// the endpoint it came on: a server takes requests only from the endpoint of
+// the authenticated connection their client_id names, and a client takes
+// challenges, welcomes, replies, refusals and goodbyes only from the
+// endpoint of the peer they name. A process that is not a member therefore
+// cannot inject a request or a reply with guessed ids. A server refuses a
+// handshake (a challenge or welcome with a non-OK status) and then closes
+// the endpoint.
 //
 // The refusal and goodbye let clients fail their tickets as soon as a
 // server shuts down gracefully; over shared memory UCX would otherwise only
@@ -72,17 +86,19 @@ namespace dsv2::transport::ucx_internal {
 
 enum AmId : unsigned {
   kAmHello = 1,
-  kAmHelloAck = 2,
+  kAmChallenge = 2,
   kAmRequest = 3,
   kAmReply = 4,
   kAmRefused = 5,
   kAmGoodbye = 6,
   kAmBye = 7,
+  kAmProof = 8,
+  kAmWelcome = 9,
 };
 
 // The AM header of every message (ucp_am_send_nbx's header argument).
 struct UcxAmHeader {
-  uint64_t ticket = 0;     // request/reply: the client's ticket; hello/ack: connect token
+  uint64_t ticket = 0;     // request/reply: the client's ticket; handshake: connect token
   uint64_t client_id = 0;  // the server's id for the client (0 in a hello)
 };
 static_assert(sizeof(UcxAmHeader) == 16);
@@ -113,6 +129,11 @@ absl::Status UcsError(const std::string& what, ucs_status_t status);
 // Copies an AM header into `out`; false when it is missing or of the wrong
 // size (a peer that does not speak this protocol).
 bool ReadAmHeader(const void* header, size_t header_length, UcxAmHeader* out);
+// The endpoint a message came on (UCP_AM_SEND_FLAG_REPLY); null when the
+// sender did not name one (not our protocol).
+inline ucp_ep_h ReplyEp(const ucp_am_recv_param_t* param) {
+  return (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) ? param->reply_ep : nullptr;
+}
 
 std::vector<std::byte> CopyBytes(const void* data, size_t length);
 
@@ -154,11 +175,11 @@ class UcxWorker {
 
   // Requests and replies go eagerly below options.rendezvous_threshold and
   // by rendezvous from it on; control messages (`control`) always eagerly.
-  // `with_reply_ep`: the receiver's callback gets its own endpoint to us
-  // (UCP_AM_SEND_FLAG_REPLY): how a server matches a hello to the
-  // connection it accepted.
+  // Every message carries UCP_AM_SEND_FLAG_REPLY: the receiver's callback
+  // gets its own endpoint to us (param->reply_ep), which names the
+  // connection the message came on.
   void SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector<std::byte> data,
-              bool control, SendDone done, bool with_reply_ep = false);
+              bool control, SendDone done);
   void RecvAmData(void* desc, size_t length, RecvDone done);
   // A client endpoint to `server` (client-server mode through UCX's
   // connection manager), or, with server == nullptr, a server endpoint for

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -19,6 +20,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "spdlog/spdlog.h"
+#include "transport/handshake.h"
 #include "transport/ucx_data_plane.h"
 #include "transport/ucx_data_plane_internal.h"
 
@@ -46,11 +49,18 @@ class UcxServer final : public DataPlaneServer {
  private:
   // An accepted connection: the server's own endpoint to that client.
   struct ClientConn {
+    // kAccepted -> (hello) kChallenged -> (proof) kAuthenticated; a refusal
+    // closes the connection instead.
+    enum class State { kAccepted, kChallenged, kAuthenticated };
     UcxServer* server = nullptr;
     uint64_t id = 0;
     uint64_t token = 0;  // the client's connect token from its hello (its PeerId for us)
     ucp_ep_h ep = nullptr;
     bool failed = false;
+    State state = State::kAccepted;
+    std::optional<DataPlaneKey> key;  // the hello's key (with options_.keys)
+    HandshakeNonce client_nonce{};
+    HandshakeNonce server_nonce{};
   };
   struct Inbound {
     uint64_t client_id = 0;
@@ -64,6 +74,8 @@ class UcxServer final : public DataPlaneServer {
   static void OnConnection(ucp_conn_request_h request, void* arg);
   static ucs_status_t OnHello(void* arg, const void* header, size_t header_length, void* data,
                               size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnProof(void* arg, const void* header, size_t header_length, void* data,
+                              size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnRequest(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param);
   static ucs_status_t OnBye(void* arg, const void* header, size_t header_length, void* data,
@@ -72,7 +84,14 @@ class UcxServer final : public DataPlaneServer {
 
   // Progress thread.
   void Accept(ucp_conn_request_h request);
-  void HandleHello(uint64_t token, ucp_ep_h ep);
+  void HandleHello(uint64_t token, ucp_ep_h ep, const std::vector<std::byte>& data);
+  void HandleProof(UcxAmHeader header, ucp_ep_h ep, const std::vector<std::byte>& data);
+  // The connection whose endpoint `ep` is; null when none (closed since).
+  ClientConn* ConnOf(ucp_ep_h ep);
+  // Counts a refused handshake or request and closes the connection (after
+  // sending what was queued on it: the refusal).
+  void Refuse(ClientConn& conn, HandshakeStatus reason, const std::string& what);
+  void RefuseMalformed(ClientConn& conn, const std::string& what);
   void SendReply(uint64_t client_id, uint64_t ticket, std::vector<std::byte> reply);
   // Tells the client that its request `ticket` will not be answered.
   void SendRefusal(uint64_t client_id, uint64_t ticket);
@@ -102,6 +121,12 @@ class UcxServer final : public DataPlaneServer {
   std::atomic<int64_t> requests_rendezvous_{0};
   std::atomic<int64_t> replies_sent_{0};
   std::atomic<int64_t> reply_send_errors_{0};
+  std::atomic<int64_t> handshakes_accepted_{0};
+  std::atomic<int64_t> refused_malformed_{0};
+  std::atomic<int64_t> refused_unknown_key_{0};
+  std::atomic<int64_t> refused_no_key_{0};
+  std::atomic<int64_t> refused_bad_mac_{0};
+  std::atomic<int64_t> refused_unauthenticated_{0};
 
   // Progress thread only.
   uint64_t next_client_id_ = 1;
@@ -126,8 +151,8 @@ absl::StatusOr<std::unique_ptr<DataPlaneServer>> UcxServer::Create(const UcxOpti
   if (!worker.ok()) return worker.status();
   server->worker_ = std::move(*worker);
   for (auto [id, callback] :
-       {std::pair{kAmHello, &UcxServer::OnHello}, std::pair{kAmRequest, &UcxServer::OnRequest},
-        std::pair{kAmBye, &UcxServer::OnBye}}) {
+       {std::pair{kAmHello, &UcxServer::OnHello}, std::pair{kAmProof, &UcxServer::OnProof},
+        std::pair{kAmRequest, &UcxServer::OnRequest}, std::pair{kAmBye, &UcxServer::OnBye}}) {
     if (absl::Status s = server->worker_->SetAmHandler(id, callback, server.get()); !s.ok()) {
       return s;
     }
@@ -150,6 +175,12 @@ DataPlaneServerStats UcxServer::stats() const {
   stats.requests_rendezvous = requests_rendezvous_.load();
   stats.replies_sent = replies_sent_.load();
   stats.reply_send_errors = reply_send_errors_.load();
+  stats.handshakes_accepted = handshakes_accepted_.load();
+  stats.refused_malformed = refused_malformed_.load();
+  stats.refused_unknown_key = refused_unknown_key_.load();
+  stats.refused_no_key = refused_no_key_.load();
+  stats.refused_bad_mac = refused_bad_mac_.load();
+  stats.refused_unauthenticated = refused_unauthenticated_.load();
   return stats;
 }
 
@@ -233,17 +264,35 @@ void UcxServer::Accept(ucp_conn_request_h request) {
   conn_by_ep_.emplace(conn->ep, conn->id);
 }
 
-ucs_status_t UcxServer::OnHello(void* arg, const void* header, size_t header_length, void* /*data*/,
-                                size_t /*length*/, const ucp_am_recv_param_t* param) {
+ucs_status_t UcxServer::OnHello(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxServer*>(arg);
   UcxAmHeader h;
-  if (self->stopping_.load() || !ReadAmHeader(header, header_length, &h) ||
-      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
-      !(param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP)) {
-    return UCS_OK;  // a hello is always eager and names its connection; drop anything else
+  const ucp_ep_h ep = ReplyEp(param);
+  // A hello is always eager and names its connection; anything else is not
+  // our protocol (its connection, if any, is refused as malformed when it
+  // sends a request).
+  if (self->stopping_.load() || ep == nullptr || !ReadAmHeader(header, header_length, &h) ||
+      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+    return UCS_OK;
+  }
+  self->worker_->Post([self, token = h.ticket, ep, bytes = CopyBytes(data, length)] {
+    self->HandleHello(token, ep, bytes);
+  });
+  return UCS_OK;
+}
+
+ucs_status_t UcxServer::OnProof(void* arg, const void* header, size_t header_length, void* data,
+                                size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxServer*>(arg);
+  UcxAmHeader h;
+  const ucp_ep_h ep = ReplyEp(param);
+  if (self->stopping_.load() || ep == nullptr || !ReadAmHeader(header, header_length, &h) ||
+      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
+    return UCS_OK;
   }
   self->worker_->Post(
-      [self, token = h.ticket, ep = param->reply_ep] { self->HandleHello(token, ep); });
+      [self, h, ep, bytes = CopyBytes(data, length)] { self->HandleProof(h, ep, bytes); });
   return UCS_OK;
 }
 
@@ -253,6 +302,22 @@ ucs_status_t UcxServer::OnRequest(void* arg, const void* header, size_t header_l
   const bool rendezvous = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
   UcxAmHeader h;
   if (!ReadAmHeader(header, header_length, &h)) return rendezvous ? UCS_ERR_INVALID_PARAM : UCS_OK;
+  // Only from the authenticated connection the request names. This runs on
+  // the progress thread, which owns conns_.
+  ClientConn* conn = self->ConnOf(ReplyEp(param));
+  if (conn == nullptr || conn->id != h.client_id ||
+      conn->state != ClientConn::State::kAuthenticated) {
+    if (conn == nullptr && ReplyEp(param) == nullptr) {
+      self->refused_unauthenticated_.fetch_add(1);  // not our protocol: no connection to close
+    } else if (conn != nullptr && !conn->failed) {
+      self->refused_unauthenticated_.fetch_add(1);
+      spdlog::warn("data plane: closed connection {}: a request before the handshake completed",
+                   conn->id);
+      // Not from inside the callback: the close is a command.
+      self->worker_->Post([self, id = conn->id] { self->CloseConn(id); });
+    }
+    return rendezvous ? UCS_ERR_CANCELED : UCS_OK;  // the data is dropped
+  }
   if (self->stopping_.load() || length > self->options_.max_request_bytes) {
     // A rendezvous sender learns of the refusal from its send's status.
     if (rendezvous) return UCS_ERR_CANCELED;
@@ -278,29 +343,120 @@ ucs_status_t UcxServer::OnRequest(void* arg, const void* header, size_t header_l
 }
 
 ucs_status_t UcxServer::OnBye(void* arg, const void* header, size_t header_length, void* /*data*/,
-                              size_t /*length*/, const ucp_am_recv_param_t* /*param*/) {
+                              size_t /*length*/, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxServer*>(arg);
   UcxAmHeader h;
   if (!ReadAmHeader(header, header_length, &h)) return UCS_OK;
-  self->worker_->Post([self, h] {
-    auto it = self->conns_.find(h.client_id);
-    // Only the client's latest connection says bye for it.
-    if (it != self->conns_.end() && it->second->token == h.ticket) self->CloseConn(h.client_id);
+  self->worker_->Post([self, h, ep = ReplyEp(param)] {
+    ClientConn* conn = self->ConnOf(ep);
+    // Only the connection itself says bye for it.
+    if (conn != nullptr && conn->id == h.client_id && conn->token == h.ticket) {
+      self->CloseConn(h.client_id);
+    }
   });
   return UCS_OK;
 }
 
-void UcxServer::HandleHello(uint64_t token, ucp_ep_h ep) {
-  if (stopping_.load()) return;
+UcxServer::ClientConn* UcxServer::ConnOf(ucp_ep_h ep) {
+  if (ep == nullptr) return nullptr;
   auto it = conn_by_ep_.find(ep);
-  if (it == conn_by_ep_.end()) return;  // not a connection we accepted (or closed since)
-  const std::shared_ptr<ClientConn>& conn = conns_.at(it->second);
-  if (conn->failed) return;
+  if (it == conn_by_ep_.end()) return nullptr;
+  return conns_.at(it->second).get();
+}
+
+void UcxServer::Refuse(ClientConn& conn, HandshakeStatus reason, const std::string& what) {
+  switch (reason) {
+    case HandshakeStatus::kUnknownKey:
+      refused_unknown_key_.fetch_add(1);
+      break;
+    case HandshakeStatus::kNoKey:
+      refused_no_key_.fetch_add(1);
+      break;
+    case HandshakeStatus::kBadMac:
+    case HandshakeStatus::kOk:
+      refused_bad_mac_.fetch_add(1);
+      break;
+  }
+  spdlog::warn("data plane: refused connection {}: {} ({})", conn.id, what,
+               HandshakeStatusName(reason));
+  CloseConn(conn.id, /*flush=*/true);
+}
+
+void UcxServer::RefuseMalformed(ClientConn& conn, const std::string& what) {
+  refused_malformed_.fetch_add(1);
+  spdlog::warn("data plane: refused connection {}: {}", conn.id, what);
+  CloseConn(conn.id);
+}
+
+void UcxServer::HandleHello(uint64_t token, ucp_ep_h ep, const std::vector<std::byte>& data) {
+  if (stopping_.load()) return;
+  ClientConn* conn = ConnOf(ep);
+  if (conn == nullptr || conn->failed) return;  // not a connection we accepted (or closed since)
+  if (conn->state != ClientConn::State::kAccepted) {
+    RefuseMalformed(*conn, "a second hello");
+    return;
+  }
+  absl::StatusOr<HandshakeHello> hello = ParseHello(data);
+  if (!hello.ok()) {
+    RefuseMalformed(*conn, std::string(hello.status().message()));
+    return;
+  }
   conn->token = token;
+  conn->client_nonce = hello->client_nonce;
+  conn->server_nonce = RandomNonce();
+  HandshakeChallenge challenge;
+  challenge.server_nonce = conn->server_nonce;
+  if (options_.keys != nullptr) {
+    conn->key = options_.keys->Find(hello->key_id);
+    if (!options_.keys->current().has_value()) {
+      challenge.status = HandshakeStatus::kNoKey;
+    } else if (!conn->key.has_value()) {
+      challenge.status = HandshakeStatus::kUnknownKey;
+    } else if (!MacEquals(hello->mac, HelloMac(*conn->key, hello->client_nonce))) {
+      challenge.status = HandshakeStatus::kBadMac;
+    } else {
+      challenge.mac = ChallengeMac(*conn->key, conn->client_nonce, conn->server_nonce, conn->id);
+    }
+  }
   UcxAmHeader ack;
   ack.ticket = token;
   ack.client_id = conn->id;
-  worker_->SendAm(conn->ep, kAmHelloAck, ack, {}, /*control=*/true, [](ucs_status_t) {});
+  worker_->SendAm(conn->ep, kAmChallenge, ack, EncodeChallenge(challenge), /*control=*/true,
+                  [](ucs_status_t) {});
+  if (challenge.status != HandshakeStatus::kOk) {
+    Refuse(*conn, challenge.status, absl::StrCat("hello under key id ", hello->key_id));
+    return;
+  }
+  conn->state = ClientConn::State::kChallenged;
+}
+
+void UcxServer::HandleProof(UcxAmHeader header, ucp_ep_h ep, const std::vector<std::byte>& data) {
+  if (stopping_.load()) return;
+  ClientConn* conn = ConnOf(ep);
+  if (conn == nullptr || conn->failed) return;
+  if (conn->state != ClientConn::State::kChallenged || header.client_id != conn->id ||
+      header.ticket != conn->token) {
+    RefuseMalformed(*conn, "a proof out of turn");
+    return;
+  }
+  absl::StatusOr<HandshakeProof> proof = ParseProof(data);
+  if (!proof.ok()) {
+    RefuseMalformed(*conn, std::string(proof.status().message()));
+    return;
+  }
+  HandshakeWelcome welcome;
+  if (conn->key.has_value() && !MacEquals(proof->mac, ProofMac(*conn->key, conn->client_nonce,
+                                                               conn->server_nonce, conn->id))) {
+    welcome.status = HandshakeStatus::kBadMac;
+  }
+  worker_->SendAm(conn->ep, kAmWelcome, header, EncodeWelcome(welcome), /*control=*/true,
+                  [](ucs_status_t) {});
+  if (welcome.status != HandshakeStatus::kOk) {
+    Refuse(*conn, welcome.status, "a proof that does not match the challenge");
+    return;
+  }
+  conn->state = ClientConn::State::kAuthenticated;
+  handshakes_accepted_.fetch_add(1);
 }
 
 void UcxServer::SendReply(uint64_t client_id, uint64_t ticket, std::vector<std::byte> reply) {

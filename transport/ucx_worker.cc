@@ -416,7 +416,7 @@ void UcxWorker::OnRecvDone(void* request, ucs_status_t status, size_t length, vo
 }
 
 void UcxWorker::SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector<std::byte> data,
-                       bool control, SendDone done, bool with_reply_ep) {
+                       bool control, SendDone done) {
   auto op = std::make_unique<Op>();
   op->worker = this;
   op->header = header;
@@ -428,7 +428,9 @@ void UcxWorker::SendAm(ucp_ep_h ep, unsigned id, UcxAmHeader header, std::vector
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = control || op->data.size() < options_.rendezvous_threshold ? UCP_AM_SEND_FLAG_EAGER
                                                                            : UCP_AM_SEND_FLAG_RNDV;
-  if (with_reply_ep) param.flags |= UCP_AM_SEND_FLAG_REPLY;
+  // The receiver checks which endpoint each message came on
+  // (ucx_data_plane_internal.h).
+  param.flags |= UCP_AM_SEND_FLAG_REPLY;
   param.cb.send = &UcxWorker::OnSendDone;
   param.user_data = op.get();
   ucs_status_ptr_t request = ucp_am_send_nbx(ep, id, &op->header, sizeof(UcxAmHeader),

@@ -30,6 +30,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "attention_node.grpc.pb.h"
@@ -45,6 +47,8 @@
 #include "tests/cluster/cluster_harness.h"
 #include "tests/common/raw_tls_credentials.h"
 #include "tests/common/wait_for.h"
+#include "transport/handshake.h"
+#include "transport/ucx_data_plane.h"
 
 namespace dsv2::testing {
 namespace {
@@ -441,7 +445,9 @@ class Cluster {
     auto p = StartChild(InNamespace(member, argv));
     ASSERT_TRUE(p.ok()) << p.status();
     shard_members_[shard_id] = member;
-    ASSERT_TRUE((*p)->ReadLine(absl::Seconds(60)).ok());
+    absl::StatusOr<std::string> line = (*p)->ReadLine(absl::Seconds(60));
+    ASSERT_TRUE(line.ok()) << line.status();
+    shard_fields_[shard_id] = ParseReadyLine(*line);
     shards_[shard_id] = *std::move(p);
   }
 
@@ -627,6 +633,13 @@ class Cluster {
     auto it = coordinator_fields_.find(name);
     return it == coordinator_fields_.end() ? "" : it->second;
   }
+  // A field of shard `shard_id`'s latest ready line ("" when absent).
+  std::string shard_field(int shard_id, const std::string& name) const {
+    auto it = shard_fields_.find(shard_id);
+    if (it == shard_fields_.end()) return "";
+    auto f = it->second.find(name);
+    return f == it->second.end() ? "" : f->second;
+  }
   v1::Inference::Stub& stub() { return *stub_; }
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
 
@@ -658,6 +671,7 @@ class Cluster {
   const Options o_;
   std::unique_ptr<ChildProcess> coordinator_;
   std::map<int, std::unique_ptr<ChildProcess>> shards_;
+  std::map<int, std::map<std::string, std::string>> shard_fields_;
   std::vector<std::unique_ptr<ChildProcess>> attention_;
   std::vector<std::string> attention_addresses_;
   // Namespaces (Options.lab; empty without one).
@@ -1408,6 +1422,86 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
 // Certificates rotate by replacing the files (what cert-manager does): the
 // coordinator's certificate moves to a new authority while a stream runs;
 // new connections get the new certificate, the stream finishes.
+// GET http://127.0.0.1:`port``path` (HTTP/1.0); the whole response, "" when
+// the connection fails.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;)
+        out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+// The value of one series in a Prometheus text exposition ("name{labels}"
+// exactly as printed); -1 when absent.
+double SeriesValue(const std::string& exposition, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      return std::stod(std::string(line));
+    }
+  }
+  return -1;
+}
+
+// The data plane admits members only (transport/handshake.h): a UCX client
+// with no key, or with a key of its own, is refused by a real shard, and
+// the shard counts both; the attention node's connection was accepted and
+// the cluster serves on.
+TEST(ApiSecurity, DataPlaneRefusesProcessesThatAreNotMembersAndCountsThem) {
+  Options o;
+  o.shards = 1;
+  o.attention_nodes = 1;
+  Cluster c(TinyModel(), o);
+  c.WaitServing(1, 1);
+  Cluster::Result r = c.Generate(PromptIds({100000, 10, 20, 30}, 4));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  const std::string ucx_address = c.shard_field(0, "ucx_address");
+  const int metrics_port = std::stoi(c.shard_field(0, "metrics_port"));
+  ASSERT_FALSE(ucx_address.empty());
+
+  auto own_key = std::make_shared<transport::DataPlaneKeyring>();
+  absl::StatusOr<transport::DataPlaneKey> key = transport::MakeDataPlaneKey();
+  ASSERT_TRUE(key.ok());
+  own_key->Install(*key);
+  for (const std::shared_ptr<transport::DataPlaneKeyring>& keys :
+       {std::shared_ptr<transport::DataPlaneKeyring>(), own_key}) {
+    transport::UcxOptions uo;
+    uo.keys = keys;
+    uo.connect_timeout = absl::Seconds(10);
+    absl::StatusOr<std::unique_ptr<transport::DataPlaneClient>> client =
+        transport::CreateUcxClient(uo);
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::StatusOr<transport::PeerId> peer = (*client)->Connect(ucx_address);
+    ASSERT_FALSE(peer.ok()) << (keys ? "own key" : "no key");
+    EXPECT_EQ(peer.status().code(), absl::StatusCode::kUnavailable) << peer.status();
+    EXPECT_TRUE(absl::StrContains(peer.status().message(), "unknown_key")) << peer.status();
+  }
+  std::string metrics;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        metrics = HttpGet(metrics_port, "/metrics");
+        return SeriesValue(metrics, "dsv2_data_plane_refusals_total{reason=\"unknown_key\"}") == 2;
+      },
+      absl::Seconds(30)))
+      << metrics;
+  EXPECT_GE(SeriesValue(metrics, "dsv2_data_plane_handshakes_total"), 1) << metrics;
+  EXPECT_EQ(SeriesValue(metrics, "dsv2_data_plane_refusals_total{reason=\"bad_mac\"}"), 0);
+  r = c.Generate(PromptIds({100000, 10, 20, 30}, 4));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+}
+
 TEST(ApiSecurity, CertificatesRotateByReplacingTheFilesWhileStreamsContinue) {
   const std::string dir = absl::StrCat(::testing::TempDir(), "/rotate_", getpid());
   service::CertificateAuthority ca = TestCertificates(dir, 1, 1);
