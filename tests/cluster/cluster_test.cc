@@ -514,11 +514,41 @@ TEST(Cluster, KilledShardFailsOnlyAffectedRequestsThenRecovers) {
 // Shard ids stay stable (the coordinator's tables keep a dead shard's id
 // out rather than renumbering): a table over shards {0, 2} serves like a
 // dense one. The processes also take --coordinator with no coordinator
-// listening: they print their ready line, serve, and exit 0 on SIGTERM.
+// listening: they print their ready line, take control calls, and exit 0 on
+// SIGTERM; but their data planes prove membership with the key a
+// registration brings (transport/handshake.h), so until one succeeds a node
+// connects to no shard: its SetPlacement is UNAVAILABLE and says why.
 TEST(Cluster, SparseShardIdsAndAnAbsentCoordinator) {
   const std::string model = ModelDir("v2_bf16");
   const std::vector<std::string> coord = {"--coordinator", "127.0.0.1:1"};
-  Shard s0 = StartShard(model, 0, 0, "tcp", coord), s2 = StartShard(model, 2, 0, "tcp", coord);
+  {
+    Shard lone = StartShard(model, 1, 0, "tcp", coord);
+    internal::PlacementTable t;
+    t.set_version(1);
+    for (int e = 0; e < 160; ++e) t.add_experts()->add_shard_ids(1);
+    internal::ShardEndpoint* ep = t.add_shards();
+    ep->set_shard_id(1);
+    ep->set_grpc_address(lone.address());
+    auto stub = internal::ExpertShardService::NewStub(
+        grpc::CreateChannel(lone.address(), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    internal::LoadExpertsRequest req;
+    req.set_shard_id(1);
+    *req.mutable_table() = t;
+    internal::LoadExpertsResponse resp;
+    ASSERT_TRUE(stub->LoadExperts(&ctx, req, &resp).ok());
+    Node unregistered = StartNode(model, {}, "tcp", coord);
+    grpc::ClientContext pctx;
+    internal::SetPlacementResponse presp;
+    const grpc::Status st = unregistered.stub->SetPlacement(&pctx, t, &presp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "no data-plane key yet"))
+        << st.error_message();
+    ExpectCleanExit(*unregistered.process);
+    ExpectCleanExit(*lone.process);
+  }
+  // Without a coordinator (standalone: no keys on either side).
+  Shard s0 = StartShard(model, 0, 0, "tcp"), s2 = StartShard(model, 2, 0, "tcp");
   internal::PlacementTable t;
   t.set_version(1);
   for (int e = 0; e < 160; ++e) t.add_experts()->add_shard_ids((e / 20) % 2 ? 2 : 0);
@@ -539,7 +569,7 @@ TEST(Cluster, SparseShardIdsAndAnAbsentCoordinator) {
     ASSERT_TRUE(st.ok()) << st.error_message();
     EXPECT_EQ(resp.experts_size(), 80) << "shard " << id;
   }
-  Node n = StartNode(model, {}, "tcp", coord);
+  Node n = StartNode(model, {}, "tcp");
   {
     grpc::ClientContext ctx;
     internal::SetPlacementResponse resp;
