@@ -211,6 +211,12 @@ TlsMetrics::TlsMetrics(prometheus::Registry& r)
                              .Name("dsv2_tls_certificate_expiry_timestamp_seconds")
                              .Help("Unix time the TLS certificate in use expires, by file (cert: "
                                    "--tls-cert, ca: --tls-ca), read at each scrape")
+                             .Register(r)),
+      handshake_failures(BuildCounter()
+                             .Name("dsv2_tls_handshake_failures_total")
+                             .Help("TLS handshakes this process failed, as server or client, by "
+                                   "reason (no_client_certificate, certificate_not_trusted, "
+                                   "not_tls, other)")
                              .Register(r)) {}
 
 }  // namespace dsv2::metrics

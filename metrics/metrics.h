@@ -109,6 +109,9 @@ struct TlsMetrics {
   // Unix time the certificate expires, {file = cert|ca}: --tls-cert's first
   // certificate and --tls-ca's.
   prometheus::Family<prometheus::Gauge>& certificate_expiry;
+  // TLS handshakes the process failed (as server or client), {reason =
+  // no_client_certificate|certificate_not_trusted|not_tls|other}.
+  prometheus::Family<prometheus::Counter>& handshake_failures;
 };
 
 }  // namespace dsv2::metrics

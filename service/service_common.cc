@@ -276,6 +276,7 @@ void InitLogging(const std::string& component) {
   auto logger = spdlog::stderr_logger_mt(component);
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %n: %v");
   spdlog::set_default_logger(logger);
+  RouteGrpcLogs();
 }
 
 void PrintReadyLine(const std::string& line) {

@@ -1,6 +1,7 @@
 #include "service/tls.h"
 
 #include <grpc/grpc_security_constants.h>
+#include <grpc/support/log.h>
 #include <grpcpp/security/credentials.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -15,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -361,12 +363,80 @@ absl::Status CheckCallerRole(const grpc::ServerContext& context,
       absl::StrCat(MemberIdentityUri(**caller), " may not call ", rpc));
 }
 
+namespace {
+
+std::atomic<int64_t> handshake_no_client_certificate{0};
+std::atomic<int64_t> handshake_certificate_not_trusted{0};
+std::atomic<int64_t> handshake_not_tls{0};
+std::atomic<int64_t> handshake_other{0};
+
+void LogFromGrpc(gpr_log_func_args* args) {
+  const char* message = args->message != nullptr ? args->message : "";
+  CountTlsHandshakeFailure(message);
+  switch (args->severity) {
+    case GPR_LOG_SEVERITY_DEBUG:
+      spdlog::debug("grpc: {}", message);
+      break;
+    case GPR_LOG_SEVERITY_INFO:
+      spdlog::info("grpc: {}", message);
+      break;
+    case GPR_LOG_SEVERITY_ERROR:
+      spdlog::warn("grpc: {}", message);
+      break;
+  }
+}
+
+}  // namespace
+
+TlsHandshakeFailures TlsHandshakeFailureCounts() {
+  TlsHandshakeFailures f;
+  f.no_client_certificate = handshake_no_client_certificate.load();
+  f.certificate_not_trusted = handshake_certificate_not_trusted.load();
+  f.not_tls = handshake_not_tls.load();
+  f.other = handshake_other.load();
+  return f;
+}
+
+bool CountTlsHandshakeFailure(absl::string_view message) {
+  // gRPC 1.51 ssl_transport_security.cc: "Handshake failed with fatal error
+  // SSL_ERROR_SSL: error:...:<OpenSSL reason>."
+  if (!absl::StartsWith(message, "Handshake failed with fatal error")) return false;
+  if (absl::StrContains(message, "peer did not return a certificate")) {
+    handshake_no_client_certificate.fetch_add(1);
+  } else if (absl::StrContains(message, "certificate verify failed") ||
+             absl::StrContains(message, "certificate expired") ||
+             absl::StrContains(message, "unknown ca") ||
+             absl::StrContains(message, "bad certificate")) {
+    handshake_certificate_not_trusted.fetch_add(1);
+  } else if (absl::StrContains(message, "wrong version number") ||
+             absl::StrContains(message, "http request") ||
+             absl::StrContains(message, "unknown protocol") ||
+             absl::StrContains(message, "packet length too long")) {
+    handshake_not_tls.fetch_add(1);
+  } else {
+    handshake_other.fetch_add(1);
+  }
+  return true;
+}
+
+void RouteGrpcLogs() { gpr_set_log_function(&LogFromGrpc); }
+
 void ExportCertificateExpiry(std::shared_ptr<const TlsContext> tls,
                              metrics::MetricsServer& server) {
   if (tls == nullptr || !tls->enabled()) return;
   auto m = std::make_shared<metrics::TlsMetrics>(server.registry());
   prometheus::Gauge& cert = m->certificate_expiry.Add({{"file", "cert"}});
   prometheus::Gauge& ca = m->certificate_expiry.Add({{"file", "ca"}});
+  server.OnScrape([m] {
+    const TlsHandshakeFailures f = TlsHandshakeFailureCounts();
+    for (const auto& [reason, count] :
+         {std::pair{"no_client_certificate", f.no_client_certificate},
+          std::pair{"certificate_not_trusted", f.certificate_not_trusted},
+          std::pair{"not_tls", f.not_tls}, std::pair{"other", f.other}}) {
+      metrics::SetCounterTotal(m->handshake_failures.Add({{"reason", reason}}),
+                               static_cast<double>(count));
+    }
+  });
   server.OnScrape([tls = std::move(tls), m, &cert, &ca] {
     absl::StatusOr<CertificateExpiry> e = ReadCertificateExpiry(tls->files());
     if (!e.ok()) {

@@ -148,8 +148,28 @@ absl::Status CheckCallerRole(const grpc::ServerContext& context,
 
 // When `tls` is enabled: exports dsv2_tls_certificate_expiry_timestamp_seconds
 // on `server`, read from the files at each scrape (an unreadable file keeps
-// the last value and is logged). `tls` is kept alive by the hook.
+// the last value and is logged), and dsv2_tls_handshake_failures_total
+// {reason} (TlsHandshakeFailureCounts). `tls` is kept alive by the hook.
 void ExportCertificateExpiry(std::shared_ptr<const TlsContext> tls, metrics::MetricsServer& server);
+
+// TLS handshakes this process failed, as a server or as a client, by reason.
+// gRPC fails them before any of our code runs and reports each one only in
+// its own log ("Handshake failed with fatal error ...", OpenSSL's text);
+// RouteGrpcLogs hooks that log, so these are counted from it.
+struct TlsHandshakeFailures {
+  int64_t no_client_certificate = 0;    // a client without a certificate where one is required
+  int64_t certificate_not_trusted = 0;  // another authority's, expired, or otherwise unverifiable
+  int64_t not_tls = 0;                  // the peer spoke plaintext or another protocol
+  int64_t other = 0;
+};
+TlsHandshakeFailures TlsHandshakeFailureCounts();
+// Counts `message` when it is gRPC's report of a failed TLS handshake;
+// returns whether it was one. Thread-safe.
+bool CountTlsHandshakeFailure(absl::string_view message);
+// Sends gRPC's own log lines to spdlog (at their severity) and counts the
+// failed TLS handshakes among them. Process-wide; call once, at start-up
+// (InitLogging does).
+void RouteGrpcLogs();
 
 // CheckCallerRole for the RPCs only the coordinator may call (SetPlacement,
 // LoadExperts, Submit, Cancel); a refusal is logged.

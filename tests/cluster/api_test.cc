@@ -1173,6 +1173,39 @@ TEST(ApiSecurity, MembershipIsServedOnTheInternalPortOnly) {
 // port and every member's port admit only certificates of the cluster's
 // authority, not expired; a member acts only as itself and only the
 // coordinator places or submits. Every refusal changes nothing.
+// GET http://127.0.0.1:`port``path` (HTTP/1.0); the whole response, "" when
+// the connection fails.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
+      char buf[65536];
+      for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;)
+        out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return out;
+}
+
+// The value of one series in a Prometheus text exposition ("name{labels}"
+// exactly as printed); -1 when absent.
+double SeriesValue(const std::string& exposition, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
+      return std::stod(std::string(line));
+    }
+  }
+  return -1;
+}
+
 TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
   const std::string dir = absl::StrCat(::testing::TempDir(), "/mtls_", getpid());
   service::CertificateAuthority ca = TestCertificates(dir, 1, 1);
@@ -1317,6 +1350,24 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
         grpc::UNAVAILABLE)
         << name;
   }
+  // The coordinator counted the handshakes it failed, by reason (from
+  // gRPC's report of each: service::RouteGrpcLogs).
+  {
+    const int metrics_port = std::stoi(c.coordinator_field("metrics_port"));
+    std::string m;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          m = HttpGet(metrics_port, "/metrics");
+          return SeriesValue(
+                     m, "dsv2_tls_handshake_failures_total{reason=\"no_client_certificate\"}") >=
+                     1 &&
+                 SeriesValue(
+                     m, "dsv2_tls_handshake_failures_total{reason=\"certificate_not_trusted\"}") >=
+                     2;
+        },
+        absl::Seconds(30)))
+        << m;
+  }
   // Valid certificates acting as someone else: PERMISSION_DENIED.
   EXPECT_EQ(register_as("expert-5", registration(internal::NODE_ROLE_EXPERT_SHARD, 0)).error_code(),
             grpc::PERMISSION_DENIED);
@@ -1422,39 +1473,6 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
 // Certificates rotate by replacing the files (what cert-manager does): the
 // coordinator's certificate moves to a new authority while a stream runs;
 // new connections get the new certificate, the stream finishes.
-// GET http://127.0.0.1:`port``path` (HTTP/1.0); the whole response, "" when
-// the connection fails.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;)
-        out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return out;
-}
-
-// The value of one series in a Prometheus text exposition ("name{labels}"
-// exactly as printed); -1 when absent.
-double SeriesValue(const std::string& exposition, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
-      return std::stod(std::string(line));
-    }
-  }
-  return -1;
-}
-
 // The data plane admits members only (transport/handshake.h): a UCX client
 // with no key, or with a key of its own, is refused by a real shard, and
 // the shard counts both; the attention node's connection was accepted and

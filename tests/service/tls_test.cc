@@ -245,6 +245,8 @@ class HandshakeTest : public TlsFilesTest {
 };
 
 TEST_F(HandshakeTest, MutualTlsAdmitsOnlyTheAuthoritysUnexpiredCertificates) {
+  RouteGrpcLogs();  // as every service binary does: failed handshakes are counted
+  const TlsHandshakeFailures before = TlsHandshakeFailureCounts();
   const std::string address =
       Serve(Issue("coordinator", "spiffe://dsv2/coordinator"), /*require_client_certificate=*/true);
   // The authority's members, each seen as itself.
@@ -281,6 +283,34 @@ TEST_F(HandshakeTest, MutualTlsAdmitsOnlyTheAuthoritysUnexpiredCertificates) {
   EXPECT_TRUE(absl::IsUnavailable(
       Call(address, Member(Issue("a2", "spiffe://dsv2/attention/a2"), {MemberRole::kExpert}))
           .status()));
+  // Each refused handshake was counted by its reason (in this process both
+  // ends count theirs: at least the server's).
+  const TlsHandshakeFailures after = TlsHandshakeFailureCounts();
+  EXPECT_GE(after.no_client_certificate - before.no_client_certificate, 1);
+  EXPECT_GE(after.not_tls - before.not_tls, 1);
+  EXPECT_GE(after.certificate_not_trusted - before.certificate_not_trusted, 2);
+}
+
+TEST(TlsHandshakeFailuresTest, GrpcsReportsAreClassifiedAndOtherLinesIgnored) {
+  const TlsHandshakeFailures before = TlsHandshakeFailureCounts();
+  EXPECT_FALSE(CountTlsHandshakeFailure("Security handshake failed: {\"created\":...}"));
+  EXPECT_FALSE(CountTlsHandshakeFailure("some other gRPC line"));
+  EXPECT_TRUE(CountTlsHandshakeFailure(
+      "Handshake failed with fatal error SSL_ERROR_SSL: error:0A0000C7:SSL "
+      "routines::peer did not return a certificate."));
+  EXPECT_TRUE(CountTlsHandshakeFailure(
+      "Handshake failed with fatal error SSL_ERROR_SSL: error:0A000086:SSL "
+      "routines::certificate verify failed."));
+  EXPECT_TRUE(CountTlsHandshakeFailure(
+      "Handshake failed with fatal error SSL_ERROR_SSL: error:0A00010B:SSL routines::wrong "
+      "version number."));
+  EXPECT_TRUE(CountTlsHandshakeFailure(
+      "Handshake failed with fatal error SSL_ERROR_SYSCALL: Connection reset."));
+  const TlsHandshakeFailures after = TlsHandshakeFailureCounts();
+  EXPECT_EQ(after.no_client_certificate - before.no_client_certificate, 1);
+  EXPECT_EQ(after.certificate_not_trusted - before.certificate_not_trusted, 1);
+  EXPECT_EQ(after.not_tls - before.not_tls, 1);
+  EXPECT_EQ(after.other - before.other, 1);
 }
 
 TEST_F(HandshakeTest, OnlyTheCoordinatorRoleMayCallCoordinatorOnlyRpcs) {
