@@ -425,15 +425,14 @@ void UcxClient::ClosePeerEp(const std::shared_ptr<Peer>& peer) {
 ucs_status_t UcxClient::OnChallenge(void* arg, const void* header, size_t header_length, void* data,
                                     size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxClient*>(arg);
-  UcxAmHeader h;
-  if (!ReadAmHeader(header, header_length, &h) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    return UCS_OK;
-  }
+  std::optional<HandshakeMessage> m =
+      ReadHandshakeMessage(header, header_length, data, length, param);
+  if (!m) return UCS_OK;
+  const UcxAmHeader& h = m->header;
   absl::MutexLock lock(&self->mu_);
-  std::shared_ptr<Peer> peer = self->ConnectingPeerLocked(h.ticket, ReplyEp(param));
+  std::shared_ptr<Peer> peer = self->ConnectingPeerLocked(h.ticket, m->ep);
   if (peer == nullptr || peer->acked_client_id != 0) return UCS_OK;
-  absl::StatusOr<HandshakeChallenge> challenge =
-      ParseChallenge(std::span(static_cast<const std::byte*>(data), length));
+  absl::StatusOr<HandshakeChallenge> challenge = ParseChallenge(m->data);
   if (!challenge.ok()) {
     self->FailPeerLocked(peer, absl::UnavailableError(absl::StrCat("UCX peer ", peer->address, ": ",
                                                                    challenge.status().message())));
@@ -485,17 +484,16 @@ ucs_status_t UcxClient::OnChallenge(void* arg, const void* header, size_t header
 ucs_status_t UcxClient::OnWelcome(void* arg, const void* header, size_t header_length, void* data,
                                   size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxClient*>(arg);
-  UcxAmHeader h;
-  if (!ReadAmHeader(header, header_length, &h) || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    return UCS_OK;
-  }
+  std::optional<HandshakeMessage> m =
+      ReadHandshakeMessage(header, header_length, data, length, param);
+  if (!m) return UCS_OK;
+  const UcxAmHeader& h = m->header;
   absl::MutexLock lock(&self->mu_);
-  std::shared_ptr<Peer> peer = self->ConnectingPeerLocked(h.ticket, ReplyEp(param));
+  std::shared_ptr<Peer> peer = self->ConnectingPeerLocked(h.ticket, m->ep);
   if (peer == nullptr || peer->acked_client_id == 0 || h.client_id != peer->acked_client_id) {
     return UCS_OK;
   }
-  absl::StatusOr<HandshakeWelcome> welcome =
-      ParseWelcome(std::span(static_cast<const std::byte*>(data), length));
+  absl::StatusOr<HandshakeWelcome> welcome = ParseWelcome(m->data);
   if (!welcome.ok()) {
     self->FailPeerLocked(peer, absl::UnavailableError(absl::StrCat("UCX peer ", peer->address, ": ",
                                                                    welcome.status().message())));

@@ -71,6 +71,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -136,6 +137,19 @@ inline ucp_ep_h ReplyEp(const ucp_am_recv_param_t* param) {
 }
 
 std::vector<std::byte> CopyBytes(const void* data, size_t length);
+
+// A handshake message (hello, challenge, proof, welcome) as it arrived:
+// always eager, and naming the endpoint it came on.
+struct HandshakeMessage {
+  UcxAmHeader header;
+  ucp_ep_h ep = nullptr;
+  std::vector<std::byte> data;  // copied: UCX's eager data lives only during the callback
+};
+// None when the message is not one (no or a wrong-sized header, sent by
+// rendezvous, or without its endpoint: not our protocol).
+std::optional<HandshakeMessage> ReadHandshakeMessage(const void* header, size_t header_length,
+                                                     const void* data, size_t length,
+                                                     const ucp_am_recv_param_t* param);
 
 // One UCX context + worker and the progress thread that owns them.
 //

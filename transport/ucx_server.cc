@@ -84,8 +84,8 @@ class UcxServer final : public DataPlaneServer {
 
   // Progress thread.
   void Accept(ucp_conn_request_h request);
-  void HandleHello(uint64_t token, ucp_ep_h ep, const std::vector<std::byte>& data);
-  void HandleProof(UcxAmHeader header, ucp_ep_h ep, const std::vector<std::byte>& data);
+  void HandleHello(const HandshakeMessage& hello);
+  void HandleProof(const HandshakeMessage& proof);
   // The connection whose endpoint `ep` is; null when none (closed since).
   ClientConn* ConnOf(ucp_ep_h ep);
   // Counts a refused handshake or request and closes the connection (after
@@ -267,32 +267,22 @@ void UcxServer::Accept(ucp_conn_request_h request) {
 ucs_status_t UcxServer::OnHello(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxServer*>(arg);
-  UcxAmHeader h;
-  const ucp_ep_h ep = ReplyEp(param);
-  // A hello is always eager and names its connection; anything else is not
-  // our protocol (its connection, if any, is refused as malformed when it
-  // sends a request).
-  if (self->stopping_.load() || ep == nullptr || !ReadAmHeader(header, header_length, &h) ||
-      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    return UCS_OK;
-  }
-  self->worker_->Post([self, token = h.ticket, ep, bytes = CopyBytes(data, length)] {
-    self->HandleHello(token, ep, bytes);
-  });
+  // Anything but a hello as we send them is not our protocol: dropped (its
+  // connection, if any, is refused when it sends a request).
+  std::optional<HandshakeMessage> m =
+      ReadHandshakeMessage(header, header_length, data, length, param);
+  if (self->stopping_.load() || !m) return UCS_OK;
+  self->worker_->Post([self, m = *std::move(m)] { self->HandleHello(m); });
   return UCS_OK;
 }
 
 ucs_status_t UcxServer::OnProof(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxServer*>(arg);
-  UcxAmHeader h;
-  const ucp_ep_h ep = ReplyEp(param);
-  if (self->stopping_.load() || ep == nullptr || !ReadAmHeader(header, header_length, &h) ||
-      (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV)) {
-    return UCS_OK;
-  }
-  self->worker_->Post(
-      [self, h, ep, bytes = CopyBytes(data, length)] { self->HandleProof(h, ep, bytes); });
+  std::optional<HandshakeMessage> m =
+      ReadHandshakeMessage(header, header_length, data, length, param);
+  if (self->stopping_.load() || !m) return UCS_OK;
+  self->worker_->Post([self, m = *std::move(m)] { self->HandleProof(m); });
   return UCS_OK;
 }
 
@@ -388,15 +378,16 @@ void UcxServer::RefuseMalformed(ClientConn& conn, const std::string& what) {
   CloseConn(conn.id);
 }
 
-void UcxServer::HandleHello(uint64_t token, ucp_ep_h ep, const std::vector<std::byte>& data) {
+void UcxServer::HandleHello(const HandshakeMessage& m) {
   if (stopping_.load()) return;
-  ClientConn* conn = ConnOf(ep);
+  const uint64_t token = m.header.ticket;
+  ClientConn* conn = ConnOf(m.ep);
   if (conn == nullptr || conn->failed) return;  // not a connection we accepted (or closed since)
   if (conn->state != ClientConn::State::kAccepted) {
     RefuseMalformed(*conn, "a second hello");
     return;
   }
-  absl::StatusOr<HandshakeHello> hello = ParseHello(data);
+  absl::StatusOr<HandshakeHello> hello = ParseHello(m.data);
   if (!hello.ok()) {
     RefuseMalformed(*conn, std::string(hello.status().message()));
     return;
@@ -430,16 +421,17 @@ void UcxServer::HandleHello(uint64_t token, ucp_ep_h ep, const std::vector<std::
   conn->state = ClientConn::State::kChallenged;
 }
 
-void UcxServer::HandleProof(UcxAmHeader header, ucp_ep_h ep, const std::vector<std::byte>& data) {
+void UcxServer::HandleProof(const HandshakeMessage& m) {
   if (stopping_.load()) return;
-  ClientConn* conn = ConnOf(ep);
+  const UcxAmHeader& header = m.header;
+  ClientConn* conn = ConnOf(m.ep);
   if (conn == nullptr || conn->failed) return;
   if (conn->state != ClientConn::State::kChallenged || header.client_id != conn->id ||
       header.ticket != conn->token) {
     RefuseMalformed(*conn, "a proof out of turn");
     return;
   }
-  absl::StatusOr<HandshakeProof> proof = ParseProof(data);
+  absl::StatusOr<HandshakeProof> proof = ParseProof(m.data);
   if (!proof.ok()) {
     RefuseMalformed(*conn, std::string(proof.status().message()));
     return;

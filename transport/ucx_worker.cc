@@ -168,6 +168,19 @@ std::vector<std::byte> CopyBytes(const void* data, size_t length) {
   return out;
 }
 
+std::optional<HandshakeMessage> ReadHandshakeMessage(const void* header, size_t header_length,
+                                                     const void* data, size_t length,
+                                                     const ucp_am_recv_param_t* param) {
+  HandshakeMessage m;
+  m.ep = ReplyEp(param);
+  if (m.ep == nullptr || (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
+      !ReadAmHeader(header, header_length, &m.header)) {
+    return std::nullopt;
+  }
+  m.data = CopyBytes(data, length);
+  return m;
+}
+
 absl::StatusOr<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& options) {
   std::unique_ptr<UcxWorker> w(new UcxWorker(options));
   ucp_config_t* config = nullptr;
