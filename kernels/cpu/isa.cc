@@ -53,7 +53,7 @@ struct CpuidRegs {
 };
 CpuidRegs Cpuid(unsigned leaf, unsigned sub) {
   CpuidRegs r;
-  if (__get_cpuid_max(leaf & 0x80000000u, nullptr) < leaf) return r;
+  if (static_cast<unsigned>(__get_cpuid_max(leaf & 0x80000000u, nullptr)) < leaf) return r;
   __cpuid_count(leaf, sub, r.eax, r.ebx, r.ecx, r.edx);
   return r;
 }
