@@ -20,7 +20,8 @@
 #    not seen, and every hand-off to our threads goes through our own locks
 #    (the progress thread calls into UCX; UCX calls back on it), so nothing
 #    of UCX's needs a suppression. tools/tsan.supp lists what is suppressed
-#    and why (empty of our code: a race in dsv2 is a bug to fix).
+#    and why (one report about Abseil's own memory; never our code: a race
+#    in dsv2 is a bug to fix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
