@@ -30,12 +30,15 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
   for d in "$ROOT"/tests/fuzz/corpus/*/; do TARGETS+=("$(basename "$d")"); done
 fi
 WORK="$(mktemp -d /tmp/dsv2-fuzz.XXXXXX)"
-failed=0
+# Targets run side by side, one per core (DSV2_FUZZ_JOBS), each for its own
+# SECONDS_EACH; the results are printed in the order given.
+JOBS="${DSV2_FUZZ_JOBS:-$(nproc)}"
 for t in "${TARGETS[@]}"; do
-  bin="$BUILD/tests/fuzz/$t"
-  [ -x "$bin" ] || { echo "fuzz.sh: $bin not built (tools/sanitize.sh)" >&2; exit 2; }
+  [ -x "$BUILD/tests/fuzz/$t" ] || { echo "fuzz.sh: $BUILD/tests/fuzz/$t not built (tools/sanitize.sh)" >&2; exit 2; }
+done
+fuzz_one() {
+  local t="$1" bin="$BUILD/tests/fuzz/$1" log="$WORK/$1/log"
   mkdir -p "$WORK/$t/corpus"
-  log="$WORK/$t/log"
   # The scratch corpus first (libFuzzer writes new inputs to the first
   # directory), then the committed seeds.
   if "$bin" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
@@ -43,11 +46,31 @@ for t in "${TARGETS[@]}"; do
       "$WORK/$t/corpus" "$ROOT/tests/fuzz/corpus/$t" >"$log" 2>&1; then
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
-    echo "fuzz: $t: ${execs:-?} executions in ${SECONDS_EACH} s (${rate:-?}/s), no crash"
+    echo "fuzz: $t: ${execs:-?} executions in ${SECONDS_EACH} s (${rate:-?}/s), no crash" \
+      >"$WORK/$t/result"
   else
+    { echo "fuzz: $t: FAILED (log $log)"
+      grep -E "ERROR|SUMMARY|Test unit written" "$log" || tail -30 "$log"; } >"$WORK/$t/result"
+    touch "$WORK/$t/failed"
+  fi
+}
+running=0
+for t in "${TARGETS[@]}"; do
+  if [ "$running" -ge "$JOBS" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait || true
+failed=0
+for t in "${TARGETS[@]}"; do
+  if [ -e "$WORK/$t/failed" ]; then
     failed=1
-    echo "fuzz: $t: FAILED (log $log)" >&2
-    grep -E "ERROR|SUMMARY|Test unit written" "$log" >&2 || tail -30 "$log" >&2
+    cat "$WORK/$t/result" >&2
+  else
+    cat "$WORK/$t/result"
   fi
 done
 [ "$failed" -eq 0 ] && rm -rf "$WORK"

@@ -51,7 +51,11 @@ regex="^($(IFS='|'; echo "${tests[*]}"))\$"
 # Instrumented, api_test's 28 clusters take over 20 minutes.
 timeout=1200
 [ "$CLUSTER" -eq 1 ] && timeout=3600
-ctest --test-dir "$BUILD" --output-on-failure --timeout "$timeout" -R "$regex"
+# The unit tests side by side (they are in-process, on OS-chosen ports); the
+# cluster tests one at a time, as in the suite.
+parallel="$JOBS"
+[ "$CLUSTER" -eq 1 ] && parallel=1
+ctest --test-dir "$BUILD" --output-on-failure --timeout "$timeout" -j "$parallel" -R "$regex"
 t1=$(date +%s)
 if [ "$FUZZ" -eq 1 ]; then
   tools/fuzz.sh --build-dir "$BUILD" --seconds "${DSV2_FUZZ_SECONDS:-20}" "${FUZZ_TARGETS[@]}"
