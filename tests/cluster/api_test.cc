@@ -45,6 +45,7 @@
 #include "service/certificates.h"
 #include "service/tls.h"
 #include "tests/cluster/cluster_harness.h"
+#include "tests/common/metrics_scrape.h"
 #include "tests/common/raw_tls_credentials.h"
 #include "tests/common/wait_for.h"
 #include "transport/handshake.h"
@@ -1173,39 +1174,6 @@ TEST(ApiSecurity, MembershipIsServedOnTheInternalPortOnly) {
 // port and every member's port admit only certificates of the cluster's
 // authority, not expired; a member acts only as itself and only the
 // coordinator places or submits. Every refusal changes nothing.
-// GET http://127.0.0.1:`port``path` (HTTP/1.0); the whole response, "" when
-// the connection fails.
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "";
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if (write(fd, req.data(), req.size()) == static_cast<ssize_t>(req.size())) {
-      char buf[65536];
-      for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;)
-        out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  return out;
-}
-
-// The value of one series in a Prometheus text exposition ("name{labels}"
-// exactly as printed); -1 when absent.
-double SeriesValue(const std::string& exposition, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (absl::ConsumePrefix(&line, series) && absl::ConsumePrefix(&line, " ")) {
-      return std::stod(std::string(line));
-    }
-  }
-  return -1;
-}
-
 TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
   const std::string dir = absl::StrCat(::testing::TempDir(), "/mtls_", getpid());
   service::CertificateAuthority ca = TestCertificates(dir, 1, 1);
@@ -1357,11 +1325,11 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
     std::string m;
     EXPECT_TRUE(WaitFor(
         [&] {
-          m = HttpGet(metrics_port, "/metrics");
-          return SeriesValue(
+          m = testing_util::ScrapeMetrics(metrics_port);
+          return testing_util::SeriesValue(
                      m, "dsv2_tls_handshake_failures_total{reason=\"no_client_certificate\"}") >=
                      1 &&
-                 SeriesValue(
+                 testing_util::SeriesValue(
                      m, "dsv2_tls_handshake_failures_total{reason=\"certificate_not_trusted\"}") >=
                      2;
         },
@@ -1509,13 +1477,15 @@ TEST(ApiSecurity, DataPlaneRefusesProcessesThatAreNotMembersAndCountsThem) {
   std::string metrics;
   EXPECT_TRUE(WaitFor(
       [&] {
-        metrics = HttpGet(metrics_port, "/metrics");
-        return SeriesValue(metrics, "dsv2_data_plane_refusals_total{reason=\"unknown_key\"}") == 2;
+        metrics = testing_util::ScrapeMetrics(metrics_port);
+        return testing_util::SeriesValue(
+                   metrics, "dsv2_data_plane_refusals_total{reason=\"unknown_key\"}") == 2;
       },
       absl::Seconds(30)))
       << metrics;
-  EXPECT_GE(SeriesValue(metrics, "dsv2_data_plane_handshakes_total"), 1) << metrics;
-  EXPECT_EQ(SeriesValue(metrics, "dsv2_data_plane_refusals_total{reason=\"bad_mac\"}"), 0);
+  EXPECT_GE(testing_util::SeriesValue(metrics, "dsv2_data_plane_handshakes_total"), 1) << metrics;
+  EXPECT_EQ(
+      testing_util::SeriesValue(metrics, "dsv2_data_plane_refusals_total{reason=\"bad_mac\"}"), 0);
   r = c.Generate(PromptIds({100000, 10, 20, 30}, 4));
   EXPECT_TRUE(r.status.ok()) << r.status.error_message();
 }

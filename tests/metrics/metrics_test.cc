@@ -1,36 +1,14 @@
 #include "metrics/metrics.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/common/metrics_scrape.h"
 
 namespace dsv2::metrics {
 namespace {
 
-// GET /metrics over a plain socket (no HTTP client library in the build).
-std::string Scrape(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
-  (void)!write(fd, req.data(), req.size());
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) out.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return out;
-}
+using testing_util::ScrapeMetrics;
 
 TEST(Metrics, ServesEveryFamilyWithHooksRunBeforeEachScrape) {
   auto server = MetricsServer::Start("127.0.0.1", 0);
@@ -47,7 +25,7 @@ TEST(Metrics, ServesEveryFamilyWithHooksRunBeforeEachScrape) {
   c.requests.Add({{"finish_reason", "eos"}}).Increment();
   c.time_to_first_token.Observe(0.003);
   a.expert_assignments.Add({{"expert", "7"}}).Increment(5);
-  const std::string text = Scrape((*server)->port());
+  const std::string text = ScrapeMetrics((*server)->port());
   EXPECT_NE(text.find("200 OK"), std::string::npos) << text;
   for (const char* name :
        {"dsv2_requests_total{finish_reason=\"eos\"} 1", "dsv2_queue_depth 1",
@@ -59,7 +37,7 @@ TEST(Metrics, ServesEveryFamilyWithHooksRunBeforeEachScrape) {
   }
   // The hook ran before the registry was read.
   EXPECT_EQ(scrapes, 1);
-  EXPECT_NE(Scrape((*server)->port()).find("dsv2_queue_depth 2"), std::string::npos);
+  EXPECT_NE(ScrapeMetrics((*server)->port()).find("dsv2_queue_depth 2"), std::string::npos);
 }
 
 TEST(Metrics, SetCounterTotalOnlyMovesForward) {
