@@ -366,12 +366,9 @@ void UcxClient::StartConnect(const std::shared_ptr<Peer>& peer) {
 }
 
 std::shared_ptr<UcxClient::Peer> UcxClient::ConnectingPeerLocked(uint64_t token, ucp_ep_h ep) {
-  auto it = peers_.find(token);
-  if (it == peers_.end() || it->second->state != Peer::State::kConnecting || ep == nullptr ||
-      it->second->ep != ep) {
-    return nullptr;
-  }
-  return it->second;
+  if (!CameFromLocked(token, ep)) return nullptr;
+  const std::shared_ptr<Peer>& peer = peers_.at(token);
+  return peer->state == Peer::State::kConnecting ? peer : nullptr;
 }
 
 bool UcxClient::CameFromLocked(PeerId id, ucp_ep_h ep) const {

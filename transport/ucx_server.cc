@@ -294,10 +294,11 @@ ucs_status_t UcxServer::OnRequest(void* arg, const void* header, size_t header_l
   if (!ReadAmHeader(header, header_length, &h)) return rendezvous ? UCS_ERR_INVALID_PARAM : UCS_OK;
   // Only from the authenticated connection the request names. This runs on
   // the progress thread, which owns conns_.
-  ClientConn* conn = self->ConnOf(ReplyEp(param));
+  const ucp_ep_h ep = ReplyEp(param);
+  ClientConn* conn = self->ConnOf(ep);
   if (conn == nullptr || conn->id != h.client_id ||
       conn->state != ClientConn::State::kAuthenticated) {
-    if (conn == nullptr && ReplyEp(param) == nullptr) {
+    if (ep == nullptr) {
       self->refused_unauthenticated_.fetch_add(1);  // not our protocol: no connection to close
     } else if (conn != nullptr && !conn->failed) {
       self->refused_unauthenticated_.fetch_add(1);
@@ -363,9 +364,10 @@ void UcxServer::Refuse(ClientConn& conn, HandshakeStatus reason, const std::stri
       refused_no_key_.fetch_add(1);
       break;
     case HandshakeStatus::kBadMac:
-    case HandshakeStatus::kOk:
       refused_bad_mac_.fetch_add(1);
       break;
+    case HandshakeStatus::kOk:
+      break;  // not a refusal: never passed here
   }
   spdlog::warn("data plane: refused connection {}: {} ({})", conn.id, what,
                HandshakeStatusName(reason));
