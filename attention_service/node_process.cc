@@ -122,7 +122,7 @@ absl::StatusOr<std::unique_ptr<AttentionNodeProcess>> AttentionNodeProcess::Crea
   ro.dispatch_timeout = options.dispatch_timeout;
   p->backend = std::make_unique<DataPlaneExpertBackend>(*p->data_plane, ro);
   p->tls = options.tls != nullptr ? options.tls : service::TlsContext::Insecure();
-  service::ExportCertificateExpiry(p->tls, *p->metrics_server);
+  service::ExportTlsMetrics(p->tls, *p->metrics_server);
   if (table) {
     DSV2_RETURN_IF_ERROR(ApplyPlacement(*table, static_cast<int32_t>(p->config.n_routed_experts),
                                         absl::Now() + absl::Seconds(30), *p->backend, *p->tls));

@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorProcess>> CoordinatorProcess::Create(
   p->coordinator = std::make_unique<Coordinator>(p->config, model, co);
   p->metrics_server->OnScrape(
       [parts = p.get()] { ExportClusterState(parts->coordinator->state(), *parts->metrics); });
-  service::ExportCertificateExpiry(co.tls, *p->metrics_server);
+  service::ExportTlsMetrics(co.tls, *p->metrics_server);
   return std::unique_ptr<CoordinatorProcess>(new CoordinatorProcess(std::move(p)));
 }
 

@@ -107,7 +107,7 @@ absl::StatusOr<std::unique_ptr<ExpertShardProcess>> ExpertShardProcess::Create(
   p->server->SetDispatchObserver([m = p->metrics.get()](int64_t rows) {
     m->expert_batch_rows.Observe(static_cast<double>(rows));
   });
-  service::ExportCertificateExpiry(options.tls, *p->metrics_server);
+  service::ExportTlsMetrics(options.tls, *p->metrics_server);
   DSV2_ASSIGN_OR_RETURN(p->data_plane,
                         transport::CreateUcxServer(
                             service::UcxOptionsFromFlags(options.common, options.data_plane_keys),

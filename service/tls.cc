@@ -421,13 +421,13 @@ bool CountTlsHandshakeFailure(absl::string_view message) {
 
 void RouteGrpcLogs() { gpr_set_log_function(&LogFromGrpc); }
 
-void ExportCertificateExpiry(std::shared_ptr<const TlsContext> tls,
+void ExportTlsMetrics(std::shared_ptr<const TlsContext> tls,
                              metrics::MetricsServer& server) {
   if (tls == nullptr || !tls->enabled()) return;
   auto m = std::make_shared<metrics::TlsMetrics>(server.registry());
   prometheus::Gauge& cert = m->certificate_expiry.Add({{"file", "cert"}});
   prometheus::Gauge& ca = m->certificate_expiry.Add({{"file", "ca"}});
-  server.OnScrape([m] {
+  server.OnScrape([tls = std::move(tls), m, &cert, &ca] {
     const TlsHandshakeFailures f = TlsHandshakeFailureCounts();
     for (const auto& [reason, count] :
          {std::pair{"no_client_certificate", f.no_client_certificate},
@@ -436,8 +436,6 @@ void ExportCertificateExpiry(std::shared_ptr<const TlsContext> tls,
       metrics::SetCounterTotal(m->handshake_failures.Add({{"reason", reason}}),
                                static_cast<double>(count));
     }
-  });
-  server.OnScrape([tls = std::move(tls), m, &cert, &ca] {
     absl::StatusOr<CertificateExpiry> e = ReadCertificateExpiry(tls->files());
     if (!e.ok()) {
       spdlog::warn("certificate expiry not refreshed: {}", std::string(e.status().message()));

@@ -150,7 +150,7 @@ absl::Status CheckCallerRole(const grpc::ServerContext& context,
 // on `server`, read from the files at each scrape (an unreadable file keeps
 // the last value and is logged), and dsv2_tls_handshake_failures_total
 // {reason} (TlsHandshakeFailureCounts). `tls` is kept alive by the hook.
-void ExportCertificateExpiry(std::shared_ptr<const TlsContext> tls, metrics::MetricsServer& server);
+void ExportTlsMetrics(std::shared_ptr<const TlsContext> tls, metrics::MetricsServer& server);
 
 // TLS handshakes this process failed, as a server or as a client, by reason.
 // gRPC fails them before any of our code runs and reports each one only in
