@@ -22,11 +22,12 @@ class MembershipService final : public internal::Coordinator::Service {
     if (caller->has_value()) {
       const service::MemberIdentity& who = **caller;
       owner = service::MemberIdentityUri(who);
-      const bool role_ok = (req->role() == internal::NODE_ROLE_ATTENTION &&
-                            who.role == service::MemberRole::kAttention) ||
-                           (req->role() == internal::NODE_ROLE_EXPERT_SHARD &&
-                            who.role == service::MemberRole::kExpert &&
-                            (who.id.empty() || who.id == absl::StrCat(req->shard_id())));
+      const bool role_ok =
+          (req->role() == internal::NODE_ROLE_ATTENTION &&
+           who.role == service::MemberRole::kAttention) ||
+          (req->role() == internal::NODE_ROLE_EXPERT_SHARD &&
+           who.role == service::MemberRole::kExpert &&
+           (who.id.empty() || service::ExpertShardIdOf(who.id) == req->shard_id()));
       if (!role_ok) {
         return Refused(
             "register",

@@ -21,8 +21,10 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -175,6 +177,19 @@ const char* MemberRoleName(MemberRole role) {
 std::string MemberIdentityUri(const MemberIdentity& identity) {
   return absl::StrCat(kTrustDomain, MemberRoleName(identity.role), identity.id.empty() ? "" : "/",
                       identity.id);
+}
+
+std::optional<int32_t> ExpertShardIdOf(absl::string_view id) {
+  const size_t dash = id.rfind('-');
+  const absl::string_view digits = dash == absl::string_view::npos ? id : id.substr(dash + 1);
+  // Canonical decimals only, so that a name binds one shard id.
+  if (digits.empty() || (digits.size() > 1 && digits[0] == '0') ||
+      !absl::c_all_of(digits, [](char c) { return absl::ascii_isdigit(c); })) {
+    return std::nullopt;
+  }
+  int32_t shard_id = 0;
+  if (!absl::SimpleAtoi(digits, &shard_id)) return std::nullopt;  // above 2^31 - 1
+  return shard_id;
 }
 
 absl::StatusOr<MemberIdentity> ParseMemberIdentityUri(absl::string_view uri) {

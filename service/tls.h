@@ -21,16 +21,19 @@
 //
 // Identity: a member certificate's URI subjectAltName is
 // "spiffe://dsv2/<role>" or "spiffe://dsv2/<role>/<id>", role one of
-// coordinator, attention, expert; id: the attention node's name or the
-// expert shard's id (decimal). A certificate without an id speaks for every
-// member of its role (one Kubernetes Secret per role); with one, only for
-// that member.
+// coordinator, attention, expert; id: the attention node's name, or for an
+// expert shard its shard id: the id itself in decimal ("3") or a StatefulSet
+// pod name ending in it ("dsv2-expert-3", as cert-manager's csi-driver
+// writes ${POD_NAME}; ExpertShardIdOf). A certificate without an id speaks
+// for every member of its role (one Kubernetes Secret per role); with one,
+// only for that member.
 //
 // Thread-safety: TlsContext is immutable after Create and safe for
 // concurrent use; the free functions are pure.
 #ifndef DSV2_SERVICE_TLS_H_
 #define DSV2_SERVICE_TLS_H_
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +74,12 @@ struct MemberIdentity {
 
 // "spiffe://dsv2/<role>[/<id>]".
 std::string MemberIdentityUri(const MemberIdentity& identity);
+// The shard id an expert identity's id binds: the whole id when it is a
+// canonical decimal (no sign, no leading zero, below 2^31), else the
+// canonical decimal after its last '-' ("dsv2-expert-3" -> 3); nullopt when
+// it names none ("", "expert", "x-03"): such a certificate may register as
+// no shard.
+std::optional<int32_t> ExpertShardIdOf(absl::string_view id);
 // The inverse; InvalidArgument for anything else (another trust domain, an
 // unknown role, an id that is empty or not 1-64 of [A-Za-z0-9._-]).
 absl::StatusOr<MemberIdentity> ParseMemberIdentityUri(absl::string_view uri);

@@ -1253,6 +1253,9 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
   issue(ca, "victim", "spiffe://dsv2/attention/victim", -day, day);
   issue(ca, "intruder", "spiffe://dsv2/attention/intruder", -day, day);
   issue(ca, "expert-5", "spiffe://dsv2/expert/5", -day, day);
+  // A per-pod certificate as cert-manager's csi-driver makes it
+  // (spiffe://dsv2/expert/${POD_NAME}): the pod name's ordinal is the shard id.
+  issue(ca, "pod-6", "spiffe://dsv2/expert/dsv2-expert-6", -day, day);
   issue(ca, "expired", "spiffe://dsv2/expert/0", -2 * day, -day);
   absl::StatusOr<service::CertificateAuthority> other =
       service::CertificateAuthority::Create("another authority");
@@ -1343,6 +1346,17 @@ TEST(ApiSecurity, MutualTlsAdmitsOnlyTheClusterAuthorityAndEachMemberAsItself) {
             grpc::PERMISSION_DENIED);
   EXPECT_EQ(register_as("intruder", registration(internal::NODE_ROLE_EXPERT_SHARD, 0)).error_code(),
             grpc::PERMISSION_DENIED);
+  EXPECT_EQ(register_as("pod-6", registration(internal::NODE_ROLE_EXPERT_SHARD, 5)).error_code(),
+            grpc::PERMISSION_DENIED);
+  {
+    // As shard 6 it passes the identity check and meets the next one (a
+    // registration of another model, so that no fake shard joins).
+    internal::RegisterRequest other_model = registration(internal::NODE_ROLE_EXPERT_SHARD, 6);
+    other_model.set_vocab_size(info.vocab_size() + 1);
+    const grpc::Status st = register_as("pod-6", other_model);
+    EXPECT_EQ(st.error_code(), grpc::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "model mismatch")) << st.error_message();
+  }
   uint64_t victim = 0;
   ASSERT_TRUE(register_as("victim", registration(internal::NODE_ROLE_ATTENTION, 0), &victim).ok());
   // The intruder cannot take the victim's address either (refused, but not

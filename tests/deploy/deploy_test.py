@@ -420,17 +420,25 @@ TLS_FILES = {"tls-cert": "tls.crt", "tls-key": "tls.key", "tls-ca": "ca.crt"}
 ROLES = {"coordinator", "attention", "expert"}
 
 
-def tls_secrets(r):
-    """{Secret name: component} of the TLS Secrets the workloads mount."""
-    out = {}
+CSI_DRIVER = "csi.cert-manager.io"
+CSI = "csi.cert-manager.io/"
+
+
+def tls_volumes(r):
+    """(workload, pod spec, component, volume) of the volume every service
+    container mounts at /etc/dsv2/tls."""
     for w, spec, c in r.containers():
         component = w["metadata"]["labels"].get("app.kubernetes.io/component")
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         for m in c.get("volumeMounts") or []:
-            secret = (volumes.get(m["name"]) or {}).get("secret")
-            if secret is not None and m["mountPath"] == "/etc/dsv2/tls":
-                out[secret["secretName"]] = component
-    return out
+            if m["mountPath"] == "/etc/dsv2/tls" and m["name"] in volumes:
+                yield w, spec, component, volumes[m["name"]]
+
+
+def tls_secrets(r):
+    """{Secret name: component} of the TLS Secrets the workloads mount."""
+    return {v["secret"]["secretName"]: component
+            for _, _, component, v in tls_volumes(r) if v.get("secret") is not None}
 
 
 def member_identity(uri):
@@ -448,52 +456,89 @@ def hours(duration):
 
 def cert_manager_problems(r):
     """What is wrong with the cert-manager objects of a render: every TLS
-    Secret a workload mounts comes from one Certificate naming that
-    workload's role, for server and client auth, issued by the cluster's CA
-    Issuer, whose key pair is an isCA Certificate of a self-signed Issuer,
-    renewed before the expiry alert (7 days) fires."""
+    volume a workload mounts is either a Secret that one Certificate makes,
+    naming that workload's role, or a csi-driver volume (a certificate per
+    pod) naming that pod in that role (spiffe://dsv2/<role>/${POD_NAME}:
+    the shard's pod name ends in its shard id); either is for server and
+    client auth, issued by the cluster's CA Issuer, whose key pair is an isCA
+    Certificate of a self-signed Issuer, and renewed before the expiry alert
+    (7 days) fires."""
     problems = []
     certs = {c["spec"].get("secretName"): c for c in r.of_kind("Certificate")}
     issuers = {i["metadata"]["name"]: i for i in r.of_kind("Issuer")}
 
-    def issuer_of(cert):
-        ref = cert["spec"].get("issuerRef") or {}
-        if ref.get("kind", "Issuer") != "Issuer" or ref.get("name") not in issuers:
-            problems.append(f"{cert['metadata']['name']}: issuerRef {ref} names no Issuer")
+    def issuer_named(owner, kind, name):
+        if kind != "Issuer" or name not in issuers:
+            problems.append(f"{owner}: issuer {kind}/{name} names no Issuer")
             return None
-        return issuers[ref["name"]]
+        return issuers[name]
 
-    for secret, component in tls_secrets(r).items():
-        cert = certs.get(secret)
-        if cert is None:
-            problems.append(f"no Certificate makes Secret {secret}")
-            continue
-        spec, name = cert["spec"], cert["metadata"]["name"]
-        ids = [member_identity(u) for u in spec.get("uris") or []]
-        if len(ids) != 1 or ids[0] is None or ids[0][0] != component:
-            problems.append(f"{name}: uris {spec.get('uris')} must name one {component} identity")
-        if component == "coordinator" and "dsv2-coordinator" not in (spec.get("dnsNames") or []):
-            problems.append(f"{name}: dnsNames lack the Service name dsv2-coordinator")
-        if not {"server auth", "client auth"} <= set(spec.get("usages") or []):
-            problems.append(f"{name}: usages must include server auth and client auth")
-        if spec.get("isCA"):
-            problems.append(f"{name}: a member certificate must not be a CA")
-        d, rb = hours(spec.get("duration")), hours(spec.get("renewBefore"))
-        if d is None or rb is None or not 7 * 24 < rb < d:
-            problems.append(f"{name}: renewBefore {spec.get('renewBefore')} must exceed 7 days "
-                            f"(the expiry alert) and be below duration {spec.get('duration')}")
-        issuer = issuer_of(cert)
+    def check_authority(owner, kind, name):
+        issuer = issuer_named(owner, kind, name)
         if issuer is None:
-            continue
-        ca_secret = (issuer["spec"].get("ca") or {}).get("secretName")
-        ca = certs.get(ca_secret)
+            return
+        ca = certs.get((issuer["spec"].get("ca") or {}).get("secretName"))
         if ca is None or not ca["spec"].get("isCA"):
-            problems.append(f"{name}: its Issuer {issuer['metadata']['name']} is not a CA Issuer "
-                            "backed by an isCA Certificate")
-            continue
-        root = issuer_of(ca)
+            problems.append(f"{owner}: its Issuer {name} is not a CA Issuer backed by an isCA "
+                            "Certificate")
+            return
+        ref = ca["spec"].get("issuerRef") or {}
+        root = issuer_named(ca["metadata"]["name"], ref.get("kind", "Issuer"), ref.get("name"))
         if root is not None and "selfSigned" not in root["spec"]:
             problems.append(f"{ca['metadata']['name']}: not issued by a selfSigned Issuer")
+
+    def check_lifetime(owner, duration, renew_before):
+        d, rb = hours(duration), hours(renew_before)
+        if d is None or rb is None or not 7 * 24 < rb < d:
+            problems.append(f"{owner}: renewBefore {renew_before} must exceed 7 days (the "
+                            f"expiry alert) and be below duration {duration}")
+
+    for w, spec, component, volume in tls_volumes(r):
+        if volume.get("secret") is not None:
+            secret = volume["secret"]["secretName"]
+            cert = certs.get(secret)
+            if cert is None:
+                problems.append(f"no Certificate makes Secret {secret}")
+                continue
+            cspec, name = cert["spec"], cert["metadata"]["name"]
+            ids = [member_identity(u) for u in cspec.get("uris") or []]
+            if len(ids) != 1 or ids[0] is None or ids[0][0] != component:
+                problems.append(f"{name}: uris {cspec.get('uris')} must name one {component} "
+                                "identity")
+            if component == "coordinator" and "dsv2-coordinator" not in (cspec.get("dnsNames")
+                                                                         or []):
+                problems.append(f"{name}: dnsNames lack the Service name dsv2-coordinator")
+            if not {"server auth", "client auth"} <= set(cspec.get("usages") or []):
+                problems.append(f"{name}: usages must include server auth and client auth")
+            if cspec.get("isCA"):
+                problems.append(f"{name}: a member certificate must not be a CA")
+            check_lifetime(name, cspec.get("duration"), cspec.get("renewBefore"))
+            ref = cspec.get("issuerRef") or {}
+            check_authority(name, ref.get("kind", "Issuer"), ref.get("name"))
+        elif (volume.get("csi") or {}).get("driver") == CSI_DRIVER:
+            attrs = volume["csi"].get("volumeAttributes") or {}
+            name = f"{w['metadata']['name']} volume {volume['name']}"
+            want = f"spiffe://dsv2/{component}/${{POD_NAME}}"
+            if attrs.get(CSI + "uri-sans") != want:
+                problems.append(f"{name}: uri-sans {attrs.get(CSI + 'uri-sans')} must be {want}")
+            if component == "expert" and w["kind"] != "StatefulSet":
+                problems.append(f"{name}: a shard's pod name ends in its id only in a StatefulSet")
+            usages = {u.strip() for u in attrs.get(CSI + "key-usages", "").split(",")}
+            if not {"server auth", "client auth"} <= usages:
+                problems.append(f"{name}: key-usages must include server auth and client auth")
+            if attrs.get(CSI + "is-ca", "false") != "false":
+                problems.append(f"{name}: a member certificate must not be a CA")
+            for key, file in (("certificate-file", "tls.crt"), ("privatekey-file", "tls.key"),
+                              ("ca-file", "ca.crt")):
+                if attrs.get(CSI + key, file) != file:
+                    problems.append(f"{name}: {key} must be {file} (the --tls-* paths)")
+            if attrs.get(CSI + "fs-group") != str(spec["securityContext"].get("runAsGroup")):
+                problems.append(f"{name}: fs-group must be the container's group")
+            if not volume["csi"].get("readOnly"):
+                problems.append(f"{name}: must be read-only")
+            check_lifetime(name, attrs.get(CSI + "duration"), attrs.get(CSI + "renew-before"))
+            check_authority(name, attrs.get(CSI + "issuer-kind", "Issuer"),
+                            attrs.get(CSI + "issuer-name"))
     for i in issuers.values():
         if len(set(i["spec"]) & {"selfSigned", "ca", "acme", "vault", "venafi"}) != 1:
             problems.append(f"Issuer {i['metadata']['name']}: needs exactly one issuer type")
@@ -502,7 +547,7 @@ def cert_manager_problems(r):
 
 class TlsTest(unittest.TestCase):
 
-    def test_every_service_container_takes_its_certificate_from_a_secret(self):
+    def test_every_service_container_takes_its_certificate_from_a_secret_or_its_pod(self):
         for r in RENDERED:
             for w, spec, c in r.containers():
                 binary, tokens, script = container_argv(c)
@@ -518,11 +563,18 @@ class TlsTest(unittest.TestCase):
                     m = mounts.get("/etc/dsv2/tls")
                     self.assertIsNotNone(m, "no volume at /etc/dsv2/tls")
                     self.assertTrue(m.get("readOnly"))
-                    secret = volumes[m["name"]].get("secret")
-                    self.assertIsNotNone(secret, "/etc/dsv2/tls is not a Secret volume")
-                    self.assertEqual(secret["secretName"], f"dsv2-{component}-tls")
-                    # The key is readable by the container's group only.
-                    self.assertEqual(secret.get("defaultMode"), 0o440)
+                    volume = volumes[m["name"]]
+                    secret, csi = volume.get("secret"), volume.get("csi")
+                    self.assertTrue((secret is None) != (csi is None),
+                                    "/etc/dsv2/tls is neither a Secret nor a csi-driver volume")
+                    if secret is not None:
+                        self.assertEqual(secret["secretName"], f"dsv2-{component}-tls")
+                        # The key is readable by the container's group only.
+                        self.assertEqual(secret.get("defaultMode"), 0o440)
+                    else:
+                        self.assertEqual(csi["driver"], CSI_DRIVER)
+                        self.assertNotEqual(component, "coordinator",
+                                            "the coordinator's DNS names need its Certificate")
                     self.assertEqual(spec["securityContext"].get("fsGroup"),
                                      spec["securityContext"].get("runAsGroup"))
                     if "internal-port" in flags:  # mutual TLS needs the internal port
@@ -551,6 +603,42 @@ class TlsTest(unittest.TestCase):
                 broken = copy.deepcopy(r)
                 for o in broken.of_kind("Certificate"):
                     mutate(o)
+                self.assertNotEqual(cert_manager_problems(broken), [], what)
+
+    def test_cert_manager_csi_overlay_gives_each_member_pod_its_own_identity(self):
+        r = next((r for r in RENDERED if r.label == "overlays/cert-manager-csi"), None)
+        self.assertIsNotNone(r, "overlays/cert-manager-csi not rendered")
+        kinds = {component: "secret" if v.get("secret") is not None else "csi"
+                 for _, _, component, v in tls_volumes(r)}
+        self.assertEqual(kinds, {"coordinator": "secret", "attention": "csi", "expert": "csi"})
+        # No role-wide member certificate is left to act for every pod.
+        for cert in r.of_kind("Certificate"):
+            ids = [member_identity(u) for u in cert["spec"].get("uris") or []]
+            self.assertNotIn(("attention", None), ids)
+            self.assertNotIn(("expert", None), ids)
+        self.assertEqual(cert_manager_problems(r), [])
+
+        def attr(name, value):
+            def mutate(volume, component):
+                if component == "expert":
+                    volume["csi"]["volumeAttributes"][CSI + name] = value
+            return mutate
+        mutations = {
+            "role-wide": attr("uri-sans", "spiffe://dsv2/expert"),
+            "another role": attr("uri-sans", "spiffe://dsv2/attention/${POD_NAME}"),
+            "usages": attr("key-usages", "digital signature,server auth"),
+            "issuer": attr("issuer-name", "letsencrypt"),
+            "file": attr("privatekey-file", "key.pem"),
+            "group": attr("fs-group", "0"),
+            "renewal": attr("renew-before", "24h"),
+            "ca": attr("is-ca", "true"),
+        }
+        for what, mutate in mutations.items():
+            with self.subTest(mutation=what):
+                broken = copy.deepcopy(r)
+                for _, _, component, volume in tls_volumes(broken):
+                    if volume.get("csi") is not None:
+                        mutate(volume, component)
                 self.assertNotEqual(cert_manager_problems(broken), [], what)
 
 

@@ -51,6 +51,21 @@ TEST(MemberIdentityTest, UrisRoundTripAndAnythingElseIsRefused) {
   }
 }
 
+TEST(MemberIdentityTest, ExpertIdsBindTheShardIdTheyEndIn) {
+  EXPECT_EQ(ExpertShardIdOf("3"), 3);
+  EXPECT_EQ(ExpertShardIdOf("0"), 0);
+  EXPECT_EQ(ExpertShardIdOf("dsv2-expert-3"), 3);  // a StatefulSet pod name
+  EXPECT_EQ(ExpertShardIdOf("dsv2-expert-17"), 17);
+  EXPECT_EQ(ExpertShardIdOf("a-b-0"), 0);
+  EXPECT_EQ(ExpertShardIdOf("-12"), 12);
+  EXPECT_EQ(ExpertShardIdOf("2147483647"), 2147483647);
+  // Names that bind no shard: no digits, not canonical, out of range.
+  for (const char* none : {"", "expert", "dsv2-expert", "dsv2-expert-", "x-03", "03", "3a",
+                           "dsv2-expert-3.1", "dsv2-expert-+3", "2147483648", "x-99999999999"}) {
+    EXPECT_EQ(ExpertShardIdOf(none), std::nullopt) << none;
+  }
+}
+
 class TlsFilesTest : public ::testing::Test {
  protected:
   void SetUp() override {
