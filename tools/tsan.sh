@@ -50,7 +50,7 @@ if [ ! -f "$ABSL_PREFIX/.built-$ABSL_VERSION" ]; then
 fi
 
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1" \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_PREFIX_PATH="$ABSL_PREFIX" -Dabsl_DIR="$ABSL_PREFIX/lib/cmake/absl" \
   -DDSV2_SANITIZE=thread >/dev/null
 ninja -C "$BUILD" -j "$JOBS" "${TESTS[@]}"
