@@ -5,8 +5,12 @@
 //
 // Per column and block of 8 groups (the f32 lanes of one ymm accumulator):
 //   int8: 4 zmm of weights (2 groups each). VPDPBUSD takes unsigned x
-//     signed bytes, so x is offset to unsigned (qx + 128, one XOR) and
-//     128 * sum(w), formed by a second VPDPBUSD with 128s, is taken off.
+//     signed bytes, so the weights are offset to unsigned (q + 128, one XOR
+//     per zmm, shared by the rows of a tile) against qx (signed), and
+//     128 * sum(qx) of each group (16 * QuantizedActivations::sum8, one
+//     shift per row) is taken off the group sums: one VPDPBUSD per 64
+//     bytes, where offsetting x instead needs a second one (128 * sum(w)
+//     per lane) and a subtraction per lane.
 //   int4: 2 zmm of nibbles (4 groups each): the nibbles (q + 8, unsigned)
 //     against qx (signed) directly, one VPDPBUSD per half; 8 * sum(qx) of
 //     each group (QuantizedActivations::sum8) is taken off.
@@ -95,26 +99,23 @@ struct Int8 {
   static constexpr size_t kPrefetchBytes = 512;
   // Weight-side work shared by the rows of a tile.
   struct Prepared {
-    __m512i w[4];
-    __m512i w128[4];  // 128 * (sum of each 4 bytes of w), per int32 lane
+    __m512i wu[4];  // q + 128 as unsigned bytes, 2 groups each
   };
   DSV2_AVX512_VNNI static void Prepare(const uint8_t* p, Prepared& pw) {
-    const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
-      pw.w[i] = _mm512_loadu_si512(p + 64 * i);
-      pw.w128[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, pw.w[i]);
-    }
-  }
-  DSV2_AVX512_VNNI static __m256i Sums(const Prepared& pw, const int8_t* x, const int32_t*) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) pw.wu[i] = _mm512_xor_si512(_mm512_loadu_si512(p + 64 * i), flip);
+  }
+  DSV2_AVX512_VNNI static __m256i Sums(const Prepared& pw, const int8_t* x, const int32_t* sum8) {
     __m512i t[4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
-      const __m512i xu = _mm512_xor_si512(_mm512_loadu_si512(x + 64 * i), flip);  // qx + 128
-      t[i] = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, pw.w[i]), pw.w128[i]);
+      t[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), pw.wu[i], _mm512_loadu_si512(x + 64 * i));
     }
-    return SumHalves(t[0], t[1], t[2], t[3]);
+    // sum((q + 128) qx) - 128 sum(qx), 128 sum(qx) = 16 * sum8.
+    const __m256i x128 =
+        _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sum8)), 4);
+    return _mm256_sub_epi32(SumHalves(t[0], t[1], t[2], t[3]), x128);
   }
 };
 

@@ -30,7 +30,8 @@ namespace dsv2::kernels::internal {
 //      its elements 16-31, matching the weights' low and high nibbles.
 //   d: row m at d + m * ldd (ldd = G8): each group's scale (f32).
 //   sum8: row m at sum8 + m * ldd: 8 times the sum of the group's integers
-//      (int4 weights are read as nibble = q + 8; this removes the 8).
+//      (int4 weights are read as nibble = q + 8; this removes the 8. The
+//      AVX-512 kernels read int8 weights as q + 128: 16 sum8 removes that.)
 struct QuantizedActivations {
   const int8_t* q;
   size_t ldq;
