@@ -11,6 +11,9 @@
 #                                   (cluster_test, api_test, up_test: real
 #                                   processes, all instrumented) run on them
 #
+# Reports name functions, not lines (no debug info, for the suite's budget):
+# DSV2_SANITIZE_LINES=ON tools/sanitize.sh rebuilds with line tables.
+#
 # Debian's Abseil, gRPC, protobuf and UCX are not instrumented: ASan still
 # checks every access our code makes, their internals are not checked.
 # UCX's own memory hooks are turned off (UCX_MEM_*): they patch malloc and
@@ -34,7 +37,7 @@ UNIT=(base_test kernels_test model_test metrics_test router_test transport_test
 FUZZ_TARGETS=(safetensors_fuzz model_config_fuzz tokenizer_fuzz chat_template_fuzz wire_fuzz
               handshake_fuzz generate_request_fuzz)
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSV2_SANITIZE_LINES="${DSV2_SANITIZE_LINES:-OFF}" \
   -DDSV2_SANITIZE=address,undefined -DDSV2_FUZZ=ON >/dev/null
 CLUSTER_TESTS=(cluster_test api_test up_test)
 targets=("${UNIT[@]}")

@@ -52,7 +52,7 @@ fi
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_PREFIX_PATH="$ABSL_PREFIX" -Dabsl_DIR="$ABSL_PREFIX/lib/cmake/absl" \
-  -DDSV2_SANITIZE=thread >/dev/null
+  -DDSV2_SANITIZE=thread -DDSV2_SANITIZE_LINES=ON >/dev/null
 ninja -C "$BUILD" -j "$JOBS" "${TESTS[@]}"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tools/tsan.supp"
 # UCX's memory hooks patch malloc and mmap, which TSan owns.
